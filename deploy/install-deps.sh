@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs every Debian (bookworm) package that saetrack's build, tests, benchmarks
+# and demo need. Idempotent: when everything is present it prints nothing and
+# touches nothing. Works as root or through sudo.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git
+  # gRPC + protobuf. The gRPC CMake config fails unless protobuf-compiler-grpc
+  # (grpc_cpp_plugin) is installed as well.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  librocksdb-dev
+  libabsl-dev
+  libtorch-dev
+  # Debian's LibTorch links the generic libblas.so.3, which defaults to the
+  # reference BLAS (~5 GFLOP/s on two cores). libopenblas0-openmp switches the
+  # libblas.so.3 alternative to OpenBLAS: LibTorch's matmuls get ~30x faster
+  # (~160-180 GFLOP/s on the same two cores). Without it SAE training crawls.
+  libopenblas0-openmp
+  prometheus-cpp-dev
+  libgtest-dev libgmock-dev
+  libbenchmark-dev
+  python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
