@@ -1,0 +1,405 @@
+#include "client/cli.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/job_file.h"
+
+namespace saetrack::client {
+namespace {
+
+// How often `submit --wait` polls the job.
+constexpr absl::Duration kWaitPollInterval = absl::Milliseconds(300);
+
+struct Invocation {
+  std::string command;
+  std::vector<std::string> positional;
+  std::string coordinator = "127.0.0.1:7070";
+  bool json = false;
+  bool wait = false;
+  bool help = false;
+  std::optional<int> layer;
+  std::optional<int> feature_id;
+  std::string request_id;
+  double timeout_s = 0;  // 0: wait forever
+};
+
+std::string UsageText() {
+  return R"(usage: saetrack COMMAND [ARGS] [FLAGS]
+
+Commands:
+  submit JOB.json [--wait] [--request_id ID] [--timeout_s S]
+      Submit a tracking job (JSON, fields of saetrack.v1.JobSpec; relative
+      paths are resolved against the job file's directory). Prints the job id.
+      --wait follows the job until it ends, with a progress line on stderr,
+      and exits 0 only if it succeeded.
+  status JOB_ID            State and progress of one job.
+  list                     All jobs, oldest first.
+  metrics JOB_ID --layer L Per-checkpoint SAE metrics of one hooked layer.
+  feature JOB_ID --layer L --id N
+                           The history of one feature across checkpoints.
+
+Flags (every command):
+  --coordinator HOST:PORT  Coordinator address (default 127.0.0.1:7070).
+  --json                   Print results as JSON (saetrack.v1 messages).
+  --help                   This text.
+
+Exit codes: 0 success; 1 failure (the reason is printed on one line:
+"saetrack: ..."; for --wait also a job that failed or was cancelled);
+2 bad command line.
+)";
+}
+
+absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args) {
+  Invocation inv;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (arg.rfind("--", 0) != 0 || arg == "--") {
+      if (inv.command.empty()) {
+        inv.command = arg;
+      } else {
+        inv.positional.push_back(arg);
+      }
+      continue;
+    }
+    std::string name = arg.substr(2);
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    auto take_value = [&]() -> absl::StatusOr<std::string> {
+      if (value) return *value;
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, " needs a value"));
+      }
+      return args[++i];
+    };
+    auto take_int = [&]() -> absl::StatusOr<int> {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      int out;
+      if (!absl::SimpleAtoi(*v, &out)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, ": '", *v, "' is not an integer"));
+      }
+      return out;
+    };
+    if (name == "json" || name == "wait" || name == "help") {
+      if (value) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, " takes no value"));
+      }
+      (name == "json" ? inv.json : name == "wait" ? inv.wait : inv.help) = true;
+    } else if (name == "coordinator" || name == "request_id") {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      (name == "coordinator" ? inv.coordinator : inv.request_id) = *v;
+    } else if (name == "layer" || name == "id") {
+      absl::StatusOr<int> v = take_int();
+      if (!v.ok()) return v.status();
+      (name == "layer" ? inv.layer : inv.feature_id) = *v;
+    } else if (name == "timeout_s") {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtod(*v, &inv.timeout_s) || !(inv.timeout_s >= 0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --timeout_s: '", *v, "' is not a duration"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+  }
+  return inv;
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  // Printing a well-formed message cannot fail.
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+std::string StateName(v1::JobState state) {
+  std::string name = v1::JobState_Name(state);
+  constexpr std::string_view kPrefix = "JOB_STATE_";
+  if (name.rfind(kPrefix, 0) == 0) name = name.substr(kPrefix.size());
+  for (char& c : name) c = static_cast<char>(std::tolower(c));
+  return name;
+}
+
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
+std::string HumanCount(int64_t n) {
+  if (n >= 1'000'000'000) return absl::StrFormat("%.1fG", n / 1e9);
+  if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
+  if (n >= 1'000) return absl::StrFormat("%.1fk", n / 1e3);
+  return absl::StrCat(n);
+}
+
+std::string ProgressLine(const v1::Job& job) {
+  std::string line = absl::StrFormat(
+      "%s %s: %d/%d SAEs trained, %s tokens", job.job_id(),
+      StateName(job.state()), job.progress().tasks_done(),
+      job.progress().tasks_total(), HumanCount(job.progress().tokens_trained()));
+  if (!job.error().empty()) absl::StrAppend(&line, " (", job.error(), ")");
+  return line;
+}
+
+class Cli {
+ public:
+  Cli(const Invocation& inv, std::ostream& out, std::ostream& err,
+      bool err_is_terminal)
+      : inv_(inv), out_(out), err_(err), err_is_terminal_(err_is_terminal) {
+    ClientOptions options;
+    options.coordinator = inv.coordinator;
+    client_ = SaetrackClient::Create(options);
+  }
+
+  int Run() {
+    if (inv_.command == "submit") return Submit();
+    if (inv_.command == "status") return Status();
+    if (inv_.command == "list") return List();
+    if (inv_.command == "metrics") return Metrics();
+    if (inv_.command == "feature") return Feature();
+    return Usage(inv_.command.empty()
+                     ? std::string("no command given")
+                     : absl::StrCat("unknown command '", inv_.command, "'"));
+  }
+
+ private:
+  int Usage(const std::string& reason) {
+    err_ << "saetrack: " << reason << " (see saetrack --help)\n";
+    return kExitUsage;
+  }
+
+  int Fail(const absl::Status& status) {
+    err_ << "saetrack: " << absl::StatusCodeToString(status.code()) << ": "
+         << status.message() << "\n";
+    return kExitFailure;
+  }
+
+  // Checks the number of positional arguments; `what` names them for the
+  // message.
+  bool ExpectPositional(size_t n, const std::string& what) {
+    if (inv_.positional.size() == n) return true;
+    Usage(absl::StrCat(inv_.command, " takes ", what));
+    return false;
+  }
+
+  int Submit() {
+    if (!ExpectPositional(1, "one job file")) return kExitUsage;
+    absl::StatusOr<v1::JobSpec> spec = LoadJobFile(inv_.positional[0]);
+    if (!spec.ok()) return Fail(spec.status());
+    absl::StatusOr<v1::SubmitJobResponse> submitted =
+        client_->SubmitJob(*spec, inv_.request_id);
+    if (!submitted.ok()) return Fail(submitted.status());
+    const v1::Job& job = submitted->job();
+    if (!inv_.wait) {
+      if (inv_.json) {
+        out_ << ToJson(*submitted) << "\n";
+      } else {
+        out_ << job.job_id() << (submitted->created() ? "" : " (existing)")
+             << " " << StateName(job.state()) << "\n";
+      }
+      return kExitOk;
+    }
+    return Wait(job.job_id());
+  }
+
+  int Wait(const std::string& job_id) {
+    absl::Time deadline = inv_.timeout_s > 0
+                              ? absl::Now() + absl::Seconds(inv_.timeout_s)
+                              : absl::InfiniteFuture();
+    std::string last_line;
+    while (true) {
+      absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
+      if (!job.ok()) {
+        // The coordinator may be restarting; keep waiting within the deadline.
+        if (job.status().code() != absl::StatusCode::kUnavailable ||
+            absl::Now() > deadline) {
+          EndProgress(last_line);
+          return Fail(job.status());
+        }
+      } else {
+        std::string line = ProgressLine(*job);
+        if (line != last_line) {
+          if (err_is_terminal_) {
+            err_ << "\r\033[K" << line << std::flush;
+          } else {
+            err_ << line << "\n";
+          }
+          last_line = line;
+        }
+        if (IsTerminal(job->state())) {
+          EndProgress(last_line);
+          if (inv_.json) {
+            out_ << ToJson(*job) << "\n";
+          } else {
+            out_ << job->job_id() << " " << StateName(job->state()) << "\n";
+          }
+          if (job->state() == v1::JOB_STATE_SUCCEEDED) return kExitOk;
+          err_ << "saetrack: job " << job->job_id() << " "
+               << StateName(job->state())
+               << (job->error().empty() ? "" : ": " + job->error()) << "\n";
+          return kExitFailure;
+        }
+      }
+      if (absl::Now() > deadline) {
+        EndProgress(last_line);
+        return Fail(absl::DeadlineExceededError(absl::StrCat(
+            "job ", job_id, " still running after --timeout_s=",
+            inv_.timeout_s)));
+      }
+      absl::SleepFor(kWaitPollInterval);
+    }
+  }
+
+  void EndProgress(const std::string& last_line) {
+    if (err_is_terminal_ && !last_line.empty()) err_ << "\n";
+  }
+
+  int Status() {
+    if (!ExpectPositional(1, "one job id")) return kExitUsage;
+    absl::StatusOr<v1::Job> job = client_->GetJob(inv_.positional[0]);
+    if (!job.ok()) return Fail(job.status());
+    if (inv_.json) {
+      out_ << ToJson(*job) << "\n";
+      return kExitOk;
+    }
+    out_ << ProgressLine(*job) << "\n";
+    const v1::JobSpec& spec = job->spec();
+    std::vector<std::string> layers;
+    for (const auto& hook : spec.hooks()) {
+      layers.push_back(absl::StrCat(hook.layer(), ":", hook.site()));
+    }
+    out_ << absl::StrFormat("  name: %s\n  model: %s, %d checkpoints\n",
+                            spec.name().empty() ? "-" : spec.name(),
+                            spec.model().architecture(),
+                            spec.model().checkpoints_size())
+         << "  hooks: " << absl::StrJoin(layers, ", ") << "\n";
+    return kExitOk;
+  }
+
+  int List() {
+    if (!ExpectPositional(0, "no arguments")) return kExitUsage;
+    v1::ListJobsResponse all;
+    std::string token;
+    do {
+      absl::StatusOr<v1::ListJobsResponse> page = client_->ListJobs(500, token);
+      if (!page.ok()) return Fail(page.status());
+      for (const auto& job : page->jobs()) *all.add_jobs() = job;
+      token = page->next_page_token();
+    } while (!token.empty());
+    if (inv_.json) {
+      out_ << ToJson(all) << "\n";
+      return kExitOk;
+    }
+    for (const auto& job : all.jobs()) out_ << ProgressLine(job) << "\n";
+    return kExitOk;
+  }
+
+  bool ExpectLayer() {
+    if (inv_.layer.has_value()) return true;
+    Usage(absl::StrCat(inv_.command, " needs --layer"));
+    return false;
+  }
+
+  int Metrics() {
+    if (!ExpectPositional(1, "one job id") || !ExpectLayer()) return kExitUsage;
+    absl::StatusOr<v1::GetCheckpointMetricsResponse> metrics =
+        client_->GetCheckpointMetrics(inv_.positional[0], *inv_.layer);
+    if (!metrics.ok()) return Fail(metrics.status());
+    if (inv_.json) {
+      out_ << ToJson(*metrics) << "\n";
+      return kExitOk;
+    }
+    out_ << absl::StrFormat("%5s %8s %8s %8s %8s %10s %7s %6s %9s %7s\n",
+                            "chain", "step", "tokens", "FVU", "init FVU",
+                            "MSE", "L0", "dead", "cos prev", "time s");
+    for (const auto& m : metrics->checkpoints()) {
+      out_ << absl::StrFormat(
+          "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %7.1f\n",
+          m.chain_index(), m.step(), HumanCount(m.tokens_trained()), m.fvu(),
+          m.init_fvu(), m.mse(), m.l0(), 100 * m.dead_fraction(),
+          m.has_median_decoder_cos_prev()
+              ? absl::StrFormat("%.3f", m.median_decoder_cos_prev())
+              : "-",
+          m.wall_time_s());
+    }
+    return kExitOk;
+  }
+
+  int Feature() {
+    if (!ExpectPositional(1, "one job id") || !ExpectLayer()) return kExitUsage;
+    if (!inv_.feature_id.has_value()) return Usage("feature needs --id");
+    absl::StatusOr<v1::FeatureHistory> history = client_->GetFeatureHistory(
+        inv_.positional[0], *inv_.layer, *inv_.feature_id);
+    if (!history.ok()) return Fail(history.status());
+    if (inv_.json) {
+      out_ << ToJson(*history) << "\n";
+      return kExitOk;
+    }
+    out_ << absl::StrFormat("feature %d, layer %d, job %s\n",
+                            history->feature_id(), history->layer(),
+                            history->job_id());
+    out_ << absl::StrFormat("%5s %8s %10s %10s %10s %9s %8s\n", "chain", "step",
+                            "frequency", "mean act", "max act", "cos prev",
+                            "|w_enc|");
+    for (const auto& p : history->points()) {
+      out_ << absl::StrFormat(
+          "%5d %8d %10.5f %10.4g %10.4g %9s %8.3f\n", p.chain_index(), p.step(),
+          p.frequency(), p.mean_activation(), p.max_activation(),
+          p.has_decoder_cos_prev()
+              ? absl::StrFormat("%.3f", p.decoder_cos_prev())
+              : "-",
+          p.encoder_norm());
+    }
+    return kExitOk;
+  }
+
+  const Invocation& inv_;
+  std::ostream& out_;
+  std::ostream& err_;
+  const bool err_is_terminal_;
+  std::unique_ptr<SaetrackClient> client_;
+};
+
+}  // namespace
+
+std::string CliUsage() { return UsageText(); }
+
+int RunCli(const std::vector<std::string>& args, std::ostream& out,
+           std::ostream& err, bool err_is_terminal) {
+  absl::StatusOr<Invocation> inv = ParseArgs(args);
+  if (!inv.ok()) {
+    err << "saetrack: " << inv.status().message() << " (see saetrack --help)\n";
+    return kExitUsage;
+  }
+  if (inv->help || inv->command == "help") {
+    out << UsageText();
+    return kExitOk;
+  }
+  return Cli(*inv, out, err, err_is_terminal).Run();
+}
+
+}  // namespace saetrack::client

@@ -1,0 +1,31 @@
+// The `saetrack` command line: submit jobs, follow them, and query their
+// results. Kept apart from main() so that tests drive it in-process.
+#ifndef SAETRACK_CLIENT_CLI_H_
+#define SAETRACK_CLIENT_CLI_H_
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace saetrack::client {
+
+// Exit codes of the CLI.
+inline constexpr int kExitOk = 0;
+// The request failed (RPC error, bad job file), or a waited-for job ended
+// FAILED or CANCELLED.
+inline constexpr int kExitFailure = 1;
+// The command line itself is wrong.
+inline constexpr int kExitUsage = 2;
+
+// Runs one invocation; `args` excludes the program name. Results go to `out`,
+// progress and errors to `err` (errors as one line: "saetrack: ..."). When
+// `err_is_terminal`, progress lines rewrite themselves in place.
+int RunCli(const std::vector<std::string>& args, std::ostream& out,
+           std::ostream& err, bool err_is_terminal);
+
+// The --help text.
+std::string CliUsage();
+
+}  // namespace saetrack::client
+
+#endif  // SAETRACK_CLIENT_CLI_H_

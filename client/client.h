@@ -1,0 +1,45 @@
+// The C++ client library of saetrack: typed calls to a coordinator's JobService
+// and QueryService. No gRPC types cross this header; errors come back as
+// absl::Status with the server's code and message.
+#ifndef SAETRACK_CLIENT_CLIENT_H_
+#define SAETRACK_CLIENT_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "saetrack/v1/job.pb.h"
+#include "saetrack/v1/query.pb.h"
+
+namespace saetrack::client {
+
+struct ClientOptions {
+  // host:port of the coordinator.
+  std::string coordinator = "127.0.0.1:7070";
+  // Deadline of each call.
+  absl::Duration call_timeout = absl::Seconds(30);
+};
+
+// Thread-safe: calls may be made concurrently from several threads.
+class SaetrackClient {
+ public:
+  // Creates a channel; connects lazily, so an unreachable coordinator shows
+  // up as kUnavailable on the first call.
+  static std::unique_ptr<SaetrackClient> Create(const ClientOptions& options);
+  virtual ~SaetrackClient() = default;
+
+  virtual absl::StatusOr<v1::SubmitJobResponse> SubmitJob(
+      const v1::JobSpec& spec, const std::string& request_id) = 0;
+  virtual absl::StatusOr<v1::Job> GetJob(const std::string& job_id) = 0;
+  virtual absl::StatusOr<v1::ListJobsResponse> ListJobs(
+      int page_size, const std::string& page_token) = 0;
+  virtual absl::StatusOr<v1::GetCheckpointMetricsResponse>
+  GetCheckpointMetrics(const std::string& job_id, int layer) = 0;
+  virtual absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
+      const std::string& job_id, int layer, int feature_id) = 0;
+};
+
+}  // namespace saetrack::client
+
+#endif  // SAETRACK_CLIENT_CLIENT_H_

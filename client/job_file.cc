@@ -1,0 +1,171 @@
+#include "client/job_file.h"
+
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "worker/format/json.h"
+
+namespace saetrack::client {
+namespace {
+
+namespace pb = google::protobuf;
+
+// Checks that every key of `value` names a field of `descriptor` and that each
+// value has the field's JSON type, so that a typo is reported with its path
+// instead of protobuf's context-free "Cannot find field".
+absl::Status CheckFields(const pb::Value& value, const pb::Descriptor& descriptor,
+                         const std::string& path);
+
+absl::Status CheckScalar(const pb::Value& value,
+                         const pb::FieldDescriptor& field,
+                         const std::string& path) {
+  using FD = pb::FieldDescriptor;
+  switch (field.cpp_type()) {
+    case FD::CPPTYPE_MESSAGE:
+      if (value.kind_case() != pb::Value::kStructValue) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected an object"));
+      }
+      return CheckFields(value, *field.message_type(), path);
+    case FD::CPPTYPE_STRING:
+      if (value.kind_case() != pb::Value::kStringValue) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected a string"));
+      }
+      return absl::OkStatus();
+    case FD::CPPTYPE_BOOL:
+      if (value.kind_case() != pb::Value::kBoolValue) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected true or false"));
+      }
+      return absl::OkStatus();
+    case FD::CPPTYPE_ENUM:
+      if (value.kind_case() != pb::Value::kStringValue ||
+          field.enum_type()->FindValueByName(value.string_value()) == nullptr) {
+        std::string names;
+        for (int i = 0; i < field.enum_type()->value_count(); ++i) {
+          absl::StrAppend(&names, i ? ", " : "",
+                          field.enum_type()->value(i)->name());
+        }
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected one of ", names));
+      }
+      return absl::OkStatus();
+    case FD::CPPTYPE_DOUBLE:
+    case FD::CPPTYPE_FLOAT:
+      if (value.kind_case() != pb::Value::kNumberValue) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected a number"));
+      }
+      return absl::OkStatus();
+    default: {  // integers; protobuf also accepts them as strings.
+      bool ok = value.kind_case() == pb::Value::kStringValue;
+      if (value.kind_case() == pb::Value::kNumberValue) {
+        double v = value.number_value();
+        ok = v == static_cast<double>(static_cast<int64_t>(v));
+      }
+      if (!ok) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected an integer"));
+      }
+      return absl::OkStatus();
+    }
+  }
+}
+
+absl::Status CheckFields(const pb::Value& value, const pb::Descriptor& descriptor,
+                         const std::string& path) {
+  for (const auto& [key, child] : value.struct_value().fields()) {
+    const pb::FieldDescriptor* field = descriptor.FindFieldByName(key);
+    if (field == nullptr) field = descriptor.FindFieldByJsonName(key);
+    const std::string child_path = path.empty() ? key : path + "." + key;
+    if (field == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(child_path, ": unknown field"));
+    }
+    if (child.kind_case() == pb::Value::kNullValue) continue;
+    if (field->is_repeated()) {
+      if (child.kind_case() != pb::Value::kListValue) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(child_path, ": expected a list"));
+      }
+      for (int i = 0; i < child.list_value().values_size(); ++i) {
+        absl::Status s = CheckScalar(child.list_value().values(i), *field,
+                                     absl::StrCat(child_path, "[", i, "]"));
+        if (!s.ok()) return s;
+      }
+      continue;
+    }
+    absl::Status s = CheckScalar(child, *field, child_path);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty()) return path;
+  std::filesystem::path p(path);
+  if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
+  return std::filesystem::absolute(p).lexically_normal().string();
+}
+
+absl::Status Prefixed(std::string_view origin, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(origin, ": ", status.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
+                                         std::string_view origin,
+                                         const std::string& base_dir) {
+  // Our own parser first: it reports the byte offset of a syntax error.
+  absl::StatusOr<format::JsonValue> syntax = format::ParseJson(text);
+  if (!syntax.ok()) return Prefixed(origin, syntax.status());
+
+  pb::Value tree;
+  auto parsed = pb::util::JsonStringToMessage(pb::StringPiece(text.data(), text.size()), &tree);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": ", parsed.message().as_string()));
+  }
+  if (tree.kind_case() != pb::Value::kStructValue) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": a job file must hold a JSON object"));
+  }
+  absl::Status fields = CheckFields(tree, *v1::JobSpec::descriptor(), "");
+  if (!fields.ok()) return Prefixed(origin, fields);
+
+  v1::JobSpec spec;
+  parsed = pb::util::JsonStringToMessage(pb::StringPiece(text.data(), text.size()), &spec);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": ", parsed.message().as_string()));
+  }
+  for (auto& checkpoint : *spec.mutable_model()->mutable_checkpoints()) {
+    checkpoint.set_path(Resolve(base_dir, checkpoint.path()));
+  }
+  auto* data = spec.mutable_data();
+  data->set_tokens_path(Resolve(base_dir, data->tokens_path()));
+  data->set_tokenizer_path(Resolve(base_dir, data->tokenizer_path()));
+  return spec;
+}
+
+absl::StatusOr<v1::JobSpec> LoadJobFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot read job file"));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::filesystem::path base =
+      std::filesystem::absolute(std::filesystem::path(path)).parent_path();
+  return ParseJobSpec(buffer.str(), path, base.string());
+}
+
+}  // namespace saetrack::client

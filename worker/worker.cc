@@ -1,0 +1,511 @@
+#include "worker/worker.h"
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "proto/status_mapping.h"
+#include "saetrack/v1/worker.grpc.pb.h"
+#include "worker/format/crc32c.h"
+
+namespace saetrack::worker {
+namespace {
+
+// Calls other than the long poll must answer quickly.
+constexpr absl::Duration kCallTimeout = absl::Seconds(30);
+
+std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(timeout));
+  return context;
+}
+
+std::string DefaultName() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, ":", getpid());
+}
+
+// Errors that will not go away when another worker retries the task.
+bool IsRetryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return false;
+    default:
+      return true;
+  }
+}
+
+engine::TrainInput ToTrainInput(const v1::TrainSaeTask& task) {
+  const v1::JobSpec& spec = task.spec();
+  const bool first = task.chain_index() == 0;
+  engine::TrainInput in;
+  in.model_dir = spec.model().checkpoints(task.checkpoint_index()).path();
+  in.architecture = spec.model().architecture();
+  in.layer = task.hook().layer();
+  in.site = task.hook().site();
+  in.tokens_path = spec.data().tokens_path();
+  in.token_dtype = spec.data().token_dtype();
+  in.context_length = spec.data().context_length();
+  in.sae_architecture = spec.sae().architecture();
+  in.d_sae = spec.sae().d_sae();
+  in.expansion_factor = spec.sae().expansion_factor();
+  in.l1_coefficient = spec.sae().l1_coefficient();
+  in.lr = first ? spec.sae().lr_first() : spec.sae().lr_later();
+  in.warmup_steps =
+      first ? spec.sae().warmup_steps_first() : spec.sae().warmup_steps_later();
+  in.batch_size = spec.sae().batch_size();
+  in.train_tokens =
+      first ? spec.schedule().tokens_first() : spec.schedule().tokens_later();
+  in.eval_tokens = spec.schedule().eval_tokens();
+  in.seed = spec.sae().seed();
+  return in;
+}
+
+std::string SerializeStats(const engine::FeatureStats& stats) {
+  v1::FeatureStatsBlock block;
+  block.mutable_frequency()->Add(stats.frequency.begin(), stats.frequency.end());
+  block.mutable_mean_activation()->Add(stats.mean_activation.begin(),
+                                       stats.mean_activation.end());
+  block.mutable_max_activation()->Add(stats.max_activation.begin(),
+                                      stats.max_activation.end());
+  block.mutable_decoder_cos_prev()->Add(stats.decoder_cos_prev.begin(),
+                                        stats.decoder_cos_prev.end());
+  block.mutable_encoder_norm()->Add(stats.encoder_norm.begin(),
+                                    stats.encoder_norm.end());
+  return block.SerializeAsString();
+}
+
+// Prometheus metrics of one worker. Thread-safe (prometheus-cpp metrics are).
+struct WorkerMetrics {
+  explicit WorkerMetrics(prometheus::Registry& registry)
+      : tasks(prometheus::BuildCounter()
+                  .Name("saetrack_worker_tasks_total")
+                  .Help("Tasks finished by this worker, by outcome.")
+                  .Register(registry)),
+        succeeded(tasks.Add({{"outcome", "succeeded"}})),
+        failed(tasks.Add({{"outcome", "failed"}})),
+        abandoned(tasks.Add({{"outcome", "abandoned"}})),
+        tokens(prometheus::BuildCounter()
+                   .Name("saetrack_worker_tokens_trained_total")
+                   .Help("SAE training tokens processed by this worker.")
+                   .Register(registry)
+                   .Add({})),
+        tokens_per_second(
+            prometheus::BuildGauge()
+                .Name("saetrack_worker_tokens_per_second")
+                .Help("SAE training throughput of the task in flight.")
+                .Register(registry)
+                .Add({})),
+        loss(prometheus::BuildGauge()
+                 .Name("saetrack_worker_sae_loss")
+                 .Help("Latest training loss of the SAE in flight.")
+                 .Register(registry)
+                 .Add({})),
+        fvu(prometheus::BuildGauge()
+                .Name("saetrack_worker_sae_fvu")
+                .Help("Held-out FVU of the last SAE this worker trained.")
+                .Register(registry)
+                .Add({})),
+        l0(prometheus::BuildGauge()
+               .Name("saetrack_worker_sae_l0")
+               .Help("Held-out L0 of the last SAE this worker trained.")
+               .Register(registry)
+               .Add({})),
+        busy(prometheus::BuildGauge()
+                 .Name("saetrack_worker_busy")
+                 .Help("1 while a task is in flight.")
+                 .Register(registry)
+                 .Add({})) {}
+
+  prometheus::Family<prometheus::Counter>& tasks;
+  prometheus::Counter& succeeded;
+  prometheus::Counter& failed;
+  prometheus::Counter& abandoned;
+  prometheus::Counter& tokens;
+  prometheus::Gauge& tokens_per_second;
+  prometheus::Gauge& loss;
+  prometheus::Gauge& fvu;
+  prometheus::Gauge& l0;
+  prometheus::Gauge& busy;
+};
+
+class GrpcWorker final : public Worker {
+ public:
+  GrpcWorker(const WorkerOptions& options,
+             std::unique_ptr<engine::SaeTrainingEngine> engine,
+             std::unique_ptr<prometheus::Exposer> exposer)
+      : options_(options),
+        engine_(std::move(engine)),
+        stub_(v1::WorkerService::NewStub(grpc::CreateChannel(
+            options.coordinator, grpc::InsecureChannelCredentials()))),
+        registry_(std::make_shared<prometheus::Registry>()),
+        metrics_(*registry_),
+        exposer_(std::move(exposer)) {
+    if (options_.name.empty()) options_.name = DefaultName();
+    if (exposer_) exposer_->RegisterCollectable(registry_);
+  }
+
+  ~GrpcWorker() override { Stop(); }
+
+  absl::Status Run() override {
+    int done = 0;
+    while (!stopped_.load()) {
+      if (worker_id_.empty()) {
+        absl::Status registered = Register();
+        if (!registered.ok()) {
+          Log(absl::StrCat("register: ", registered.ToString(), "; retrying"));
+          Backoff();
+          continue;
+        }
+      }
+      absl::StatusOr<std::optional<v1::Task>> task = Lease();
+      if (!task.ok()) {
+        if (task.status().code() == absl::StatusCode::kNotFound) {
+          worker_id_.clear();  // The coordinator forgot us (restart).
+        } else if (!stopped_.load()) {
+          Log(absl::StrCat("lease: ", task.status().ToString(), "; retrying"));
+        }
+        Backoff();
+        continue;
+      }
+      if (!task->has_value()) continue;
+      RunTask(**task);
+      if (options_.max_tasks > 0 && ++done >= options_.max_tasks) break;
+    }
+    return absl::OkStatus();
+  }
+
+  void Stop() override {
+    stopped_.store(true);
+    absl::MutexLock lock(&mu_);
+    if (lease_context_ != nullptr) lease_context_->TryCancel();
+    stop_cv_.SignalAll();
+  }
+
+  int metrics_port() const override {
+    if (!exposer_) return 0;
+    auto ports = exposer_->GetListeningPorts();
+    return ports.empty() ? 0 : ports.front();
+  }
+
+ private:
+  void Log(const std::string& line) const {
+    std::cerr << "saetrack-worker: " << line << std::endl;
+  }
+
+  void Backoff() {
+    absl::MutexLock lock(&mu_);
+    if (!stopped_.load()) stop_cv_.WaitWithTimeout(&mu_, options_.retry_backoff);
+  }
+
+  absl::Status Register() {
+    v1::RegisterWorkerRequest request;
+    request.set_name(options_.name);
+    request.mutable_capabilities()->set_device(options_.device);
+    request.mutable_capabilities()->set_threads(options_.threads);
+    v1::RegisterWorkerResponse response;
+    auto context = NewContext(kCallTimeout);
+    grpc::Status status = stub_->RegisterWorker(context.get(), request, &response);
+    if (!status.ok()) return FromGrpcStatus(status);
+    worker_id_ = response.worker_id();
+    heartbeat_interval_ =
+        absl::Milliseconds(std::max<int64_t>(100, response.heartbeat_interval_ms()));
+    Log(absl::StrCat("registered with ", options_.coordinator, " as ",
+                     worker_id_));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::optional<v1::Task>> Lease() {
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(worker_id_);
+    request.set_wait_ms(absl::ToInt64Milliseconds(options_.lease_wait));
+    v1::LeaseTaskResponse response;
+    auto context = NewContext(options_.lease_wait + kCallTimeout);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopped_.load()) return std::optional<v1::Task>();
+      lease_context_ = context.get();
+    }
+    grpc::Status status = stub_->LeaseTask(context.get(), request, &response);
+    {
+      absl::MutexLock lock(&mu_);
+      lease_context_ = nullptr;
+    }
+    if (!status.ok()) return FromGrpcStatus(status);
+    if (!response.has_task()) return std::optional<v1::Task>();
+    return std::optional<v1::Task>(response.task());
+  }
+
+  absl::StatusOr<std::string> DownloadSae(const v1::SaeRef& ref) {
+    v1::DownloadSaeRequest request;
+    *request.mutable_sae() = ref;
+    auto context = NewContext(kCallTimeout);
+    auto reader = stub_->DownloadSae(context.get(), request);
+    std::string bytes;
+    v1::DownloadChunk chunk;
+    bool last = false;
+    uint32_t crc = 0;
+    int64_t total = -1;
+    while (reader->Read(&chunk)) {
+      if (chunk.offset() != static_cast<int64_t>(bytes.size())) {
+        return absl::DataLossError(absl::StrCat(
+            "SAE download: chunk at offset ", chunk.offset(), ", expected ",
+            bytes.size()));
+      }
+      bytes += chunk.data();
+      if (chunk.last()) {
+        last = true;
+        crc = chunk.crc32c();
+        total = chunk.total_size();
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) return FromGrpcStatus(status);
+    if (!last || total != static_cast<int64_t>(bytes.size()) ||
+        format::Crc32c(bytes) != crc) {
+      return absl::DataLossError(absl::StrFormat(
+          "SAE download of %s layer %d step %d: size or checksum mismatch "
+          "(%d of %d bytes)",
+          ref.job_id(), ref.layer(), ref.step(), bytes.size(), total));
+    }
+    return bytes;
+  }
+
+  absl::Status Upload(const v1::Task& task, v1::ArtifactKind kind,
+                      const std::string& bytes) {
+    v1::UploadArtifactResponse response;
+    auto context = NewContext(kCallTimeout);
+    auto writer = stub_->UploadArtifact(context.get(), &response);
+    const int64_t total = static_cast<int64_t>(bytes.size());
+    int64_t offset = 0;
+    do {
+      const int64_t n = std::min<int64_t>(options_.chunk_bytes, total - offset);
+      v1::ArtifactChunk chunk;
+      chunk.set_task_id(task.task_id());
+      chunk.set_lease_epoch(task.lease_epoch());
+      chunk.set_kind(kind);
+      chunk.set_offset(offset);
+      chunk.set_data(bytes.substr(offset, n));
+      offset += n;
+      if (offset == total) {
+        chunk.set_last(true);
+        chunk.set_total_size(total);
+        chunk.set_crc32c(format::Crc32c(bytes));
+      }
+      if (!writer->Write(chunk)) break;  // The server ended the call; see Finish.
+    } while (offset < total);
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  }
+
+  // Heartbeats the lease of `task` until `done`; sets `lost` when the
+  // coordinator refuses the lease or asks to cancel.
+  void HeartbeatLoop(const v1::Task& task, const std::atomic<int64_t>& tokens,
+                     const std::atomic<double>& loss, const bool& done,
+                     std::atomic<bool>& lost) {
+    absl::MutexLock lock(&mu_);
+    while (!done && !stopped_.load()) {
+      stop_cv_.WaitWithTimeout(&mu_, heartbeat_interval_);
+      if (done || stopped_.load()) break;
+      mu_.Unlock();
+      v1::HeartbeatRequest request;
+      request.set_worker_id(worker_id_);
+      request.set_task_id(task.task_id());
+      request.set_lease_epoch(task.lease_epoch());
+      request.set_tokens_done(tokens.load());
+      request.set_loss(loss.load());
+      v1::HeartbeatResponse response;
+      auto context = NewContext(heartbeat_interval_ * 2);
+      grpc::Status status = stub_->Heartbeat(context.get(), request, &response);
+      mu_.Lock();
+      if ((!status.ok() && status.error_code() == grpc::StatusCode::ABORTED) ||
+          (status.ok() && response.cancel())) {
+        lost.store(true);
+        break;
+      }
+      // Other errors (coordinator restarting) are retried on the next beat;
+      // the lease outlives several missed beats.
+    }
+  }
+
+  void RunTask(const v1::Task& task) {
+    const v1::TrainSaeTask& train = task.train();
+    const int64_t step =
+        train.spec().model().checkpoints(train.checkpoint_index()).step();
+    const std::string what = absl::StrFormat(
+        "task %s (%s layer %d step %d, chain %d)", task.task_id(), task.job_id(),
+        train.hook().layer(), step, train.chain_index());
+    engine::TrainInput input = ToTrainInput(train);
+    Log(absl::StrCat(what, ": training on ", input.train_tokens, " tokens",
+                     train.has_init_from() ? ", initialised from step " +
+                                                 std::to_string(train.init_from().step())
+                                           : ", from scratch"));
+    metrics_.busy.Set(1);
+
+    std::atomic<int64_t> tokens{0};
+    std::atomic<double> loss{0};
+    std::atomic<bool> lost{false};
+    bool done = false;  // Guarded by mu_.
+    std::thread heartbeat([&] { HeartbeatLoop(task, tokens, loss, done, lost); });
+
+    absl::Status prepared = absl::OkStatus();
+    if (train.has_init_from()) {
+      absl::StatusOr<std::string> init = DownloadSae(train.init_from());
+      if (init.ok()) {
+        input.init_sae_safetensors = *std::move(init);
+      } else {
+        prepared = init.status();
+      }
+    }
+    // A StatusOr cannot hold an OK status without a value.
+    absl::StatusOr<engine::TrainOutput> output =
+        prepared.ok() ? absl::InternalError("training did not run") : prepared;
+    if (prepared.ok()) {
+      const absl::Time start = absl::Now();
+      int64_t counted = 0;
+      output = engine_->Train(input, [&](int64_t tokens_done, double l) {
+        tokens.store(tokens_done);
+        loss.store(l);
+        metrics_.tokens.Increment(static_cast<double>(tokens_done - counted));
+        counted = tokens_done;
+        metrics_.loss.Set(l);
+        const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+        if (seconds > 0) metrics_.tokens_per_second.Set(tokens_done / seconds);
+        return !lost.load() && !stopped_.load();
+      });
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      done = true;
+      stop_cv_.SignalAll();
+    }
+    heartbeat.join();
+    metrics_.busy.Set(0);
+
+    if (lost.load() || stopped_.load()) {
+      Log(absl::StrCat(what, ": abandoned (",
+                       lost.load() ? "lease lost or job cancelled" : "stopping",
+                       ")"));
+      metrics_.abandoned.Increment();
+      return;
+    }
+    if (!output.ok()) {
+      Log(absl::StrCat(what, ": failed: ", output.status().ToString()));
+      Fail(task, output.status());
+      return;
+    }
+    metrics_.fvu.Set(output->fvu);
+    metrics_.l0.Set(output->l0);
+    absl::Status stored = Upload(task, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                                 output->sae_safetensors);
+    if (stored.ok()) {
+      stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_STATS,
+                      SerializeStats(output->features));
+    }
+    if (stored.ok()) stored = Complete(task, *output);
+    if (!stored.ok()) {
+      // ABORTED: our lease went stale and the task is someone else's now.
+      Log(absl::StrCat(what, ": result not stored: ", stored.ToString()));
+      metrics_.abandoned.Increment();
+      return;
+    }
+    metrics_.succeeded.Increment();
+    Log(absl::StrFormat("%s: done in %.1f s: FVU %.4f (init %.4f), L0 %.1f, "
+                        "dead %.1f%%",
+                        what, output->wall_time_s, output->fvu, output->init_fvu,
+                        output->l0, 100 * output->dead_fraction));
+  }
+
+  absl::Status Complete(const v1::Task& task, const engine::TrainOutput& out) {
+    v1::CompleteTaskRequest request;
+    request.set_worker_id(worker_id_);
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    v1::CheckpointMetrics* m = request.mutable_metrics();
+    m->set_tokens_trained(out.tokens_trained);
+    m->set_wall_time_s(out.wall_time_s);
+    m->set_mse(out.mse);
+    m->set_fvu(out.fvu);
+    m->set_l0(out.l0);
+    m->set_dead_fraction(out.dead_fraction);
+    m->set_init_fvu(out.init_fvu);
+    m->set_d_in(out.d_in);
+    m->set_d_sae(out.d_sae);
+    v1::CompleteTaskResponse response;
+    auto context = NewContext(kCallTimeout);
+    return FromGrpcStatus(stub_->CompleteTask(context.get(), request, &response));
+  }
+
+  void Fail(const v1::Task& task, const absl::Status& error) {
+    metrics_.failed.Increment();
+    v1::FailTaskRequest request;
+    request.set_worker_id(worker_id_);
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    request.set_error(error.ToString());
+    request.set_retryable(IsRetryable(error));
+    v1::FailTaskResponse response;
+    auto context = NewContext(kCallTimeout);
+    grpc::Status status = stub_->FailTask(context.get(), request, &response);
+    if (!status.ok()) {
+      Log(absl::StrCat("FailTask: ", FromGrpcStatus(status).ToString()));
+    }
+  }
+
+  WorkerOptions options_;
+  std::unique_ptr<engine::SaeTrainingEngine> engine_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  WorkerMetrics metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+
+  // Only touched by the thread in Run().
+  std::string worker_id_;
+  absl::Duration heartbeat_interval_ = absl::Seconds(1);
+
+  std::atomic<bool> stopped_{false};
+  absl::Mutex mu_;
+  absl::CondVar stop_cv_;
+  grpc::ClientContext* lease_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
+    const WorkerOptions& options,
+    std::unique_ptr<engine::SaeTrainingEngine> engine) {
+  if (options.coordinator.empty()) {
+    return absl::InvalidArgumentError("coordinator address is empty");
+  }
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!options.metrics_listen.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
+    }
+  }
+  return std::unique_ptr<Worker>(
+      new GrpcWorker(options, std::move(engine), std::move(exposer)));
+}
+
+}  // namespace saetrack::worker

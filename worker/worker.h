@@ -1,0 +1,61 @@
+// The worker's RPC loop: registers with a coordinator, leases SAE-training
+// tasks, runs them on a SaeTrainingEngine, heartbeats while they run, uploads
+// the results in checksummed chunks and completes (or fails) each task.
+#ifndef SAETRACK_WORKER_WORKER_H_
+#define SAETRACK_WORKER_WORKER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/engine/training_engine.h"
+
+namespace saetrack::worker {
+
+struct WorkerOptions {
+  // --- behaviour ---
+  // host:port of the coordinator.
+  std::string coordinator = "127.0.0.1:7070";
+  // Shown in the coordinator's logs; default hostname:pid.
+  std::string name;
+  // Device of the engine, advertised to the coordinator ("cpu" or "cuda").
+  std::string device = "cpu";
+  int threads = 0;
+  // Long-poll wait of one LeaseTask call.
+  absl::Duration lease_wait = absl::Seconds(5);
+  // Back-off after a failed call (coordinator down or restarting).
+  absl::Duration retry_backoff = absl::Milliseconds(500);
+  // Stop after this many tasks (0: run until Stop()). For tests and batch use.
+  int max_tasks = 0;
+  // host:port of the Prometheus endpoint; empty: none. Port 0: ephemeral.
+  std::string metrics_listen;
+
+  // --- performance ---
+  // Bytes per artifact chunk.
+  int64_t chunk_bytes = 1 << 20;
+};
+
+// Owns its engine, channel and metrics endpoint. Run() executes on the calling
+// thread; Stop() may be called from any thread (e.g. a signal watcher).
+class Worker {
+ public:
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(
+      const WorkerOptions& options,
+      std::unique_ptr<engine::SaeTrainingEngine> engine);
+  virtual ~Worker() = default;
+
+  // Leases and runs tasks until Stop() or max_tasks; returns OK then. A task
+  // in flight when Stop() is called is abandoned (its lease expires and the
+  // coordinator hands it to another worker).
+  virtual absl::Status Run() = 0;
+  virtual void Stop() = 0;
+  // Port of the metrics endpoint, 0 when none.
+  virtual int metrics_port() const = 0;
+};
+
+}  // namespace saetrack::worker
+
+#endif  // SAETRACK_WORKER_WORKER_H_
