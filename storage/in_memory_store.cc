@@ -20,7 +20,7 @@ class InMemoryStore final : public KvStore {
     auto it = map.find(key);
     if (it == map.end()) {
       return absl::NotFoundError(
-          absl::StrCat("key not found in ", ColumnName(column)));
+          absl::StrCat("key not found in ", std::string(ColumnName(column))));
     }
     return it->second;
   }

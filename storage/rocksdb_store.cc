@@ -33,7 +33,7 @@ absl::StatusCode CodeOf(const rocksdb::Status& s) {
 // `what` says which operation failed, e.g. "open rocksdb at '/data'".
 absl::Status FromRocksDb(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(CodeOf(s), absl::StrCat(what, ": ", s.ToString()));
+  return absl::Status(CodeOf(s), absl::StrCat(std::string(what), ": ", s.ToString()));
 }
 
 // The smallest string greater than every string starting with `prefix`, or
@@ -79,10 +79,10 @@ class RocksDbStore final : public KvStore {
         db_->Get(rocksdb::ReadOptions(), Handle(column), ToSlice(key), &value);
     if (s.IsNotFound()) {
       return absl::NotFoundError(
-          absl::StrCat("key not found in ", ColumnName(column)));
+          absl::StrCat("key not found in ", std::string(ColumnName(column))));
     }
     if (!s.ok()) {
-      return FromRocksDb(s, absl::StrCat("get from ", ColumnName(column)));
+      return FromRocksDb(s, absl::StrCat("get from ", std::string(ColumnName(column))));
     }
     return value;
   }
@@ -119,7 +119,7 @@ class RocksDbStore final : public KvStore {
       if (!visit(key, std::string_view(v.data(), v.size()))) break;
     }
     return FromRocksDb(it->status(),
-                       absl::StrCat("scan ", ColumnName(column)));
+                       absl::StrCat("scan ", std::string(ColumnName(column))));
   }
 
  private:

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "worker/format/internal/absl_compat.h"
 
 namespace saetrack::format {
 
@@ -102,7 +103,7 @@ const JsonValue* JsonValue::Find(std::string_view key) const {
   return nullptr;
 }
 
-std::string_view JsonValue::TypeName(Type type) {
+const char* JsonValue::TypeName(Type type) {
   switch (type) {
     case Type::kNull:
       return "null";
@@ -152,7 +153,7 @@ class JsonParser {
         absl::StrFormat("invalid JSON at byte %d (line %d, column %d): %s",
                         error_pos_, line, error_pos_ - line_start + 1, error_);
     if (origin.empty()) return message;
-    return absl::StrCat(origin, ": ", message);
+    return absl::StrCat(AsAbsl(origin), ": ", message);
   }
 
   bool Fail(std::string what) { return FailAt(pos_, std::move(what)); }
@@ -194,7 +195,7 @@ class JsonParser {
 
   bool ConsumeLiteral(std::string_view literal) {
     if (text_.substr(pos_, literal.size()) != literal) {
-      return Fail(absl::StrCat("invalid literal, expected '", literal, "'"));
+      return Fail(absl::StrCat("invalid literal, expected '", AsAbsl(literal), "'"));
     }
     pos_ += literal.size();
     return true;
@@ -340,7 +341,7 @@ class JsonParser {
     const std::string_view literal = text_.substr(start, pos_ - start);
     out.type_ = JsonValue::Type::kNumber;
     int64_t integer = 0;
-    if (integral && absl::SimpleAtoi(literal, &integer)) {
+    if (integral && absl::SimpleAtoi(AsAbsl(literal), &integer)) {
       out.integer_ = integer;
       out.number_ = static_cast<double>(integer);
       return true;
@@ -348,7 +349,7 @@ class JsonParser {
     double number = 0;
     // SimpleAtod is locale-independent, unlike strtod. It fails or yields
     // infinity on overflow; underflow to 0 is acceptable.
-    if (!absl::SimpleAtod(literal, &number) || !std::isfinite(number)) {
+    if (!absl::SimpleAtod(AsAbsl(literal), &number) || !std::isfinite(number)) {
       return FailAt(start, "number out of range");
     }
     out.number_ = number;

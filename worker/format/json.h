@@ -76,7 +76,7 @@ class JsonValue {
 
   // Human-readable type name ("null", "boolean", "number", "string", "array",
   // "object") for error messages.
-  static std::string_view TypeName(Type type);
+  static const char* TypeName(Type type);
 
  private:
   friend class JsonParser;

@@ -10,13 +10,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "worker/format/internal/absl_compat.h"
 
 namespace saetrack::format {
 namespace {
 
 absl::Status ErrnoError(int error_number, std::string_view action,
                         std::string_view path) {
-  return absl::ErrnoToStatus(error_number, absl::StrCat(action, " ", path));
+  return absl::ErrnoToStatus(error_number, absl::StrCat(AsAbsl(action), " ", AsAbsl(path)));
 }
 
 // Closes a file descriptor on scope exit.

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/format/internal/absl_compat.h"
 #include "worker/format/internal/status_macros.h"
 #include "worker/format/json.h"
 #include "worker/format/mapped_file.h"
@@ -36,11 +37,12 @@ class ConfigReader {
                      std::string_view what) const {
     if (value == nullptr) {
       return absl::InvalidArgumentError(
-          absl::StrCat(origin_, ": field \"", field, "\" ", what));
+          absl::StrCat(AsAbsl(origin_), ": field \"", AsAbsl(field), "\" ",
+                       AsAbsl(what)));
     }
-    return absl::InvalidArgumentError(absl::StrCat(origin_, ": field \"", field,
-                                                   "\" (at byte ",
-                                                   value->offset(), ") ", what));
+    return absl::InvalidArgumentError(absl::StrCat(
+        AsAbsl(origin_), ": field \"", AsAbsl(field), "\" (at byte ",
+        value->offset(), ") ", AsAbsl(what)));
   }
 
   // The first of `names` present (HF renamed some fields across versions),
@@ -167,7 +169,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
   if (!root.ok()) return root.status();
   if (!root->is_object()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(origin, ": expected a JSON object at the top level, found ",
+        absl::StrCat(AsAbsl(origin), ": expected a JSON object at the top level, found ",
                      JsonValue::TypeName(root->type())));
   }
   const ConfigReader reader(*root, origin);

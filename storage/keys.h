@@ -1,0 +1,92 @@
+// Order-preserving key encodings for the column families of KvStore.
+//
+// Integers are written big-endian at fixed width with the sign bit flipped,
+// so bytewise key order equals numeric order (negative before positive).
+// Strings are written as their bytes followed by a 0x00 terminator, so the
+// prefix of job "job-1" never matches job "job-10"; they must not contain NUL.
+//
+// Feature-history keys are feature-major (`job | layer | feature | step`), so
+// one prefix scan over FeatureHistoryPrefix(job, layer, feature) returns that
+// feature's whole history in step order.
+#ifndef SAETRACK_STORAGE_KEYS_H_
+#define SAETRACK_STORAGE_KEYS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace saetrack::storage {
+
+// Appends encoded components to a key. Thread-compatible.
+class KeyBuilder {
+ public:
+  // REQUIRES: `s` contains no NUL byte.
+  KeyBuilder& AddString(std::string_view s);
+  KeyBuilder& AddInt32(int32_t v);
+  KeyBuilder& AddInt64(int64_t v);
+
+  const std::string& key() const { return key_; }
+  std::string Release() { return std::move(key_); }
+
+ private:
+  std::string key_;
+};
+
+// Reads components written by KeyBuilder, in the same order. Each Read*
+// returns kInvalidArgument when the key is too short or malformed. Holds a
+// view of the key: the key must outlive the reader.
+class KeyReader {
+ public:
+  explicit KeyReader(std::string_view key) : rest_(key) {}
+
+  absl::StatusOr<std::string> ReadString();
+  absl::StatusOr<int32_t> ReadInt32();
+  absl::StatusOr<int64_t> ReadInt64();
+  // True when every byte has been read.
+  bool AtEnd() const { return rest_.empty(); }
+
+ private:
+  std::string_view rest_;
+};
+
+// --- keys of the column families ---
+
+// jobs: one record per job.
+std::string JobKey(std::string_view job_id);
+
+// tasks: one record per (hook, chain position), grouped by job.
+std::string TaskKey(std::string_view job_id, int32_t hook_index,
+                    int32_t chain_index);
+// All tasks of a job, in (hook, chain) order.
+std::string TaskPrefix(std::string_view job_id);
+
+// sae_weights: one SAE per (job, layer, checkpoint step).
+std::string SaeWeightsKey(std::string_view job_id, int32_t layer,
+                          int64_t step);
+
+// feature_history: one point per (job, layer, feature, checkpoint step).
+std::string FeatureHistoryKey(std::string_view job_id, int32_t layer,
+                              int32_t feature, int64_t step);
+std::string FeatureHistoryPrefix(std::string_view job_id, int32_t layer,
+                                 int32_t feature);
+
+struct FeatureHistoryKeyParts {
+  std::string job_id;
+  int32_t layer = 0;
+  int32_t feature = 0;
+  int64_t step = 0;
+};
+// Errors: kInvalidArgument when `key` is not a feature-history key.
+absl::StatusOr<FeatureHistoryKeyParts> ParseFeatureHistoryKey(
+    std::string_view key);
+
+// checkpoint_metrics: one record per (job, layer, chain position).
+std::string CheckpointMetricsKey(std::string_view job_id, int32_t layer,
+                                 int32_t chain_index);
+std::string CheckpointMetricsPrefix(std::string_view job_id, int32_t layer);
+
+}  // namespace saetrack::storage
+
+#endif  // SAETRACK_STORAGE_KEYS_H_

@@ -1,0 +1,342 @@
+// End to end, over real processes: saetrack-tinylm writes a short series of
+// real GPT-NeoX training checkpoints; a real saetrack-coordinator (RocksDB in
+// a temp dir) and saetrack-worker (LibTorch) talk gRPC over loopback; the job
+// goes in and the answers come out through the saetrack CLI, as a user would
+// drive them. Then the coordinator restarts on the same directory and must
+// give the same answers.
+#include <google/protobuf/util/json_util.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "saetrack/v1/job.pb.h"
+#include "saetrack/v1/query.pb.h"
+#include "tests/child_process.h"
+
+namespace saetrack {
+namespace {
+
+using ::saetrack::testing::ChildProcess;
+using ::saetrack::testing::CommandResult;
+using ::testing::HasSubstr;
+
+constexpr int kLayer = 1;
+const std::vector<int> kSteps = {0, 16, 64, 256};
+constexpr int kDSae = 32 * 4;
+
+template <typename T>
+T FromJson(const std::string& json) {
+  T message;
+  auto status = google::protobuf::util::JsonStringToMessage(json, &message);
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << json;
+  return message;
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::MakeTempDir("e2e"));
+    ASSERT_FALSE(dir_->empty());
+
+    // A tiny GPT-NeoX, really trained: checkpoints a few hundred steps apart.
+    std::string steps;
+    for (int s : kSteps) absl::StrAppend(&steps, steps.empty() ? "" : ",", s);
+    auto lm = testing::RunCommand(
+        {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out",
+         *dir_ + "/lm", "--steps", steps, "--d_model", "32", "--layers", "2",
+         "--heads", "4", "--ctx", "32", "--batch", "16", "--seed", "1",
+         "--threads", "2"},
+        *dir_ + "/tinylm", absl::Minutes(5));
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    ASSERT_EQ(lm->exit_code, 0) << lm->err;
+
+    StartCoordinator();
+    auto worker = ChildProcess::Start(
+        {SAETRACK_WORKER_BIN, "--coordinator", Address(), "--threads", "2",
+         "--metrics_listen", "127.0.0.1:0", "--lease_wait", "1s"},
+        *dir_ + "/worker");
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = worker->release();
+
+    WriteJob("job.json", GoodJob());
+    CommandResult submit = Cli({"submit", *dir_ + "/job.json", "--wait",
+                                "--json", "--timeout_s", "600"});
+    ASSERT_EQ(submit.exit_code, 0) << submit.err << "\nworker log:\n"
+                                   << worker_->Stderr();
+    v1::Job job = FromJson<v1::Job>(submit.out);
+    ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED);
+    job_id_ = new std::string(job.job_id());
+  }
+
+  static void TearDownTestSuite() {
+    delete worker_;
+    delete coordinator_;
+  }
+
+  static void StartCoordinator() {
+    const std::string port_file = *dir_ + "/ports";
+    std::remove(port_file.c_str());
+    auto coordinator = ChildProcess::Start(
+        {SAETRACK_COORDINATOR_BIN, "--data_dir", *dir_ + "/data", "--listen",
+         "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0", "--port_file",
+         port_file},
+        *dir_ + "/coordinator");
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = coordinator->release();
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          return testing::ReadFileOrEmpty(port_file).find("metrics=") !=
+                 std::string::npos;
+        },
+        absl::Seconds(30)))
+        << coordinator_->Stderr();
+    for (absl::string_view line :
+         absl::StrSplit(testing::ReadFileOrEmpty(port_file), '\n')) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(line, '=');
+      if (kv.first == "grpc") ASSERT_TRUE(absl::SimpleAtoi(kv.second, &port_));
+      if (kv.first == "metrics") {
+        ASSERT_TRUE(absl::SimpleAtoi(kv.second, &metrics_port_));
+      }
+    }
+    ASSERT_GT(port_, 0);
+  }
+
+  static std::string Address() { return absl::StrCat("127.0.0.1:", port_); }
+
+  static std::string GoodJob() {
+    std::string checkpoints;
+    for (int s : kSteps) {
+      absl::StrAppend(&checkpoints, checkpoints.empty() ? "" : ", ",
+                      "{\"step\": ", s, ", \"path\": \"lm/checkpoints/step-", s,
+                      "\"}");
+    }
+    return absl::StrCat(R"({
+  "name": "e2e",
+  "model": {"architecture": "gpt_neox", "checkpoints": [)",
+                        checkpoints, R"(]},
+  "data": {"tokens_path": "lm/tokens.u16", "context_length": 32},
+  "hooks": [{"layer": )",
+                        kLayer, R"(}],
+  "sae": {"expansion_factor": 4, "l1_coefficient": 1e-3, "lr_first": 1e-3,
+          "lr_later": 3e-4, "warmup_steps_first": 20, "warmup_steps_later": 5,
+          "batch_size": 512, "seed": 7},
+  "schedule": {"tokens_first": 200000, "tokens_later": 40000,
+               "eval_tokens": 8192}
+})");
+  }
+
+  static void WriteJob(const std::string& name, const std::string& text) {
+    std::ofstream(*dir_ + "/" + name) << text;
+  }
+
+  static CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), SAETRACK_CLI_BIN);
+    args.push_back("--coordinator");
+    args.push_back(Address());
+    static int calls = 0;
+    auto result = testing::RunCommand(
+        args, absl::StrCat(*dir_, "/cli-", calls++), absl::Minutes(10));
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : CommandResult{};
+  }
+
+  static v1::GetCheckpointMetricsResponse Metrics() {
+    CommandResult r = Cli({"metrics", *job_id_, "--layer",
+                           std::to_string(kLayer), "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return FromJson<v1::GetCheckpointMetricsResponse>(r.out);
+  }
+
+  static v1::FeatureHistory Feature(int id) {
+    CommandResult r = Cli({"feature", *job_id_, "--layer",
+                           std::to_string(kLayer), "--id", std::to_string(id),
+                           "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return FromJson<v1::FeatureHistory>(r.out);
+  }
+
+  static std::string* dir_;
+  static std::string* job_id_;
+  static ChildProcess* coordinator_;
+  static ChildProcess* worker_;
+  static int port_;
+  static int metrics_port_;
+};
+
+std::string* EndToEndTest::dir_ = nullptr;
+std::string* EndToEndTest::job_id_ = nullptr;
+ChildProcess* EndToEndTest::coordinator_ = nullptr;
+ChildProcess* EndToEndTest::worker_ = nullptr;
+int EndToEndTest::port_ = 0;
+int EndToEndTest::metrics_port_ = 0;
+
+TEST_F(EndToEndTest, EveryCheckpointHasMetrics) {
+  v1::GetCheckpointMetricsResponse metrics = Metrics();
+  ASSERT_EQ(metrics.checkpoints_size(), static_cast<int>(kSteps.size()));
+  for (int i = 0; i < metrics.checkpoints_size(); ++i) {
+    const v1::CheckpointMetrics& m = metrics.checkpoints(i);
+    EXPECT_EQ(m.chain_index(), i);
+    EXPECT_EQ(m.step(), kSteps[i]);
+    EXPECT_EQ(m.layer(), kLayer);
+    EXPECT_EQ(m.d_in(), 32);
+    EXPECT_EQ(m.d_sae(), kDSae);
+    EXPECT_GE(m.tokens_trained(), i == 0 ? 200000 : 40000);
+    EXPECT_TRUE(std::isfinite(m.fvu()));
+    EXPECT_GT(m.l0(), 0);
+    EXPECT_LE(m.l0(), kDSae);
+    EXPECT_GE(m.dead_fraction(), 0);
+    EXPECT_LE(m.dead_fraction(), 1);
+  }
+  // The first SAE learned something real from scratch.
+  EXPECT_LT(metrics.checkpoints(0).fvu(), 0.5);
+  EXPECT_LT(metrics.checkpoints(0).fvu(), metrics.checkpoints(0).init_fvu());
+}
+
+TEST_F(EndToEndTest, LaterSaesImproveOnTheirInitialisation) {
+  v1::GetCheckpointMetricsResponse metrics = Metrics();
+  ASSERT_EQ(metrics.checkpoints_size(), static_cast<int>(kSteps.size()));
+  for (int i = 1; i < metrics.checkpoints_size(); ++i) {
+    const v1::CheckpointMetrics& m = metrics.checkpoints(i);
+    EXPECT_TRUE(std::isfinite(m.fvu())) << "chain " << i;
+    EXPECT_TRUE(std::isfinite(m.init_fvu())) << "chain " << i;
+    EXPECT_LT(m.fvu(), m.init_fvu()) << "chain " << i;
+  }
+}
+
+TEST_F(EndToEndTest, DecoderCosinesAreInRangeAndTheChainIsContinuous) {
+  v1::GetCheckpointMetricsResponse metrics = Metrics();
+  ASSERT_EQ(metrics.checkpoints_size(), static_cast<int>(kSteps.size()));
+  EXPECT_FALSE(metrics.checkpoints(0).has_median_decoder_cos_prev());
+  for (int i = 1; i < metrics.checkpoints_size(); ++i) {
+    ASSERT_TRUE(metrics.checkpoints(i).has_median_decoder_cos_prev());
+    EXPECT_GT(metrics.checkpoints(i).median_decoder_cos_prev(), 0.5)
+        << "chain " << i;
+  }
+  std::vector<double> cosines;
+  for (int id : {0, 1, kDSae / 2, kDSae - 1}) {
+    v1::FeatureHistory history = Feature(id);
+    EXPECT_EQ(history.feature_id(), id);
+    ASSERT_EQ(history.points_size(), static_cast<int>(kSteps.size()));
+    EXPECT_FALSE(history.points(0).has_decoder_cos_prev());
+    for (int i = 0; i < history.points_size(); ++i) {
+      const v1::FeaturePoint& p = history.points(i);
+      EXPECT_EQ(p.step(), kSteps[i]);
+      EXPECT_GE(p.frequency(), 0);
+      EXPECT_LE(p.frequency(), 1);
+      if (i > 0) {
+        ASSERT_TRUE(p.has_decoder_cos_prev());
+        EXPECT_GE(p.decoder_cos_prev(), -1.0 - 1e-6);
+        EXPECT_LE(p.decoder_cos_prev(), 1.0 + 1e-6);
+        cosines.push_back(p.decoder_cos_prev());
+      }
+    }
+  }
+  std::sort(cosines.begin(), cosines.end());
+  EXPECT_GT(cosines[cosines.size() / 2], 0.5);
+}
+
+TEST_F(EndToEndTest, HumanReadableOutput) {
+  CommandResult status = Cli({"status", *job_id_});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr(*job_id_ + " succeeded: 4/4 SAEs trained"));
+  CommandResult metrics =
+      Cli({"metrics", *job_id_, "--layer", std::to_string(kLayer)});
+  EXPECT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_THAT(metrics.out, HasSubstr("init FVU"));
+  // A header and one row per checkpoint.
+  EXPECT_EQ(std::count(metrics.out.begin(), metrics.out.end(), '\n'),
+            1 + static_cast<int>(kSteps.size()));
+}
+
+TEST_F(EndToEndTest, UnknownFeatureJobAndLayerAreNotFound) {
+  CommandResult r = Cli({"feature", *job_id_, "--layer", std::to_string(kLayer),
+                         "--id", std::to_string(kDSae)});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(r.err, HasSubstr("feature"));
+  r = Cli({"metrics", "job-999999", "--layer", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(r.err, HasSubstr("job-999999"));
+  r = Cli({"metrics", *job_id_, "--layer", "0"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(r.err, HasSubstr("layer"));
+}
+
+// Every bad job is refused with a message naming the field; nothing is stored
+// and the coordinator keeps serving.
+TEST_F(EndToEndTest, BadJobsAreRefusedAndNothingIsStored) {
+  WriteJob("bad-json.json", "{\"name\": \"x\",, }");
+  CommandResult r = Cli({"submit", *dir_ + "/bad-json.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("byte 13"));
+
+  std::string missing = GoodJob();
+  const std::string second = "lm/checkpoints/step-" + std::to_string(kSteps[1]);
+  missing.replace(missing.find(second), second.size(), "lm/checkpoints/nope");
+  WriteJob("missing.json", missing);
+  r = Cli({"submit", *dir_ + "/missing.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("model.checkpoints[1].path"));
+  EXPECT_THAT(r.err, HasSubstr("nope"));
+
+  std::string bad_layer = GoodJob();
+  const std::string hook = absl::StrCat("\"layer\": ", kLayer);
+  bad_layer.replace(bad_layer.find(hook), hook.size(), "\"layer\": 7");
+  WriteJob("bad-layer.json", bad_layer);
+  r = Cli({"submit", *dir_ + "/bad-layer.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("hooks[0].layer"));
+
+  for (const char* name : {"bad-json.json", "missing.json", "bad-layer.json"}) {
+    SCOPED_TRACE(name);
+  }
+  CommandResult list = Cli({"list", "--json"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  v1::ListJobsResponse jobs = FromJson<v1::ListJobsResponse>(list.out);
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs(0).job_id(), *job_id_);
+}
+
+TEST_F(EndToEndTest, MetricsEndpointServesPrometheusText) {
+  absl::StatusOr<std::string> body = testing::HttpGet(metrics_port_, "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_THAT(*body, HasSubstr("saetrack_jobs{state=\"succeeded\"} 1"));
+  EXPECT_THAT(*body, HasSubstr("saetrack_rpcs_total"));
+}
+
+// Runs last (alphabetically and by declaration): restarts the coordinator.
+TEST_F(EndToEndTest, ZRestartOnTheSameDirectoryKeepsEveryAnswer) {
+  const std::string metrics_before =
+      Cli({"metrics", *job_id_, "--layer", "1", "--json"}).out;
+  const std::string feature_before =
+      Cli({"feature", *job_id_, "--layer", "1", "--id", "3", "--json"}).out;
+  const std::string status_before = Cli({"status", *job_id_, "--json"}).out;
+  ASSERT_FALSE(metrics_before.empty());
+
+  coordinator_->Signal(SIGTERM);
+  absl::StatusOr<int> code = coordinator_->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << coordinator_->Stderr();
+  delete coordinator_;
+  coordinator_ = nullptr;
+  StartCoordinator();
+
+  EXPECT_EQ(Cli({"metrics", *job_id_, "--layer", "1", "--json"}).out,
+            metrics_before);
+  EXPECT_EQ(Cli({"feature", *job_id_, "--layer", "1", "--id", "3", "--json"}).out,
+            feature_before);
+  EXPECT_EQ(Cli({"status", *job_id_, "--json"}).out, status_before);
+}
+
+}  // namespace
+}  // namespace saetrack
