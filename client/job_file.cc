@@ -83,7 +83,9 @@ absl::Status CheckFields(const pb::Value& value, const pb::Descriptor& descripto
                          const std::string& path) {
   for (const auto& [key, child] : value.struct_value().fields()) {
     const pb::FieldDescriptor* field = descriptor.FindFieldByName(key);
-    if (field == nullptr) field = descriptor.FindFieldByJsonName(key);
+    for (int i = 0; field == nullptr && i < descriptor.field_count(); ++i) {
+      if (descriptor.field(i)->json_name() == key) field = descriptor.field(i);
+    }
     const std::string child_path = path.empty() ? key : path + "." + key;
     if (field == nullptr) {
       return absl::InvalidArgumentError(
@@ -115,18 +117,20 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
   return std::filesystem::absolute(p).lexically_normal().string();
 }
 
-absl::Status Prefixed(std::string_view origin, const absl::Status& status) {
+absl::Status Prefixed(const std::string& origin, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(origin, ": ", status.message()));
 }
 
 }  // namespace
 
 absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
-                                         std::string_view origin,
+                                         std::string_view origin_view,
                                          const std::string& base_dir) {
+  // Debian's absl has its own string_view, which StrCat wants.
+  const std::string origin(origin_view);
   // Our own parser first: it reports the byte offset of a syntax error.
-  absl::StatusOr<format::JsonValue> syntax = format::ParseJson(text);
-  if (!syntax.ok()) return Prefixed(origin, syntax.status());
+  absl::StatusOr<format::JsonValue> syntax = format::ParseJson(text, origin);
+  if (!syntax.ok()) return syntax.status();
 
   pb::Value tree;
   auto parsed = pb::util::JsonStringToMessage(pb::StringPiece(text.data(), text.size()), &tree);

@@ -96,8 +96,8 @@ class KvStore {
 };
 
 struct RocksDbStoreOptions {
-  // Directory of the database. Created (with missing column families) when
-  // absent.
+  // Directory of the database. Created, with its parents and any missing
+  // column families, when absent.
   std::string path;
 
   // --- performance ---

@@ -1,6 +1,8 @@
 // The RocksDB KvStore. This file is the only place where rocksdb::Status is
 // converted to absl::Status.
+#include <filesystem>
 #include <memory>
+#include <system_error>
 #include <set>
 #include <string>
 #include <utility>
@@ -153,6 +155,14 @@ absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksDbStore(
   const std::string what = absl::StrCat("open rocksdb at '", options.path, "'");
   if (options.path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": empty path"));
+  }
+  // RocksDB creates only the last path component; create the rest so that a
+  // fresh --data_dir works.
+  std::error_code ec;
+  std::filesystem::create_directories(options.path, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": cannot create directory: ", ec.message()));
   }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The README's demo command. On a fresh Debian machine, with nothing
+# downloaded: installs the dependencies, builds saetrack, trains a tiny
+# GPT-NeoX on the bundled Tiny Shakespeare (cached in demo-data/lm), starts a
+# coordinator and a worker on loopback, submits deploy/jobs/demo-job.json,
+# waits for it with a progress line and prints what the chain of SAEs found.
+# The processes it started are stopped at the end; demo-data/ stays so the
+# results can still be queried.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+data="$root/demo-data"
+bin="$root/build/bin"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "Installing dependencies (quiet when present)"
+deploy/install-deps.sh
+
+step "Building (Release, build/)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)" --target saetrack-coordinator saetrack-worker \
+  saetrack saetrack-tinylm 2>&1 | grep -E "error|warning: unused|Linking" || true
+
+step "Training the tiny GPT-NeoX on Tiny Shakespeare (cached)"
+"$bin/saetrack-tinylm" --corpus deploy/demo/tinyshakespeare.txt \
+  --out "$data/lm" --steps 0,1,2,4,8,16,32,64,128,256,512 \
+  --d_model 64 --layers 2 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1 \
+  --threads "$(nproc)"
+
+step "Starting a coordinator and a worker"
+mkdir -p "$data"
+rm -rf "$data/coordinator" "$data/ports"
+"$bin/saetrack-coordinator" --data_dir "$data/coordinator" \
+  --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
+  --port_file "$data/ports" 2>"$data/coordinator.log" &
+coordinator_pid=$!
+worker_pid=
+cleanup() {
+  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
+  kill "$coordinator_pid" 2>/dev/null && wait "$coordinator_pid" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 300); do
+  grep -q metrics= "$data/ports" 2>/dev/null && break
+  kill -0 "$coordinator_pid" 2>/dev/null || { cat "$data/coordinator.log"; exit 1; }
+  sleep 0.1
+done
+port=$(sed -n 's/^grpc=//p' "$data/ports")
+metrics_port=$(sed -n 's/^metrics=//p' "$data/ports")
+addr="127.0.0.1:$port"
+"$bin/saetrack-worker" --coordinator "$addr" --threads "$(nproc)" \
+  --metrics_listen 127.0.0.1:0 2>"$data/worker.log" &
+worker_pid=$!
+echo "coordinator on $addr (metrics: http://127.0.0.1:$metrics_port/metrics), worker pid $worker_pid"
+
+step "Submitting deploy/jobs/demo-job.json and waiting"
+cli=("$bin/saetrack" --coordinator "$addr")
+"${cli[@]}" submit deploy/jobs/demo-job.json --wait
+job=$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)
+
+step "Per-checkpoint SAE metrics ($job, layer 1)"
+"${cli[@]}" metrics "$job" --layer 1
+cat <<TXT
+
+Reading it: chain 0 is the SAE trained from scratch on step 0; every later SAE
+starts from the previous one (recurrent initialisation) and trains on far fewer
+tokens. "init FVU" is the FVU of that starting point on the new checkpoint's
+activations, "FVU" the FVU after training; "cos prev" is the median cosine
+between a feature's decoder direction and its direction one checkpoint earlier.
+TXT
+
+for id in 0 1 2; do
+  step "Feature $id across the checkpoints"
+  "${cli[@]}" feature "$job" --layer 1 --id "$id"
+done
+
+cleanup
+trap - EXIT
+step "Done"
+cat <<TXT
+The results stay in $data/coordinator. To query them again:
+  $bin/saetrack-coordinator --data_dir $data/coordinator --listen 127.0.0.1:7070 &
+  $bin/saetrack status $job
+  $bin/saetrack metrics $job --layer 1
+  $bin/saetrack feature $job --layer 1 --id 5 --json
+TXT
