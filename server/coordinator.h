@@ -1,0 +1,85 @@
+// saetrack-coordinator: accepts tracking jobs (JobService), hands their tasks
+// to pull-based workers (WorkerService), stores results in RocksDB and serves
+// them (QueryService), all over gRPC, with Prometheus metrics over HTTP.
+//
+// Usage:
+//   CoordinatorOptions options;
+//   options.data_dir = "/var/lib/saetrack";
+//   absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Start(options);
+//   ... c->port() ...
+//   (*c)->Shutdown();
+#ifndef SAETRACK_SERVER_COORDINATOR_H_
+#define SAETRACK_SERVER_COORDINATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/clock.h"
+
+namespace saetrack {
+
+struct CoordinatorOptions {
+  // --- behaviour ---
+
+  // Directory holding the RocksDB database (in `data_dir`/db). Created when
+  // missing. Required.
+  std::string data_dir;
+  // gRPC listen address, HOST:PORT. Port 0 picks a free port (see port()).
+  std::string listen_address = "127.0.0.1:7070";
+  // Prometheus /metrics listen address, HOST:PORT; port 0 picks a free port.
+  // Empty: no metrics endpoint.
+  std::string metrics_listen_address = "127.0.0.1:9464";
+  // When non-empty, every path named by a job must lie under one of these
+  // directories (after resolving symlinks), else the job is INVALID_ARGUMENT.
+  std::vector<std::string> data_roots;
+  // A lease not renewed by a heartbeat for this long expires and its task is
+  // requeued. Workers are told to heartbeat every lease_ttl_ms / 3.
+  int64_t lease_ttl_ms = 30000;
+  // Times a task may be leased before its job fails (counting expired leases
+  // and retryable failures).
+  int max_attempts = 3;
+  // Largest artifact (SAE weights or feature stats) a worker may upload.
+  int64_t max_artifact_bytes = int64_t{4} << 30;
+  // Source of time for lease deadlines and timestamps. Not owned; must
+  // outlive the coordinator. Null: the system clock.
+  Clock* clock = nullptr;
+
+  // --- performance ---
+
+  // How often the background thread looks for expired leases (in real time;
+  // leases are also checked on every worker RPC, using `clock`).
+  int64_t lease_check_interval_ms = 1000;
+  // Time given to in-flight RPCs to finish on Shutdown.
+  int64_t shutdown_grace_ms = 5000;
+};
+
+// A running coordinator. Owns its gRPC server, metrics endpoint, scheduler and
+// database. Thread-safe; Shutdown may be called from any thread, once or more.
+class Coordinator {
+ public:
+  // Opens the database in options.data_dir, recovers every job, task and
+  // result from it, and starts serving. Errors: kInvalidArgument for bad
+  // options, the database's error (naming the directory) when it cannot be
+  // opened, kUnavailable when an address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
+      const CoordinatorOptions& options);
+
+  // Shuts down (see Shutdown) if still running.
+  virtual ~Coordinator() = default;
+
+  // The bound gRPC port.
+  virtual int port() const = 0;
+  // The bound metrics port; 0 when there is no metrics endpoint.
+  virtual int metrics_port() const = 0;
+
+  // Health goes NOT_SERVING, long polls return, in-flight RPCs get up to
+  // shutdown_grace_ms to finish, then the database is closed. Idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace saetrack
+
+#endif  // SAETRACK_SERVER_COORDINATOR_H_
