@@ -1,0 +1,252 @@
+// The worker's RPC loop against a real in-process coordinator (RocksDB in a
+// temp dir, gRPC on a free loopback port), with a fake training engine so
+// that the test exercises leasing, downloads, chunked uploads, completion and
+// failure handling without LibTorch.
+#include "worker/worker.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "client/client.h"
+#include "server/coordinator.h"
+
+namespace saetrack::worker {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kDIn = 4;
+constexpr int kDSae = 8;
+
+// Returns a deterministic, distinct result per call; records what it was
+// asked. Thread-safe.
+class FakeEngine final : public engine::SaeTrainingEngine {
+ public:
+  struct Call {
+    engine::TrainInput input;
+    std::string output_bytes;
+  };
+
+  // Makes call number `n` (0-based) fail with `status`.
+  void FailCall(int n, absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    failures_[n] = std::move(status);
+  }
+
+  std::vector<Call> calls() const {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+  absl::StatusOr<engine::TrainOutput> Train(
+      const engine::TrainInput& input,
+      const engine::ProgressFn& progress) override {
+    absl::MutexLock lock(&mu_);
+    const int n = static_cast<int>(calls_.size());
+    engine::TrainOutput out;
+    // Larger than one upload chunk, so the upload really is chunked.
+    out.sae_safetensors = std::string(5000, static_cast<char>('a' + n));
+    calls_.push_back({input, out.sae_safetensors});
+    if (auto it = failures_.find(n); it != failures_.end()) return it->second;
+    if (!progress(input.train_tokens, 0.5)) return absl::CancelledError("stop");
+    out.d_in = kDIn;
+    out.d_sae = kDSae;
+    out.tokens_trained = input.train_tokens;
+    out.fvu = 0.1 + 0.01 * n;
+    out.init_fvu = 0.9;
+    out.l0 = 3;
+    for (int i = 0; i < kDSae; ++i) {
+      out.features.frequency.push_back(0.01f * i);
+      out.features.mean_activation.push_back(0.5f);
+      out.features.max_activation.push_back(2.0f + n);
+      out.features.encoder_norm.push_back(1.0f);
+      if (input.init_sae_safetensors.has_value()) {
+        out.features.decoder_cos_prev.push_back(0.9f);
+      }
+    }
+    return out;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+  std::map<int, absl::Status> failures_ ABSL_GUARDED_BY(mu_);
+};
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/saetrack-worker-test-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    for (int step : {0, 10, 20}) {
+      const std::string ckpt = absl::StrCat(dir_, "/ckpt/step-", step);
+      std::filesystem::create_directories(ckpt);
+      std::ofstream(ckpt + "/config.json") << R"({
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+        "hidden_size": 4, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "vocab_size": 256,
+        "max_position_embeddings": 64, "rotary_pct": 0.25,
+        "rotary_emb_base": 10000, "layer_norm_eps": 1e-5,
+        "use_parallel_residual": true, "hidden_act": "gelu",
+        "tie_word_embeddings": false})";
+      std::ofstream(ckpt + "/model.safetensors") << "";
+    }
+    std::ofstream tokens(dir_ + "/tokens.u16", std::ios::binary);
+    tokens << std::string(2 * 4096, '\1');
+    tokens.close();
+
+    CoordinatorOptions options;
+    options.data_dir = dir_ + "/data";
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_listen_address = "";
+    auto coordinator = Coordinator::Start(options);
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = *std::move(coordinator);
+    address_ = absl::StrCat("127.0.0.1:", coordinator_->port());
+    client::ClientOptions client_options;
+    client_options.coordinator = address_;
+    client_ = client::SaetrackClient::Create(client_options);
+  }
+
+  void TearDown() override {
+    coordinator_->Shutdown();
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string SubmitJob() {
+    v1::JobSpec spec;
+    spec.mutable_model()->set_architecture("gpt_neox");
+    for (int step : {0, 10, 20}) {
+      auto* c = spec.mutable_model()->add_checkpoints();
+      c->set_step(step);
+      c->set_path(absl::StrCat(dir_, "/ckpt/step-", step));
+    }
+    spec.mutable_data()->set_tokens_path(dir_ + "/tokens.u16");
+    spec.mutable_data()->set_context_length(16);
+    spec.add_hooks()->set_layer(1);
+    spec.mutable_sae()->set_expansion_factor(2);
+    spec.mutable_sae()->set_lr_first(1e-3);
+    spec.mutable_sae()->set_lr_later(1e-4);
+    spec.mutable_schedule()->set_tokens_first(1000);
+    spec.mutable_schedule()->set_tokens_later(50);
+    auto submitted = client_->SubmitJob(spec, "");
+    EXPECT_TRUE(submitted.ok()) << submitted.status();
+    return submitted.ok() ? submitted->job().job_id() : "";
+  }
+
+  // Runs a worker over `engine` until it has handled `tasks` tasks.
+  void RunWorker(std::unique_ptr<engine::SaeTrainingEngine> engine, int tasks) {
+    WorkerOptions options;
+    options.coordinator = address_;
+    options.max_tasks = tasks;
+    options.chunk_bytes = 1024;
+    options.lease_wait = absl::Milliseconds(200);
+    auto worker = Worker::Create(options, std::move(engine));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    EXPECT_TRUE((*worker)->Run().ok());
+  }
+
+  std::string dir_;
+  std::string address_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<client::SaetrackClient> client_;
+};
+
+// Wraps a FakeEngine owned by the test.
+class Borrowed final : public engine::SaeTrainingEngine {
+ public:
+  explicit Borrowed(FakeEngine* engine) : engine_(engine) {}
+  absl::StatusOr<engine::TrainOutput> Train(
+      const engine::TrainInput& input,
+      const engine::ProgressFn& progress) override {
+    return engine_->Train(input, progress);
+  }
+
+ private:
+  FakeEngine* engine_;
+};
+
+TEST_F(WorkerTest, TrainsTheChainInOrderAndStoresEveryResult) {
+  const std::string job_id = SubmitJob();
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 3);
+
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_THAT(calls[0].input.model_dir, HasSubstr("step-0"));
+  EXPECT_THAT(calls[1].input.model_dir, HasSubstr("step-10"));
+  EXPECT_THAT(calls[2].input.model_dir, HasSubstr("step-20"));
+  EXPECT_DOUBLE_EQ(calls[0].input.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(calls[1].input.lr, 1e-4);
+  EXPECT_EQ(calls[0].input.train_tokens, 1000);
+  EXPECT_EQ(calls[1].input.train_tokens, 50);
+  EXPECT_EQ(calls[0].input.layer, 1);
+  // Recurrent initialisation: each later SAE starts from the bytes the
+  // previous task uploaded, downloaded back through the coordinator.
+  EXPECT_FALSE(calls[0].input.init_sae_safetensors.has_value());
+  ASSERT_TRUE(calls[1].input.init_sae_safetensors.has_value());
+  EXPECT_EQ(*calls[1].input.init_sae_safetensors, calls[0].output_bytes);
+  ASSERT_TRUE(calls[2].input.init_sae_safetensors.has_value());
+  EXPECT_EQ(*calls[2].input.init_sae_safetensors, calls[1].output_bytes);
+
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(job->progress().tasks_done(), 3);
+
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->checkpoints_size(), 3);
+  EXPECT_EQ(metrics->checkpoints(2).step(), 20);
+  EXPECT_EQ(metrics->checkpoints(2).chain_index(), 2);
+  EXPECT_NEAR(metrics->checkpoints(2).fvu(), 0.12, 1e-9);
+  EXPECT_EQ(metrics->checkpoints(2).d_sae(), kDSae);
+  EXPECT_FALSE(metrics->checkpoints(0).has_median_decoder_cos_prev());
+  EXPECT_NEAR(metrics->checkpoints(1).median_decoder_cos_prev(), 0.9, 1e-6);
+
+  auto history = client_->GetFeatureHistory(job_id, 1, 5);
+  ASSERT_TRUE(history.ok()) << history.status();
+  ASSERT_EQ(history->points_size(), 3);
+  EXPECT_NEAR(history->points(0).frequency(), 0.05, 1e-6);
+  EXPECT_NEAR(history->points(2).max_activation(), 4.0, 1e-6);
+  EXPECT_FALSE(history->points(0).has_decoder_cos_prev());
+  EXPECT_NEAR(history->points(1).decoder_cos_prev(), 0.9, 1e-6);
+}
+
+TEST_F(WorkerTest, RetryableFailureIsRetried) {
+  const std::string job_id = SubmitJob();
+  FakeEngine engine;
+  engine.FailCall(1, absl::ResourceExhaustedError("out of memory"));
+  // Three tasks plus one retry.
+  RunWorker(std::make_unique<Borrowed>(&engine), 4);
+  ASSERT_EQ(engine.calls().size(), 4u);
+  EXPECT_THAT(engine.calls()[2].input.model_dir, HasSubstr("step-10"));
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WorkerTest, PermanentFailureFailsTheJobWithTheReason) {
+  const std::string job_id = SubmitJob();
+  FakeEngine engine;
+  engine.FailCall(0, absl::DataLossError("model.safetensors: truncated"));
+  RunWorker(std::make_unique<Borrowed>(&engine), 1);
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(job->error(), HasSubstr("truncated"));
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->checkpoints_size(), 0);
+}
+
+}  // namespace
+}  // namespace saetrack::worker
