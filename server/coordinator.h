@@ -5,7 +5,8 @@
 // Usage:
 //   CoordinatorOptions options;
 //   options.data_dir = "/var/lib/saetrack";
-//   absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Start(options);
+//   absl::StatusOr<std::unique_ptr<Coordinator>> c =
+//   Coordinator::Start(options);
 //   ... c->port() ...
 //   (*c)->Shutdown();
 #ifndef SAETRACK_SERVER_COORDINATOR_H_

@@ -88,7 +88,11 @@ std::string TaskPrefix(std::string_view job_id) {
 
 std::string SaeWeightsKey(std::string_view job_id, int32_t layer,
                           int64_t step) {
-  return KeyBuilder().AddString(job_id).AddInt32(layer).AddInt64(step).Release();
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt64(step)
+      .Release();
 }
 
 std::string FeatureHistoryKey(std::string_view job_id, int32_t layer,

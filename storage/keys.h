@@ -63,8 +63,7 @@ std::string TaskKey(std::string_view job_id, int32_t hook_index,
 std::string TaskPrefix(std::string_view job_id);
 
 // sae_weights: one SAE per (job, layer, checkpoint step).
-std::string SaeWeightsKey(std::string_view job_id, int32_t layer,
-                          int64_t step);
+std::string SaeWeightsKey(std::string_view job_id, int32_t layer, int64_t step);
 
 // feature_history: one point per (job, layer, feature, checkpoint step).
 std::string FeatureHistoryKey(std::string_view job_id, int32_t layer,

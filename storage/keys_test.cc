@@ -13,15 +13,9 @@ namespace saetrack::storage {
 namespace {
 
 TEST(KeysTest, Int64OrderMatchesNumericOrder) {
-  std::vector<int64_t> values = {std::numeric_limits<int64_t>::min(),
-                                 -1000000,
-                                 -1,
-                                 0,
-                                 1,
-                                 255,
-                                 256,
-                                 143000,
-                                 std::numeric_limits<int64_t>::max()};
+  std::vector<int64_t> values = {
+      std::numeric_limits<int64_t>::min(), -1000000, -1, 0, 1, 255, 256, 143000,
+      std::numeric_limits<int64_t>::max()};
   for (size_t i = 1; i < values.size(); ++i) {
     std::string a = KeyBuilder().AddInt64(values[i - 1]).Release();
     std::string b = KeyBuilder().AddInt64(values[i]).Release();
@@ -31,8 +25,9 @@ TEST(KeysTest, Int64OrderMatchesNumericOrder) {
 }
 
 TEST(KeysTest, Int32OrderMatchesNumericOrder) {
-  std::vector<int32_t> values = {std::numeric_limits<int32_t>::min(), -5, 0,
-                                 7, 65536, std::numeric_limits<int32_t>::max()};
+  std::vector<int32_t> values = {
+      std::numeric_limits<int32_t>::min(), -5, 0, 7, 65536,
+      std::numeric_limits<int32_t>::max()};
   for (size_t i = 1; i < values.size(); ++i) {
     EXPECT_LT(KeyBuilder().AddInt32(values[i - 1]).key(),
               KeyBuilder().AddInt32(values[i]).key());
@@ -88,9 +83,9 @@ TEST(KeysTest, JobPrefixesDoNotOverlap) {
   EXPECT_EQ(TaskKey("job-1", 0, 3).rfind(TaskPrefix("job-1"), 0), 0u);
   EXPECT_LT(TaskKey("job-1", 0, 9), TaskKey("job-1", 1, 0));
   EXPECT_LT(CheckpointMetricsKey("j", 1, 2), CheckpointMetricsKey("j", 1, 10));
-  EXPECT_EQ(CheckpointMetricsKey("j", 1, 2).rfind(CheckpointMetricsPrefix("j", 1),
-                                                  0),
-            0u);
+  EXPECT_EQ(
+      CheckpointMetricsKey("j", 1, 2).rfind(CheckpointMetricsPrefix("j", 1), 0),
+      0u);
   EXPECT_NE(SaeWeightsKey("j", 1, 100), SaeWeightsKey("j", 2, 100));
 }
 

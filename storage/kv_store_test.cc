@@ -24,8 +24,8 @@ using Entries = std::vector<std::pair<std::string, std::string>>;
 Entries ScanAll(const KvStore& store, Column column, std::string_view prefix,
                 std::string_view start = {}) {
   Entries out;
-  absl::Status s =
-      store.Scan(column, prefix, start, [&](std::string_view k, std::string_view v) {
+  absl::Status s = store.Scan(
+      column, prefix, start, [&](std::string_view k, std::string_view v) {
         out.emplace_back(std::string(k), std::string(v));
         return true;
       });
@@ -119,9 +119,10 @@ TYPED_TEST(KvStoreTest, LargeValueRoundTrips) {
   WriteBatch batch;
   batch.Put(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 512), big);
   ASSERT_TRUE(this->store_->Write(batch, {.sync = true}).ok());
-  EXPECT_EQ(this->store_->Get(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 512))
-                .value(),
-            big);
+  EXPECT_EQ(
+      this->store_->Get(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 512))
+          .value(),
+      big);
 }
 
 TYPED_TEST(KvStoreTest, PrefixScanReturnsFeatureHistoryInStepOrder) {
@@ -152,9 +153,9 @@ TYPED_TEST(KvStoreTest, ScanFromStartKeyAndStopEarly) {
   batch.Put(Column::kJobs, std::string("p\xff", 2), "ff");
   ASSERT_TRUE(this->store_->Write(batch, {}).ok());
 
-  EXPECT_THAT(ScanAll(*this->store_, Column::kJobs, "p/", "p/b"),
-              ElementsAre(Pair("p/b", "p/b"), Pair("p/c", "p/c"),
-                          Pair("p/d", "p/d")));
+  EXPECT_THAT(
+      ScanAll(*this->store_, Column::kJobs, "p/", "p/b"),
+      ElementsAre(Pair("p/b", "p/b"), Pair("p/c", "p/c"), Pair("p/d", "p/d")));
   // A start before the prefix starts at the prefix.
   EXPECT_EQ(ScanAll(*this->store_, Column::kJobs, "p/", "a").size(), 4u);
   // A prefix ending in 0xFF has no simple successor.

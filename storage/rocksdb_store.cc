@@ -2,9 +2,9 @@
 // converted to absl::Status.
 #include <filesystem>
 #include <memory>
-#include <system_error>
 #include <set>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -35,7 +35,8 @@ absl::StatusCode CodeOf(const rocksdb::Status& s) {
 // `what` says which operation failed, e.g. "open rocksdb at '/data'".
 absl::Status FromRocksDb(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(CodeOf(s), absl::StrCat(std::string(what), ": ", s.ToString()));
+  return absl::Status(CodeOf(s),
+                      absl::StrCat(std::string(what), ": ", s.ToString()));
 }
 
 // The smallest string greater than every string starting with `prefix`, or
@@ -84,7 +85,8 @@ class RocksDbStore final : public KvStore {
           absl::StrCat("key not found in ", std::string(ColumnName(column))));
     }
     if (!s.ok()) {
-      return FromRocksDb(s, absl::StrCat("get from ", std::string(ColumnName(column))));
+      return FromRocksDb(
+          s, absl::StrCat("get from ", std::string(ColumnName(column))));
     }
     return value;
   }
@@ -203,9 +205,8 @@ absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksDbStore(
   std::vector<rocksdb::ColumnFamilyHandle*> foreign(
       handles.begin() + 1 + kNumColumns, handles.end());
   foreign.push_back(handles[0]);
-  return std::make_unique<RocksDbStore>(options.path, db,
-                                        std::move(ours_handles),
-                                        std::move(foreign));
+  return std::make_unique<RocksDbStore>(
+      options.path, db, std::move(ours_handles), std::move(foreign));
 }
 
 }  // namespace saetrack::storage

@@ -34,8 +34,8 @@ TEST_F(RocksDbStoreTest, ReopenKeepsEveryColumnFamily) {
     ASSERT_TRUE(store.ok()) << store.status();
     WriteBatch batch;
     for (int i = 0; i < kNumColumns; ++i) {
-      batch.Put(static_cast<Column>(i), "key", std::string(ColumnName(
-                                                   static_cast<Column>(i))));
+      batch.Put(static_cast<Column>(i), "key",
+                std::string(ColumnName(static_cast<Column>(i))));
     }
     batch.Put(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 1), big);
     ASSERT_TRUE((*store)->Write(batch, {.sync = true}).ok());
@@ -46,9 +46,9 @@ TEST_F(RocksDbStoreTest, ReopenKeepsEveryColumnFamily) {
     Column c = static_cast<Column>(i);
     EXPECT_EQ((*store)->Get(c, "key").value(), ColumnName(c));
   }
-  EXPECT_EQ((*store)->Get(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 1))
-                .value(),
-            big);
+  EXPECT_EQ(
+      (*store)->Get(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 1)).value(),
+      big);
   // Large SAE values live in blob files.
   bool has_blob = false;
   for (const auto& entry : std::filesystem::directory_iterator(path)) {

@@ -332,7 +332,7 @@ TEST_F(SafetensorsCheckpointTest, NoWeights) {
 }
 
 TEST_F(SafetensorsCheckpointTest, CorruptFileOnDiskNamesPath) {
-  Write("model.safetensors", "\x05\0\0\0\0\0\0\0{");
+  Write("model.safetensors", std::string("\x05\0\0\0\0\0\0\0{", 9));
   absl::StatusOr<SafetensorsCheckpoint> checkpoint =
       SafetensorsCheckpoint::Open(dir_);
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kDataLoss);

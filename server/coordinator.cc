@@ -1,0 +1,205 @@
+#include "server/coordinator.h"
+
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/exposer.h"
+#include "server/internal/artifact_staging.h"
+#include "server/internal/coordinator_metrics.h"
+#include "server/internal/job_service.h"
+#include "server/internal/job_validator.h"
+#include "server/internal/query_service.h"
+#include "server/internal/result_store.h"
+#include "server/internal/task_scheduler.h"
+#include "server/internal/worker_service.h"
+#include "storage/kv_store.h"
+
+namespace saetrack {
+namespace {
+
+// Artifact chunks are ~1 MiB; leave room for workers that send larger ones.
+constexpr int kMaxReceiveMessageBytes = 64 << 20;
+
+const char* const kServiceNames[] = {"saetrack.v1.JobService",
+                                     "saetrack.v1.QueryService",
+                                     "saetrack.v1.WorkerService"};
+
+absl::Status CheckOptions(const CoordinatorOptions& o) {
+  if (o.data_dir.empty()) {
+    return absl::InvalidArgumentError("data_dir: required");
+  }
+  if (o.listen_address.empty()) {
+    return absl::InvalidArgumentError("listen_address: required");
+  }
+  if (o.lease_ttl_ms <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl_ms: ", o.lease_ttl_ms, " must be > 0"));
+  }
+  if (o.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_attempts: ", o.max_attempts, " must be >= 1"));
+  }
+  if (o.max_artifact_bytes <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_artifact_bytes: ", o.max_artifact_bytes, " must be > 0"));
+  }
+  return absl::OkStatus();
+}
+
+// Owns every part of a running coordinator. Members are declared in
+// dependency order, so destruction tears down users before what they use.
+class CoordinatorImpl final : public Coordinator {
+ public:
+  explicit CoordinatorImpl(const CoordinatorOptions& options)
+      : options_(options),
+        clock_(options.clock != nullptr ? options.clock : &system_clock_),
+        validator_(options.data_roots) {}
+
+  ~CoordinatorImpl() override { Shutdown(); }
+
+  absl::Status Init();
+
+  int port() const override { return port_; }
+  int metrics_port() const override { return metrics_port_; }
+  void Shutdown() override;
+
+ private:
+  const CoordinatorOptions options_;
+  SystemClock system_clock_;
+  Clock* const clock_;
+  const server::JobValidator validator_;
+
+  std::unique_ptr<storage::KvStore> store_;
+  std::unique_ptr<server::CoordinatorMetrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<server::TaskScheduler> scheduler_;
+  std::unique_ptr<server::ResultStore> results_;
+  server::ArtifactStaging staging_;
+  std::unique_ptr<server::JobServiceImpl> job_service_;
+  std::unique_ptr<server::QueryServiceImpl> query_service_;
+  std::unique_ptr<server::WorkerServiceImpl> worker_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  int metrics_port_ = 0;
+
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+absl::Status CoordinatorImpl::Init() {
+  absl::StatusOr<std::unique_ptr<storage::KvStore>> store =
+      storage::OpenRocksDbStore(
+          {.path = (std::filesystem::path(options_.data_dir) / "db").string()});
+  if (!store.ok()) return store.status();
+  store_ = *std::move(store);
+
+  metrics_ = std::make_unique<server::CoordinatorMetrics>();
+  if (!options_.metrics_listen_address.empty()) {
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(
+          options_.metrics_listen_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ",
+                       options_.metrics_listen_address, ": ", e.what()));
+    }
+    exposer_->RegisterCollectable(metrics_->registry());
+    std::vector<int> ports = exposer_->GetListeningPorts();
+    metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
+
+  server::SchedulerOptions scheduler_options;
+  scheduler_options.lease_ttl = absl::Milliseconds(options_.lease_ttl_ms);
+  scheduler_options.max_attempts = options_.max_attempts;
+  scheduler_options.expiry_check_interval =
+      absl::Milliseconds(options_.lease_check_interval_ms);
+  absl::StatusOr<std::unique_ptr<server::TaskScheduler>> scheduler =
+      server::TaskScheduler::Recover(store_.get(), clock_, metrics_.get(),
+                                     scheduler_options);
+  if (!scheduler.ok()) return scheduler.status();
+  scheduler_ = *std::move(scheduler);
+  results_ = std::make_unique<server::ResultStore>(store_.get());
+
+  server::WorkerServiceOptions worker_options;
+  worker_options.lease_ttl = scheduler_options.lease_ttl;
+  worker_options.max_artifact_bytes = options_.max_artifact_bytes;
+  job_service_ = std::make_unique<server::JobServiceImpl>(
+      &validator_, scheduler_.get(), metrics_.get());
+  query_service_ = std::make_unique<server::QueryServiceImpl>(
+      scheduler_.get(), results_.get(), metrics_.get());
+  worker_service_ = std::make_unique<server::WorkerServiceImpl>(
+      scheduler_.get(), results_.get(), &staging_, metrics_.get(),
+      worker_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.listen_address,
+                           grpc::InsecureServerCredentials(), &port_);
+  builder.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  builder.RegisterService(job_service_.get());
+  builder.RegisterService(query_service_.get());
+  builder.RegisterService(worker_service_.get());
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.listen_address));
+  }
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus("", true);
+    for (const char* name : kServiceNames) health->SetServingStatus(name, true);
+  }
+  return absl::OkStatus();
+}
+
+void CoordinatorImpl::Shutdown() {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (server_ != nullptr) {
+    if (grpc::HealthCheckServiceInterface* health =
+            server_->GetHealthCheckService()) {
+      health->Shutdown();  // Everything NOT_SERVING from now on.
+    }
+  }
+  // Long polls return first, so that draining does not wait for them.
+  if (scheduler_ != nullptr) scheduler_->Shutdown();
+  if (server_ != nullptr) {
+    server_->Shutdown(absl::ToChronoTime(
+        absl::Now() + absl::Milliseconds(options_.shutdown_grace_ms)));
+    server_->Wait();
+  }
+  exposer_.reset();
+  scheduler_.reset();
+  results_.reset();
+  store_.reset();  // Closes the database.
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
+    const CoordinatorOptions& options) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
+  auto coordinator = std::make_unique<CoordinatorImpl>(options);
+  if (absl::Status s = coordinator->Init(); !s.ok()) return s;
+  return coordinator;
+}
+
+}  // namespace saetrack

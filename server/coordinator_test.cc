@@ -1,0 +1,685 @@
+// The coordinator over real gRPC on port 0, against a temporary RocksDB.
+#include "server/coordinator.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "saetrack/v1/job.grpc.pb.h"
+#include "saetrack/v1/query.grpc.pb.h"
+#include "saetrack/v1/worker.grpc.pb.h"
+#include "server/internal/test_fixtures.h"
+#include "worker/format/crc32c.h"
+
+namespace saetrack {
+namespace {
+
+using ::google::protobuf::util::MessageDifferencer;
+using ::saetrack::server::testing::MakeSpec;
+using ::saetrack::server::testing::TempDir;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr int kDSae = 128;  // MakeSpec: expansion 2 x hidden_size 64.
+constexpr int64_t kTtlMs = 10000;
+
+grpc::ClientContext* WithDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(20));
+  return ctx;
+}
+
+class CoordinatorTest : public testing::Test {
+ protected:
+  void SetUp() override { Start(); }
+  void TearDown() override {
+    if (coordinator_) coordinator_->Shutdown();
+  }
+
+  void Start(int max_attempts = 3) {
+    CoordinatorOptions options;
+    options.data_dir = data_.path() + "/data";
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_listen_address = "";
+    options.lease_ttl_ms = kTtlMs;
+    options.max_attempts = max_attempts;
+    options.max_artifact_bytes = 1 << 20;
+    options.clock = &clock_;
+    // Leases are checked lazily on worker calls; no background timing.
+    options.lease_check_interval_ms = 3600 * 1000;
+    options.shutdown_grace_ms = 1000;
+    absl::StatusOr<std::unique_ptr<Coordinator>> c =
+        Coordinator::Start(options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    coordinator_ = *std::move(c);
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", coordinator_->port()),
+                            grpc::InsecureChannelCredentials());
+    jobs_ = v1::JobService::NewStub(channel_);
+    queries_ = v1::QueryService::NewStub(channel_);
+    workers_ = v1::WorkerService::NewStub(channel_);
+  }
+
+  void Restart() {
+    coordinator_->Shutdown();
+    coordinator_.reset();
+    Start();
+  }
+
+  grpc::Status Submit(const v1::JobSpec& spec, const std::string& request_id,
+                      v1::SubmitJobResponse* response) {
+    grpc::ClientContext ctx;
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() = spec;
+    request.set_request_id(request_id);
+    return jobs_->SubmitJob(WithDeadline(&ctx), request, response);
+  }
+
+  std::string SubmitOk(const v1::JobSpec& spec) {
+    v1::SubmitJobResponse response;
+    grpc::Status s = Submit(spec, "", &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.job().job_id();
+  }
+
+  v1::Job GetJob(const std::string& job_id) {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    v1::Job job;
+    grpc::Status s = jobs_->GetJob(WithDeadline(&ctx), request, &job);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return job;
+  }
+
+  v1::ListJobsResponse ListJobs(int page_size = 0,
+                                const std::string& token = "") {
+    grpc::ClientContext ctx;
+    v1::ListJobsRequest request;
+    request.set_page_size(page_size);
+    request.set_page_token(token);
+    v1::ListJobsResponse response;
+    grpc::Status s = jobs_->ListJobs(WithDeadline(&ctx), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response;
+  }
+
+  std::string Register() {
+    grpc::ClientContext ctx;
+    v1::RegisterWorkerRequest request;
+    request.set_name("test");
+    v1::RegisterWorkerResponse response;
+    grpc::Status s =
+        workers_->RegisterWorker(WithDeadline(&ctx), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(response.heartbeat_interval_ms(), kTtlMs / 3);
+    return response.worker_id();
+  }
+
+  std::optional<v1::Task> Lease(const std::string& worker,
+                                int64_t wait_ms = 0) {
+    grpc::ClientContext ctx;
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(worker);
+    request.set_wait_ms(wait_ms);
+    v1::LeaseTaskResponse response;
+    grpc::Status s =
+        workers_->LeaseTask(WithDeadline(&ctx), request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    if (!response.has_task()) return std::nullopt;
+    return response.task();
+  }
+
+  grpc::Status Heartbeat(const v1::Task& task, int64_t epoch,
+                         v1::HeartbeatResponse* response = nullptr) {
+    grpc::ClientContext ctx;
+    v1::HeartbeatRequest request;
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(epoch);
+    v1::HeartbeatResponse ignored;
+    return workers_->Heartbeat(WithDeadline(&ctx), request,
+                               response ? response : &ignored);
+  }
+
+  // Uploads `data` in chunks of `chunk_bytes`; `crc` overrides the checksum.
+  grpc::Status Upload(const std::string& task_id, int64_t epoch,
+                      v1::ArtifactKind kind, const std::string& data,
+                      size_t chunk_bytes = 1000,
+                      std::optional<uint32_t> crc = std::nullopt) {
+    grpc::ClientContext ctx;
+    v1::UploadArtifactResponse response;
+    auto writer = workers_->UploadArtifact(WithDeadline(&ctx), &response);
+    size_t offset = 0;
+    do {
+      v1::ArtifactChunk chunk;
+      if (offset == 0) {
+        chunk.set_task_id(task_id);
+        chunk.set_lease_epoch(epoch);
+        chunk.set_kind(kind);
+      }
+      chunk.set_offset(static_cast<int64_t>(offset));
+      chunk.set_data(data.substr(offset, chunk_bytes));
+      offset += chunk.data().size();
+      if (offset >= data.size()) {
+        chunk.set_last(true);
+        chunk.set_total_size(static_cast<int64_t>(data.size()));
+        chunk.set_crc32c(crc.value_or(format::Crc32c(data)));
+      }
+      if (!writer->Write(chunk)) break;
+    } while (offset < data.size());
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (s.ok()) EXPECT_EQ(response.bytes_received(), data.size());
+    return s;
+  }
+
+  static v1::FeatureStatsBlock Stats(int chain_index) {
+    v1::FeatureStatsBlock stats;
+    for (int i = 0; i < kDSae; ++i) {
+      stats.add_frequency(0.001f * i);
+      stats.add_mean_activation(0.5f + chain_index);
+      stats.add_max_activation(2.0f * i);
+      if (chain_index > 0) stats.add_decoder_cos_prev(i / float(kDSae));
+      stats.add_encoder_norm(1.0f);
+    }
+    return stats;
+  }
+
+  static std::string Weights(const v1::Task& task) {
+    // Large enough to span several chunks and a blob file.
+    std::string w(5000 + task.train().chain_index(), 'w');
+    w += task.task_id();
+    return w;
+  }
+
+  grpc::Status CompleteTask(const v1::Task& task, int64_t epoch,
+                            int64_t tokens = 1000) {
+    grpc::ClientContext ctx;
+    v1::CompleteTaskRequest request;
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(epoch);
+    request.mutable_metrics()->set_tokens_trained(tokens);
+    request.mutable_metrics()->set_fvu(0.1 * (task.train().chain_index() + 1));
+    request.mutable_metrics()->set_d_in(64);
+    v1::CompleteTaskResponse response;
+    return workers_->CompleteTask(WithDeadline(&ctx), request, &response);
+  }
+
+  // Uploads both artifacts and completes; asserts success.
+  void RunToCompletion(const v1::Task& task) {
+    const int64_t epoch = task.lease_epoch();
+    ASSERT_TRUE(Upload(task.task_id(), epoch, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                       Weights(task))
+                    .ok());
+    ASSERT_TRUE(Upload(task.task_id(), epoch, v1::ARTIFACT_KIND_FEATURE_STATS,
+                       Stats(task.train().chain_index()).SerializeAsString())
+                    .ok());
+    grpc::Status s = CompleteTask(task, epoch);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+
+  grpc::Status FeatureHistory(const std::string& job, int layer, int feature,
+                              v1::FeatureHistory* out) {
+    grpc::ClientContext ctx;
+    v1::GetFeatureHistoryRequest request;
+    request.set_job_id(job);
+    request.set_layer(layer);
+    request.set_feature_id(feature);
+    return queries_->GetFeatureHistory(WithDeadline(&ctx), request, out);
+  }
+
+  grpc::Status Metrics(const std::string& job, int layer,
+                       v1::GetCheckpointMetricsResponse* out) {
+    grpc::ClientContext ctx;
+    v1::GetCheckpointMetricsRequest request;
+    request.set_job_id(job);
+    request.set_layer(layer);
+    return queries_->GetCheckpointMetrics(WithDeadline(&ctx), request, out);
+  }
+
+  grpc::Status Download(const v1::SaeRef& ref, std::string* data,
+                        uint32_t* crc) {
+    grpc::ClientContext ctx;
+    v1::DownloadSaeRequest request;
+    *request.mutable_sae() = ref;
+    auto reader = workers_->DownloadSae(WithDeadline(&ctx), request);
+    v1::DownloadChunk chunk;
+    while (reader->Read(&chunk)) {
+      EXPECT_EQ(chunk.offset(), static_cast<int64_t>(data->size()));
+      data->append(chunk.data());
+      if (chunk.last()) {
+        EXPECT_EQ(chunk.total_size(), static_cast<int64_t>(data->size()));
+        *crc = chunk.crc32c();
+      }
+    }
+    return reader->Finish();
+  }
+
+  // grpc.health.v1.Health/Check by hand (no generated health stubs here):
+  // request field 1 = service, response field 1 = status (1 SERVING,
+  // 2 NOT_SERVING).
+  int HealthStatus(const std::string& service) {
+    grpc::GenericStub stub(channel_);
+    std::string request = absl::StrCat(
+        std::string(1, '\x0a'), std::string(1, char(service.size())), service);
+    grpc::Slice slice(request);
+    grpc::ByteBuffer in(&slice, 1);
+    grpc::ClientContext ctx;
+    WithDeadline(&ctx);
+    grpc::CompletionQueue cq;
+    auto call =
+        stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", in, &cq);
+    call->StartCall();
+    grpc::ByteBuffer out;
+    grpc::Status status;
+    call->Finish(&out, &status, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    cq.Next(&tag, &ok);
+    if (!status.ok()) return -1;
+    std::vector<grpc::Slice> slices;
+    out.Dump(&slices);
+    std::string bytes;
+    for (auto& s : slices)
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  }
+
+  TempDir data_;
+  FakeClock clock_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::unique_ptr<v1::QueryService::Stub> queries_;
+  std::unique_ptr<v1::WorkerService::Stub> workers_;
+};
+
+TEST_F(CoordinatorTest, HealthServesEveryService) {
+  EXPECT_EQ(HealthStatus(""), 1);
+  EXPECT_EQ(HealthStatus("saetrack.v1.JobService"), 1);
+  EXPECT_EQ(HealthStatus("saetrack.v1.QueryService"), 1);
+  EXPECT_EQ(HealthStatus("saetrack.v1.WorkerService"), 1);
+}
+
+TEST_F(CoordinatorTest, InvalidJobsAreRefusedAndNothingIsStored) {
+  struct Case {
+    std::function<void(v1::JobSpec*)> mutate;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::JobSpec* s) {
+         s->mutable_model()->mutable_checkpoints(1)->set_path("/x");
+       },
+       grpc::StatusCode::NOT_FOUND,
+       "spec.model.checkpoints[1].path: '/x' does not exist"},
+      {[](v1::JobSpec* s) { s->mutable_hooks(0)->set_layer(7); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "spec.hooks[0].layer: 7 out of range [0, 2) for the model at "
+       "spec.model.checkpoints[0].path"},
+      {[](v1::JobSpec* s) { s->mutable_model()->set_architecture("foo"); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "spec.model.architecture: 'foo' is not supported (supported: "
+       "gpt_neox)"},
+      {[](v1::JobSpec* s) { s->mutable_model()->clear_checkpoints(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "spec.model.checkpoints"},
+      {[](v1::JobSpec* s) { s->mutable_sae()->set_lr_first(-1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "spec.sae.lr_first"},
+      {[](v1::JobSpec* s) { s->mutable_hooks(0)->set_site("nope"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "spec.hooks[0].site"},
+  };
+  for (const Case& c : cases) {
+    v1::JobSpec spec = MakeSpec(data_.path(), {0, 10});
+    c.mutate(&spec);
+    v1::SubmitJobResponse response;
+    grpc::Status s = Submit(spec, "req-bad", &response);
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(c.message));
+  }
+  EXPECT_EQ(ListJobs().jobs_size(), 0);
+  // Still serving; the request id of a refused job is not burnt.
+  v1::SubmitJobResponse response;
+  ASSERT_TRUE(
+      Submit(MakeSpec(data_.path(), {0, 10}), "req-bad", &response).ok());
+  EXPECT_TRUE(response.created());
+  EXPECT_EQ(response.job().job_id(), "job-000001");
+}
+
+TEST_F(CoordinatorTest, SubmissionIsIdempotentByRequestId) {
+  const v1::JobSpec spec = MakeSpec(data_.path(), {0, 10});
+  v1::SubmitJobResponse first, again, other;
+  ASSERT_TRUE(Submit(spec, "req-1", &first).ok());
+  EXPECT_TRUE(first.created());
+  EXPECT_EQ(first.job().state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(first.job().progress().tasks_total(), 2);
+  EXPECT_EQ(first.job().spec().sae().d_sae(), kDSae);
+  EXPECT_EQ(first.job().request_id(), "req-1");
+  ASSERT_TRUE(Submit(spec, "req-1", &again).ok());
+  EXPECT_FALSE(again.created());
+  EXPECT_TRUE(MessageDifferencer::Equals(first.job(), again.job()));
+
+  v1::JobSpec changed = spec;
+  changed.set_priority(3);
+  grpc::Status s = Submit(changed, "req-1", &other);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(s.error_message(), HasSubstr("req-1"));
+
+  // Without a request id every submission is a new job.
+  EXPECT_EQ(SubmitOk(spec), "job-000002");
+  EXPECT_EQ(SubmitOk(spec), "job-000003");
+  EXPECT_EQ(ListJobs().jobs_size(), 3);
+}
+
+TEST_F(CoordinatorTest, GetAndListJobs) {
+  for (int i = 0; i < 5; ++i) SubmitOk(MakeSpec(data_.path(), {0}));
+  grpc::ClientContext ctx;
+  v1::GetJobRequest request;
+  request.set_job_id("job-999999");
+  v1::Job job;
+  grpc::Status s = jobs_->GetJob(WithDeadline(&ctx), request, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("job-999999"));
+
+  std::vector<std::string> ids;
+  std::string token;
+  do {
+    v1::ListJobsResponse page = ListJobs(2, token);
+    EXPECT_LE(page.jobs_size(), 2);
+    for (const v1::Job& j : page.jobs()) ids.push_back(j.job_id());
+    token = page.next_page_token();
+  } while (!token.empty());
+  EXPECT_THAT(ids, ElementsAre("job-000001", "job-000002", "job-000003",
+                               "job-000004", "job-000005"));
+
+  grpc::ClientContext bad_ctx;
+  v1::ListJobsRequest bad;
+  bad.set_page_token("%%%");
+  v1::ListJobsResponse response;
+  EXPECT_EQ(
+      jobs_->ListJobs(WithDeadline(&bad_ctx), bad, &response).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(CoordinatorTest, LeaseUploadCompleteAndQuery) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0, 10}, {1}));
+  const std::string worker = Register();
+  std::optional<v1::Task> t0 = Lease(worker);
+  ASSERT_TRUE(t0.has_value());
+  EXPECT_EQ(t0->job_id(), job);
+  EXPECT_EQ(t0->lease_epoch(), 1);
+  EXPECT_EQ(t0->lease_ttl_ms(), kTtlMs);
+  EXPECT_EQ(t0->train().chain_index(), 0);
+  EXPECT_EQ(t0->train().hook().layer(), 1);
+  EXPECT_EQ(t0->train().hook().site(), "resid_pre");
+  EXPECT_EQ(t0->train().spec().sae().lr_first(), 4e-4);
+  EXPECT_FALSE(t0->train().has_init_from());
+  EXPECT_EQ(GetJob(job).state(), v1::JOB_STATE_RUNNING);
+
+  // Chain order: the second checkpoint waits for the first.
+  EXPECT_FALSE(Lease(worker).has_value());
+
+  v1::HeartbeatResponse hb;
+  ASSERT_TRUE(Heartbeat(*t0, 1, &hb).ok());
+  EXPECT_FALSE(hb.cancel());
+  EXPECT_EQ(hb.lease_ttl_ms(), kTtlMs);
+  EXPECT_EQ(Heartbeat(*t0, 2).error_code(), grpc::StatusCode::ABORTED);
+
+  // Bad checksum, stale epoch, oversize: refused.
+  const std::string weights = Weights(*t0);
+  grpc::Status s = Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                          weights, 1000, format::Crc32c(weights) ^ 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  EXPECT_EQ(Upload(t0->task_id(), 7, v1::ARTIFACT_KIND_SAE_WEIGHTS, weights)
+                .error_code(),
+            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                   std::string((1 << 20) + 1, 'x'), 256 << 10)
+                .error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  // Nothing uploaded successfully yet: both artifacts are missing.
+  s = CompleteTask(*t0, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("ARTIFACT_KIND_SAE_WEIGHTS"));
+  EXPECT_THAT(s.error_message(), HasSubstr("ARTIFACT_KIND_FEATURE_STATS"));
+
+  ASSERT_TRUE(
+      Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, weights).ok());
+  // Wrong number of features is refused.
+  v1::FeatureStatsBlock short_stats = Stats(0);
+  short_stats.mutable_frequency()->RemoveLast();
+  ASSERT_TRUE(Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_FEATURE_STATS,
+                     short_stats.SerializeAsString())
+                  .ok());
+  s = CompleteTask(*t0, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("FEATURE_STATS.frequency"));
+
+  ASSERT_TRUE(Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_FEATURE_STATS,
+                     Stats(0).SerializeAsString())
+                  .ok());
+  // A stale epoch stores nothing.
+  EXPECT_EQ(CompleteTask(*t0, 2).error_code(), grpc::StatusCode::ABORTED);
+  v1::GetCheckpointMetricsResponse metrics;
+  ASSERT_TRUE(Metrics(job, 1, &metrics).ok());
+  EXPECT_EQ(metrics.checkpoints_size(), 0);
+
+  ASSERT_TRUE(CompleteTask(*t0, 1, 4096).ok());
+  // Exactly once.
+  EXPECT_EQ(CompleteTask(*t0, 1).error_code(), grpc::StatusCode::ABORTED);
+
+  std::optional<v1::Task> t1 = Lease(worker);
+  ASSERT_TRUE(t1.has_value());
+  EXPECT_EQ(t1->train().chain_index(), 1);
+  EXPECT_EQ(t1->train().checkpoint_index(), 1);
+  EXPECT_EQ(t1->train().init_from().job_id(), job);
+  EXPECT_EQ(t1->train().init_from().layer(), 1);
+  EXPECT_EQ(t1->train().init_from().step(), 0);
+
+  std::string downloaded;
+  uint32_t crc = 0;
+  ASSERT_TRUE(Download(t1->train().init_from(), &downloaded, &crc).ok());
+  EXPECT_EQ(downloaded, weights);
+  EXPECT_EQ(crc, format::Crc32c(weights));
+  v1::SaeRef missing = t1->train().init_from();
+  missing.set_step(10);
+  downloaded.clear();
+  EXPECT_EQ(Download(missing, &downloaded, &crc).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  RunToCompletion(*t1);
+  v1::Job done = GetJob(job);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().tasks_done(), 2);
+  EXPECT_EQ(done.progress().tokens_trained(), 4096 + 1000);
+
+  v1::FeatureHistory history;
+  ASSERT_TRUE(FeatureHistory(job, 1, 5, &history).ok());
+  ASSERT_EQ(history.points_size(), 2);
+  EXPECT_EQ(history.points(0).step(), 0);
+  EXPECT_EQ(history.points(0).chain_index(), 0);
+  EXPECT_FALSE(history.points(0).has_decoder_cos_prev());
+  EXPECT_FLOAT_EQ(history.points(0).frequency(), 0.005f);
+  EXPECT_FLOAT_EQ(history.points(0).max_activation(), 10.0f);
+  EXPECT_EQ(history.points(1).step(), 10);
+  EXPECT_FLOAT_EQ(history.points(1).mean_activation(), 1.5f);
+  EXPECT_FLOAT_EQ(history.points(1).decoder_cos_prev(), 5.0f / kDSae);
+
+  metrics.Clear();
+  ASSERT_TRUE(Metrics(job, 1, &metrics).ok());
+  ASSERT_EQ(metrics.checkpoints_size(), 2);
+  EXPECT_EQ(metrics.checkpoints(0).layer(), 1);
+  EXPECT_EQ(metrics.checkpoints(0).step(), 0);
+  EXPECT_EQ(metrics.checkpoints(0).tokens_trained(), 4096);
+  EXPECT_EQ(metrics.checkpoints(0).d_sae(), kDSae);
+  EXPECT_FALSE(metrics.checkpoints(0).has_median_decoder_cos_prev());
+  EXPECT_EQ(metrics.checkpoints(1).chain_index(), 1);
+  EXPECT_EQ(metrics.checkpoints(1).step(), 10);
+  EXPECT_DOUBLE_EQ(metrics.checkpoints(1).fvu(), 0.2);
+  // Median of i / 128 for i in [0, 128): (63 + 64) / 2 / 128.
+  EXPECT_NEAR(metrics.checkpoints(1).median_decoder_cos_prev(), 63.5 / 128,
+              1e-6);
+
+  // Query errors name what is unknown.
+  s = FeatureHistory("job-424242", 1, 0, &history);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("job 'job-424242'"));
+  s = FeatureHistory(job, 0, 0, &history);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("layer 0 is not hooked"));
+  s = FeatureHistory(job, 1, kDSae, &history);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("feature_id 128 out of range [0, 128)"));
+  s = Metrics(job, 3, &metrics);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(CoordinatorTest, ExpiredLeaseIsRequeuedThenFailsTheJob) {
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  Start(/*max_attempts=*/2);
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  const std::string worker = Register();
+  std::optional<v1::Task> first = Lease(worker);
+  ASSERT_TRUE(first.has_value());
+
+  clock_.Advance(absl::Milliseconds(kTtlMs + 1));
+  std::optional<v1::Task> second = Lease(worker);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->task_id(), first->task_id());
+  EXPECT_EQ(second->lease_epoch(), 2);
+  // The first holder's results are refused.
+  EXPECT_EQ(Heartbeat(*first, 1).error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_EQ(Upload(first->task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, "w")
+                .error_code(),
+            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(CompleteTask(*first, 1).error_code(), grpc::StatusCode::ABORTED);
+
+  clock_.Advance(absl::Milliseconds(kTtlMs + 1));
+  EXPECT_FALSE(Lease(worker).has_value());
+  v1::Job failed = GetJob(job);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed.error(), HasSubstr("lease expired"));
+}
+
+TEST_F(CoordinatorTest, FailTaskRetriesThenFailsTheJob) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  const std::string worker = Register();
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    std::optional<v1::Task> task = Lease(worker);
+    ASSERT_TRUE(task.has_value()) << attempt;
+    EXPECT_EQ(task->lease_epoch(), attempt);
+    grpc::ClientContext ctx;
+    v1::FailTaskRequest request;
+    request.set_task_id(task->task_id());
+    request.set_lease_epoch(task->lease_epoch());
+    request.set_error("CUDA out of memory");
+    request.set_retryable(true);
+    v1::FailTaskResponse response;
+    ASSERT_TRUE(
+        workers_->FailTask(WithDeadline(&ctx), request, &response).ok());
+  }
+  EXPECT_FALSE(Lease(worker).has_value());
+  v1::Job failed = GetJob(job);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed.error(), HasSubstr("CUDA out of memory"));
+}
+
+TEST_F(CoordinatorTest, RestartRecoversEverything) {
+  const std::string done_job =
+      SubmitOk(MakeSpec(data_.path(), {0, 10}, {0, 1}));
+  const std::string running_job = SubmitOk(MakeSpec(data_.path(), {0, 10}));
+  const std::string worker = Register();
+  for (int i = 0; i < 4; ++i) {
+    std::optional<v1::Task> task = Lease(worker);
+    ASSERT_TRUE(task.has_value());
+    ASSERT_EQ(task->job_id(), done_job);
+    RunToCompletion(*task);
+  }
+  std::optional<v1::Task> in_flight = Lease(worker);
+  ASSERT_TRUE(in_flight.has_value());
+  ASSERT_EQ(in_flight->job_id(), running_job);
+
+  auto snapshot = [&] {
+    std::vector<std::string> out;
+    out.push_back(ListJobs().SerializeAsString());
+    for (int layer : {0, 1}) {
+      v1::GetCheckpointMetricsResponse m;
+      EXPECT_TRUE(Metrics(done_job, layer, &m).ok());
+      EXPECT_EQ(m.checkpoints_size(), 2);
+      out.push_back(m.SerializeAsString());
+      for (int feature : {0, 77, kDSae - 1}) {
+        v1::FeatureHistory h;
+        EXPECT_TRUE(FeatureHistory(done_job, layer, feature, &h).ok());
+        EXPECT_EQ(h.points_size(), 2);
+        out.push_back(h.SerializeAsString());
+      }
+    }
+    return out;
+  };
+  const std::vector<std::string> before = snapshot();
+  Restart();
+  EXPECT_EQ(snapshot(), before);
+  EXPECT_EQ(GetJob(done_job).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(GetJob(running_job).state(), v1::JOB_STATE_RUNNING);
+
+  // The in-flight task kept its epoch and got a fresh lease: its worker can
+  // finish it after the restart.
+  clock_.Advance(absl::Milliseconds(kTtlMs / 2));
+  ASSERT_TRUE(Heartbeat(*in_flight, in_flight->lease_epoch()).ok());
+  RunToCompletion(*in_flight);
+  std::optional<v1::Task> next = Lease(worker);
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->train().chain_index(), 1);
+  EXPECT_EQ(SubmitOk(MakeSpec(data_.path(), {0})), "job-000003");
+}
+
+TEST_F(CoordinatorTest, LongPollReturnsWhenATaskBecomesRunnable) {
+  const std::string worker = Register();
+  std::optional<v1::Task> got;
+  std::thread poller([&] { got = Lease(worker, /*wait_ms=*/10000); });
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  poller.join();  // Woken by the submission, not by the 10 s timeout.
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->job_id(), job);
+}
+
+TEST(CoordinatorStartTest, FailsOnBadOptions) {
+  CoordinatorOptions options;
+  EXPECT_EQ(Coordinator::Start(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  TempDir dir;
+  options.data_dir = dir.path();
+  options.metrics_listen_address = "";
+  options.listen_address = "256.0.0.1:1";
+  EXPECT_EQ(Coordinator::Start(options).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(CoordinatorStartTest, MetricsEndpointOnEphemeralPort) {
+  TempDir dir;
+  CoordinatorOptions options;
+  options.data_dir = dir.path();
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_listen_address = "127.0.0.1:0";
+  auto c = Coordinator::Start(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_GT((*c)->port(), 0);
+  EXPECT_GT((*c)->metrics_port(), 0);
+  EXPECT_NE((*c)->port(), (*c)->metrics_port());
+  (*c)->Shutdown();
+  (*c)->Shutdown();  // Idempotent.
+}
+
+}  // namespace
+}  // namespace saetrack

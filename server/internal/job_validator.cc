@@ -1,0 +1,456 @@
+#include "server/internal/job_validator.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <system_error>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/format/model_config.h"
+
+namespace saetrack::server {
+namespace {
+
+// DESIGN §3 defaults (the paper's reference code).
+constexpr char kDefaultSaeArchitecture[] = "relu_l1";
+constexpr int kDefaultExpansionFactor = 64;
+constexpr double kDefaultL1Coefficient = 8e-5;
+constexpr double kDefaultLrFirst = 4e-4;
+constexpr double kDefaultLrLater = 4e-5;
+constexpr int kDefaultWarmupFirst = 5000;
+constexpr int kDefaultWarmupLater = 100;
+constexpr int kDefaultBatchSize = 4096;
+constexpr int kDefaultContextLength = 128;
+constexpr char kDefaultTokenDtype[] = "uint16";
+constexpr char kDefaultSite[] = "resid_pre";
+constexpr int64_t kDefaultTokensFirst = 300'000'000;
+// Later SAEs get 1/20 of the first one's budget.
+constexpr int64_t kLaterTokensDivisor = 20;
+constexpr int64_t kDefaultEvalTokens = 65536;
+// Keeps d_sae * d_in within what one machine can hold and int32 ranges.
+constexpr int64_t kMaxDSae = int64_t{1} << 24;
+
+const std::vector<std::string>& SupportedModelArchitectures() {
+  static const auto* v = new std::vector<std::string>{"gpt_neox"};
+  return *v;
+}
+const std::vector<std::string>& SupportedSaeArchitectures() {
+  static const auto* v = new std::vector<std::string>{"relu_l1"};
+  return *v;
+}
+const std::vector<std::string>& SupportedSites() {
+  static const auto* v = new std::vector<std::string>{"resid_pre", "resid_post",
+                                                      "attn_out", "mlp_out"};
+  return *v;
+}
+// Token dtype -> bytes per token.
+const std::map<std::string, int>& TokenDtypes() {
+  static const auto* m =
+      new std::map<std::string, int>{{"uint16", 2}, {"uint32", 4}};
+  return *m;
+}
+
+bool Contains(const std::vector<std::string>& v, const std::string& s) {
+  for (const std::string& e : v) {
+    if (e == s) return true;
+  }
+  return false;
+}
+
+absl::Status NotSupported(const std::string& field, const std::string& value,
+                          const std::vector<std::string>& supported) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": '", value,
+      "' is not supported (supported: ", absl::StrJoin(supported, ", "), ")"));
+}
+
+// Checks a positive-or-unset integer; 0 becomes `default_value`.
+template <typename T>
+absl::Status PositiveOrDefault(const std::string& field, T value,
+                               T default_value, T* out) {
+  if (value < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value, " must be > 0"));
+  }
+  *out = value == 0 ? default_value : value;
+  return absl::OkStatus();
+}
+
+// Checks a finite, non-negative-or-unset double; 0 becomes `default_value`.
+absl::Status FiniteOrDefault(const std::string& field, double value,
+                             double default_value, const char* range,
+                             double* out) {
+  if (!std::isfinite(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value, " is not finite"));
+  }
+  if (value < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", value, " out of range (must be ", range, ")"));
+  }
+  *out = value == 0 ? default_value : value;
+  return absl::OkStatus();
+}
+
+// Prefixes a status's message with the field it concerns, keeping its code.
+absl::Status WithField(const std::string& field, const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
+}
+
+bool IsUnder(const std::filesystem::path& path,
+             const std::filesystem::path& root) {
+  auto r = root.begin();
+  auto p = path.begin();
+  for (; r != root.end(); ++r, ++p) {
+    if (r->empty()) continue;  // Trailing separator of the root.
+    if (p == path.end() || *p != *r) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+JobValidator::JobValidator(const std::vector<std::string>& data_roots) {
+  for (const std::string& root : data_roots) {
+    if (root.empty()) continue;
+    std::error_code ec;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(
+        std::filesystem::absolute(root, ec), ec);
+    data_roots_.push_back(ec ? std::filesystem::path(root) : canonical);
+  }
+}
+
+absl::Status JobValidator::CheckPath(const std::string& field,
+                                     const std::string& path,
+                                     PathKind kind) const {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": required"));
+  }
+  std::filesystem::path p(path);
+  if (!p.is_absolute()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' is not an absolute path"));
+  }
+  std::error_code ec;
+  if (!data_roots_.empty()) {
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(p, ec);
+    if (ec) canonical = p.lexically_normal();
+    bool inside = false;
+    for (const auto& root : data_roots_) inside |= IsUnder(canonical, root);
+    if (!inside) {
+      std::vector<std::string> roots;
+      for (const auto& root : data_roots_) roots.push_back(root.string());
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": '", path, "' is outside the data roots (",
+                       absl::StrJoin(roots, ", "), ")"));
+    }
+  }
+  std::filesystem::file_status status = std::filesystem::status(p, ec);
+  if (!std::filesystem::exists(status)) {
+    return absl::NotFoundError(
+        absl::StrCat(field, ": '", path, "' does not exist"));
+  }
+  if (kind == PathKind::kDirectory && !std::filesystem::is_directory(status)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' is not a directory"));
+  }
+  if (kind == PathKind::kFile && !std::filesystem::is_regular_file(status)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' is not a regular file"));
+  }
+  if (access(path.c_str(), kind == PathKind::kDirectory ? R_OK | X_OK : R_OK) !=
+      0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": '", path, "' is not readable by the coordinator"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobSpec> JobValidator::Validate(
+    const v1::JobSpec& spec) const {
+  v1::JobSpec out = spec;
+
+  // --- structure and numbers (no I/O) ---
+  v1::ModelSpec* model = out.mutable_model();
+  if (!model->architecture().empty() &&
+      !Contains(SupportedModelArchitectures(), model->architecture())) {
+    return NotSupported("spec.model.architecture", model->architecture(),
+                        SupportedModelArchitectures());
+  }
+  if (model->checkpoints().empty()) {
+    return absl::InvalidArgumentError(
+        "spec.model.checkpoints: empty (a job needs at least one checkpoint)");
+  }
+  for (int i = 0; i < model->checkpoints_size(); ++i) {
+    const int64_t step = model->checkpoints(i).step();
+    const std::string field = absl::StrCat("spec.model.checkpoints[", i, "]");
+    if (step < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".step: ", step, " must be >= 0"));
+    }
+    if (i > 0 && step <= model->checkpoints(i - 1).step()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".step: ", step,
+          step == model->checkpoints(i - 1).step() ? " duplicates"
+                                                   : " is smaller than",
+          " spec.model.checkpoints[", i - 1, "].step (",
+          model->checkpoints(i - 1).step(),
+          "); checkpoints must be sorted by step without duplicates"));
+    }
+  }
+
+  v1::DataSpec* data = out.mutable_data();
+  if (data->token_dtype().empty()) data->set_token_dtype(kDefaultTokenDtype);
+  auto dtype = TokenDtypes().find(data->token_dtype());
+  if (dtype == TokenDtypes().end()) {
+    std::vector<std::string> names;
+    for (const auto& [name, size] : TokenDtypes()) names.push_back(name);
+    return NotSupported("spec.data.token_dtype", data->token_dtype(), names);
+  }
+  int context_length = 0;
+  if (absl::Status s = PositiveOrDefault<int>(
+          "spec.data.context_length", data->context_length(),
+          kDefaultContextLength, &context_length);
+      !s.ok()) {
+    return s;
+  }
+  data->set_context_length(context_length);
+
+  if (out.hooks().empty()) {
+    return absl::InvalidArgumentError(
+        "spec.hooks: empty (name at least one layer to hook)");
+  }
+  for (int i = 0; i < out.hooks_size(); ++i) {
+    v1::HookPoint* hook = out.mutable_hooks(i);
+    const std::string field = absl::StrCat("spec.hooks[", i, "]");
+    if (hook->site().empty()) hook->set_site(kDefaultSite);
+    if (!Contains(SupportedSites(), hook->site())) {
+      return NotSupported(field + ".site", hook->site(), SupportedSites());
+    }
+    if (hook->layer() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".layer: ", hook->layer(), " must be >= 0"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (out.hooks(j).layer() == hook->layer()) {
+        // Results are keyed by (job, layer): one hook per layer.
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".layer: ", hook->layer(),
+                         " is already hooked by spec.hooks[", j,
+                         "] (each layer may be hooked once)"));
+      }
+    }
+  }
+
+  v1::SaeConfig* sae = out.mutable_sae();
+  if (sae->architecture().empty())
+    sae->set_architecture(kDefaultSaeArchitecture);
+  if (!Contains(SupportedSaeArchitectures(), sae->architecture())) {
+    return NotSupported("spec.sae.architecture", sae->architecture(),
+                        SupportedSaeArchitectures());
+  }
+  if (sae->d_sae() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.sae.d_sae: ", sae->d_sae(), " must be > 0"));
+  }
+  if (sae->expansion_factor() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.sae.expansion_factor: ", sae->expansion_factor(),
+                     " must be > 0"));
+  }
+  if (sae->d_sae() == 0 && sae->expansion_factor() == 0) {
+    sae->set_expansion_factor(kDefaultExpansionFactor);
+  }
+  double value = 0;
+  if (absl::Status s =
+          FiniteOrDefault("spec.sae.l1_coefficient", sae->l1_coefficient(),
+                          kDefaultL1Coefficient, ">= 0", &value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_l1_coefficient(value);
+  if (absl::Status s = FiniteOrDefault("spec.sae.lr_first", sae->lr_first(),
+                                       kDefaultLrFirst, "> 0", &value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_lr_first(value);
+  if (absl::Status s = FiniteOrDefault("spec.sae.lr_later", sae->lr_later(),
+                                       kDefaultLrLater, "> 0", &value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_lr_later(value);
+  int int_value = 0;
+  if (absl::Status s = PositiveOrDefault<int>("spec.sae.warmup_steps_first",
+                                              sae->warmup_steps_first(),
+                                              kDefaultWarmupFirst, &int_value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_warmup_steps_first(int_value);
+  if (absl::Status s = PositiveOrDefault<int>("spec.sae.warmup_steps_later",
+                                              sae->warmup_steps_later(),
+                                              kDefaultWarmupLater, &int_value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_warmup_steps_later(int_value);
+  if (absl::Status s =
+          PositiveOrDefault<int>("spec.sae.batch_size", sae->batch_size(),
+                                 kDefaultBatchSize, &int_value);
+      !s.ok()) {
+    return s;
+  }
+  sae->set_batch_size(int_value);
+
+  v1::Schedule* schedule = out.mutable_schedule();
+  if (!v1::Schedule::Direction_IsValid(schedule->direction())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.schedule.direction: ", schedule->direction(),
+                     " is not a valid direction (FORWARD or BACKWARD)"));
+  }
+  if (schedule->direction() == v1::Schedule::DIRECTION_UNSPECIFIED) {
+    schedule->set_direction(v1::Schedule::FORWARD);
+  }
+  int64_t tokens = 0;
+  if (absl::Status s = PositiveOrDefault<int64_t>("spec.schedule.tokens_first",
+                                                  schedule->tokens_first(),
+                                                  kDefaultTokensFirst, &tokens);
+      !s.ok()) {
+    return s;
+  }
+  schedule->set_tokens_first(tokens);
+  if (absl::Status s = PositiveOrDefault<int64_t>(
+          "spec.schedule.tokens_later", schedule->tokens_later(),
+          std::max<int64_t>(1, tokens / kLaterTokensDivisor), &tokens);
+      !s.ok()) {
+    return s;
+  }
+  schedule->set_tokens_later(tokens);
+  if (absl::Status s = PositiveOrDefault<int64_t>("spec.schedule.eval_tokens",
+                                                  schedule->eval_tokens(),
+                                                  kDefaultEvalTokens, &tokens);
+      !s.ok()) {
+    return s;
+  }
+  schedule->set_eval_tokens(tokens);
+
+  if (!out.device().empty() && out.device() != "cpu" &&
+      out.device() != "cuda") {
+    return NotSupported("spec.device", out.device(), {"cpu", "cuda"});
+  }
+
+  // --- files ---
+  format::ModelConfig first_config;
+  for (int i = 0; i < model->checkpoints_size(); ++i) {
+    const std::string field =
+        absl::StrCat("spec.model.checkpoints[", i, "].path");
+    const std::string& path = model->checkpoints(i).path();
+    if (absl::Status s = CheckPath(field, path, PathKind::kDirectory);
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
+    if (!config.ok()) return WithField(field, config.status());
+    if (i == 0) {
+      first_config = *config;
+      if (model->architecture().empty()) {
+        model->set_architecture(config->architecture);
+      }
+      if (config->architecture != model->architecture()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": architecture '", config->architecture,
+                         "' differs from spec.model.architecture '",
+                         model->architecture(), "'"));
+      }
+      continue;
+    }
+    auto differs = [&](const char* name, const auto& got, const auto& want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", name, " ", got, " differs from ", name, " ",
+                       want, " of spec.model.checkpoints[0].path"));
+    };
+    if (config->architecture != first_config.architecture) {
+      return differs("architecture", config->architecture,
+                     first_config.architecture);
+    }
+    if (config->hidden_size != first_config.hidden_size) {
+      return differs("hidden_size", config->hidden_size,
+                     first_config.hidden_size);
+    }
+    if (config->num_hidden_layers != first_config.num_hidden_layers) {
+      return differs("num_hidden_layers", config->num_hidden_layers,
+                     first_config.num_hidden_layers);
+    }
+  }
+
+  for (int i = 0; i < out.hooks_size(); ++i) {
+    const int layer = out.hooks(i).layer();
+    if (layer >= first_config.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.hooks[", i, "].layer: ", layer,
+                       " out of range [0, ", first_config.num_hidden_layers,
+                       ") for the model at spec.model.checkpoints[0].path"));
+    }
+  }
+  if (first_config.max_position_embeddings > 0 &&
+      context_length > first_config.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.data.context_length: ", context_length,
+                     " exceeds max_position_embeddings ",
+                     first_config.max_position_embeddings,
+                     " of the model at spec.model.checkpoints[0].path"));
+  }
+
+  int64_t d_sae = sae->d_sae() > 0 ? sae->d_sae()
+                                   : int64_t{sae->expansion_factor()} *
+                                         first_config.hidden_size;
+  if (d_sae > kMaxDSae) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
+        "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
+  }
+  sae->set_d_sae(static_cast<int32_t>(d_sae));
+
+  if (absl::Status s = CheckPath("spec.data.tokens_path", data->tokens_path(),
+                                 PathKind::kFile);
+      !s.ok()) {
+    return s;
+  }
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(data->tokens_path(), ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("spec.data.tokens_path: '", data->tokens_path(),
+                     "': cannot read size: ", ec.message()));
+  }
+  const int token_bytes = dtype->second;
+  if (bytes % token_bytes != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.data.tokens_path: '", data->tokens_path(), "' has ",
+                     bytes, " bytes, not a multiple of ", token_bytes,
+                     " (spec.data.token_dtype ", data->token_dtype(), ")"));
+  }
+  const uintmax_t num_tokens = bytes / token_bytes;
+  if (num_tokens < static_cast<uintmax_t>(context_length)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.data.tokens_path: '", data->tokens_path(), "' holds ", num_tokens,
+        " tokens, fewer than one context (spec.data.context_length ",
+        context_length, ")"));
+  }
+  if (!data->tokenizer_path().empty()) {
+    if (absl::Status s = CheckPath("spec.data.tokenizer_path",
+                                   data->tokenizer_path(), PathKind::kFile);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return out;
+}
+
+}  // namespace saetrack::server

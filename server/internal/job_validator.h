@@ -1,0 +1,45 @@
+// Up-front validation of tracking jobs.
+#ifndef SAETRACK_SERVER_INTERNAL_JOB_VALIDATOR_H_
+#define SAETRACK_SERVER_INTERNAL_JOB_VALIDATOR_H_
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "saetrack/v1/job.pb.h"
+
+namespace saetrack::server {
+
+// Checks a JobSpec against the file system and fills in defaults. Reads
+// files (config.json of every checkpoint, the size of the token file) but
+// holds no state beyond its options: thread-safe.
+class JobValidator {
+ public:
+  // `data_roots`: when non-empty, every path of a job must lie under one of
+  // them (compared after resolving symlinks).
+  explicit JobValidator(const std::vector<std::string>& data_roots);
+
+  // Returns `spec` with every unset field given its DESIGN §3 default and
+  // sae.d_sae computed (expansion_factor * hidden_size unless set), so that
+  // workers always see concrete values. proto3 cannot tell an explicit 0 from
+  // unset, so 0 means "default" for every numeric field.
+  //
+  // Errors name the field, e.g.
+  //   kNotFound: "spec.model.checkpoints[1].path: '/x' does not exist"
+  //   kInvalidArgument: "spec.hooks[0].layer: 7 out of range [0, 2) for the
+  //     model at spec.model.checkpoints[0].path"
+  //   kFailedPrecondition: a path exists but is not readable.
+  absl::StatusOr<v1::JobSpec> Validate(const v1::JobSpec& spec) const;
+
+ private:
+  enum class PathKind { kDirectory, kFile };
+  absl::Status CheckPath(const std::string& field, const std::string& path,
+                         PathKind kind) const;
+
+  std::vector<std::filesystem::path> data_roots_;  // Canonical.
+};
+
+}  // namespace saetrack::server
+
+#endif  // SAETRACK_SERVER_INTERNAL_JOB_VALIDATOR_H_

@@ -1,0 +1,393 @@
+#include "server/internal/job_validator.h"
+
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/internal/test_fixtures.h"
+
+namespace saetrack::server {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::MakeSpec;
+using testing::TempDir;
+using testing::WriteCheckpoint;
+using testing::WriteTokens;
+
+TEST(JobValidatorTest, FillsDefaults) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0, 10});
+  spec.clear_sae();
+  spec.clear_schedule();
+  spec.mutable_data()->clear_context_length();
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->model().architecture(), "gpt_neox");
+  EXPECT_EQ(out->data().token_dtype(), "uint16");
+  EXPECT_EQ(out->data().context_length(), 128);
+  EXPECT_EQ(out->hooks(0).site(), "resid_pre");
+  EXPECT_EQ(out->sae().architecture(), "relu_l1");
+  EXPECT_EQ(out->sae().expansion_factor(), 64);
+  EXPECT_EQ(out->sae().d_sae(), 64 * 64);  // hidden_size 64.
+  EXPECT_DOUBLE_EQ(out->sae().l1_coefficient(), 8e-5);
+  EXPECT_DOUBLE_EQ(out->sae().lr_first(), 4e-4);
+  EXPECT_DOUBLE_EQ(out->sae().lr_later(), 4e-5);
+  EXPECT_EQ(out->sae().warmup_steps_first(), 5000);
+  EXPECT_EQ(out->sae().warmup_steps_later(), 100);
+  EXPECT_EQ(out->sae().batch_size(), 4096);
+  EXPECT_EQ(out->schedule().direction(), v1::Schedule::FORWARD);
+  EXPECT_EQ(out->schedule().tokens_first(), 300'000'000);
+  EXPECT_EQ(out->schedule().tokens_later(), 15'000'000);
+  EXPECT_EQ(out->schedule().eval_tokens(), 65536);
+}
+
+TEST(JobValidatorTest, KeepsExplicitValues) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_d_sae(100);
+  spec.mutable_schedule()->set_tokens_first(2000);
+  spec.mutable_schedule()->set_direction(v1::Schedule::BACKWARD);
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->sae().d_sae(), 100);
+  EXPECT_EQ(out->schedule().tokens_later(), 100);  // 2000 / 20.
+  EXPECT_EQ(out->schedule().direction(), v1::Schedule::BACKWARD);
+  EXPECT_EQ(out->data().context_length(), 32);
+}
+
+struct ErrorCase {
+  std::string name;
+  std::function<void(v1::JobSpec*, const std::string& root)> mutate;
+  absl::StatusCode code;
+  std::string message;  // A substring naming the field.
+};
+
+class JobValidatorErrorTest : public ::testing::TestWithParam<ErrorCase> {};
+
+TEST_P(JobValidatorErrorTest, NamesTheField) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0, 10});
+  GetParam().mutate(&spec, dir.path());
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), GetParam().code) << out.status();
+  EXPECT_THAT(out.status().message(), HasSubstr(GetParam().message));
+}
+
+const double kNan = std::numeric_limits<double>::quiet_NaN();
+const double kInf = std::numeric_limits<double>::infinity();
+
+INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
+                         ::testing::ValuesIn(
+                             std::vector<ErrorCase>{
+                                 {"MissingCheckpointPath",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path("/x");
+                                  },
+                                  absl::StatusCode::kNotFound,
+                                  "spec.model.checkpoints[1].path: '/x' does "
+                                  "not exist"},
+                                 {"LayerOutOfRange",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_hooks(0)->set_layer(7);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.hooks[0].layer: 7 out of range [0, 2) "
+                                  "for the model at "
+                                  "spec.model.checkpoints[0].path"},
+                                 {"UnsupportedArchitecture",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()->set_architecture("foo");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.architecture: 'foo' is not "
+                                  "supported (supported: "
+                                  "gpt_neox)"},
+                                 {"NoCheckpoints",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()->clear_checkpoints();
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints: empty"},
+                                 {"DuplicateStep",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_step(0);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].step: 0 "
+                                  "duplicates"},
+                                 {"UnsortedSteps",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(0)
+                                        ->set_step(20);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].step: 10 is "
+                                  "smaller than"},
+                                 {"NegativeStep",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(0)
+                                        ->set_step(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[0].step"},
+                                 {"DifferentHiddenSize",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteCheckpoint(root + "/wide", 128, 2);
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path(root + "/wide");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: hidden_size "
+                                  "128 differs"},
+                                 {"DifferentLayerCount",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteCheckpoint(root + "/deep", 64, 4);
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path(root + "/deep");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "
+                                  "num_hidden_layers 4 differs"},
+                                 {"CheckpointWithoutWeights",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteCheckpoint(root + "/noweights");
+                                    std::filesystem::remove(
+                                        root + "/noweights/model.safetensors");
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path(root + "/noweights");
+                                  },
+                                  absl::StatusCode::kNotFound,
+                                  "spec.model.checkpoints[1].path"},
+                                 {"CheckpointIsAFile",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(0)
+                                        ->set_path(root + "/tokens.bin");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[0].path: '"},
+                                 {"RelativePath",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(0)
+                                        ->set_path("ckpt");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[0].path: 'ckpt' is "
+                                  "not an absolute path"},
+                                 {"MissingTokens",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    s->mutable_data()->set_tokens_path(
+                                        root + "/none.bin");
+                                  },
+                                  absl::StatusCode::kNotFound,
+                                  "spec.data.tokens_path: '"},
+                                 {"NoTokensPath",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_data()->clear_tokens_path();
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.data.tokens_path: required"},
+                                 {"OddTokenFileSize",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteTokens(root + "/odd.bin", 1001, 1);
+                                    s->mutable_data()->set_tokens_path(
+                                        root + "/odd.bin");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "not a multiple of 2"},
+                                 {"Uint32NeedsMultipleOfFour",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteTokens(root + "/six.bin", 3, 2);
+                                    s->mutable_data()->set_tokens_path(
+                                        root + "/six.bin");
+                                    s->mutable_data()->set_token_dtype(
+                                        "uint32");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "not a multiple of 4"},
+                                 {"FewerTokensThanOneContext",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    WriteTokens(root + "/short.bin", 31);
+                                    s->mutable_data()->set_tokens_path(
+                                        root + "/short.bin");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "fewer than one context "
+                                  "(spec.data.context_length 32)"},
+                                 {"UnknownDtype",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_data()->set_token_dtype("int8");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.data.token_dtype: 'int8' is not "
+                                  "supported"},
+                                 {"ContextLongerThanModel",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_data()->set_context_length(257);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.data.context_length: 257"},
+                                 {"NegativeContext",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_data()->set_context_length(-5);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.data.context_length: -5"},
+                                 {"NoHooks",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->clear_hooks();
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.hooks: empty"},
+                                 {"UnknownSite",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_hooks(0)->set_site("resid_mid");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.hooks[0].site: 'resid_mid' is not "
+                                  "supported"},
+                                 {"DuplicateLayer",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->add_hooks()->set_layer(0);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.hooks[1].layer: 0 is already hooked"},
+                                 {"NegativeLayer",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_hooks(0)->set_layer(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.hooks[0].layer: -1"},
+                                 {"NanL1",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_l1_coefficient(kNan);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.l1_coefficient: nan is not finite"},
+                                 {"NegativeL1",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_l1_coefficient(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.l1_coefficient: -1"},
+                                 {"InfiniteLr",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_lr_first(kInf);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.lr_first: inf is not finite"},
+                                 {"NegativeLrLater",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_lr_later(-1e-4);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.lr_later"},
+                                 {"NegativeBatch",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_batch_size(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.batch_size: -1"},
+                                 {"NegativeExpansion",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_expansion_factor(-2);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.expansion_factor: -2"},
+                                 {"NegativeDSae",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_d_sae(-2);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.d_sae: -2"},
+                                 {"UnknownSaeArchitecture",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("gated");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.architecture: 'gated' is not "
+                                  "supported"},
+                                 {"NegativeTokens",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_tokens_first(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.tokens_first: -1"},
+                                 {"NegativeEvalTokens",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_eval_tokens(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.eval_tokens: -1"},
+                                 {"BadDirection",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_direction(
+                                        static_cast<v1::Schedule::Direction>(
+                                            9));
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.direction: 9"},
+                                 {"BadDevice",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->set_device("tpu");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.device: 'tpu' is not supported"},
+                                 {"MissingTokenizer",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    s->mutable_data()->set_tokenizer_path(
+                                        root + "/tokenizer.json");
+                                  },
+                                  absl::StatusCode::kNotFound,
+                                  "spec.data.tokenizer_path: '"},
+                             }),
+                         [](const ::testing::TestParamInfo<ErrorCase>& info) {
+                           return info.param.name;
+                         });
+
+TEST(JobValidatorTest, PathsMustLieUnderDataRoots) {
+  TempDir dir;
+  TempDir other;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  // Accepted under its root, also when named with a trailing slash.
+  EXPECT_TRUE(JobValidator({dir.path() + "/"}).Validate(spec).ok());
+
+  absl::StatusOr<v1::JobSpec> out = JobValidator({other.path()}).Validate(spec);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("spec.model.checkpoints[0].path: '" + dir.path() +
+                        "/ckpt-0' is outside the data roots"));
+
+  // ".." cannot climb out of a root; a sibling with a common prefix is not
+  // inside it either.
+  v1::JobSpec escape = spec;
+  escape.mutable_data()->set_tokens_path(dir.path() + "/ckpt-0/../../x.bin");
+  out = JobValidator({dir.path() + "/ckpt-0"}).Validate(escape);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  WriteCheckpoint(dir.path() + "/ckpt-00");
+  v1::JobSpec sibling = spec;
+  sibling.mutable_model()->mutable_checkpoints(0)->set_path(dir.path() +
+                                                            "/ckpt-00");
+  out = JobValidator({dir.path() + "/ckpt-0"}).Validate(sibling);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("outside the data roots"));
+}
+
+}  // namespace
+}  // namespace saetrack::server

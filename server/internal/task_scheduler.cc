@@ -1,0 +1,587 @@
+#include "server/internal/task_scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace saetrack::server {
+namespace {
+
+// A long poll wakes at least this often to notice a client that went away.
+constexpr absl::Duration kCancellationCheckPeriod = absl::Milliseconds(500);
+
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
+std::pair<int64_t, int64_t> LeaseOrder(const v1::Job& job, int64_t seq) {
+  return {-static_cast<int64_t>(job.spec().priority()), seq};
+}
+
+}  // namespace
+
+std::string JobIdForSeq(int64_t seq) {
+  return absl::StrCat("job-", absl::Dec(seq, absl::kZeroPad6));
+}
+
+std::optional<int64_t> SeqOfJobId(const std::string& job_id) {
+  constexpr std::string_view kPrefix = "job-";
+  if (job_id.size() <= kPrefix.size() || job_id.rfind(kPrefix, 0) != 0) {
+    return std::nullopt;
+  }
+  const std::string digits = job_id.substr(kPrefix.size());
+  if (!std::all_of(digits.begin(), digits.end(),
+                   [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  int64_t seq = 0;
+  if (!absl::SimpleAtoi(digits, &seq) || seq <= 0) return std::nullopt;
+  return seq;
+}
+
+TaskScheduler::TaskScheduler(storage::KvStore* store, Clock* clock,
+                             CoordinatorMetrics* metrics,
+                             const SchedulerOptions& options)
+    : store_(store), clock_(clock), metrics_(metrics), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
+    storage::KvStore* store, Clock* clock, CoordinatorMetrics* metrics,
+    const SchedulerOptions& options) {
+  absl::StatusOr<JobStore::Snapshot> snapshot = JobStore(store).LoadAll();
+  if (!snapshot.ok()) return snapshot.status();
+  auto scheduler =
+      absl::WrapUnique(new TaskScheduler(store, clock, metrics, options));
+  {
+    TaskScheduler& s = *scheduler;
+    absl::MutexLock lock(&s.mu_);
+    for (v1::Job& job : snapshot->jobs) {
+      std::optional<int64_t> seq = SeqOfJobId(job.job_id());
+      if (!seq.has_value()) {
+        return absl::DataLossError(
+            absl::StrCat("stored job id '", job.job_id(), "' is malformed"));
+      }
+      metrics->AddJobs(job.state(), 1);
+      JobEntry& entry = s.jobs_[job.job_id()];
+      entry.seq = *seq;
+      entry.chains.resize(job.spec().hooks_size());
+      if (!IsTerminal(job.state())) {
+        s.active_jobs_.insert(LeaseOrder(job, *seq));
+      }
+      s.jobs_by_seq_[*seq] = job.job_id();
+      entry.job = std::move(job);
+    }
+    const absl::Time fresh_deadline = clock->Now() + options.lease_ttl;
+    for (TaskRecord& task : snapshot->tasks) {
+      auto job = s.jobs_.find(task.job_id());
+      if (job == s.jobs_.end() || task.hook_index() < 0 ||
+          task.hook_index() >= static_cast<int>(job->second.chains.size()) ||
+          task.chain_index() < 0) {
+        return absl::DataLossError(absl::StrCat("stored task '", task.task_id(),
+                                                "' has no matching job"));
+      }
+      auto& chain = job->second.chains[task.hook_index()];
+      if (static_cast<int>(chain.size()) <= task.chain_index()) {
+        chain.resize(task.chain_index() + 1);
+      }
+      chain[task.chain_index()] = task.task_id();
+      metrics->AddTasks(task.state(), 1);
+      if (task.state() == TASK_STATE_RUNNING) {
+        s.leases_.Grant(task.task_id(), task.lease_epoch(), fresh_deadline);
+      }
+      std::string id = task.task_id();
+      s.tasks_[id] = std::move(task);
+    }
+    s.next_job_seq_ = snapshot->next_job_seq;
+    s.next_worker_seq_ = snapshot->next_worker_seq;
+  }
+  if (options.expiry_check_interval > absl::ZeroDuration()) {
+    scheduler->expiry_thread_ =
+        std::thread([s = scheduler.get()] { s->ExpiryLoop(); });
+  }
+  return scheduler;
+}
+
+TaskScheduler::~TaskScheduler() { Shutdown(); }
+
+void TaskScheduler::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    runnable_cv_.SignalAll();
+  }
+  if (expiry_thread_.joinable()) expiry_thread_.join();
+}
+
+int64_t TaskScheduler::NowMs() const {
+  return absl::ToUnixMillis(clock_->Now());
+}
+
+void TaskScheduler::ExpiryLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!shutting_down_) {
+    if (mu_.AwaitWithTimeout(absl::Condition(&shutting_down_),
+                             options_.expiry_check_interval)) {
+      break;
+    }
+    ExpireLeasesLocked();
+  }
+}
+
+absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
+                                         const Changes& changes) {
+  for (const TaskRecord& task : changes.tasks) JobStore::PutTask(task, &batch);
+  for (const v1::Job& job : changes.jobs) JobStore::PutJob(job, &batch);
+  const size_t bytes = batch.ByteSize();
+  if (absl::Status s = store_->Write(batch, {.sync = true}); !s.ok()) return s;
+  metrics_->BytesWritten(bytes);
+  for (const TaskRecord& task : changes.tasks) {
+    auto it = tasks_.find(task.task_id());
+    if (it != tasks_.end()) metrics_->AddTasks(it->second.state(), -1);
+    metrics_->AddTasks(task.state(), 1);
+    if (task.state() != TASK_STATE_RUNNING) leases_.Release(task.task_id());
+    tasks_[task.task_id()] = task;
+  }
+  for (const v1::Job& job : changes.jobs) {
+    auto it = jobs_.find(job.job_id());
+    if (it == jobs_.end()) continue;  // New jobs are added by CreateJob.
+    JobEntry& entry = it->second;
+    metrics_->AddJobs(entry.job.state(), -1);
+    metrics_->AddJobs(job.state(), 1);
+    if (IsTerminal(job.state())) {
+      active_jobs_.erase(LeaseOrder(entry.job, entry.seq));
+    }
+    entry.job = job;
+  }
+  return absl::OkStatus();
+}
+
+// --- jobs ---
+
+absl::StatusOr<std::optional<v1::Job>> TaskScheduler::FindByRequestId(
+    const std::string& request_id, const std::string& fingerprint) const {
+  if (request_id.empty()) return std::nullopt;
+  absl::StatusOr<std::optional<IdempotencyRecord>> record =
+      JobStore(store_).FindRequest(request_id);
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) return std::nullopt;
+  if ((*record)->spec_fingerprint() != fingerprint) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request_id '", request_id, "' was already used for job ",
+                     (*record)->job_id(), " with a different spec"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find((*record)->job_id());
+  if (it == jobs_.end()) {
+    return absl::DataLossError(absl::StrCat("request_id '", request_id,
+                                            "' names missing job ",
+                                            (*record)->job_id()));
+  }
+  return it->second.job;
+}
+
+absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
+    const v1::JobSpec& spec, const std::string& request_id,
+    const std::string& fingerprint) {
+  absl::MutexLock lock(&mu_);
+  if (!request_id.empty()) {
+    // Checked again under the lock: two concurrent submissions of one
+    // request id create one job.
+    absl::StatusOr<std::optional<IdempotencyRecord>> record =
+        JobStore(store_).FindRequest(request_id);
+    if (!record.ok()) return record.status();
+    if (record->has_value()) {
+      if ((*record)->spec_fingerprint() != fingerprint) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "request_id '", request_id, "' was already used for job ",
+            (*record)->job_id(), " with a different spec"));
+      }
+      auto it = jobs_.find((*record)->job_id());
+      if (it == jobs_.end()) {
+        return absl::DataLossError(absl::StrCat("request_id '", request_id,
+                                                "' names missing job ",
+                                                (*record)->job_id()));
+      }
+      return Submitted{it->second.job, false};
+    }
+  }
+
+  const int64_t seq = next_job_seq_;
+  const int64_t now_ms = NowMs();
+  const int num_checkpoints = spec.model().checkpoints_size();
+  v1::Job job;
+  job.set_job_id(JobIdForSeq(seq));
+  *job.mutable_spec() = spec;
+  job.set_state(v1::JOB_STATE_QUEUED);
+  job.mutable_progress()->set_tasks_total(spec.hooks_size() * num_checkpoints);
+  job.set_create_time_ms(now_ms);
+  job.set_update_time_ms(now_ms);
+  job.set_request_id(request_id);
+
+  JobEntry entry;
+  entry.seq = seq;
+  entry.chains.resize(spec.hooks_size());
+  Changes changes;
+  const bool backward = spec.schedule().direction() == v1::Schedule::BACKWARD;
+  for (int h = 0; h < spec.hooks_size(); ++h) {
+    const int32_t layer = spec.hooks(h).layer();
+    for (int c = 0; c < num_checkpoints; ++c) {
+      const int checkpoint = backward ? num_checkpoints - 1 - c : c;
+      TaskRecord task;
+      task.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".c", c));
+      task.set_job_id(job.job_id());
+      task.set_hook_index(h);
+      task.set_layer(layer);
+      task.set_checkpoint_index(checkpoint);
+      task.set_step(spec.model().checkpoints(checkpoint).step());
+      task.set_chain_index(c);
+      task.set_state(TASK_STATE_QUEUED);
+      task.set_update_time_ms(now_ms);
+      entry.chains[h].push_back(task.task_id());
+      changes.tasks.push_back(std::move(task));
+    }
+  }
+  changes.jobs.push_back(job);
+
+  storage::WriteBatch batch;
+  if (!request_id.empty()) {
+    IdempotencyRecord record;
+    record.set_job_id(job.job_id());
+    record.set_spec_fingerprint(fingerprint);
+    JobStore::PutRequest(request_id, record, &batch);
+  }
+  JobStore::PutCounter(JobStore::kNextJobSeq, seq + 1, &batch);
+  if (absl::Status s = CommitLocked(std::move(batch), changes); !s.ok()) {
+    return s;
+  }
+  next_job_seq_ = seq + 1;
+  metrics_->AddJobs(job.state(), 1);
+  entry.job = job;
+  active_jobs_.insert(LeaseOrder(job, seq));
+  jobs_by_seq_[seq] = job.job_id();
+  jobs_[job.job_id()] = std::move(entry);
+  runnable_cv_.SignalAll();
+  return Submitted{std::move(job), true};
+}
+
+absl::StatusOr<v1::Job> TaskScheduler::GetJob(const std::string& job_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
+  }
+  return it->second.job;
+}
+
+absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
+    const std::string& after_job_id, int page_size) const {
+  int64_t after_seq = 0;
+  if (!after_job_id.empty()) {
+    std::optional<int64_t> seq = SeqOfJobId(after_job_id);
+    if (!seq.has_value()) {
+      return absl::InvalidArgumentError("page_token: malformed");
+    }
+    after_seq = *seq;
+  }
+  JobPage page;
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_by_seq_.upper_bound(after_seq);
+  for (; it != jobs_by_seq_.end() &&
+         static_cast<int>(page.jobs.size()) < page_size;
+       ++it) {
+    page.jobs.push_back(jobs_.at(it->second).job);
+  }
+  if (it != jobs_by_seq_.end() && !page.jobs.empty()) {
+    page.next_after_job_id = page.jobs.back().job_id();
+  }
+  return page;
+}
+
+// --- workers ---
+
+absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
+    const std::string& device) {
+  absl::MutexLock lock(&mu_);
+  const int64_t seq = next_worker_seq_;
+  storage::WriteBatch batch;
+  JobStore::PutCounter(JobStore::kNextWorkerSeq, seq + 1, &batch);
+  // Not synced: losing a counter update on a crash would only reuse ids of
+  // workers that never held a lease across the restart.
+  if (absl::Status s = store_->Write(batch, {.sync = false}); !s.ok()) {
+    return s;
+  }
+  metrics_->BytesWritten(batch.ByteSize());
+  next_worker_seq_ = seq + 1;
+  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
+  workers_[id] = device;
+  metrics_->WorkerRegistered();
+  return id;
+}
+
+const TaskRecord* TaskScheduler::PickLocked(const std::string& device) const {
+  for (const auto& [order, seq] : active_jobs_) {
+    const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
+    const std::string& wanted = entry.job.spec().device();
+    if (!device.empty() && !wanted.empty() && device != wanted) continue;
+    for (const auto& chain : entry.chains) {
+      for (const std::string& task_id : chain) {
+        const TaskRecord& task = tasks_.at(task_id);
+        if (task.state() == TASK_STATE_SUCCEEDED) continue;
+        // The first unfinished task of a chain is runnable when queued; the
+        // rest of the chain waits for it.
+        if (task.state() == TASK_STATE_QUEUED) return &task;
+        break;
+      }
+    }
+  }
+  return nullptr;
+}
+
+absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
+    const TaskRecord& picked, const std::string& worker_id) {
+  TaskRecord task = picked;
+  task.set_state(TASK_STATE_RUNNING);
+  task.set_lease_epoch(task.lease_epoch() + 1);
+  task.set_attempts(task.attempts() + 1);
+  task.set_worker_id(worker_id);
+  task.set_update_time_ms(NowMs());
+  Changes changes;
+  changes.tasks.push_back(task);
+  const JobEntry& entry = jobs_.at(task.job_id());
+  if (entry.job.state() == v1::JOB_STATE_QUEUED) {
+    v1::Job job = entry.job;
+    job.set_state(v1::JOB_STATE_RUNNING);
+    job.set_update_time_ms(task.update_time_ms());
+    changes.jobs.push_back(std::move(job));
+  }
+  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
+    return s;
+  }
+  leases_.Grant(task.task_id(), task.lease_epoch(),
+                clock_->Now() + options_.lease_ttl);
+  metrics_->LeaseGranted();
+
+  const v1::JobSpec& spec = entry.job.spec();
+  v1::Task out;
+  out.set_task_id(task.task_id());
+  out.set_job_id(task.job_id());
+  out.set_lease_epoch(task.lease_epoch());
+  out.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
+  v1::TrainSaeTask* train = out.mutable_train();
+  *train->mutable_spec() = spec;
+  *train->mutable_hook() = spec.hooks(task.hook_index());
+  train->set_checkpoint_index(task.checkpoint_index());
+  train->set_chain_index(task.chain_index());
+  if (task.chain_index() > 0) {
+    const TaskRecord& previous =
+        tasks_.at(entry.chains[task.hook_index()][task.chain_index() - 1]);
+    v1::SaeRef* init = train->mutable_init_from();
+    init->set_job_id(task.job_id());
+    init->set_layer(task.layer());
+    init->set_step(previous.step());
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
+    const std::string& worker_id, absl::Duration wait,
+    absl::FunctionRef<bool()> cancelled) {
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
+  auto worker = workers_.find(worker_id);
+  // Workers registered before a restart are not known; they may take any job.
+  const std::string device =
+      worker == workers_.end() ? std::string() : worker->second;
+  while (true) {
+    if (shutting_down_) return std::nullopt;
+    ExpireLeasesLocked();
+    if (const TaskRecord* task = PickLocked(device); task != nullptr) {
+      absl::StatusOr<v1::Task> granted = GrantLocked(*task, worker_id);
+      if (!granted.ok()) return granted.status();
+      return std::optional<v1::Task>(*std::move(granted));
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline || cancelled()) return std::nullopt;
+    runnable_cv_.WaitWithDeadline(
+        &mu_, std::min(deadline, now + kCancellationCheckPeriod));
+  }
+}
+
+absl::StatusOr<const TaskRecord*> TaskScheduler::LiveTaskLocked(
+    const std::string& task_id, int64_t epoch) const {
+  auto it = tasks_.find(task_id);
+  if (it == tasks_.end()) {
+    return absl::AbortedError(absl::StrCat("task '", task_id, "' is unknown"));
+  }
+  const TaskRecord& task = it->second;
+  if (task.lease_epoch() != epoch) {
+    return absl::AbortedError(
+        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id,
+                     " (current epoch ", task.lease_epoch(), ")"));
+  }
+  if (task.state() != TASK_STATE_RUNNING) {
+    return absl::AbortedError(absl::StrCat(
+        "task ", task_id, " is no longer leased (state ",
+        TaskStateLabel(task.state()),
+        task.error().empty() ? "" : absl::StrCat(": ", task.error()), ")"));
+  }
+  return &task;
+}
+
+absl::StatusOr<bool> TaskScheduler::Heartbeat(const std::string& task_id,
+                                              int64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  ExpireLeasesLocked();
+  auto it = tasks_.find(task_id);
+  if (it != tasks_.end() && it->second.lease_epoch() == epoch &&
+      it->second.state() == TASK_STATE_CANCELLED) {
+    return true;  // The job failed: tell the worker to stop.
+  }
+  absl::StatusOr<const TaskRecord*> task = LiveTaskLocked(task_id, epoch);
+  if (!task.ok()) return task.status();
+  leases_.Renew(task_id, epoch, clock_->Now() + options_.lease_ttl);
+  return false;
+}
+
+absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
+                                                    int64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  ExpireLeasesLocked();
+  absl::StatusOr<const TaskRecord*> task = LiveTaskLocked(task_id, epoch);
+  if (!task.ok()) return task.status();
+  const TaskRecord& t = **task;
+  LeaseInfo info;
+  info.job_id = t.job_id();
+  info.task_id = t.task_id();
+  info.layer = t.layer();
+  info.step = t.step();
+  info.chain_index = t.chain_index();
+  info.d_sae = jobs_.at(t.job_id()).job.spec().sae().d_sae();
+  return info;
+}
+
+absl::Status TaskScheduler::Complete(const std::string& task_id, int64_t epoch,
+                                     storage::WriteBatch results,
+                                     int64_t tokens_trained) {
+  absl::MutexLock lock(&mu_);
+  ExpireLeasesLocked();
+  absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
+  if (!live.ok()) return live.status();
+  const int64_t now_ms = NowMs();
+  TaskRecord task = **live;
+  task.set_state(TASK_STATE_SUCCEEDED);
+  task.set_tokens_trained(tokens_trained);
+  task.clear_error();
+  task.set_update_time_ms(now_ms);
+  v1::Job job = jobs_.at(task.job_id()).job;
+  v1::JobProgress* progress = job.mutable_progress();
+  progress->set_tasks_done(progress->tasks_done() + 1);
+  progress->set_tokens_trained(progress->tokens_trained() + tokens_trained);
+  if (progress->tasks_done() >= progress->tasks_total()) {
+    job.set_state(v1::JOB_STATE_SUCCEEDED);
+  }
+  job.set_update_time_ms(now_ms);
+  Changes changes;
+  changes.tasks.push_back(std::move(task));
+  changes.jobs.push_back(std::move(job));
+  if (absl::Status s = CommitLocked(std::move(results), changes); !s.ok()) {
+    return s;
+  }
+  runnable_cv_.SignalAll();  // The chain's next task is runnable now.
+  return absl::OkStatus();
+}
+
+bool TaskScheduler::RetryOrFailLocked(const TaskRecord& live,
+                                      const std::string& error, bool retryable,
+                                      const std::string& job_error,
+                                      int64_t now_ms, Changes* changes) {
+  TaskRecord task = live;
+  task.set_error(error);
+  task.clear_worker_id();
+  task.set_update_time_ms(now_ms);
+  if (retryable && task.attempts() < options_.max_attempts) {
+    task.set_state(TASK_STATE_QUEUED);
+    changes->tasks.push_back(std::move(task));
+    return true;
+  }
+  task.set_state(TASK_STATE_FAILED);
+  const JobEntry& entry = jobs_.at(task.job_id());
+  for (const auto& chain : entry.chains) {
+    for (const std::string& id : chain) {
+      if (id == task.task_id()) continue;
+      const TaskRecord& other = tasks_.at(id);
+      if (other.state() != TASK_STATE_QUEUED &&
+          other.state() != TASK_STATE_RUNNING) {
+        continue;
+      }
+      TaskRecord cancelled = other;
+      cancelled.set_state(TASK_STATE_CANCELLED);
+      cancelled.set_error(absl::StrCat("job failed: ", job_error));
+      cancelled.set_update_time_ms(now_ms);
+      changes->tasks.push_back(std::move(cancelled));
+    }
+  }
+  changes->tasks.push_back(std::move(task));
+  v1::Job job = entry.job;
+  job.set_state(v1::JOB_STATE_FAILED);
+  job.set_error(job_error);
+  job.set_update_time_ms(now_ms);
+  changes->jobs.push_back(std::move(job));
+  return false;
+}
+
+absl::Status TaskScheduler::Fail(const std::string& task_id, int64_t epoch,
+                                 const std::string& error, bool retryable) {
+  absl::MutexLock lock(&mu_);
+  ExpireLeasesLocked();
+  absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
+  if (!live.ok()) return live.status();
+  Changes changes;
+  const bool requeued = RetryOrFailLocked(
+      **live, error, retryable,
+      absl::StrCat("task ", task_id, " failed: ", error), NowMs(), &changes);
+  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
+    return s;
+  }
+  if (requeued) {
+    metrics_->TaskRetried();
+    runnable_cv_.SignalAll();
+  }
+  return absl::OkStatus();
+}
+
+void TaskScheduler::ExpireLeases() {
+  absl::MutexLock lock(&mu_);
+  ExpireLeasesLocked();
+}
+
+void TaskScheduler::ExpireLeasesLocked() {
+  const absl::Time now = clock_->Now();
+  for (const std::string& task_id : leases_.ExpiredAt(now)) {
+    auto it = tasks_.find(task_id);
+    if (it == tasks_.end() || it->second.state() != TASK_STATE_RUNNING) {
+      leases_.Release(task_id);
+      continue;
+    }
+    const TaskRecord& task = it->second;
+    Changes changes;
+    const bool requeued = RetryOrFailLocked(
+        task, "lease expired", /*retryable=*/true,
+        absl::StrCat("lease expired: task ", task_id, " was leased ",
+                     task.attempts(), " times without completing"),
+        absl::ToUnixMillis(now), &changes);
+    // On a storage error the lease stays expired and is retried next time.
+    if (!CommitLocked(storage::WriteBatch(), changes).ok()) continue;
+    metrics_->LeaseExpired();
+    if (requeued) {
+      metrics_->TaskRetried();
+      runnable_cv_.SignalAll();
+    }
+  }
+}
+
+}  // namespace saetrack::server

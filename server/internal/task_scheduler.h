@@ -1,0 +1,219 @@
+// The job and task state machine of the coordinator.
+#ifndef SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_
+#define SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "saetrack/v1/job.pb.h"
+#include "saetrack/v1/worker.pb.h"
+#include "server/clock.h"
+#include "server/internal/coordinator_metrics.h"
+#include "server/internal/job_store.h"
+#include "server/internal/lease_table.h"
+#include "server/internal/records.pb.h"
+#include "storage/kv_store.h"
+
+namespace saetrack::server {
+
+struct SchedulerOptions {
+  absl::Duration lease_ttl = absl::Seconds(30);
+  // Times a task may be leased before its job fails.
+  int max_attempts = 3;
+  // Real-time period of the background lease-expiry check; zero disables the
+  // thread (leases are still checked on every worker call).
+  absl::Duration expiry_check_interval = absl::Seconds(1);
+};
+
+// What a worker-side call needs to know about a valid lease.
+struct LeaseInfo {
+  std::string job_id;
+  std::string task_id;
+  int32_t layer = 0;
+  int64_t step = 0;
+  int32_t chain_index = 0;
+  // Feature count of the job's SAEs.
+  int32_t d_sae = 0;
+};
+
+// Holds every job and task in memory, mirrored in the database: each state
+// transition is written (synced) in one WriteBatch before it becomes visible.
+// Tasks of one chain (one hook over the job's checkpoints) run in chain
+// order; the next task of a chain becomes leasable when its predecessor
+// succeeds. Among leasable tasks the highest job priority wins, then the
+// oldest job, then the lowest hook index.
+//
+// A lease lasts lease_ttl past its grant or last heartbeat (by the injected
+// clock). An expired lease, or a retryable failure, requeues its task until
+// the task has been leased max_attempts times; then the job fails, and its
+// other unfinished tasks are cancelled.
+//
+// Does not own the store, clock or metrics (all must outlive it). Thread-safe.
+class TaskScheduler {
+ public:
+  // Rebuilds the state from `store`. RUNNING tasks keep their lease epoch and
+  // get a fresh lease (now + ttl), so a worker still running one can finish.
+  static absl::StatusOr<std::unique_ptr<TaskScheduler>> Recover(
+      storage::KvStore* store, Clock* clock, CoordinatorMetrics* metrics,
+      const SchedulerOptions& options);
+
+  // Stops the expiry thread.
+  ~TaskScheduler();
+
+  TaskScheduler(const TaskScheduler&) = delete;
+  TaskScheduler& operator=(const TaskScheduler&) = delete;
+
+  // --- jobs ---
+
+  // The job first created with `request_id`. nullopt when the id is unused;
+  // kAlreadyExists when it was used with a different spec fingerprint.
+  absl::StatusOr<std::optional<v1::Job>> FindByRequestId(
+      const std::string& request_id, const std::string& fingerprint) const;
+
+  struct Submitted {
+    v1::Job job;
+    bool created = false;
+  };
+  // Creates a job of `spec` (validated, defaults filled) with one task per
+  // (hook, checkpoint), or returns the job created earlier under the same
+  // non-empty `request_id` (created = false). Job record, tasks and request
+  // id go in one batch. Errors: kAlreadyExists (request id reused with a
+  // different fingerprint), storage errors.
+  absl::StatusOr<Submitted> CreateJob(const v1::JobSpec& spec,
+                                      const std::string& request_id,
+                                      const std::string& fingerprint);
+
+  // Errors: kNotFound naming the id.
+  absl::StatusOr<v1::Job> GetJob(const std::string& job_id) const;
+
+  struct JobPage {
+    std::vector<v1::Job> jobs;
+    // Empty when there are no more jobs after this page.
+    std::string next_after_job_id;
+  };
+  // Jobs in creation order (oldest first), starting after `after_job_id`
+  // (empty: from the first job). Errors: kInvalidArgument for a malformed
+  // `after_job_id`.
+  absl::StatusOr<JobPage> ListJobs(const std::string& after_job_id,
+                                   int page_size) const;
+
+  // --- workers ---
+
+  // A new worker id; `device` ("cpu", "cuda" or empty) restricts which jobs'
+  // tasks the worker is given.
+  absl::StatusOr<std::string> RegisterWorker(const std::string& device);
+
+  // Leases the best runnable task to `worker_id`, waiting up to `wait` (real
+  // time) for one to become runnable. nullopt when none did, when
+  // `cancelled()` turned true, or on Shutdown.
+  absl::StatusOr<std::optional<v1::Task>> Lease(
+      const std::string& worker_id, absl::Duration wait,
+      absl::FunctionRef<bool()> cancelled);
+
+  // Renews the lease. Returns true when the worker should stop because the
+  // job has failed (its task was cancelled). Errors: kAborted for an unknown
+  // task or a stale or expired lease.
+  absl::StatusOr<bool> Heartbeat(const std::string& task_id, int64_t epoch);
+
+  // The lease (task_id, epoch) if it is the live one. Errors: kAborted.
+  absl::StatusOr<LeaseInfo> CheckLease(const std::string& task_id,
+                                       int64_t epoch);
+
+  // Atomically writes `results` together with the task's SUCCEEDED state and
+  // the job's progress (SUCCEEDED when every task is). Errors: kAborted (stale
+  // lease: nothing written), storage errors (nothing written).
+  absl::Status Complete(const std::string& task_id, int64_t epoch,
+                        storage::WriteBatch results, int64_t tokens_trained);
+
+  // Requeues the task when `retryable` and it has attempts left, else fails
+  // the job with `error`. Errors: kAborted (stale lease).
+  absl::Status Fail(const std::string& task_id, int64_t epoch,
+                    const std::string& error, bool retryable);
+
+  // Requeues (or fails) every task whose lease has expired by the clock.
+  void ExpireLeases();
+
+  // Wakes every long poll (they return nullopt) and refuses new waits.
+  void Shutdown();
+
+ private:
+  struct JobEntry {
+    v1::Job job;
+    int64_t seq = 0;
+    // chains[hook_index][chain_index] = task id.
+    std::vector<std::vector<std::string>> chains;
+  };
+  // Records to write and then make visible, in one batch.
+  struct Changes {
+    std::vector<TaskRecord> tasks;
+    std::vector<v1::Job> jobs;
+  };
+
+  TaskScheduler(storage::KvStore* store, Clock* clock,
+                CoordinatorMetrics* metrics, const SchedulerOptions& options);
+
+  absl::Status CommitLocked(storage::WriteBatch batch, const Changes& changes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The live RUNNING record of (task_id, epoch), or kAborted.
+  absl::StatusOr<const TaskRecord*> LiveTaskLocked(const std::string& task_id,
+                                                   int64_t epoch) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds to `changes` the requeue of `task` (when attempts remain and
+  // `retryable`) or the failure of its job. Returns true when requeued.
+  bool RetryOrFailLocked(const TaskRecord& task, const std::string& error,
+                         bool retryable, const std::string& job_error,
+                         int64_t now_ms, Changes* changes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The best runnable task for a worker with `device`, or null.
+  const TaskRecord* PickLocked(const std::string& device) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::Task> GrantLocked(const TaskRecord& task,
+                                       const std::string& worker_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpiryLoop();
+  int64_t NowMs() const;
+
+  storage::KvStore* const store_;
+  Clock* const clock_;
+  CoordinatorMetrics* const metrics_;
+  const SchedulerOptions options_;
+
+  mutable absl::Mutex mu_;
+  // Signalled when a task may have become runnable, and on Shutdown.
+  absl::CondVar runnable_cv_;
+  std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<int64_t, std::string> jobs_by_seq_ ABSL_GUARDED_BY(mu_);
+  // Non-terminal jobs ordered by (-priority, seq): the leasing order.
+  std::set<std::pair<int64_t, int64_t>> active_jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, TaskRecord> tasks_ ABSL_GUARDED_BY(mu_);
+  LeaseTable leases_ ABSL_GUARDED_BY(mu_);
+  // worker id -> device it registered with.
+  std::map<std::string, std::string> workers_ ABSL_GUARDED_BY(mu_);
+  int64_t next_job_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t next_worker_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::thread expiry_thread_;
+};
+
+// "job-000042" for sequence number 42.
+std::string JobIdForSeq(int64_t seq);
+// The sequence number of a job id, or nullopt when malformed.
+std::optional<int64_t> SeqOfJobId(const std::string& job_id);
+
+}  // namespace saetrack::server
+
+#endif  // SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_

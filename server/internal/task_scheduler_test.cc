@@ -1,0 +1,278 @@
+#include "server/internal/task_scheduler.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/clock.h"
+#include "server/internal/coordinator_metrics.h"
+#include "storage/kv_store.h"
+
+namespace saetrack::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr absl::Duration kTtl = absl::Seconds(10);
+
+v1::JobSpec Spec(int num_checkpoints, int num_hooks, int priority = 0,
+                 v1::Schedule::Direction direction = v1::Schedule::FORWARD) {
+  v1::JobSpec spec;
+  for (int i = 0; i < num_checkpoints; ++i) {
+    v1::Checkpoint* c = spec.mutable_model()->add_checkpoints();
+    c->set_step(i * 100);
+    c->set_path("/ckpt");
+  }
+  for (int h = 0; h < num_hooks; ++h) spec.add_hooks()->set_layer(h);
+  spec.mutable_sae()->set_d_sae(16);
+  spec.mutable_schedule()->set_direction(direction);
+  spec.set_priority(priority);
+  return spec;
+}
+
+class TaskSchedulerTest : public testing::Test {
+ protected:
+  void SetUp() override { scheduler_ = Open(); }
+
+  std::unique_ptr<TaskScheduler> Open(int max_attempts = 2) {
+    SchedulerOptions options;
+    options.lease_ttl = kTtl;
+    options.max_attempts = max_attempts;
+    options.expiry_check_interval = absl::ZeroDuration();  // Lazy only.
+    auto s = TaskScheduler::Recover(store_.get(), &clock_, &metrics_, options);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *std::move(s) : nullptr;
+  }
+
+  std::string Create(const v1::JobSpec& spec) {
+    auto submitted = scheduler_->CreateJob(spec, "", "");
+    EXPECT_TRUE(submitted.ok()) << submitted.status();
+    return submitted->job.job_id();
+  }
+
+  // Leases without waiting; nullopt when nothing is runnable.
+  std::optional<v1::Task> LeaseNow(const std::string& worker = "w") {
+    auto task =
+        scheduler_->Lease(worker, absl::ZeroDuration(), [] { return false; });
+    EXPECT_TRUE(task.ok()) << task.status();
+    return task.ok() ? *task : std::nullopt;
+  }
+
+  std::unique_ptr<storage::KvStore> store_ = storage::NewInMemoryStore();
+  FakeClock clock_;
+  CoordinatorMetrics metrics_;
+  std::unique_ptr<TaskScheduler> scheduler_;
+};
+
+TEST_F(TaskSchedulerTest, JobIdsAreSortableAndParse) {
+  EXPECT_EQ(JobIdForSeq(1), "job-000001");
+  EXPECT_EQ(JobIdForSeq(1234567), "job-1234567");
+  EXPECT_EQ(SeqOfJobId("job-000042"), 42);
+  EXPECT_EQ(SeqOfJobId("job-"), std::nullopt);
+  EXPECT_EQ(SeqOfJobId("job-12x"), std::nullopt);
+  EXPECT_EQ(SeqOfJobId("task-1"), std::nullopt);
+}
+
+TEST_F(TaskSchedulerTest, ChainRunsInOrderWithInitFromPredecessor) {
+  const std::string job = Create(Spec(3, 1));
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+  EXPECT_EQ(t0->train().chain_index(), 0);
+  EXPECT_EQ(t0->lease_epoch(), 1);
+  EXPECT_FALSE(t0->train().has_init_from());
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_RUNNING);
+  // The chain's next task waits for its predecessor.
+  EXPECT_FALSE(LeaseNow().has_value());
+
+  ASSERT_TRUE(
+      scheduler_->Complete(t0->task_id(), 1, storage::WriteBatch(), 100).ok());
+  std::optional<v1::Task> t1 = LeaseNow();
+  ASSERT_TRUE(t1.has_value());
+  EXPECT_EQ(t1->train().chain_index(), 1);
+  EXPECT_EQ(t1->train().checkpoint_index(), 1);
+  EXPECT_EQ(t1->train().init_from().step(), 0);
+  EXPECT_EQ(t1->train().init_from().job_id(), job);
+  // Exactly once: completing t0 again is refused.
+  EXPECT_EQ(
+      scheduler_->Complete(t0->task_id(), 1, storage::WriteBatch(), 100).code(),
+      absl::StatusCode::kAborted);
+}
+
+TEST_F(TaskSchedulerTest, BackwardChainStartsAtLastCheckpoint) {
+  Create(Spec(3, 1, 0, v1::Schedule::BACKWARD));
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+  EXPECT_EQ(t0->train().checkpoint_index(), 2);
+  ASSERT_TRUE(
+      scheduler_->Complete(t0->task_id(), 1, storage::WriteBatch(), 1).ok());
+  std::optional<v1::Task> t1 = LeaseNow();
+  ASSERT_TRUE(t1.has_value());
+  EXPECT_EQ(t1->train().checkpoint_index(), 1);
+  EXPECT_EQ(t1->train().init_from().step(), 200);
+}
+
+TEST_F(TaskSchedulerTest, HigherPriorityThenOlderJobFirstAndChainsInParallel) {
+  const std::string low = Create(Spec(1, 1, /*priority=*/0));
+  const std::string high = Create(Spec(2, 2, /*priority=*/5));
+  std::optional<v1::Task> a = LeaseNow();
+  std::optional<v1::Task> b = LeaseNow();
+  std::optional<v1::Task> c = LeaseNow();
+  ASSERT_TRUE(a && b && c);
+  // Both chains (layers) of the high-priority job run in parallel.
+  EXPECT_EQ(a->job_id(), high);
+  EXPECT_EQ(a->train().hook().layer(), 0);
+  EXPECT_EQ(b->job_id(), high);
+  EXPECT_EQ(b->train().hook().layer(), 1);
+  EXPECT_EQ(c->job_id(), low);
+  EXPECT_FALSE(LeaseNow().has_value());
+}
+
+TEST_F(TaskSchedulerTest, DeviceRestrictsWhichWorkerGetsTheTask) {
+  v1::JobSpec spec = Spec(1, 1);
+  spec.set_device("cuda");
+  Create(spec);
+  absl::StatusOr<std::string> cpu = scheduler_->RegisterWorker("cpu");
+  absl::StatusOr<std::string> gpu = scheduler_->RegisterWorker("cuda");
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  EXPECT_NE(*cpu, *gpu);
+  EXPECT_FALSE(LeaseNow(*cpu).has_value());
+  EXPECT_TRUE(LeaseNow(*gpu).has_value());
+}
+
+TEST_F(TaskSchedulerTest, ExpiredLeaseRequeuesThenFailsTheJob) {
+  const std::string job = Create(Spec(2, 1));
+  std::optional<v1::Task> first = LeaseNow();
+  ASSERT_TRUE(first.has_value());
+  clock_.Advance(kTtl - absl::Milliseconds(1));
+  ASSERT_TRUE(scheduler_->Heartbeat(first->task_id(), 1).ok());
+  clock_.Advance(kTtl - absl::Milliseconds(1));  // Renewed: still live.
+  EXPECT_FALSE(LeaseNow().has_value());
+  clock_.Advance(absl::Milliseconds(2));
+  std::optional<v1::Task> second = LeaseNow();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->task_id(), first->task_id());
+  EXPECT_EQ(second->lease_epoch(), 2);
+  EXPECT_EQ(scheduler_->Heartbeat(first->task_id(), 1).status().code(),
+            absl::StatusCode::kAborted);
+
+  clock_.Advance(kTtl);  // Second expiry: max_attempts (2) reached.
+  EXPECT_FALSE(LeaseNow().has_value());
+  absl::StatusOr<v1::Job> failed = scheduler_->GetJob(job);
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed->error(), HasSubstr("lease expired"));
+}
+
+TEST_F(TaskSchedulerTest, RetryableFailureRequeuesFatalFailsTheJob) {
+  const std::string job = Create(Spec(1, 2));
+  std::optional<v1::Task> a = LeaseNow();
+  std::optional<v1::Task> b = LeaseNow();
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(scheduler_->Fail(a->task_id(), 1, "oom", true).ok());
+  std::optional<v1::Task> again = LeaseNow();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->task_id(), a->task_id());
+  EXPECT_EQ(again->lease_epoch(), 2);
+  ASSERT_TRUE(scheduler_->Fail(a->task_id(), 2, "bad file", false).ok());
+  absl::StatusOr<v1::Job> failed = scheduler_->GetJob(job);
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed->error(), HasSubstr("bad file"));
+  // The other chain's worker is told to stop and cannot complete.
+  EXPECT_EQ(scheduler_->Heartbeat(b->task_id(), 1).value(), true);
+  EXPECT_EQ(
+      scheduler_->Complete(b->task_id(), 1, storage::WriteBatch(), 1).code(),
+      absl::StatusCode::kAborted);
+}
+
+TEST_F(TaskSchedulerTest, RecoveryKeepsEpochsAndGivesAFreshLease) {
+  const std::string job = Create(Spec(2, 1));
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+  clock_.Advance(kTtl - absl::Seconds(1));
+  scheduler_.reset();
+
+  scheduler_ = Open();
+  ASSERT_NE(scheduler_, nullptr);
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_RUNNING);
+  clock_.Advance(absl::Seconds(5));  // Past the old deadline, not the new one.
+  EXPECT_FALSE(scheduler_->Heartbeat(t0->task_id(), 1).value());
+  ASSERT_TRUE(
+      scheduler_->Complete(t0->task_id(), 1, storage::WriteBatch(), 7).ok());
+  std::optional<v1::Task> t1 = LeaseNow();
+  ASSERT_TRUE(t1.has_value());
+  EXPECT_EQ(t1->train().chain_index(), 1);
+  // New jobs continue the id sequence.
+  EXPECT_EQ(Create(Spec(1, 1)), "job-000002");
+}
+
+TEST_F(TaskSchedulerTest, CompletingEveryTaskSucceedsTheJob) {
+  const std::string job = Create(Spec(1, 2));
+  for (int i = 0; i < 2; ++i) {
+    std::optional<v1::Task> t = LeaseNow();
+    ASSERT_TRUE(t.has_value());
+    ASSERT_TRUE(
+        scheduler_->Complete(t->task_id(), 1, storage::WriteBatch(), 50).ok());
+  }
+  absl::StatusOr<v1::Job> done = scheduler_->GetJob(job);
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done->progress().tasks_done(), 2);
+  EXPECT_EQ(done->progress().tasks_total(), 2);
+  EXPECT_EQ(done->progress().tokens_trained(), 100);
+}
+
+TEST_F(TaskSchedulerTest, LongPollWakesWhenAJobArrives) {
+  std::optional<v1::Task> got;
+  std::thread poller([&] {
+    auto t = scheduler_->Lease("w", absl::Seconds(20), [] { return false; });
+    if (t.ok()) got = *t;
+  });
+  Create(Spec(1, 1));
+  poller.join();  // Returns long before 20 s: woken by the new job.
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->train().chain_index(), 0);
+}
+
+TEST_F(TaskSchedulerTest, ShutdownEndsLongPolls) {
+  std::optional<v1::Task> got;
+  std::thread poller([&] {
+    auto t = scheduler_->Lease("w", absl::Seconds(20), [] { return false; });
+    if (t.ok()) got = *t;
+  });
+  scheduler_->Shutdown();
+  poller.join();
+  EXPECT_FALSE(got.has_value());
+}
+
+TEST_F(TaskSchedulerTest, ListJobsPagesOldestFirst) {
+  for (int i = 0; i < 5; ++i) Create(Spec(1, 1));
+  auto page = scheduler_->ListJobs("", 2);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 2u);
+  EXPECT_EQ(page->jobs[0].job_id(), "job-000001");
+  EXPECT_EQ(page->next_after_job_id, "job-000002");
+  page = scheduler_->ListJobs("job-000004", 2);
+  ASSERT_EQ(page->jobs.size(), 1u);
+  EXPECT_EQ(page->jobs[0].job_id(), "job-000005");
+  EXPECT_EQ(page->next_after_job_id, "");
+  EXPECT_EQ(scheduler_->ListJobs("garbage", 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TaskSchedulerTest, IdempotentCreate) {
+  auto a = scheduler_->CreateJob(Spec(1, 1), "req-1", "fp-a");
+  auto b = scheduler_->CreateJob(Spec(1, 1), "req-1", "fp-a");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(a->created);
+  EXPECT_FALSE(b->created);
+  EXPECT_EQ(a->job.job_id(), b->job.job_id());
+  EXPECT_EQ(scheduler_->CreateJob(Spec(1, 1), "req-1", "fp-b").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(scheduler_->FindByRequestId("req-1", "fp-a")->value().job_id(),
+            a->job.job_id());
+  EXPECT_FALSE(scheduler_->FindByRequestId("req-2", "fp-a")->has_value());
+}
+
+}  // namespace
+}  // namespace saetrack::server

@@ -1,0 +1,68 @@
+#include "server/internal/test_fixtures.h"
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace saetrack::server::testing {
+
+TempDir::TempDir() {
+  std::string tmpl = ::testing::TempDir() + "/saetrack_server_test.XXXXXX";
+  const char* made = mkdtemp(tmpl.data());
+  EXPECT_NE(made, nullptr);
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void WriteCheckpoint(const std::string& dir, int hidden_size, int num_layers,
+                     const std::string& model_type) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << absl::StrCat(
+      R"({"architectures": ["GPTNeoXForCausalLM"], "model_type": ")",
+      model_type, R"(", "hidden_size": )", hidden_size,
+      R"(, "num_hidden_layers": )", num_layers,
+      R"(, "num_attention_heads": 4, "intermediate_size": )", 4 * hidden_size,
+      R"(, "vocab_size": 512, "max_position_embeddings": 256,)",
+      R"( "rotary_pct": 0.25, "rotary_emb_base": 10000,)",
+      R"( "layer_norm_eps": 1e-05, "use_parallel_residual": true,)",
+      R"( "hidden_act": "gelu", "tie_word_embeddings": false})");
+  std::ofstream(dir + "/model.safetensors");
+}
+
+void WriteTokens(const std::string& path, int64_t num_tokens,
+                 int bytes_per_token) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  std::string zeros(static_cast<size_t>(num_tokens * bytes_per_token), '\0');
+  out << zeros;
+}
+
+v1::JobSpec MakeSpec(const std::string& root, const std::vector<int64_t>& steps,
+                     const std::vector<int>& layers) {
+  v1::JobSpec spec;
+  spec.set_name("test");
+  for (int64_t step : steps) {
+    const std::string dir = absl::StrCat(root, "/ckpt-", step);
+    if (!std::filesystem::exists(dir + "/config.json")) WriteCheckpoint(dir);
+    v1::Checkpoint* c = spec.mutable_model()->add_checkpoints();
+    c->set_step(step);
+    c->set_path(dir);
+  }
+  const std::string tokens = root + "/tokens.bin";
+  if (!std::filesystem::exists(tokens)) WriteTokens(tokens, 4096);
+  spec.mutable_data()->set_tokens_path(tokens);
+  spec.mutable_data()->set_context_length(32);
+  for (int layer : layers) spec.add_hooks()->set_layer(layer);
+  spec.mutable_sae()->set_expansion_factor(2);
+  spec.mutable_schedule()->set_tokens_first(8192);
+  return spec;
+}
+
+}  // namespace saetrack::server::testing

@@ -1,0 +1,327 @@
+#include "server/internal/worker_service.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/format/crc32c.h"
+
+namespace saetrack::server {
+namespace {
+
+// Median of the finite values of `v`; nullopt when there are none.
+std::optional<double> FiniteMedian(
+    const google::protobuf::RepeatedField<float>& v) {
+  std::vector<float> values;
+  values.reserve(v.size());
+  for (float x : v) {
+    if (std::isfinite(x)) values.push_back(x);
+  }
+  if (values.empty()) return std::nullopt;
+  const size_t mid = values.size() / 2;
+  std::nth_element(values.begin(), values.begin() + mid, values.end());
+  double median = values[mid];
+  if (values.size() % 2 == 0) {
+    const float lower = *std::max_element(values.begin(), values.begin() + mid);
+    median = (median + lower) / 2;
+  }
+  return median;
+}
+
+absl::Status CheckLength(const char* field, int size, int d_sae) {
+  if (size == d_sae) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("FEATURE_STATS.", field, ": ", size,
+                   " entries, expected d_sae = ", d_sae));
+}
+
+}  // namespace
+
+grpc::Status WorkerServiceImpl::RegisterWorker(
+    grpc::ServerContext* /*context*/, const v1::RegisterWorkerRequest* request,
+    v1::RegisterWorkerResponse* response) {
+  RpcTimer timer(metrics_, "RegisterWorker");
+  return timer.Finish(DoRegisterWorker(*request, response));
+}
+
+grpc::Status WorkerServiceImpl::LeaseTask(grpc::ServerContext* context,
+                                          const v1::LeaseTaskRequest* request,
+                                          v1::LeaseTaskResponse* response) {
+  RpcTimer timer(metrics_, "LeaseTask");
+  return timer.Finish(DoLeaseTask(context, *request, response));
+}
+
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* /*context*/,
+                                          const v1::HeartbeatRequest* request,
+                                          v1::HeartbeatResponse* response) {
+  RpcTimer timer(metrics_, "Heartbeat");
+  return timer.Finish(DoHeartbeat(*request, response));
+}
+
+grpc::Status WorkerServiceImpl::UploadArtifact(
+    grpc::ServerContext* /*context*/,
+    grpc::ServerReader<v1::ArtifactChunk>* reader,
+    v1::UploadArtifactResponse* response) {
+  RpcTimer timer(metrics_, "UploadArtifact");
+  return timer.Finish(DoUploadArtifact(reader, response));
+}
+
+grpc::Status WorkerServiceImpl::DownloadSae(
+    grpc::ServerContext* /*context*/, const v1::DownloadSaeRequest* request,
+    grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  RpcTimer timer(metrics_, "DownloadSae");
+  return timer.Finish(DoDownloadSae(*request, writer));
+}
+
+grpc::Status WorkerServiceImpl::CompleteTask(
+    grpc::ServerContext* /*context*/, const v1::CompleteTaskRequest* request,
+    v1::CompleteTaskResponse* /*response*/) {
+  RpcTimer timer(metrics_, "CompleteTask");
+  return timer.Finish(DoCompleteTask(*request));
+}
+
+grpc::Status WorkerServiceImpl::FailTask(grpc::ServerContext* /*context*/,
+                                         const v1::FailTaskRequest* request,
+                                         v1::FailTaskResponse* /*response*/) {
+  RpcTimer timer(metrics_, "FailTask");
+  return timer.Finish(DoFailTask(*request));
+}
+
+absl::Status WorkerServiceImpl::DoRegisterWorker(
+    const v1::RegisterWorkerRequest& request,
+    v1::RegisterWorkerResponse* response) {
+  const std::string& device = request.capabilities().device();
+  if (!device.empty() && device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("capabilities.device: '", device,
+                     "' is not supported (supported: cpu, cuda)"));
+  }
+  absl::StatusOr<std::string> id = scheduler_->RegisterWorker(device);
+  if (!id.ok()) return id.status();
+  response->set_worker_id(*id);
+  response->set_heartbeat_interval_ms(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.lease_ttl) / 3));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
+                                            const v1::LeaseTaskRequest& request,
+                                            v1::LeaseTaskResponse* response) {
+  if (request.worker_id().empty()) {
+    return absl::InvalidArgumentError("worker_id: required");
+  }
+  const absl::Duration wait =
+      std::clamp(absl::Milliseconds(request.wait_ms()), absl::ZeroDuration(),
+                 options_.max_lease_wait);
+  absl::StatusOr<std::optional<v1::Task>> task = scheduler_->Lease(
+      request.worker_id(), wait, [context] { return context->IsCancelled(); });
+  if (!task.ok()) return task.status();
+  if (task->has_value()) {
+    // Uploads of an earlier lease of this task can never be completed.
+    staging_->DropTask((*task)->task_id());
+    *response->mutable_task() = **std::move(task);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
+                                            v1::HeartbeatResponse* response) {
+  absl::StatusOr<bool> cancel =
+      scheduler_->Heartbeat(request.task_id(), request.lease_epoch());
+  if (!cancel.ok()) return cancel.status();
+  response->set_cancel(*cancel);
+  response->set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::DoUploadArtifact(
+    grpc::ServerReader<v1::ArtifactChunk>* reader,
+    v1::UploadArtifactResponse* response) {
+  v1::ArtifactChunk chunk;
+  if (!reader->Read(&chunk)) {
+    return absl::InvalidArgumentError(
+        "upload: no chunks (the first names task_id, lease_epoch and kind)");
+  }
+  const std::string task_id = chunk.task_id();
+  const int64_t epoch = chunk.lease_epoch();
+  const v1::ArtifactKind kind = chunk.kind();
+  if (task_id.empty()) {
+    return absl::InvalidArgumentError("task_id: required in the first chunk");
+  }
+  if (kind == v1::ARTIFACT_KIND_UNSPECIFIED ||
+      !v1::ArtifactKind_IsValid(kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kind: ", kind, " is not a valid artifact kind"));
+  }
+  if (absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+      !lease.ok()) {
+    return lease.status();
+  }
+
+  std::string data;
+  uint32_t crc = 0;
+  while (true) {
+    if ((!chunk.task_id().empty() && chunk.task_id() != task_id) ||
+        (chunk.lease_epoch() != 0 && chunk.lease_epoch() != epoch) ||
+        (chunk.kind() != v1::ARTIFACT_KIND_UNSPECIFIED &&
+         chunk.kind() != kind)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk at offset ", chunk.offset(),
+          " names a different task, epoch or kind than the first chunk"));
+    }
+    if (chunk.offset() != static_cast<int64_t>(data.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("offset: ", chunk.offset(), ", expected ", data.size(),
+                       " (chunks must be contiguous)"));
+    }
+    if (chunk.total_size() > options_.max_artifact_bytes ||
+        static_cast<int64_t>(data.size() + chunk.data().size()) >
+            options_.max_artifact_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "artifact of task ", task_id, " exceeds max_artifact_bytes (",
+          options_.max_artifact_bytes, ")"));
+    }
+    if (data.empty() && chunk.total_size() > 0)
+      data.reserve(chunk.total_size());
+    crc = format::Crc32c(chunk.data(), crc);
+    data.append(chunk.data());
+    if (chunk.last()) break;
+    if (!reader->Read(&chunk)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload ended after ", data.size(), " bytes without a last chunk"));
+    }
+  }
+  if (chunk.total_size() != static_cast<int64_t>(data.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("total_size: ", chunk.total_size(), ", but ", data.size(),
+                     " bytes were received"));
+  }
+  if (chunk.crc32c() != crc) {
+    return absl::DataLossError(
+        absl::StrCat("crc32c mismatch for the ", v1::ArtifactKind_Name(kind),
+                     " artifact of ", task_id, ": got ", chunk.crc32c(),
+                     ", computed ", crc));
+  }
+  // The lease may have expired during a long upload.
+  if (absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+      !lease.ok()) {
+    return lease.status();
+  }
+  response->set_bytes_received(static_cast<int64_t>(data.size()));
+  staging_->Put(task_id, epoch, kind, std::move(data));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::DoDownloadSae(
+    const v1::DownloadSaeRequest& request,
+    grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  const v1::SaeRef& ref = request.sae();
+  if (ref.job_id().empty()) {
+    return absl::InvalidArgumentError("sae.job_id: required");
+  }
+  absl::StatusOr<std::string> weights =
+      results_->GetSaeWeights(ref.job_id(), ref.layer(), ref.step());
+  if (!weights.ok()) return weights.status();
+  const std::string_view all = *weights;
+  const size_t chunk_bytes = static_cast<size_t>(options_.download_chunk_bytes);
+  size_t offset = 0;
+  do {
+    v1::DownloadChunk chunk;
+    chunk.set_offset(static_cast<int64_t>(offset));
+    const std::string_view piece = all.substr(offset, chunk_bytes);
+    chunk.set_data(piece.data(), piece.size());
+    offset += piece.size();
+    if (offset == all.size()) {
+      chunk.set_last(true);
+      chunk.set_total_size(static_cast<int64_t>(all.size()));
+      chunk.set_crc32c(format::Crc32c(all));
+    }
+    if (!writer->Write(chunk)) {
+      return absl::CancelledError("client went away during DownloadSae");
+    }
+  } while (offset < all.size());
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::DoCompleteTask(
+    const v1::CompleteTaskRequest& request) {
+  const std::string& task_id = request.task_id();
+  const int64_t epoch = request.lease_epoch();
+  if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
+  absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+  if (!lease.ok()) return lease.status();
+
+  std::shared_ptr<const std::string> weights =
+      staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_SAE_WEIGHTS);
+  std::shared_ptr<const std::string> stats_bytes =
+      staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_FEATURE_STATS);
+  std::vector<std::string> missing;
+  if (weights == nullptr) missing.push_back("ARTIFACT_KIND_SAE_WEIGHTS");
+  if (stats_bytes == nullptr) missing.push_back("ARTIFACT_KIND_FEATURE_STATS");
+  if (!missing.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task ", task_id, " epoch ", epoch, ": missing uploaded artifact(s) ",
+        absl::StrJoin(missing, ", "), "; upload them before CompleteTask"));
+  }
+  v1::FeatureStatsBlock stats;
+  if (!stats.ParseFromString(*stats_bytes)) {
+    return absl::InvalidArgumentError(
+        "ARTIFACT_KIND_FEATURE_STATS: not a serialized FeatureStatsBlock");
+  }
+  v1::CheckpointMetrics metrics = request.metrics();
+  if (metrics.d_sae() == 0) metrics.set_d_sae(lease->d_sae);
+  if (metrics.d_sae() != lease->d_sae) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics.d_sae: ", metrics.d_sae(),
+                     " differs from the job's spec.sae.d_sae ", lease->d_sae));
+  }
+  const int d_sae = metrics.d_sae();
+  for (absl::Status s :
+       {CheckLength("frequency", stats.frequency_size(), d_sae),
+        CheckLength("mean_activation", stats.mean_activation_size(), d_sae),
+        CheckLength("max_activation", stats.max_activation_size(), d_sae),
+        CheckLength("encoder_norm", stats.encoder_norm_size(), d_sae)}) {
+    if (!s.ok()) return s;
+  }
+  if (stats.decoder_cos_prev_size() != 0) {
+    if (absl::Status s = CheckLength("decoder_cos_prev",
+                                     stats.decoder_cos_prev_size(), d_sae);
+        !s.ok()) {
+      return s;
+    }
+  }
+  metrics.set_layer(lease->layer);
+  metrics.set_step(lease->step);
+  metrics.set_chain_index(lease->chain_index);
+  metrics.clear_median_decoder_cos_prev();
+  if (std::optional<double> median = FiniteMedian(stats.decoder_cos_prev())) {
+    metrics.set_median_decoder_cos_prev(*median);
+  }
+
+  storage::WriteBatch batch;
+  ResultStore::AddSaeWeights(lease->job_id, lease->layer, lease->step, *weights,
+                             &batch);
+  ResultStore::AddFeaturePoints(lease->job_id, lease->layer, lease->step,
+                                lease->chain_index, stats, &batch);
+  ResultStore::AddCheckpointMetrics(lease->job_id, metrics, &batch);
+  absl::Status s = scheduler_->Complete(task_id, epoch, std::move(batch),
+                                        metrics.tokens_trained());
+  if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
+  return s;
+}
+
+absl::Status WorkerServiceImpl::DoFailTask(const v1::FailTaskRequest& request) {
+  if (request.task_id().empty()) {
+    return absl::InvalidArgumentError("task_id: required");
+  }
+  absl::Status s = scheduler_->Fail(request.task_id(), request.lease_epoch(),
+                                    request.error(), request.retryable());
+  if (s.ok()) staging_->DropTask(request.task_id());
+  return s;
+}
+
+}  // namespace saetrack::server

@@ -1,0 +1,85 @@
+// saetrack.v1.WorkerService.
+#ifndef SAETRACK_SERVER_INTERNAL_WORKER_SERVICE_H_
+#define SAETRACK_SERVER_INTERNAL_WORKER_SERVICE_H_
+
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "saetrack/v1/worker.grpc.pb.h"
+#include "server/internal/artifact_staging.h"
+#include "server/internal/coordinator_metrics.h"
+#include "server/internal/result_store.h"
+#include "server/internal/task_scheduler.h"
+
+namespace saetrack::server {
+
+struct WorkerServiceOptions {
+  absl::Duration lease_ttl = absl::Seconds(30);
+  int64_t max_artifact_bytes = int64_t{4} << 30;
+  // LeaseTask waits at most this long, whatever the worker asks for.
+  absl::Duration max_lease_wait = absl::Seconds(10);
+  // DownloadSae chunk size.
+  int64_t download_chunk_bytes = int64_t{1} << 20;
+};
+
+// Leases, heartbeats, artifact transfer and task completion for workers.
+// Every call after LeaseTask is fenced by the lease epoch (ABORTED when
+// stale). Does not own its collaborators (all must outlive it). Thread-safe.
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  WorkerServiceImpl(TaskScheduler* scheduler, ResultStore* results,
+                    ArtifactStaging* staging, CoordinatorMetrics* metrics,
+                    const WorkerServiceOptions& options)
+      : scheduler_(scheduler),
+        results_(results),
+        staging_(staging),
+        metrics_(metrics),
+        options_(options) {}
+
+  grpc::Status RegisterWorker(grpc::ServerContext* context,
+                              const v1::RegisterWorkerRequest* request,
+                              v1::RegisterWorkerResponse* response) override;
+  grpc::Status LeaseTask(grpc::ServerContext* context,
+                         const v1::LeaseTaskRequest* request,
+                         v1::LeaseTaskResponse* response) override;
+  grpc::Status Heartbeat(grpc::ServerContext* context,
+                         const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override;
+  grpc::Status UploadArtifact(grpc::ServerContext* context,
+                              grpc::ServerReader<v1::ArtifactChunk>* reader,
+                              v1::UploadArtifactResponse* response) override;
+  grpc::Status DownloadSae(
+      grpc::ServerContext* context, const v1::DownloadSaeRequest* request,
+      grpc::ServerWriter<v1::DownloadChunk>* writer) override;
+  grpc::Status CompleteTask(grpc::ServerContext* context,
+                            const v1::CompleteTaskRequest* request,
+                            v1::CompleteTaskResponse* response) override;
+  grpc::Status FailTask(grpc::ServerContext* context,
+                        const v1::FailTaskRequest* request,
+                        v1::FailTaskResponse* response) override;
+
+ private:
+  absl::Status DoRegisterWorker(const v1::RegisterWorkerRequest& request,
+                                v1::RegisterWorkerResponse* response);
+  absl::Status DoLeaseTask(grpc::ServerContext* context,
+                           const v1::LeaseTaskRequest& request,
+                           v1::LeaseTaskResponse* response);
+  absl::Status DoHeartbeat(const v1::HeartbeatRequest& request,
+                           v1::HeartbeatResponse* response);
+  absl::Status DoUploadArtifact(grpc::ServerReader<v1::ArtifactChunk>* reader,
+                                v1::UploadArtifactResponse* response);
+  absl::Status DoDownloadSae(const v1::DownloadSaeRequest& request,
+                             grpc::ServerWriter<v1::DownloadChunk>* writer);
+  absl::Status DoCompleteTask(const v1::CompleteTaskRequest& request);
+  absl::Status DoFailTask(const v1::FailTaskRequest& request);
+
+  TaskScheduler* const scheduler_;
+  ResultStore* const results_;
+  ArtifactStaging* const staging_;
+  CoordinatorMetrics* const metrics_;
+  const WorkerServiceOptions options_;
+};
+
+}  // namespace saetrack::server
+
+#endif  // SAETRACK_SERVER_INTERNAL_WORKER_SERVICE_H_

@@ -1,0 +1,124 @@
+// saetrack-coordinator: flags -> CoordinatorOptions -> Start -> wait for
+// SIGTERM/SIGINT -> graceful Shutdown.
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "server/coordinator.h"
+
+ABSL_FLAG(std::string, data_dir, "",
+          "Directory of the coordinator's database (required; created if "
+          "missing).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "gRPC listen address HOST:PORT; port 0 picks a free port.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics address HOST:PORT; port 0 picks a free port; "
+          "empty disables the endpoint.");
+ABSL_FLAG(std::string, port_file, "",
+          "Once serving, atomically write 'grpc=<port>\\nmetrics=<port>\\n' "
+          "here.");
+ABSL_FLAG(std::vector<std::string>, data_roots, {},
+          "Comma-separated directories; when set, every path of a job must "
+          "lie under one of them.");
+ABSL_FLAG(int64_t, lease_ttl_ms, 30000,
+          "A task lease expires after this long without a heartbeat.");
+ABSL_FLAG(int32_t, max_attempts, 3,
+          "Times a task may be leased before its job fails.");
+ABSL_FLAG(int64_t, max_artifact_bytes, int64_t{4} << 30,
+          "Largest artifact a worker may upload.");
+
+namespace {
+
+// The HOST part of HOST:PORT.
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << "grpc=" << grpc_port << "\nmetrics=" << metrics_port << "\n";
+    if (!out.good()) return false;
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  return !ec;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "saetrack-coordinator --data_dir DIR [--listen HOST:PORT] ...");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "saetrack-coordinator: unexpected argument '%s'\n",
+                 rest[1]);
+    return 2;
+  }
+  saetrack::CoordinatorOptions options;
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (options.data_dir.empty()) {
+    std::fprintf(stderr, "saetrack-coordinator: --data_dir is required\n");
+    return 2;
+  }
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.data_roots = absl::GetFlag(FLAGS_data_roots);
+  options.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
+  options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.max_artifact_bytes = absl::GetFlag(FLAGS_max_artifact_bytes);
+
+  // Block the stop signals in every thread (threads inherit the mask) and
+  // take them synchronously below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<saetrack::Coordinator>> coordinator =
+      saetrack::Coordinator::Start(options);
+  if (!coordinator.ok()) {
+    std::fprintf(stderr, "saetrack-coordinator: %s\n",
+                 coordinator.status().ToString().c_str());
+    return 1;
+  }
+  const int port = (*coordinator)->port();
+  const int metrics_port = (*coordinator)->metrics_port();
+  const std::string metrics =
+      options.metrics_listen_address.empty()
+          ? std::string("metrics off")
+          : absl::StrCat("metrics on ", HostOf(options.metrics_listen_address),
+                         ":", metrics_port);
+  std::fprintf(stderr,
+               "saetrack-coordinator: serving on %s:%d, %s, data in %s\n",
+               HostOf(options.listen_address).c_str(), port, metrics.c_str(),
+               options.data_dir.c_str());
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty() && !WritePortFile(port_file, port, metrics_port)) {
+    std::fprintf(stderr, "saetrack-coordinator: cannot write --port_file %s\n",
+                 port_file.c_str());
+    (*coordinator)->Shutdown();
+    return 1;
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::fprintf(stderr, "saetrack-coordinator: signal %d, shutting down\n",
+               signal_number);
+  (*coordinator)->Shutdown();
+  coordinator->reset();
+  return 0;
+}

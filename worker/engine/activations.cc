@@ -1,0 +1,95 @@
+#include "worker/engine/activations.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "worker/format/internal/status_macros.h"
+
+namespace saetrack::engine {
+
+// Fraction of the token file used for training; the rest is held out.
+constexpr double kTrainFraction = 0.9;
+
+absl::StatusOr<TokenSplit> SplitTokens(int64_t num_tokens, int context_length) {
+  if (num_tokens < context_length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token file holds ", num_tokens,
+        " tokens, shorter than one context of context_length ",
+        context_length));
+  }
+  TokenSplit split;
+  split.num_tokens = num_tokens;
+  const int64_t boundary =
+      static_cast<int64_t>(static_cast<double>(num_tokens) * kTrainFraction);
+  split.train_end = std::max<int64_t>(boundary, context_length);
+  split.eval_begin = std::min<int64_t>(boundary, num_tokens - context_length);
+  return split;
+}
+
+std::vector<int64_t> SampleTrainContexts(const TokenSplit& split,
+                                         int context_length,
+                                         int64_t num_contexts, uint64_t seed) {
+  // mt19937_64 and our own range reduction (not std::uniform_int_distribution,
+  // whose algorithm differs between standard libraries) keep the sample the
+  // same on every platform.
+  std::mt19937_64 rng(seed);
+  const uint64_t positions =
+      static_cast<uint64_t>(split.train_end - context_length) + 1;
+  std::vector<int64_t> starts(num_contexts);
+  for (int64_t& start : starts) start = static_cast<int64_t>(rng() % positions);
+  return starts;
+}
+
+std::vector<int64_t> HeldOutContexts(const TokenSplit& split,
+                                     int context_length, int64_t num_contexts) {
+  const int64_t last_start = split.num_tokens - context_length;
+  const int64_t span = last_start - split.eval_begin;
+  std::vector<int64_t> starts(num_contexts);
+  for (int64_t i = 0; i < num_contexts; ++i) {
+    starts[i] = num_contexts == 1
+                    ? split.eval_begin
+                    : split.eval_begin + span * i / (num_contexts - 1);
+  }
+  return starts;
+}
+
+absl::StatusOr<torch::Tensor> GatherContexts(const format::TokenFile& tokens,
+                                             const std::vector<int64_t>& starts,
+                                             int context_length,
+                                             int64_t vocab_size) {
+  torch::Tensor out = torch::empty(
+      {static_cast<int64_t>(starts.size()), context_length}, torch::kInt64);
+  int64_t* data = out.data_ptr<int64_t>();
+  for (size_t row = 0; row < starts.size(); ++row) {
+    SAETRACK_RETURN_IF_ERROR(
+        tokens.CheckVocab(vocab_size, starts[row], context_length));
+    for (int i = 0; i < context_length; ++i) {
+      data[row * context_length + i] = tokens[starts[row] + i];
+    }
+  }
+  return out;
+}
+
+torch::Tensor CollectActivations(const GptNeoxModel& model,
+                                 const torch::Tensor& contexts,
+                                 const HookPoint& hook,
+                                 int64_t contexts_per_forward,
+                                 const torch::Device& device) {
+  // NoGradGuard rather than InferenceMode: the result feeds the SAE
+  // trainer's autograd graph, which refuses inference tensors.
+  torch::NoGradGuard no_grad;
+  const int64_t n = contexts.size(0);
+  const int64_t hidden = model.config().hidden_size;
+  std::vector<torch::Tensor> chunks;
+  for (int64_t start = 0; start < n; start += contexts_per_forward) {
+    const torch::Tensor batch =
+        contexts.narrow(0, start, std::min(contexts_per_forward, n - start))
+            .to(device);
+    chunks.push_back(model.RunToHooks(batch, {hook})[0].reshape({-1, hidden}));
+  }
+  return torch::cat(chunks);
+}
+
+}  // namespace saetrack::engine

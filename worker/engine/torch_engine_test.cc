@@ -1,0 +1,304 @@
+// End to end: a tiny GPT-NeoX trained by the LM trainer into a temporary
+// directory, then SAEs of a chain trained on its checkpoints by the engine.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/engine/lm_trainer.h"
+#include "worker/engine/training_engine.h"
+#include "worker/format/safetensors.h"
+
+namespace saetrack::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string MakeTempDir(const std::string& name) {
+  std::string pattern = ::testing::TempDir() + "/" + name + "_XXXXXX";
+  EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
+  return pattern;
+}
+
+// Pseudo-text with word structure, so the tiny LM has something to learn.
+std::string SyntheticCorpus(size_t bytes) {
+  const std::vector<std::string> words = {
+      "the ", "king ", "and ", "queen ", "shall ", "speak ", "of ", "love ",
+      "to ", "my ", "lord, ", "thou ", "art ", "here.\n", "what ", "say "};
+  std::mt19937 rng(11);
+  std::string text;
+  while (text.size() < bytes) text += words[rng() % words.size()];
+  text.resize(bytes);
+  return text;
+}
+
+std::string Message(const absl::Status& status) {
+  return std::string(status.message());
+}
+
+class TorchEngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(MakeTempDir("engine"));
+    const std::string corpus = *dir_ + "/corpus.txt";
+    std::ofstream(corpus) << SyntheticCorpus(100'000);
+    TinyLmOptions options;
+    options.corpus_path = corpus;
+    options.out_dir = *dir_ + "/lm";
+    options.checkpoint_steps = {16, 32};
+    options.d_model = 32;
+    options.layers = 2;
+    options.heads = 4;
+    options.context_length = 32;
+    options.batch_size = 8;
+    absl::StatusOr<TinyLmResult> result = TrainTinyLm(options, nullptr);
+    ASSERT_TRUE(result.ok()) << result.status();
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string Checkpoint(int step) {
+    return *dir_ + "/lm/checkpoints/step-" + std::to_string(step);
+  }
+
+  static TrainInput BaseInput() {
+    TrainInput input;
+    input.model_dir = Checkpoint(16);
+    input.layer = 1;
+    input.site = "resid_pre";
+    input.tokens_path = *dir_ + "/lm/tokens.u16";
+    input.token_dtype = "uint16";
+    input.context_length = 32;
+    input.d_sae = 128;
+    input.l1_coefficient = 1e-3;
+    input.lr = 3e-3;
+    input.warmup_steps = 5;
+    input.batch_size = 128;
+    input.train_tokens = 32 * 1024;
+    input.eval_tokens = 2048;
+    input.seed = 5;
+    return input;
+  }
+
+  std::unique_ptr<SaeTrainingEngine> NewEngine() {
+    EngineOptions options;
+    options.threads = 2;
+    absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> engine =
+        NewTorchEngine(options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return *std::move(engine);
+  }
+
+  static std::string* dir_;
+};
+
+std::string* TorchEngineTest::dir_ = nullptr;
+
+TEST_F(TorchEngineTest, TrainsChainWithRecurrentInitialisation) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  int progress_calls = 0;
+  int64_t last_tokens = 0;
+  const ProgressFn progress = [&](int64_t tokens, double loss) {
+    ++progress_calls;
+    EXPECT_GE(tokens, last_tokens);
+    EXPECT_TRUE(std::isfinite(loss));
+    last_tokens = tokens;
+    return true;
+  };
+  absl::StatusOr<TrainOutput> first = engine->Train(BaseInput(), progress);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->d_in, 32);
+  EXPECT_EQ(first->d_sae, 128);
+  EXPECT_EQ(first->tokens_trained, 32 * 1024);
+  EXPECT_EQ(last_tokens, 32 * 1024);
+  EXPECT_GE(progress_calls, 2);
+  EXPECT_GT(first->wall_time_s, 0);
+  EXPECT_LT(first->fvu, first->init_fvu);
+  EXPECT_LT(first->fvu, 0.5);
+  EXPECT_GT(first->l0, 0);
+  EXPECT_GE(first->dead_fraction, 0);
+  EXPECT_LT(first->dead_fraction, 1);
+  EXPECT_GT(first->mse, 0);
+  EXPECT_EQ(first->features.frequency.size(), 128u);
+  EXPECT_EQ(first->features.mean_activation.size(), 128u);
+  EXPECT_EQ(first->features.max_activation.size(), 128u);
+  EXPECT_EQ(first->features.encoder_norm.size(), 128u);
+  EXPECT_TRUE(first->features.decoder_cos_prev.empty());
+  // L0 is the sum of the per-feature frequencies.
+  double frequency_sum = 0;
+  for (float f : first->features.frequency) frequency_sum += f;
+  EXPECT_NEAR(frequency_sum, first->l0, 1e-3 * first->l0);
+
+  absl::StatusOr<format::SafetensorsFile> weights =
+      format::SafetensorsFile::FromBytes(first->sae_safetensors, "sae");
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ((*weights->Get("W_enc"))->shape, (std::vector<int64_t>{32, 128}));
+  EXPECT_EQ((*weights->Get("W_dec"))->shape, (std::vector<int64_t>{128, 32}));
+  EXPECT_EQ((*weights->Get("b_enc"))->shape, (std::vector<int64_t>{128}));
+  EXPECT_EQ((*weights->Get("b_dec"))->shape, (std::vector<int64_t>{32}));
+
+  // The next SAE of the chain, on the next checkpoint, with 1/4 the tokens.
+  TrainInput next = BaseInput();
+  next.model_dir = Checkpoint(32);
+  next.init_sae_safetensors = first->sae_safetensors;
+  next.train_tokens = 8 * 1024;
+  next.lr = 1e-3;
+  absl::StatusOr<TrainOutput> second = engine->Train(next, nullptr);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->tokens_trained, 8 * 1024);
+  EXPECT_GT(second->init_fvu, second->fvu);
+  ASSERT_EQ(second->features.decoder_cos_prev.size(), 128u);
+  std::vector<float> cosines = second->features.decoder_cos_prev;
+  std::nth_element(cosines.begin(), cosines.begin() + cosines.size() / 2,
+                   cosines.end());
+  EXPECT_GT(cosines[cosines.size() / 2], 0.9);
+}
+
+TEST_F(TorchEngineTest, DeterministicForSeed) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.train_tokens = 4096;
+  absl::StatusOr<TrainOutput> a = engine->Train(input, nullptr);
+  absl::StatusOr<TrainOutput> b = engine->Train(input, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->sae_safetensors, b->sae_safetensors);
+  EXPECT_EQ(a->fvu, b->fvu);
+}
+
+TEST_F(TorchEngineTest, EveryHookSiteTrains) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  for (const char* site : {"resid_post", "attn_out", "mlp_out"}) {
+    TrainInput input = BaseInput();
+    input.site = site;
+    input.layer = 0;
+    input.train_tokens = 2048;
+    absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+    ASSERT_TRUE(output.ok()) << site << ": " << output.status();
+    EXPECT_TRUE(std::isfinite(output->fvu)) << site;
+  }
+}
+
+TEST_F(TorchEngineTest, CancelledByProgress) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  absl::StatusOr<TrainOutput> output = engine->Train(
+      BaseInput(), [](int64_t, double) { return false; });
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(TorchEngineTest, InvalidInputsNameTheField) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.layer = 2;
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()), HasSubstr("TrainInput.layer 2"));
+
+  input = BaseInput();
+  input.site = "resid_mid";
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()), HasSubstr("resid_mid"));
+
+  input = BaseInput();
+  input.context_length = 64;  // the tiny LM's max_position_embeddings is 32
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()), HasSubstr("context_length"));
+
+  input = BaseInput();
+  input.batch_size = 1;
+  EXPECT_EQ(engine->Train(input, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  input = BaseInput();
+  input.init_sae_safetensors = "not safetensors";
+  EXPECT_EQ(engine->Train(input, nullptr).status().code(),
+            absl::StatusCode::kDataLoss);
+
+  // An SAE of another width cannot continue this chain.
+  input = BaseInput();
+  input.train_tokens = 1024;
+  input.d_sae = 64;
+  absl::StatusOr<TrainOutput> narrow = engine->Train(input, nullptr);
+  ASSERT_TRUE(narrow.ok()) << narrow.status();
+  input.d_sae = 128;
+  input.init_sae_safetensors = narrow->sae_safetensors;
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()), HasSubstr("init_sae_safetensors"));
+}
+
+TEST_F(TorchEngineTest, MissingFilesAreNotFound) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.model_dir = *dir_ + "/no-such-checkpoint";
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Message(output.status()), HasSubstr("no-such-checkpoint"));
+
+  input = BaseInput();
+  input.tokens_path = *dir_ + "/no-such-tokens";
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Message(output.status()), HasSubstr("no-such-tokens"));
+}
+
+TEST_F(TorchEngineTest, BadTokenFiles) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  // Token id 300 >= vocab 256 at token 4000 (byte 8000), inside the held-out
+  // part that every run reads.
+  std::string tokens(2 * 4096, '\0');
+  for (size_t i = 0; i < tokens.size(); i += 2) tokens[i] = 'a';
+  tokens[8000] = 0x2C;
+  tokens[8001] = 0x01;
+  const std::string bad_path = *dir_ + "/bad.u16";
+  std::ofstream(bad_path, std::ios::binary) << tokens;
+  TrainInput input = BaseInput();
+  input.tokens_path = bad_path;
+  input.eval_tokens = 4096;
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()),
+              HasSubstr(bad_path + ": token id 300 at byte 8000"));
+
+  const std::string short_path = *dir_ + "/short.u16";
+  std::ofstream(short_path, std::ios::binary) << std::string(20, 'a');
+  input.tokens_path = short_path;
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()),
+              HasSubstr("shorter than one context of context_length 32"));
+
+  const std::string odd_path = *dir_ + "/odd.u16";
+  std::ofstream(odd_path, std::ios::binary) << std::string(4097, 'a');
+  input.tokens_path = odd_path;
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(Message(output.status()), HasSubstr("not a multiple"));
+}
+
+TEST(NewTorchEngineTest, Devices) {
+  EngineOptions options;
+  options.device = "tpu";
+  EXPECT_EQ(NewTorchEngine(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.device = "cuda";
+  if (!torch::cuda::is_available()) {
+    EXPECT_EQ(NewTorchEngine(options).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  } else {
+    EXPECT_TRUE(NewTorchEngine(options).ok());
+  }
+  options.device = "cpu";
+  options.threads = -1;
+  EXPECT_EQ(NewTorchEngine(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace saetrack::engine
