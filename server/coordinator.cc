@@ -1,16 +1,23 @@
 #include "server/coordinator.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -37,6 +44,34 @@ constexpr int kMaxReceiveMessageBytes = 64 << 20;
 const char* const kServiceNames[] = {"saetrack.v1.JobService",
                                      "saetrack.v1.QueryService",
                                      "saetrack.v1.WorkerService"};
+
+// Stops a prometheus::Exposer quickly. Its civetweb server notices the stop
+// only when its accept poll returns, which takes up to 2 s when idle;
+// connecting to the port wakes the poll.
+void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port,
+                 const std::string& bind_address) {
+  if (exposer == nullptr) return;
+  std::string host = bind_address.substr(0, bind_address.rfind(':'));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (host == "0.0.0.0" ||
+      inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  }
+  absl::Notification stopped;
+  std::thread waker([&] {
+    do {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (fd < 0) return;
+      connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+      close(fd);
+    } while (!stopped.WaitForNotificationWithTimeout(absl::Milliseconds(20)));
+  });
+  exposer.reset();
+  stopped.Notify();
+  waker.join();
+}
 
 absl::Status CheckOptions(const CoordinatorOptions& o) {
   if (o.data_dir.empty()) {
@@ -186,7 +221,8 @@ void CoordinatorImpl::Shutdown() {
         absl::Now() + absl::Milliseconds(options_.shutdown_grace_ms)));
     server_->Wait();
   }
-  exposer_.reset();
+  StopExposer(std::move(exposer_), metrics_port_,
+              options_.metrics_listen_address);
   scheduler_.reset();
   results_.reset();
   store_.reset();  // Closes the database.

@@ -24,6 +24,7 @@ namespace saetrack {
 namespace {
 
 using ::google::protobuf::util::MessageDifferencer;
+using ::saetrack::server::testing::HttpGet;
 using ::saetrack::server::testing::MakeSpec;
 using ::saetrack::server::testing::TempDir;
 using ::testing::ElementsAre;
@@ -178,7 +179,9 @@ class CoordinatorTest : public testing::Test {
     } while (offset < data.size());
     writer->WritesDone();
     grpc::Status s = writer->Finish();
-    if (s.ok()) EXPECT_EQ(response.bytes_received(), data.size());
+    if (s.ok()) {
+      EXPECT_EQ(response.bytes_received(), static_cast<int64_t>(data.size()));
+    }
     return s;
   }
 
@@ -666,10 +669,48 @@ TEST(CoordinatorStartTest, FailsOnBadOptions) {
             absl::StatusCode::kUnavailable);
 }
 
-TEST(CoordinatorStartTest, MetricsEndpointOnEphemeralPort) {
+TEST_F(CoordinatorTest, ServerReflectionListsTheServices) {
+  // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo by hand:
+  // request field 7 (list_services) = "".
+  grpc::GenericStub stub(channel_);
+  grpc::ClientContext ctx;
+  WithDeadline(&ctx);
+  grpc::CompletionQueue cq;
+  void* tag;
+  bool ok;
+  auto call = stub.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      &cq);
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::Slice request(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer in(&request, 1);
+  call->Write(in, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::ByteBuffer out;
+  call->Read(&out, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  call->WritesDone(reinterpret_cast<void*>(4));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(out.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  EXPECT_THAT(bytes, HasSubstr("saetrack.v1.JobService"));
+  EXPECT_THAT(bytes, HasSubstr("saetrack.v1.QueryService"));
+  EXPECT_THAT(bytes, HasSubstr("saetrack.v1.WorkerService"));
+}
+
+TEST(CoordinatorStartTest, MetricsEndpointCountsRpcsLeasesAndStates) {
   TempDir dir;
   CoordinatorOptions options;
-  options.data_dir = dir.path();
+  options.data_dir = dir.path() + "/data";
   options.listen_address = "127.0.0.1:0";
   options.metrics_listen_address = "127.0.0.1:0";
   auto c = Coordinator::Start(options);
@@ -677,6 +718,52 @@ TEST(CoordinatorStartTest, MetricsEndpointOnEphemeralPort) {
   EXPECT_GT((*c)->port(), 0);
   EXPECT_GT((*c)->metrics_port(), 0);
   EXPECT_NE((*c)->port(), (*c)->metrics_port());
+
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*c)->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto jobs = v1::JobService::NewStub(channel);
+  auto workers = v1::WorkerService::NewStub(channel);
+  v1::SubmitJobRequest submit;
+  *submit.mutable_spec() = MakeSpec(dir.path(), {0, 10});
+  v1::SubmitJobResponse submitted;
+  grpc::ClientContext ctx1;
+  ASSERT_TRUE(jobs->SubmitJob(WithDeadline(&ctx1), submit, &submitted).ok());
+  grpc::ClientContext ctx2;
+  v1::GetJobRequest get;
+  get.set_job_id("job-999999");
+  v1::Job job;
+  EXPECT_FALSE(jobs->GetJob(WithDeadline(&ctx2), get, &job).ok());
+  grpc::ClientContext ctx3;
+  v1::RegisterWorkerResponse registered;
+  ASSERT_TRUE(workers
+                  ->RegisterWorker(WithDeadline(&ctx3),
+                                   v1::RegisterWorkerRequest(), &registered)
+                  .ok());
+  grpc::ClientContext ctx4;
+  v1::LeaseTaskRequest lease;
+  lease.set_worker_id(registered.worker_id());
+  v1::LeaseTaskResponse leased;
+  ASSERT_TRUE(workers->LeaseTask(WithDeadline(&ctx4), lease, &leased).ok());
+  ASSERT_TRUE(leased.has_task());
+
+  const std::string text = HttpGet((*c)->metrics_port(), "/metrics");
+  EXPECT_THAT(
+      text,
+      HasSubstr("saetrack_rpcs_total{code=\"OK\",method=\"SubmitJob\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_rpcs_total{code=\"NOT_FOUND\","
+                              "method=\"GetJob\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_rpc_duration_seconds_count{method="
+                              "\"LeaseTask\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_jobs{state=\"running\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_tasks{state=\"running\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_tasks{state=\"queued\"} 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_leases_granted_total 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_workers_registered 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_lease_expiries_total 0"));
+  EXPECT_THAT(text, HasSubstr("saetrack_task_retries_total 0"));
+  EXPECT_THAT(text, ::testing::ContainsRegex(
+                        "saetrack_storage_bytes_written_total [1-9]"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("job-000001")));
   (*c)->Shutdown();
   (*c)->Shutdown();  // Idempotent.
 }

@@ -33,7 +33,8 @@ std::string TaskStateLabel(TaskState state) {
 }
 
 CoordinatorMetrics::CoordinatorMetrics()
-    : registry_(std::make_shared<prometheus::Registry>()) {
+    : duration_buckets_(DurationBuckets()),
+      registry_(std::make_shared<prometheus::Registry>()) {
   jobs_ = &prometheus::BuildGauge()
                .Name("saetrack_jobs")
                .Help("Tracking jobs by state.")
@@ -96,7 +97,7 @@ prometheus::Histogram& CoordinatorMetrics::DurationOf(
     const std::string& method) {
   // Family::Add returns the existing series for known labels; buckets are only
   // used on creation.
-  return rpc_duration_->Add({{"method", method}}, DurationBuckets());
+  return rpc_duration_->Add({{"method", method}}, duration_buckets_);
 }
 
 void CoordinatorMetrics::RecordRpc(const std::string& method,

@@ -48,6 +48,7 @@ class CoordinatorMetrics {
  private:
   prometheus::Histogram& DurationOf(const std::string& method);
 
+  const prometheus::Histogram::BucketBoundaries duration_buckets_;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Gauge>* jobs_;
   prometheus::Family<prometheus::Gauge>* tasks_;

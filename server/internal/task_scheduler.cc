@@ -96,6 +96,15 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
       std::string id = task.task_id();
       s.tasks_[id] = std::move(task);
     }
+    for (const auto& [job_id, entry] : s.jobs_) {
+      for (const auto& chain : entry.chains) {
+        if (chain.empty() || std::find(chain.begin(), chain.end(),
+                                       std::string()) != chain.end()) {
+          return absl::DataLossError(absl::StrCat("stored tasks of job '",
+                                                  job_id, "' are incomplete"));
+        }
+      }
+    }
     s.next_job_seq_ = snapshot->next_job_seq;
     s.next_worker_seq_ = snapshot->next_worker_seq;
   }

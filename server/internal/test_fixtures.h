@@ -40,6 +40,9 @@ void WriteTokens(const std::string& path, int64_t num_tokens,
 v1::JobSpec MakeSpec(const std::string& root, const std::vector<int64_t>& steps,
                      const std::vector<int>& layers = {0});
 
+// The body of GET http://127.0.0.1:`port``path` (HTTP/1.0), or "" on error.
+std::string HttpGet(int port, const std::string& path);
+
 }  // namespace saetrack::server::testing
 
 #endif  // SAETRACK_SERVER_INTERNAL_TEST_FIXTURES_H_

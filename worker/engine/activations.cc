@@ -14,10 +14,10 @@ constexpr double kTrainFraction = 0.9;
 
 absl::StatusOr<TokenSplit> SplitTokens(int64_t num_tokens, int context_length) {
   if (num_tokens < context_length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "token file holds ", num_tokens,
-        " tokens, shorter than one context of context_length ",
-        context_length));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token file holds ", num_tokens,
+                     " tokens, shorter than one context of context_length ",
+                     context_length));
   }
   TokenSplit split;
   split.num_tokens = num_tokens;

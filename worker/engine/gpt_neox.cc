@@ -123,8 +123,8 @@ absl::StatusOr<GptNeoxModel> GptNeoxModel::Load(const std::string& dir,
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     GptNeoxBlock& block = model.blocks_[i];
     const std::string prefix = absl::StrCat("gpt_neox.layers.", i, ".");
-    const std::vector<std::pair<std::string, std::pair<std::vector<int64_t>,
-                                                       torch::Tensor*>>>
+    const std::vector<
+        std::pair<std::string, std::pair<std::vector<int64_t>, torch::Tensor*>>>
         tensors = {
             {"input_layernorm.weight",
              {{hidden}, &block.input_layernorm_weight}},
@@ -142,14 +142,15 @@ absl::StatusOr<GptNeoxModel> GptNeoxModel::Load(const std::string& dir,
             {"attention.dense.bias", {{hidden}, &block.attention_dense_bias}},
             {"mlp.dense_h_to_4h.weight",
              {{inner, hidden}, &block.mlp_dense_h_to_4h_weight}},
-            {"mlp.dense_h_to_4h.bias", {{inner}, &block.mlp_dense_h_to_4h_bias}},
+            {"mlp.dense_h_to_4h.bias",
+             {{inner}, &block.mlp_dense_h_to_4h_bias}},
             {"mlp.dense_4h_to_h.weight",
              {{hidden, inner}, &block.mlp_dense_4h_to_h_weight}},
-            {"mlp.dense_4h_to_h.bias", {{hidden}, &block.mlp_dense_4h_to_h_bias}},
+            {"mlp.dense_4h_to_h.bias",
+             {{hidden}, &block.mlp_dense_4h_to_h_bias}},
         };
     for (const auto& [suffix, spec] : tensors) {
-      SAETRACK_RETURN_IF_ERROR(
-          load(prefix + suffix, spec.first, spec.second));
+      SAETRACK_RETURN_IF_ERROR(load(prefix + suffix, spec.first, spec.second));
     }
   }
   SAETRACK_RETURN_IF_ERROR(load("gpt_neox.final_layer_norm.weight", {hidden},
@@ -198,7 +199,8 @@ GptNeoxModel GptNeoxModel::RandomInit(const format::ModelConfig& config,
     block.input_layernorm_bias = zeros(hidden);
     block.post_attention_layernorm_weight = ones(hidden);
     block.post_attention_layernorm_bias = zeros(hidden);
-    block.query_key_value_weight = normal({3 * hidden, hidden}, kInitializerRange);
+    block.query_key_value_weight =
+        normal({3 * hidden, hidden}, kInitializerRange);
     block.query_key_value_bias = zeros(3 * hidden);
     block.attention_dense_weight = normal({hidden, hidden}, output_std);
     block.attention_dense_bias = zeros(hidden);
@@ -264,8 +266,9 @@ torch::Tensor GptNeoxModel::Attention(const GptNeoxBlock& block,
   }
   torch::Tensor scores =
       torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(head_dim_));
-  torch::Tensor future = torch::ones(
-      {seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
+  torch::Tensor future =
+      torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device()))
+          .triu(1);
   scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
   torch::Tensor weights = torch::softmax(scores, -1);
   torch::Tensor context = torch::matmul(weights, v)
@@ -287,14 +290,16 @@ torch::Tensor GptNeoxModel::Mlp(const GptNeoxBlock& block,
     // gelu_new, gelu_fast, gelu_pytorch_tanh: the tanh approximation.
     h = torch::gelu(h, "tanh");
   }
-  return Linear(h, block.mlp_dense_4h_to_h_weight, block.mlp_dense_4h_to_h_bias);
+  return Linear(h, block.mlp_dense_4h_to_h_weight,
+                block.mlp_dense_4h_to_h_bias);
 }
 
 std::vector<torch::Tensor> GptNeoxModel::RunToHooks(
     const torch::Tensor& tokens, const std::vector<HookPoint>& hooks) const {
   std::vector<torch::Tensor> out(hooks.size());
   int last_layer = -1;
-  for (const HookPoint& hook : hooks) last_layer = std::max(last_layer, hook.layer);
+  for (const HookPoint& hook : hooks)
+    last_layer = std::max(last_layer, hook.layer);
   auto capture = [&](int layer, HookSite site, const torch::Tensor& value) {
     for (size_t i = 0; i < hooks.size(); ++i) {
       if (hooks[i].layer == layer && hooks[i].site == site) out[i] = value;
@@ -327,8 +332,8 @@ std::vector<torch::Tensor> GptNeoxModel::RunToHooks(
 }
 
 torch::Tensor GptNeoxModel::Logits(const torch::Tensor& tokens) const {
-  torch::Tensor x = RunToHooks(tokens, {{config_.num_hidden_layers - 1,
-                                         HookSite::kResidPost}})[0];
+  torch::Tensor x = RunToHooks(
+      tokens, {{config_.num_hidden_layers - 1, HookSite::kResidPost}})[0];
   x = LayerNorm(x, final_layer_norm_weight_, final_layer_norm_bias_);
   return torch::matmul(x, embed_out_.t());
 }

@@ -73,8 +73,8 @@ class GptNeoxModel {
   // Activations [batch, seq, hidden] at each hook, in the order given; runs
   // blocks only up to the deepest hooked layer. REQUIRES: every hook layer is
   // in [0, num_hidden_layers).
-  std::vector<torch::Tensor> RunToHooks(const torch::Tensor& tokens,
-                                        const std::vector<HookPoint>& hooks) const;
+  std::vector<torch::Tensor> RunToHooks(
+      const torch::Tensor& tokens, const std::vector<HookPoint>& hooks) const;
 
   // Every weight tensor with its HF name, in a fixed order.
   std::vector<std::pair<std::string, torch::Tensor>> NamedParameters() const;

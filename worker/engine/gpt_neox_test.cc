@@ -80,9 +80,8 @@ class HandBlock {
     // q, k, v per position and head.
     std::vector<std::vector<Vector>> q(seq), k(seq), v(seq);
     for (int t = 0; t < seq; ++t) {
-      const Vector qkv =
-          Affine("attention.query_key_value",
-                 Norm(x[t], "input_layernorm"), 3 * hidden);
+      const Vector qkv = Affine("attention.query_key_value",
+                                Norm(x[t], "input_layernorm"), 3 * hidden);
       for (int h = 0; h < heads; ++h) {
         // HF layout: per head, [q | k | v] of head_dim each.
         const int base = h * 3 * head_dim;
@@ -120,9 +119,9 @@ class HandBlock {
       if (!config_.use_parallel_residual) {
         for (int j = 0; j < hidden; ++j) mlp_in[j] += attn[j];
       }
-      Vector inner = Affine("mlp.dense_h_to_4h",
-                            Norm(mlp_in, "post_attention_layernorm"),
-                            config_.intermediate_size);
+      Vector inner =
+          Affine("mlp.dense_h_to_4h", Norm(mlp_in, "post_attention_layernorm"),
+                 config_.intermediate_size);
       for (double& a : inner) a = 0.5 * a * (1 + std::erf(a / std::sqrt(2.0)));
       const Vector mlp = Affine("mlp.dense_4h_to_h", inner, hidden);
       Vector post(hidden);
@@ -145,8 +144,8 @@ class HandBlock {
     const Vector& b = weights_.at(name + ".bias");
     Vector out(x.size());
     for (size_t j = 0; j < x.size(); ++j) {
-      out[j] = (x[j] - mean) / std::sqrt(var + config_.layer_norm_eps) * w[j] +
-               b[j];
+      out[j] =
+          (x[j] - mean) / std::sqrt(var + config_.layer_norm_eps) * w[j] + b[j];
     }
     return out;
   }
@@ -209,21 +208,19 @@ TEST_P(GptNeoxHandComputationTest, BlockMatchesReference) {
   const GptNeoxModel model = PerturbedModel(/*parallel_residual=*/GetParam());
   const torch::Tensor tokens = Tokens({3, 17, 0, 5, 5, 12, 9});
   torch::NoGradGuard no_grad;
-  const std::vector<torch::Tensor> hooks = model.RunToHooks(
-      tokens, {{1, HookSite::kResidPre},
-               {1, HookSite::kAttnOut},
-               {1, HookSite::kMlpOut},
-               {1, HookSite::kResidPost}});
-  const HandBlock::Outputs expected =
-      HandBlock(model, 1).Run(Rows(hooks[0]));
+  const std::vector<torch::Tensor> hooks =
+      model.RunToHooks(tokens, {{1, HookSite::kResidPre},
+                                {1, HookSite::kAttnOut},
+                                {1, HookSite::kMlpOut},
+                                {1, HookSite::kResidPost}});
+  const HandBlock::Outputs expected = HandBlock(model, 1).Run(Rows(hooks[0]));
   ExpectNear(expected.attn_out, Rows(hooks[1]), "attn_out");
   ExpectNear(expected.mlp_out, Rows(hooks[2]), "mlp_out");
   ExpectNear(expected.resid_post, Rows(hooks[3]), "resid_post");
 }
 
 INSTANTIATE_TEST_SUITE_P(ResidualForms, GptNeoxHandComputationTest,
-                         ::testing::Values(true, false),
-                         [](const auto& info) {
+                         ::testing::Values(true, false), [](const auto& info) {
                            return info.param ? "Parallel" : "Sequential";
                          });
 
@@ -253,8 +250,8 @@ TEST(GptNeoxTest, Causal) {
   EXPECT_FALSE(torch::allclose(a.narrow(1, 4, 1), b.narrow(1, 4, 1)));
   const std::vector<torch::Tensor> ha =
       model.RunToHooks(Tokens({1, 2, 3, 4, 5, 6}), {{1, HookSite::kResidPost}});
-  const std::vector<torch::Tensor> hb =
-      model.RunToHooks(Tokens({1, 2, 3, 4, 19, 6}), {{1, HookSite::kResidPost}});
+  const std::vector<torch::Tensor> hb = model.RunToHooks(
+      Tokens({1, 2, 3, 4, 19, 6}), {{1, HookSite::kResidPost}});
   EXPECT_TRUE(
       torch::allclose(ha[0].narrow(1, 0, 4), hb[0].narrow(1, 0, 4), 0, 1e-6));
 }
@@ -321,11 +318,12 @@ TEST_F(GptNeoxLoadTest, LoadsBfloat16) {
   format::SafetensorsWriter writer;
   for (const auto& [name, tensor] : model.NamedParameters()) {
     torch::Tensor bf16 = tensor.detach().to(torch::kBFloat16).contiguous();
-    ASSERT_TRUE(writer
-                    .Add(name, format::Dtype::kBF16, bf16.sizes().vec(),
-                         std::string_view(static_cast<const char*>(bf16.data_ptr()),
-                                          bf16.numel() * 2))
-                    .ok());
+    ASSERT_TRUE(
+        writer
+            .Add(name, format::Dtype::kBF16, bf16.sizes().vec(),
+                 std::string_view(static_cast<const char*>(bf16.data_ptr()),
+                                  bf16.numel() * 2))
+            .ok());
   }
   std::ofstream(dir_ + "/model.safetensors", std::ios::binary)
       << writer.Serialize();
@@ -349,7 +347,8 @@ TEST_F(GptNeoxLoadTest, MissingOrMisshapenTensorIsDataLoss) {
   for (const auto& [name, tensor] : model.NamedParameters()) {
     if (name == "gpt_neox.layers.1.mlp.dense_4h_to_h.bias") continue;
     torch::Tensor t = tensor.detach().contiguous();
-    if (name == "gpt_neox.layers.0.attention.dense.weight") t = t.t().contiguous().narrow(0, 0, 8).contiguous();
+    if (name == "gpt_neox.layers.0.attention.dense.weight")
+      t = t.t().contiguous().narrow(0, 0, 8).contiguous();
     ASSERT_TRUE(writer.AddF32(name, t.sizes().vec(), t.data_ptr<float>()).ok());
   }
   std::ofstream(dir_ + "/model.safetensors", std::ios::binary)

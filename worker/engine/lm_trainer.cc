@@ -1,8 +1,8 @@
 #include "worker/engine/lm_trainer.h"
 
 #include <sys/stat.h>
-#include <unistd.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -67,7 +67,8 @@ absl::Status ValidateOptions(const TinyLmOptions& options) {
     return invalid("steps", "must list at least one step");
   }
   for (int64_t step : options.checkpoint_steps) {
-    if (step < 0) return invalid("steps", absl::StrCat("has negative step ", step));
+    if (step < 0)
+      return invalid("steps", absl::StrCat("has negative step ", step));
   }
   if (options.d_model <= 0) return invalid("d_model", "must be positive");
   if (options.layers <= 0) return invalid("layers", "must be positive");
@@ -111,8 +112,8 @@ std::string CacheKey(const TinyLmOptions& options, std::string_view corpus) {
       "heads=%d ctx=%d batch=%d lr=%.17g seed=%d threads=%d\n",
       corpus.size(), format::Crc32c(corpus),
       absl::StrJoin(options.checkpoint_steps, ","), options.d_model,
-      options.layers, options.heads, options.context_length,
-      options.batch_size, options.lr, options.seed, options.threads);
+      options.layers, options.heads, options.context_length, options.batch_size,
+      options.lr, options.seed, options.threads);
 }
 
 bool IsCached(const TinyLmOptions& options, const std::string& key) {
@@ -138,9 +139,9 @@ double LearningRate(const TinyLmOptions& options, int64_t step,
   if (step <= warmup) {
     return options.lr * static_cast<double>(step) / static_cast<double>(warmup);
   }
-  const double progress = static_cast<double>(step - warmup) /
-                          static_cast<double>(std::max<int64_t>(
-                              1, total_steps - warmup));
+  const double progress =
+      static_cast<double>(step - warmup) /
+      static_cast<double>(std::max<int64_t>(1, total_steps - warmup));
   const double cosine = 0.5 * (1 + std::cos(M_PI * progress));
   return options.lr * (kFinalLrFraction + (1 - kFinalLrFraction) * cosine);
 }
@@ -237,23 +238,24 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
     tensor.requires_grad_(true);
     parameters.push_back(tensor);
   }
-  torch::optim::AdamW optimizer(
-      parameters, torch::optim::AdamWOptions(options.lr)
-                      .betas({kAdamBeta1, kAdamBeta2})
-                      .weight_decay(kWeightDecay));
+  torch::optim::AdamW optimizer(parameters,
+                                torch::optim::AdamWOptions(options.lr)
+                                    .betas({kAdamBeta1, kAdamBeta2})
+                                    .weight_decay(kWeightDecay));
 
   std::mt19937_64 rng(options.seed);
   const uint64_t positions =
       static_cast<uint64_t>(num_tokens - options.context_length);
   auto sample_batch = [&]() {
     std::vector<int64_t> starts(options.batch_size);
-    for (int64_t& start : starts) start = static_cast<int64_t>(rng() % positions);
+    for (int64_t& start : starts)
+      start = static_cast<int64_t>(rng() % positions);
     torch::Tensor offsets =
         torch::arange(options.context_length + 1, torch::kInt64);
     torch::Tensor index =
         torch::tensor(starts, torch::kInt64).unsqueeze(1) + offsets;
-    torch::Tensor window = tokens.index_select(0, index.flatten())
-                               .view({options.batch_size, -1});
+    torch::Tensor window =
+        tokens.index_select(0, index.flatten()).view({options.batch_size, -1});
     return std::make_pair(window.narrow(1, 0, options.context_length),
                           window.narrow(1, 1, options.context_length));
   };

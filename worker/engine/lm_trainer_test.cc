@@ -26,7 +26,8 @@ class LmTrainerTest : public ::testing::Test {
     dir_ = pattern;
     corpus_ = dir_ + "/corpus.txt";
     std::string text;
-    while (text.size() < 20'000) text += "To be, or not to be, that is the question.\n";
+    while (text.size() < 20'000)
+      text += "To be, or not to be, that is the question.\n";
     std::ofstream(corpus_) << text;
   }
 
@@ -68,7 +69,8 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
   EXPECT_NEAR(result->losses[0].second, 5.55, 0.2);
   EXPECT_LT(result->losses[2].second, result->losses[0].second - 1.0);
   ASSERT_EQ(lines.size(), 3u);
-  EXPECT_THAT(lines[1], ::testing::MatchesRegex("step 4 loss [0-9]+\\.[0-9]{4}"));
+  EXPECT_THAT(lines[1],
+              ::testing::MatchesRegex("step 4 loss [0-9]+\\.[0-9]{4}"));
 
   // tokens.u16: every corpus byte as a little-endian uint16.
   const std::string corpus = Read(corpus_);
@@ -99,7 +101,9 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
         format::SafetensorsCheckpoint::Open(checkpoint);
     ASSERT_TRUE(weights.ok()) << weights.status();
     EXPECT_EQ(weights->TensorNames().size(), 1 + 2 * 12 + 2 + 1u);
-    EXPECT_TRUE(weights->Get("gpt_neox.layers.1.attention.query_key_value.weight").ok());
+    EXPECT_TRUE(
+        weights->Get("gpt_neox.layers.1.attention.query_key_value.weight")
+            .ok());
     EXPECT_TRUE(weights->Get("embed_out.weight").ok());
     EXPECT_TRUE(GptNeoxModel::Load(checkpoint, torch::kCPU).ok());
   }

@@ -1,5 +1,6 @@
 #include "worker/engine/sae.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -15,8 +16,11 @@ namespace {
 
 // Guards divisions by norms and variances that can be zero.
 constexpr double kTiny = 1e-12;
+// Largest code matrix EvaluateSae materialises at once (256 MiB of floats).
+constexpr int64_t kMaxCodeElementsPerChunk = int64_t{1} << 26;
 
-torch::Tensor KaimingUniform(std::vector<int64_t> shape, at::Generator& generator) {
+torch::Tensor KaimingUniform(std::vector<int64_t> shape,
+                             at::Generator& generator) {
   // torch.nn.init.kaiming_uniform_ defaults: a = 0, fan_in = size(1),
   // gain = sqrt(2), bound = gain * sqrt(3 / fan_in).
   const double bound = std::sqrt(6.0 / static_cast<double>(shape[1]));
@@ -28,7 +32,8 @@ torch::Tensor NormaliseRows(const torch::Tensor& matrix) {
 }
 
 std::vector<float> ToVector(const torch::Tensor& tensor) {
-  torch::Tensor cpu = tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  torch::Tensor cpu =
+      tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
   return std::vector<float>(cpu.data_ptr<float>(),
                             cpu.data_ptr<float>() + cpu.numel());
 }
@@ -57,8 +62,7 @@ torch::Tensor GeometricMedian(const torch::Tensor& points, int max_iterations,
     // Weiszfeld: the weighted mean with weights 1 / distance. Clamping the
     // distance keeps a point that coincides with the estimate from dividing
     // by zero.
-    torch::Tensor weights =
-        1.0 / (x - median).norm(2, 1).clamp_min(kTiny);
+    torch::Tensor weights = 1.0 / (x - median).norm(2, 1).clamp_min(kTiny);
     torch::Tensor next = (weights.unsqueeze(1) * x).sum(0) / weights.sum();
     const double moved = (next - median).norm().item<double>();
     const double scale = next.norm().item<double>();
@@ -76,8 +80,10 @@ ReluSae InitSaeFromScratch(int64_t d_sae, const torch::Tensor& sample,
   const torch::Device device = sample.device();
   ReluSae sae;
   sae.W_enc = KaimingUniform({d_in, d_sae}, generator).to(device);
-  sae.W_dec = NormaliseRows(KaimingUniform({d_sae, d_in}, generator)).to(device);
-  sae.b_enc = torch::zeros({d_sae}, torch::dtype(torch::kFloat32).device(device));
+  sae.W_dec =
+      NormaliseRows(KaimingUniform({d_sae, d_in}, generator)).to(device);
+  sae.b_enc =
+      torch::zeros({d_sae}, torch::dtype(torch::kFloat32).device(device));
   sae.b_dec = GeometricMedian(sample.to(torch::kFloat32)).to(device);
   return sae;
 }
@@ -128,21 +134,22 @@ absl::StatusOr<ReluSae> SaeFromSafetensors(std::string bytes,
                 view->bytes.size());
     *out = tensor.to(device);
   }
-  const bool consistent =
-      sae.W_enc.dim() == 2 && sae.W_dec.dim() == 2 && sae.b_enc.dim() == 1 &&
-      sae.b_dec.dim() == 1 && sae.W_dec.size(0) == sae.W_enc.size(1) &&
-      sae.W_dec.size(1) == sae.W_enc.size(0) &&
-      sae.b_enc.size(0) == sae.W_enc.size(1) &&
-      sae.b_dec.size(0) == sae.W_enc.size(0);
+  const bool consistent = sae.W_enc.dim() == 2 && sae.W_dec.dim() == 2 &&
+                          sae.b_enc.dim() == 1 && sae.b_dec.dim() == 1 &&
+                          sae.W_dec.size(0) == sae.W_enc.size(1) &&
+                          sae.W_dec.size(1) == sae.W_enc.size(0) &&
+                          sae.b_enc.size(0) == sae.W_enc.size(1) &&
+                          sae.b_dec.size(0) == sae.W_enc.size(0);
   if (!consistent) {
     auto shape = [](const torch::Tensor& t) {
       return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
     };
-    return absl::InvalidArgumentError(absl::StrCat(
-        "SAE weights: inconsistent shapes W_enc ", shape(sae.W_enc), ", b_enc ",
-        shape(sae.b_enc), ", W_dec ", shape(sae.W_dec), ", b_dec ",
-        shape(sae.b_dec), "; expected [d_in, d_sae], [d_sae], [d_sae, d_in], "
-                          "[d_in]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("SAE weights: inconsistent shapes W_enc ",
+                     shape(sae.W_enc), ", b_enc ", shape(sae.b_enc), ", W_dec ",
+                     shape(sae.W_dec), ", b_dec ", shape(sae.b_dec),
+                     "; expected [d_in, d_sae], [d_sae], [d_sae, d_in], "
+                     "[d_in]"));
   }
   return sae;
 }
@@ -165,8 +172,8 @@ SaeLoss ComputeSaeLoss(const ReluSae& sae, const torch::Tensor& x,
 
 SaeTrainer::SaeTrainer(ReluSae* sae, const SaeTrainerOptions& options)
     : sae_(sae), options_(options) {
-  for (torch::Tensor* tensor : {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec,
-                                &sae_->b_dec}) {
+  for (torch::Tensor* tensor :
+       {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec, &sae_->b_dec}) {
     tensor->requires_grad_(true);
   }
   optimizer_ = std::make_unique<torch::optim::Adam>(
@@ -177,8 +184,8 @@ SaeTrainer::SaeTrainer(ReluSae* sae, const SaeTrainerOptions& options)
 }
 
 SaeTrainer::~SaeTrainer() {
-  for (torch::Tensor* tensor : {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec,
-                                &sae_->b_dec}) {
+  for (torch::Tensor* tensor :
+       {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec, &sae_->b_dec}) {
     tensor->requires_grad_(false);
     tensor->mutable_grad() = torch::Tensor();
   }
@@ -217,6 +224,9 @@ SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
   torch::NoGradGuard no_grad;
   const int64_t n = activations.size(0);
   const int64_t d_sae = sae.d_sae();
+  // Bound the codes held at once (chunk_rows x d_sae) for wide SAEs.
+  chunk_rows = std::max<int64_t>(
+      1, std::min(chunk_rows, kMaxCodeElementsPerChunk / d_sae));
   const auto accumulate_options =
       torch::dtype(torch::kFloat64).device(activations.device());
   const torch::Tensor mean = activations.to(torch::kFloat64).mean(0);
@@ -225,15 +235,17 @@ SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
   double active = 0;
   torch::Tensor fired = torch::zeros({d_sae}, accumulate_options);
   torch::Tensor activation_sum = torch::zeros({d_sae}, accumulate_options);
-  torch::Tensor activation_max =
-      torch::zeros({d_sae}, torch::dtype(torch::kFloat32).device(activations.device()));
+  torch::Tensor activation_max = torch::zeros(
+      {d_sae}, torch::dtype(torch::kFloat32).device(activations.device()));
   for (int64_t start = 0; start < n; start += chunk_rows) {
     const torch::Tensor x =
         activations.narrow(0, start, std::min(chunk_rows, n - start));
     const torch::Tensor f = sae.Encode(x);
     const torch::Tensor x_hat = sae.Decode(f);
-    squared_error += (x_hat - x).to(torch::kFloat64).pow(2).sum().item<double>();
-    total_variance += (x.to(torch::kFloat64) - mean).pow(2).sum().item<double>();
+    squared_error +=
+        (x_hat - x).to(torch::kFloat64).pow(2).sum().item<double>();
+    total_variance +=
+        (x.to(torch::kFloat64) - mean).pow(2).sum().item<double>();
     const torch::Tensor positive = (f > 0).to(torch::kFloat64);
     active += positive.sum().item<double>();
     fired += positive.sum(0);
@@ -245,7 +257,8 @@ SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
   evaluation.mse = squared_error / (tokens * static_cast<double>(sae.d_in()));
   evaluation.fvu = squared_error / std::max(total_variance, kTiny);
   evaluation.l0 = active / tokens;
-  evaluation.dead_fraction = (fired == 0).to(torch::kFloat64).mean().item<double>();
+  evaluation.dead_fraction =
+      (fired == 0).to(torch::kFloat64).mean().item<double>();
   evaluation.frequency = ToVector(fired / tokens);
   evaluation.mean_activation = ToVector(activation_sum / tokens);
   evaluation.max_activation = ToVector(activation_max);
@@ -253,7 +266,8 @@ SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
   return evaluation;
 }
 
-std::vector<float> DecoderCosines(const ReluSae& sae, const ReluSae& reference) {
+std::vector<float> DecoderCosines(const ReluSae& sae,
+                                  const ReluSae& reference) {
   torch::NoGradGuard no_grad;
   const torch::Tensor dot = (sae.W_dec * reference.W_dec).sum(1);
   const torch::Tensor norms = sae.W_dec.norm(2, 1) * reference.W_dec.norm(2, 1);

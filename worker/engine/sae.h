@@ -68,9 +68,9 @@ absl::StatusOr<ReluSae> SaeFromSafetensors(std::string bytes,
                                            const torch::Device& device);
 
 struct SaeLoss {
-  torch::Tensor total;           // scalar, differentiable
-  double reconstruction = 0;     // normalised reconstruction term
-  double sparsity = 0;           // l1_coefficient * mean L1
+  torch::Tensor total;        // scalar, differentiable
+  double reconstruction = 0;  // normalised reconstruction term
+  double sparsity = 0;        // l1_coefficient * mean L1
 };
 
 // The loss of the header comment on one batch [n, d_in].
@@ -111,17 +111,18 @@ class SaeTrainer {
 
 // Held-out evaluation of an SAE.
 struct SaeEvaluation {
-  double mse = 0;  // mean over tokens of ||x_hat - x||^2 / d_in
-  double fvu = 0;  // sum ||x_hat - x||^2 / sum ||x - mean(x)||^2
-  double l0 = 0;   // mean number of active features per token
-  double dead_fraction = 0;  // features that never fired
-  std::vector<float> frequency;        // per feature: fraction of tokens > 0
+  double mse = 0;                // mean over tokens of ||x_hat - x||^2 / d_in
+  double fvu = 0;                // sum ||x_hat - x||^2 / sum ||x - mean(x)||^2
+  double l0 = 0;                 // mean number of active features per token
+  double dead_fraction = 0;      // features that never fired
+  std::vector<float> frequency;  // per feature: fraction of tokens > 0
   std::vector<float> mean_activation;  // per feature: mean of f_i
   std::vector<float> max_activation;   // per feature
   std::vector<float> encoder_norm;     // per feature: ||W_enc[:, i]||
 };
 
-// Evaluates on `activations` [n, d_in] in chunks of `chunk_rows` rows.
+// Evaluates on `activations` [n, d_in] in chunks of at most `chunk_rows`
+// rows (fewer for very wide SAEs, to bound memory). REQUIRES: n > 0.
 SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
                           int64_t chunk_rows = 4096);
 

@@ -31,7 +31,8 @@ torch::Tensor SparseData(const torch::Tensor& directions, int64_t rows,
 
 torch::Tensor RandomDirections(int64_t k, int64_t d, uint64_t seed) {
   at::Generator generator = at::detail::createCPUGenerator(seed);
-  const torch::Tensor directions = torch::randn({k, d}, generator, torch::kFloat32);
+  const torch::Tensor directions =
+      torch::randn({k, d}, generator, torch::kFloat32);
   return directions / directions.norm(2, 1, true);
 }
 
@@ -89,7 +90,8 @@ TEST(SaeTest, RecurrentInitialisationConvergesFaster) {
   const torch::Tensor directions = RandomDirections(32, 16, 1);
   at::Generator generator = at::detail::createCPUGenerator(9);
   torch::Tensor drifted =
-      directions + 0.1 * torch::randn(directions.sizes(), generator, torch::kFloat32);
+      directions +
+      0.1 * torch::randn(directions.sizes(), generator, torch::kFloat32);
   drifted = drifted / drifted.norm(2, 1, true);
   const torch::Tensor train_a = SparseData(directions, 8192, 2);
   const torch::Tensor train_b = SparseData(drifted, 1024, 5);
@@ -123,8 +125,8 @@ TEST(SaeTest, LossMatchesDefinition) {
   const ReluSae sae = InitSaeFromScratch(6, x, 2);
   torch::NoGradGuard no_grad;
   const SaeLoss loss = ComputeSaeLoss(sae, x, 0.5);
-  const torch::Tensor f = torch::relu(
-      torch::matmul(x - sae.b_dec, sae.W_enc) + sae.b_enc);
+  const torch::Tensor f =
+      torch::relu(torch::matmul(x - sae.b_dec, sae.W_enc) + sae.b_enc);
   const torch::Tensor x_hat = torch::matmul(f, sae.W_dec) + sae.b_dec;
   const double reconstruction =
       ((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item<double>();
@@ -136,7 +138,8 @@ TEST(SaeTest, LossMatchesDefinition) {
 
 TEST(SaeTest, InitialisationFromScratch) {
   at::Generator generator = at::detail::createCPUGenerator(1);
-  const torch::Tensor sample = torch::randn({500, 8}, generator, torch::kFloat32) + 3;
+  const torch::Tensor sample =
+      torch::randn({500, 8}, generator, torch::kFloat32) + 3;
   const ReluSae a = InitSaeFromScratch(32, sample, 7);
   const ReluSae b = InitSaeFromScratch(32, sample, 7);
   EXPECT_TRUE(torch::equal(a.W_enc, b.W_enc));  // deterministic for a seed
@@ -158,13 +161,14 @@ TEST(SaeTest, GeometricMedianIsRobustToOutliers) {
   // For points symmetric around a centre, the median is the centre.
   const torch::Tensor square =
       torch::tensor({{1.0f, 1.0f}, {1.0f, 3.0f}, {3.0f, 1.0f}, {3.0f, 3.0f}});
-  EXPECT_TRUE(torch::allclose(GeometricMedian(square), torch::tensor({2.0f, 2.0f}),
-                              0, 1e-4));
+  EXPECT_TRUE(torch::allclose(GeometricMedian(square),
+                              torch::tensor({2.0f, 2.0f}), 0, 1e-4));
 }
 
 TEST(SaeTest, EvaluationOnKnownSae) {
   // Identity SAE: f = relu(x), x_hat = f. Exact on non-negative rows.
-  ReluSae sae{torch::eye(2), torch::zeros({2}), torch::eye(2), torch::zeros({2})};
+  ReluSae sae{torch::eye(2), torch::zeros({2}), torch::eye(2),
+              torch::zeros({2})};
   const torch::Tensor x =
       torch::tensor({{1.0f, 0.0f}, {3.0f, 0.0f}, {0.0f, 2.0f}, {2.0f, 0.0f}});
   const SaeEvaluation evaluation = EvaluateSae(sae, x, /*chunk_rows=*/3);
@@ -180,14 +184,15 @@ TEST(SaeTest, EvaluationOnKnownSae) {
   // Negative inputs are cut by the ReLU: x = (-1, 0) reconstructs as 0.
   const torch::Tensor y = torch::tensor({{-1.0f, 0.0f}, {1.0f, 0.0f}});
   const SaeEvaluation cut = EvaluateSae(sae, y);
-  EXPECT_DOUBLE_EQ(cut.mse, 1.0 / 4);   // one error of 1 over 2 rows * 2 dims
-  EXPECT_DOUBLE_EQ(cut.fvu, 1.0 / 2);   // variance: 2 rows * 1^2
+  EXPECT_DOUBLE_EQ(cut.mse, 1.0 / 4);  // one error of 1 over 2 rows * 2 dims
+  EXPECT_DOUBLE_EQ(cut.fvu, 1.0 / 2);  // variance: 2 rows * 1^2
   EXPECT_DOUBLE_EQ(cut.dead_fraction, 0.5);
 }
 
 TEST(SaeTest, SafetensorsRoundTripIsBitExact) {
   at::Generator generator = at::detail::createCPUGenerator(1);
-  const torch::Tensor sample = torch::randn({64, 8}, generator, torch::kFloat32);
+  const torch::Tensor sample =
+      torch::randn({64, 8}, generator, torch::kFloat32);
   const ReluSae sae = InitSaeFromScratch(24, sample, 3);
   absl::StatusOr<ReluSae> restored =
       SaeFromSafetensors(SaeToSafetensors(sae), torch::kCPU);

@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
-    if (flag.rfind("--", 0) != 0) return UsageError("unexpected argument " + flag);
+    if (flag.rfind("--", 0) != 0)
+      return UsageError("unexpected argument " + flag);
     std::string value;
     const size_t equals = flag.find('=');
     if (equals != std::string::npos) {
@@ -103,8 +104,9 @@ int main(int argc, char** argv) {
   }
 
   absl::StatusOr<saetrack::engine::TinyLmResult> result =
-      saetrack::engine::TrainTinyLm(
-          options, [](const std::string& line) { std::cout << line << std::endl; });
+      saetrack::engine::TrainTinyLm(options, [](const std::string& line) {
+        std::cout << line << std::endl;
+      });
   if (!result.ok()) {
     std::cerr << "saetrack-tinylm: " << result.status().message() << "\n";
     return 1;

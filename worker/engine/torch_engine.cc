@@ -59,8 +59,7 @@ absl::Status ValidateInput(const TrainInput& input) {
   }
   if (input.d_sae < 0) return InvalidField("d_sae", "must be >= 0");
   if (input.d_sae == 0 && input.expansion_factor <= 0) {
-    return InvalidField("expansion_factor",
-                        "must be positive when d_sae is 0");
+    return InvalidField("expansion_factor", "must be positive when d_sae is 0");
   }
   if (!std::isfinite(input.l1_coefficient) || input.l1_coefficient < 0) {
     return InvalidField("l1_coefficient", "must be finite and >= 0");
@@ -118,9 +117,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     const format::ModelConfig& config = model.config();
     if (input.layer >= config.num_hidden_layers) {
       return InvalidField(
-          "layer", absl::StrCat(input.layer, " is out of range: ",
-                                input.model_dir, " has ",
-                                config.num_hidden_layers, " layers"));
+          "layer",
+          absl::StrCat(input.layer, " is out of range: ", input.model_dir,
+                       " has ", config.num_hidden_layers, " layers"));
     }
     if (input.context_length > config.max_position_embeddings) {
       return InvalidField(
@@ -130,9 +129,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                        config.max_position_embeddings));
     }
     const int64_t d_in = config.hidden_size;
-    const int64_t d_sae = input.d_sae > 0
-                              ? input.d_sae
-                              : int64_t{input.expansion_factor} * d_in;
+    const int64_t d_sae =
+        input.d_sae > 0 ? input.d_sae : int64_t{input.expansion_factor} * d_in;
     SAETRACK_ASSIGN_OR_RETURN(
         const format::TokenFile tokens,
         format::TokenFile::Open(input.tokens_path, token_dtype));
@@ -158,8 +156,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
 
     // Training contexts, consumed in shuffled buffers.
     const int64_t train_contexts = CeilDiv(input.train_tokens, context_length);
-    const std::vector<int64_t> train_starts = SampleTrainContexts(
-        *split, context_length, train_contexts, input.seed);
+    const std::vector<int64_t> train_starts =
+        SampleTrainContexts(*split, context_length, train_contexts, input.seed);
     const int64_t buffer_contexts = std::max<int64_t>(
         CeilDiv(input.batch_size, context_length),
         kActivationBufferBytes /
@@ -183,8 +181,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       const torch::Tensor activations = CollectActivations(
           model, contexts, hook, contexts_per_forward, device_);
       const torch::Tensor order =
-          torch::randperm(activations.size(0), shuffle_generator,
-                          torch::kInt64)
+          torch::randperm(activations.size(0), shuffle_generator, torch::kInt64)
               .to(device_);
       return activations.index_select(0, order);
     };
@@ -200,8 +197,10 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         return InvalidField(
             "init_sae_safetensors",
             absl::StrCat("has d_in ", sae.d_in(), " and d_sae ", sae.d_sae(),
-                         ", but this task needs d_in ", d_in, " (hidden_size "
-                         "of ", input.model_dir, ") and d_sae ", d_sae));
+                         ", but this task needs d_in ", d_in,
+                         " (hidden_size "
+                         "of ",
+                         input.model_dir, ") and d_sae ", d_sae));
       }
       init_sae = sae.Clone();
     } else {
@@ -241,8 +240,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
           SAETRACK_RETURN_IF_ERROR(train_batch(
               pending.narrow(0, b * input.batch_size, input.batch_size)));
         }
-        pending = pending.narrow(0, full_batches * input.batch_size,
-                                 pending.size(0) - full_batches * input.batch_size);
+        pending =
+            pending.narrow(0, full_batches * input.batch_size,
+                           pending.size(0) - full_batches * input.batch_size);
         SAETRACK_ASSIGN_OR_RETURN(buffer, next_buffer());
       }
       // The remainder is a smaller last batch; one row has no batch variance.

@@ -29,8 +29,9 @@ std::string MakeTempDir(const std::string& name) {
 // Pseudo-text with word structure, so the tiny LM has something to learn.
 std::string SyntheticCorpus(size_t bytes) {
   const std::vector<std::string> words = {
-      "the ", "king ", "and ", "queen ", "shall ", "speak ", "of ", "love ",
-      "to ", "my ", "lord, ", "thou ", "art ", "here.\n", "what ", "say "};
+      "the ", "king ",   "and ",  "queen ", "shall ", "speak ",
+      "of ",  "love ",   "to ",   "my ",    "lord, ", "thou ",
+      "art ", "here.\n", "what ", "say "};
   std::mt19937 rng(11);
   std::string text;
   while (text.size() < bytes) text += words[rng() % words.size()];
@@ -185,8 +186,8 @@ TEST_F(TorchEngineTest, EveryHookSiteTrains) {
 
 TEST_F(TorchEngineTest, CancelledByProgress) {
   std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
-  absl::StatusOr<TrainOutput> output = engine->Train(
-      BaseInput(), [](int64_t, double) { return false; });
+  absl::StatusOr<TrainOutput> output =
+      engine->Train(BaseInput(), [](int64_t, double) { return false; });
   EXPECT_EQ(output.status().code(), absl::StatusCode::kCancelled);
 }
 

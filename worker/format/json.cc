@@ -189,13 +189,14 @@ class JsonParser {
       ++pos_;
       return true;
     }
-    return Fail(absl::StrCat("expected '", std::string(1, c), "', found ",
-                             Found()));
+    return Fail(
+        absl::StrCat("expected '", std::string(1, c), "', found ", Found()));
   }
 
   bool ConsumeLiteral(std::string_view literal) {
     if (text_.substr(pos_, literal.size()) != literal) {
-      return Fail(absl::StrCat("invalid literal, expected '", AsAbsl(literal), "'"));
+      return Fail(
+          absl::StrCat("invalid literal, expected '", AsAbsl(literal), "'"));
     }
     pos_ += literal.size();
     return true;
@@ -324,7 +325,8 @@ class JsonParser {
       integral = false;
       ++pos_;
       if (AtEnd() || !IsDigit(Peek())) {
-        return Fail(absl::StrCat("expected a digit after '.', found ", Found()));
+        return Fail(
+            absl::StrCat("expected a digit after '.', found ", Found()));
       }
       while (!AtEnd() && IsDigit(Peek())) ++pos_;
     }
@@ -372,7 +374,8 @@ class JsonParser {
       } else if (c >= 'A' && c <= 'F') {
         digit = c - 'A' + 10;
       } else {
-        return Fail(absl::StrCat("invalid hex digit ", Found(), " in \\u escape"));
+        return Fail(
+            absl::StrCat("invalid hex digit ", Found(), " in \\u escape"));
       }
       out = out * 16 + digit;
       ++pos_;

@@ -54,10 +54,10 @@ TEST(JsonTest, Numbers) {
     const char* text;
     double value;
   };
-  for (const Case& c : {Case{"0", 0}, Case{"-0", 0}, Case{"1e3", 1000},
-                        Case{"1E+3", 1000}, Case{"2.5e-3", 0.0025},
-                        Case{"-12.75", -12.75}, Case{"1e-400", 0},
-                        Case{"123456789012", 123456789012.0}}) {
+  for (const Case& c :
+       {Case{"0", 0}, Case{"-0", 0}, Case{"1e3", 1000}, Case{"1E+3", 1000},
+        Case{"2.5e-3", 0.0025}, Case{"-12.75", -12.75}, Case{"1e-400", 0},
+        Case{"123456789012", 123456789012.0}}) {
     absl::StatusOr<JsonValue> value = ParseJson(c.text);
     ASSERT_TRUE(value.ok()) << c.text << ": " << value.status();
     EXPECT_DOUBLE_EQ(value->number_value(), c.value) << c.text;
@@ -92,7 +92,8 @@ TEST(JsonTest, StringEscapes) {
 TEST(JsonTest, RejectsBadStrings) {
   EXPECT_THAT(ParseError(R"("\ud83d")").message(),
               HasSubstr("at byte 1 (line 1, column 2): high surrogate"));
-  EXPECT_THAT(ParseError(R"("\ud83dx")").message(), HasSubstr("high surrogate"));
+  EXPECT_THAT(ParseError(R"("\ud83dx")").message(),
+              HasSubstr("high surrogate"));
   EXPECT_THAT(ParseError(R"("\ud83d\u0041")").message(),
               HasSubstr("high surrogate not followed by a low surrogate"));
   EXPECT_THAT(ParseError(R"("\ude00")").message(),
@@ -152,7 +153,7 @@ TEST(JsonTest, DepthLimit) {
   const std::string too_deep = std::string(1'000'000, '[');
   EXPECT_THAT(ParseError(too_deep).message(),
               HasSubstr("nesting deeper than 256"));
-  const std::string objects = std::string(100'000, '{') ;
+  const std::string objects = std::string(100'000, '{');
   EXPECT_EQ(ParseError(objects).code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -175,14 +176,15 @@ TEST(JsonTest, SerializeRoundTrips) {
 
 TEST(JsonTest, BuildsValuesInCode) {
   const JsonValue value = JsonValue::MakeObject(
-      {{"shape", JsonValue::MakeArray({JsonValue::Integer(3),
-                                       JsonValue::Integer(4)})},
+      {{"shape",
+        JsonValue::MakeArray({JsonValue::Integer(3), JsonValue::Integer(4)})},
        {"dtype", JsonValue::String("F32")},
        {"lr", JsonValue::Number(0.003)},
        {"ok", JsonValue::Bool(true)},
        {"none", JsonValue()}});
-  EXPECT_EQ(SerializeJson(value),
-            R"({"shape":[3,4],"dtype":"F32","lr":0.003,"ok":true,"none":null})");
+  EXPECT_EQ(
+      SerializeJson(value),
+      R"({"shape":[3,4],"dtype":"F32","lr":0.003,"ok":true,"none":null})");
 }
 
 // No input may crash the parser: mutate a valid document at random.

@@ -17,7 +17,8 @@ namespace {
 
 absl::Status ErrnoError(int error_number, std::string_view action,
                         std::string_view path) {
-  return absl::ErrnoToStatus(error_number, absl::StrCat(AsAbsl(action), " ", AsAbsl(path)));
+  return absl::ErrnoToStatus(error_number,
+                             absl::StrCat(AsAbsl(action), " ", AsAbsl(path)));
 }
 
 // Closes a file descriptor on scope exit.

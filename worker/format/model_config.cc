@@ -36,13 +36,12 @@ class ConfigReader {
   absl::Status Error(std::string_view field, const JsonValue* value,
                      std::string_view what) const {
     if (value == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(AsAbsl(origin_), ": field \"", AsAbsl(field), "\" ",
-                       AsAbsl(what)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          AsAbsl(origin_), ": field \"", AsAbsl(field), "\" ", AsAbsl(what)));
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        AsAbsl(origin_), ": field \"", AsAbsl(field), "\" (at byte ",
-        value->offset(), ") ", AsAbsl(what)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(AsAbsl(origin_), ": field \"", AsAbsl(field),
+                     "\" (at byte ", value->offset(), ") ", AsAbsl(what)));
   }
 
   // The first of `names` present (HF renamed some fields across versions),
@@ -76,8 +75,9 @@ class ConfigReader {
                                 JsonValue::TypeName(value->type())));
     }
     if (*integer <= 0 || *integer > std::numeric_limits<int>::max()) {
-      return Error(name, value,
-                   absl::StrCat("must be a positive integer, found ", *integer));
+      return Error(
+          name, value,
+          absl::StrCat("must be a positive integer, found ", *integer));
     }
     *out = static_cast<int>(*integer);
     return absl::OkStatus();
@@ -128,7 +128,6 @@ class ConfigReader {
   std::string_view origin_;
 };
 
-
 // Resolves the architecture from model_type, falling back to architectures[0]
 // (some exported configs omit model_type).
 absl::StatusOr<std::string> ResolveArchitecture(const ConfigReader& reader) {
@@ -168,9 +167,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
   absl::StatusOr<JsonValue> root = ParseJson(json_text, origin);
   if (!root.ok()) return root.status();
   if (!root->is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(AsAbsl(origin), ": expected a JSON object at the top level, found ",
-                     JsonValue::TypeName(root->type())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        AsAbsl(origin), ": expected a JSON object at the top level, found ",
+        JsonValue::TypeName(root->type())));
   }
   const ConfigReader reader(*root, origin);
   ModelConfig config;
@@ -219,9 +218,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
     std::string_view name;
     const JsonValue* value =
         reader.FindAny({"rotary_pct", "partial_rotary_factor"}, &name);
-    return reader.Error(name, value,
-                        absl::StrCat("must be in [0, 1], found ",
-                                     config.rotary_pct));
+    return reader.Error(
+        name, value,
+        absl::StrCat("must be in [0, 1], found ", config.rotary_pct));
   }
   const int head_dim = config.hidden_size / config.num_attention_heads;
   // HF truncates: rotary_ndims = int(head_size * rotary_pct). rotate_half
@@ -247,9 +246,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
   }
   config.rotary_emb_base = static_cast<int>(rotary_base);
   if (!(config.layer_norm_eps > 0)) {
-    return reader.Error("layer_norm_eps", root->Find("layer_norm_eps"),
-                        absl::StrCat("must be positive, found ",
-                                     config.layer_norm_eps));
+    return reader.Error(
+        "layer_norm_eps", root->Find("layer_norm_eps"),
+        absl::StrCat("must be positive, found ", config.layer_norm_eps));
   }
   bool activation_supported = false;
   for (const char* name : kSupportedActivations) {
@@ -276,8 +275,8 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   if (::access(weights_path.c_str(), R_OK) != 0 &&
       ::access(index_path.c_str(), R_OK) != 0) {
     return absl::NotFoundError(absl::StrCat("no readable weights in ", dir,
-                                            ": expected ", weights_path,
-                                            " or ", index_path));
+                                            ": expected ", weights_path, " or ",
+                                            index_path));
   }
   return config;
 }

@@ -69,9 +69,9 @@ TEST(ModelConfigTest, ParsesPythia) {
 
 TEST(ModelConfigTest, AcceptsNewerFieldNames) {
   std::string text = Replace("\"rotary_pct\"", "\"partial_rotary_factor\"");
-  text = absl::StrReplaceAll(text, {{"\"rotary_emb_base\": 10000",
-                                     "\"rope_theta\": 10000.0"},
-                                    {"\"rotary_pct\": 0.25", ""}});
+  text = absl::StrReplaceAll(
+      text, {{"\"rotary_emb_base\": 10000", "\"rope_theta\": 10000.0"},
+             {"\"rotary_pct\": 0.25", ""}});
   text = absl::StrReplaceAll(text, {{"0.25", "0.5"}});
   absl::StatusOr<ModelConfig> config = ParseModelConfig(text, "config.json");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -87,8 +87,7 @@ TEST(ModelConfigTest, ArchitectureFallbackWithoutModelType) {
 }
 
 TEST(ModelConfigTest, UnknownModelTypeNamed) {
-  const absl::Status status =
-      ParseError(Replace("\"gpt_neox\"", "\"llama\""));
+  const absl::Status status = ParseError(Replace("\"gpt_neox\"", "\"llama\""));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("config.json: field \"model_type\""));
   EXPECT_THAT(status.message(), HasSubstr("\"llama\""));
@@ -103,8 +102,8 @@ TEST(ModelConfigTest, MissingFieldNamed) {
 }
 
 TEST(ModelConfigTest, InconsistentHeadsNamed) {
-  const absl::Status status = ParseError(Replace("\"num_attention_heads\": 8",
-                                                 "\"num_attention_heads\": 7"));
+  const absl::Status status = ParseError(
+      Replace("\"num_attention_heads\": 8", "\"num_attention_heads\": 7"));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("field \"hidden_size\""));
   EXPECT_THAT(status.message(),
@@ -112,16 +111,16 @@ TEST(ModelConfigTest, InconsistentHeadsNamed) {
 }
 
 TEST(ModelConfigTest, NonPositiveAndWrongTypesNamed) {
-  EXPECT_THAT(
-      ParseError(Replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 0"))
-          .message(),
-      HasSubstr("field \"num_hidden_layers\" (at byte"));
+  EXPECT_THAT(ParseError(Replace("\"num_hidden_layers\": 6",
+                                 "\"num_hidden_layers\": 0"))
+                  .message(),
+              HasSubstr("field \"num_hidden_layers\" (at byte"));
   const std::string negative =
       Replace("\"hidden_size\": 512", "\"hidden_size\": -512");
-  EXPECT_THAT(std::string(ParseError(negative).message()),
-              HasSubstr(absl::StrCat("\"hidden_size\" (at byte ",
-                                     negative.find("-512"),
-                                     ") must be a positive integer, found -512")));
+  EXPECT_THAT(
+      std::string(ParseError(negative).message()),
+      HasSubstr(absl::StrCat("\"hidden_size\" (at byte ", negative.find("-512"),
+                             ") must be a positive integer, found -512")));
   EXPECT_THAT(ParseError(Replace("\"intermediate_size\": 2048",
                                  "\"intermediate_size\": 20.5"))
                   .message(),
@@ -130,19 +129,17 @@ TEST(ModelConfigTest, NonPositiveAndWrongTypesNamed) {
                                  "\"use_parallel_residual\": \"yes\""))
                   .message(),
               HasSubstr("\"use_parallel_residual\" (at byte"));
-  EXPECT_THAT(ParseError(Replace("\"layer_norm_eps\": 1e-05",
-                                 "\"layer_norm_eps\": 0"))
+  EXPECT_THAT(
+      ParseError(Replace("\"layer_norm_eps\": 1e-05", "\"layer_norm_eps\": 0"))
+          .message(),
+      HasSubstr("\"layer_norm_eps\""));
+  EXPECT_THAT(ParseError(Replace("\"rotary_pct\": 0.25", "\"rotary_pct\": 1.5"))
                   .message(),
-              HasSubstr("\"layer_norm_eps\""));
-  EXPECT_THAT(
-      ParseError(Replace("\"rotary_pct\": 0.25", "\"rotary_pct\": 1.5"))
-          .message(),
-      HasSubstr("\"rotary_pct\""));
+              HasSubstr("\"rotary_pct\""));
   // head size 64 * 0.3 = 19.2 -> 19 rotary dims, odd.
-  EXPECT_THAT(
-      ParseError(Replace("\"rotary_pct\": 0.25", "\"rotary_pct\": 0.3"))
-          .message(),
-      HasSubstr("odd number of rotary dimensions"));
+  EXPECT_THAT(ParseError(Replace("\"rotary_pct\": 0.25", "\"rotary_pct\": 0.3"))
+                  .message(),
+              HasSubstr("odd number of rotary dimensions"));
   EXPECT_THAT(ParseError(Replace("\"gelu\"", "\"swish\"")).message(),
               HasSubstr("\"hidden_act\""));
 }

@@ -215,8 +215,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
       for (const JsonValue::Member& item : entry.members()) {
         if (!item.second.is_string()) {
           return data_loss("\"__metadata__\" entry \"", item.first,
-                           "\" at byte ", at(item.second),
-                           " must be a string");
+                           "\" at byte ", at(item.second), " must be a string");
         }
         result.metadata_[item.first] = item.second.string_value();
       }
@@ -273,8 +272,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
     }
     const std::optional<int64_t> begin = offsets_value->array()[0].AsInt64();
     const std::optional<int64_t> end = offsets_value->array()[1].AsInt64();
-    if (!begin.has_value() || !end.has_value() || *begin < 0 ||
-        *end < *begin) {
+    if (!begin.has_value() || !end.has_value() || *begin < 0 || *end < *begin) {
       return tensor_error(*offsets_value,
                           "\"data_offsets\" must be non-negative integers "
                           "with begin <= end");
@@ -285,8 +283,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
                           data_start + *end, ") exceed the data section of ",
                           data.size(), " bytes");
     }
-    const std::optional<int64_t> expected_bytes = CheckedMultiply(
-        elements, static_cast<int64_t>(DtypeSize(*dtype)));
+    const std::optional<int64_t> expected_bytes =
+        CheckedMultiply(elements, static_cast<int64_t>(DtypeSize(*dtype)));
     if (!expected_bytes.has_value() || *expected_bytes != *end - *begin) {
       return tensor_error(
           *offsets_value, "shape [", absl::StrJoin(view.shape, ", "), "] of ",
@@ -334,7 +332,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
   }
   std::vector<TensorView> sorted;
   sorted.reserve(order.size());
-  for (size_t index : order) sorted.push_back(std::move(result.tensors_[index]));
+  for (size_t index : order)
+    sorted.push_back(std::move(result.tensors_[index]));
   result.tensors_ = std::move(sorted);
   result.storage_ = std::move(storage);
   return result;
@@ -351,8 +350,8 @@ absl::StatusOr<const TensorView*> SafetensorsFile::Get(
     std::string_view name) const {
   const TensorView* view = Find(name);
   if (view == nullptr) {
-    return absl::NotFoundError(absl::StrCat(origin_, ": no tensor named \"",
-                                            AsAbsl(name), "\""));
+    return absl::NotFoundError(
+        absl::StrCat(origin_, ": no tensor named \"", AsAbsl(name), "\""));
   }
   return view;
 }
@@ -373,10 +372,9 @@ absl::StatusOr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(
     absl::StatusOr<std::string> index_text = ReadFileToString(index_path);
     if (!index_text.ok()) {
       if (index_text.status().code() == absl::StatusCode::kNotFound) {
-        return absl::NotFoundError(absl::StrCat("no weights in ", dir,
-                                                ": neither ", single_path,
-                                                " nor ", index_path,
-                                                " exists"));
+        return absl::NotFoundError(
+            absl::StrCat("no weights in ", dir, ": neither ", single_path,
+                         " nor ", index_path, " exists"));
       }
       return index_text.status();
     }
@@ -400,12 +398,13 @@ absl::StatusOr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(
       // read outside the configured data roots.
       if (shard.empty() || shard.find('/') != std::string::npos ||
           shard == "." || shard == "..") {
-        return absl::DataLossError(absl::StrCat(
-            index_path, ": weight_map entry \"", member.first, "\" at byte ",
-            member.second.offset(), " names \"", shard,
-            "\", which is not a file name in ", dir));
+        return absl::DataLossError(
+            absl::StrCat(index_path, ": weight_map entry \"", member.first,
+                         "\" at byte ", member.second.offset(), " names \"",
+                         shard, "\", which is not a file name in ", dir));
       }
-      auto [it, inserted] = shard_index.emplace(shard, checkpoint.files_.size());
+      auto [it, inserted] =
+          shard_index.emplace(shard, checkpoint.files_.size());
       if (inserted) {
         SAETRACK_ASSIGN_OR_RETURN(
             SafetensorsFile file,
@@ -436,9 +435,8 @@ absl::StatusOr<const TensorView*> SafetensorsCheckpoint::Get(
     std::string_view name) const {
   auto it = by_name_.find(name);
   if (it == by_name_.end()) {
-    return absl::NotFoundError(absl::StrCat("checkpoint ", dir_,
-                                            " has no tensor named \"",
-                                            AsAbsl(name), "\""));
+    return absl::NotFoundError(absl::StrCat(
+        "checkpoint ", dir_, " has no tensor named \"", AsAbsl(name), "\""));
   }
   return it->second;
 }
@@ -472,9 +470,9 @@ absl::Status SafetensorsWriter::Add(std::string name, Dtype dtype,
     std::optional<int64_t> product;
     if (dim >= 0) product = CheckedMultiply(elements, dim);
     if (!product.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor \"", name, "\": invalid shape [", absl::StrJoin(shape, ", "),
-          "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\": invalid shape [",
+                       absl::StrJoin(shape, ", "), "]"));
     }
     elements = *product;
   }
@@ -482,10 +480,9 @@ absl::Status SafetensorsWriter::Add(std::string name, Dtype dtype,
       CheckedMultiply(elements, static_cast<int64_t>(DtypeSize(dtype)));
   if (!expected.has_value() ||
       *expected != static_cast<int64_t>(bytes.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", name, "\": shape [",
-                     absl::StrJoin(shape, ", "), "] of ", DtypeName(dtype),
-                     " does not match ", bytes.size(), " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", name, "\": shape [", absl::StrJoin(shape, ", "), "] of ",
+        DtypeName(dtype), " does not match ", bytes.size(), " bytes"));
   }
   entries_.push_back(
       Entry{std::move(name), dtype, std::move(shape), std::string(bytes)});
@@ -498,9 +495,9 @@ absl::Status SafetensorsWriter::AddF32(std::string name,
   int64_t elements = 1;
   for (int64_t dim : shape) {
     if (dim < 0 || (dim != 0 && elements > (int64_t{1} << 40) / dim)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor \"", name, "\": invalid shape [", absl::StrJoin(shape, ", "),
-          "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\": invalid shape [",
+                       absl::StrJoin(shape, ", "), "]"));
     }
     elements *= dim;
   }
@@ -525,13 +522,12 @@ std::string SafetensorsWriter::Serialize() const {
     for (int64_t dim : entry.shape) shape.push_back(JsonValue::Integer(dim));
     const int64_t end = offset + static_cast<int64_t>(entry.bytes.size());
     header.emplace_back(
-        entry.name,
-        JsonValue::MakeObject(
-            {{"dtype", JsonValue::String(DtypeName(entry.dtype))},
-             {"shape", JsonValue::MakeArray(std::move(shape))},
-             {"data_offsets",
-              JsonValue::MakeArray(
-                  {JsonValue::Integer(offset), JsonValue::Integer(end)})}}));
+        entry.name, JsonValue::MakeObject(
+                        {{"dtype", JsonValue::String(DtypeName(entry.dtype))},
+                         {"shape", JsonValue::MakeArray(std::move(shape))},
+                         {"data_offsets",
+                          JsonValue::MakeArray({JsonValue::Integer(offset),
+                                                JsonValue::Integer(end)})}}));
     offset = end;
   }
   std::string header_text = SerializeJson(JsonValue::MakeObject(header));

@@ -24,7 +24,8 @@ std::string Message(const absl::Status& status) {
 std::string RawFile(const std::string& header, const std::string& data) {
   std::string out;
   uint64_t length = header.size();
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(length >> (8 * i)));
+  for (int i = 0; i < 8; ++i)
+    out.push_back(static_cast<char>(length >> (8 * i)));
   return out + header + data;
 }
 
@@ -151,9 +152,9 @@ TEST(SafetensorsTest, UnknownDtype) {
 }
 
 TEST(SafetensorsTest, OffsetsOutOfRange) {
-  const absl::Status status = OpenError(RawFile(
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-      std::string(4, 'x')));
+  const absl::Status status = OpenError(
+      RawFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+              std::string(4, 'x')));
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(Message(status), HasSubstr("tensor \"t\""));
   EXPECT_THAT(Message(status), HasSubstr("exceed the data section of 4 bytes"));
@@ -164,8 +165,7 @@ TEST(SafetensorsTest, ShapeDoesNotMatchBytes) {
       R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})";
   const absl::Status status = OpenError(RawFile(header, std::string(8, 'x')));
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(Message(status),
-              HasSubstr("tensor \"t\""));
+  EXPECT_THAT(Message(status), HasSubstr("tensor \"t\""));
   EXPECT_THAT(Message(status),
               HasSubstr("shape [3] of F32 needs 12 bytes but data_offsets "
                         "[0, 8] hold 8"));
@@ -174,10 +174,10 @@ TEST(SafetensorsTest, ShapeDoesNotMatchBytes) {
 }
 
 TEST(SafetensorsTest, OverlappingTensors) {
-  const absl::Status status = OpenError(RawFile(
-      R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
-      R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
-      std::string(6, 'x')));
+  const absl::Status status = OpenError(
+      RawFile(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+              R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+              std::string(6, 'x')));
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(Message(status), HasSubstr("tensor \"b\""));
   EXPECT_THAT(Message(status), HasSubstr("overlaps tensor \"a\""));
@@ -192,9 +192,9 @@ TEST(SafetensorsTest, GapAndUncoveredBytes) {
   EXPECT_THAT(Message(gap),
               HasSubstr(absl::StrCat("gap in the data section at file byte ",
                                      8 + gap_header.size() + 2)));
-  const absl::Status tail = OpenError(RawFile(
-      R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})",
-      std::string(5, 'x')));
+  const absl::Status tail = OpenError(
+      RawFile(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})",
+              std::string(5, 'x')));
   EXPECT_EQ(tail.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(Message(tail), HasSubstr("tensors cover 2 of the 5 data bytes"));
 }

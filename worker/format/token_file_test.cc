@@ -27,7 +27,8 @@ class TokenFileTest : public ::testing::Test {
 };
 
 TEST_F(TokenFileTest, ReadsLittleEndianUint16) {
-  const std::string path = Write("t.u16", std::string("\x01\x00\xFF\xFF\x34\x12", 6));
+  const std::string path =
+      Write("t.u16", std::string("\x01\x00\xFF\xFF\x34\x12", 6));
   absl::StatusOr<TokenFile> tokens = TokenFile::Open(path, TokenDtype::kUint16);
   ASSERT_TRUE(tokens.ok()) << tokens.status();
   ASSERT_EQ(tokens->size(), 3);
@@ -60,7 +61,8 @@ TEST_F(TokenFileTest, MissingFileIsNotFound) {
   absl::StatusOr<TokenFile> tokens =
       TokenFile::Open(dir_ + "/nope", TokenDtype::kUint16);
   EXPECT_EQ(tokens.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(tokens.status().message()), HasSubstr(dir_ + "/nope"));
+  EXPECT_THAT(std::string(tokens.status().message()),
+              HasSubstr(dir_ + "/nope"));
 }
 
 TEST_F(TokenFileTest, EmptyFileHasNoTokens) {

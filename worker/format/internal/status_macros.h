@@ -7,9 +7,9 @@
 #include "absl/status/statusor.h"
 
 // Returns the status of `expr` from the enclosing function unless it is OK.
-#define SAETRACK_RETURN_IF_ERROR(expr)                 \
-  do {                                                 \
-    const absl::Status saetrack_status_ = (expr);      \
+#define SAETRACK_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    const absl::Status saetrack_status_ = (expr);        \
     if (!saetrack_status_.ok()) return saetrack_status_; \
   } while (false)
 
@@ -18,8 +18,8 @@
 
 // `lhs = value of expr` (a StatusOr), or returns its error status.
 // Usage: SAETRACK_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
-#define SAETRACK_ASSIGN_OR_RETURN(lhs, expr)                                  \
-  SAETRACK_ASSIGN_OR_RETURN_IMPL_(                                            \
+#define SAETRACK_ASSIGN_OR_RETURN(lhs, expr) \
+  SAETRACK_ASSIGN_OR_RETURN_IMPL_(           \
       SAETRACK_STATUS_CONCAT_(saetrack_statusor_, __LINE__), lhs, expr)
 
 #define SAETRACK_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
