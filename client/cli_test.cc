@@ -17,14 +17,14 @@ struct Result {
   std::string err;
 };
 
-Result Run(const std::vector<std::string>& args) {
+Result RunSaetrack(const std::vector<std::string>& args) {
   std::ostringstream out, err;
   int code = RunCli(args, out, err, /*err_is_terminal=*/false);
   return {code, out.str(), err.str()};
 }
 
 TEST(CliTest, HelpListsEveryCommand) {
-  Result r = Run({"--help"});
+  Result r = RunSaetrack({"--help"});
   EXPECT_EQ(r.code, kExitOk);
   for (const char* command : {"submit", "status", "list", "metrics", "feature",
                               "--coordinator", "--json"}) {
@@ -42,7 +42,7 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
            {"feature", "job-1", "--layer", "x", "--id", "1"},
            {"status", "job-1", "--bogus"},
            {"status", "job-1", "--coordinator"}}) {
-    Result r = Run(args);
+    Result r = RunSaetrack(args);
     EXPECT_EQ(r.code, kExitUsage) << r.err;
     EXPECT_THAT(r.err, StartsWith("saetrack: "));
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -50,7 +50,7 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
 }
 
 TEST(CliTest, UnreadableJobFileFailsBeforeContactingCoordinator) {
-  Result r = Run({"submit", "/nonexistent/job.json", "--coordinator",
+  Result r = RunSaetrack({"submit", "/nonexistent/job.json", "--coordinator",
                   "127.0.0.1:1"});
   EXPECT_EQ(r.code, kExitFailure);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
@@ -59,7 +59,7 @@ TEST(CliTest, UnreadableJobFileFailsBeforeContactingCoordinator) {
 
 TEST(CliTest, UnreachableCoordinatorIsUnavailable) {
   // Port 1 on loopback refuses connections.
-  Result r = Run({"status", "job-000001", "--coordinator=127.0.0.1:1"});
+  Result r = RunSaetrack({"status", "job-000001", "--coordinator=127.0.0.1:1"});
   EXPECT_EQ(r.code, kExitFailure);
   EXPECT_THAT(r.err, StartsWith("saetrack: UNAVAILABLE: "));
 }
