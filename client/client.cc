@@ -27,8 +27,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_request_id(request_id);
     v1::SubmitJobResponse response;
     auto context = NewContext();
-    return Finish(jobs_->SubmitJob(context.get(), request, &response),
-                  std::move(response));
+    grpc::Status status = jobs_->SubmitJob(context.get(), request, &response);
+    return Finish(status, std::move(response));
   }
 
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) override {
@@ -36,8 +36,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_job_id(job_id);
     v1::Job response;
     auto context = NewContext();
-    return Finish(jobs_->GetJob(context.get(), request, &response),
-                  std::move(response));
+    grpc::Status status = jobs_->GetJob(context.get(), request, &response);
+    return Finish(status, std::move(response));
   }
 
   absl::StatusOr<v1::ListJobsResponse> ListJobs(
@@ -47,8 +47,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_page_token(page_token);
     v1::ListJobsResponse response;
     auto context = NewContext();
-    return Finish(jobs_->ListJobs(context.get(), request, &response),
-                  std::move(response));
+    grpc::Status status = jobs_->ListJobs(context.get(), request, &response);
+    return Finish(status, std::move(response));
   }
 
   absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
@@ -58,9 +58,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_layer(layer);
     v1::GetCheckpointMetricsResponse response;
     auto context = NewContext();
-    return Finish(
-        queries_->GetCheckpointMetrics(context.get(), request, &response),
-        std::move(response));
+    grpc::Status status = queries_->GetCheckpointMetrics(context.get(), request, &response);
+    return Finish(status, std::move(response));
   }
 
   absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
@@ -71,9 +70,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_feature_id(feature_id);
     v1::FeatureHistory response;
     auto context = NewContext();
-    return Finish(
-        queries_->GetFeatureHistory(context.get(), request, &response),
-        std::move(response));
+    grpc::Status status = queries_->GetFeatureHistory(context.get(), request, &response);
+    return Finish(status, std::move(response));
   }
 
  private:
@@ -84,6 +82,7 @@ class GrpcSaetrackClient final : public SaetrackClient {
     return context;
   }
 
+  // Takes the response only after the call has filled it.
   template <typename T>
   static absl::StatusOr<T> Finish(const grpc::Status& status, T response) {
     if (!status.ok()) return FromGrpcStatus(status);

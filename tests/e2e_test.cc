@@ -65,13 +65,40 @@ class EndToEndTest : public ::testing::Test {
         *dir_ + "/worker");
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = worker->release();
+    const std::string kPortTag = "metrics on port ";
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          return worker_->Stderr().find(kPortTag) != std::string::npos ||
+                 worker_->Wait(absl::ZeroDuration()).ok();
+        },
+        absl::Seconds(30)));
+    const std::string log = worker_->Stderr();
+    const size_t tag = log.find(kPortTag);
+    ASSERT_NE(tag, std::string::npos) << log;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        log.substr(tag + kPortTag.size(),
+                   log.find_first_not_of("0123456789", tag + kPortTag.size()) -
+                       tag - kPortTag.size()),
+        &worker_metrics_port_));
 
+    // Submit and wait as a user would, but stop early if the worker dies.
     WriteJob("job.json", GoodJob());
-    CommandResult submit = Cli({"submit", *dir_ + "/job.json", "--wait",
-                                "--json", "--timeout_s", "600"});
-    ASSERT_EQ(submit.exit_code, 0) << submit.err << "\nworker log:\n"
-                                   << worker_->Stderr();
-    v1::Job job = FromJson<v1::Job>(submit.out);
+    auto submit = ChildProcess::Start(
+        {SAETRACK_CLI_BIN, "submit", *dir_ + "/job.json", "--wait", "--json",
+         "--coordinator", Address()},
+        *dir_ + "/submit");
+    ASSERT_TRUE(submit.ok()) << submit.status();
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          return (*submit)->Wait(absl::ZeroDuration()).ok() ||
+                 worker_->Wait(absl::ZeroDuration()).ok();
+        },
+        absl::Minutes(10)));
+    absl::StatusOr<int> code = (*submit)->Wait(absl::Seconds(5));
+    ASSERT_TRUE(code.ok()) << "worker exited:\n" << worker_->Stderr();
+    ASSERT_EQ(*code, 0) << (*submit)->Stderr() << "\nworker log:\n"
+                        << worker_->Stderr();
+    v1::Job job = FromJson<v1::Job>((*submit)->Stdout());
     ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED);
     job_id_ = new std::string(job.job_id());
   }
@@ -169,6 +196,7 @@ class EndToEndTest : public ::testing::Test {
   static ChildProcess* worker_;
   static int port_;
   static int metrics_port_;
+  static int worker_metrics_port_;
 };
 
 std::string* EndToEndTest::dir_ = nullptr;
@@ -177,6 +205,7 @@ ChildProcess* EndToEndTest::coordinator_ = nullptr;
 ChildProcess* EndToEndTest::worker_ = nullptr;
 int EndToEndTest::port_ = 0;
 int EndToEndTest::metrics_port_ = 0;
+int EndToEndTest::worker_metrics_port_ = 0;
 
 TEST_F(EndToEndTest, EveryCheckpointHasMetrics) {
   v1::GetCheckpointMetricsResponse metrics = Metrics();
@@ -309,6 +338,13 @@ TEST_F(EndToEndTest, MetricsEndpointServesPrometheusText) {
   ASSERT_TRUE(body.ok()) << body.status();
   EXPECT_THAT(*body, HasSubstr("saetrack_jobs{state=\"succeeded\"} 1"));
   EXPECT_THAT(*body, HasSubstr("saetrack_rpcs_total"));
+
+  body = testing::HttpGet(worker_metrics_port_, "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_THAT(*body, HasSubstr(absl::StrCat(
+                         "saetrack_worker_tasks_total{outcome=\"succeeded\"} ",
+                         kSteps.size())));
+  EXPECT_THAT(*body, HasSubstr("saetrack_worker_tokens_trained_total"));
 }
 
 // Runs last (alphabetically and by declaration): restarts the coordinator.

@@ -2,7 +2,6 @@
 
 #include <grpcpp/grpcpp.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "proto/status_mapping.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "worker/format/crc32c.h"
+#include "worker/internal/metrics_http_server.h"
 
 namespace saetrack::worker {
 namespace {
@@ -151,16 +151,16 @@ class GrpcWorker final : public Worker {
  public:
   GrpcWorker(const WorkerOptions& options,
              std::unique_ptr<engine::SaeTrainingEngine> engine,
-             std::unique_ptr<prometheus::Exposer> exposer)
+             std::shared_ptr<prometheus::Registry> registry,
+             std::unique_ptr<MetricsHttpServer> metrics_server)
       : options_(options),
         engine_(std::move(engine)),
         stub_(v1::WorkerService::NewStub(grpc::CreateChannel(
             options.coordinator, grpc::InsecureChannelCredentials()))),
-        registry_(std::make_shared<prometheus::Registry>()),
+        registry_(std::move(registry)),
         metrics_(*registry_),
-        exposer_(std::move(exposer)) {
+        metrics_server_(std::move(metrics_server)) {
     if (options_.name.empty()) options_.name = DefaultName();
-    if (exposer_) exposer_->RegisterCollectable(registry_);
   }
 
   ~GrpcWorker() override { Stop(); }
@@ -201,9 +201,7 @@ class GrpcWorker final : public Worker {
   }
 
   int metrics_port() const override {
-    if (!exposer_) return 0;
-    auto ports = exposer_->GetListeningPorts();
-    return ports.empty() ? 0 : ports.front();
+    return metrics_server_ ? metrics_server_->port() : 0;
   }
 
  private:
@@ -475,7 +473,7 @@ class GrpcWorker final : public Worker {
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::shared_ptr<prometheus::Registry> registry_;
   WorkerMetrics metrics_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> metrics_server_;
 
   // Only touched by the thread in Run().
   std::string worker_id_;
@@ -495,17 +493,16 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
   if (options.coordinator.empty()) {
     return absl::InvalidArgumentError("coordinator address is empty");
   }
-  std::unique_ptr<prometheus::Exposer> exposer;
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<MetricsHttpServer> metrics_server;
   if (!options.metrics_listen.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
-    }
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(options.metrics_listen, registry);
+    if (!started.ok()) return started.status();
+    metrics_server = *std::move(started);
   }
-  return std::unique_ptr<Worker>(
-      new GrpcWorker(options, std::move(engine), std::move(exposer)));
+  return std::unique_ptr<Worker>(new GrpcWorker(
+      options, std::move(engine), std::move(registry), std::move(metrics_server)));
 }
 
 }  // namespace saetrack::worker
