@@ -157,10 +157,11 @@ std::string HumanCount(int64_t n) {
 }
 
 std::string ProgressLine(const v1::Job& job) {
-  std::string line = absl::StrFormat(
-      "%s %s: %d/%d SAEs trained, %s tokens", job.job_id(),
-      StateName(job.state()), job.progress().tasks_done(),
-      job.progress().tasks_total(), HumanCount(job.progress().tokens_trained()));
+  std::string line =
+      absl::StrFormat("%s %s: %d/%d SAEs trained, %s tokens", job.job_id(),
+                      StateName(job.state()), job.progress().tasks_done(),
+                      job.progress().tasks_total(),
+                      HumanCount(job.progress().tokens_trained()));
   if (!job.error().empty()) absl::StrAppend(&line, " (", job.error(), ")");
   return line;
 }
@@ -266,9 +267,9 @@ class Cli {
       }
       if (absl::Now() > deadline) {
         EndProgress(last_line);
-        return Fail(absl::DeadlineExceededError(absl::StrCat(
-            "job ", job_id, " still running after --timeout_s=",
-            inv_.timeout_s)));
+        return Fail(absl::DeadlineExceededError(
+            absl::StrCat("job ", job_id,
+                         " still running after --timeout_s=", inv_.timeout_s)));
       }
       absl::SleepFor(kWaitPollInterval);
     }
@@ -334,8 +335,8 @@ class Cli {
       return kExitOk;
     }
     out_ << absl::StrFormat("%5s %8s %8s %8s %8s %10s %7s %6s %9s %7s\n",
-                            "chain", "step", "tokens", "FVU", "init FVU",
-                            "MSE", "L0", "dead", "cos prev", "time s");
+                            "chain", "step", "tokens", "FVU", "init FVU", "MSE",
+                            "L0", "dead", "cos prev", "time s");
     for (const auto& m : metrics->checkpoints()) {
       out_ << absl::StrFormat(
           "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %7.1f\n",

@@ -50,8 +50,8 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
 }
 
 TEST(CliTest, UnreadableJobFileFailsBeforeContactingCoordinator) {
-  Result r = RunSaetrack({"submit", "/nonexistent/job.json", "--coordinator",
-                  "127.0.0.1:1"});
+  Result r = RunSaetrack(
+      {"submit", "/nonexistent/job.json", "--coordinator", "127.0.0.1:1"});
   EXPECT_EQ(r.code, kExitFailure);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
   EXPECT_THAT(r.err, HasSubstr("/nonexistent/job.json"));

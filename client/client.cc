@@ -58,7 +58,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_layer(layer);
     v1::GetCheckpointMetricsResponse response;
     auto context = NewContext();
-    grpc::Status status = queries_->GetCheckpointMetrics(context.get(), request, &response);
+    grpc::Status status =
+        queries_->GetCheckpointMetrics(context.get(), request, &response);
     return Finish(status, std::move(response));
   }
 
@@ -70,7 +71,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_feature_id(feature_id);
     v1::FeatureHistory response;
     auto context = NewContext();
-    grpc::Status status = queries_->GetFeatureHistory(context.get(), request, &response);
+    grpc::Status status =
+        queries_->GetFeatureHistory(context.get(), request, &response);
     return Finish(status, std::move(response));
   }
 

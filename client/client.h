@@ -34,8 +34,8 @@ class SaetrackClient {
   virtual absl::StatusOr<v1::Job> GetJob(const std::string& job_id) = 0;
   virtual absl::StatusOr<v1::ListJobsResponse> ListJobs(
       int page_size, const std::string& page_token) = 0;
-  virtual absl::StatusOr<v1::GetCheckpointMetricsResponse>
-  GetCheckpointMetrics(const std::string& job_id, int layer) = 0;
+  virtual absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
+      const std::string& job_id, int layer) = 0;
   virtual absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
       const std::string& job_id, int layer, int feature_id) = 0;
 };

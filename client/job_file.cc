@@ -19,7 +19,8 @@ namespace pb = google::protobuf;
 // Checks that every key of `value` names a field of `descriptor` and that each
 // value has the field's JSON type, so that a typo is reported with its path
 // instead of protobuf's context-free "Cannot find field".
-absl::Status CheckFields(const pb::Value& value, const pb::Descriptor& descriptor,
+absl::Status CheckFields(const pb::Value& value,
+                         const pb::Descriptor& descriptor,
                          const std::string& path);
 
 absl::Status CheckScalar(const pb::Value& value,
@@ -79,7 +80,8 @@ absl::Status CheckScalar(const pb::Value& value,
   }
 }
 
-absl::Status CheckFields(const pb::Value& value, const pb::Descriptor& descriptor,
+absl::Status CheckFields(const pb::Value& value,
+                         const pb::Descriptor& descriptor,
                          const std::string& path) {
   for (const auto& [key, child] : value.struct_value().fields()) {
     const pb::FieldDescriptor* field = descriptor.FindFieldByName(key);
@@ -118,7 +120,8 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
 }
 
 absl::Status Prefixed(const std::string& origin, const absl::Status& status) {
-  return absl::Status(status.code(), absl::StrCat(origin, ": ", status.message()));
+  return absl::Status(status.code(),
+                      absl::StrCat(origin, ": ", status.message()));
 }
 
 }  // namespace
@@ -133,7 +136,8 @@ absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
   if (!syntax.ok()) return syntax.status();
 
   pb::Value tree;
-  auto parsed = pb::util::JsonStringToMessage(pb::StringPiece(text.data(), text.size()), &tree);
+  auto parsed = pb::util::JsonStringToMessage(
+      pb::StringPiece(text.data(), text.size()), &tree);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": ", parsed.message().as_string()));
@@ -146,7 +150,8 @@ absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
   if (!fields.ok()) return Prefixed(origin, fields);
 
   v1::JobSpec spec;
-  parsed = pb::util::JsonStringToMessage(pb::StringPiece(text.data(), text.size()), &spec);
+  parsed = pb::util::JsonStringToMessage(
+      pb::StringPiece(text.data(), text.size()), &spec);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": ", parsed.message().as_string()));

@@ -54,8 +54,8 @@ TEST(JobFileTest, UnknownFieldNamesItsPath) {
 }
 
 TEST(JobFileTest, WrongTypeNamesItsPath) {
-  absl::StatusOr<v1::JobSpec> spec = ParseJobSpec(
-      R"({"hooks": [{"layer": 1.5}]})", "job.json", "/");
+  absl::StatusOr<v1::JobSpec> spec =
+      ParseJobSpec(R"({"hooks": [{"layer": 1.5}]})", "job.json", "/");
   ASSERT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(spec.status().message(),
               HasSubstr("hooks[0].layer: expected an integer"));

@@ -7,7 +7,8 @@ namespace {
 
 TEST(StatusMappingTest, RoundTripsEveryCanonicalCode) {
   for (int c = 1; c <= 16; ++c) {
-    absl::Status s(static_cast<absl::StatusCode>(c), "msg " + std::to_string(c));
+    absl::Status s(static_cast<absl::StatusCode>(c),
+                   "msg " + std::to_string(c));
     grpc::Status g = ToGrpcStatus(s);
     EXPECT_EQ(static_cast<int>(g.error_code()), c);
     EXPECT_EQ(g.error_message(), "msg " + std::to_string(c));
@@ -25,8 +26,9 @@ TEST(StatusMappingTest, NamedCodesMatch) {
             grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(ToGrpcStatus(absl::AbortedError("x")).error_code(),
             grpc::StatusCode::ABORTED);
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::NOT_FOUND, "j")).code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      FromGrpcStatus(grpc::Status(grpc::StatusCode::NOT_FOUND, "j")).code(),
+      absl::StatusCode::kNotFound);
 }
 
 TEST(StatusMappingTest, OutOfRangeCodeBecomesUnknown) {

@@ -40,7 +40,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   const std::string out_path = log_prefix + ".out";
   const std::string err_path = log_prefix + ".err";
   pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+  if (pid < 0)
+    return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
   if (pid == 0) {
     int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -119,8 +120,8 @@ std::string ReadFileOrEmpty(const std::string& path) {
 
 std::string MakeTempDir(const std::string& name) {
   const char* base = getenv("TEST_TMPDIR");
-  std::string pattern =
-      absl::StrCat(base != nullptr ? base : "/tmp", "/saetrack-", name, "-XXXXXX");
+  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp",
+                                     "/saetrack-", name, "-XXXXXX");
   char* dir = mkdtemp(pattern.data());
   return dir != nullptr ? std::string(dir) : std::string();
 }

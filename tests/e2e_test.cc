@@ -4,8 +4,8 @@
 // goes in and the answers come out through the saetrack CLI, as a user would
 // drive them. Then the coordinator restarts on the same directory and must
 // give the same answers.
-#include <google/protobuf/util/json_util.h>
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -49,12 +49,28 @@ class EndToEndTest : public ::testing::Test {
     // A tiny GPT-NeoX, really trained: checkpoints a few hundred steps apart.
     std::string steps;
     for (int s : kSteps) absl::StrAppend(&steps, steps.empty() ? "" : ",", s);
-    auto lm = testing::RunCommand(
-        {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out",
-         *dir_ + "/lm", "--steps", steps, "--d_model", "32", "--layers", "2",
-         "--heads", "4", "--ctx", "32", "--batch", "16", "--seed", "1",
-         "--threads", "2"},
-        *dir_ + "/tinylm", absl::Minutes(5));
+    auto lm = testing::RunCommand({SAETRACK_TINYLM_BIN,
+                                   "--corpus",
+                                   SAETRACK_CORPUS,
+                                   "--out",
+                                   *dir_ + "/lm",
+                                   "--steps",
+                                   steps,
+                                   "--d_model",
+                                   "32",
+                                   "--layers",
+                                   "2",
+                                   "--heads",
+                                   "4",
+                                   "--ctx",
+                                   "32",
+                                   "--batch",
+                                   "16",
+                                   "--seed",
+                                   "1",
+                                   "--threads",
+                                   "2"},
+                                  *dir_ + "/tinylm", absl::Minutes(5));
     ASSERT_TRUE(lm.ok()) << lm.status();
     ASSERT_EQ(lm->exit_code, 0) << lm->err;
 
@@ -83,10 +99,10 @@ class EndToEndTest : public ::testing::Test {
 
     // Submit and wait as a user would, but stop early if the worker dies.
     WriteJob("job.json", GoodJob());
-    auto submit = ChildProcess::Start(
-        {SAETRACK_CLI_BIN, "submit", *dir_ + "/job.json", "--wait", "--json",
-         "--coordinator", Address()},
-        *dir_ + "/submit");
+    auto submit =
+        ChildProcess::Start({SAETRACK_CLI_BIN, "submit", *dir_ + "/job.json",
+                             "--wait", "--json", "--coordinator", Address()},
+                            *dir_ + "/submit");
     ASSERT_TRUE(submit.ok()) << submit.status();
     ASSERT_TRUE(testing::WaitFor(
         [&] {
@@ -176,16 +192,16 @@ class EndToEndTest : public ::testing::Test {
   }
 
   static v1::GetCheckpointMetricsResponse Metrics() {
-    CommandResult r = Cli({"metrics", *job_id_, "--layer",
-                           std::to_string(kLayer), "--json"});
+    CommandResult r =
+        Cli({"metrics", *job_id_, "--layer", std::to_string(kLayer), "--json"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return FromJson<v1::GetCheckpointMetricsResponse>(r.out);
   }
 
   static v1::FeatureHistory Feature(int id) {
-    CommandResult r = Cli({"feature", *job_id_, "--layer",
-                           std::to_string(kLayer), "--id", std::to_string(id),
-                           "--json"});
+    CommandResult r =
+        Cli({"feature", *job_id_, "--layer", std::to_string(kLayer), "--id",
+             std::to_string(id), "--json"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return FromJson<v1::FeatureHistory>(r.out);
   }
@@ -334,7 +350,8 @@ TEST_F(EndToEndTest, BadJobsAreRefusedAndNothingIsStored) {
 }
 
 TEST_F(EndToEndTest, MetricsEndpointServesPrometheusText) {
-  absl::StatusOr<std::string> body = testing::HttpGet(metrics_port_, "/metrics");
+  absl::StatusOr<std::string> body =
+      testing::HttpGet(metrics_port_, "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
   EXPECT_THAT(*body, HasSubstr("saetrack_jobs{state=\"succeeded\"} 1"));
   EXPECT_THAT(*body, HasSubstr("saetrack_rpcs_total"));
@@ -366,8 +383,9 @@ TEST_F(EndToEndTest, ZRestartOnTheSameDirectoryKeepsEveryAnswer) {
 
   EXPECT_EQ(Cli({"metrics", *job_id_, "--layer", "1", "--json"}).out,
             metrics_before);
-  EXPECT_EQ(Cli({"feature", *job_id_, "--layer", "1", "--id", "3", "--json"}).out,
-            feature_before);
+  EXPECT_EQ(
+      Cli({"feature", *job_id_, "--layer", "1", "--id", "3", "--json"}).out,
+      feature_before);
   EXPECT_EQ(Cli({"status", *job_id_, "--json"}).out, status_before);
 }
 

@@ -13,15 +13,17 @@
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
           "host:port of the coordinator");
-ABSL_FLAG(std::string, name, "", "Name shown by the coordinator (default "
-                                 "hostname:pid)");
+ABSL_FLAG(std::string, name, "",
+          "Name shown by the coordinator (default "
+          "hostname:pid)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, threads, 2, "LibTorch intra-op threads on CPU");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465",
           "host:port of the Prometheus /metrics endpoint (port 0: ephemeral; "
           "empty: none)");
-ABSL_FLAG(int, max_tasks, 0, "Exit after this many tasks (0: run until "
-                             "SIGTERM)");
+ABSL_FLAG(int, max_tasks, 0,
+          "Exit after this many tasks (0: run until "
+          "SIGTERM)");
 ABSL_FLAG(absl::Duration, lease_wait, absl::Seconds(5),
           "Long-poll wait of one lease request");
 

@@ -81,7 +81,8 @@ engine::TrainInput ToTrainInput(const v1::TrainSaeTask& task) {
 
 std::string SerializeStats(const engine::FeatureStats& stats) {
   v1::FeatureStatsBlock block;
-  block.mutable_frequency()->Add(stats.frequency.begin(), stats.frequency.end());
+  block.mutable_frequency()->Add(stats.frequency.begin(),
+                                 stats.frequency.end());
   block.mutable_mean_activation()->Add(stats.mean_activation.begin(),
                                        stats.mean_activation.end());
   block.mutable_max_activation()->Add(stats.max_activation.begin(),
@@ -211,7 +212,8 @@ class GrpcWorker final : public Worker {
 
   void Backoff() {
     absl::MutexLock lock(&mu_);
-    if (!stopped_.load()) stop_cv_.WaitWithTimeout(&mu_, options_.retry_backoff);
+    if (!stopped_.load())
+      stop_cv_.WaitWithTimeout(&mu_, options_.retry_backoff);
   }
 
   absl::Status Register() {
@@ -221,11 +223,12 @@ class GrpcWorker final : public Worker {
     request.mutable_capabilities()->set_threads(options_.threads);
     v1::RegisterWorkerResponse response;
     auto context = NewContext(kCallTimeout);
-    grpc::Status status = stub_->RegisterWorker(context.get(), request, &response);
+    grpc::Status status =
+        stub_->RegisterWorker(context.get(), request, &response);
     if (!status.ok()) return FromGrpcStatus(status);
     worker_id_ = response.worker_id();
-    heartbeat_interval_ =
-        absl::Milliseconds(std::max<int64_t>(100, response.heartbeat_interval_ms()));
+    heartbeat_interval_ = absl::Milliseconds(
+        std::max<int64_t>(100, response.heartbeat_interval_ms()));
     Log(absl::StrCat("registered with ", options_.coordinator, " as ",
                      worker_id_));
     return absl::OkStatus();
@@ -264,9 +267,9 @@ class GrpcWorker final : public Worker {
     int64_t total = -1;
     while (reader->Read(&chunk)) {
       if (chunk.offset() != static_cast<int64_t>(bytes.size())) {
-        return absl::DataLossError(absl::StrCat(
-            "SAE download: chunk at offset ", chunk.offset(), ", expected ",
-            bytes.size()));
+        return absl::DataLossError(
+            absl::StrCat("SAE download: chunk at offset ", chunk.offset(),
+                         ", expected ", bytes.size()));
       }
       bytes += chunk.data();
       if (chunk.last()) {
@@ -308,7 +311,8 @@ class GrpcWorker final : public Worker {
         chunk.set_total_size(total);
         chunk.set_crc32c(format::Crc32c(bytes));
       }
-      if (!writer->Write(chunk)) break;  // The server ended the call; see Finish.
+      if (!writer->Write(chunk))
+        break;  // The server ended the call; see Finish.
     } while (offset < total);
     writer->WritesDone();
     return FromGrpcStatus(writer->Finish());
@@ -349,20 +353,22 @@ class GrpcWorker final : public Worker {
     const int64_t step =
         train.spec().model().checkpoints(train.checkpoint_index()).step();
     const std::string what = absl::StrFormat(
-        "task %s (%s layer %d step %d, chain %d)", task.task_id(), task.job_id(),
-        train.hook().layer(), step, train.chain_index());
+        "task %s (%s layer %d step %d, chain %d)", task.task_id(),
+        task.job_id(), train.hook().layer(), step, train.chain_index());
     engine::TrainInput input = ToTrainInput(train);
     Log(absl::StrCat(what, ": training on ", input.train_tokens, " tokens",
-                     train.has_init_from() ? ", initialised from step " +
-                                                 std::to_string(train.init_from().step())
-                                           : ", from scratch"));
+                     train.has_init_from()
+                         ? ", initialised from step " +
+                               std::to_string(train.init_from().step())
+                         : ", from scratch"));
     metrics_.busy.Set(1);
 
     std::atomic<int64_t> tokens{0};
     std::atomic<double> loss{0};
     std::atomic<bool> lost{false};
     bool done = false;  // Guarded by mu_.
-    std::thread heartbeat([&] { HeartbeatLoop(task, tokens, loss, done, lost); });
+    std::thread heartbeat(
+        [&] { HeartbeatLoop(task, tokens, loss, done, lost); });
 
     absl::Status prepared = absl::OkStatus();
     if (train.has_init_from()) {
@@ -412,8 +418,8 @@ class GrpcWorker final : public Worker {
     }
     metrics_.fvu.Set(output->fvu);
     metrics_.l0.Set(output->l0);
-    absl::Status stored = Upload(task, v1::ARTIFACT_KIND_SAE_WEIGHTS,
-                                 output->sae_safetensors);
+    absl::Status stored =
+        Upload(task, v1::ARTIFACT_KIND_SAE_WEIGHTS, output->sae_safetensors);
     if (stored.ok()) {
       stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_STATS,
                       SerializeStats(output->features));
@@ -426,10 +432,11 @@ class GrpcWorker final : public Worker {
       return;
     }
     metrics_.succeeded.Increment();
-    Log(absl::StrFormat("%s: done in %.1f s: FVU %.4f (init %.4f), L0 %.1f, "
-                        "dead %.1f%%",
-                        what, output->wall_time_s, output->fvu, output->init_fvu,
-                        output->l0, 100 * output->dead_fraction));
+    Log(absl::StrFormat(
+        "%s: done in %.1f s: FVU %.4f (init %.4f), L0 %.1f, "
+        "dead %.1f%%",
+        what, output->wall_time_s, output->fvu, output->init_fvu, output->l0,
+        100 * output->dead_fraction));
   }
 
   absl::Status Complete(const v1::Task& task, const engine::TrainOutput& out) {
@@ -449,7 +456,8 @@ class GrpcWorker final : public Worker {
     m->set_d_sae(out.d_sae);
     v1::CompleteTaskResponse response;
     auto context = NewContext(kCallTimeout);
-    return FromGrpcStatus(stub_->CompleteTask(context.get(), request, &response));
+    return FromGrpcStatus(
+        stub_->CompleteTask(context.get(), request, &response));
   }
 
   void Fail(const v1::Task& task, const absl::Status& error) {
@@ -501,8 +509,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     if (!started.ok()) return started.status();
     metrics_server = *std::move(started);
   }
-  return std::unique_ptr<Worker>(new GrpcWorker(
-      options, std::move(engine), std::move(registry), std::move(metrics_server)));
+  return std::unique_ptr<Worker>(new GrpcWorker(options, std::move(engine),
+                                                std::move(registry),
+                                                std::move(metrics_server)));
 }
 
 }  // namespace saetrack::worker

@@ -76,9 +76,9 @@ struct TrainOutput {
   int64_t tokens_trained = 0;
   double wall_time_s = 0;
   // Held-out evaluation of the trained SAE.
-  double mse = 0;  // mean over tokens of ||x_hat - x||^2 / d_in
-  double fvu = 0;  // sum ||x_hat - x||^2 / sum ||x - mean(x)||^2
-  double l0 = 0;   // mean active features per token
+  double mse = 0;            // mean over tokens of ||x_hat - x||^2 / d_in
+  double fvu = 0;            // sum ||x_hat - x||^2 / sum ||x - mean(x)||^2
+  double l0 = 0;             // mean active features per token
   double dead_fraction = 0;  // features that never fired on the held-out set
   // FVU of the initial SAE (before any training step) on the same held-out
   // activations.

@@ -23,7 +23,8 @@ constexpr std::array<uint32_t, 256> kTable = MakeTable();
 
 uint32_t Crc32c(std::string_view data, uint32_t crc) {
   crc = ~crc;
-  for (unsigned char byte : data) crc = kTable[(crc ^ byte) & 0xFF] ^ (crc >> 8);
+  for (unsigned char byte : data)
+    crc = kTable[(crc ^ byte) & 0xFF] ^ (crc >> 8);
   return ~crc;
 }
 

@@ -13,7 +13,7 @@ struct ModelConfig {
   // "gpt_neox" (from model_type, or architectures[0] == "GPTNeoXForCausalLM").
   std::string architecture;
   int vocab_size = 0;
-  int hidden_size = 0;         // d_model
+  int hidden_size = 0;  // d_model
   int num_hidden_layers = 0;
   int num_attention_heads = 0;
   int intermediate_size = 0;

@@ -59,9 +59,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "metrics address '", listen_address, "': '", host,
-        "' is not an IPv4 address"));
+    return absl::InvalidArgumentError(absl::StrCat("metrics address '",
+                                                   listen_address, "': '", host,
+                                                   "' is not an IPv4 address"));
   }
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::UnavailableError(strerror(errno));
@@ -71,8 +71,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       listen(fd, 16) != 0) {
     const std::string error = strerror(errno);
     close(fd);
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on ", listen_address, ": ", error));
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", listen_address, ": ", error));
   }
   socklen_t len = sizeof(addr);
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
@@ -122,10 +122,10 @@ void MetricsHttpServer::Answer(int connection) {
     path = path.substr(0, path.find('?'));
   }
   if (path == "/metrics") {
-    WriteAll(connection,
-             Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
-                      prometheus::TextSerializer().Serialize(
-                          registry_->Collect())));
+    WriteAll(
+        connection,
+        Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
+                 prometheus::TextSerializer().Serialize(registry_->Collect())));
   } else if (path == "/healthz") {
     WriteAll(connection, Response("200 OK", "text/plain", "ok\n"));
   } else {
