@@ -25,19 +25,14 @@ class GrpcSaetrackClient final : public SaetrackClient {
     v1::SubmitJobRequest request;
     *request.mutable_spec() = spec;
     request.set_request_id(request_id);
-    v1::SubmitJobResponse response;
-    auto context = NewContext();
-    grpc::Status status = jobs_->SubmitJob(context.get(), request, &response);
-    return Finish(status, std::move(response));
+    return Call<v1::SubmitJobResponse>(*jobs_, &v1::JobService::Stub::SubmitJob,
+                                       request);
   }
 
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) override {
     v1::GetJobRequest request;
     request.set_job_id(job_id);
-    v1::Job response;
-    auto context = NewContext();
-    grpc::Status status = jobs_->GetJob(context.get(), request, &response);
-    return Finish(status, std::move(response));
+    return Call<v1::Job>(*jobs_, &v1::JobService::Stub::GetJob, request);
   }
 
   absl::StatusOr<v1::ListJobsResponse> ListJobs(
@@ -45,10 +40,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     v1::ListJobsRequest request;
     request.set_page_size(page_size);
     request.set_page_token(page_token);
-    v1::ListJobsResponse response;
-    auto context = NewContext();
-    grpc::Status status = jobs_->ListJobs(context.get(), request, &response);
-    return Finish(status, std::move(response));
+    return Call<v1::ListJobsResponse>(*jobs_, &v1::JobService::Stub::ListJobs,
+                                      request);
   }
 
   absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
@@ -56,11 +49,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
     v1::GetCheckpointMetricsRequest request;
     request.set_job_id(job_id);
     request.set_layer(layer);
-    v1::GetCheckpointMetricsResponse response;
-    auto context = NewContext();
-    grpc::Status status =
-        queries_->GetCheckpointMetrics(context.get(), request, &response);
-    return Finish(status, std::move(response));
+    return Call<v1::GetCheckpointMetricsResponse>(
+        *queries_, &v1::QueryService::Stub::GetCheckpointMetrics, request);
   }
 
   absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
@@ -69,24 +59,23 @@ class GrpcSaetrackClient final : public SaetrackClient {
     request.set_job_id(job_id);
     request.set_layer(layer);
     request.set_feature_id(feature_id);
-    v1::FeatureHistory response;
-    auto context = NewContext();
-    grpc::Status status =
-        queries_->GetFeatureHistory(context.get(), request, &response);
-    return Finish(status, std::move(response));
+    return Call<v1::FeatureHistory>(
+        *queries_, &v1::QueryService::Stub::GetFeatureHistory, request);
   }
 
  private:
-  std::unique_ptr<grpc::ClientContext> NewContext() const {
-    auto context = std::make_unique<grpc::ClientContext>();
-    context->set_deadline(std::chrono::system_clock::now() +
-                          absl::ToChronoMilliseconds(options_.call_timeout));
-    return context;
-  }
-
-  // Takes the response only after the call has filled it.
-  template <typename T>
-  static absl::StatusOr<T> Finish(const grpc::Status& status, T response) {
+  // One unary call with the configured deadline.
+  template <typename Response, typename Stub, typename Request>
+  absl::StatusOr<Response> Call(
+      Stub& stub,
+      grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                   Response*),
+      const Request& request) const {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.call_timeout));
+    Response response;
+    grpc::Status status = (stub.*method)(&context, request, &response);
     if (!status.ok()) return FromGrpcStatus(status);
     return response;
   }

@@ -60,29 +60,41 @@ absl::StatusOr<std::string> ResultStore::GetSaeWeights(
   return value;
 }
 
+namespace {
+
+// Parses every value under `prefix` of `column`, in key order, as a T.
+// kDataLoss naming `what` when one does not parse.
+template <typename T>
+absl::StatusOr<std::vector<T>> ScanMessages(const storage::KvStore& store,
+                                            Column column,
+                                            const std::string& prefix,
+                                            const std::string& what) {
+  std::vector<T> messages;
+  bool corrupt = false;
+  absl::Status s = store.Scan(
+      column, prefix, "", [&](std::string_view, std::string_view value) {
+        corrupt = !messages.emplace_back().ParseFromArray(
+            value.data(), static_cast<int>(value.size()));
+        return !corrupt;
+      });
+  if (!s.ok()) return s;
+  if (corrupt) return absl::DataLossError(absl::StrCat(what, " is corrupt"));
+  return messages;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<v1::FeaturePoint>> ResultStore::GetFeatureHistory(
     const std::string& job_id, int32_t layer, int32_t feature) const {
-  std::vector<v1::FeaturePoint> points;
-  bool corrupt = false;
-  absl::Status s =
-      store_->Scan(Column::kFeatureHistory,
-                   storage::FeatureHistoryPrefix(job_id, layer, feature), "",
-                   [&](std::string_view, std::string_view value) {
-                     if (!points.emplace_back().ParseFromArray(
-                             value.data(), static_cast<int>(value.size()))) {
-                       corrupt = true;
-                       return false;
-                     }
-                     return true;
-                   });
-  if (!s.ok()) return s;
-  if (corrupt) {
-    return absl::DataLossError(absl::StrCat("feature history of job '", job_id,
-                                            "' layer ", layer, " feature ",
-                                            feature, " is corrupt"));
-  }
+  absl::StatusOr<std::vector<v1::FeaturePoint>> points =
+      ScanMessages<v1::FeaturePoint>(
+          *store_, Column::kFeatureHistory,
+          storage::FeatureHistoryPrefix(job_id, layer, feature),
+          absl::StrCat("feature history of job '", job_id, "' layer ", layer,
+                       " feature ", feature));
+  if (!points.ok()) return points;
   // Keys are in step order; a BACKWARD chain runs against it.
-  std::stable_sort(points.begin(), points.end(),
+  std::stable_sort(points->begin(), points->end(),
                    [](const v1::FeaturePoint& a, const v1::FeaturePoint& b) {
                      return a.chain_index() < b.chain_index();
                    });
@@ -92,26 +104,10 @@ absl::StatusOr<std::vector<v1::FeaturePoint>> ResultStore::GetFeatureHistory(
 absl::StatusOr<std::vector<v1::CheckpointMetrics>>
 ResultStore::GetCheckpointMetrics(const std::string& job_id,
                                   int32_t layer) const {
-  std::vector<v1::CheckpointMetrics> metrics;
-  bool corrupt = false;
-  absl::Status s =
-      store_->Scan(Column::kCheckpointMetrics,
-                   storage::CheckpointMetricsPrefix(job_id, layer), "",
-                   [&](std::string_view, std::string_view value) {
-                     if (!metrics.emplace_back().ParseFromArray(
-                             value.data(), static_cast<int>(value.size()))) {
-                       corrupt = true;
-                       return false;
-                     }
-                     return true;
-                   });
-  if (!s.ok()) return s;
-  if (corrupt) {
-    return absl::DataLossError(absl::StrCat("checkpoint metrics of job '",
-                                            job_id, "' layer ", layer,
-                                            " are corrupt"));
-  }
-  return metrics;
+  return ScanMessages<v1::CheckpointMetrics>(
+      *store_, Column::kCheckpointMetrics,
+      storage::CheckpointMetricsPrefix(job_id, layer),
+      absl::StrCat("checkpoint metrics of job '", job_id, "' layer ", layer));
 }
 
 }  // namespace saetrack::server
