@@ -35,7 +35,8 @@ constexpr int64_t kDefaultEvalTokens = 65536;
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 
 const std::vector<std::string>& SupportedModelArchitectures() {
-  static const auto* v = new std::vector<std::string>{"gpt_neox"};
+  // The engine's LoadLanguageModel implements exactly these.
+  static const auto* v = new std::vector<std::string>{"gpt_neox", "gpt2"};
   return *v;
 }
 const std::vector<std::string>& SupportedSaeArchitectures() {

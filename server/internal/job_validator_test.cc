@@ -1,6 +1,7 @@
 #include "server/internal/job_validator.h"
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <string>
@@ -109,7 +110,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.model.architecture: 'foo' is not "
                                   "supported (supported: "
-                                  "gpt_neox)"},
+                                  "gpt_neox, gpt2)"},
                                  {"NoCheckpoints",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_model()->clear_checkpoints();
@@ -360,6 +361,34 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                          [](const ::testing::TestParamInfo<ErrorCase>& info) {
                            return info.param.name;
                          });
+
+// GPT-2 checkpoints (GPT2Config field names) are accepted, the architecture
+// filled in from config.json, and the layer range read from n_layer.
+TEST(JobValidatorTest, AcceptsGpt2) {
+  TempDir dir;
+  for (const char* name : {"/gpt2-0", "/gpt2-10"}) {
+    std::filesystem::create_directories(dir.path() + name);
+    std::ofstream(dir.path() + name + "/config.json")
+        << R"({"model_type": "gpt2", "n_embd": 64, "n_layer": 3,)"
+        << R"( "n_head": 4, "n_positions": 256, "vocab_size": 512})";
+    std::ofstream(dir.path() + name + "/model.safetensors");
+  }
+  v1::JobSpec spec = MakeSpec(dir.path(), {0, 10}, {2});
+  spec.mutable_model()->mutable_checkpoints(0)->set_path(dir.path() +
+                                                         "/gpt2-0");
+  spec.mutable_model()->mutable_checkpoints(1)->set_path(dir.path() +
+                                                         "/gpt2-10");
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->model().architecture(), "gpt2");
+
+  spec.mutable_model()->set_architecture("gpt_neox");
+  out = JobValidator({}).Validate(spec);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("architecture 'gpt2' differs from "
+                        "spec.model.architecture 'gpt_neox'"));
+}
 
 TEST(JobValidatorTest, PathsMustLieUnderDataRoots) {
   TempDir dir;

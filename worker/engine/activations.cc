@@ -1,7 +1,9 @@
 #include "worker/engine/activations.h"
 
 #include <algorithm>
+#include <memory>
 #include <random>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -72,7 +74,7 @@ absl::StatusOr<torch::Tensor> GatherContexts(const format::TokenFile& tokens,
   return out;
 }
 
-torch::Tensor CollectActivations(const GptNeoxModel& model,
+torch::Tensor CollectActivations(const LanguageModel& model,
                                  const torch::Tensor& contexts,
                                  const HookPoint& hook,
                                  int64_t contexts_per_forward,
@@ -81,7 +83,7 @@ torch::Tensor CollectActivations(const GptNeoxModel& model,
   // trainer's autograd graph, which refuses inference tensors.
   torch::NoGradGuard no_grad;
   const int64_t n = contexts.size(0);
-  const int64_t hidden = model.config().hidden_size;
+  const int64_t hidden = model.d_model();
   std::vector<torch::Tensor> chunks;
   for (int64_t start = 0; start < n; start += contexts_per_forward) {
     const torch::Tensor batch =
@@ -90,6 +92,30 @@ torch::Tensor CollectActivations(const GptNeoxModel& model,
     chunks.push_back(model.RunToHooks(batch, {hook})[0].reshape({-1, hidden}));
   }
   return torch::cat(chunks);
+}
+
+ActivationSource ContextActivationSource(
+    const LanguageModel& model, const format::TokenFile& tokens,
+    std::vector<int64_t> starts, int context_length, const HookPoint& hook,
+    int64_t contexts_per_forward, const torch::Device& device) {
+  // Shared so that the std::function stays copyable.
+  auto remaining = std::make_shared<std::vector<int64_t>>(std::move(starts));
+  auto next = std::make_shared<size_t>(0);
+  return [&model, &tokens, remaining, next, context_length, hook,
+          contexts_per_forward, device]() -> absl::StatusOr<torch::Tensor> {
+    if (*next >= remaining->size()) return torch::Tensor();
+    const size_t count = std::min<size_t>(
+        static_cast<size_t>(contexts_per_forward), remaining->size() - *next);
+    const std::vector<int64_t> chunk(remaining->begin() + *next,
+                                     remaining->begin() + *next + count);
+    *next += count;
+    SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor contexts,
+                              GatherContexts(tokens, chunk, context_length,
+                                             model.config().vocab_size));
+    torch::NoGradGuard no_grad;
+    return model.RunToHooks(contexts.to(device), {hook})[0].reshape(
+        {-1, model.d_model()});
+  };
 }
 
 }  // namespace saetrack::engine

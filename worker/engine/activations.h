@@ -14,7 +14,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/engine/gpt_neox.h"
+#include "worker/engine/activation_stream.h"
+#include "worker/engine/language_model.h"
 #include "worker/format/token_file.h"
 
 namespace saetrack::engine {
@@ -56,11 +57,22 @@ absl::StatusOr<torch::Tensor> GatherContexts(const format::TokenFile& tokens,
 // Activations at `hook` for `contexts` [n, seq], as [n * seq, hidden] on the
 // model's device, computed `contexts_per_forward` contexts at a time without
 // autograd.
-torch::Tensor CollectActivations(const GptNeoxModel& model,
+torch::Tensor CollectActivations(const LanguageModel& model,
                                  const torch::Tensor& contexts,
                                  const HookPoint& hook,
                                  int64_t contexts_per_forward,
                                  const torch::Device& device);
+
+// An ActivationStream source over the contexts at `starts`: each call
+// gathers the next `contexts_per_forward` of them, runs `model` to `hook`
+// (without autograd) on `device` and returns the activations
+// [contexts * context_length, d_model] in context order; then an undefined
+// tensor. Errors: as GatherContexts. `model` and `tokens` must outlive the
+// source.
+ActivationSource ContextActivationSource(
+    const LanguageModel& model, const format::TokenFile& tokens,
+    std::vector<int64_t> starts, int context_length, const HookPoint& hook,
+    int64_t contexts_per_forward, const torch::Device& device);
 
 }  // namespace saetrack::engine
 

@@ -1,65 +1,19 @@
 #include "worker/engine/gpt_neox.h"
 
-#include <sys/stat.h>
-
-#include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "worker/format/internal/absl_compat.h"
+#include "worker/engine/internal/transformer_ops.h"
 #include "worker/format/internal/status_macros.h"
-#include "worker/format/mapped_file.h"
 #include "worker/format/safetensors.h"
 
 namespace saetrack::engine {
 namespace {
 
-using format::AsAbsl;
-
 // HF's GPTNeoXConfig.initializer_range.
 constexpr double kInitializerRange = 0.02;
-
-absl::StatusOr<torch::Tensor> LoadTensor(
-    const format::SafetensorsCheckpoint& checkpoint, const std::string& name,
-    const std::vector<int64_t>& expected_shape, const torch::Device& device) {
-  absl::StatusOr<const format::TensorView*> found = checkpoint.Get(name);
-  if (!found.ok()) {
-    // A checkpoint without one of the architecture's tensors is malformed.
-    return absl::DataLossError(found.status().message());
-  }
-  const format::TensorView* view = *found;
-  torch::Dtype dtype;
-  switch (view->dtype) {
-    case format::Dtype::kF32:
-      dtype = torch::kFloat32;
-      break;
-    case format::Dtype::kF16:
-      dtype = torch::kFloat16;
-      break;
-    case format::Dtype::kBF16:
-      dtype = torch::kBFloat16;
-      break;
-    default:
-      return absl::DataLossError(absl::StrCat(
-          "tensor \"", name, "\" (at byte ", view->file_offset, ") has dtype ",
-          format::DtypeName(view->dtype), ", expected F32, F16 or BF16"));
-  }
-  if (view->shape != expected_shape) {
-    return absl::DataLossError(absl::StrCat(
-        "tensor \"", name, "\" (at byte ", view->file_offset, ") has shape [",
-        absl::StrJoin(view->shape, ", "), "], expected [",
-        absl::StrJoin(expected_shape, ", "), "] from config.json"));
-  }
-  // Copy rather than from_blob: the mapped bytes need not be aligned for the
-  // element type, and the mapping may go away before the model does.
-  torch::Tensor tensor = torch::empty(view->shape, torch::dtype(dtype));
-  std::memcpy(tensor.data_ptr(), view->bytes.data(), view->bytes.size());
-  return tensor.to(device, torch::kFloat32);
-}
 
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias) {
@@ -68,35 +22,15 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& weight,
 
 }  // namespace
 
-absl::StatusOr<HookSite> ParseHookSite(std::string_view name) {
-  if (name == "resid_pre") return HookSite::kResidPre;
-  if (name == "resid_post") return HookSite::kResidPost;
-  if (name == "attn_out") return HookSite::kAttnOut;
-  if (name == "mlp_out") return HookSite::kMlpOut;
-  return absl::InvalidArgumentError(
-      absl::StrCat("hook site \"", AsAbsl(name),
-                   "\" is not one of resid_pre, resid_post, attn_out, "
-                   "mlp_out"));
-}
-
-const char* HookSiteName(HookSite site) {
-  switch (site) {
-    case HookSite::kResidPre:
-      return "resid_pre";
-    case HookSite::kResidPost:
-      return "resid_post";
-    case HookSite::kAttnOut:
-      return "attn_out";
-    case HookSite::kMlpOut:
-      return "mlp_out";
-  }
-  return "?";
-}
-
 absl::StatusOr<GptNeoxModel> GptNeoxModel::Load(const std::string& dir,
                                                 const torch::Device& device) {
   SAETRACK_ASSIGN_OR_RETURN(format::ModelConfig config,
                             format::LoadModelConfig(dir));
+  if (config.architecture != "gpt_neox") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, "/config.json describes a \"", config.architecture,
+                     "\" model, not \"gpt_neox\""));
+  }
   SAETRACK_ASSIGN_OR_RETURN(format::SafetensorsCheckpoint checkpoint,
                             format::SafetensorsCheckpoint::Open(dir));
   GptNeoxModel model;
@@ -108,13 +42,8 @@ absl::StatusOr<GptNeoxModel> GptNeoxModel::Load(const std::string& dir,
   const int64_t vocab = config.vocab_size;
   auto load = [&](const std::string& name, std::vector<int64_t> shape,
                   torch::Tensor* out) -> absl::Status {
-    absl::StatusOr<torch::Tensor> tensor =
-        LoadTensor(checkpoint, name, shape, device);
-    if (!tensor.ok()) {
-      return absl::Status(tensor.status().code(),
-                          absl::StrCat(dir, ": ", tensor.status().message()));
-    }
-    *out = *std::move(tensor);
+    SAETRACK_ASSIGN_OR_RETURN(*out, internal::LoadCheckpointTensor(
+                                        checkpoint, dir, name, shape, device));
     return absl::OkStatus();
   };
   SAETRACK_RETURN_IF_ERROR(
@@ -264,16 +193,7 @@ torch::Tensor GptNeoxModel::Attention(const GptNeoxBlock& block,
     q = ApplyRotary(q, cos, sin);
     k = ApplyRotary(k, cos, sin);
   }
-  torch::Tensor scores =
-      torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(head_dim_));
-  torch::Tensor future =
-      torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device()))
-          .triu(1);
-  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  torch::Tensor weights = torch::softmax(scores, -1);
-  torch::Tensor context = torch::matmul(weights, v)
-                              .permute({0, 2, 1, 3})
-                              .reshape({batch, seq, heads * head_dim_});
+  const torch::Tensor context = internal::CausalSelfAttention(q, k, v);
   return Linear(context, block.attention_dense_weight,
                 block.attention_dense_bias);
 }
@@ -282,60 +202,44 @@ torch::Tensor GptNeoxModel::Mlp(const GptNeoxBlock& block,
                                 const torch::Tensor& x) const {
   torch::Tensor h =
       Linear(x, block.mlp_dense_h_to_4h_weight, block.mlp_dense_h_to_4h_bias);
-  if (config_.hidden_act == "gelu") {
-    h = torch::gelu(h);
-  } else if (config_.hidden_act == "relu") {
-    h = torch::relu(h);
-  } else {
-    // gelu_new, gelu_fast, gelu_pytorch_tanh: the tanh approximation.
-    h = torch::gelu(h, "tanh");
-  }
+  h = internal::Activation(config_.hidden_act, h);
   return Linear(h, block.mlp_dense_4h_to_h_weight,
                 block.mlp_dense_4h_to_h_bias);
 }
 
-std::vector<torch::Tensor> GptNeoxModel::RunToHooks(
-    const torch::Tensor& tokens, const std::vector<HookPoint>& hooks) const {
-  std::vector<torch::Tensor> out(hooks.size());
-  int last_layer = -1;
-  for (const HookPoint& hook : hooks)
-    last_layer = std::max(last_layer, hook.layer);
-  auto capture = [&](int layer, HookSite site, const torch::Tensor& value) {
-    for (size_t i = 0; i < hooks.size(); ++i) {
-      if (hooks[i].layer == layer && hooks[i].site == site) out[i] = value;
-    }
-  };
-  torch::Tensor x = torch::embedding(embed_in_, tokens);
-  for (int layer = 0; layer <= last_layer; ++layer) {
-    const GptNeoxBlock& block = blocks_[layer];
-    capture(layer, HookSite::kResidPre, x);
-    torch::Tensor attn_out = Attention(
-        block,
-        LayerNorm(x, block.input_layernorm_weight, block.input_layernorm_bias));
-    capture(layer, HookSite::kAttnOut, attn_out);
-    torch::Tensor mlp_out;
-    if (config_.use_parallel_residual) {
-      // x + attn(ln1(x)) + mlp(ln2(x))
-      mlp_out = Mlp(block, LayerNorm(x, block.post_attention_layernorm_weight,
-                                     block.post_attention_layernorm_bias));
-      x = x + attn_out + mlp_out;
-    } else {
-      x = x + attn_out;
-      mlp_out = Mlp(block, LayerNorm(x, block.post_attention_layernorm_weight,
-                                     block.post_attention_layernorm_bias));
-      x = x + mlp_out;
-    }
-    capture(layer, HookSite::kMlpOut, mlp_out);
-    capture(layer, HookSite::kResidPost, x);
-  }
-  return out;
+torch::Tensor GptNeoxModel::Embed(const torch::Tensor& tokens) const {
+  return torch::embedding(embed_in_, tokens);
 }
 
-torch::Tensor GptNeoxModel::Logits(const torch::Tensor& tokens) const {
-  torch::Tensor x = RunToHooks(
-      tokens, {{config_.num_hidden_layers - 1, HookSite::kResidPost}})[0];
-  x = LayerNorm(x, final_layer_norm_weight_, final_layer_norm_bias_);
-  return torch::matmul(x, embed_out_.t());
+torch::Tensor GptNeoxModel::Block(int layer, const torch::Tensor& resid_pre,
+                                  const SiteInterceptor& intercept) const {
+  const GptNeoxBlock& block = blocks_[layer];
+  const torch::Tensor attn_out = intercept(
+      HookSite::kAttnOut,
+      Attention(block, LayerNorm(resid_pre, block.input_layernorm_weight,
+                                 block.input_layernorm_bias)));
+  if (config_.use_parallel_residual) {
+    // x + attn(ln1(x)) + mlp(ln2(x))
+    const torch::Tensor mlp_out = intercept(
+        HookSite::kMlpOut,
+        Mlp(block, LayerNorm(resid_pre, block.post_attention_layernorm_weight,
+                             block.post_attention_layernorm_bias)));
+    return resid_pre + attn_out + mlp_out;
+  }
+  const torch::Tensor mid = resid_pre + attn_out;
+  const torch::Tensor mlp_out =
+      intercept(HookSite::kMlpOut,
+                Mlp(block, LayerNorm(mid, block.post_attention_layernorm_weight,
+                                     block.post_attention_layernorm_bias)));
+  return mid + mlp_out;
+}
+
+torch::Tensor GptNeoxModel::FinalNorm(const torch::Tensor& resid) const {
+  return LayerNorm(resid, final_layer_norm_weight_, final_layer_norm_bias_);
+}
+
+torch::Tensor GptNeoxModel::Unembed(const torch::Tensor& normed) const {
+  return torch::matmul(normed, embed_out_.t());
 }
 
 std::vector<std::pair<std::string, torch::Tensor>>
@@ -381,23 +285,7 @@ GptNeoxModel::NamedParameters() const {
 
 absl::Status GptNeoxModel::SaveHuggingFace(
     const std::string& dir, const std::string& config_json) const {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", dir));
-  }
-  format::SafetensorsWriter writer;
-  // HF's save_pretrained marks PyTorch checkpoints this way.
-  writer.SetMetadata("format", "pt");
-  for (const auto& [name, tensor] : NamedParameters()) {
-    torch::Tensor cpu =
-        tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
-    SAETRACK_RETURN_IF_ERROR(writer.AddF32(
-        name, std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
-        cpu.data_ptr<float>()));
-  }
-  SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
-      absl::StrCat(dir, "/model.safetensors"), writer.Serialize()));
-  return format::WriteFileAtomically(absl::StrCat(dir, "/config.json"),
-                                     config_json);
+  return internal::SaveHuggingFace(dir, config_json, NamedParameters());
 }
 
 }  // namespace saetrack::engine

@@ -10,31 +10,14 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/language_model.h"
 #include "worker/format/model_config.h"
 
 namespace saetrack::engine {
-
-// Where in a block an activation is read.
-enum class HookSite {
-  kResidPre,   // residual stream entering block L
-  kResidPost,  // residual stream leaving block L (== resid_pre of L + 1)
-  kAttnOut,    // attention output of block L (after attention.dense)
-  kMlpOut,     // MLP output of block L (after mlp.dense_4h_to_h)
-};
-
-// "resid_pre", "resid_post", "attn_out", "mlp_out". Errors: kInvalidArgument
-// naming the value.
-absl::StatusOr<HookSite> ParseHookSite(std::string_view name);
-const char* HookSiteName(HookSite site);
-
-struct HookPoint {
-  int layer = 0;
-  HookSite site = HookSite::kResidPre;
-};
 
 // Weights of one transformer block, in HF layout ([out, in] linear weights).
 struct GptNeoxBlock {
@@ -49,14 +32,14 @@ struct GptNeoxBlock {
 
 // The model. Owns its weight tensors (float32, on one device). Forward calls
 // do not modify the model, so concurrent forwards are safe; training (through
-// Parameters()) is not.
-class GptNeoxModel {
+// the tensors of NamedParameters()) is not. Copies share weight tensors.
+class GptNeoxModel : public LanguageModel {
  public:
   // Loads `dir`/config.json and the safetensors weights (single or sharded;
   // F32, F16 or BF16, converted to float32) onto `device`. Errors: as
   // format::LoadModelConfig and format::SafetensorsCheckpoint::Open;
-  // kDataLoss naming the tensor when a tensor is missing or has the wrong
-  // shape or dtype.
+  // kInvalidArgument when the config is not a GPT-NeoX one; kDataLoss naming
+  // the tensor when a tensor is missing or has the wrong shape or dtype.
   static absl::StatusOr<GptNeoxModel> Load(const std::string& dir,
                                            const torch::Device& device);
 
@@ -66,15 +49,8 @@ class GptNeoxModel {
   static GptNeoxModel RandomInit(const format::ModelConfig& config,
                                  uint64_t seed, const torch::Device& device);
 
-  // Logits [batch, seq, vocab] for token ids [batch, seq] (int64). Works
-  // with autograd when the parameters require grad.
-  torch::Tensor Logits(const torch::Tensor& tokens) const;
-
-  // Activations [batch, seq, hidden] at each hook, in the order given; runs
-  // blocks only up to the deepest hooked layer. REQUIRES: every hook layer is
-  // in [0, num_hidden_layers).
-  std::vector<torch::Tensor> RunToHooks(
-      const torch::Tensor& tokens, const std::vector<HookPoint>& hooks) const;
+  // Forward passes (Logits, RunToHooks, ...) come from LanguageModel; they
+  // work with autograd when the parameters require grad.
 
   // Every weight tensor with its HF name, in a fixed order.
   std::vector<std::pair<std::string, torch::Tensor>> NamedParameters() const;
@@ -84,7 +60,14 @@ class GptNeoxModel {
   absl::Status SaveHuggingFace(const std::string& dir,
                                const std::string& config_json) const;
 
-  const format::ModelConfig& config() const { return config_; }
+  const format::ModelConfig& config() const override { return config_; }
+
+ protected:
+  torch::Tensor Embed(const torch::Tensor& tokens) const override;
+  torch::Tensor Block(int layer, const torch::Tensor& resid_pre,
+                      const SiteInterceptor& intercept) const override;
+  torch::Tensor FinalNorm(const torch::Tensor& resid) const override;
+  torch::Tensor Unembed(const torch::Tensor& normed) const override;
 
  private:
   GptNeoxModel() = default;

@@ -13,8 +13,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "worker/engine/activation_stream.h"
 #include "worker/engine/activations.h"
-#include "worker/engine/gpt_neox.h"
+#include "worker/engine/language_model.h"
 #include "worker/engine/sae.h"
 #include "worker/engine/training_engine.h"
 #include "worker/format/internal/status_macros.h"
@@ -26,9 +27,11 @@ namespace {
 // Tokens per LM forward pass: large enough for efficient GEMMs, small enough
 // that attention scores of a big model fit comfortably.
 constexpr int64_t kTokensPerForward = 8192;
-// Upper bound on the training activations held at once; they are collected in
-// buffers of this size, shuffled, and consumed batch by batch.
+// Size of the mixing buffer of training activations (ActivationStream): large
+// enough to mix many forward passes, small enough for any GPU.
 constexpr int64_t kActivationBufferBytes = int64_t{256} << 20;
+// Refill the mixing buffer when half of it has been served (SAELens' choice).
+constexpr double kActivationRefillFraction = 0.5;
 // Rows of the first buffer used for the geometric median of b_dec.
 constexpr int64_t kGeometricMedianSample = 4096;
 // Steps between progress callbacks.
@@ -41,11 +44,11 @@ absl::Status InvalidField(std::string_view field, std::string_view what) {
 }
 
 absl::Status ValidateInput(const TrainInput& input) {
-  if (input.architecture != "gpt_neox") {
+  if (input.architecture != "gpt_neox" && input.architecture != "gpt2") {
     return InvalidField("architecture",
                         absl::StrCat("\"", input.architecture,
                                      "\" is not supported (supported: "
-                                     "\"gpt_neox\")"));
+                                     "\"gpt_neox\", \"gpt2\")"));
   }
   if (input.sae_architecture != "relu_l1") {
     return InvalidField("sae_architecture",
@@ -112,9 +115,15 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     SAETRACK_ASSIGN_OR_RETURN(const HookSite site, ParseHookSite(input.site));
     SAETRACK_ASSIGN_OR_RETURN(const format::TokenDtype token_dtype,
                               format::ParseTokenDtype(input.token_dtype));
-    SAETRACK_ASSIGN_OR_RETURN(const GptNeoxModel model,
-                              GptNeoxModel::Load(input.model_dir, device_));
-    const format::ModelConfig& config = model.config();
+    SAETRACK_ASSIGN_OR_RETURN(const std::unique_ptr<LanguageModel> model,
+                              LoadLanguageModel(input.model_dir, device_));
+    const format::ModelConfig& config = model->config();
+    if (config.architecture != input.architecture) {
+      return InvalidField(
+          "architecture",
+          absl::StrCat("is \"", input.architecture, "\", but ", input.model_dir,
+                       " holds a \"", config.architecture, "\" model"));
+    }
     if (input.layer >= config.num_hidden_layers) {
       return InvalidField(
           "layer",
@@ -152,40 +161,28 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         const torch::Tensor eval_contexts,
         GatherContexts(tokens, eval_starts, context_length, config.vocab_size));
     const torch::Tensor eval_activations = CollectActivations(
-        model, eval_contexts, hook, contexts_per_forward, device_);
+        *model, eval_contexts, hook, contexts_per_forward, device_);
 
-    // Training contexts, consumed in shuffled buffers.
+    // Training contexts, streamed through a shuffling buffer.
     const int64_t train_contexts = CeilDiv(input.train_tokens, context_length);
-    const std::vector<int64_t> train_starts =
-        SampleTrainContexts(*split, context_length, train_contexts, input.seed);
-    const int64_t buffer_contexts = std::max<int64_t>(
-        CeilDiv(input.batch_size, context_length),
-        kActivationBufferBytes /
-            (int64_t{context_length} * d_in * int64_t{sizeof(float)}));
-    at::Generator shuffle_generator =
-        at::detail::createCPUGenerator(input.seed ^ 0x5AE7AC4ULL);
-    int64_t next_context = 0;
-    // Returns the next buffer of shuffled activations, or an undefined
-    // tensor when all training contexts are used.
-    auto next_buffer = [&]() -> absl::StatusOr<torch::Tensor> {
-      if (next_context >= train_contexts) return torch::Tensor();
-      const int64_t count =
-          std::min(buffer_contexts, train_contexts - next_context);
-      const std::vector<int64_t> starts(
-          train_starts.begin() + next_context,
-          train_starts.begin() + next_context + count);
-      next_context += count;
-      SAETRACK_ASSIGN_OR_RETURN(
-          const torch::Tensor contexts,
-          GatherContexts(tokens, starts, context_length, config.vocab_size));
-      const torch::Tensor activations = CollectActivations(
-          model, contexts, hook, contexts_per_forward, device_);
-      const torch::Tensor order =
-          torch::randperm(activations.size(0), shuffle_generator, torch::kInt64)
-              .to(device_);
-      return activations.index_select(0, order);
-    };
-    SAETRACK_ASSIGN_OR_RETURN(torch::Tensor buffer, next_buffer());
+    ActivationStreamOptions stream_options;
+    // No bigger than the whole training set, so small jobs allocate little.
+    stream_options.buffer_rows = std::max<int64_t>(
+        input.batch_size,
+        std::min(train_contexts * context_length,
+                 kActivationBufferBytes / (d_in * int64_t{sizeof(float)})));
+    stream_options.refill_fraction = kActivationRefillFraction;
+    stream_options.seed = input.seed ^ 0x5AE7AC4ULL;
+    stream_options.device = device_;
+    SAETRACK_ASSIGN_OR_RETURN(
+        ActivationStream stream,
+        ActivationStream::Create(
+            ContextActivationSource(
+                *model, tokens,
+                SampleTrainContexts(*split, context_length, train_contexts,
+                                    input.seed),
+                context_length, hook, contexts_per_forward, device_),
+            stream_options));
 
     // The SAE: from the previous one of the chain, or from scratch.
     ReluSae sae;
@@ -204,8 +201,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       }
       init_sae = sae.Clone();
     } else {
-      const torch::Tensor sample = buffer.narrow(
-          0, 0, std::min<int64_t>(kGeometricMedianSample, buffer.size(0)));
+      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor sample,
+                                stream.Peek(kGeometricMedianSample));
       sae = InitSaeFromScratch(d_sae, sample, input.seed);
     }
 
@@ -220,10 +217,13 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     trainer_options.warmup_steps = input.warmup_steps;
     {
       SaeTrainer trainer(&sae, trainer_options);
-      torch::Tensor pending;  // rows not yet trained on
       double last_loss = 0;
       int64_t tokens_done = 0;
-      auto train_batch = [&](const torch::Tensor& batch) -> absl::Status {
+      while (true) {
+        SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch,
+                                  stream.NextBatch(input.batch_size));
+        // The last batch may be smaller; one row has no batch variance.
+        if (!batch.defined() || batch.size(0) < 2) break;
         last_loss = trainer.Step(batch).total.item<double>();
         tokens_done += batch.size(0);
         if (trainer.steps() % kProgressEverySteps == 0 && progress &&
@@ -231,23 +231,6 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
           return absl::CancelledError(absl::StrCat(
               "SAE training cancelled after ", tokens_done, " tokens"));
         }
-        return absl::OkStatus();
-      };
-      while (buffer.defined()) {
-        pending = pending.defined() ? torch::cat({pending, buffer}) : buffer;
-        const int64_t full_batches = pending.size(0) / input.batch_size;
-        for (int64_t b = 0; b < full_batches; ++b) {
-          SAETRACK_RETURN_IF_ERROR(train_batch(
-              pending.narrow(0, b * input.batch_size, input.batch_size)));
-        }
-        pending =
-            pending.narrow(0, full_batches * input.batch_size,
-                           pending.size(0) - full_batches * input.batch_size);
-        SAETRACK_ASSIGN_OR_RETURN(buffer, next_buffer());
-      }
-      // The remainder is a smaller last batch; one row has no batch variance.
-      if (pending.defined() && pending.size(0) >= 2) {
-        SAETRACK_RETURN_IF_ERROR(train_batch(pending));
       }
       output.tokens_trained = tokens_done;
       if (progress && !progress(tokens_done, last_loss)) {

@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -20,7 +21,19 @@ namespace saetrack::format {
 namespace {
 
 constexpr char kGptNeoxModelType[] = "gpt_neox";
-constexpr char kGptNeoxArchitecture[] = "GPTNeoXForCausalLM";
+constexpr char kGpt2ModelType[] = "gpt2";
+
+// Hugging Face class names in `architectures` that map to a model type, for
+// configs without model_type.
+struct KnownArchitecture {
+  const char* class_name;
+  const char* model_type;
+};
+constexpr KnownArchitecture kKnownArchitectures[] = {
+    {"GPTNeoXForCausalLM", kGptNeoxModelType},
+    {"GPT2LMHeadModel", kGpt2ModelType},
+    {"GPT2Model", kGpt2ModelType},
+};
 
 // Activations the engine implements (HF ACT2FN names).
 constexpr const char* kSupportedActivations[] = {
@@ -122,6 +135,7 @@ class ConfigReader {
   }
 
   const JsonValue& root() const { return root_; }
+  std::string_view origin() const { return origin_; }
 
  private:
   const JsonValue& root_;
@@ -136,28 +150,205 @@ absl::StatusOr<std::string> ResolveArchitecture(const ConfigReader& reader) {
     if (!model_type->is_string()) {
       return reader.Error("model_type", model_type, "must be a string");
     }
-    if (model_type->string_value() != kGptNeoxModelType) {
+    const std::string& name = model_type->string_value();
+    if (name != kGptNeoxModelType && name != kGpt2ModelType) {
       return reader.Error(
           "model_type", model_type,
-          absl::StrCat("is \"", model_type->string_value(),
+          absl::StrCat("is \"", name,
                        "\", an unsupported architecture (supported: \"",
-                       kGptNeoxModelType, "\")"));
+                       kGptNeoxModelType, "\", \"", kGpt2ModelType, "\")"));
     }
-    return std::string(kGptNeoxModelType);
+    return name;
   }
   const JsonValue* architectures = reader.root().Find("architectures");
   if (architectures != nullptr && architectures->is_array() &&
       !architectures->array().empty() &&
       architectures->array()[0].is_string()) {
     const std::string& name = architectures->array()[0].string_value();
-    if (name == kGptNeoxArchitecture) return std::string(kGptNeoxModelType);
+    std::vector<std::string> supported;
+    for (const KnownArchitecture& known : kKnownArchitectures) {
+      if (name == known.class_name) return std::string(known.model_type);
+      supported.push_back(absl::StrCat("\"", known.class_name, "\""));
+    }
     return reader.Error("architectures", architectures,
                         absl::StrCat("names \"", name,
                                      "\", an unsupported architecture "
-                                     "(supported: \"",
-                                     kGptNeoxArchitecture, "\")"));
+                                     "(supported: ",
+                                     absl::StrJoin(supported, ", "), ")"));
   }
   return reader.Error("model_type", nullptr, "is missing");
+}
+
+// Checks shared by every architecture; `*_field` are the names the config
+// uses for hidden size, heads, layer-norm epsilon and activation.
+absl::Status CheckCommonFields(const ConfigReader& reader,
+                               const ModelConfig& config,
+                               std::string_view hidden_field,
+                               std::string_view heads_field,
+                               std::string_view eps_field,
+                               std::string_view activation_field) {
+  if (config.hidden_size % config.num_attention_heads != 0) {
+    return reader.Error(
+        hidden_field, reader.root().Find(hidden_field),
+        absl::StrCat("(", config.hidden_size, ") is not divisible by ",
+                     AsAbsl(heads_field), " (", config.num_attention_heads,
+                     ")"));
+  }
+  if (!(config.layer_norm_eps > 0)) {
+    return reader.Error(
+        eps_field, reader.root().Find(eps_field),
+        absl::StrCat("must be positive, found ", config.layer_norm_eps));
+  }
+  bool activation_supported = false;
+  for (const char* name : kSupportedActivations) {
+    if (config.hidden_act == name) activation_supported = true;
+  }
+  if (!activation_supported) {
+    return reader.Error(
+        activation_field, reader.root().Find(activation_field),
+        absl::StrCat("is \"", config.hidden_act, "\", not one of: ",
+                     absl::StrJoin(kSupportedActivations, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+// GPT2Config fields. HF's attribute_map lets the NeoX-style names stand in
+// for the GPT-2 ones, so both are accepted (GPT-2 names first).
+absl::Status ParseGpt2Fields(const ConfigReader& reader, ModelConfig* config) {
+  SAETRACK_RETURN_IF_ERROR(
+      reader.PositiveInt({"vocab_size"}, true, &config->vocab_size));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"n_embd", "hidden_size"}, true,
+                                              &config->hidden_size));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt(
+      {"n_layer", "num_hidden_layers"}, true, &config->num_hidden_layers));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt(
+      {"n_head", "num_attention_heads"}, true, &config->num_attention_heads));
+  // n_inner: null (the usual value) means 4 * n_embd.
+  config->intermediate_size = 4 * config->hidden_size;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.PositiveInt({"n_inner"}, false, &config->intermediate_size));
+  // HF's GPT2Config default; learned positions make it a hard limit.
+  config->max_position_embeddings = 1024;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.PositiveInt({"n_positions", "max_position_embeddings"}, false,
+                         &config->max_position_embeddings));
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalDouble({"layer_norm_epsilon"}, &config->layer_norm_eps));
+  config->hidden_act = "gelu_new";
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalString("activation_function", &config->hidden_act));
+  config->tie_word_embeddings = true;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalBool("tie_word_embeddings", &config->tie_word_embeddings));
+  // GPT-2 has neither rotary embeddings nor a parallel residual.
+  config->rotary_pct = 0;
+  config->use_parallel_residual = false;
+
+  // Variants the engine does not implement; refusing them beats silently
+  // computing a different model.
+  bool scale_attn_weights = true;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalBool("scale_attn_weights", &scale_attn_weights));
+  if (!scale_attn_weights) {
+    return reader.Error("scale_attn_weights",
+                        reader.root().Find("scale_attn_weights"),
+                        "is false; only scaled attention is supported");
+  }
+  bool scale_by_layer = false;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalBool("scale_attn_by_inverse_layer_idx", &scale_by_layer));
+  if (scale_by_layer) {
+    return reader.Error("scale_attn_by_inverse_layer_idx",
+                        reader.root().Find("scale_attn_by_inverse_layer_idx"),
+                        "is true, which is not supported");
+  }
+  std::string_view name;
+  reader.FindAny({"n_embd", "hidden_size"}, &name);
+  std::string_view heads_name;
+  reader.FindAny({"n_head", "num_attention_heads"}, &heads_name);
+  return CheckCommonFields(reader, *config, name, heads_name,
+                           "layer_norm_epsilon", "activation_function");
+}
+
+// GPTNeoXConfig fields.
+absl::Status ParseGptNeoxFields(const ConfigReader& reader,
+                                ModelConfig* config) {
+  SAETRACK_RETURN_IF_ERROR(
+      reader.PositiveInt({"vocab_size"}, true, &config->vocab_size));
+  SAETRACK_RETURN_IF_ERROR(
+      reader.PositiveInt({"hidden_size"}, true, &config->hidden_size));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"num_hidden_layers"}, true,
+                                              &config->num_hidden_layers));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"num_attention_heads"}, true,
+                                              &config->num_attention_heads));
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"intermediate_size"}, true,
+                                              &config->intermediate_size));
+  // HF's GPTNeoXConfig default.
+  config->max_position_embeddings = 2048;
+  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt(
+      {"max_position_embeddings"}, false, &config->max_position_embeddings));
+  // Newer transformers versions write partial_rotary_factor / rope_theta,
+  // at the top level or inside a rope_parameters object.
+  const JsonValue* rope_parameters = reader.root().Find("rope_parameters");
+  const ConfigReader rope_reader(
+      rope_parameters != nullptr && rope_parameters->is_object()
+          ? *rope_parameters
+          : reader.root(),
+      reader.origin());
+  SAETRACK_RETURN_IF_ERROR(reader.OptionalDouble(
+      {"rotary_pct", "partial_rotary_factor"}, &config->rotary_pct));
+  SAETRACK_RETURN_IF_ERROR(rope_reader.OptionalDouble({"partial_rotary_factor"},
+                                                      &config->rotary_pct));
+  double rotary_base = config->rotary_emb_base;
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalDouble({"rotary_emb_base", "rope_theta"}, &rotary_base));
+  SAETRACK_RETURN_IF_ERROR(
+      rope_reader.OptionalDouble({"rope_theta"}, &rotary_base));
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalDouble({"layer_norm_eps"}, &config->layer_norm_eps));
+  SAETRACK_RETURN_IF_ERROR(reader.OptionalBool("use_parallel_residual",
+                                               &config->use_parallel_residual));
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalBool("tie_word_embeddings", &config->tie_word_embeddings));
+  SAETRACK_RETURN_IF_ERROR(
+      reader.OptionalString("hidden_act", &config->hidden_act));
+
+  // Consistency checks, each naming the offending field.
+  SAETRACK_RETURN_IF_ERROR(CheckCommonFields(reader, *config, "hidden_size",
+                                             "num_attention_heads",
+                                             "layer_norm_eps", "hidden_act"));
+  if (!(config->rotary_pct >= 0 && config->rotary_pct <= 1)) {
+    std::string_view name;
+    const JsonValue* value =
+        reader.FindAny({"rotary_pct", "partial_rotary_factor"}, &name);
+    return reader.Error(
+        name, value,
+        absl::StrCat("must be in [0, 1], found ", config->rotary_pct));
+  }
+  const int head_dim = config->hidden_size / config->num_attention_heads;
+  // HF truncates: rotary_ndims = int(head_size * rotary_pct). rotate_half
+  // splits the rotary dims in two halves, so they must be even.
+  const int rotary_dims = static_cast<int>(head_dim * config->rotary_pct);
+  if (rotary_dims % 2 != 0) {
+    std::string_view name;
+    const JsonValue* value =
+        reader.FindAny({"rotary_pct", "partial_rotary_factor"}, &name);
+    return reader.Error(
+        name, value,
+        absl::StrCat("gives an odd number of rotary dimensions (", rotary_dims,
+                     " of head size ", head_dim, ")"));
+  }
+  if (!(rotary_base > 0) || rotary_base != std::floor(rotary_base) ||
+      rotary_base > std::numeric_limits<int>::max()) {
+    std::string_view name;
+    const JsonValue* value =
+        reader.FindAny({"rotary_emb_base", "rope_theta"}, &name);
+    return reader.Error(
+        name, value,
+        absl::StrCat("must be a positive integer, found ", rotary_base));
+  }
+  config->rotary_emb_base = static_cast<int>(rotary_base);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -177,88 +368,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
   if (!architecture.ok()) return architecture.status();
   config.architecture = *std::move(architecture);
 
-  SAETRACK_RETURN_IF_ERROR(
-      reader.PositiveInt({"vocab_size"}, true, &config.vocab_size));
-  SAETRACK_RETURN_IF_ERROR(
-      reader.PositiveInt({"hidden_size"}, true, &config.hidden_size));
-  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"num_hidden_layers"}, true,
-                                              &config.num_hidden_layers));
-  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"num_attention_heads"}, true,
-                                              &config.num_attention_heads));
-  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt({"intermediate_size"}, true,
-                                              &config.intermediate_size));
-  // HF's GPTNeoXConfig default.
-  config.max_position_embeddings = 2048;
-  SAETRACK_RETURN_IF_ERROR(reader.PositiveInt(
-      {"max_position_embeddings"}, false, &config.max_position_embeddings));
-  // Newer transformers versions write partial_rotary_factor / rope_theta.
-  SAETRACK_RETURN_IF_ERROR(reader.OptionalDouble(
-      {"rotary_pct", "partial_rotary_factor"}, &config.rotary_pct));
-  double rotary_base = config.rotary_emb_base;
-  SAETRACK_RETURN_IF_ERROR(
-      reader.OptionalDouble({"rotary_emb_base", "rope_theta"}, &rotary_base));
-  SAETRACK_RETURN_IF_ERROR(
-      reader.OptionalDouble({"layer_norm_eps"}, &config.layer_norm_eps));
-  SAETRACK_RETURN_IF_ERROR(reader.OptionalBool("use_parallel_residual",
-                                               &config.use_parallel_residual));
-  SAETRACK_RETURN_IF_ERROR(
-      reader.OptionalBool("tie_word_embeddings", &config.tie_word_embeddings));
-  SAETRACK_RETURN_IF_ERROR(
-      reader.OptionalString("hidden_act", &config.hidden_act));
-
-  // Consistency checks, each naming the offending field.
-  if (config.hidden_size % config.num_attention_heads != 0) {
-    return reader.Error(
-        "hidden_size", root->Find("hidden_size"),
-        absl::StrCat("(", config.hidden_size,
-                     ") is not divisible by num_attention_heads (",
-                     config.num_attention_heads, ")"));
-  }
-  if (!(config.rotary_pct >= 0 && config.rotary_pct <= 1)) {
-    std::string_view name;
-    const JsonValue* value =
-        reader.FindAny({"rotary_pct", "partial_rotary_factor"}, &name);
-    return reader.Error(
-        name, value,
-        absl::StrCat("must be in [0, 1], found ", config.rotary_pct));
-  }
-  const int head_dim = config.hidden_size / config.num_attention_heads;
-  // HF truncates: rotary_ndims = int(head_size * rotary_pct). rotate_half
-  // splits the rotary dims in two halves, so they must be even.
-  const int rotary_dims = static_cast<int>(head_dim * config.rotary_pct);
-  if (rotary_dims % 2 != 0) {
-    std::string_view name;
-    const JsonValue* value =
-        reader.FindAny({"rotary_pct", "partial_rotary_factor"}, &name);
-    return reader.Error(
-        name, value,
-        absl::StrCat("gives an odd number of rotary dimensions (", rotary_dims,
-                     " of head size ", head_dim, ")"));
-  }
-  if (!(rotary_base > 0) || rotary_base != std::floor(rotary_base) ||
-      rotary_base > std::numeric_limits<int>::max()) {
-    std::string_view name;
-    const JsonValue* value =
-        reader.FindAny({"rotary_emb_base", "rope_theta"}, &name);
-    return reader.Error(
-        name, value,
-        absl::StrCat("must be a positive integer, found ", rotary_base));
-  }
-  config.rotary_emb_base = static_cast<int>(rotary_base);
-  if (!(config.layer_norm_eps > 0)) {
-    return reader.Error(
-        "layer_norm_eps", root->Find("layer_norm_eps"),
-        absl::StrCat("must be positive, found ", config.layer_norm_eps));
-  }
-  bool activation_supported = false;
-  for (const char* name : kSupportedActivations) {
-    if (config.hidden_act == name) activation_supported = true;
-  }
-  if (!activation_supported) {
-    return reader.Error(
-        "hidden_act", root->Find("hidden_act"),
-        absl::StrCat("is \"", config.hidden_act, "\", not one of: ",
-                     absl::StrJoin(kSupportedActivations, ", ")));
+  if (config.architecture == kGpt2ModelType) {
+    SAETRACK_RETURN_IF_ERROR(ParseGpt2Fields(reader, &config));
+  } else {
+    SAETRACK_RETURN_IF_ERROR(ParseGptNeoxFields(reader, &config));
   }
   return config;
 }

@@ -152,6 +152,138 @@ TEST(ModelConfigTest, SyntaxErrorNamesFileAndOffset) {
   EXPECT_THAT(ParseError("[1]").message(), HasSubstr("JSON object"));
 }
 
+// The config.json of openai-community/gpt2 (as on the Hugging Face hub).
+constexpr char kGpt2[] = R"({
+  "activation_function": "gelu_new",
+  "architectures": ["GPT2LMHeadModel"],
+  "attn_pdrop": 0.1,
+  "bos_token_id": 50256,
+  "embd_pdrop": 0.1,
+  "eos_token_id": 50256,
+  "initializer_range": 0.02,
+  "layer_norm_epsilon": 1e-05,
+  "model_type": "gpt2",
+  "n_ctx": 1024,
+  "n_embd": 768,
+  "n_head": 12,
+  "n_layer": 12,
+  "n_positions": 1024,
+  "resid_pdrop": 0.1,
+  "summary_activation": null,
+  "summary_first_dropout": 0.1,
+  "summary_proj_to_labels": true,
+  "summary_type": "cls_index",
+  "summary_use_proj": true,
+  "vocab_size": 50257
+})";
+
+std::string ReplaceGpt2(absl::string_view from, absl::string_view to) {
+  return absl::StrReplaceAll(kGpt2, {{from, to}});
+}
+
+TEST(ModelConfigGpt2Test, ParsesGpt2WithDefaults) {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(kGpt2, "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->architecture, "gpt2");
+  EXPECT_EQ(config->vocab_size, 50257);
+  EXPECT_EQ(config->hidden_size, 768);
+  EXPECT_EQ(config->num_hidden_layers, 12);
+  EXPECT_EQ(config->num_attention_heads, 12);
+  EXPECT_EQ(config->intermediate_size, 4 * 768);  // n_inner absent
+  EXPECT_EQ(config->max_position_embeddings, 1024);
+  EXPECT_DOUBLE_EQ(config->layer_norm_eps, 1e-5);
+  EXPECT_EQ(config->hidden_act, "gelu_new");
+  EXPECT_TRUE(config->tie_word_embeddings);
+  EXPECT_FALSE(config->use_parallel_residual);
+  EXPECT_DOUBLE_EQ(config->rotary_pct, 0);
+}
+
+TEST(ModelConfigGpt2Test, ExplicitAndNullFields) {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(
+      ReplaceGpt2("\"n_ctx\": 1024,",
+                  "\"n_inner\": null, \"tie_word_embeddings\": false,"),
+      "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->intermediate_size, 3072);
+  EXPECT_FALSE(config->tie_word_embeddings);
+
+  config = ParseModelConfig(
+      absl::StrReplaceAll(kGpt2,
+                          {{"\"n_ctx\": 1024,", "\"n_inner\": 100,"},
+                           {"\"n_positions\": 1024", "\"n_positions\": 64"}}),
+      "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->intermediate_size, 100);
+  EXPECT_EQ(config->max_position_embeddings, 64);
+}
+
+TEST(ModelConfigGpt2Test, ArchitectureFallbackWithoutModelType) {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(
+      ReplaceGpt2("\"model_type\": \"gpt2\",", ""), "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->architecture, "gpt2");
+  const absl::Status status = ParseError(
+      absl::StrReplaceAll(kGpt2, {{"\"model_type\": \"gpt2\",", ""},
+                                  {"GPT2LMHeadModel", "GPTJForCausalLM"}}));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("field \"architectures\""));
+  EXPECT_THAT(status.message(), HasSubstr("\"GPT2LMHeadModel\""));
+}
+
+TEST(ModelConfigGpt2Test, ErrorsNameGpt2Fields) {
+  EXPECT_THAT(
+      ParseError(ReplaceGpt2("\"n_embd\": 768", "\"width\": 768")).message(),
+      HasSubstr("config.json: field \"n_embd\" is missing"));
+  EXPECT_THAT(
+      ParseError(ReplaceGpt2("\"n_layer\": 12", "\"n_layer\": 0")).message(),
+      HasSubstr("field \"n_layer\" (at byte"));
+  EXPECT_THAT(
+      ParseError(ReplaceGpt2("\"n_head\": 12", "\"n_head\": 7")).message(),
+      HasSubstr("field \"n_embd\" (at byte"));
+  EXPECT_THAT(
+      ParseError(ReplaceGpt2("\"n_head\": 12", "\"n_head\": 7")).message(),
+      HasSubstr("not divisible by n_head (7)"));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"n_ctx\": 1024,", "\"n_inner\": 1.5,"))
+                  .message(),
+              HasSubstr("field \"n_inner\" (at byte"));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"n_positions\": 1024",
+                                     "\"n_positions\": \"long\""))
+                  .message(),
+              HasSubstr("field \"n_positions\" (at byte"));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"layer_norm_epsilon\": 1e-05",
+                                     "\"layer_norm_epsilon\": -1"))
+                  .message(),
+              HasSubstr("field \"layer_norm_epsilon\""));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"gelu_new\"", "\"swish\"")).message(),
+              HasSubstr("field \"activation_function\" (at byte"));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"n_ctx\": 1024,",
+                                     "\"scale_attn_weights\": false,"))
+                  .message(),
+              HasSubstr("field \"scale_attn_weights\""));
+  EXPECT_THAT(ParseError(ReplaceGpt2("\"n_ctx\": 1024,",
+                                     "\"scale_attn_by_inverse_layer_idx\": "
+                                     "true,"))
+                  .message(),
+              HasSubstr("field \"scale_attn_by_inverse_layer_idx\""));
+  EXPECT_THAT(
+      ParseError(ReplaceGpt2("\"n_ctx\": 1024,", "\"tie_word_embeddings\": 1,"))
+          .message(),
+      HasSubstr("field \"tie_word_embeddings\""));
+}
+
+TEST(ModelConfigTest, ReadsRopeParametersObject) {
+  const std::string text =
+      absl::StrReplaceAll(kPythia70m, {{"\"rotary_emb_base\": 10000,", ""},
+                                       {"\"rotary_pct\": 0.25,",
+                                        "\"rope_parameters\": {\"rope_type\": "
+                                        "\"default\", \"rope_theta\": 500.0, "
+                                        "\"partial_rotary_factor\": 1.0},"}});
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(text, "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_DOUBLE_EQ(config->rotary_pct, 1.0);
+  EXPECT_EQ(config->rotary_emb_base, 500);
+}
+
 class LoadModelConfigTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -112,7 +112,9 @@ absl::Status DecodeToFloat(const TensorView& tensor, float* out) {
   const char* bytes = tensor.bytes.data();
   switch (tensor.dtype) {
     case Dtype::kF32:
-      std::memcpy(out, bytes, count * sizeof(float));
+      // `out` may be null for an empty tensor, and memcpy from or to null is
+      // undefined even for 0 bytes.
+      if (count > 0) std::memcpy(out, bytes, count * sizeof(float));
       return absl::OkStatus();
     case Dtype::kF16:
       for (int64_t i = 0; i < count; ++i) {
@@ -201,7 +203,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
   const std::string_view data = file.substr(data_start);
 
   SafetensorsFile result;
-  result.origin_ = std::move(origin);
+  // Copied, not moved: data_loss below still names the file by `origin`.
+  result.origin_ = origin;
   auto at = [](const JsonValue& value) { return value.offset(); };
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  // parallel to tensors
   for (const JsonValue::Member& member : header->members()) {
