@@ -176,9 +176,9 @@ double GemmBaselineGflops(const ModelShape& shape,
     result = torch::matmul(gemm.activations, gemm.weight);
     Synchronize(device);
     ++runs;
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                            start)
-                  .count();
+    seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
   } while (seconds < kGemmBaselineSeconds);
   const double gflops = gemm.flops * runs / seconds / 1e9;
   GemmBaselines()[key] = gflops;
@@ -254,8 +254,9 @@ void RegisterAll() {
   if (torch::cuda::is_available()) {
     devices.emplace_back(torch::kCUDA, 0);
   } else {
-    std::fprintf(stderr, "activations_bench: no CUDA device; CUDA rows "
-                         "skipped\n");
+    std::fprintf(stderr,
+                 "activations_bench: no CUDA device; CUDA rows "
+                 "skipped\n");
   }
   for (const torch::Device& device : devices) {
     const std::string where = device.is_cuda() ? "cuda" : "cpu";

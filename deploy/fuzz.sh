@@ -67,8 +67,12 @@ dict="$build/safetensors.dict"
   done
 } >"$dict"
 
+# libFuzzer exits 77 on a crash by default, which ctest would read as
+# "skipped": crashes, timeouts and OOMs exit 1 instead.
 exec "$build/bin/safetensors_fuzz" \
   -max_total_time="$seconds" \
+  -error_exitcode=1 \
+  -timeout_exitcode=1 \
   -max_len=8192 \
   -timeout=10 \
   -rss_limit_mb=2048 \

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <unordered_set>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -13,6 +14,12 @@
 #include "worker/format/internal/absl_compat.h"
 
 namespace saetrack::format {
+namespace {
+
+// Objects with more members than this detect duplicate keys with a hash set.
+constexpr size_t kLinearKeyScanLimit = 32;
+
+}  // namespace
 
 JsonValue JsonValue::Bool(bool value) {
   JsonValue v;
@@ -236,6 +243,8 @@ class JsonParser {
   }
 
   bool ParseObject(JsonValue& out, int depth) {
+    // Keys seen so far; filled only once the object outgrows a linear scan.
+    std::unordered_set<std::string> keys;
     out.type_ = JsonValue::Type::kObject;
     ++pos_;  // '{'
     SkipWhitespace();
@@ -251,9 +260,20 @@ class JsonParser {
       }
       std::string key;
       if (!ParseString(key)) return false;
-      // Quadratic in the member count, but objects here are small, and a
-      // duplicate key is a real ambiguity (which tensor offsets win?).
-      if (out.Find(key) != nullptr) {
+      // A duplicate key is a real ambiguity (which tensor offsets win?).
+      // Small objects scan their members; large ones (a tokenizer's 50k-entry
+      // vocab) switch to a hash set, which keeps parsing linear.
+      bool duplicate;
+      if (out.object_.size() < kLinearKeyScanLimit) {
+        duplicate = out.Find(key) != nullptr;
+      } else {
+        if (keys.empty()) {
+          keys.reserve(2 * kLinearKeyScanLimit);
+          for (const auto& member : out.object_) keys.insert(member.first);
+        }
+        duplicate = !keys.insert(key).second;
+      }
+      if (duplicate) {
         return FailAt(key_pos, absl::StrCat("duplicate key \"", key, "\""));
       }
       SkipWhitespace();

@@ -145,6 +145,29 @@ TEST(JsonTest, StructuralErrors) {
               HasSubstr("found byte 0x00"));
 }
 
+// Large objects detect duplicates through a hash set rather than a scan;
+// the key repeated may be one seen before or after the switch.
+TEST(JsonTest, DuplicateKeysInLargeObjects) {
+  for (int repeated : {3, 60}) {
+    std::string text = "{";
+    for (int i = 0; i < 100; ++i) {
+      text += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+    }
+    text += "\"k" + std::to_string(repeated) + "\":0}";
+    EXPECT_THAT(ParseError(text).message(),
+                HasSubstr("duplicate key \"k" + std::to_string(repeated)))
+        << repeated;
+  }
+  std::string unique = "{";
+  for (int i = 0; i < 100; ++i) {
+    unique += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":1";
+  }
+  unique += "}";
+  absl::StatusOr<JsonValue> value = ParseJson(unique);
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(value->members().size(), 100u);
+}
+
 TEST(JsonTest, DepthLimit) {
   const std::string ok_depth =
       std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']');

@@ -54,8 +54,7 @@ void ReadTensor(const SafetensorsFile& file, const TensorView& view,
   std::vector<float> decoded(static_cast<size_t>(elements));
   const absl::Status status = DecodeToFloat(view, decoded.data());
   const bool is_float = view.dtype == Dtype::kF32 ||
-                        view.dtype == Dtype::kF16 ||
-                        view.dtype == Dtype::kBF16;
+                        view.dtype == Dtype::kF16 || view.dtype == Dtype::kBF16;
   Check(status.ok() == is_float, "DecodeToFloat succeeds exactly for floats");
   if (!is_float) {
     Check(status.code() == absl::StatusCode::kInvalidArgument,

@@ -30,6 +30,11 @@ using internal::DecodeUtf8;
 // huge; far above real vocabularies (GPT-2 50257, Llama 3 128256).
 constexpr uint64_t kMaxVocabSize = uint64_t{1} << 24;
 
+// Bytes that can occur in valid UTF-8: all but C0, C1 and F5..FF.
+bool OccursInUtf8(int byte) {
+  return byte < 0xC0 || (byte >= 0xC2 && byte <= 0xF4);
+}
+
 // ---------------------------------------------------------------------------
 // GPT-2's byte <-> character map: printable Latin-1 bytes stand for
 // themselves, the other 68 bytes for U+0100.. in byte order, so that every
@@ -425,10 +430,18 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view text,
     tokenizer.vocab_.emplace(token, id);
     vocab_size = std::max<uint64_t>(vocab_size, uint64_t{id} + 1);
   }
+  // Real vocabularies lack some of the 13 bytes that never occur in valid
+  // UTF-8 (Pythia lacks all of them); Encode refuses those bytes.
   const ByteLevelAlphabet& alphabet = Alphabet();
   for (int b = 0; b < 256; ++b) {
     const auto it = tokenizer.vocab_.find(alphabet.utf8_of_byte[b]);
-    if (it == tokenizer.vocab_.end()) {
+    if (it != tokenizer.vocab_.end()) {
+      tokenizer.byte_ids_[b] = it->second;
+      continue;
+    }
+    tokenizer.byte_ids_[b] = kNoToken;
+    tokenizer.all_bytes_have_tokens_ = false;
+    if (OccursInUtf8(b)) {
       char hex[8];
       std::snprintf(hex, sizeof(hex), "0x%02X", b);
       return fields.Invalid(
@@ -437,7 +450,6 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view text,
                        JsonQuote(alphabet.utf8_of_byte[b]), " of byte ", hex,
                        "; not a byte-level BPE vocabulary"));
     }
-    tokenizer.byte_ids_[b] = it->second;
   }
 
   const JsonValue* merges = model->Find("merges");
@@ -561,6 +573,19 @@ struct Tokenizer::EncodeState {
 
 absl::StatusOr<std::vector<uint32_t>> Tokenizer::Encode(
     std::string_view text) const {
+  if (!all_bytes_have_tokens_) {
+    for (size_t i = 0; i < text.size(); ++i) {
+      const unsigned char byte = text[i];
+      if (byte_ids_[byte] == kNoToken) {
+        char hex[8];
+        std::snprintf(hex, sizeof(hex), "0x%02X", byte);
+        return absl::InvalidArgumentError(absl::StrCat(
+            "byte ", hex, " at offset ", i,
+            " has no token in this vocabulary (such bytes never occur in "
+            "valid UTF-8)"));
+      }
+    }
+  }
   EncodeState state;
   state.ids.reserve(text.size() / 3 + 16);
   // Added tokens that match the raw text split it first.

@@ -7,8 +7,10 @@
 //                  (either "a b" strings or ["a", "b"] pairs; rank = index),
 //                  optional `ignore_merges`; `dropout`,
 //                  `continuing_subword_prefix`, `end_of_word_suffix` must be
-//                  null or empty, `byte_fallback` false. Every one of the 256
-//                  byte-level symbols must be in the vocab.
+//                  null or empty, `byte_fallback` false. The vocab must hold
+//                  the byte-level symbol of every byte that can occur in
+//                  valid UTF-8 (all but 0xC0, 0xC1, 0xF5..0xFF, which
+//                  Pythia's vocab lacks).
 //   added_tokens   matched verbatim in the text before pre-tokenization,
 //                  leftmost-longest, as Hugging Face does: tokens with
 //                  "normalized": false on the raw text first, then those with
@@ -31,7 +33,8 @@
 // neither letter nor number. \s is the White_Space property, as in Oniguruma.
 // Bytes that are not valid UTF-8 are accepted: each such byte is one code
 // point of class [^\s\p{L}\p{N}] and is encoded through its byte-level token,
-// so it round-trips (the Hugging Face library cannot take such input at all).
+// so it round-trips (the Hugging Face library cannot take such input at all)
+// — unless the vocab has no token for the byte (see Encode).
 //
 // NFC limitation: there is no Unicode composition table here, so the NFC
 // normalizer is the identity and Encode accepts only text that the UAX #15
@@ -90,9 +93,11 @@ class Tokenizer {
 
   // Token ids of `text` (any bytes), as Hugging Face's
   // `Tokenizer.encode(text).ids` (post-processing adds nothing here).
-  // Errors: kUnimplemented when the NFC normalizer is on and `text` is not
-  // provably NFC (see the header comment), naming the byte offset and code
-  // point.
+  // Errors: kInvalidArgument naming the byte and its offset when `text` has
+  // a byte whose byte-level token the vocab lacks (only bytes that never
+  // occur in valid UTF-8 can be missing; Hugging Face would drop them);
+  // kUnimplemented when the NFC normalizer is on and `text` is not provably
+  // NFC (see the header comment), naming the byte offset and code point.
   absl::StatusOr<std::vector<uint32_t>> Encode(std::string_view text) const;
 
   // The bytes the ids stand for, special tokens included. Added tokens
@@ -151,8 +156,10 @@ class Tokenizer {
   std::unordered_map<std::string, uint32_t> vocab_;
   // Key: (left id << 32) | right id.
   std::unordered_map<uint64_t, Merge> merges_;
-  // Id of the single-byte token of each byte value.
+  // Id of the single-byte token of each byte value, or kNoToken.
+  static constexpr uint32_t kNoToken = ~uint32_t{0};
   std::array<uint32_t, 256> byte_ids_{};
+  bool all_bytes_have_tokens_ = true;
   AddedTokenMatcher raw_added_;         // "normalized": false
   AddedTokenMatcher normalized_added_;  // "normalized": true
   // Decoded bytes of every id; ids without a token are absent from

@@ -116,9 +116,19 @@ TEST_F(PythiaTokenizerTest, ContractionsAndPunctuationSplit) {
 }
 
 TEST_F(PythiaTokenizerTest, InvalidUtf8RoundTripsThroughByteTokens) {
-  // 0xFF stands for "ÿ" (U+00FF) in the byte-level alphabet.
-  EXPECT_THAT(EncodeOk("\xFF"), ElementsAre(Id("\xC3\xBF")));
-  ExpectRoundTrip("\xFF\xFE abc \xC3( \xED\xA0\x80 \xF4\x90\x80\x80 tail\x80");
+  // A lone continuation byte 0x80 stands for "Ģ" (U+0122) in the
+  // byte-level alphabet.
+  EXPECT_THAT(EncodeOk("\x80"), ElementsAre(Id("\xC4\xA2")));
+  // Truncated, surrogate and beyond-U+10FFFF sequences.
+  ExpectRoundTrip(
+      "\x80\xBF abc \xC3( \xED\xA0\x80 \xF4\x90\x80\x80 tail\xE4\xB8");
+}
+
+TEST_F(PythiaTokenizerTest, BytesWithoutTokensAreRefused) {
+  // Pythia has no token for the bytes that never occur in UTF-8.
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer_->Encode("ok \xFF");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte 0xFF at offset 3"));
 }
 
 TEST_F(PythiaTokenizerTest, UnicodeTextRoundTrips) {

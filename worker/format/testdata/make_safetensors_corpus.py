@@ -93,7 +93,9 @@ def main():
     files["bad_offsets_out_of_range"] = st({"w": entry("F32", [2], 0, 8)},
                                            f32(1))
     files["bad_offsets_huge"] = st(
-        {"w": entry("F32", [1], 2**63 - 4, 2**63)}, f32(1))
+        {"w": entry("F32", [1], 2**63 - 8, 2**63 - 4)}, f32(1))
+    files["bad_offsets_beyond_int64"] = st(
+        {"w": entry("F32", [1], 2**64 - 4, 2**64)}, f32(1))
     files["bad_offsets_reversed"] = st({"w": entry("F32", [1], 4, 0)}, f32(1))
     files["bad_offsets_negative"] = st({"w": entry("F32", [1], -4, 0)}, f32(1))
     files["bad_offsets_overlap"] = st(
