@@ -20,6 +20,9 @@ packages=(
   prometheus-cpp-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  # clang with its runtime: libFuzzer + ASan/UBSan for the safetensors fuzz
+  # test (deploy/fuzz.sh, run by ctest for 30 s).
+  clang libclang-rt-14-dev
   python3
 )
 
