@@ -332,7 +332,7 @@ TEST_F(CoordinatorTest, InvalidJobsAreRefusedAndNothingIsStored) {
       {[](v1::JobSpec* s) { s->mutable_model()->set_architecture("foo"); },
        grpc::StatusCode::INVALID_ARGUMENT,
        "spec.model.architecture: 'foo' is not supported (supported: "
-       "gpt_neox)"},
+       "gpt_neox, gpt2)"},
       {[](v1::JobSpec* s) { s->mutable_model()->clear_checkpoints(); },
        grpc::StatusCode::INVALID_ARGUMENT, "spec.model.checkpoints"},
       {[](v1::JobSpec* s) { s->mutable_sae()->set_lr_first(-1); },

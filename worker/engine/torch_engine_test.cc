@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -11,6 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/gpt2.h"
 #include "worker/engine/lm_trainer.h"
 #include "worker/engine/training_engine.h"
 #include "worker/format/safetensors.h"
@@ -232,6 +234,42 @@ TEST_F(TorchEngineTest, InvalidInputsNameTheField) {
   output = engine->Train(input, nullptr);
   EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Message(output.status()), HasSubstr("init_sae_safetensors"));
+}
+
+// A GPT-2 checkpoint goes through the same engine (LoadLanguageModel); a
+// task whose architecture differs from the checkpoint's is refused.
+TEST_F(TorchEngineTest, TrainsOnGpt2Checkpoints) {
+  format::ModelConfig config;
+  config.architecture = "gpt2";
+  config.vocab_size = 256;
+  config.hidden_size = 32;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.intermediate_size = 128;
+  config.max_position_embeddings = 32;
+  config.hidden_act = "gelu_new";
+  config.tie_word_embeddings = true;
+  const std::string model_dir = *dir_ + "/gpt2";
+  ASSERT_TRUE(Gpt2Model::RandomInit(config, 1, torch::kCPU)
+                  .SaveHuggingFace(model_dir, Gpt2ConfigJson(config))
+                  .ok());
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.model_dir = model_dir;
+  input.architecture = "gpt2";
+  input.train_tokens = 4096;
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_EQ(output->d_in, 32);
+  EXPECT_EQ(output->tokens_trained, 4096);
+  EXPECT_TRUE(std::isfinite(output->fvu));
+  EXPECT_LT(output->fvu, output->init_fvu);
+
+  input.architecture = "gpt_neox";
+  output = engine->Train(input, nullptr);
+  EXPECT_EQ(output.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(output.status()),
+              HasSubstr("TrainInput.architecture is \"gpt_neox\""));
 }
 
 TEST_F(TorchEngineTest, MissingFilesAreNotFound) {
