@@ -68,6 +68,9 @@ struct ErrorCase {
   std::string message;  // A substring naming the field.
 };
 
+// Keeps ctest's test names readable (gtest would dump the struct's bytes).
+void PrintTo(const ErrorCase& c, std::ostream* os) { *os << c.name; }
+
 class JobValidatorErrorTest : public ::testing::TestWithParam<ErrorCase> {};
 
 TEST_P(JobValidatorErrorTest, NamesTheField) {

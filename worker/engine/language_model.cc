@@ -70,19 +70,30 @@ torch::Tensor LanguageModel::Forward(const torch::Tensor& tokens,
 std::vector<torch::Tensor> LanguageModel::RunToHooks(
     const torch::Tensor& tokens, const std::vector<HookPoint>& hooks) const {
   std::vector<torch::Tensor> out(hooks.size());
+  // The deepest block that must run: resid_pre of layer L is the stream
+  // leaving block L - 1, so block L itself is not needed for it.
   int last_layer = -1;
   for (const HookPoint& hook : hooks) {
-    last_layer = std::max(last_layer, hook.layer);
+    last_layer =
+        std::max(last_layer, hook.site == HookSite::kResidPre ? hook.layer - 1
+                                                              : hook.layer);
   }
-  Forward(tokens, last_layer,
-          [&](int layer, HookSite site, torch::Tensor activation) {
-            for (size_t i = 0; i < hooks.size(); ++i) {
-              if (hooks[i].layer == layer && hooks[i].site == site) {
-                out[i] = activation;
-              }
-            }
-            return activation;
-          });
+  const torch::Tensor stream =
+      Forward(tokens, last_layer,
+              [&](int layer, HookSite site, torch::Tensor activation) {
+                for (size_t i = 0; i < hooks.size(); ++i) {
+                  if (hooks[i].layer == layer && hooks[i].site == site) {
+                    out[i] = activation;
+                  }
+                }
+                return activation;
+              });
+  for (size_t i = 0; i < hooks.size(); ++i) {
+    if (hooks[i].site == HookSite::kResidPre &&
+        hooks[i].layer == last_layer + 1) {
+      out[i] = stream;
+    }
+  }
   return out;
 }
 

@@ -22,7 +22,7 @@ struct TrainInput {
   // --- model and hook ---
   // Hugging Face style directory (config.json + model.safetensors).
   std::string model_dir;
-  // "gpt_neox".
+  // "gpt_neox" (Pythia) or "gpt2"; must match the checkpoint's config.json.
   std::string architecture = "gpt_neox";
   int layer = 0;
   // "resid_pre" (default), "resid_post", "attn_out", "mlp_out".
