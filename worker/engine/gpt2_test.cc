@@ -11,10 +11,16 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/internal/reference_math.h"
 #include "worker/format/safetensors.h"
 
 namespace saetrack::engine {
 namespace {
+
+using reference::ExpectNear;
+using reference::Rows;
+using reference::Tokens;
+using reference::Vector;
 
 using ::testing::HasSubstr;
 
@@ -40,19 +46,9 @@ format::ModelConfig TinyConfig(bool tied = true) {
 // A random model whose biases and layer norms are not trivial.
 Gpt2Model PerturbedModel(bool tied = true) {
   Gpt2Model model = Gpt2Model::RandomInit(TinyConfig(tied), 3, torch::kCPU);
-  torch::NoGradGuard no_grad;
-  at::Generator generator = at::detail::createCPUGenerator(4);
-  for (auto& [name, tensor] : model.NamedParameters()) {
-    tensor.add_(torch::randn(tensor.sizes(), generator, torch::kFloat32) * 0.2);
-  }
+  reference::Perturb(model.NamedParameters(), /*seed=*/4, /*scale=*/0.2);
   return model;
 }
-
-torch::Tensor Tokens(std::vector<int64_t> ids) {
-  return torch::tensor(ids, torch::kInt64).unsqueeze(0);
-}
-
-using Vector = std::vector<double>;
 
 // A plain double-precision reimplementation of one GPT-2 block, written from
 // the Hugging Face reference (modeling_gpt2.py) independently of the
@@ -61,12 +57,7 @@ class HandBlock {
  public:
   HandBlock(const Gpt2Model& model, int layer) : config_(model.config()) {
     const std::string prefix = "transformer.h." + std::to_string(layer) + ".";
-    for (const auto& [name, tensor] : model.NamedParameters()) {
-      if (name.rfind(prefix, 0) != 0) continue;
-      torch::Tensor t = tensor.detach().to(torch::kFloat64).contiguous();
-      weights_[name.substr(prefix.size())] =
-          Vector(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
-    }
+    weights_ = reference::WeightsWithPrefix(model.NamedParameters(), prefix);
   }
 
   struct Outputs {
@@ -131,19 +122,9 @@ class HandBlock {
 
  private:
   Vector Norm(const Vector& x, const std::string& name) const {
-    double mean = 0, var = 0;
-    for (double a : x) mean += a;
-    mean /= x.size();
-    for (double a : x) var += (a - mean) * (a - mean);
-    var /= x.size();
-    const Vector& w = weights_.at(name + ".weight");
-    const Vector& b = weights_.at(name + ".bias");
-    Vector out(x.size());
-    for (size_t j = 0; j < x.size(); ++j) {
-      out[j] =
-          (x[j] - mean) / std::sqrt(var + config_.layer_norm_eps) * w[j] + b[j];
-    }
-    return out;
+    return reference::LayerNorm(x, weights_.at(name + ".weight"),
+                                weights_.at(name + ".bias"),
+                                config_.layer_norm_eps);
   }
 
   // HF Conv1D: weight [in, out], y = x W + b.
@@ -160,27 +141,6 @@ class HandBlock {
   format::ModelConfig config_;
   std::map<std::string, Vector> weights_;
 };
-
-std::vector<Vector> Rows(const torch::Tensor& activations) {
-  torch::Tensor t = activations.detach().to(torch::kFloat64).contiguous()[0];
-  std::vector<Vector> rows;
-  for (int64_t i = 0; i < t.size(0); ++i) {
-    rows.emplace_back(t[i].data_ptr<double>(),
-                      t[i].data_ptr<double>() + t.size(1));
-  }
-  return rows;
-}
-
-void ExpectNear(const std::vector<Vector>& expected,
-                const std::vector<Vector>& actual, const char* what) {
-  ASSERT_EQ(expected.size(), actual.size());
-  for (size_t t = 0; t < expected.size(); ++t) {
-    for (size_t j = 0; j < expected[t].size(); ++j) {
-      EXPECT_NEAR(expected[t][j], actual[t][j], 1e-4)
-          << what << " at position " << t << ", dim " << j;
-    }
-  }
-}
 
 // At layer 1, so the block's input is itself the output of a block.
 TEST(Gpt2Test, BlockMatchesHandComputation) {

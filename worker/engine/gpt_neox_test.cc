@@ -11,11 +11,17 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/internal/reference_math.h"
 #include "worker/engine/lm_trainer.h"
 #include "worker/format/safetensors.h"
 
 namespace saetrack::engine {
 namespace {
+
+using reference::ExpectNear;
+using reference::Rows;
+using reference::Tokens;
+using reference::Vector;
 
 using ::testing::HasSubstr;
 
@@ -39,19 +45,9 @@ format::ModelConfig TinyConfig(bool parallel_residual) {
 GptNeoxModel PerturbedModel(bool parallel_residual) {
   GptNeoxModel model =
       GptNeoxModel::RandomInit(TinyConfig(parallel_residual), 3, torch::kCPU);
-  torch::NoGradGuard no_grad;
-  at::Generator generator = at::detail::createCPUGenerator(4);
-  for (auto& [name, tensor] : model.NamedParameters()) {
-    tensor.add_(torch::randn(tensor.sizes(), generator, torch::kFloat32) * 0.2);
-  }
+  reference::Perturb(model.NamedParameters(), /*seed=*/4, /*scale=*/0.2);
   return model;
 }
-
-torch::Tensor Tokens(std::vector<int64_t> ids) {
-  return torch::tensor(ids, torch::kInt64).unsqueeze(0);
-}
-
-using Vector = std::vector<double>;
 
 // A plain double-precision reimplementation of one GPT-NeoX block, written
 // from the Hugging Face reference independently of the LibTorch code.
@@ -59,12 +55,7 @@ class HandBlock {
  public:
   HandBlock(const GptNeoxModel& model, int layer) : config_(model.config()) {
     const std::string prefix = "gpt_neox.layers." + std::to_string(layer) + ".";
-    for (const auto& [name, tensor] : model.NamedParameters()) {
-      if (name.rfind(prefix, 0) != 0) continue;
-      torch::Tensor t = tensor.detach().to(torch::kFloat64).contiguous();
-      weights_[name.substr(prefix.size())] =
-          Vector(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
-    }
+    weights_ = reference::WeightsWithPrefix(model.NamedParameters(), prefix);
   }
 
   struct Outputs {
@@ -135,19 +126,9 @@ class HandBlock {
 
  private:
   Vector Norm(const Vector& x, const std::string& name) const {
-    double mean = 0, var = 0;
-    for (double a : x) mean += a;
-    mean /= x.size();
-    for (double a : x) var += (a - mean) * (a - mean);
-    var /= x.size();
-    const Vector& w = weights_.at(name + ".weight");
-    const Vector& b = weights_.at(name + ".bias");
-    Vector out(x.size());
-    for (size_t j = 0; j < x.size(); ++j) {
-      out[j] =
-          (x[j] - mean) / std::sqrt(var + config_.layer_norm_eps) * w[j] + b[j];
-    }
-    return out;
+    return reference::LayerNorm(x, weights_.at(name + ".weight"),
+                                weights_.at(name + ".bias"),
+                                config_.layer_norm_eps);
   }
 
   Vector Affine(const std::string& name, const Vector& x, int out_size) const {
@@ -178,27 +159,6 @@ class HandBlock {
   format::ModelConfig config_;
   std::map<std::string, Vector> weights_;
 };
-
-std::vector<Vector> Rows(const torch::Tensor& activations) {
-  torch::Tensor t = activations.detach().to(torch::kFloat64).contiguous()[0];
-  std::vector<Vector> rows;
-  for (int64_t i = 0; i < t.size(0); ++i) {
-    rows.emplace_back(t[i].data_ptr<double>(),
-                      t[i].data_ptr<double>() + t.size(1));
-  }
-  return rows;
-}
-
-void ExpectNear(const std::vector<Vector>& expected,
-                const std::vector<Vector>& actual, const char* what) {
-  ASSERT_EQ(expected.size(), actual.size());
-  for (size_t t = 0; t < expected.size(); ++t) {
-    for (size_t j = 0; j < expected[t].size(); ++j) {
-      EXPECT_NEAR(expected[t][j], actual[t][j], 1e-4)
-          << what << " at position " << t << ", dim " << j;
-    }
-  }
-}
 
 class GptNeoxHandComputationTest : public ::testing::TestWithParam<bool> {};
 

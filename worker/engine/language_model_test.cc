@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "worker/engine/gpt2.h"
 #include "worker/engine/gpt_neox.h"
+#include "worker/engine/internal/reference_math.h"
 #include "worker/engine/lm_trainer.h"
 
 namespace saetrack::engine {
@@ -80,9 +81,7 @@ std::unique_ptr<LanguageModel> SavedAndLoaded(const std::string& architecture) {
   return model.ok() ? *std::move(model) : nullptr;
 }
 
-torch::Tensor Tokens(std::vector<int64_t> ids) {
-  return torch::tensor(ids, torch::kInt64).unsqueeze(0);
-}
+using reference::Tokens;
 
 // Every behaviour of the interface, for each architecture.
 class LanguageModelTest : public ::testing::TestWithParam<std::string> {

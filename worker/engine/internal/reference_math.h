@@ -1,0 +1,46 @@
+// Test support for the model tests: plain double-precision arithmetic to
+// check the LibTorch forward passes against, and small helpers around it.
+// Test-only (target saetrack_engine_reference).
+#ifndef SAETRACK_WORKER_ENGINE_INTERNAL_REFERENCE_MATH_H_
+#define SAETRACK_WORKER_ENGINE_INTERNAL_REFERENCE_MATH_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace saetrack::engine::reference {
+
+using Vector = std::vector<double>;
+
+// Adds N(0, scale²) noise, deterministic for `seed`, to every tensor in
+// place, so that biases and layer norms of a fresh model are not trivial.
+void Perturb(const std::vector<std::pair<std::string, torch::Tensor>>& params,
+             uint64_t seed, double scale);
+
+// Token ids as a [1, n] int64 batch.
+torch::Tensor Tokens(std::vector<int64_t> ids);
+
+// Double-precision copies of the tensors whose names start with `prefix`,
+// keyed by the rest of the name.
+std::map<std::string, Vector> WeightsWithPrefix(
+    const std::vector<std::pair<std::string, torch::Tensor>>& params,
+    const std::string& prefix);
+
+// LayerNorm over one vector (biased variance, as torch).
+Vector LayerNorm(const Vector& x, const Vector& weight, const Vector& bias,
+                 double eps);
+
+// The rows of batch element 0 of an activation [1, seq, d], in double.
+std::vector<Vector> Rows(const torch::Tensor& activations);
+
+// EXPECTs every element within 1e-4, naming `what`, position and dimension.
+void ExpectNear(const std::vector<Vector>& expected,
+                const std::vector<Vector>& actual, const char* what);
+
+}  // namespace saetrack::engine::reference
+
+#endif  // SAETRACK_WORKER_ENGINE_INTERNAL_REFERENCE_MATH_H_
