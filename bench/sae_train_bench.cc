@@ -118,7 +118,8 @@ void BM_SaeGemmChain(benchmark::State& state) {
           .count();
   GemmChainSeconds() = seconds / state.iterations();
   state.SetItemsProcessed(state.iterations() * kBatch);
-  state.counters["GFLOP/s"] = kFlopsPerStep * state.iterations() / seconds / 1e9;
+  state.counters["GFLOP/s"] =
+      kFlopsPerStep * state.iterations() / seconds / 1e9;
   state.SetLabel("5 GEMMs, B " + std::to_string(kBatch) + " d_in " +
                  std::to_string(kDIn) + " d_sae " + std::to_string(kDSae));
 }
