@@ -26,6 +26,7 @@
 #include <string>
 #include <utility>
 
+#include "bench/bench_main.h"
 #include "worker/engine/gpt_neox.h"
 #include "worker/engine/language_model.h"
 #include "worker/format/model_config.h"
@@ -33,9 +34,6 @@
 namespace saetrack::engine {
 namespace {
 
-// LibTorch intra-op threads when SAETRACK_BENCH_THREADS is unset: the CI
-// machine's core count.
-constexpr int kDefaultThreads = 2;
 // Wall time spent measuring each GEMM baseline; long enough for a stable
 // rate, short enough to keep the whole run near a minute.
 constexpr double kGemmBaselineSeconds = 0.5;
@@ -242,13 +240,6 @@ void BM_Gemm(benchmark::State& state, const ModelShape& shape,
                  std::to_string(gemm.weight.size(1)) + "]");
 }
 
-int ThreadsFromEnv() {
-  const char* value = std::getenv("SAETRACK_BENCH_THREADS");
-  if (value == nullptr || *value == '\0') return kDefaultThreads;
-  const int threads = std::atoi(value);
-  return threads > 0 ? threads : kDefaultThreads;
-}
-
 void RegisterAll() {
   std::vector<torch::Device> devices = {torch::Device(torch::kCPU)};
   if (torch::cuda::is_available()) {
@@ -282,13 +273,6 @@ void RegisterAll() {
 }  // namespace saetrack::engine
 
 int main(int argc, char** argv) {
-  const int threads = saetrack::engine::ThreadsFromEnv();
-  torch::set_num_threads(threads);
-  benchmark::AddCustomContext("torch_threads", std::to_string(threads));
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  saetrack::engine::RegisterAll();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return saetrack::bench::RunBenchmarks(argc, argv,
+                                        &saetrack::engine::RegisterAll);
 }

@@ -36,12 +36,12 @@
 #include <cstdlib>
 #include <string>
 
+#include "bench/bench_main.h"
 #include "worker/engine/sae.h"
 
 namespace saetrack::engine {
 namespace {
 
-constexpr int kDefaultThreads = 2;
 constexpr int64_t kDIn = 512;
 constexpr int64_t kDSae = 8192;
 constexpr int64_t kBatch = 4096;
@@ -155,13 +155,6 @@ void BM_SaeTrainStep(benchmark::State& state) {
                  std::to_string(kDIn) + " d_sae " + std::to_string(kDSae));
 }
 
-int ThreadsFromEnv() {
-  const char* value = std::getenv("SAETRACK_BENCH_THREADS");
-  if (value == nullptr || *value == '\0') return kDefaultThreads;
-  const int threads = std::atoi(value);
-  return threads > 0 ? threads : kDefaultThreads;
-}
-
 void RegisterAll() {
   // Wall time: LibTorch works on its own threads, which the default
   // (main-thread CPU time) would not count. The chain runs first so the step
@@ -180,13 +173,6 @@ void RegisterAll() {
 }  // namespace saetrack::engine
 
 int main(int argc, char** argv) {
-  const int threads = saetrack::engine::ThreadsFromEnv();
-  torch::set_num_threads(threads);
-  benchmark::AddCustomContext("torch_threads", std::to_string(threads));
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  saetrack::engine::RegisterAll();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return saetrack::bench::RunBenchmarks(argc, argv,
+                                        &saetrack::engine::RegisterAll);
 }
