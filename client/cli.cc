@@ -47,6 +47,10 @@ Commands:
   status JOB_ID            State and progress of one job.
   list                     All jobs, oldest first.
   metrics JOB_ID --layer L Per-checkpoint SAE metrics of one hooked layer.
+                           "loss rec" and "KL" compare the LM with the SAE
+                           spliced in to the clean model ("-": not measured);
+                           "note" marks SAEs the adaptive budget stopped early
+                           and SAEs resumed from saved training state.
   feature JOB_ID --layer L --id N
                            The history of one feature across checkpoints.
 
@@ -331,22 +335,11 @@ class Cli {
         client_->GetCheckpointMetrics(inv_.positional[0], *inv_.layer);
     if (!metrics.ok()) return Fail(metrics.status());
     if (inv_.json) {
+      // Proto JSON: every field, new ones included, without listing them.
       out_ << ToJson(*metrics) << "\n";
       return kExitOk;
     }
-    out_ << absl::StrFormat("%5s %8s %8s %8s %8s %10s %7s %6s %9s %7s\n",
-                            "chain", "step", "tokens", "FVU", "init FVU", "MSE",
-                            "L0", "dead", "cos prev", "time s");
-    for (const auto& m : metrics->checkpoints()) {
-      out_ << absl::StrFormat(
-          "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %7.1f\n",
-          m.chain_index(), m.step(), HumanCount(m.tokens_trained()), m.fvu(),
-          m.init_fvu(), m.mse(), m.l0(), 100 * m.dead_fraction(),
-          m.has_median_decoder_cos_prev()
-              ? absl::StrFormat("%.3f", m.median_decoder_cos_prev())
-              : "-",
-          m.wall_time_s());
-    }
+    out_ << FormatCheckpointMetrics(*metrics);
     return kExitOk;
   }
 
@@ -388,6 +381,36 @@ class Cli {
 }  // namespace
 
 std::string CliUsage() { return UsageText(); }
+
+std::string FormatCheckpointMetrics(
+    const v1::GetCheckpointMetricsResponse& metrics) {
+  std::string table =
+      absl::StrFormat("%5s %8s %8s %8s %8s %10s %7s %6s %9s %8s %8s %7s  %s\n",
+                      "chain", "step", "tokens", "FVU", "init FVU", "MSE", "L0",
+                      "dead", "cos prev", "loss rec", "KL", "time s", "note");
+  for (const auto& m : metrics.checkpoints()) {
+    std::vector<std::string> notes;
+    if (m.stopped_early()) notes.push_back("stopped early");
+    if (m.resumed_from_tokens() > 0) {
+      notes.push_back(
+          absl::StrCat("resumed at ", HumanCount(m.resumed_from_tokens())));
+    }
+    std::string row = absl::StrFormat(
+        "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %8s %8s %7.1f",
+        m.chain_index(), m.step(), HumanCount(m.tokens_trained()), m.fvu(),
+        m.init_fvu(), m.mse(), m.l0(), 100 * m.dead_fraction(),
+        m.has_median_decoder_cos_prev()
+            ? absl::StrFormat("%.3f", m.median_decoder_cos_prev())
+            : "-",
+        m.has_lm() ? absl::StrFormat("%.1f%%", 100 * m.lm().loss_recovered())
+                   : "-",
+        m.has_lm() ? absl::StrFormat("%.4f", m.lm().kl_divergence()) : "-",
+        m.wall_time_s());
+    if (!notes.empty()) absl::StrAppend(&row, "  ", absl::StrJoin(notes, ", "));
+    absl::StrAppend(&table, row, "\n");
+  }
+  return table;
+}
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out,
            std::ostream& err, bool err_is_terminal) {

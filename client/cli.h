@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "saetrack/v1/query.pb.h"
+
 namespace saetrack::client {
 
 // Exit codes of the CLI.
@@ -25,6 +27,11 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out,
 
 // The --help text.
 std::string CliUsage();
+
+// The table `saetrack metrics` prints without --json: a header line and one
+// line per checkpoint.
+std::string FormatCheckpointMetrics(
+    const v1::GetCheckpointMetricsResponse& metrics);
 
 }  // namespace saetrack::client
 

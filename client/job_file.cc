@@ -1,6 +1,5 @@
 #include "client/job_file.h"
 
-#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <filesystem>
@@ -16,91 +15,83 @@ namespace {
 
 namespace pb = google::protobuf;
 
+// A type or field error at `value`, with the byte offset where the value
+// starts so that it can be found in a long job file.
+absl::Status FieldError(const std::string& path, const std::string& what,
+                        const format::JsonValue& value) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": ", what, " (value at byte ", value.offset(), ")"));
+}
+
 // Checks that every key of `value` names a field of `descriptor` and that each
 // value has the field's JSON type, so that a typo is reported with its path
-// instead of protobuf's context-free "Cannot find field".
-absl::Status CheckFields(const pb::Value& value,
+// and offset instead of protobuf's context-free "Cannot find field".
+absl::Status CheckFields(const format::JsonValue& value,
                          const pb::Descriptor& descriptor,
                          const std::string& path);
 
-absl::Status CheckScalar(const pb::Value& value,
+absl::Status CheckScalar(const format::JsonValue& value,
                          const pb::FieldDescriptor& field,
                          const std::string& path) {
   using FD = pb::FieldDescriptor;
   switch (field.cpp_type()) {
     case FD::CPPTYPE_MESSAGE:
-      if (value.kind_case() != pb::Value::kStructValue) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected an object"));
+      if (!value.is_object()) {
+        return FieldError(path, "expected an object", value);
       }
       return CheckFields(value, *field.message_type(), path);
     case FD::CPPTYPE_STRING:
-      if (value.kind_case() != pb::Value::kStringValue) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected a string"));
+      if (!value.is_string()) {
+        return FieldError(path, "expected a string", value);
       }
       return absl::OkStatus();
     case FD::CPPTYPE_BOOL:
-      if (value.kind_case() != pb::Value::kBoolValue) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected true or false"));
+      if (!value.is_bool()) {
+        return FieldError(path, "expected true or false", value);
       }
       return absl::OkStatus();
     case FD::CPPTYPE_ENUM:
-      if (value.kind_case() != pb::Value::kStringValue ||
+      if (!value.is_string() ||
           field.enum_type()->FindValueByName(value.string_value()) == nullptr) {
         std::string names;
         for (int i = 0; i < field.enum_type()->value_count(); ++i) {
           absl::StrAppend(&names, i ? ", " : "",
                           field.enum_type()->value(i)->name());
         }
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected one of ", names));
+        return FieldError(path, absl::StrCat("expected one of ", names), value);
       }
       return absl::OkStatus();
     case FD::CPPTYPE_DOUBLE:
     case FD::CPPTYPE_FLOAT:
-      if (value.kind_case() != pb::Value::kNumberValue) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected a number"));
+      if (!value.is_number()) {
+        return FieldError(path, "expected a number", value);
       }
       return absl::OkStatus();
-    default: {  // integers; protobuf also accepts them as strings.
-      bool ok = value.kind_case() == pb::Value::kStringValue;
-      if (value.kind_case() == pb::Value::kNumberValue) {
-        double v = value.number_value();
-        ok = v == static_cast<double>(static_cast<int64_t>(v));
-      }
-      if (!ok) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": expected an integer"));
+    default:  // Integers; protobuf also accepts them as strings.
+      if (!value.is_string() && !value.AsInt64().has_value()) {
+        return FieldError(path, "expected an integer", value);
       }
       return absl::OkStatus();
-    }
   }
 }
 
-absl::Status CheckFields(const pb::Value& value,
+absl::Status CheckFields(const format::JsonValue& value,
                          const pb::Descriptor& descriptor,
                          const std::string& path) {
-  for (const auto& [key, child] : value.struct_value().fields()) {
+  for (const auto& [key, child] : value.members()) {
     const pb::FieldDescriptor* field = descriptor.FindFieldByName(key);
     for (int i = 0; field == nullptr && i < descriptor.field_count(); ++i) {
       if (descriptor.field(i)->json_name() == key) field = descriptor.field(i);
     }
     const std::string child_path = path.empty() ? key : path + "." + key;
-    if (field == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(child_path, ": unknown field"));
-    }
-    if (child.kind_case() == pb::Value::kNullValue) continue;
+    if (field == nullptr) return FieldError(child_path, "unknown field", child);
+    if (child.is_null()) continue;
     if (field->is_repeated()) {
-      if (child.kind_case() != pb::Value::kListValue) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(child_path, ": expected a list"));
+      if (!child.is_array()) {
+        return FieldError(child_path, "expected a list", child);
       }
-      for (int i = 0; i < child.list_value().values_size(); ++i) {
-        absl::Status s = CheckScalar(child.list_value().values(i), *field,
+      for (size_t i = 0; i < child.array().size(); ++i) {
+        absl::Status s = CheckScalar(child.array()[i], *field,
                                      absl::StrCat(child_path, "[", i, "]"));
         if (!s.ok()) return s;
       }
@@ -131,26 +122,19 @@ absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
                                          const std::string& base_dir) {
   // Debian's absl has its own string_view, which StrCat wants.
   const std::string origin(origin_view);
-  // Our own parser first: it reports the byte offset of a syntax error.
-  absl::StatusOr<format::JsonValue> syntax = format::ParseJson(text, origin);
-  if (!syntax.ok()) return syntax.status();
-
-  pb::Value tree;
-  auto parsed = pb::util::JsonStringToMessage(
-      pb::StringPiece(text.data(), text.size()), &tree);
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, ": ", parsed.message().as_string()));
-  }
-  if (tree.kind_case() != pb::Value::kStructValue) {
+  // Our own parser first: it reports the byte offset of a syntax error, and
+  // of every value, for the field errors below.
+  absl::StatusOr<format::JsonValue> tree = format::ParseJson(text, origin);
+  if (!tree.ok()) return tree.status();
+  if (!tree->is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": a job file must hold a JSON object"));
   }
-  absl::Status fields = CheckFields(tree, *v1::JobSpec::descriptor(), "");
+  absl::Status fields = CheckFields(*tree, *v1::JobSpec::descriptor(), "");
   if (!fields.ok()) return Prefixed(origin, fields);
 
   v1::JobSpec spec;
-  parsed = pb::util::JsonStringToMessage(
+  auto parsed = pb::util::JsonStringToMessage(
       pb::StringPiece(text.data(), text.size()), &spec);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace saetrack::client {
 namespace {
 
@@ -36,6 +38,66 @@ TEST(JobFileTest, ParsesFieldsAndResolvesRelativePaths) {
   EXPECT_EQ(spec->schedule().tokens_first(), 40000);
 }
 
+TEST(JobFileTest, ParsesTopkAndTrainingOptions) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpec(R"({
+    "sae": {"architecture": "topk", "k": 16, "aux_k": 64,
+            "aux_coefficient": 0.03125, "ghost_grads": false,
+            "dead_window_tokens": "1000000"},
+    "schedule": {"adaptive_window_tokens": 2000000,
+                 "adaptive_tolerance": 1e-4, "lm_eval_tokens": 0}
+  })",
+                                                  "job.json", "/");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->sae().architecture(), "topk");
+  EXPECT_EQ(spec->sae().k(), 16);
+  EXPECT_EQ(spec->sae().aux_k(), 64);
+  EXPECT_DOUBLE_EQ(spec->sae().aux_coefficient(), 1.0 / 32);
+  ASSERT_TRUE(spec->sae().has_ghost_grads());
+  EXPECT_FALSE(spec->sae().ghost_grads());
+  EXPECT_EQ(spec->sae().dead_window_tokens(), 1'000'000);
+  EXPECT_EQ(spec->schedule().adaptive_window_tokens(), 2'000'000);
+  EXPECT_DOUBLE_EQ(spec->schedule().adaptive_tolerance(), 1e-4);
+  // An explicit 0 is kept apart from "unset" (it skips the LM evaluation).
+  ASSERT_TRUE(spec->schedule().has_lm_eval_tokens());
+  EXPECT_EQ(spec->schedule().lm_eval_tokens(), 0);
+
+  // lowerCamelCase names work too; absent optional fields stay unset.
+  spec =
+      ParseJobSpec(R"({"sae": {"auxK": 8}, "schedule": {"lmEvalTokens": 5}})",
+                   "job.json", "/");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->sae().aux_k(), 8);
+  EXPECT_FALSE(spec->sae().has_ghost_grads());
+  EXPECT_EQ(spec->schedule().lm_eval_tokens(), 5);
+
+  spec = ParseJobSpec(R"({"sae": {"ghost_grads": null}})", "job.json", "/");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->sae().has_ghost_grads());
+  EXPECT_FALSE(spec->schedule().has_lm_eval_tokens());
+}
+
+TEST(JobFileTest, NewFieldsAreTypeChecked) {
+  struct Case {
+    const char* json;
+    const char* message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"sae": {"ghost_grads": 1}})",
+            "sae.ghost_grads: expected true or false (value at byte 24)"},
+           {R"({"sae": {"k": 2.5}})", "sae.k: expected an integer"},
+           {R"({"sae": {"aux_coefficient": "x"}})",
+            "sae.aux_coefficient: expected a number"},
+           {R"({"schedule": {"lm_eval_tokens": true}})",
+            "schedule.lm_eval_tokens: expected an integer"},
+           {R"({"schedule": {"adaptive_window": 5}})",
+            "schedule.adaptive_window: unknown field (value at byte 33)"}}) {
+    absl::StatusOr<v1::JobSpec> spec = ParseJobSpec(c.json, "job.json", "/");
+    ASSERT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.json;
+    EXPECT_THAT(spec.status().message(), HasSubstr(c.message));
+  }
+}
+
 TEST(JobFileTest, SyntaxErrorNamesByteOffset) {
   absl::StatusOr<v1::JobSpec> spec =
       ParseJobSpec(R"({"name": "x",, })", "bad.json", "/");
@@ -50,7 +112,8 @@ TEST(JobFileTest, UnknownFieldNamesItsPath) {
       "job.json", "/");
   ASSERT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(spec.status().message(),
-              HasSubstr("model.checkpoints[1].stp: unknown field"));
+              HasSubstr("model.checkpoints[1].stp: unknown field (value at "
+                        "byte 61)"));
 }
 
 TEST(JobFileTest, WrongTypeNamesItsPath) {

@@ -7,6 +7,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "worker/engine/training_engine.h"
 #include "worker/worker.h"
@@ -26,6 +29,18 @@ ABSL_FLAG(int, max_tasks, 0,
           "SIGTERM)");
 ABSL_FLAG(absl::Duration, lease_wait, absl::Seconds(5),
           "Long-poll wait of one lease request");
+ABSL_FLAG(std::string, state_dir, "",
+          "Directory for training state, so that a task interrupted here "
+          "resumes when leased here again; each task uses "
+          "<state_dir>/<job_id>-L<layer>-s<step>, deleted once its result is "
+          "stored (empty: no state saved)");
+ABSL_FLAG(int64_t, checkpoint_every_tokens, 50'000'000,
+          "Training tokens between two state saves with --state_dir (0: "
+          "never)");
+ABSL_FLAG(std::string, precision, "auto",
+          "Precision of the SAE's matrix products: fp32, bf16 (bf16 operands, "
+          "fp32 accumulation and master weights) or auto (bf16 on cuda, fp32 "
+          "on cpu)");
 
 namespace {
 
@@ -50,11 +65,27 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Leases SAE-training tasks from a saetrack coordinator and runs them.\n"
       "usage: saetrack-worker --coordinator HOST:PORT [flags]");
+  // absl's --help lists only flags of a file named after the program
+  // (saetrack-worker.cc); ours live in main.cc.
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::ParseCommandLine(argc, argv);
 
   saetrack::engine::EngineOptions engine_options;
   engine_options.device = absl::GetFlag(FLAGS_device);
   engine_options.threads = absl::GetFlag(FLAGS_threads);
+  engine_options.matmul_precision = absl::GetFlag(FLAGS_precision);
+  // Checked here so that a typo names the flag rather than an engine option.
+  if (const std::string& p = engine_options.matmul_precision;
+      p != "auto" && p != "fp32" && p != "bf16") {
+    std::cerr << "saetrack-worker: --precision: '" << p
+              << "' is not one of auto, fp32, bf16" << std::endl;
+    return 1;
+  }
   auto engine = saetrack::engine::NewTorchEngine(engine_options);
   if (!engine.ok()) {
     std::cerr << "saetrack-worker: " << engine.status() << std::endl;
@@ -69,6 +100,9 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.lease_wait = absl::GetFlag(FLAGS_lease_wait);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.checkpoint_every_tokens =
+      absl::GetFlag(FLAGS_checkpoint_every_tokens);
   auto worker = saetrack::worker::Worker::Create(options, *std::move(engine));
   if (!worker.ok()) {
     std::cerr << "saetrack-worker: " << worker.status() << std::endl;
@@ -76,7 +110,8 @@ int main(int argc, char** argv) {
   }
   StopOnSignal(worker->get());
   std::cerr << "saetrack-worker: coordinator " << options.coordinator
-            << ", device " << options.device << ", metrics on port "
+            << ", device " << options.device << ", precision "
+            << engine_options.matmul_precision << ", metrics on port "
             << (*worker)->metrics_port() << std::endl;
   absl::Status status = (*worker)->Run();
   if (!status.ok()) {

@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -53,7 +55,21 @@ bool IsRetryable(const absl::Status& status) {
   }
 }
 
-engine::TrainInput ToTrainInput(const v1::TrainSaeTask& task) {
+// Directory of the training state of one task under `options.state_dir`; one
+// per (job, layer, step) so that a retry of the same task finds its state.
+std::string TaskStateDir(const WorkerOptions& options, const v1::Task& task) {
+  if (options.state_dir.empty()) return "";
+  const v1::TrainSaeTask& train = task.train();
+  const int64_t step =
+      train.spec().model().checkpoints(train.checkpoint_index()).step();
+  return (std::filesystem::path(options.state_dir) /
+          absl::StrCat(task.job_id(), "-L", train.hook().layer(), "-s", step))
+      .string();
+}
+
+engine::TrainInput ToTrainInput(const v1::Task& leased,
+                                const WorkerOptions& options) {
+  const v1::TrainSaeTask& task = leased.train();
   const v1::JobSpec& spec = task.spec();
   const bool first = task.chain_index() == 0;
   engine::TrainInput in;
@@ -76,6 +92,30 @@ engine::TrainInput ToTrainInput(const v1::TrainSaeTask& task) {
       first ? spec.schedule().tokens_first() : spec.schedule().tokens_later();
   in.eval_tokens = spec.schedule().eval_tokens();
   in.seed = spec.sae().seed();
+  // The coordinator's validator fills the defaults; the fallbacks below only
+  // keep an unvalidated spec (an older coordinator) meaningful.
+  const v1::SaeConfig& sae = spec.sae();
+  if (sae.k() > 0) in.k = sae.k();
+  in.aux_k = sae.aux_k();  // 0: the engine's 2 * k.
+  if (sae.aux_coefficient() > 0) in.aux_coefficient = sae.aux_coefficient();
+  in.dead_window_tokens = sae.dead_window_tokens();
+  // Ghost grads revive features that die while the first SAE trains from
+  // scratch; later SAEs start from a trained dictionary and do without them,
+  // and topk revives its latents with AuxK instead.
+  in.ghost_grads = first && in.sae_architecture == "relu_l1" &&
+                   (!sae.has_ghost_grads() || sae.ghost_grads());
+  // The adaptive budget only cuts later SAEs short: the first one must reach
+  // the FVU that every later SAE starts from.
+  in.adaptive_window_tokens =
+      first ? 0 : spec.schedule().adaptive_window_tokens();
+  if (spec.schedule().adaptive_tolerance() > 0) {
+    in.adaptive_tolerance = spec.schedule().adaptive_tolerance();
+  }
+  if (spec.schedule().has_lm_eval_tokens()) {
+    in.lm_eval_tokens = spec.schedule().lm_eval_tokens();
+  }
+  in.state_dir = TaskStateDir(options, leased);
+  in.checkpoint_every_tokens = options.checkpoint_every_tokens;
   return in;
 }
 
@@ -355,7 +395,7 @@ class GrpcWorker final : public Worker {
     const std::string what = absl::StrFormat(
         "task %s (%s layer %d step %d, chain %d)", task.task_id(),
         task.job_id(), train.hook().layer(), step, train.chain_index());
-    engine::TrainInput input = ToTrainInput(train);
+    engine::TrainInput input = ToTrainInput(task, options_);
     Log(absl::StrCat(what, ": training on ", input.train_tokens, " tokens",
                      train.has_init_from()
                          ? ", initialised from step " +
@@ -424,12 +464,23 @@ class GrpcWorker final : public Worker {
       stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_STATS,
                       SerializeStats(output->features));
     }
-    if (stored.ok()) stored = Complete(task, *output);
+    if (stored.ok()) stored = Complete(task, input, *output);
     if (!stored.ok()) {
       // ABORTED: our lease went stale and the task is someone else's now.
       Log(absl::StrCat(what, ": result not stored: ", stored.ToString()));
       metrics_.abandoned.Increment();
       return;
+    }
+    // The result is stored, so the task never runs again: its saved state
+    // would only fill the disk. (After a failure or a lost lease it stays, for
+    // the retry.)
+    if (!input.state_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(input.state_dir, ec);
+      if (ec) {
+        Log(absl::StrCat(what, ": cannot delete training state ",
+                         input.state_dir, ": ", ec.message()));
+      }
     }
     metrics_.succeeded.Increment();
     Log(absl::StrFormat(
@@ -439,7 +490,8 @@ class GrpcWorker final : public Worker {
         100 * output->dead_fraction));
   }
 
-  absl::Status Complete(const v1::Task& task, const engine::TrainOutput& out) {
+  absl::Status Complete(const v1::Task& task, const engine::TrainInput& in,
+                        const engine::TrainOutput& out) {
     v1::CompleteTaskRequest request;
     request.set_worker_id(worker_id_);
     request.set_task_id(task.task_id());
@@ -454,6 +506,21 @@ class GrpcWorker final : public Worker {
     m->set_init_fvu(out.init_fvu);
     m->set_d_in(out.d_in);
     m->set_d_sae(out.d_sae);
+    m->mutable_density_histogram()->Add(out.density_histogram.begin(),
+                                        out.density_histogram.end());
+    if (out.lm.has_value()) {
+      v1::LmEvaluation* lm = m->mutable_lm();
+      lm->set_ce_clean(out.lm->ce_clean);
+      lm->set_ce_spliced(out.lm->ce_spliced);
+      lm->set_ce_zero_ablated(out.lm->ce_zero_ablated);
+      lm->set_loss_recovered(out.lm->loss_recovered);
+      lm->set_kl_divergence(out.lm->kl_divergence);
+      lm->set_tokens(out.lm->tokens);
+    }
+    m->set_stopped_early(out.stopped_early);
+    m->set_resumed_from_tokens(out.resumed_from_tokens);
+    m->set_sae_architecture(in.sae_architecture);
+    if (in.sae_architecture == "topk") m->set_k(in.k);
     v1::CompleteTaskResponse response;
     auto context = NewContext(kCallTimeout);
     return FromGrpcStatus(
@@ -500,6 +567,21 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     std::unique_ptr<engine::SaeTrainingEngine> engine) {
   if (options.coordinator.empty()) {
     return absl::InvalidArgumentError("coordinator address is empty");
+  }
+  if (options.checkpoint_every_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint_every_tokens: ", options.checkpoint_every_tokens,
+        " must be >= 0"));
+  }
+  if (!options.state_dir.empty()) {
+    // Fail at start-up rather than in the middle of the first task.
+    std::error_code ec;
+    std::filesystem::create_directories(options.state_dir, ec);
+    if (ec || !std::filesystem::is_directory(options.state_dir)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "state_dir: cannot create directory '", options.state_dir,
+          "': ", ec ? ec.message() : "a file of that name exists"));
+    }
   }
   auto registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<MetricsHttpServer> metrics_server;

@@ -32,6 +32,14 @@ struct WorkerOptions {
   int max_tasks = 0;
   // host:port of the Prometheus endpoint; empty: none. Port 0: ephemeral.
   std::string metrics_listen;
+  // Where the engine saves training state so that a task interrupted on this
+  // worker (crash, restart, lost lease) resumes instead of starting over when
+  // it is leased here again. Each task gets
+  // <state_dir>/<job_id>-L<layer>-s<step>, deleted once the task's result is
+  // stored. Empty: no state is saved.
+  std::string state_dir;
+  // Training tokens between two state saves (with state_dir); 0: never.
+  int64_t checkpoint_every_tokens = 50'000'000;
 
   // --- performance ---
   // Bytes per artifact chunk.

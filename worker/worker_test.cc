@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +55,11 @@ class FakeEngine final : public engine::SaeTrainingEngine {
     // Larger than one upload chunk, so the upload really is chunked.
     out.sae_safetensors = std::string(5000, static_cast<char>('a' + n));
     calls_.push_back({input, out.sae_safetensors});
+    // A real engine saves its training state into state_dir while it runs.
+    if (!input.state_dir.empty()) {
+      std::filesystem::create_directories(input.state_dir);
+      std::ofstream(input.state_dir + "/state.pt") << "state";
+    }
     if (auto it = failures_.find(n); it != failures_.end()) return it->second;
     if (!progress(input.train_tokens, 0.5)) return absl::CancelledError("stop");
     out.d_in = kDIn;
@@ -62,6 +68,15 @@ class FakeEngine final : public engine::SaeTrainingEngine {
     out.fvu = 0.1 + 0.01 * n;
     out.init_fvu = 0.9;
     out.l0 = 3;
+    out.density_histogram.assign(engine::kDensityBins, 0);
+    out.density_histogram[0] = 1;
+    out.density_histogram[engine::kDensityBins - 1] = kDSae - 1;
+    if (input.lm_eval_tokens > 0) {
+      out.lm = engine::LmEvaluation{3.0,     3.5,  6.0,
+                                    5.0 / 6, 0.25, input.lm_eval_tokens};
+    }
+    out.stopped_early = input.adaptive_window_tokens > 0;
+    out.resumed_from_tokens = input.state_dir.empty() ? 0 : 10;
     for (int i = 0; i < kDSae; ++i) {
       out.features.frequency.push_back(0.01f * i);
       out.features.mean_activation.push_back(0.5f);
@@ -121,7 +136,8 @@ class WorkerTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  std::string SubmitJob() {
+  std::string SubmitJob(
+      const std::function<void(v1::JobSpec*)>& customize = nullptr) {
     v1::JobSpec spec;
     spec.mutable_model()->set_architecture("gpt_neox");
     for (int step : {0, 10, 20}) {
@@ -137,14 +153,18 @@ class WorkerTest : public ::testing::Test {
     spec.mutable_sae()->set_lr_later(1e-4);
     spec.mutable_schedule()->set_tokens_first(1000);
     spec.mutable_schedule()->set_tokens_later(50);
+    if (customize) customize(&spec);
     auto submitted = client_->SubmitJob(spec, "");
     EXPECT_TRUE(submitted.ok()) << submitted.status();
     return submitted.ok() ? submitted->job().job_id() : "";
   }
 
   // Runs a worker over `engine` until it has handled `tasks` tasks.
-  void RunWorker(std::unique_ptr<engine::SaeTrainingEngine> engine, int tasks) {
+  void RunWorker(std::unique_ptr<engine::SaeTrainingEngine> engine, int tasks,
+                 const std::string& state_dir = "") {
     WorkerOptions options;
+    options.state_dir = state_dir;
+    options.checkpoint_every_tokens = 300;
     options.coordinator = address_;
     options.max_tasks = tasks;
     options.chunk_bytes = 1024;
@@ -219,6 +239,120 @@ TEST_F(WorkerTest, TrainsTheChainInOrderAndStoresEveryResult) {
   EXPECT_NEAR(history->points(2).max_activation(), 4.0, 1e-6);
   EXPECT_FALSE(history->points(0).has_decoder_cos_prev());
   EXPECT_NEAR(history->points(1).decoder_cos_prev(), 0.9, 1e-6);
+}
+
+TEST_F(WorkerTest, PassesTrainingOptionsAndStoresTheirResults) {
+  const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
+    spec->mutable_sae()->set_architecture("topk");
+    spec->mutable_sae()->set_k(3);
+    spec->mutable_sae()->set_dead_window_tokens(400);
+    spec->mutable_schedule()->set_adaptive_window_tokens(20);
+    spec->mutable_schedule()->set_adaptive_tolerance(0.01);
+    spec->mutable_schedule()->set_lm_eval_tokens(64);
+  });
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 3);
+
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  const engine::TrainInput& first = calls[0].input;
+  EXPECT_EQ(first.sae_architecture, "topk");
+  EXPECT_EQ(first.k, 3);
+  EXPECT_EQ(first.aux_k, 6);  // The validator's default, 2 * k.
+  EXPECT_DOUBLE_EQ(first.aux_coefficient, 1.0 / 32);
+  EXPECT_EQ(first.dead_window_tokens, 400);
+  EXPECT_FALSE(first.ghost_grads);  // topk uses AuxK instead.
+  EXPECT_EQ(first.lm_eval_tokens, 64);
+  // The adaptive budget applies to later SAEs only.
+  EXPECT_EQ(first.adaptive_window_tokens, 0);
+  EXPECT_EQ(calls[1].input.adaptive_window_tokens, 20);
+  EXPECT_DOUBLE_EQ(calls[1].input.adaptive_tolerance, 0.01);
+  EXPECT_EQ(first.state_dir, "");  // No --state_dir.
+
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->checkpoints_size(), 3);
+  const v1::CheckpointMetrics& m0 = metrics->checkpoints(0);
+  EXPECT_EQ(m0.sae_architecture(), "topk");
+  EXPECT_EQ(m0.k(), 3);
+  EXPECT_FALSE(m0.stopped_early());
+  EXPECT_TRUE(metrics->checkpoints(1).stopped_early());
+  ASSERT_EQ(m0.density_histogram_size(), engine::kDensityBins);
+  EXPECT_EQ(m0.density_histogram(0), 1);
+  EXPECT_EQ(m0.density_histogram(engine::kDensityBins - 1), kDSae - 1);
+  ASSERT_TRUE(m0.has_lm());
+  EXPECT_DOUBLE_EQ(m0.lm().ce_clean(), 3.0);
+  EXPECT_DOUBLE_EQ(m0.lm().ce_spliced(), 3.5);
+  EXPECT_DOUBLE_EQ(m0.lm().ce_zero_ablated(), 6.0);
+  EXPECT_DOUBLE_EQ(m0.lm().loss_recovered(), 5.0 / 6);
+  EXPECT_DOUBLE_EQ(m0.lm().kl_divergence(), 0.25);
+  EXPECT_EQ(m0.lm().tokens(), 64);
+  EXPECT_EQ(m0.resumed_from_tokens(), 0);
+}
+
+TEST_F(WorkerTest, ReluL1DefaultsGhostGradsForTheFirstSaeAndLmEvaluation) {
+  const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
+    spec->mutable_schedule()->set_lm_eval_tokens(0);  // Skip it.
+  });
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 2);
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_TRUE(calls[0].input.ghost_grads);
+  EXPECT_FALSE(calls[1].input.ghost_grads);
+  EXPECT_EQ(calls[0].input.lm_eval_tokens, 0);
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_GE(metrics->checkpoints_size(), 1);
+  EXPECT_FALSE(metrics->checkpoints(0).has_lm());
+  EXPECT_EQ(metrics->checkpoints(0).sae_architecture(), "relu_l1");
+  EXPECT_EQ(metrics->checkpoints(0).k(), 0);
+}
+
+TEST_F(WorkerTest, TrainingStateLivesUntilTheResultIsStored) {
+  const std::string job_id = SubmitJob();
+  const std::string state_dir = dir_ + "/state";
+  FakeEngine engine;
+  // The first task fails (retryable) and leaves its state for the retry.
+  engine.FailCall(0, absl::UnavailableError("device lost"));
+  RunWorker(std::make_unique<Borrowed>(&engine), 1, state_dir);
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 1u);
+  const std::string task_dir = state_dir + "/" + job_id + "-L1-s0";
+  EXPECT_EQ(calls[0].input.state_dir, task_dir);
+  EXPECT_EQ(calls[0].input.checkpoint_every_tokens, 300);
+  EXPECT_TRUE(std::filesystem::exists(task_dir + "/state.pt"));
+
+  // The retry runs in the same directory, resumes and, once its result is
+  // stored, deletes it.
+  RunWorker(std::make_unique<Borrowed>(&engine), 2, state_dir);
+  calls = engine.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[1].input.state_dir, task_dir);
+  EXPECT_EQ(calls[2].input.state_dir, state_dir + "/" + job_id + "-L1-s10");
+  EXPECT_FALSE(std::filesystem::exists(task_dir));
+  EXPECT_FALSE(std::filesystem::exists(calls[2].input.state_dir));
+  EXPECT_TRUE(std::filesystem::is_directory(state_dir));
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->checkpoints_size(), 2);
+  EXPECT_EQ(metrics->checkpoints(0).resumed_from_tokens(), 10);
+}
+
+TEST_F(WorkerTest, RejectsBadStateOptions) {
+  WorkerOptions options;
+  options.coordinator = address_;
+  options.checkpoint_every_tokens = -1;
+  auto worker = Worker::Create(options, std::make_unique<FakeEngine>());
+  EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(worker.status().message(), HasSubstr("checkpoint_every_tokens"));
+
+  std::ofstream(dir_ + "/a-file") << "x";
+  options.checkpoint_every_tokens = 0;
+  options.state_dir = dir_ + "/a-file";
+  worker = Worker::Create(options, std::make_unique<FakeEngine>());
+  EXPECT_EQ(worker.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(worker.status().message(), HasSubstr("state_dir: cannot create"));
 }
 
 TEST_F(WorkerTest, RetryableFailureIsRetried) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -31,6 +32,16 @@ constexpr int64_t kDefaultTokensFirst = 300'000'000;
 // Later SAEs get 1/20 of the first one's budget.
 constexpr int64_t kLaterTokensDivisor = 20;
 constexpr int64_t kDefaultEvalTokens = 65536;
+// TopK with AuxK (Gao et al. 2024): k active latents, AuxK over 2k dead ones
+// weighted 1/32.
+constexpr int kDefaultK = 32;
+constexpr int kDefaultAuxKPerK = 2;
+constexpr double kDefaultAuxCoefficient = 1.0 / 32;
+constexpr bool kDefaultGhostGrads = true;
+constexpr double kDefaultAdaptiveTolerance = 1e-3;
+// Enough tokens for a stable loss-recovered estimate at little cost next to
+// training.
+constexpr int64_t kDefaultLmEvalTokens = 8192;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 
@@ -40,7 +51,7 @@ const std::vector<std::string>& SupportedModelArchitectures() {
   return *v;
 }
 const std::vector<std::string>& SupportedSaeArchitectures() {
-  static const auto* v = new std::vector<std::string>{"relu_l1"};
+  static const auto* v = new std::vector<std::string>{"relu_l1", "topk"};
   return *v;
 }
 const std::vector<std::string>& SupportedSites() {
@@ -309,6 +320,53 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
   }
   sae->set_batch_size(int_value);
 
+  // Fields of the other architecture are refused rather than ignored: a
+  // topk job with an L1-style setting (or the reverse) is almost always a
+  // mistake in the job file.
+  const bool topk = sae->architecture() == "topk";
+  if (topk) {
+    if (sae->has_ghost_grads() && sae->ghost_grads()) {
+      return absl::InvalidArgumentError(
+          "spec.sae.ghost_grads: true applies to architecture 'relu_l1' only "
+          "(topk revives dead latents with the AuxK loss)");
+    }
+    // k and aux_k are checked against d_sae once it is known (below).
+    if (sae->k() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.sae.k: ", sae->k(), " must be > 0"));
+    }
+    if (sae->k() == 0) sae->set_k(kDefaultK);
+    if (sae->aux_k() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.sae.aux_k: ", sae->aux_k(), " must be >= 0"));
+    }
+    if (absl::Status s =
+            FiniteOrDefault("spec.sae.aux_coefficient", sae->aux_coefficient(),
+                            kDefaultAuxCoefficient, ">= 0", &value);
+        !s.ok()) {
+      return s;
+    }
+    sae->set_aux_coefficient(value);
+  } else {
+    const char* topk_field = sae->k() != 0                 ? "k"
+                             : sae->aux_k() != 0           ? "aux_k"
+                             : sae->aux_coefficient() != 0 ? "aux_coefficient"
+                                                           : nullptr;
+    if (topk_field != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.sae.", topk_field,
+                       ": applies to architecture 'topk' only, not '",
+                       sae->architecture(), "'"));
+    }
+    if (!sae->has_ghost_grads()) sae->set_ghost_grads(kDefaultGhostGrads);
+  }
+  // 0 stays 0: the engine then uses a tenth of each SAE's training tokens.
+  if (sae->dead_window_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.sae.dead_window_tokens: ", sae->dead_window_tokens(),
+                     " must be >= 0"));
+  }
+
   v1::Schedule* schedule = out.mutable_schedule();
   if (!v1::Schedule::Direction_IsValid(schedule->direction())) {
     return absl::InvalidArgumentError(
@@ -340,6 +398,27 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     return s;
   }
   schedule->set_eval_tokens(tokens);
+  // 0 stays 0: no adaptive budget.
+  if (schedule->adaptive_window_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.schedule.adaptive_window_tokens: ",
+                     schedule->adaptive_window_tokens(), " must be >= 0"));
+  }
+  if (absl::Status s = FiniteOrDefault(
+          "spec.schedule.adaptive_tolerance", schedule->adaptive_tolerance(),
+          kDefaultAdaptiveTolerance, ">= 0", &value);
+      !s.ok()) {
+    return s;
+  }
+  schedule->set_adaptive_tolerance(value);
+  // Unset means the default; an explicit 0 skips the LM evaluation.
+  if (!schedule->has_lm_eval_tokens()) {
+    schedule->set_lm_eval_tokens(kDefaultLmEvalTokens);
+  } else if (schedule->lm_eval_tokens() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.schedule.lm_eval_tokens: ", schedule->lm_eval_tokens(),
+        " must be >= 0 (0 skips the LM evaluation)"));
+  }
 
   if (!out.device().empty() && out.device() != "cpu" &&
       out.device() != "cuda") {
@@ -417,6 +496,24 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
   }
   sae->set_d_sae(static_cast<int32_t>(d_sae));
+  if (topk) {
+    // k == d_sae would keep every latent: no sparsity at all.
+    if (sae->k() >= d_sae) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.sae.k: ", sae->k(), spec.sae().k() == 0 ? " (the default)" : "",
+          " must be < d_sae ", d_sae));
+    }
+    if (sae->aux_k() > d_sae) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.sae.aux_k: ", sae->aux_k(), " exceeds d_sae ", d_sae));
+    }
+    // The default may not exceed d_sae either; small dictionaries get all
+    // their latents in the AuxK loss.
+    if (sae->aux_k() == 0) {
+      sae->set_aux_k(static_cast<int32_t>(
+          std::min<int64_t>(int64_t{kDefaultAuxKPerK} * sae->k(), d_sae)));
+    }
+  }
 
   if (absl::Status s = CheckPath("spec.data.tokens_path", data->tokens_path(),
                                  PathKind::kFile);

@@ -45,6 +45,77 @@ TEST(JobValidatorTest, FillsDefaults) {
   EXPECT_EQ(out->schedule().tokens_first(), 300'000'000);
   EXPECT_EQ(out->schedule().tokens_later(), 15'000'000);
   EXPECT_EQ(out->schedule().eval_tokens(), 65536);
+  // relu_l1: ghost grads on, the topk fields left unset.
+  ASSERT_TRUE(out->sae().has_ghost_grads());
+  EXPECT_TRUE(out->sae().ghost_grads());
+  EXPECT_EQ(out->sae().k(), 0);
+  EXPECT_EQ(out->sae().aux_k(), 0);
+  EXPECT_EQ(out->sae().aux_coefficient(), 0);
+  // 0 means "a tenth of the SAE's training tokens" to the engine.
+  EXPECT_EQ(out->sae().dead_window_tokens(), 0);
+  EXPECT_EQ(out->schedule().adaptive_window_tokens(), 0);
+  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 1e-3);
+  ASSERT_TRUE(out->schedule().has_lm_eval_tokens());
+  EXPECT_EQ(out->schedule().lm_eval_tokens(), 8192);
+}
+
+TEST(JobValidatorTest, FillsTopkDefaults) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_architecture("topk");
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->sae().d_sae(), 128);
+  EXPECT_EQ(out->sae().k(), 32);
+  EXPECT_EQ(out->sae().aux_k(), 64);
+  EXPECT_DOUBLE_EQ(out->sae().aux_coefficient(), 1.0 / 32);
+  // Ghost grads are a relu_l1 mechanism.
+  EXPECT_FALSE(out->sae().has_ghost_grads());
+}
+
+TEST(JobValidatorTest, DefaultAuxKIsCappedAtDSae) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_architecture("topk");
+  spec.mutable_sae()->set_d_sae(40);
+  spec.mutable_sae()->set_k(30);
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->sae().aux_k(), 40);
+}
+
+TEST(JobValidatorTest, KeepsExplicitTrainingOptions) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_ghost_grads(false);
+  spec.mutable_sae()->set_dead_window_tokens(5000);
+  spec.mutable_schedule()->set_adaptive_window_tokens(100000);
+  spec.mutable_schedule()->set_adaptive_tolerance(0.01);
+  // An explicit 0 skips the LM evaluation rather than meaning "default".
+  spec.mutable_schedule()->set_lm_eval_tokens(0);
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE(out->sae().has_ghost_grads());
+  EXPECT_FALSE(out->sae().ghost_grads());
+  EXPECT_EQ(out->sae().dead_window_tokens(), 5000);
+  EXPECT_EQ(out->schedule().adaptive_window_tokens(), 100000);
+  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.01);
+  ASSERT_TRUE(out->schedule().has_lm_eval_tokens());
+  EXPECT_EQ(out->schedule().lm_eval_tokens(), 0);
+
+  spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_architecture("topk");
+  spec.mutable_sae()->set_k(8);
+  spec.mutable_sae()->set_aux_k(128);  // == d_sae: allowed.
+  spec.mutable_sae()->set_aux_coefficient(0.1);
+  spec.mutable_sae()->set_ghost_grads(false);  // Harmless with topk.
+  spec.mutable_schedule()->set_lm_eval_tokens(4096);
+  out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->sae().k(), 8);
+  EXPECT_EQ(out->sae().aux_k(), 128);
+  EXPECT_DOUBLE_EQ(out->sae().aux_coefficient(), 0.1);
+  EXPECT_EQ(out->schedule().lm_eval_tokens(), 4096);
 }
 
 TEST(JobValidatorTest, KeepsExplicitValues) {
@@ -327,6 +398,126 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.sae.architecture: 'gated' is not "
                                   "supported"},
+                                 {"TopkNegativeK",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_k(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.k: -1 must be > 0"},
+                                 {"TopkKEqualsDSae",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_k(128);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.k: 128 must be < d_sae 128"},
+                                 {"TopkDefaultKTooLarge",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_d_sae(16);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.k: 32 (the default) must be < "
+                                  "d_sae 16"},
+                                 {"TopkNegativeAuxK",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_aux_k(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_k: -1 must be >= 0"},
+                                 {"TopkAuxKAboveDSae",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_aux_k(129);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_k: 129 exceeds d_sae 128"},
+                                 {"TopkNanAuxCoefficient",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_aux_coefficient(kNan);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_coefficient: nan is not "
+                                  "finite"},
+                                 {"TopkNegativeAuxCoefficient",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_aux_coefficient(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_coefficient: -1 out of range"},
+                                 {"TopkWithGhostGrads",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_ghost_grads(true);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.ghost_grads: true applies to "
+                                  "architecture 'relu_l1' only"},
+                                 {"ReluL1WithK",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_k(16);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.k: applies to architecture 'topk' "
+                                  "only, not 'relu_l1'"},
+                                 {"ReluL1WithAuxK",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_aux_k(16);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_k: applies to architecture "
+                                  "'topk' only"},
+                                 {"ReluL1WithAuxCoefficient",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_aux_coefficient(0.1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.aux_coefficient: applies to "
+                                  "architecture 'topk' only"},
+                                 {"NegativeDeadWindow",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_dead_window_tokens(
+                                        -5);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.dead_window_tokens: -5 must be "
+                                  ">= 0"},
+                                 {"NegativeAdaptiveWindow",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()
+                                        ->set_adaptive_window_tokens(-1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.adaptive_window_tokens: -1 "
+                                  "must be >= 0"},
+                                 {"InfiniteAdaptiveTolerance",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()
+                                        ->set_adaptive_tolerance(kInf);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.adaptive_tolerance: inf is "
+                                  "not finite"},
+                                 {"NegativeAdaptiveTolerance",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()
+                                        ->set_adaptive_tolerance(-0.5);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.adaptive_tolerance: -0.5 out "
+                                  "of range"},
+                                 {"NegativeLmEvalTokens",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_lm_eval_tokens(
+                                        -1);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.lm_eval_tokens: -1 must be "
+                                  ">= 0"},
                                  {"NegativeTokens",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_schedule()->set_tokens_first(-1);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/format/internal/status_macros.h"
+#include "worker/engine/training_engine.h"
 #include "worker/format/safetensors.h"
 
 namespace saetrack::engine {
@@ -40,17 +41,107 @@ std::vector<float> ToVector(const torch::Tensor& tensor) {
 
 }  // namespace
 
-torch::Tensor ReluSae::Encode(const torch::Tensor& x) const {
-  return torch::relu(torch::addmm(b_enc, x - b_dec, W_enc));
+SaeWeights SaeWeights::Clone() const {
+  return SaeWeights{W_enc.detach().clone(), b_enc.detach().clone(),
+                    W_dec.detach().clone(), b_dec.detach().clone()};
 }
 
-torch::Tensor ReluSae::Decode(const torch::Tensor& f) const {
-  return torch::addmm(b_dec, f, W_dec);
+SaeWeights SaeWeights::ZerosLike() const {
+  return SaeWeights{torch::zeros_like(W_enc), torch::zeros_like(b_enc),
+                    torch::zeros_like(W_dec), torch::zeros_like(b_dec)};
 }
 
-ReluSae ReluSae::Clone() const {
-  return ReluSae{W_enc.detach().clone(), b_enc.detach().clone(),
-                 W_dec.detach().clone(), b_dec.detach().clone()};
+torch::Tensor Matmul(const torch::Tensor& a, const torch::Tensor& b,
+                     MatmulPrecision precision) {
+  if (precision == MatmulPrecision::kFp32) return torch::mm(a, b);
+  return torch::mm(a.to(torch::kBFloat16), b.to(torch::kBFloat16))
+      .to(torch::kFloat32);
+}
+
+torch::Tensor AddMatmul(const torch::Tensor& bias, const torch::Tensor& a,
+                        const torch::Tensor& b, MatmulPrecision precision) {
+  if (precision == MatmulPrecision::kFp32) return torch::addmm(bias, a, b);
+  return Matmul(a, b, precision) + bias;
+}
+
+torch::Tensor NormalisedReconstructionError(const torch::Tensor& x_hat,
+                                            const torch::Tensor& x) {
+  return (x_hat - x).pow(2).sum() /
+         (x - x.mean(0, /*keepdim=*/true)).pow(2).sum().clamp_min(kTiny);
+}
+
+torch::Tensor Sae::PreActivations(const SaeWeights& weights,
+                                  const torch::Tensor& x) const {
+  return AddMatmul(weights.b_enc, x - weights.b_dec, weights.W_enc,
+                   precision_);
+}
+
+torch::Tensor Sae::PreActivations(const torch::Tensor& x) const {
+  return PreActivations(weights_, x);
+}
+
+torch::Tensor Sae::Decode(const torch::Tensor& f) const {
+  return AddMatmul(weights_.b_dec, f, weights_.W_dec, precision_);
+}
+
+torch::Tensor Sae::Reconstruct(const torch::Tensor& x) const {
+  return Decode(Encode(x));
+}
+
+SaeLoss Sae::LossAndGradients(const torch::Tensor& x,
+                              const StepContext& context,
+                              SaeWeights* gradients,
+                              torch::Tensor* fired) const {
+  return AutogradLossAndGradients(x, context, gradients, fired);
+}
+
+namespace {
+
+SaeLoss ToLoss(const SaeLossTerms& terms) {
+  SaeLoss loss;
+  loss.reconstruction = terms.reconstruction.item<double>();
+  if (terms.sparsity.defined()) loss.sparsity = terms.sparsity.item<double>();
+  if (terms.auxiliary.defined()) {
+    loss.auxiliary = terms.auxiliary.item<double>();
+  }
+  loss.total = loss.reconstruction + loss.sparsity + loss.auxiliary;
+  return loss;
+}
+
+}  // namespace
+
+SaeLoss Sae::AutogradLossAndGradients(const torch::Tensor& x,
+                                      const StepContext& context,
+                                      SaeWeights* gradients,
+                                      torch::Tensor* fired) const {
+  // Leaves that share storage with the weights: autograd writes their .grad
+  // and the weights themselves never carry autograd state.
+  SaeWeights leaves{weights_.W_enc.detach().requires_grad_(),
+                    weights_.b_enc.detach().requires_grad_(),
+                    weights_.W_dec.detach().requires_grad_(),
+                    weights_.b_dec.detach().requires_grad_()};
+  torch::AutoGradMode enable_grad(true);
+  const SaeLossTerms terms = LossTerms(leaves, x, context, fired);
+  torch::Tensor total = terms.reconstruction;
+  if (terms.sparsity.defined()) total = total + terms.sparsity;
+  if (terms.auxiliary.defined()) total = total + terms.auxiliary;
+  total.backward();
+  auto grad_or_zeros = [](const torch::Tensor& leaf) {
+    return leaf.grad().defined() ? leaf.grad() : torch::zeros_like(leaf);
+  };
+  *gradients = SaeWeights{grad_or_zeros(leaves.W_enc),
+                          grad_or_zeros(leaves.b_enc),
+                          grad_or_zeros(leaves.W_dec),
+                          grad_or_zeros(leaves.b_dec)};
+  if (fired != nullptr) *fired = fired->detach();
+  torch::NoGradGuard no_grad;
+  return ToLoss(terms);
+}
+
+SaeLoss Sae::Loss(const torch::Tensor& x, const StepContext& context) const {
+  torch::NoGradGuard no_grad;
+  torch::Tensor fired;
+  return ToLoss(LossTerms(weights_, x, context, &fired));
 }
 
 torch::Tensor GeometricMedian(const torch::Tensor& points, int max_iterations,
@@ -72,13 +163,13 @@ torch::Tensor GeometricMedian(const torch::Tensor& points, int max_iterations,
   return median.to(points.scalar_type());
 }
 
-ReluSae InitSaeFromScratch(int64_t d_sae, const torch::Tensor& sample,
-                           uint64_t seed) {
+SaeWeights InitSaeFromScratch(int64_t d_sae, const torch::Tensor& sample,
+                              uint64_t seed) {
   torch::NoGradGuard no_grad;
   const int64_t d_in = sample.size(1);
   at::Generator generator = at::detail::createCPUGenerator(seed);
   const torch::Device device = sample.device();
-  ReluSae sae;
+  SaeWeights sae;
   sae.W_enc = KaimingUniform({d_in, d_sae}, generator).to(device);
   sae.W_dec =
       NormaliseRows(KaimingUniform({d_sae, d_in}, generator)).to(device);
@@ -88,7 +179,7 @@ ReluSae InitSaeFromScratch(int64_t d_sae, const torch::Tensor& sample,
   return sae;
 }
 
-std::string SaeToSafetensors(const ReluSae& sae) {
+std::string SaeToSafetensors(const SaeWeights& sae) {
   format::SafetensorsWriter writer;
   const std::pair<const char*, const torch::Tensor*> tensors[] = {
       {"W_enc", &sae.W_enc},
@@ -107,12 +198,12 @@ std::string SaeToSafetensors(const ReluSae& sae) {
   return writer.Serialize();
 }
 
-absl::StatusOr<ReluSae> SaeFromSafetensors(std::string bytes,
-                                           const torch::Device& device) {
+absl::StatusOr<SaeWeights> SaeFromSafetensors(std::string bytes,
+                                              const torch::Device& device) {
   SAETRACK_ASSIGN_OR_RETURN(
       format::SafetensorsFile file,
       format::SafetensorsFile::FromBytes(std::move(bytes), "SAE weights"));
-  ReluSae sae;
+  SaeWeights sae;
   const std::pair<const char*, torch::Tensor*> tensors[] = {
       {"W_enc", &sae.W_enc},
       {"b_enc", &sae.b_enc},
@@ -154,72 +245,7 @@ absl::StatusOr<ReluSae> SaeFromSafetensors(std::string bytes,
   return sae;
 }
 
-SaeLoss ComputeSaeLoss(const ReluSae& sae, const torch::Tensor& x,
-                       double l1_coefficient) {
-  const torch::Tensor f = sae.Encode(x);
-  const torch::Tensor x_hat = sae.Decode(f);
-  const torch::Tensor reconstruction =
-      (x_hat - x).pow(2).sum() /
-      (x - x.mean(0, /*keepdim=*/true)).pow(2).sum().clamp_min(kTiny);
-  // f >= 0, so its L1 norm is its sum.
-  const torch::Tensor sparsity = l1_coefficient * f.sum(1).mean();
-  SaeLoss loss;
-  loss.total = reconstruction + sparsity;
-  loss.reconstruction = reconstruction.item<double>();
-  loss.sparsity = sparsity.item<double>();
-  return loss;
-}
-
-SaeTrainer::SaeTrainer(ReluSae* sae, const SaeTrainerOptions& options)
-    : sae_(sae), options_(options) {
-  for (torch::Tensor* tensor :
-       {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec, &sae_->b_dec}) {
-    tensor->requires_grad_(true);
-  }
-  optimizer_ = std::make_unique<torch::optim::Adam>(
-      std::vector<torch::Tensor>{sae_->W_enc, sae_->b_enc, sae_->W_dec,
-                                 sae_->b_dec},
-      torch::optim::AdamOptions(options.lr)
-          .betas({options.adam_beta1, options.adam_beta2}));
-}
-
-SaeTrainer::~SaeTrainer() {
-  for (torch::Tensor* tensor :
-       {&sae_->W_enc, &sae_->b_enc, &sae_->W_dec, &sae_->b_dec}) {
-    tensor->requires_grad_(false);
-    tensor->mutable_grad() = torch::Tensor();
-  }
-}
-
-SaeLoss SaeTrainer::Step(const torch::Tensor& batch) {
-  optimizer_->zero_grad();
-  SaeLoss loss = ComputeSaeLoss(*sae_, batch, options_.l1_coefficient);
-  loss.total.backward();
-  {
-    torch::NoGradGuard no_grad;
-    // Rows have unit norm, so (g . d) d is the part of the gradient that
-    // would only change a row's length, which the renormalisation below
-    // would undo anyway; removing it keeps Adam's moments on the sphere.
-    torch::Tensor& grad = sae_->W_dec.mutable_grad();
-    grad.sub_((grad * sae_->W_dec).sum(1, /*keepdim=*/true) * sae_->W_dec);
-  }
-  const double warmup = std::min(
-      1.0, static_cast<double>(steps_ + 1) /
-               static_cast<double>(std::max(1, options_.warmup_steps)));
-  for (auto& group : optimizer_->param_groups()) {
-    static_cast<torch::optim::AdamOptions&>(group.options())
-        .lr(options_.lr * warmup);
-  }
-  optimizer_->step();
-  {
-    torch::NoGradGuard no_grad;
-    sae_->W_dec.div_(sae_->W_dec.norm(2, 1, /*keepdim=*/true).clamp_min(kTiny));
-  }
-  ++steps_;
-  return loss;
-}
-
-SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
+SaeEvaluation EvaluateSae(const Sae& sae, const torch::Tensor& activations,
                           int64_t chunk_rows) {
   torch::NoGradGuard no_grad;
   const int64_t n = activations.size(0);
@@ -262,12 +288,47 @@ SaeEvaluation EvaluateSae(const ReluSae& sae, const torch::Tensor& activations,
   evaluation.frequency = ToVector(fired / tokens);
   evaluation.mean_activation = ToVector(activation_sum / tokens);
   evaluation.max_activation = ToVector(activation_max);
-  evaluation.encoder_norm = ToVector(sae.W_enc.norm(2, 0));
+  evaluation.encoder_norm = ToVector(sae.weights().W_enc.norm(2, 0));
   return evaluation;
 }
 
-std::vector<float> DecoderCosines(const ReluSae& sae,
-                                  const ReluSae& reference) {
+double HeldOutFvu(const Sae& sae, const torch::Tensor& activations,
+                  int64_t chunk_rows) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = activations.size(0);
+  const torch::Tensor mean = activations.to(torch::kFloat64).mean(0);
+  double squared_error = 0;
+  double total_variance = 0;
+  for (int64_t start = 0; start < n; start += chunk_rows) {
+    const torch::Tensor x =
+        activations.narrow(0, start, std::min(chunk_rows, n - start));
+    squared_error += (sae.Reconstruct(x) - x)
+                         .to(torch::kFloat64)
+                         .pow(2)
+                         .sum()
+                         .item<double>();
+    total_variance +=
+        (x.to(torch::kFloat64) - mean).pow(2).sum().item<double>();
+  }
+  return squared_error / std::max(total_variance, kTiny);
+}
+
+std::vector<int64_t> DensityHistogram(const std::vector<float>& frequency) {
+  std::vector<int64_t> bins(kDensityBins, 0);
+  for (const float f : frequency) {
+    if (!(f > 0)) {
+      ++bins[0];
+      continue;
+    }
+    const int bin = static_cast<int>(
+        std::floor((std::log10(f) - kDensityLog10Min) / kDensityLog10Width));
+    ++bins[1 + std::clamp(bin, 0, kDensityBins - 2)];
+  }
+  return bins;
+}
+
+std::vector<float> DecoderCosines(const SaeWeights& sae,
+                                  const SaeWeights& reference) {
   torch::NoGradGuard no_grad;
   const torch::Tensor dot = (sae.W_dec * reference.W_dec).sum(1);
   const torch::Tensor norms = sae.W_dec.norm(2, 1) * reference.W_dec.norm(2, 1);

@@ -162,6 +162,154 @@ TEST_F(TorchEngineTest, TrainsChainWithRecurrentInitialisation) {
   EXPECT_GT(cosines[cosines.size() / 2], 0.9);
 }
 
+TEST_F(TorchEngineTest, ReportsLmEvaluationAndDensity) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.lm_eval_tokens = 1024;
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  ASSERT_TRUE(output->lm.has_value());
+  const LmEvaluation& lm = *output->lm;
+  EXPECT_EQ(lm.tokens, 32 * 31);  // 32 contexts of 32 tokens, 31 predictions
+  // Splicing in a trained SAE hurts less than zero-ablating the stream.
+  EXPECT_LT(lm.ce_clean, lm.ce_zero_ablated);
+  EXPECT_GE(lm.ce_spliced, lm.ce_clean - 1e-3);
+  EXPECT_LT(lm.ce_spliced, lm.ce_zero_ablated);
+  EXPECT_GT(lm.loss_recovered, 0.5);
+  EXPECT_LE(lm.loss_recovered, 1.0 + 1e-3);
+  EXPECT_GT(lm.kl_divergence, 0);
+  ASSERT_EQ(output->density_histogram.size(),
+            static_cast<size_t>(kDensityBins));
+  int64_t features = 0;
+  for (int64_t count : output->density_histogram) features += count;
+  EXPECT_EQ(features, 128);
+  EXPECT_EQ(static_cast<double>(output->density_histogram[0]) / 128,
+            output->dead_fraction);
+
+  input.lm_eval_tokens = 0;
+  output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_FALSE(output->lm.has_value());
+}
+
+TEST_F(TorchEngineTest, TrainsTopKChain) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.sae_architecture = "topk";
+  input.k = 8;
+  input.lm_eval_tokens = 0;
+  absl::StatusOr<TrainOutput> first = engine->Train(input, nullptr);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_LE(first->l0, 8.0);
+  EXPECT_GT(first->l0, 4.0);
+  EXPECT_LT(first->fvu, first->init_fvu);
+  TrainInput next = input;
+  next.model_dir = Checkpoint(32);
+  next.init_sae_safetensors = first->sae_safetensors;
+  next.train_tokens = 4096;
+  next.lr = 1e-3;
+  absl::StatusOr<TrainOutput> second = engine->Train(next, nullptr);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_LT(second->init_fvu, first->init_fvu);
+  EXPECT_LE(second->l0, 8.0);
+
+  input.k = 0;
+  EXPECT_THAT(Message(engine->Train(input, nullptr).status()),
+              HasSubstr("TrainInput.k 0 must be in [1, d_sae = 128]"));
+}
+
+TEST_F(TorchEngineTest, AdaptiveBudgetStopsEarly) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput first_input = BaseInput();
+  first_input.lm_eval_tokens = 0;
+  absl::StatusOr<TrainOutput> first = engine->Train(first_input, nullptr);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // A later SAE with a large budget and a loose tolerance stops long before
+  // the budget; without the adaptive budget it trains all of it.
+  TrainInput next = first_input;
+  next.model_dir = Checkpoint(32);
+  next.init_sae_safetensors = first->sae_safetensors;
+  next.lr = 1e-3;
+  next.train_tokens = 64 * 1024;
+  next.adaptive_window_tokens = 4096;
+  next.adaptive_tolerance = 0.05;
+  absl::StatusOr<TrainOutput> adaptive = engine->Train(next, nullptr);
+  ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+  EXPECT_TRUE(adaptive->stopped_early);
+  EXPECT_LT(adaptive->tokens_trained, 64 * 1024);
+  EXPECT_GE(adaptive->tokens_trained, 4096);  // at least one window
+  next.adaptive_window_tokens = 0;
+  next.train_tokens = 8192;
+  absl::StatusOr<TrainOutput> fixed = engine->Train(next, nullptr);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_FALSE(fixed->stopped_early);
+  EXPECT_EQ(fixed->tokens_trained, 8192);
+}
+
+TEST_F(TorchEngineTest, ResumesFromSavedState) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.lm_eval_tokens = 0;
+  input.state_dir = MakeTempDir("state");
+  input.checkpoint_every_tokens = 8192;
+  // The worker dies after 20k of 32k tokens: the last save is at 16k.
+  absl::StatusOr<TrainOutput> interrupted =
+      engine->Train(input, [](int64_t tokens, double) {
+        return tokens < 20'000;
+      });
+  ASSERT_EQ(interrupted.status().code(), absl::StatusCode::kCancelled);
+  std::ifstream state(input.state_dir + "/trainer_state.safetensors");
+  ASSERT_TRUE(state.good());
+
+  int64_t first_progress = -1;
+  absl::StatusOr<TrainOutput> resumed =
+      engine->Train(input, [&](int64_t tokens, double) {
+        if (first_progress < 0) first_progress = tokens;
+        return true;
+      });
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->resumed_from_tokens, 16384);
+  EXPECT_GT(first_progress, 16384);
+  EXPECT_GE(resumed->tokens_trained, 32 * 1024 - 128);
+  EXPECT_LE(resumed->tokens_trained, 32 * 1024);
+  // As good as an uninterrupted run, and the initial FVU is the one recorded
+  // before the interruption.
+  TrainInput straight_input = input;
+  straight_input.state_dir.clear();
+  absl::StatusOr<TrainOutput> straight = engine->Train(straight_input, nullptr);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  EXPECT_EQ(resumed->init_fvu, straight->init_fvu);
+  EXPECT_NEAR(resumed->fvu, straight->fvu, 0.05);
+
+  // A state saved for other inputs is ignored, not resumed.
+  TrainInput other = input;
+  other.seed = 99;
+  other.train_tokens = 4096;
+  absl::StatusOr<TrainOutput> fresh = engine->Train(other, nullptr);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->resumed_from_tokens, 0);
+  EXPECT_EQ(fresh->tokens_trained, 4096);
+}
+
+TEST_F(TorchEngineTest, Bf16MatmulsTrainOnCpu) {
+  EngineOptions options;
+  options.threads = 2;
+  options.matmul_precision = "bf16";
+  absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> engine =
+      NewTorchEngine(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  TrainInput input = BaseInput();
+  input.train_tokens = 8192;
+  input.lm_eval_tokens = 0;
+  absl::StatusOr<TrainOutput> output = (*engine)->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_LT(output->fvu, output->init_fvu);
+
+  options.matmul_precision = "fp8";
+  EXPECT_THAT(Message(NewTorchEngine(options).status()),
+              HasSubstr("EngineOptions.matmul_precision \"fp8\""));
+}
+
 TEST_F(TorchEngineTest, DeterministicForSeed) {
   std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
   TrainInput input = BaseInput();

@@ -35,8 +35,13 @@ struct TrainInput {
   int context_length = 128;
 
   // --- SAE ---
-  // "relu_l1".
+  // "relu_l1" (the paper's) or "topk".
   std::string sae_architecture = "relu_l1";
+  // topk: active latents per token (k), latents in the AuxK loss (0: 2 * k)
+  // and the AuxK loss coefficient.
+  int k = 32;
+  int aux_k = 0;
+  double aux_coefficient = 1.0 / 32;
   // d_sae; when 0, expansion_factor * d_model.
   int d_sae = 0;
   int expansion_factor = 64;
@@ -45,11 +50,32 @@ struct TrainInput {
   int warmup_steps = 5000;
   int batch_size = 4096;
   int64_t train_tokens = 300'000'000;
+  // A feature is dead when it has not fired on any of the last
+  // dead_window_tokens training tokens (0: a tenth of train_tokens).
+  int64_t dead_window_tokens = 0;
+  // relu_l1: ghost grads for dead features (the worker enables them for the
+  // first SAE of a chain).
+  bool ghost_grads = false;
+  // Adaptive budget: when adaptive_window_tokens > 0, stop once the held-out
+  // FVU improved by less than adaptive_tolerance (absolute) over the last
+  // adaptive_window_tokens training tokens. 0 trains all train_tokens.
+  int64_t adaptive_window_tokens = 0;
+  double adaptive_tolerance = 1e-3;
   // Held-out tokens (a fixed split, disjoint from training tokens, the same
   // positions for every checkpoint of a job) used for evaluation and feature
   // statistics.
   int64_t eval_tokens = 65536;
   uint64_t seed = 0;
+  // Held-out tokens over which the language model's cross-entropy is measured
+  // clean, with the SAE's reconstruction spliced in, and with the hook
+  // zero-ablated (a prefix of the eval contexts). 0 skips the LM evaluation.
+  int64_t lm_eval_tokens = 8192;
+
+  // Training state: when state_dir is set, the trainer saves its state there
+  // every checkpoint_every_tokens tokens (0: never) and resumes from a state
+  // it finds there (written for the same input) instead of starting over.
+  std::string state_dir;
+  int64_t checkpoint_every_tokens = 0;
 
   // SAE weights of the previous checkpoint (safetensors bytes as produced in
   // TrainOutput::sae_safetensors). Absent: train from scratch (Kaiming-uniform,
@@ -65,6 +91,27 @@ struct FeatureStats {
   // cos(W_dec[i], W_dec_init[i]); empty when trained from scratch.
   std::vector<float> decoder_cos_prev;
   std::vector<float> encoder_norm;  // ||W_enc[:, i]||
+};
+
+// Feature density histogram: bin 0 counts dead features (frequency 0); bin
+// i >= 1 counts features with log10(frequency) in
+// [kDensityLog10Min + (i - 1) * kDensityLog10Width, ... + kDensityLog10Width),
+// the lowest bin also taking everything below it, the highest ending at 0.
+inline constexpr double kDensityLog10Min = -7.0;
+inline constexpr double kDensityLog10Width = 0.5;
+inline constexpr int kDensityBins = 1 + 14;
+
+// The language model with the SAE's reconstruction spliced in at the hook, on
+// held-out contexts (nats per token).
+struct LmEvaluation {
+  double ce_clean = 0;        // the unmodified model
+  double ce_spliced = 0;      // hook activations replaced by the SAE's output
+  double ce_zero_ablated = 0;  // hook activations replaced by zeros
+  // (ce_zero_ablated - ce_spliced) / (ce_zero_ablated - ce_clean).
+  double loss_recovered = 0;
+  // Mean over tokens of KL(clean || spliced) of the next-token distributions.
+  double kl_divergence = 0;
+  int64_t tokens = 0;
 };
 
 struct TrainOutput {
@@ -83,6 +130,15 @@ struct TrainOutput {
   // FVU of the initial SAE (before any training step) on the same held-out
   // activations.
   double init_fvu = 0;
+  // kDensityBins counts (see kDensityLog10Min).
+  std::vector<int64_t> density_histogram;
+  // Absent when TrainInput.lm_eval_tokens is 0.
+  std::optional<LmEvaluation> lm;
+  // The adaptive budget stopped training before train_tokens.
+  bool stopped_early = false;
+  // Tokens already trained in the saved state training resumed from (0 when
+  // it started from the beginning).
+  int64_t resumed_from_tokens = 0;
   FeatureStats features;
 };
 
@@ -109,6 +165,10 @@ struct EngineOptions {
   // Intra-op threads for LibTorch on CPU; 0 keeps LibTorch's default (which
   // can come up as 1, so set it).
   int threads = 0;
+  // Precision of the SAE's matrix products: "fp32", "bf16" (bf16 operands,
+  // fp32 accumulation and master weights), or "auto" (bf16 on CUDA, fp32 on
+  // CPU).
+  std::string matmul_precision = "auto";
 };
 
 // The LibTorch engine.
