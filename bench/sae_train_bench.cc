@@ -44,8 +44,8 @@
 #include <vector>
 
 #include "bench/bench_main.h"
-#include "worker/engine/sae.h"
 #include "worker/engine/relu_l1_sae.h"
+#include "worker/engine/sae.h"
 #include "worker/engine/sae_trainer.h"
 #include "worker/engine/topk_sae.h"
 
@@ -101,10 +101,10 @@ struct GemmChain {
 
   explicit GemmChain(const Shape& s) {
     torch::manual_seed(3);
-    const auto options = torch::dtype(s.precision == MatmulPrecision::kBf16
-                                          ? torch::kBFloat16
-                                          : torch::kFloat32)
-                             .device(s.device);
+    const auto options =
+        torch::dtype(s.precision == MatmulPrecision::kBf16 ? torch::kBFloat16
+                                                           : torch::kFloat32)
+            .device(s.device);
     x = torch::randn({s.batch, s.d_in}, options);
     w_enc = torch::randn({s.d_in, s.d_sae}, options);
     f = torch::relu(torch::randn({s.batch, s.d_sae}, options));
@@ -163,7 +163,8 @@ void BM_SaeGemmChain(benchmark::State& state, Shape shape) {
   state.SetItemsProcessed(state.iterations() * shape.batch);
   const double flops = shape.FlopsPerStep() * state.iterations() / seconds;
   state.counters["GFLOP/s"] = flops / 1e9;
-  if (shape.device.is_cuda()) state.counters["of_peak"] = flops / kH200PeakFlops;
+  if (shape.device.is_cuda())
+    state.counters["of_peak"] = flops / kH200PeakFlops;
   state.SetLabel("5 GEMMs, " + shape.Label());
 }
 
@@ -191,8 +192,7 @@ void BM_SaeTrainStep(benchmark::State& state, Shape shape,
   torch::manual_seed(4);
   // Activation-like data: an offset plus unit noise.
   const torch::Tensor batch =
-      (torch::randn({shape.batch, shape.d_in}) +
-       torch::randn({1, shape.d_in}))
+      (torch::randn({shape.batch, shape.d_in}) + torch::randn({1, shape.d_in}))
           .to(shape.device);
   SaeWeights weights = InitSaeFromScratch(shape.d_sae, batch, /*seed=*/5);
   SaeSpec spec;  // paper defaults: λ 8e-5; topk: k 32
@@ -250,8 +250,7 @@ void RegisterAll() {
     for (const char* architecture :
          {"relu_l1", "relu_l1_autograd", "topk", "topk_dense"}) {
       benchmark::RegisterBenchmark(
-          ("BM_SaeTrainStep/" + std::string(architecture) + "/" + name)
-              .c_str(),
+          ("BM_SaeTrainStep/" + std::string(architecture) + "/" + name).c_str(),
           BM_SaeTrainStep, shape, std::string(architecture))
           ->UseRealTime()
           ->MinTime(kMinSeconds)

@@ -107,7 +107,10 @@ torch::Tensor LanguageModel::Logits(const torch::Tensor& tokens) const {
 torch::Tensor LanguageModel::LogitsWithReplacement(
     const torch::Tensor& tokens, const HookPoint& hook,
     const ActivationReplacement& replacement) const {
-  TORCH_CHECK(hook.layer >= 0, "hook layer ", hook.layer, " is negative");
+  // A layer past the last would never call the replacement and silently
+  // return the clean logits.
+  TORCH_CHECK(hook.layer >= 0 && hook.layer < num_layers(), "hook layer ",
+              hook.layer, " is out of range [0, ", num_layers(), ")");
   const torch::Tensor resid = Forward(
       tokens, num_layers() - 1,
       [&](int layer, HookSite site, torch::Tensor activation) {

@@ -134,6 +134,20 @@ TEST_P(LanguageModelTest, ReplacementReceivesTheHookedActivation) {
   EXPECT_TRUE(torch::equal(seen, expected));
 }
 
+// A hook past the last layer would never see the replacement: refused.
+TEST_P(LanguageModelTest, ReplacementOutOfRangeIsRefused) {
+  torch::NoGradGuard no_grad;
+  const auto identity = [](const torch::Tensor& a) { return a; };
+  EXPECT_THROW(
+      model_->LogitsWithReplacement(
+          tokens_a_, HookPoint{model_->num_layers(), HookSite::kResidPre},
+          identity),
+      c10::Error);
+  EXPECT_THROW(model_->LogitsWithReplacement(
+                   tokens_a_, HookPoint{-1, HookSite::kResidPre}, identity),
+               c10::Error);
+}
+
 // Splicing in the whole residual stream of another input continues that
 // input's forward pass: at the start (resid_pre of layer 0) and at the end
 // (resid_post of the last layer) the logits become the other input's.

@@ -38,8 +38,7 @@ torch::Tensor GhostGradLoss(const SaeWeights& weights, const torch::Tensor& x,
   ghost_out = ghost_out * scale;
   const torch::Tensor ghost_error =
       NormalisedReconstructionError(ghost_out, residual);
-  return ghost_error *
-         (reconstruction / ghost_error.clamp_min(kTiny)).detach();
+  return ghost_error * (reconstruction / ghost_error.clamp_min(kTiny)).detach();
 }
 
 SaeLossTerms ReluL1Sae::LossTerms(const SaeWeights& weights,

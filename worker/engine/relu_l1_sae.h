@@ -38,8 +38,8 @@ class ReluL1Sae : public Sae {
 // the reconstruction error, so it revives dead features without changing the
 // live ones. Differentiable in `weights`; undefined when nothing is dead.
 torch::Tensor GhostGradLoss(const SaeWeights& weights, const torch::Tensor& x,
-                            const torch::Tensor& x_hat, const torch::Tensor& pre,
-                            const torch::Tensor& dead,
+                            const torch::Tensor& x_hat,
+                            const torch::Tensor& pre, const torch::Tensor& dead,
                             const torch::Tensor& reconstruction);
 
 }  // namespace saetrack::engine

@@ -8,8 +8,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "worker/format/internal/status_macros.h"
 #include "worker/engine/training_engine.h"
+#include "worker/format/internal/status_macros.h"
 #include "worker/format/safetensors.h"
 
 namespace saetrack::engine {
@@ -72,8 +72,7 @@ torch::Tensor NormalisedReconstructionError(const torch::Tensor& x_hat,
 
 torch::Tensor Sae::PreActivations(const SaeWeights& weights,
                                   const torch::Tensor& x) const {
-  return AddMatmul(weights.b_enc, x - weights.b_dec, weights.W_enc,
-                   precision_);
+  return AddMatmul(weights.b_enc, x - weights.b_dec, weights.W_enc, precision_);
 }
 
 torch::Tensor Sae::PreActivations(const torch::Tensor& x) const {
@@ -89,8 +88,7 @@ torch::Tensor Sae::Reconstruct(const torch::Tensor& x) const {
 }
 
 SaeLoss Sae::LossAndGradients(const torch::Tensor& x,
-                              const StepContext& context,
-                              SaeWeights* gradients,
+                              const StepContext& context, SaeWeights* gradients,
                               torch::Tensor* fired) const {
   return AutogradLossAndGradients(x, context, gradients, fired);
 }
@@ -129,10 +127,9 @@ SaeLoss Sae::AutogradLossAndGradients(const torch::Tensor& x,
   auto grad_or_zeros = [](const torch::Tensor& leaf) {
     return leaf.grad().defined() ? leaf.grad() : torch::zeros_like(leaf);
   };
-  *gradients = SaeWeights{grad_or_zeros(leaves.W_enc),
-                          grad_or_zeros(leaves.b_enc),
-                          grad_or_zeros(leaves.W_dec),
-                          grad_or_zeros(leaves.b_dec)};
+  *gradients =
+      SaeWeights{grad_or_zeros(leaves.W_enc), grad_or_zeros(leaves.b_enc),
+                 grad_or_zeros(leaves.W_dec), grad_or_zeros(leaves.b_dec)};
   if (fired != nullptr) *fired = fired->detach();
   torch::NoGradGuard no_grad;
   return ToLoss(terms);

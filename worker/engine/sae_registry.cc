@@ -23,27 +23,27 @@ absl::Status InvalidSpec(const char* field, const std::string& what) {
 
 absl::Status CheckReluL1(const SaeSpec& spec, int64_t /*d_sae*/) {
   if (!std::isfinite(spec.l1_coefficient) || spec.l1_coefficient < 0) {
-    return InvalidSpec("l1_coefficient",
-                       absl::StrCat(spec.l1_coefficient,
-                                    " must be finite and >= 0"));
+    return InvalidSpec(
+        "l1_coefficient",
+        absl::StrCat(spec.l1_coefficient, " must be finite and >= 0"));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckTopK(const SaeSpec& spec, int64_t d_sae) {
   if (spec.k <= 0 || spec.k > d_sae) {
-    return InvalidSpec("k", absl::StrCat(spec.k, " must be in [1, d_sae = ",
-                                         d_sae, "]"));
+    return InvalidSpec(
+        "k", absl::StrCat(spec.k, " must be in [1, d_sae = ", d_sae, "]"));
   }
   if (spec.aux_k < 0 || spec.aux_k > d_sae) {
-    return InvalidSpec("aux_k", absl::StrCat(spec.aux_k,
-                                             " must be in [0, d_sae = ", d_sae,
-                                             "] (0: 2 * k)"));
+    return InvalidSpec(
+        "aux_k", absl::StrCat(spec.aux_k, " must be in [0, d_sae = ", d_sae,
+                              "] (0: 2 * k)"));
   }
   if (!std::isfinite(spec.aux_coefficient) || spec.aux_coefficient < 0) {
-    return InvalidSpec("aux_coefficient",
-                       absl::StrCat(spec.aux_coefficient,
-                                    " must be finite and >= 0"));
+    return InvalidSpec(
+        "aux_coefficient",
+        absl::StrCat(spec.aux_coefficient, " must be finite and >= 0"));
   }
   return absl::OkStatus();
 }

@@ -215,8 +215,8 @@ TEST(SaeTest, AutogradLossMatchesFiniteDifferences) {
         flat[i] = saved - h;
         const double minus = sae->Loss(x).total;
         flat[i] = saved;
-        EXPECT_NEAR(grad->view({-1})[i].item<double>(), (plus - minus) / (2 * h),
-                    1e-5)
+        EXPECT_NEAR(grad->view({-1})[i].item<double>(),
+                    (plus - minus) / (2 * h), 1e-5)
             << architecture << " entry " << i;
       }
     }
@@ -271,10 +271,10 @@ TEST(SaeTest, TopKSparseAndDenseDecodersAgree) {
       sae->LossAndGradients(x, context, &dense_grads, &fired_dense);
   EXPECT_NEAR(sparse.total, dense.total, 1e-5);
   EXPECT_GT(sparse.auxiliary, 0);
-  EXPECT_TRUE(torch::allclose(sparse_grads.W_dec, dense_grads.W_dec, 1e-4,
-                              1e-6));
-  EXPECT_TRUE(torch::allclose(sparse_grads.W_enc, dense_grads.W_enc, 1e-4,
-                              1e-6));
+  EXPECT_TRUE(
+      torch::allclose(sparse_grads.W_dec, dense_grads.W_dec, 1e-4, 1e-6));
+  EXPECT_TRUE(
+      torch::allclose(sparse_grads.W_enc, dense_grads.W_enc, 1e-4, 1e-6));
   EXPECT_TRUE(torch::equal(fired_sparse, fired_dense));
   EXPECT_EQ(fired_sparse.sum().item<int64_t>(),
             (f > 0).any(0).sum().item<int64_t>());
@@ -293,9 +293,9 @@ TEST(SaeTest, AuxKGivesDeadLatentsAGradient) {
   torch::Tensor fired;
   sae->LossAndGradients(x, StepContext{}, &without, &fired);
   const torch::Tensor dead_columns = context.dead.nonzero().flatten();
-  EXPECT_EQ(without.W_enc.index_select(1, dead_columns).abs().max()
-                .item<double>(),
-            0);
+  EXPECT_EQ(
+      without.W_enc.index_select(1, dead_columns).abs().max().item<double>(),
+      0);
   const SaeLoss loss = sae->LossAndGradients(x, context, &with, &fired);
   EXPECT_GT(loss.auxiliary, 0);
   EXPECT_GT(with.W_enc.index_select(1, dead_columns).abs().max().item<double>(),
@@ -500,8 +500,8 @@ TEST(SaeTest, DensityHistogramBins) {
       DensityHistogram({0.0f, 1e-8f, 1e-7f, 3e-4f, 0.5f, 1.0f});
   ASSERT_EQ(bins.size(), static_cast<size_t>(kDensityBins));
   EXPECT_EQ(bins[0], 1);
-  EXPECT_EQ(bins[1], 2);   // [-7, -6.5) and everything below
-  EXPECT_EQ(bins[1 + 6], 1);  // log10(3e-4) = -3.52 in [-4, -3.5)
+  EXPECT_EQ(bins[1], 2);       // [-7, -6.5) and everything below
+  EXPECT_EQ(bins[1 + 6], 1);   // log10(3e-4) = -3.52 in [-4, -3.5)
   EXPECT_EQ(bins[1 + 13], 2);  // 0.5 and 1.0 in the top bin [-0.5, 0]
   int64_t total = 0;
   for (int64_t b : bins) total += b;

@@ -132,7 +132,8 @@ std::string SaeTrainer::SaveState(
                                               : torch::kFloat32);
     // Cannot fail: unique names, shape matches the bytes.
     (void)writer.Add(
-        name, dtype, std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
+        name, dtype,
+        std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
         std::string_view(static_cast<const char*>(cpu.data_ptr()),
                          cpu.nbytes()));
   }
@@ -162,8 +163,8 @@ absl::Status SaeTrainer::RestoreState(
   for (const auto& [name, tensor] : StateTensors(&weights, &m, &v, &since)) {
     const format::TensorView* view = file.Find(name);
     const torch::ScalarType type = tensor->scalar_type();
-    const format::Dtype want = type == torch::kFloat64 ? format::Dtype::kF64
-                                                       : format::Dtype::kF32;
+    const format::Dtype want =
+        type == torch::kFloat64 ? format::Dtype::kF64 : format::Dtype::kF32;
     if (view == nullptr || view->dtype != want ||
         view->shape != std::vector<int64_t>(tensor->sizes().begin(),
                                             tensor->sizes().end())) {

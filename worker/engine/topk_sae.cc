@@ -74,16 +74,14 @@ SaeLossTerms TopKSae::LossTerms(const SaeWeights& weights,
           TopCodes(dead_pre, std::min(aux_k_, dead_count));
       const torch::Tensor residual_hat =
           DecodeSparse(weights.W_dec, aux_values, aux_indices);
-      terms.auxiliary =
-          spec().aux_coefficient *
-          NormalisedReconstructionError(residual_hat, residual);
+      terms.auxiliary = spec().aux_coefficient *
+                        NormalisedReconstructionError(residual_hat, residual);
     }
   }
   if (fired != nullptr) {
-    *fired = torch::zeros({d_sae()},
-                          torch::dtype(torch::kBool).device(x.device()))
-                 .index_fill_(0, indices.detach().masked_select(values > 0),
-                              true);
+    *fired =
+        torch::zeros({d_sae()}, torch::dtype(torch::kBool).device(x.device()))
+            .index_fill_(0, indices.detach().masked_select(values > 0), true);
   }
   return terms;
 }

@@ -41,8 +41,8 @@ class TopKSae : public Sae {
 
  private:
   // The top-k codes of each row: values (ReLU applied) and indices, [n, k].
-  std::pair<torch::Tensor, torch::Tensor> TopCodes(
-      const torch::Tensor& pre, int64_t k) const;
+  std::pair<torch::Tensor, torch::Tensor> TopCodes(const torch::Tensor& pre,
+                                                   int64_t k) const;
   // sum_j values[b, j] * W_dec[indices[b, j]], [n, d_in].
   torch::Tensor DecodeSparse(const torch::Tensor& W_dec,
                              const torch::Tensor& values,

@@ -70,11 +70,10 @@ absl::Status ValidateInput(const TrainInput& input) {
   const std::vector<std::string> architectures = SaeArchitectures();
   if (std::find(architectures.begin(), architectures.end(),
                 input.sae_architecture) == architectures.end()) {
-    return InvalidField(
-        "sae_architecture",
-        absl::StrCat("\"", input.sae_architecture,
-                     "\" is not supported (supported: ",
-                     absl::StrJoin(architectures, ", "), ")"));
+    return InvalidField("sae_architecture",
+                        absl::StrCat("\"", input.sae_architecture,
+                                     "\" is not supported (supported: ",
+                                     absl::StrJoin(architectures, ", "), ")"));
   }
   if (input.layer < 0) return InvalidField("layer", "must be >= 0");
   if (input.context_length <= 0) {
@@ -304,9 +303,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         MakeSae(spec, std::move(weights), precision_);
     if (!made.ok()) {
       // SaeSpec.<field> is TrainInput.<field> here.
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TrainInput.",
-          absl::StripPrefix(made.status().message(), "SaeSpec.")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TrainInput.",
+                       absl::StripPrefix(made.status().message(), "SaeSpec.")));
     }
     Sae& sae = **made;
 
@@ -347,15 +346,15 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       const int64_t remaining = std::max<int64_t>(
           0, train_contexts - CeilDiv(trainer.tokens(), context_length));
       SAETRACK_ASSIGN_OR_RETURN(
-          stream, ActivationStream::Create(
-                      ContextActivationSource(
-                          *model, tokens,
-                          SampleTrainContexts(
-                              *split, context_length, remaining,
-                              input.seed ^ static_cast<uint64_t>(
-                                               trainer.tokens())),
-                          context_length, hook, contexts_per_forward, device_),
-                      stream_options));
+          stream,
+          ActivationStream::Create(
+              ContextActivationSource(
+                  *model, tokens,
+                  SampleTrainContexts(
+                      *split, context_length, remaining,
+                      input.seed ^ static_cast<uint64_t>(trainer.tokens())),
+                  context_length, hook, contexts_per_forward, device_),
+              stream_options));
     }
 
     // The adaptive budget watches the held-out FVU on a prefix of the
@@ -364,8 +363,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                           input.adaptive_tolerance);
     const torch::Tensor budget_activations = eval_activations.narrow(
         0, 0, std::min<int64_t>(eval_activations.size(0), kAdaptiveEvalRows));
-    int64_t next_save = NextMultiple(trainer.tokens(),
-                                     input.checkpoint_every_tokens);
+    int64_t next_save =
+        NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
     double last_loss = 0;
     while (true) {
       SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch,
@@ -377,8 +376,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
           trainer.tokens() >= next_save) {
         SAETRACK_RETURN_IF_ERROR(
             SaveState(state_path, fingerprint, output.init_fvu, trainer));
-        next_save = NextMultiple(trainer.tokens(),
-                                 input.checkpoint_every_tokens);
+        next_save =
+            NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
       }
       if (budget.enabled() && budget.Due(trainer.tokens()) &&
           budget.Converged(trainer.tokens(),
@@ -394,8 +393,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     }
     output.tokens_trained = trainer.tokens();
     if (progress && !progress(trainer.tokens(), last_loss)) {
-      return absl::CancelledError(absl::StrCat(
-          "SAE training cancelled after ", trainer.tokens(), " tokens"));
+      return absl::CancelledError(absl::StrCat("SAE training cancelled after ",
+                                               trainer.tokens(), " tokens"));
     }
 
     const SaeEvaluation evaluation = EvaluateSae(sae, eval_activations);
@@ -417,12 +416,12 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
           0, 0,
           std::min<int64_t>(eval_contexts.size(0),
                             CeilDiv(input.lm_eval_tokens, context_length)));
-      SAETRACK_ASSIGN_OR_RETURN(
-          output.lm,
-          EvaluateWithSplice(
-              *model, lm_contexts, hook,
-              [&sae](const torch::Tensor& x) { return sae.Reconstruct(x); },
-              contexts_per_forward));
+      SAETRACK_ASSIGN_OR_RETURN(output.lm, EvaluateWithSplice(
+                                               *model, lm_contexts, hook,
+                                               [&sae](const torch::Tensor& x) {
+                                                 return sae.Reconstruct(x);
+                                               },
+                                               contexts_per_forward));
     }
     output.sae_safetensors = SaeToSafetensors(sae.weights());
     output.wall_time_s = std::chrono::duration<double>(
@@ -465,11 +464,11 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
 
   // Writes the trainer's state atomically (temporary file, then rename).
   static absl::Status SaveState(const std::string& path,
-                                const std::string& fingerprint,
-                                double init_fvu, const SaeTrainer& trainer) {
-    const std::string state = trainer.SaveState(
-        {{kFingerprintKey, fingerprint},
-         {kInitFvuKey, absl::StrFormat("%.17g", init_fvu)}});
+                                const std::string& fingerprint, double init_fvu,
+                                const SaeTrainer& trainer) {
+    const std::string state =
+        trainer.SaveState({{kFingerprintKey, fingerprint},
+                           {kInitFvuKey, absl::StrFormat("%.17g", init_fvu)}});
     std::error_code error;
     std::filesystem::create_directories(
         std::filesystem::path(path).parent_path(), error);
@@ -531,13 +530,12 @@ absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> NewTorchEngine(
     precision = MatmulPrecision::kBf16;
   } else if (options.matmul_precision == "auto" ||
              options.matmul_precision.empty()) {
-    precision = device.is_cuda() ? MatmulPrecision::kBf16
-                                 : MatmulPrecision::kFp32;
+    precision =
+        device.is_cuda() ? MatmulPrecision::kBf16 : MatmulPrecision::kFp32;
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EngineOptions.matmul_precision \"",
-                     options.matmul_precision,
-                     "\" is not \"auto\", \"fp32\" or \"bf16\""));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EngineOptions.matmul_precision \"", options.matmul_precision,
+        "\" is not \"auto\", \"fp32\" or \"bf16\""));
   }
   if (options.threads > 0) torch::set_num_threads(options.threads);
   return std::unique_ptr<SaeTrainingEngine>(

@@ -253,10 +253,8 @@ TEST_F(TorchEngineTest, ResumesFromSavedState) {
   input.state_dir = MakeTempDir("state");
   input.checkpoint_every_tokens = 8192;
   // The worker dies after 20k of 32k tokens: the last save is at 16k.
-  absl::StatusOr<TrainOutput> interrupted =
-      engine->Train(input, [](int64_t tokens, double) {
-        return tokens < 20'000;
-      });
+  absl::StatusOr<TrainOutput> interrupted = engine->Train(
+      input, [](int64_t tokens, double) { return tokens < 20'000; });
   ASSERT_EQ(interrupted.status().code(), absl::StatusCode::kCancelled);
   std::ifstream state(input.state_dir + "/trainer_state.safetensors");
   ASSERT_TRUE(state.good());
