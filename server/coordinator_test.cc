@@ -205,7 +205,8 @@ class CoordinatorTest : public testing::Test {
   }
 
   grpc::Status CompleteTask(const v1::Task& task, int64_t epoch,
-                            int64_t tokens = 1000) {
+                            int64_t tokens = 1000,
+                            const std::vector<int64_t>& histogram = {}) {
     grpc::ClientContext ctx;
     v1::CompleteTaskRequest request;
     request.set_task_id(task.task_id());
@@ -213,6 +214,9 @@ class CoordinatorTest : public testing::Test {
     request.mutable_metrics()->set_tokens_trained(tokens);
     request.mutable_metrics()->set_fvu(0.1 * (task.train().chain_index() + 1));
     request.mutable_metrics()->set_d_in(64);
+    for (int64_t count : histogram) {
+      request.mutable_metrics()->add_density_histogram(count);
+    }
     v1::CompleteTaskResponse response;
     return workers_->CompleteTask(WithDeadline(&ctx), request, &response);
   }
@@ -470,6 +474,11 @@ TEST_F(CoordinatorTest, LeaseUploadCompleteAndQuery) {
   ASSERT_TRUE(Upload(t0->task_id(), 1, v1::ARTIFACT_KIND_FEATURE_STATS,
                      Stats(0).SerializeAsString())
                   .ok());
+  // A density histogram that does not count every feature once is refused.
+  s = CompleteTask(*t0, 1, 4096, {1, 2});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("metrics.density_histogram: counts sum to 3"));
   // A stale epoch stores nothing.
   EXPECT_EQ(CompleteTask(*t0, 2).error_code(), grpc::StatusCode::ABORTED);
   v1::GetCheckpointMetricsResponse metrics;

@@ -294,6 +294,21 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
       return s;
     }
   }
+  if (metrics.density_histogram_size() > 0) {
+    // Every feature falls in exactly one density bin.
+    int64_t counted = 0;
+    for (int64_t count : metrics.density_histogram()) {
+      if (count < 0) counted = -1;
+      if (counted >= 0) counted += count;
+    }
+    if (counted != d_sae) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("metrics.density_histogram: counts ",
+                       counted < 0 ? "include a negative one"
+                                   : absl::StrCat("sum to ", counted),
+                       ", expected d_sae ", d_sae));
+    }
+  }
   metrics.set_layer(lease->layer);
   metrics.set_step(lease->step);
   metrics.set_chain_index(lease->chain_index);
