@@ -15,6 +15,8 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/job_file.h"
+#include "worker/format/json.h"
+#include "worker/format/saelens.h"
 
 namespace saetrack::client {
 namespace {
@@ -31,6 +33,8 @@ struct Invocation {
   bool help = false;
   std::optional<int> layer;
   std::optional<int> feature_id;
+  std::optional<int64_t> step;
+  std::string out_dir;
   std::string request_id;
   double timeout_s = 0;  // 0: wait forever
 };
@@ -53,10 +57,18 @@ Commands:
                            and SAEs resumed from saved training state.
   feature JOB_ID --layer L --id N
                            The history of one feature across checkpoints.
+  export JOB_ID --layer L [--step S] --out DIR
+                           Write the SAE of checkpoint step S in SAELens's
+                           layout: DIR/cfg.json and DIR/sae_weights.safetensors
+                           (sae_lens: SAE.load_from_disk(DIR)). Without
+                           --step, the final SAE of the chain: the last one
+                           trained, by chain index. DIR is created if needed;
+                           files already there are replaced.
 
 Flags (every command):
   --coordinator HOST:PORT  Coordinator address (default 127.0.0.1:7070).
-  --json                   Print results as JSON (saetrack.v1 messages).
+  --json                   Print results as JSON (saetrack.v1 messages;
+                           for export, an object naming what was written).
   --help                   This text.
 
 Exit codes: 0 success; 1 failure (the reason is printed on one line:
@@ -91,15 +103,14 @@ absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args) {
       }
       return args[++i];
     };
-    auto take_int = [&]() -> absl::StatusOr<int> {
+    auto take_int = [&](auto* out) -> absl::Status {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
-      int out;
-      if (!absl::SimpleAtoi(*v, &out)) {
+      if (!absl::SimpleAtoi(*v, out)) {
         return absl::InvalidArgumentError(
             absl::StrCat("flag --", name, ": '", *v, "' is not an integer"));
       }
-      return out;
+      return absl::OkStatus();
     };
     if (name == "json" || name == "wait" || name == "help") {
       if (value) {
@@ -107,14 +118,20 @@ absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args) {
             absl::StrCat("flag --", name, " takes no value"));
       }
       (name == "json" ? inv.json : name == "wait" ? inv.wait : inv.help) = true;
-    } else if (name == "coordinator" || name == "request_id") {
+    } else if (name == "coordinator" || name == "request_id" || name == "out") {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
-      (name == "coordinator" ? inv.coordinator : inv.request_id) = *v;
+      (name == "coordinator" ? inv.coordinator
+       : name == "out"       ? inv.out_dir
+                             : inv.request_id) = *v;
     } else if (name == "layer" || name == "id") {
-      absl::StatusOr<int> v = take_int();
-      if (!v.ok()) return v.status();
-      (name == "layer" ? inv.layer : inv.feature_id) = *v;
+      int v;
+      if (absl::Status s = take_int(&v); !s.ok()) return s;
+      (name == "layer" ? inv.layer : inv.feature_id) = v;
+    } else if (name == "step") {
+      int64_t v;
+      if (absl::Status s = take_int(&v); !s.ok()) return s;
+      inv.step = v;
     } else if (name == "timeout_s") {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
@@ -173,11 +190,11 @@ std::string ProgressLine(const v1::Job& job) {
 class Cli {
  public:
   Cli(const Invocation& inv, std::ostream& out, std::ostream& err,
-      bool err_is_terminal)
+      bool err_is_terminal, const ClientFactory& make_client)
       : inv_(inv), out_(out), err_(err), err_is_terminal_(err_is_terminal) {
     ClientOptions options;
     options.coordinator = inv.coordinator;
-    client_ = SaetrackClient::Create(options);
+    client_ = make_client(options);
   }
 
   int Run() {
@@ -186,6 +203,7 @@ class Cli {
     if (inv_.command == "list") return List();
     if (inv_.command == "metrics") return Metrics();
     if (inv_.command == "feature") return Feature();
+    if (inv_.command == "export") return Export();
     return Usage(inv_.command.empty()
                      ? std::string("no command given")
                      : absl::StrCat("unknown command '", inv_.command, "'"));
@@ -371,6 +389,110 @@ class Cli {
     return kExitOk;
   }
 
+  int Export() {
+    if (!ExpectPositional(1, "one job id") || !ExpectLayer()) return kExitUsage;
+    if (inv_.out_dir.empty()) return Usage("export needs --out");
+    const std::string& job_id = inv_.positional[0];
+    const int layer = *inv_.layer;
+    absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
+    if (!job.ok()) return Fail(job.status());
+    absl::StatusOr<v1::GetCheckpointMetricsResponse> metrics =
+        client_->GetCheckpointMetrics(job_id, layer);
+    if (!metrics.ok()) return Fail(metrics.status());
+    absl::StatusOr<v1::CheckpointMetrics> sae = FindSae(*metrics);
+    if (!sae.ok()) return Fail(sae.status());
+    absl::StatusOr<std::string> weights =
+        client_->DownloadSae(job_id, layer, sae->step());
+    if (!weights.ok()) return Fail(weights.status());
+
+    const v1::JobSpec& spec = job->spec();
+    format::SaelensConfig cfg;
+    cfg.architecture = spec.sae().architecture().empty()
+                           ? "relu_l1"
+                           : spec.sae().architecture();
+    cfg.d_in = sae->d_in();
+    cfg.d_sae = sae->d_sae();
+    if (cfg.architecture == "topk") {
+      cfg.k = spec.sae().k() != 0 ? spec.sae().k() : sae->k();
+    }
+    // The checkpoint the SAE read; the job's name if the spec lacks it.
+    cfg.model_name = spec.name();
+    for (const v1::Checkpoint& checkpoint : spec.model().checkpoints()) {
+      if (checkpoint.step() == sae->step()) cfg.model_name = checkpoint.path();
+    }
+    std::string site = "resid_pre";
+    for (const v1::HookPoint& hook : spec.hooks()) {
+      if (hook.layer() == layer && !hook.site().empty()) site = hook.site();
+    }
+    cfg.hook_name = format::HookName(layer, site);
+    cfg.hook_layer = layer;
+    cfg.checkpoint_step = sae->step();
+    cfg.job_id = job_id;
+    if (absl::Status s = format::WriteSaelensDir(inv_.out_dir, cfg, *weights);
+        !s.ok()) {
+      return Fail(s);
+    }
+
+    const std::string config_path =
+        absl::StrCat(inv_.out_dir, "/", format::kSaelensConfigFile);
+    const std::string weights_path =
+        absl::StrCat(inv_.out_dir, "/", format::kSaelensWeightsFile);
+    if (inv_.json) {
+      using format::JsonValue;
+      out_ << format::SerializeJson(JsonValue::MakeObject({
+                  {"job_id", JsonValue::String(job_id)},
+                  {"layer", JsonValue::Integer(layer)},
+                  {"step", JsonValue::Integer(sae->step())},
+                  {"chain_index", JsonValue::Integer(sae->chain_index())},
+                  {"architecture", JsonValue::String(cfg.architecture)},
+                  {"d_in", JsonValue::Integer(cfg.d_in)},
+                  {"d_sae", JsonValue::Integer(cfg.d_sae)},
+                  {"k", JsonValue::Integer(cfg.k)},
+                  {"hook_name", JsonValue::String(cfg.hook_name)},
+                  {"model_name", JsonValue::String(cfg.model_name)},
+                  {"dir", JsonValue::String(inv_.out_dir)},
+                  {"cfg_path", JsonValue::String(config_path)},
+                  {"weights_path", JsonValue::String(weights_path)},
+              }))
+           << "\n";
+      return kExitOk;
+    }
+    out_ << absl::StrFormat(
+        "exported job %s layer %d step %d (%s%s, d_in %d, d_sae %d) to %s\n",
+        job_id, layer, sae->step(), cfg.architecture,
+        cfg.architecture == "topk" ? absl::StrCat(" k ", cfg.k) : "", cfg.d_in,
+        cfg.d_sae, inv_.out_dir);
+    return kExitOk;
+  }
+
+  // The chain entry `export` writes: the one of --step, or without it the
+  // last one trained (the highest chain index).
+  absl::StatusOr<v1::CheckpointMetrics> FindSae(
+      const v1::GetCheckpointMetricsResponse& metrics) const {
+    const std::string what =
+        absl::StrCat("job ", inv_.positional[0], " layer ", *inv_.layer);
+    const v1::CheckpointMetrics* found = nullptr;
+    std::vector<std::string> steps;
+    for (const v1::CheckpointMetrics& m : metrics.checkpoints()) {
+      steps.push_back(absl::StrCat(m.step()));
+      if (inv_.step.has_value()
+              ? m.step() == *inv_.step
+              : found == nullptr || m.chain_index() > found->chain_index()) {
+        found = &m;
+      }
+    }
+    if (found != nullptr) return *found;
+    if (!inv_.step.has_value()) {
+      return absl::NotFoundError(absl::StrCat(what, " has no trained SAE yet"));
+    }
+    return absl::NotFoundError(absl::StrCat(
+        what, " has no SAE at step ", *inv_.step, " (",
+        steps.empty()
+            ? "none trained yet"
+            : absl::StrCat("steps with an SAE: ", absl::StrJoin(steps, ", ")),
+        ")"));
+  }
+
   const Invocation& inv_;
   std::ostream& out_;
   std::ostream& err_;
@@ -413,7 +535,8 @@ std::string FormatCheckpointMetrics(
 }
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out,
-           std::ostream& err, bool err_is_terminal) {
+           std::ostream& err, bool err_is_terminal,
+           const ClientFactory& make_client) {
   absl::StatusOr<Invocation> inv = ParseArgs(args);
   if (!inv.ok()) {
     err << "saetrack: " << inv.status().message() << " (see saetrack --help)\n";
@@ -423,7 +546,12 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out,
     out << UsageText();
     return kExitOk;
   }
-  return Cli(*inv, out, err, err_is_terminal).Run();
+  return Cli(*inv, out, err, err_is_terminal, make_client).Run();
+}
+
+int RunCli(const std::vector<std::string>& args, std::ostream& out,
+           std::ostream& err, bool err_is_terminal) {
+  return RunCli(args, out, err, err_is_terminal, &SaetrackClient::Create);
 }
 
 }  // namespace saetrack::client

@@ -3,10 +3,13 @@
 #ifndef SAETRACK_CLIENT_CLI_H_
 #define SAETRACK_CLIENT_CLI_H_
 
+#include <functional>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "client/client.h"
 #include "saetrack/v1/query.pb.h"
 
 namespace saetrack::client {
@@ -24,6 +27,18 @@ inline constexpr int kExitUsage = 2;
 // `err_is_terminal`, progress lines rewrite themselves in place.
 int RunCli(const std::vector<std::string>& args, std::ostream& out,
            std::ostream& err, bool err_is_terminal);
+
+// Makes the client the commands use, from the coordinator address of the
+// command line.
+using ClientFactory =
+    std::function<std::unique_ptr<SaetrackClient>(const ClientOptions&)>;
+
+// As above, with the client made by `make_client` (SaetrackClient::Create in
+// the overload above); tests pass a fake. Not called for --help or when
+// the flags do not parse.
+int RunCli(const std::vector<std::string>& args, std::ostream& out,
+           std::ostream& err, bool err_is_terminal,
+           const ClientFactory& make_client);
 
 // The --help text.
 std::string CliUsage();

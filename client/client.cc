@@ -3,10 +3,15 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <optional>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
+#include "saetrack/v1/worker.grpc.pb.h"
+#include "worker/format/crc32c.h"
 
 namespace saetrack::client {
 namespace {
@@ -18,7 +23,8 @@ class GrpcSaetrackClient final : public SaetrackClient {
         channel_(grpc::CreateChannel(options.coordinator,
                                      grpc::InsecureChannelCredentials())),
         jobs_(v1::JobService::NewStub(channel_)),
-        queries_(v1::QueryService::NewStub(channel_)) {}
+        queries_(v1::QueryService::NewStub(channel_)),
+        workers_(v1::WorkerService::NewStub(channel_)) {}
 
   absl::StatusOr<v1::SubmitJobResponse> SubmitJob(
       const v1::JobSpec& spec, const std::string& request_id) override {
@@ -63,7 +69,73 @@ class GrpcSaetrackClient final : public SaetrackClient {
         *queries_, &v1::QueryService::Stub::GetFeatureHistory, request);
   }
 
+  absl::StatusOr<std::string> DownloadSae(const std::string& job_id, int layer,
+                                          int64_t step) override {
+    v1::DownloadSaeRequest request;
+    request.mutable_sae()->set_job_id(job_id);
+    request.mutable_sae()->set_layer(layer);
+    request.mutable_sae()->set_step(step);
+    const std::string what = absl::StrCat(
+        "SAE download of job ", job_id, " layer ", layer, " step ", step, ": ");
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    std::unique_ptr<grpc::ClientReader<v1::DownloadChunk>> reader =
+        workers_->DownloadSae(&context, request);
+    std::string bytes;
+    v1::DownloadChunk chunk;
+    std::optional<v1::DownloadChunk> last;  // without its data
+    absl::Status error;
+    while (error.ok() && reader->Read(&chunk)) {
+      const int64_t expected = static_cast<int64_t>(bytes.size());
+      if (last.has_value()) {
+        error = absl::DataLossError(absl::StrCat(
+            what, "chunk at offset ", chunk.offset(),
+            " after the last chunk (offset ", last->offset(), ")"));
+      } else if (chunk.offset() != expected) {
+        error = absl::DataLossError(
+            absl::StrCat(what, "chunk at offset ", chunk.offset(),
+                         ", expected offset ", expected));
+      } else {
+        bytes += chunk.data();
+        if (chunk.last()) {
+          chunk.clear_data();
+          last = chunk;
+        }
+      }
+    }
+    if (!error.ok()) {
+      // Ends the stream early; the server sees a cancelled call.
+      context.TryCancel();
+      (void)reader->Finish();
+      return error;
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) return FromGrpcStatus(status);
+    const int64_t size = static_cast<int64_t>(bytes.size());
+    if (!last.has_value()) {
+      return absl::DataLossError(absl::StrCat(
+          what, "the stream ended at offset ", size, " without a last chunk"));
+    }
+    if (last->total_size() != size) {
+      return absl::DataLossError(absl::StrCat(
+          what, "the last chunk (offset ", last->offset(), ") says total_size ",
+          last->total_size(), ", but ", size, " bytes arrived"));
+    }
+    if (const uint32_t crc = format::Crc32c(bytes); crc != last->crc32c()) {
+      return absl::DataLossError(absl::StrFormat(
+          "%sCRC-32C mismatch: the last chunk (offset %d) says 0x%08x, the %d "
+          "bytes received have 0x%08x",
+          what, last->offset(), last->crc32c(), size, crc));
+    }
+    return bytes;
+  }
+
  private:
+  void SetDeadline(grpc::ClientContext* context) const {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoMilliseconds(options_.call_timeout));
+  }
+
   // One unary call with the configured deadline.
   template <typename Response, typename Stub, typename Request>
   absl::StatusOr<Response> Call(
@@ -72,8 +144,7 @@ class GrpcSaetrackClient final : public SaetrackClient {
                                    Response*),
       const Request& request) const {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(options_.call_timeout));
+    SetDeadline(&context);
     Response response;
     grpc::Status status = (stub.*method)(&context, request, &response);
     if (!status.ok()) return FromGrpcStatus(status);
@@ -84,6 +155,7 @@ class GrpcSaetrackClient final : public SaetrackClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::unique_ptr<v1::QueryService::Stub> queries_;
+  std::unique_ptr<v1::WorkerService::Stub> workers_;
 };
 
 }  // namespace

@@ -1,9 +1,11 @@
-// The C++ client library of saetrack: typed calls to a coordinator's JobService
-// and QueryService. No gRPC types cross this header; errors come back as
+// The C++ client library of saetrack: typed calls to a coordinator's
+// JobService and QueryService, and the download of stored SAEs through its
+// WorkerService. No gRPC types cross this header; errors come back as
 // absl::Status with the server's code and message.
 #ifndef SAETRACK_CLIENT_CLIENT_H_
 #define SAETRACK_CLIENT_CLIENT_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -38,6 +40,15 @@ class SaetrackClient {
       const std::string& job_id, int layer) = 0;
   virtual absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
       const std::string& job_id, int layer, int feature_id) = 0;
+  // The stored SAE of `job_id`, hooked layer `layer`, checkpoint step `step`:
+  // the bytes of its safetensors file (W_enc, b_enc, W_dec, b_dec), streamed
+  // in chunks (WorkerService.DownloadSae) and checked on arrival.
+  // Errors: the server's (kNotFound for an SAE that is not stored); kDataLoss
+  // naming the offset for a chunk that does not continue the bytes received
+  // so far, and naming the sizes or checksums when the stream ends without a
+  // last chunk, or its total_size or CRC-32C disagrees with the bytes.
+  virtual absl::StatusOr<std::string> DownloadSae(const std::string& job_id,
+                                                  int layer, int64_t step) = 0;
 };
 
 }  // namespace saetrack::client

@@ -5,12 +5,17 @@
 // drive them. Then the coordinator restarts on the same directory and must
 // give the same answers.
 #include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <map>
 
@@ -19,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
+#include "saetrack/v1/worker.grpc.pb.h"
 #include "tests/child_process.h"
 
 namespace saetrack {
@@ -206,6 +212,30 @@ class EndToEndTest : public ::testing::Test {
     return FromJson<v1::FeatureHistory>(r.out);
   }
 
+  // The stored SAE bytes, straight from WorkerService.DownloadSae (chunks
+  // reassembled; the CLI's own client checks offsets and the CRC-32C).
+  static std::string DownloadSae(int layer, int64_t step) {
+    auto stub = v1::WorkerService::NewStub(
+        grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    v1::DownloadSaeRequest request;
+    request.mutable_sae()->set_job_id(*job_id_);
+    request.mutable_sae()->set_layer(layer);
+    request.mutable_sae()->set_step(step);
+    auto reader = stub->DownloadSae(&context, request);
+    std::string bytes;
+    v1::DownloadChunk chunk;
+    while (reader->Read(&chunk)) {
+      EXPECT_EQ(chunk.offset(), static_cast<int64_t>(bytes.size()));
+      bytes += chunk.data();
+    }
+    grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return bytes;
+  }
+
   static std::string* dir_;
   static std::string* job_id_;
   static ChildProcess* coordinator_;
@@ -362,6 +392,110 @@ TEST_F(EndToEndTest, MetricsEndpointServesPrometheusText) {
                          "saetrack_worker_tasks_total{outcome=\"succeeded\"} ",
                          kSteps.size())));
   EXPECT_THAT(*body, HasSubstr("saetrack_worker_tokens_trained_total"));
+}
+
+// `saetrack export` writes a stored SAE as SAELens reads it: a cfg.json
+// describing the chain entry and the stored weights, unchanged.
+TEST_F(EndToEndTest, ExportWritesTheSaeInSaelensLayout) {
+  constexpr int kStep = 64;
+  v1::GetCheckpointMetricsResponse metrics = Metrics();
+  const v1::CheckpointMetrics* entry = nullptr;
+  for (const auto& m : metrics.checkpoints()) {
+    if (m.step() == kStep) entry = &m;
+  }
+  ASSERT_NE(entry, nullptr);
+  CommandResult status = Cli({"status", *job_id_, "--json"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  const v1::Job job = FromJson<v1::Job>(status.out);
+  std::string model_path;
+  for (const auto& c : job.spec().model().checkpoints()) {
+    if (c.step() == kStep) model_path = c.path();
+  }
+  ASSERT_THAT(model_path, HasSubstr("step-64"));
+
+  const std::string out = *dir_ + "/export/step-64";
+  CommandResult r = Cli({"export", *job_id_, "--layer", std::to_string(kLayer),
+                         "--step", std::to_string(kStep), "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            absl::StrCat("exported job ", *job_id_, " layer ", kLayer, " step ",
+                         kStep, " (relu_l1, d_in ", entry->d_in(), ", d_sae ",
+                         entry->d_sae(), ") to ", out, "\n"));
+
+  // cfg.json: SAELens's fields, then saetrack's in "metadata".
+  auto cfg = FromJson<google::protobuf::Struct>(
+                 testing::ReadFileOrEmpty(out + "/cfg.json"))
+                 .fields();
+  EXPECT_EQ(cfg["architecture"].string_value(), "standard");
+  EXPECT_EQ(cfg["d_in"].number_value(), entry->d_in());
+  EXPECT_EQ(cfg["d_sae"].number_value(), entry->d_sae());
+  EXPECT_EQ(cfg["dtype"].string_value(), "float32");
+  EXPECT_EQ(cfg["hook_name"].string_value(),
+            absl::StrCat("blocks.", kLayer, ".hook_resid_pre"));
+  EXPECT_EQ(cfg["hook_layer"].number_value(), kLayer);
+  EXPECT_EQ(cfg["model_name"].string_value(), model_path);
+  auto metadata = cfg["metadata"].struct_value().fields();
+  EXPECT_EQ(metadata["saetrack_architecture"].string_value(), "relu_l1");
+  EXPECT_EQ(metadata["checkpoint_step"].number_value(), kStep);
+  EXPECT_EQ(metadata["job_id"].string_value(), *job_id_);
+
+  // The weights are the stored SAE's bytes, with SAELens's tensor shapes.
+  const std::string weights =
+      testing::ReadFileOrEmpty(out + "/sae_weights.safetensors");
+  ASSERT_GT(weights.size(), 8u);
+  EXPECT_EQ(weights, DownloadSae(kLayer, kStep));
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, weights.data(), 8);  // little-endian host
+  ASSERT_LE(header_size, weights.size() - 8);
+  auto tensors = FromJson<google::protobuf::Struct>(
+                     weights.substr(8, static_cast<size_t>(header_size)))
+                     .fields();
+  // Member `key` of tensor `name`'s header entry (null when absent).
+  auto member = [&](const std::string& name, const std::string& key) {
+    const auto& fields = tensors[name].struct_value().fields();
+    auto it = fields.find(key);
+    return it == fields.end() ? google::protobuf::Value() : it->second;
+  };
+  auto shape = [&](const std::string& name) {
+    std::vector<int> dims;
+    const google::protobuf::Value shape = member(name, "shape");
+    for (const auto& d : shape.list_value().values()) {
+      dims.push_back(static_cast<int>(d.number_value()));
+    }
+    return dims;
+  };
+  const int d_in = entry->d_in(), d_sae = entry->d_sae();
+  EXPECT_THAT(shape("W_enc"), ::testing::ElementsAre(d_in, d_sae));
+  EXPECT_THAT(shape("b_enc"), ::testing::ElementsAre(d_sae));
+  EXPECT_THAT(shape("W_dec"), ::testing::ElementsAre(d_sae, d_in));
+  EXPECT_THAT(shape("b_dec"), ::testing::ElementsAre(d_in));
+  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+    EXPECT_EQ(member(name, "dtype").string_value(), "F32") << name;
+  }
+
+  // Without --step: the last SAE of the chain; --json names the files.
+  const std::string final_out = *dir_ + "/export/final";
+  r = Cli({"export", *job_id_, "--layer", std::to_string(kLayer), "--out",
+           final_out, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto summary = FromJson<google::protobuf::Struct>(r.out).fields();
+  EXPECT_EQ(summary["step"].number_value(), kSteps.back());
+  EXPECT_EQ(summary["chain_index"].number_value(),
+            static_cast<double>(kSteps.size() - 1));
+  EXPECT_EQ(summary["cfg_path"].string_value(), final_out + "/cfg.json");
+  EXPECT_EQ(summary["weights_path"].string_value(),
+            final_out + "/sae_weights.safetensors");
+  EXPECT_EQ(testing::ReadFileOrEmpty(final_out + "/sae_weights.safetensors"),
+            DownloadSae(kLayer, kSteps.back()));
+
+  // A step without an SAE names the step and the steps there are.
+  r = Cli({"export", *job_id_, "--layer", std::to_string(kLayer), "--step",
+           "32", "--out", *dir_ + "/export/none"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(r.err, HasSubstr("step 32"));
+  EXPECT_THAT(r.err, HasSubstr("0, 16, 64, 256"));
+  EXPECT_EQ(testing::ReadFileOrEmpty(*dir_ + "/export/none/cfg.json"), "");
 }
 
 // Runs last (alphabetically and by declaration): restarts the coordinator.

@@ -104,8 +104,8 @@ inline constexpr int kDensityBins = 1 + 14;
 // The language model with the SAE's reconstruction spliced in at the hook, on
 // held-out contexts (nats per token).
 struct LmEvaluation {
-  double ce_clean = 0;        // the unmodified model
-  double ce_spliced = 0;      // hook activations replaced by the SAE's output
+  double ce_clean = 0;         // the unmodified model
+  double ce_spliced = 0;       // hook activations replaced by the SAE's output
   double ce_zero_ablated = 0;  // hook activations replaced by zeros
   // (ce_zero_ablated - ce_spliced) / (ce_zero_ablated - ce_clean).
   double loss_recovered = 0;
