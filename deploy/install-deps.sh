@@ -24,6 +24,14 @@ packages=(
   # test (deploy/fuzz.sh, run by ctest for 30 s).
   clang libclang-rt-14-dev
   python3
+  # deploy/check-deploy.sh (run by ctest): promtool checks the Prometheus
+  # config, the alert rules and a live scrape of both binaries; yamllint the
+  # YAML under deploy/; curl scrapes /metrics. Debian ships promtool only in
+  # the prometheus package, whose Prometheus daemon saetrack does not need: on
+  # a host booted with systemd installing it also enables and starts
+  # prometheus.service (port 9090; `systemctl disable --now prometheus` stops
+  # it), in a container or chroot without systemd nothing starts.
+  prometheus yamllint curl
 )
 
 missing=()
