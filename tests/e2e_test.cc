@@ -507,6 +507,12 @@ TEST_F(EndToEndTest, ZRestartOnTheSameDirectoryKeepsEveryAnswer) {
   const std::string status_before = Cli({"status", *job_id_, "--json"}).out;
   ASSERT_FALSE(metrics_before.empty());
 
+  // The idle worker stops on SIGTERM and exits 0 (not killed by the signal).
+  worker_->Signal(SIGTERM);
+  absl::StatusOr<int> worker_code = worker_->Wait(absl::Seconds(30));
+  ASSERT_TRUE(worker_code.ok()) << worker_code.status();
+  EXPECT_EQ(*worker_code, 0) << worker_->Stderr();
+
   coordinator_->Signal(SIGTERM);
   absl::StatusOr<int> code = coordinator_->Wait(absl::Seconds(30));
   ASSERT_TRUE(code.ok()) << code.status();

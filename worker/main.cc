@@ -44,14 +44,22 @@ ABSL_FLAG(std::string, precision, "auto",
 
 namespace {
 
-// Stops the worker on SIGTERM / SIGINT, from a normal thread rather than the
-// signal handler.
-void StopOnSignal(saetrack::worker::Worker* worker) {
+// Blocks SIGTERM / SIGINT in the calling thread and in every thread it
+// starts afterwards. Must run before any thread exists (LibTorch and gRPC
+// start theirs early): a thread with the signals unblocked would take them
+// with the default action and kill the process mid-task.
+sigset_t BlockStopSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+// Stops the worker on SIGTERM / SIGINT, from a normal thread rather than the
+// signal handler.
+void StopOnSignal(saetrack::worker::Worker* worker, const sigset_t& signals) {
   std::thread([worker, signals] {
     int signal = 0;
     sigwait(&signals, &signal);
@@ -62,6 +70,7 @@ void StopOnSignal(saetrack::worker::Worker* worker) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const sigset_t stop_signals = BlockStopSignals();
   absl::SetProgramUsageMessage(
       "Leases SAE-training tasks from a saetrack coordinator and runs them.\n"
       "usage: saetrack-worker --coordinator HOST:PORT [flags]");
@@ -108,7 +117,7 @@ int main(int argc, char** argv) {
     std::cerr << "saetrack-worker: " << worker.status() << std::endl;
     return 1;
   }
-  StopOnSignal(worker->get());
+  StopOnSignal(worker->get(), stop_signals);
   std::cerr << "saetrack-worker: coordinator " << options.coordinator
             << ", device " << options.device << ", precision "
             << engine_options.matmul_precision << ", metrics on port "
