@@ -1,0 +1,632 @@
+// recurrent_init_bench: SAE-Track's convergence claim (DESIGN.md §3, §9) on
+// the demo's tiny language model. The paper says an SAE initialised from the
+// previous checkpoint's SAE reaches the held-out FVU of a from-scratch SAE
+// with >= 20x fewer tokens; this measures that ratio here.
+//
+// What it does:
+//   1. Trains the demo's tiny GPT-NeoX (d_model 64, 2 layers, ctx 64) on Tiny
+//      Shakespeare with TrainTinyLm, saving checkpoints at steps
+//      0,16,32,64,128,256,384,448,512 into --work_dir (reused when already
+//      complete).
+//   2. Collects layer-1 resid_pre activations of every studied checkpoint on
+//      the same token positions: ~200k training tokens (shuffled once, the
+//      same order for every checkpoint) and 16k held-out tokens.
+//   3. Trains a from-scratch SAE on the first studied checkpoint; then, for
+//      each later one and each recurrent learning rate (by default the
+//      paper's 1/10 of the scratch lr, and the same lr), MeasureTokensToFvu
+//      (worker/engine/recurrence_study.h) with the previous checkpoint's
+//      from-scratch SAE as the recurrent initialisation. The from-scratch SAE
+//      of each pair is the previous SAE of the next.
+//   4. Prints per pair the target FVU (the from-scratch SAE's final held-out
+//      FVU), the tokens each SAE needed to reach it, their L0 and the ratio;
+//      then per learning rate the median ratio, and a verdict on the paper's
+//      >= 20x.
+//
+// The default chain spans the whole (512-step) LM run: the early pairs are
+// checkpoints far apart in what the model computes (large drift), the late
+// ones close (small drift), so the table shows how the speed-up depends on
+// the drift between neighbouring checkpoints.
+//
+// Not a Google Benchmark: it is one long measurement of tokens, not of time.
+// Threads: SAETRACK_BENCH_THREADS (default 2) LibTorch intra-op threads, as
+// the other benchmarks. Run (a few minutes on 2 cores):
+//   build-bench/bin/recurrent_init_bench [--architecture topk --k 16] [--json]
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "worker/engine/activations.h"
+#include "worker/engine/language_model.h"
+#include "worker/engine/lm_trainer.h"
+#include "worker/engine/recurrence_study.h"
+#include "worker/engine/sae.h"
+#include "worker/format/json.h"
+#include "worker/format/token_file.h"
+
+namespace saetrack::engine {
+namespace {
+
+using format::JsonValue;
+
+// The claim of DESIGN.md §9 / the paper.
+constexpr double kPaperSpeedup = 20;
+
+// The tiny LM: the demo's (deploy/demo.sh) except for the checkpoint list,
+// which only needs the steps studied here (the cosine schedule depends on
+// the last step only, so these models match the demo's at equal steps).
+const std::vector<int64_t>& LmCheckpointSteps() {
+  static const auto* const kSteps =
+      new std::vector<int64_t>{0, 16, 32, 64, 128, 256, 384, 448, 512};
+  return *kSteps;
+}
+constexpr int kContextLength = 64;
+constexpr HookPoint kHook{1, HookSite::kResidPre};
+constexpr int64_t kContextsPerForward = 128;
+
+constexpr char kUsage[] = R"(Usage: recurrent_init_bench [flags]
+
+Measures SAE-Track's recurrent-initialisation speed-up on a tiny GPT-NeoX
+trained on Tiny Shakespeare: tokens a from-scratch SAE needs to reach its
+final held-out FVU vs tokens an SAE initialised from the previous
+checkpoint's SAE needs to reach the same FVU (the paper claims >= 20x fewer).
+
+Flags (--flag VALUE or --flag=VALUE):
+  --corpus FILE          training text (default: the source tree's
+                         deploy/demo/tinyshakespeare.txt)
+  --work_dir DIR         cache of the tiny LM's checkpoints; reused when
+                         complete (default: <build dir>/recurrent-init-cache)
+  --steps LIST           checkpoints to study, in order, the first only as
+                         the previous SAE of the second; a subset of
+                         0,16,32,64,128,256,384,448,512 (default
+                         32,64,128,256,384,448,512: large drift early,
+                         small drift late)
+  --architecture NAME    relu_l1 or topk (default relu_l1)
+  --l1 X                 relu_l1 L1 coefficient (default 3e-2)
+  --k N                  topk active latents (default 16)
+  --expansion N          d_sae / d_in (default 8)
+  --batch N              tokens per SAE step (default 1024)
+  --scratch_tokens N     token budget of each from-scratch SAE (default 1000000)
+  --eval_every N         held-out FVU every N tokens (default 8192)
+  --lr_scratch X         from-scratch Adam lr (default 1e-3; the paper's
+                         4e-4 is for 300M tokens and leaves the scratch SAE
+                         short of converged on this budget)
+  --lr_ratios LIST       recurrent lr / scratch lr, one measurement each
+                         (default 0.1,1: the paper's 1/10, and the same lr)
+  --warmup_scratch N     warm-up steps (default 100)
+  --warmup_recurrent N   warm-up steps (default 10)
+  --train_tokens N       training activations per checkpoint (default 204800)
+  --eval_tokens N        held-out activations per checkpoint (default 16384)
+  --seed N               seed of contexts, shuffling and SAE init (default 1)
+  --json                 print one JSON object (with the curves) instead of
+                         the table
+  --help                 show this help
+Progress goes to stderr.
+)";
+
+struct Flags {
+  std::string corpus =
+      std::string(SAETRACK_SOURCE_DIR) + "/deploy/demo/tinyshakespeare.txt";
+  std::string work_dir = SAETRACK_BENCH_CACHE_DIR;
+  std::vector<int64_t> steps = {32, 64, 128, 256, 384, 448, 512};
+  std::string architecture = "relu_l1";
+  double l1 = 3e-2;
+  int k = 16;
+  int expansion = 8;
+  int batch = 1024;
+  int64_t scratch_tokens = 1'000'000;
+  int64_t eval_every = 8192;
+  double lr_scratch = 1e-3;
+  std::vector<double> lr_ratios = {0.1, 1};
+  int warmup_scratch = 100;
+  int warmup_recurrent = 10;
+  int64_t train_tokens = 204'800;
+  int64_t eval_tokens = 16'384;
+  uint64_t seed = 1;
+  bool json = false;
+};
+
+// Parses argv into `flags`; returns an exit code when the program should
+// stop (0 after --help, 2 after a usage error).
+std::optional<int> ParseFlags(int argc, char** argv, Flags& flags) {
+  const auto usage_error = [](const std::string& message) {
+    std::cerr << "recurrent_init_bench: " << message
+              << "\nRun recurrent_init_bench --help for usage.\n";
+    return 2;
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (flag == "--json") {
+      flags.json = true;
+      continue;
+    }
+    if (flag.rfind("--", 0) != 0) {
+      return usage_error("unexpected argument " + flag);
+    }
+    std::string value;
+    const size_t equals = flag.find('=');
+    if (equals != std::string::npos) {
+      value = flag.substr(equals + 1);
+      flag = flag.substr(0, equals);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return usage_error(flag + " needs a value");
+    }
+    const std::string name = flag.substr(2);
+    bool ok = true;
+    if (name == "corpus") {
+      flags.corpus = value;
+    } else if (name == "work_dir") {
+      flags.work_dir = value;
+    } else if (name == "steps") {
+      flags.steps.clear();
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        int64_t step = 0;
+        ok = ok && absl::SimpleAtoi(part, &step);
+        flags.steps.push_back(step);
+      }
+    } else if (name == "architecture") {
+      flags.architecture = value;
+    } else if (name == "l1") {
+      ok = absl::SimpleAtod(value, &flags.l1);
+    } else if (name == "k") {
+      ok = absl::SimpleAtoi(value, &flags.k);
+    } else if (name == "expansion") {
+      ok = absl::SimpleAtoi(value, &flags.expansion) && flags.expansion > 0;
+    } else if (name == "batch") {
+      ok = absl::SimpleAtoi(value, &flags.batch);
+    } else if (name == "scratch_tokens") {
+      ok = absl::SimpleAtoi(value, &flags.scratch_tokens);
+    } else if (name == "eval_every") {
+      ok = absl::SimpleAtoi(value, &flags.eval_every);
+    } else if (name == "lr_scratch") {
+      ok = absl::SimpleAtod(value, &flags.lr_scratch);
+    } else if (name == "lr_ratios") {
+      flags.lr_ratios.clear();
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        double ratio = 0;
+        ok = ok && absl::SimpleAtod(part, &ratio) && ratio > 0;
+        flags.lr_ratios.push_back(ratio);
+      }
+    } else if (name == "warmup_scratch") {
+      ok = absl::SimpleAtoi(value, &flags.warmup_scratch);
+    } else if (name == "warmup_recurrent") {
+      ok = absl::SimpleAtoi(value, &flags.warmup_recurrent);
+    } else if (name == "train_tokens") {
+      ok = absl::SimpleAtoi(value, &flags.train_tokens) &&
+           flags.train_tokens >= kContextLength;
+    } else if (name == "eval_tokens") {
+      ok = absl::SimpleAtoi(value, &flags.eval_tokens) &&
+           flags.eval_tokens >= kContextLength;
+    } else if (name == "seed") {
+      ok = absl::SimpleAtoi(value, &flags.seed);
+    } else {
+      return usage_error("unknown flag " + flag);
+    }
+    if (!ok) return usage_error("invalid value \"" + value + "\" for " + flag);
+  }
+  if (flags.steps.size() < 2) {
+    return usage_error("--steps needs at least two checkpoints");
+  }
+  for (size_t i = 0; i < flags.steps.size(); ++i) {
+    const std::vector<int64_t>& known = LmCheckpointSteps();
+    if (std::find(known.begin(), known.end(), flags.steps[i]) == known.end()) {
+      return usage_error(absl::StrCat("--steps: ", flags.steps[i],
+                                      " is not one of ",
+                                      absl::StrJoin(known, ",")));
+    }
+    if (i > 0 && flags.steps[i] <= flags.steps[i - 1]) {
+      return usage_error("--steps must be increasing");
+    }
+  }
+  return std::nullopt;
+}
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since)
+      .count();
+}
+
+struct CheckpointActivations {
+  torch::Tensor train;     // [train_tokens, d_model], shuffled rows
+  torch::Tensor held_out;  // [eval_tokens, d_model]
+};
+
+// Layer-1 resid_pre activations of each studied checkpoint, all at the same
+// token positions, so that pairs differ only by the model.
+absl::StatusOr<std::map<int64_t, CheckpointActivations>> CollectAll(
+    const Flags& flags, const std::string& lm_dir) {
+  absl::StatusOr<format::TokenFile> tokens = format::TokenFile::Open(
+      lm_dir + "/tokens.u16", format::TokenDtype::kUint16);
+  if (!tokens.ok()) return tokens.status();
+  absl::StatusOr<TokenSplit> split =
+      SplitTokens(tokens->size(), kContextLength);
+  if (!split.ok()) return split.status();
+  const std::vector<int64_t> train_starts = SampleTrainContexts(
+      *split, kContextLength, flags.train_tokens / kContextLength, flags.seed);
+  const std::vector<int64_t> eval_starts = HeldOutContexts(
+      *split, kContextLength, flags.eval_tokens / kContextLength);
+  // Byte-level vocabulary (lm_trainer.h).
+  absl::StatusOr<torch::Tensor> train_contexts =
+      GatherContexts(*tokens, train_starts, kContextLength, 256);
+  if (!train_contexts.ok()) return train_contexts.status();
+  absl::StatusOr<torch::Tensor> eval_contexts =
+      GatherContexts(*tokens, eval_starts, kContextLength, 256);
+  if (!eval_contexts.ok()) return eval_contexts.status();
+  // Rows of one context are strongly correlated; SAE batches are drawn in
+  // order, so shuffle the rows once (as the worker's shuffling buffer does),
+  // with the same permutation for every checkpoint.
+  at::Generator generator = at::detail::createCPUGenerator(flags.seed);
+  const torch::Tensor permutation =
+      torch::randperm(train_contexts->size(0) * kContextLength, generator,
+                      torch::TensorOptions().dtype(torch::kInt64));
+
+  std::map<int64_t, CheckpointActivations> activations;
+  for (const int64_t step : flags.steps) {
+    absl::StatusOr<std::unique_ptr<LanguageModel>> model = LoadLanguageModel(
+        absl::StrCat(lm_dir, "/checkpoints/step-", step), torch::kCPU);
+    if (!model.ok()) return model.status();
+    CheckpointActivations& a = activations[step];
+    a.train = CollectActivations(**model, *train_contexts, kHook,
+                                 kContextsPerForward, torch::kCPU)
+                  .index_select(0, permutation)
+                  .contiguous();
+    a.held_out = CollectActivations(**model, *eval_contexts, kHook,
+                                    kContextsPerForward, torch::kCPU);
+  }
+  return activations;
+}
+
+struct PairResult {
+  int64_t prev_step;
+  int64_t step;
+  TokensToFvuResult result;
+  double seconds;
+};
+
+// All pairs at one recurrent learning rate.
+struct LrRun {
+  double ratio;  // lr_recurrent / lr_scratch
+  double lr;
+  std::vector<PairResult> pairs;
+
+  // Median speed-up; a pair that never reached the target counts as 0.
+  double Median() const {
+    std::vector<double> values;
+    for (const PairResult& p : pairs) values.push_back(p.result.speedup());
+    std::sort(values.begin(), values.end());
+    const size_t n = values.size();
+    return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+  }
+  int64_t Never() const {
+    return std::count_if(pairs.begin(), pairs.end(), [](const PairResult& p) {
+      return !p.result.recurrent_tokens.has_value();
+    });
+  }
+  std::vector<int64_t> StepsAtClaim() const {
+    std::vector<int64_t> steps;
+    for (const PairResult& p : pairs) {
+      if (p.result.speedup() >= kPaperSpeedup) steps.push_back(p.step);
+    }
+    return steps;
+  }
+  // The claim holds at this lr when every pair reached the target and the
+  // median is >= 20x: a pair that never got there is a counterexample,
+  // whatever the median.
+  bool Holds() const { return Never() == 0 && Median() >= kPaperSpeedup; }
+};
+
+std::string FormatTokens(int64_t tokens) {
+  if (tokens >= 1'000'000) return absl::StrFormat("%.2fM", tokens / 1e6);
+  if (tokens >= 10'000) return absl::StrFormat("%.1fk", tokens / 1e3);
+  return absl::StrCat(tokens);
+}
+
+std::string ConfigLabel(const Flags& flags, int64_t d_in) {
+  const std::string sparsity = flags.architecture == "topk"
+                                   ? absl::StrCat("k ", flags.k)
+                                   : absl::StrFormat("l1 %g", flags.l1);
+  return absl::StrFormat(
+      "%s, %s, d_in %d, d_sae %d, batch %d; scratch: lr %g, warm-up %d, "
+      "%s tokens; recurrent: warm-up %d, same budget; held-out FVU every %s "
+      "tokens on %s tokens",
+      flags.architecture, sparsity, d_in, d_in * flags.expansion, flags.batch,
+      flags.lr_scratch, flags.warmup_scratch,
+      FormatTokens(flags.scratch_tokens), flags.warmup_recurrent,
+      FormatTokens(flags.eval_every), FormatTokens(flags.eval_tokens));
+}
+
+std::string RunSummary(const LrRun& run) {
+  const std::vector<int64_t> at_claim = run.StepsAtClaim();
+  std::string summary =
+      absl::StrFormat("median %.1fx; >= %.0fx on %d of %d pairs", run.Median(),
+                      kPaperSpeedup, at_claim.size(), run.pairs.size());
+  if (!at_claim.empty()) {
+    absl::StrAppend(&summary, " (steps ", absl::StrJoin(at_claim, ", "), ")");
+  }
+  if (run.Never() > 0) {
+    absl::StrAppend(&summary, "; ", run.Never(),
+                    " never reached the target (counted as 0)");
+  }
+  return summary;
+}
+
+// One plain sentence on the paper's claim over all learning rates tried.
+std::string Verdict(const std::vector<LrRun>& runs) {
+  const LrRun* best = &runs.front();
+  for (const LrRun& run : runs) {
+    if (run.Holds() && !best->Holds()) best = &run;
+    if (run.Holds() == best->Holds() && run.Median() > best->Median()) {
+      best = &run;
+    }
+  }
+  if (best->Holds()) {
+    return absl::StrFormat(
+        "HOLDS here at recurrent lr %g (%gx the scratch lr): median %.1fx",
+        best->lr, best->ratio, best->Median());
+  }
+  const std::vector<int64_t> at_claim = best->StepsAtClaim();
+  return absl::StrFormat(
+      "does NOT hold here: the best median is %.1fx (recurrent lr %g, %gx "
+      "the scratch lr)%s",
+      best->Median(), best->lr, best->ratio,
+      at_claim.empty()
+          ? std::string("; no pair reaches it")
+          : absl::StrCat("; only steps ", absl::StrJoin(at_claim, ", "),
+                         " reach it"));
+}
+
+JsonValue CurveJson(const std::vector<std::pair<int64_t, double>>& curve) {
+  JsonValue::Array points;
+  for (const auto& [tokens, fvu] : curve) {
+    points.push_back(JsonValue::MakeArray(
+        {JsonValue::Integer(tokens), JsonValue::Number(fvu)}));
+  }
+  return JsonValue::MakeArray(std::move(points));
+}
+
+void PrintJson(const Flags& flags, int64_t d_in, const std::vector<LrRun>& runs,
+               double total_seconds) {
+  JsonValue::Array run_values;
+  for (const LrRun& run : runs) {
+    JsonValue::Array rows;
+    for (const PairResult& p : run.pairs) {
+      const TokensToFvuResult& r = p.result;
+      rows.push_back(JsonValue::MakeObject({
+          {"prev_step", JsonValue::Integer(p.prev_step)},
+          {"step", JsonValue::Integer(p.step)},
+          {"target_fvu", JsonValue::Number(r.target_fvu)},
+          {"scratch_tokens", JsonValue::Integer(r.scratch_tokens)},
+          {"recurrent_tokens", r.recurrent_tokens.has_value()
+                                   ? JsonValue::Integer(*r.recurrent_tokens)
+                                   : JsonValue()},
+          {"speedup", JsonValue::Number(r.speedup())},
+          {"scratch_init_fvu", JsonValue::Number(r.scratch_init_fvu)},
+          {"recurrent_init_fvu", JsonValue::Number(r.recurrent_init_fvu)},
+          {"scratch_l0", JsonValue::Number(r.scratch_l0)},
+          {"recurrent_l0", JsonValue::Number(r.recurrent_l0)},
+          {"seconds", JsonValue::Number(p.seconds)},
+          {"scratch_curve", CurveJson(r.scratch_curve)},
+          {"recurrent_curve", CurveJson(r.recurrent_curve)},
+      }));
+    }
+    run_values.push_back(JsonValue::MakeObject({
+        {"lr_recurrent", JsonValue::Number(run.lr)},
+        {"lr_ratio", JsonValue::Number(run.ratio)},
+        {"median_speedup", JsonValue::Number(run.Median())},
+        {"holds", JsonValue::Bool(run.Holds())},
+        {"pairs", JsonValue::MakeArray(std::move(rows))},
+    }));
+  }
+  const JsonValue report = JsonValue::MakeObject({
+      {"benchmark", JsonValue::String("recurrent_init")},
+      {"config", JsonValue::String(ConfigLabel(flags, d_in))},
+      {"paper_speedup", JsonValue::Number(kPaperSpeedup)},
+      {"runs", JsonValue::MakeArray(std::move(run_values))},
+      {"verdict", JsonValue::String(Verdict(runs))},
+      {"seconds", JsonValue::Number(total_seconds)},
+  });
+  std::cout << format::SerializeJson(report) << "\n";
+}
+
+void PrintTable(const Flags& flags, int64_t d_in,
+                const std::vector<LrRun>& runs, double total_seconds) {
+  std::printf(
+      "== Recurrent initialisation vs from scratch (tiny GPT-NeoX, layer 1 "
+      "resid_pre)\n%s\n",
+      ConfigLabel(flags, d_in).c_str());
+  std::printf(
+      "target: the scratch SAE's final held-out FVU on `step`; tokens: first "
+      "evaluation at or below it;\nrecurrent SAE: initialised from the "
+      "scratch SAE of `prev`; ratio: scr tok / rec tok\n");
+  for (const LrRun& run : runs) {
+    std::printf("\n-- recurrent lr %g (%gx the scratch lr%s)\n", run.lr,
+                run.ratio, run.ratio == 0.1 ? ", as the paper" : "");
+    std::printf("%5s %5s %8s %8s %7s %8s %8s %7s %8s %7s %6s\n", "prev", "step",
+                "target", "scr init", "scr L0", "scr tok", "rec init", "rec L0",
+                "rec tok", "ratio", "time s");
+    for (const PairResult& p : run.pairs) {
+      const TokensToFvuResult& r = p.result;
+      const std::string recurrent = r.recurrent_tokens.has_value()
+                                        ? FormatTokens(*r.recurrent_tokens)
+                                        : std::string("never");
+      const std::string ratio = r.recurrent_tokens.has_value()
+                                    ? absl::StrFormat("%.1fx", r.speedup())
+                                    : std::string("<1x");
+      std::printf(
+          "%5lld %5lld %8.4f %8.3f %7.1f %8s %8.4f %7.1f %8s %7s %6.1f\n",
+          static_cast<long long>(p.prev_step), static_cast<long long>(p.step),
+          r.target_fvu, r.scratch_init_fvu, r.scratch_l0,
+          FormatTokens(r.scratch_tokens).c_str(), r.recurrent_init_fvu,
+          r.recurrent_l0, recurrent.c_str(), ratio.c_str(), p.seconds);
+    }
+    std::printf("%s\n", RunSummary(run).c_str());
+  }
+  std::printf(
+      "\npaper's claim (>= %.0fx fewer tokens to the from-scratch "
+      "FVU): %s\n",
+      kPaperSpeedup, Verdict(runs).c_str());
+  std::printf("total %.0f s\n", total_seconds);
+}
+
+// Mean L2 norm of the rows: the L1 penalty is not scale-free (only the
+// reconstruction term is normalised), so the same l1 bites differently on
+// checkpoints whose activations differ in size.
+double MeanNorm(const torch::Tensor& x) {
+  return x.norm(2, 1).mean().item<double>();
+}
+
+int Run(const Flags& flags) {
+  const auto start = std::chrono::steady_clock::now();
+  const char* threads_env = std::getenv("SAETRACK_BENCH_THREADS");
+  const int threads = threads_env != nullptr && std::atoi(threads_env) > 0
+                          ? std::atoi(threads_env)
+                          : 2;
+  torch::set_num_threads(threads);
+
+  TinyLmOptions lm;
+  lm.corpus_path = flags.corpus;
+  lm.out_dir = flags.work_dir + "/lm";
+  lm.checkpoint_steps = LmCheckpointSteps();
+  lm.d_model = 64;
+  lm.layers = 2;
+  lm.heads = 4;
+  lm.context_length = kContextLength;
+  lm.batch_size = 16;
+  lm.lr = 3e-3;
+  lm.seed = 1;
+  lm.threads = threads;
+  std::fprintf(stderr, "tiny LM -> %s\n", lm.out_dir.c_str());
+  absl::StatusOr<TinyLmResult> trained =
+      TrainTinyLm(lm, [](const std::string& line) {
+        std::fprintf(stderr, "  %s\n", line.c_str());
+      });
+  if (!trained.ok()) {
+    std::cerr << "recurrent_init_bench: " << trained.status() << "\n";
+    return 1;
+  }
+  std::fprintf(stderr, "  %s (%.0f s)\n",
+               trained->cached ? "cached" : "trained", Seconds(start));
+
+  absl::StatusOr<std::map<int64_t, CheckpointActivations>> activations =
+      CollectAll(flags, lm.out_dir);
+  if (!activations.ok()) {
+    std::cerr << "recurrent_init_bench: " << activations.status() << "\n";
+    return 1;
+  }
+  const CheckpointActivations& first = activations->begin()->second;
+  const int64_t d_in = first.train.size(1);
+  std::fprintf(stderr,
+               "activations: %lld x %lld train, %lld held out per checkpoint "
+               "(%.0f s); mean |x|:",
+               static_cast<long long>(first.train.size(0)),
+               static_cast<long long>(d_in),
+               static_cast<long long>(first.held_out.size(0)), Seconds(start));
+  for (const auto& [step, a] : *activations) {
+    std::fprintf(stderr, " %lld: %.3g", static_cast<long long>(step),
+                 MeanNorm(a.held_out));
+  }
+  std::fprintf(stderr, "\n");
+
+  TokensToFvuOptions options;
+  options.spec.architecture = flags.architecture;
+  options.spec.l1_coefficient = flags.l1;
+  options.spec.k = flags.k;
+  options.d_sae = d_in * flags.expansion;
+  options.batch_size = flags.batch;
+  options.lr_scratch = flags.lr_scratch;
+  options.warmup_scratch = flags.warmup_scratch;
+  options.warmup_recurrent = flags.warmup_recurrent;
+  options.scratch_tokens = flags.scratch_tokens;
+  options.eval_every_tokens = flags.eval_every;
+  options.seed = flags.seed;
+
+  auto measure_start = std::chrono::steady_clock::now();
+  absl::StatusOr<SaeWeights> first_sae =
+      TrainSaeFromScratch(activations->at(flags.steps[0]).train, options);
+  if (!first_sae.ok()) {
+    std::cerr << "recurrent_init_bench: " << first_sae.status() << "\n";
+    return 1;
+  }
+  std::fprintf(stderr, "scratch SAE on step %lld (%.0f s)\n",
+               static_cast<long long>(flags.steps[0]), Seconds(measure_start));
+
+  std::vector<LrRun> runs;
+  for (const double ratio : flags.lr_ratios) {
+    runs.push_back({ratio, ratio * flags.lr_scratch, {}});
+  }
+  // Pairs in chain order; every learning rate starts from the same previous
+  // SAE. The scratch SAE of a pair does not depend on the recurrent lr
+  // (same seed, same rows), so any run's serves as the next previous SAE.
+  SaeWeights prev = *first_sae;
+  for (size_t i = 1; i < flags.steps.size(); ++i) {
+    const CheckpointActivations& a = activations->at(flags.steps[i]);
+    for (LrRun& run : runs) {
+      measure_start = std::chrono::steady_clock::now();
+      options.lr_recurrent = run.lr;
+      absl::StatusOr<TokensToFvuResult> result =
+          MeasureTokensToFvu(prev, a.train, a.held_out, options);
+      if (!result.ok()) {
+        std::cerr << "recurrent_init_bench: " << result.status() << "\n";
+        return 1;
+      }
+      run.pairs.push_back({flags.steps[i - 1], flags.steps[i],
+                           *std::move(result), Seconds(measure_start)});
+      const PairResult& p = run.pairs.back();
+      std::fprintf(
+          stderr,
+          "step %lld <- %lld, recurrent lr %g: target FVU %.4f, scratch %s, "
+          "recurrent %s tokens (%.0f s)\n",
+          static_cast<long long>(p.step), static_cast<long long>(p.prev_step),
+          run.lr, p.result.target_fvu,
+          FormatTokens(p.result.scratch_tokens).c_str(),
+          p.result.recurrent_tokens.has_value()
+              ? FormatTokens(*p.result.recurrent_tokens).c_str()
+              : "never",
+          p.seconds);
+    }
+    prev = runs.front().pairs.back().result.scratch_sae;
+  }
+
+  if (flags.json) {
+    PrintJson(flags, d_in, runs, Seconds(start));
+  } else {
+    PrintTable(flags, d_in, runs, Seconds(start));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace saetrack::engine
+
+int main(int argc, char** argv) {
+  saetrack::engine::Flags flags;
+  if (const std::optional<int> exit_code =
+          saetrack::engine::ParseFlags(argc, argv, flags)) {
+    return *exit_code;
+  }
+  return saetrack::engine::Run(flags);
+}
