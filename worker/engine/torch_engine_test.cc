@@ -12,6 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/analysis_pass.h"
 #include "worker/engine/gpt2.h"
 #include "worker/engine/lm_trainer.h"
 #include "worker/engine/training_engine.h"
@@ -306,6 +307,81 @@ TEST_F(TorchEngineTest, Bf16MatmulsTrainOnCpu) {
   options.matmul_precision = "fp8";
   EXPECT_THAT(Message(NewTorchEngine(options).status()),
               HasSubstr("EngineOptions.matmul_precision \"fp8\""));
+}
+
+// The analysis pass on the final checkpoint chooses the reference positions;
+// on an earlier checkpoint it measures progress at them.
+TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput first_input = BaseInput();
+  first_input.lm_eval_tokens = 0;
+  absl::StatusOr<TrainOutput> first = engine->Train(first_input, nullptr);
+  ASSERT_TRUE(first.ok()) << first.status();
+  TrainInput next = first_input;
+  next.model_dir = Checkpoint(32);
+  next.init_sae_safetensors = first->sae_safetensors;
+  next.train_tokens = 8192;
+  absl::StatusOr<TrainOutput> last = engine->Train(next, nullptr);
+  ASSERT_TRUE(last.ok()) << last.status();
+
+  AnalysisInput input;
+  input.model_dir = Checkpoint(32);
+  input.layer = 1;
+  input.tokens_path = *dir_ + "/lm/tokens.u16";
+  input.context_length = 32;
+  input.analysis_tokens = 2048;
+  input.sae_safetensors = last->sae_safetensors;
+  input.top_k = 8;
+  absl::StatusOr<AnalysisOutput> final_pass =
+      AnalyseCheckpoint(input, torch::kCPU);
+  ASSERT_TRUE(final_pass.ok()) << final_pass.status();
+  EXPECT_EQ(final_pass->analysis_positions, 2048);
+  EXPECT_EQ(final_pass->d_sae, 128);
+  ASSERT_EQ(final_pass->top_positions.size(), 128u * 8);
+  EXPECT_EQ(final_pass->reference_positions, final_pass->top_positions);
+  // The analysis set is the engine's held-out set: same statistics.
+  for (int i = 0; i < 128; ++i) {
+    EXPECT_NEAR(final_pass->frequency[i], last->features.frequency[i], 1e-6);
+  }
+  int fired_features = 0;
+  std::vector<float> progress;
+  for (int i = 0; i < 128; ++i) {
+    const int64_t p0 = final_pass->top_positions[i * 8];
+    if (p0 < 0) {
+      EXPECT_EQ(final_pass->top_tokens[i * 8], -1);
+      continue;
+    }
+    ++fired_features;
+    EXPECT_LT(p0, 2048);
+    EXPECT_GE(final_pass->top_tokens[i * 8], 0);
+    EXPECT_GE(final_pass->top_values[i * 8], final_pass->top_values[i * 8 + 7]);
+    if (!std::isnan(final_pass->progress_activation[i])) {
+      progress.push_back(final_pass->progress_activation[i]);
+    }
+  }
+  EXPECT_GT(fired_features, 64);
+  ASSERT_FALSE(progress.empty());
+  std::nth_element(progress.begin(), progress.begin() + progress.size() / 2,
+                   progress.end());
+  // A feature's top positions resemble each other more than random ones.
+  EXPECT_GT(progress[progress.size() / 2], 0);
+
+  input.model_dir = Checkpoint(16);
+  input.sae_safetensors = first->sae_safetensors;
+  input.reference_positions = final_pass->top_positions;
+  absl::StatusOr<AnalysisOutput> earlier =
+      AnalyseCheckpoint(input, torch::kCPU);
+  ASSERT_TRUE(earlier.ok()) << earlier.status();
+  EXPECT_EQ(earlier->reference_positions, final_pass->top_positions);
+  EXPECT_EQ(earlier->progress_activation.size(), 128u);
+
+  input.reference_positions.pop_back();
+  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU).status()),
+              HasSubstr("AnalysisInput.reference_positions has 1023 entries"));
+  input.reference_positions.clear();
+  input.top_k = 1;
+  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU).status()),
+              HasSubstr("AnalysisInput.top_k"));
 }
 
 TEST_F(TorchEngineTest, DeterministicForSeed) {
