@@ -47,6 +47,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
@@ -61,6 +64,40 @@
 #include "worker/engine/sae.h"
 #include "worker/format/json.h"
 #include "worker/format/token_file.h"
+
+ABSL_FLAG(std::string, corpus,
+          std::string(SAETRACK_SOURCE_DIR) + "/deploy/demo/tinyshakespeare.txt",
+          "Training text of the tiny LM");
+ABSL_FLAG(std::string, work_dir, SAETRACK_BENCH_CACHE_DIR,
+          "Cache of the tiny LM's checkpoints; reused when complete");
+ABSL_FLAG(std::vector<std::string>, steps,
+          std::vector<std::string>({"32", "64", "128", "256", "384", "448",
+                                    "512"}),
+          "Checkpoints to study, in order (the first only as the previous SAE "
+          "of the second); a subset of 0,16,32,64,128,256,384,448,512: large "
+          "drift early, small drift late");
+ABSL_FLAG(std::string, architecture, "relu_l1", "relu_l1 or topk");
+ABSL_FLAG(double, l1, 3e-2, "relu_l1 L1 coefficient");
+ABSL_FLAG(int, k, 16, "topk active latents");
+ABSL_FLAG(int, expansion, 8, "d_sae / d_in");
+ABSL_FLAG(int, batch, 1024, "Tokens per SAE step");
+ABSL_FLAG(int64_t, scratch_tokens, 1'000'000,
+          "Token budget of each from-scratch SAE");
+ABSL_FLAG(int64_t, eval_every, 8192, "Held-out FVU every this many tokens");
+ABSL_FLAG(double, lr_scratch, 1e-3,
+          "From-scratch Adam lr (the paper's 4e-4 is for 300M tokens and "
+          "leaves the scratch SAE short of converged on this budget)");
+ABSL_FLAG(std::vector<std::string>, lr_ratios,
+          std::vector<std::string>({"0.1", "1"}),
+          "Recurrent lr / scratch lr, one measurement each (0.1: the paper's)");
+ABSL_FLAG(int, warmup_scratch, 100, "Warm-up steps of the scratch SAE");
+ABSL_FLAG(int, warmup_recurrent, 10, "Warm-up steps of the recurrent SAE");
+ABSL_FLAG(int64_t, train_tokens, 204'800,
+          "Training activations per checkpoint");
+ABSL_FLAG(int64_t, eval_tokens, 16'384, "Held-out activations per checkpoint");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of contexts, shuffling and SAE init");
+ABSL_FLAG(bool, json, false,
+          "Print one JSON object (with the curves) instead of the table");
 
 namespace saetrack::engine {
 namespace {
@@ -88,39 +125,7 @@ Measures SAE-Track's recurrent-initialisation speed-up on a tiny GPT-NeoX
 trained on Tiny Shakespeare: tokens a from-scratch SAE needs to reach its
 final held-out FVU vs tokens an SAE initialised from the previous
 checkpoint's SAE needs to reach the same FVU (the paper claims >= 20x fewer).
-
-Flags (--flag VALUE or --flag=VALUE):
-  --corpus FILE          training text (default: the source tree's
-                         deploy/demo/tinyshakespeare.txt)
-  --work_dir DIR         cache of the tiny LM's checkpoints; reused when
-                         complete (default: <build dir>/recurrent-init-cache)
-  --steps LIST           checkpoints to study, in order, the first only as
-                         the previous SAE of the second; a subset of
-                         0,16,32,64,128,256,384,448,512 (default
-                         32,64,128,256,384,448,512: large drift early,
-                         small drift late)
-  --architecture NAME    relu_l1 or topk (default relu_l1)
-  --l1 X                 relu_l1 L1 coefficient (default 3e-2)
-  --k N                  topk active latents (default 16)
-  --expansion N          d_sae / d_in (default 8)
-  --batch N              tokens per SAE step (default 1024)
-  --scratch_tokens N     token budget of each from-scratch SAE (default 1000000)
-  --eval_every N         held-out FVU every N tokens (default 8192)
-  --lr_scratch X         from-scratch Adam lr (default 1e-3; the paper's
-                         4e-4 is for 300M tokens and leaves the scratch SAE
-                         short of converged on this budget)
-  --lr_ratios LIST       recurrent lr / scratch lr, one measurement each
-                         (default 0.1,1: the paper's 1/10, and the same lr)
-  --warmup_scratch N     warm-up steps (default 100)
-  --warmup_recurrent N   warm-up steps (default 10)
-  --train_tokens N       training activations per checkpoint (default 204800)
-  --eval_tokens N        held-out activations per checkpoint (default 16384)
-  --seed N               seed of contexts, shuffling and SAE init (default 1)
-  --json                 print one JSON object (with the curves) instead of
-                         the table
-  --help                 show this help
-Progress goes to stderr.
-)";
+Progress goes to stderr.)";
 
 struct Flags {
   std::string corpus =
@@ -144,89 +149,54 @@ struct Flags {
   bool json = false;
 };
 
-// Parses argv into `flags`; returns an exit code when the program should
-// stop (0 after --help, 2 after a usage error).
-std::optional<int> ParseFlags(int argc, char** argv, Flags& flags) {
+// Reads the command-line flags into `flags`; returns an exit code when the
+// program should stop (2 after a usage error).
+std::optional<int> ParseFlags(Flags& flags) {
   const auto usage_error = [](const std::string& message) {
     std::cerr << "recurrent_init_bench: " << message
               << "\nRun recurrent_init_bench --help for usage.\n";
     return 2;
   };
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kUsage;
-      return 0;
+  flags.corpus = absl::GetFlag(FLAGS_corpus);
+  flags.work_dir = absl::GetFlag(FLAGS_work_dir);
+  flags.architecture = absl::GetFlag(FLAGS_architecture);
+  flags.l1 = absl::GetFlag(FLAGS_l1);
+  flags.k = absl::GetFlag(FLAGS_k);
+  flags.expansion = absl::GetFlag(FLAGS_expansion);
+  flags.batch = absl::GetFlag(FLAGS_batch);
+  flags.scratch_tokens = absl::GetFlag(FLAGS_scratch_tokens);
+  flags.eval_every = absl::GetFlag(FLAGS_eval_every);
+  flags.lr_scratch = absl::GetFlag(FLAGS_lr_scratch);
+  flags.warmup_scratch = absl::GetFlag(FLAGS_warmup_scratch);
+  flags.warmup_recurrent = absl::GetFlag(FLAGS_warmup_recurrent);
+  flags.train_tokens = absl::GetFlag(FLAGS_train_tokens);
+  flags.eval_tokens = absl::GetFlag(FLAGS_eval_tokens);
+  flags.seed = absl::GetFlag(FLAGS_seed);
+  flags.json = absl::GetFlag(FLAGS_json);
+  flags.steps.clear();
+  for (const std::string& part : absl::GetFlag(FLAGS_steps)) {
+    int64_t step = 0;
+    if (!absl::SimpleAtoi(part, &step)) {
+      return usage_error("--steps: \"" + part + "\" is not a step");
     }
-    if (flag == "--json") {
-      flags.json = true;
-      continue;
+    flags.steps.push_back(step);
+  }
+  flags.lr_ratios.clear();
+  for (const std::string& part : absl::GetFlag(FLAGS_lr_ratios)) {
+    double ratio = 0;
+    if (!absl::SimpleAtod(part, &ratio) || !(ratio > 0)) {
+      return usage_error("--lr_ratios: \"" + part + "\" is not a ratio > 0");
     }
-    if (flag.rfind("--", 0) != 0) {
-      return usage_error("unexpected argument " + flag);
-    }
-    std::string value;
-    const size_t equals = flag.find('=');
-    if (equals != std::string::npos) {
-      value = flag.substr(equals + 1);
-      flag = flag.substr(0, equals);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return usage_error(flag + " needs a value");
-    }
-    const std::string name = flag.substr(2);
-    bool ok = true;
-    if (name == "corpus") {
-      flags.corpus = value;
-    } else if (name == "work_dir") {
-      flags.work_dir = value;
-    } else if (name == "steps") {
-      flags.steps.clear();
-      for (absl::string_view part : absl::StrSplit(value, ',')) {
-        int64_t step = 0;
-        ok = ok && absl::SimpleAtoi(part, &step);
-        flags.steps.push_back(step);
-      }
-    } else if (name == "architecture") {
-      flags.architecture = value;
-    } else if (name == "l1") {
-      ok = absl::SimpleAtod(value, &flags.l1);
-    } else if (name == "k") {
-      ok = absl::SimpleAtoi(value, &flags.k);
-    } else if (name == "expansion") {
-      ok = absl::SimpleAtoi(value, &flags.expansion) && flags.expansion > 0;
-    } else if (name == "batch") {
-      ok = absl::SimpleAtoi(value, &flags.batch);
-    } else if (name == "scratch_tokens") {
-      ok = absl::SimpleAtoi(value, &flags.scratch_tokens);
-    } else if (name == "eval_every") {
-      ok = absl::SimpleAtoi(value, &flags.eval_every);
-    } else if (name == "lr_scratch") {
-      ok = absl::SimpleAtod(value, &flags.lr_scratch);
-    } else if (name == "lr_ratios") {
-      flags.lr_ratios.clear();
-      for (absl::string_view part : absl::StrSplit(value, ',')) {
-        double ratio = 0;
-        ok = ok && absl::SimpleAtod(part, &ratio) && ratio > 0;
-        flags.lr_ratios.push_back(ratio);
-      }
-    } else if (name == "warmup_scratch") {
-      ok = absl::SimpleAtoi(value, &flags.warmup_scratch);
-    } else if (name == "warmup_recurrent") {
-      ok = absl::SimpleAtoi(value, &flags.warmup_recurrent);
-    } else if (name == "train_tokens") {
-      ok = absl::SimpleAtoi(value, &flags.train_tokens) &&
-           flags.train_tokens >= kContextLength;
-    } else if (name == "eval_tokens") {
-      ok = absl::SimpleAtoi(value, &flags.eval_tokens) &&
-           flags.eval_tokens >= kContextLength;
-    } else if (name == "seed") {
-      ok = absl::SimpleAtoi(value, &flags.seed);
-    } else {
-      return usage_error("unknown flag " + flag);
-    }
-    if (!ok) return usage_error("invalid value \"" + value + "\" for " + flag);
+    flags.lr_ratios.push_back(ratio);
+  }
+  if (flags.expansion <= 0) return usage_error("--expansion must be > 0");
+  if (flags.train_tokens < kContextLength) {
+    return usage_error(
+        absl::StrCat("--train_tokens must be >= ", kContextLength));
+  }
+  if (flags.eval_tokens < kContextLength) {
+    return usage_error(
+        absl::StrCat("--eval_tokens must be >= ", kContextLength));
   }
   if (flags.steps.size() < 2) {
     return usage_error("--steps needs at least two checkpoints");
@@ -623,9 +593,11 @@ int Run(const Flags& flags) {
 }  // namespace saetrack::engine
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(saetrack::engine::kUsage);
+  absl::ParseCommandLine(argc, argv);
   saetrack::engine::Flags flags;
   if (const std::optional<int> exit_code =
-          saetrack::engine::ParseFlags(argc, argv, flags)) {
+          saetrack::engine::ParseFlags(flags)) {
     return *exit_code;
   }
   return saetrack::engine::Run(flags);

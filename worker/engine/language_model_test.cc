@@ -30,26 +30,6 @@ std::string MakeTempDir(const std::string& name) {
   return pattern;
 }
 
-format::ModelConfig TinyConfig(const std::string& architecture) {
-  format::ModelConfig config;
-  config.architecture = architecture;
-  config.vocab_size = kVocab;
-  config.hidden_size = 16;
-  config.num_hidden_layers = kLayers;
-  config.num_attention_heads = 2;
-  config.intermediate_size = 32;
-  config.max_position_embeddings = 16;
-  if (architecture == "gpt2") {
-    config.rotary_pct = 0;
-    config.use_parallel_residual = false;
-    config.hidden_act = "gelu_new";
-    config.tie_word_embeddings = true;
-  } else {
-    config.rotary_pct = 0.5;
-  }
-  return config;
-}
-
 template <typename Model>
 void Perturb(Model& model) {
   torch::NoGradGuard no_grad;
@@ -63,7 +43,8 @@ void Perturb(Model& model) {
 // and loads it back through LoadLanguageModel.
 std::unique_ptr<LanguageModel> SavedAndLoaded(const std::string& architecture) {
   const std::string dir = MakeTempDir(architecture);
-  const format::ModelConfig config = TinyConfig(architecture);
+  const format::ModelConfig config =
+      reference::TinyModelConfig(architecture, kVocab, kLayers);
   absl::Status saved;
   if (architecture == "gpt2") {
     Gpt2Model model = Gpt2Model::RandomInit(config, 3, torch::kCPU);

@@ -24,26 +24,6 @@ constexpr int kLayers = 2;
 constexpr int kContextLength = 8;
 constexpr int kNumContexts = 5;
 
-format::ModelConfig TinyConfig(const std::string& architecture) {
-  format::ModelConfig config;
-  config.architecture = architecture;
-  config.vocab_size = kVocab;
-  config.hidden_size = 16;
-  config.num_hidden_layers = kLayers;
-  config.num_attention_heads = 2;
-  config.intermediate_size = 32;
-  config.max_position_embeddings = 16;
-  if (architecture == "gpt2") {
-    config.rotary_pct = 0;
-    config.use_parallel_residual = false;
-    config.hidden_act = "gelu_new";
-    config.tie_word_embeddings = true;
-  } else {
-    config.rotary_pct = 0.5;
-  }
-  return config;
-}
-
 // Contexts following t -> 3t + 1 (mod 20), a permutation, so the next token
 // is a function of the current one: a model can learn it, and zero-ablating
 // its residual stream destroys what it learned.
@@ -82,8 +62,8 @@ void Train(Model& model) {
 }
 
 GptNeoxModel TrainedNeox(const torch::Device& device = torch::kCPU) {
-  GptNeoxModel model =
-      GptNeoxModel::RandomInit(TinyConfig("gpt_neox"), 3, torch::kCPU);
+  GptNeoxModel model = GptNeoxModel::RandomInit(
+      reference::TinyModelConfig("gpt_neox", kVocab, kLayers), 3, torch::kCPU);
   reference::Perturb(model.NamedParameters(), /*seed=*/4, /*scale=*/0.2);
   Train(model);
   if (device.is_cpu()) return model;
@@ -319,7 +299,8 @@ TEST_F(LmEvaluationTest, BadReconstructionIsAnErrorNotAnException) {
 }
 
 TEST(LmEvaluationGpt2Test, SplicesAndChecksLearnedPositions) {
-  Gpt2Model model = Gpt2Model::RandomInit(TinyConfig("gpt2"), 3, torch::kCPU);
+  Gpt2Model model = Gpt2Model::RandomInit(
+      reference::TinyModelConfig("gpt2", kVocab, kLayers), 3, torch::kCPU);
   reference::Perturb(model.NamedParameters(), /*seed=*/4, /*scale=*/0.2);
   Train(model);
   const torch::Tensor contexts = Contexts();
@@ -342,8 +323,8 @@ TEST(LmEvaluationGpt2Test, SplicesAndChecksLearnedPositions) {
 TEST(LmEvaluationGapTest, NoLossGapGivesZeroLossRecovered) {
   // A model whose output ignores the hooked activation: zero every weight,
   // so every logit is 0 whatever the residual stream holds.
-  GptNeoxModel model =
-      GptNeoxModel::RandomInit(TinyConfig("gpt_neox"), 3, torch::kCPU);
+  GptNeoxModel model = GptNeoxModel::RandomInit(
+      reference::TinyModelConfig("gpt_neox", kVocab, kLayers), 3, torch::kCPU);
   {
     torch::NoGradGuard no_grad;
     for (auto& [name, tensor] : model.NamedParameters()) tensor.zero_();

@@ -10,33 +10,15 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/internal/reference_math.h"
 
 namespace saetrack::engine {
 namespace {
 
 using ::testing::HasSubstr;
 
-// Activations made of a few active features out of `directions` [k, d]: each
-// row is a non-negative combination of ~3 of them (as sae_test.cc's).
-torch::Tensor SparseData(const torch::Tensor& directions, int64_t rows,
-                         uint64_t seed) {
-  at::Generator generator = at::detail::createCPUGenerator(seed);
-  const int64_t k = directions.size(0);
-  const torch::Tensor active =
-      (torch::rand({rows, k}, generator, torch::kFloat32) < 3.0 / k)
-          .to(torch::kFloat32);
-  const torch::Tensor magnitude =
-      1 + torch::rand({rows, k}, generator, torch::kFloat32);
-  return torch::matmul(active * magnitude, directions);
-}
-
 torch::Tensor NormaliseRows(const torch::Tensor& m) {
   return m / m.norm(2, 1, true);
-}
-
-torch::Tensor RandomDirections(int64_t k, int64_t d, uint64_t seed) {
-  at::Generator generator = at::detail::createCPUGenerator(seed);
-  return NormaliseRows(torch::randn({k, d}, generator, torch::kFloat32));
 }
 
 // Two "checkpoints": the second's feature directions are the first's,
@@ -50,14 +32,16 @@ struct TwoCheckpoints {
 TwoCheckpoints MakeCheckpoints() {
   constexpr int64_t kFeatures = 48;
   constexpr int64_t kDim = 32;
-  const torch::Tensor before = RandomDirections(kFeatures, kDim, 1);
+  const torch::Tensor before =
+      reference::RandomUnitDirections(kFeatures, kDim, 1);
   at::Generator generator = at::detail::createCPUGenerator(2);
   const torch::Tensor after = NormaliseRows(
       before + 0.15 *
                    torch::randn({kFeatures, kDim}, generator, torch::kFloat32) /
                    std::sqrt(static_cast<double>(kDim)));
-  return {SparseData(before, 8192, 3), SparseData(after, 8192, 4),
-          SparseData(after, 2048, 5)};
+  return {reference::SparseCombinations(before, 8192, 3),
+          reference::SparseCombinations(after, 8192, 4),
+          reference::SparseCombinations(after, 2048, 5)};
 }
 
 TokensToFvuOptions SmallOptions() {

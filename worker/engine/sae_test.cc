@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/internal/reference_math.h"
 #include "worker/engine/relu_l1_sae.h"
 #include "worker/engine/sae_trainer.h"
 #include "worker/engine/topk_sae.h"
@@ -17,28 +18,10 @@
 namespace saetrack::engine {
 namespace {
 
+using reference::RandomUnitDirections;
+using reference::SparseCombinations;
+
 using ::testing::HasSubstr;
-
-// Activations made of a few active features out of `directions` [k, d]:
-// each row is a sum of ~3 directions with magnitudes in [1, 2].
-torch::Tensor SparseData(const torch::Tensor& directions, int64_t rows,
-                         uint64_t seed) {
-  at::Generator generator = at::detail::createCPUGenerator(seed);
-  const int64_t k = directions.size(0);
-  const torch::Tensor active =
-      (torch::rand({rows, k}, generator, torch::kFloat32) < 3.0 / k)
-          .to(torch::kFloat32);
-  const torch::Tensor magnitude =
-      1 + torch::rand({rows, k}, generator, torch::kFloat32);
-  return torch::matmul(active * magnitude, directions);
-}
-
-torch::Tensor RandomDirections(int64_t k, int64_t d, uint64_t seed) {
-  at::Generator generator = at::detail::createCPUGenerator(seed);
-  const torch::Tensor directions =
-      torch::randn({k, d}, generator, torch::kFloat32);
-  return directions / directions.norm(2, 1, true);
-}
 
 double Median(std::vector<float> values) {
   std::nth_element(values.begin(), values.begin() + values.size() / 2,
@@ -97,9 +80,9 @@ double RecoveredFraction(const Sae& sae, const torch::Tensor& directions,
 }
 
 TEST(SaeTest, LearnsSparseFeatures) {
-  const torch::Tensor directions = RandomDirections(32, 16, 1);
-  const torch::Tensor train = SparseData(directions, 8192, 2);
-  const torch::Tensor held_out = SparseData(directions, 2048, 3);
+  const torch::Tensor directions = RandomUnitDirections(32, 16, 1);
+  const torch::Tensor train = SparseCombinations(directions, 8192, 2);
+  const torch::Tensor held_out = SparseCombinations(directions, 2048, 3);
   std::unique_ptr<Sae> sae =
       MakeRelu(InitSaeFromScratch(64, train.narrow(0, 0, 1024), 4));
   const double init_fvu = EvaluateSae(*sae, held_out).fvu;
@@ -123,9 +106,9 @@ TEST(SaeTest, LearnsSparseFeatures) {
 class PlantedDictionaryTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PlantedDictionaryTest, RecoversPlantedDirections) {
-  const torch::Tensor directions = RandomDirections(48, 32, 11);
-  const torch::Tensor train = SparseData(directions, 16384, 12);
-  const torch::Tensor held_out = SparseData(directions, 4096, 13);
+  const torch::Tensor directions = RandomUnitDirections(48, 32, 11);
+  const torch::Tensor train = SparseCombinations(directions, 16384, 12);
+  const torch::Tensor held_out = SparseCombinations(directions, 4096, 13);
   const SaeWeights init = InitSaeFromScratch(192, train.narrow(0, 0, 2048), 14);
   std::unique_ptr<Sae> sae = GetParam() == "topk"
                                  ? MakeTopK(init.Clone(), /*k=*/4)
@@ -392,8 +375,8 @@ TEST(SaeTrainerTest, WarmupScalesTheFirstSteps) {
 }
 
 TEST(SaeTrainerTest, RestoredStateContinuesExactly) {
-  const torch::Tensor directions = RandomDirections(16, 8, 37);
-  const torch::Tensor data = SparseData(directions, 2048, 38);
+  const torch::Tensor directions = RandomUnitDirections(16, 8, 37);
+  const torch::Tensor data = SparseCombinations(directions, 2048, 38);
   const SaeWeights init = InitSaeFromScratch(32, data.narrow(0, 0, 512), 39);
   SaeTrainerOptions options = FastOptions();
   options.dead_window_tokens = 256;
@@ -439,15 +422,15 @@ TEST(SaeTrainerTest, RestoredStateContinuesExactly) {
 
 TEST(SaeTest, RecurrentInitialisationConvergesFaster) {
   // Two "checkpoints": the second's feature directions drift a little.
-  const torch::Tensor directions = RandomDirections(32, 16, 1);
+  const torch::Tensor directions = RandomUnitDirections(32, 16, 1);
   at::Generator generator = at::detail::createCPUGenerator(9);
   torch::Tensor drifted =
       directions +
       0.1 * torch::randn(directions.sizes(), generator, torch::kFloat32);
   drifted = drifted / drifted.norm(2, 1, true);
-  const torch::Tensor train_a = SparseData(directions, 8192, 2);
-  const torch::Tensor train_b = SparseData(drifted, 1024, 5);
-  const torch::Tensor held_out_b = SparseData(drifted, 2048, 6);
+  const torch::Tensor train_a = SparseCombinations(directions, 8192, 2);
+  const torch::Tensor train_b = SparseCombinations(drifted, 1024, 5);
+  const torch::Tensor held_out_b = SparseCombinations(drifted, 2048, 6);
 
   SaeTrainerOptions options = FastOptions();
   std::unique_ptr<Sae> first =

@@ -68,4 +68,44 @@ void ExpectNear(const std::vector<Vector>& expected,
   }
 }
 
+format::ModelConfig TinyModelConfig(const std::string& architecture,
+                                    int vocab_size, int layers) {
+  format::ModelConfig config;
+  config.architecture = architecture;
+  config.vocab_size = vocab_size;
+  config.hidden_size = 16;
+  config.num_hidden_layers = layers;
+  config.num_attention_heads = 2;
+  config.intermediate_size = 32;
+  config.max_position_embeddings = 16;
+  if (architecture == "gpt2") {
+    config.rotary_pct = 0;
+    config.use_parallel_residual = false;
+    config.hidden_act = "gelu_new";
+    config.tie_word_embeddings = true;
+  } else {
+    config.rotary_pct = 0.5;
+  }
+  return config;
+}
+
+torch::Tensor RandomUnitDirections(int64_t k, int64_t d, uint64_t seed) {
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  const torch::Tensor directions =
+      torch::randn({k, d}, generator, torch::kFloat32);
+  return directions / directions.norm(2, 1, true);
+}
+
+torch::Tensor SparseCombinations(const torch::Tensor& directions, int64_t rows,
+                                 uint64_t seed) {
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  const int64_t k = directions.size(0);
+  const torch::Tensor active =
+      (torch::rand({rows, k}, generator, torch::kFloat32) < 3.0 / k)
+          .to(torch::kFloat32);
+  const torch::Tensor magnitude =
+      1 + torch::rand({rows, k}, generator, torch::kFloat32);
+  return torch::matmul(active * magnitude, directions);
+}
+
 }  // namespace saetrack::engine::reference

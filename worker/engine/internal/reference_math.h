@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "worker/format/model_config.h"
+
 namespace saetrack::engine::reference {
 
 using Vector = std::vector<double>;
@@ -40,6 +42,19 @@ std::vector<Vector> Rows(const torch::Tensor& activations);
 // EXPECTs every element within 1e-4, naming `what`, position and dimension.
 void ExpectNear(const std::vector<Vector>& expected,
                 const std::vector<Vector>& actual, const char* what);
+
+// A tiny model config of `architecture` ("gpt_neox" or "gpt2"): hidden 16,
+// 2 heads, intermediate 32, 16 positions.
+format::ModelConfig TinyModelConfig(const std::string& architecture,
+                                    int vocab_size, int layers);
+
+// `k` random unit directions in `d` dimensions, [k, d], for seed `seed`.
+torch::Tensor RandomUnitDirections(int64_t k, int64_t d, uint64_t seed);
+
+// Activations made of a few active features out of `directions` [k, d]:
+// each row is a sum of ~3 directions with magnitudes in [1, 2].
+torch::Tensor SparseCombinations(const torch::Tensor& directions, int64_t rows,
+                                 uint64_t seed);
 
 }  // namespace saetrack::engine::reference
 
