@@ -2,8 +2,11 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 
@@ -15,13 +18,18 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/job_file.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "proto/status_mapping.h"
+#include "saetrack/v1/admin.grpc.pb.h"
 #include "worker/format/json.h"
 #include "worker/format/saelens.h"
 
 namespace saetrack::client {
 namespace {
 
-// How often `submit --wait` polls the job.
+// How often `submit --wait` and `watch` poll a coordinator without WatchJob,
+// and how long they wait before reconnecting to one that went away.
 constexpr absl::Duration kWaitPollInterval = absl::Milliseconds(300);
 
 struct Invocation {
@@ -35,6 +43,7 @@ struct Invocation {
   std::optional<int> feature_id;
   std::optional<int64_t> step;
   std::string out_dir;
+  std::string to_dir;
   std::string request_id;
   double timeout_s = 0;  // 0: wait forever
 };
@@ -46,10 +55,24 @@ Commands:
   submit JOB.json [--wait] [--request_id ID] [--timeout_s S]
       Submit a tracking job (JSON, fields of saetrack.v1.JobSpec; relative
       paths are resolved against the job file's directory). Prints the job id.
-      --wait follows the job until it ends, with a progress line on stderr,
-      and exits 0 only if it succeeded.
+      --wait follows the job until it ends (as watch does), with a progress
+      line on stderr, and exits 0 only if it succeeded; --timeout_s bounds
+      the wait (0, the default: no limit).
   status JOB_ID            State and progress of one job.
   list                     All jobs, oldest first.
+  watch JOB_ID [--timeout_s S]
+                           Follow a job until it ends: a progress line on
+                           stderr (rewritten in place on a terminal), e.g.
+                           "checkpoints 3/11  tokens 1.2M  2.3k tok/s  loss
+                           0.0123  ETA 1m20s  state RUNNING", then the final
+                           state on stdout. Exits 0 if the job succeeded, 1 if
+                           it failed or was cancelled. With --json, one
+                           saetrack.v1.JobUpdate per line on stdout instead.
+  cancel JOB_ID            Cancel a queued or running job (running tasks stop
+                           at their next heartbeat); prints the resulting
+                           state. Cancelling a cancelled job succeeds again;
+                           a job that already ended is refused
+                           (FAILED_PRECONDITION).
   metrics JOB_ID --layer L Per-checkpoint SAE metrics of one hooked layer.
                            "loss rec" and "KL" compare the LM with the SAE
                            spliced in to the clean model ("-": not measured);
@@ -64,6 +87,11 @@ Commands:
                            --step, the final SAE of the chain: the last one
                            trained, by chain index. DIR is created if needed;
                            files already there are replaced.
+  admin backup --to DIR    Copy the coordinator's database (a consistent
+                           RocksDB checkpoint) into DIR, an absolute path on
+                           the coordinator's machine that must not exist yet.
+                           A coordinator started with --data_dir P serves the
+                           copy when DIR is P/db.
 
 Flags (every command):
   --coordinator HOST:PORT  Coordinator address (default 127.0.0.1:7070).
@@ -72,7 +100,8 @@ Flags (every command):
   --help                   This text.
 
 Exit codes: 0 success; 1 failure (the reason is printed on one line:
-"saetrack: ..."; for --wait also a job that failed or was cancelled);
+"saetrack: ..."; for --wait and watch also a job that failed or was
+cancelled);
 2 bad command line.
 )";
 }
@@ -118,11 +147,13 @@ absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args) {
             absl::StrCat("flag --", name, " takes no value"));
       }
       (name == "json" ? inv.json : name == "wait" ? inv.wait : inv.help) = true;
-    } else if (name == "coordinator" || name == "request_id" || name == "out") {
+    } else if (name == "coordinator" || name == "request_id" || name == "out" ||
+               name == "to") {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
       (name == "coordinator" ? inv.coordinator
        : name == "out"       ? inv.out_dir
+       : name == "to"        ? inv.to_dir
                              : inv.request_id) = *v;
     } else if (name == "layer" || name == "id") {
       int v;
@@ -157,6 +188,16 @@ std::string ToJson(const google::protobuf::Message& message) {
   return json;
 }
 
+// Proto JSON on one line.
+std::string ToJsonLine(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
 std::string StateName(v1::JobState state) {
   std::string name = v1::JobState_Name(state);
   constexpr std::string_view kPrefix = "JOB_STATE_";
@@ -175,6 +216,48 @@ std::string HumanCount(int64_t n) {
   if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
   if (n >= 1'000) return absl::StrFormat("%.1fk", n / 1e3);
   return absl::StrCat(n);
+}
+
+std::string HumanRate(double per_second) {
+  if (per_second >= 1e9) return absl::StrFormat("%.1fG", per_second / 1e9);
+  if (per_second >= 1e6) return absl::StrFormat("%.1fM", per_second / 1e6);
+  if (per_second >= 1e3) return absl::StrFormat("%.1fk", per_second / 1e3);
+  return absl::StrFormat("%.0f", per_second);
+}
+
+std::string HumanDuration(int64_t seconds) {
+  if (seconds >= 3600) {
+    return absl::StrFormat("%dh%02dm", seconds / 3600, seconds % 3600 / 60);
+  }
+  if (seconds >= 60) {
+    return absl::StrFormat("%dm%02ds", seconds / 60, seconds % 60);
+  }
+  return absl::StrFormat("%ds", seconds);
+}
+
+// The line `saetrack watch` prints for one update.
+std::string WatchLine(const v1::JobUpdate& update) {
+  const v1::Job& job = update.job();
+  std::string name = v1::JobState_Name(job.state());
+  constexpr std::string_view kPrefix = "JOB_STATE_";
+  if (name.rfind(kPrefix, 0) == 0) name = name.substr(kPrefix.size());
+  const int64_t tokens =
+      std::max(update.tokens_done(), job.progress().tokens_trained());
+  std::string line = absl::StrFormat(
+      "checkpoints %d/%d  tokens %s", job.progress().tasks_done(),
+      job.progress().tasks_total(), HumanCount(tokens));
+  if (update.tokens_per_second() > 0) {
+    absl::StrAppend(&line, "  ", HumanRate(update.tokens_per_second()),
+                    " tok/s");
+  }
+  if (update.has_loss()) {
+    absl::StrAppend(&line, absl::StrFormat("  loss %.4g", update.loss()));
+  }
+  if (update.has_eta_seconds()) {
+    absl::StrAppend(&line, "  ETA ", HumanDuration(update.eta_seconds()));
+  }
+  absl::StrAppend(&line, "  state ", name);
+  return line;
 }
 
 std::string ProgressLine(const v1::Job& job) {
@@ -201,9 +284,12 @@ class Cli {
     if (inv_.command == "submit") return Submit();
     if (inv_.command == "status") return Status();
     if (inv_.command == "list") return List();
+    if (inv_.command == "watch") return Watch();
+    if (inv_.command == "cancel") return Cancel();
     if (inv_.command == "metrics") return Metrics();
     if (inv_.command == "feature") return Feature();
     if (inv_.command == "export") return Export();
+    if (inv_.command == "admin") return Admin();
     return Usage(inv_.command.empty()
                      ? std::string("no command given")
                      : absl::StrCat("unknown command '", inv_.command, "'"));
@@ -250,48 +336,124 @@ class Cli {
   }
 
   int Wait(const std::string& job_id) {
-    absl::Time deadline = inv_.timeout_s > 0
-                              ? absl::Now() + absl::Seconds(inv_.timeout_s)
-                              : absl::InfiniteFuture();
     std::string last_line;
+    absl::StatusOr<v1::Job> job =
+        Follow(job_id, [&](const v1::JobUpdate& update) {
+          ShowProgress(ProgressLine(update.job()), &last_line);
+        });
+    EndProgress(last_line);
+    if (!job.ok()) return Fail(job.status());
+    if (inv_.json) {
+      out_ << ToJson(*job) << "\n";
+    } else {
+      out_ << job->job_id() << " " << StateName(job->state()) << "\n";
+    }
+    return JobExit(*job);
+  }
+
+  int Watch() {
+    if (!ExpectPositional(1, "one job id")) return kExitUsage;
+    std::string last_line;
+    absl::StatusOr<v1::Job> job =
+        Follow(inv_.positional[0], [&](const v1::JobUpdate& update) {
+          if (inv_.json) {
+            out_ << ToJsonLine(update) << "\n" << std::flush;
+          } else {
+            ShowProgress(WatchLine(update), &last_line);
+          }
+        });
+    EndProgress(last_line);
+    if (!job.ok()) return Fail(job.status());
+    if (!inv_.json) {
+      out_ << job->job_id() << " " << StateName(job->state()) << "\n";
+    }
+    return JobExit(*job);
+  }
+
+  int Cancel() {
+    if (!ExpectPositional(1, "one job id")) return kExitUsage;
+    absl::StatusOr<v1::CancelJobResponse> cancelled =
+        client_->CancelJob(inv_.positional[0]);
+    if (!cancelled.ok()) return Fail(cancelled.status());
+    if (inv_.json) {
+      out_ << ToJson(*cancelled) << "\n";
+    } else {
+      out_ << cancelled->job().job_id() << " "
+           << StateName(cancelled->job().state()) << "\n";
+    }
+    return kExitOk;
+  }
+
+  // 0 for a job that succeeded; else prints why it ended and returns 1.
+  int JobExit(const v1::Job& job) {
+    if (job.state() == v1::JOB_STATE_SUCCEEDED) return kExitOk;
+    err_ << "saetrack: job " << job.job_id() << " " << StateName(job.state())
+         << (job.error().empty() ? "" : ": " + job.error()) << "\n";
+    return kExitFailure;
+  }
+
+  // Prints `line` unless it repeats the last one: in place on a terminal.
+  void ShowProgress(const std::string& line, std::string* last_line) {
+    if (line == *last_line) return;
+    if (err_is_terminal_) {
+      err_ << "\r\033[K" << line << std::flush;
+    } else {
+      err_ << line << "\n";
+    }
+    *last_line = line;
+  }
+
+  // Follows the job until it ends, calling `show` with every update, and
+  // returns it in its terminal state. Streams JobService.WatchJob; polls
+  // GetJob when the coordinator lacks it. Reconnects while the coordinator
+  // is unavailable. Errors: kDeadlineExceeded past --timeout_s, the
+  // coordinator's.
+  absl::StatusOr<v1::Job> Follow(
+      const std::string& job_id,
+      const std::function<void(const v1::JobUpdate&)>& show) {
+    const absl::Time deadline =
+        inv_.timeout_s > 0 ? absl::Now() + absl::Seconds(inv_.timeout_s)
+                           : absl::InfiniteFuture();
+    const auto timed_out = [&] {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "job ", job_id, " still running after --timeout_s=", inv_.timeout_s));
+    };
+    bool use_watch = true;
     while (true) {
-      absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
-      if (!job.ok()) {
-        // The coordinator may be restarting; keep waiting within the deadline.
-        if (job.status().code() != absl::StatusCode::kUnavailable ||
-            absl::Now() > deadline) {
-          EndProgress(last_line);
-          return Fail(job.status());
+      std::optional<v1::Job> terminal;
+      absl::Status status;
+      if (use_watch) {
+        const absl::Duration left = deadline == absl::InfiniteFuture()
+                                        ? absl::InfiniteDuration()
+                                        : deadline - absl::Now();
+        if (left <= absl::ZeroDuration()) return timed_out();
+        status =
+            client_->WatchJob(job_id, left, [&](const v1::JobUpdate& update) {
+              show(update);
+              if (IsTerminal(update.job().state())) terminal = update.job();
+              return true;
+            });
+        if (terminal.has_value()) return *terminal;
+        if (status.code() == absl::StatusCode::kUnimplemented) {
+          use_watch = false;  // An older coordinator: poll.
+          continue;
         }
       } else {
-        std::string line = ProgressLine(*job);
-        if (line != last_line) {
-          if (err_is_terminal_) {
-            err_ << "\r\033[K" << line << std::flush;
-          } else {
-            err_ << line << "\n";
-          }
-          last_line = line;
-        }
-        if (IsTerminal(job->state())) {
-          EndProgress(last_line);
-          if (inv_.json) {
-            out_ << ToJson(*job) << "\n";
-          } else {
-            out_ << job->job_id() << " " << StateName(job->state()) << "\n";
-          }
-          if (job->state() == v1::JOB_STATE_SUCCEEDED) return kExitOk;
-          err_ << "saetrack: job " << job->job_id() << " "
-               << StateName(job->state())
-               << (job->error().empty() ? "" : ": " + job->error()) << "\n";
-          return kExitFailure;
+        absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
+        status = job.status();
+        if (job.ok()) {
+          v1::JobUpdate update;
+          update.set_tokens_done(job->progress().tokens_trained());
+          *update.mutable_job() = *job;
+          show(update);
+          if (IsTerminal(job->state())) return *job;
         }
       }
-      if (absl::Now() > deadline) {
-        EndProgress(last_line);
-        return Fail(absl::DeadlineExceededError(
-            absl::StrCat("job ", job_id,
-                         " still running after --timeout_s=", inv_.timeout_s)));
+      if (absl::Now() >= deadline) return timed_out();
+      // OK without a terminal update: the stream ended early; reconnect.
+      // The coordinator may be restarting; keep waiting within the deadline.
+      if (!status.ok() && status.code() != absl::StatusCode::kUnavailable) {
+        return status;
       }
       absl::SleepFor(kWaitPollInterval);
     }
@@ -462,6 +624,31 @@ class Cli {
         job_id, layer, sae->step(), cfg.architecture,
         cfg.architecture == "topk" ? absl::StrCat(" k ", cfg.k) : "", cfg.d_in,
         cfg.d_sae, inv_.out_dir);
+    return kExitOk;
+  }
+
+  // `admin backup --to DIR`, straight over an AdminService stub.
+  int Admin() {
+    if (inv_.positional.size() != 1 || inv_.positional[0] != "backup") {
+      return Usage("admin takes one subcommand: backup");
+    }
+    if (inv_.to_dir.empty()) return Usage("admin backup needs --to");
+    auto stub = v1::AdminService::NewStub(grpc::CreateChannel(
+        inv_.coordinator, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::hours(1));
+    v1::BackupRequest request;
+    request.set_to_dir(inv_.to_dir);
+    v1::BackupResponse response;
+    absl::Status s = FromGrpcStatus(stub->Backup(&context, request, &response));
+    if (!s.ok()) return Fail(s);
+    if (inv_.json) {
+      out_ << ToJsonLine(response) << "\n";
+      return kExitOk;
+    }
+    out_ << absl::StrFormat("backed up the database to %s (%d bytes)\n",
+                            response.dir(), response.bytes());
     return kExitOk;
   }
 

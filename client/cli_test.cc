@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -43,8 +44,8 @@ TEST(CliTest, HelpListsEveryCommand) {
   Result r = RunSaetrack({"--help"});
   EXPECT_EQ(r.code, kExitOk);
   for (const char* command :
-       {"submit", "status", "list", "metrics", "feature", "export", "--step",
-        "--out", "--coordinator", "--json"}) {
+       {"submit", "status", "list", "watch", "cancel", "metrics", "feature",
+        "export", "--step", "--out", "--coordinator", "--json"}) {
     EXPECT_THAT(r.out, HasSubstr(command));
   }
 }
@@ -63,6 +64,9 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
            {"export", "job-1", "--layer", "1", "--out", "/tmp/x", "--step",
             "x"},
            {"status", "job-1", "--bogus"},
+           {"watch"},
+           {"cancel"},
+           {"cancel", "job-1", "job-2"},
            {"status", "job-1", "--coordinator"}}) {
     Result r = RunSaetrack(args);
     EXPECT_EQ(r.code, kExitUsage) << r.err;
@@ -126,6 +130,13 @@ struct FakeCoordinator {
   // Stored SAE bytes by (layer, step).
   std::map<std::pair<int, int64_t>, std::string> saes;
   absl::Status download_error;
+  // What WatchJob streams, and how the stream ends; kUnimplemented makes
+  // the CLI poll GetJob instead.
+  std::vector<v1::JobUpdate> updates;
+  absl::Status watch_status;
+  absl::Status cancel_status;
+  // SubmitJob returns `job` when set, else kUnimplemented.
+  bool accept_submit = false;
   std::vector<std::string> calls;
 };
 
@@ -137,7 +148,11 @@ class FakeClient final : public SaetrackClient {
   absl::StatusOr<v1::SubmitJobResponse> SubmitJob(
       const v1::JobSpec& /*spec*/, const std::string& /*request_id*/) override {
     c_->calls.push_back("SubmitJob");
-    return absl::UnimplementedError("SubmitJob");
+    if (!c_->accept_submit) return absl::UnimplementedError("SubmitJob");
+    v1::SubmitJobResponse response;
+    *response.mutable_job() = c_->job;
+    response.set_created(true);
+    return response;
   }
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) override {
     c_->calls.push_back(absl::StrCat("GetJob ", job_id));
@@ -168,6 +183,29 @@ class FakeClient final : public SaetrackClient {
       int /*feature_id*/) override {
     c_->calls.push_back("GetFeatureHistory");
     return absl::UnimplementedError("GetFeatureHistory");
+  }
+  absl::StatusOr<v1::CancelJobResponse> CancelJob(
+      const std::string& job_id) override {
+    c_->calls.push_back(absl::StrCat("CancelJob ", job_id));
+    if (job_id != c_->job.job_id()) return NoJob(job_id);
+    if (!c_->cancel_status.ok()) return c_->cancel_status;
+    c_->job.set_state(v1::JOB_STATE_CANCELLED);
+    v1::CancelJobResponse response;
+    *response.mutable_job() = c_->job;
+    return response;
+  }
+  absl::Status WatchJob(
+      const std::string& job_id, absl::Duration /*timeout*/,
+      const std::function<bool(const v1::JobUpdate&)>& on_update) override {
+    c_->calls.push_back(absl::StrCat("WatchJob ", job_id));
+    if (c_->watch_status.code() == absl::StatusCode::kUnimplemented) {
+      return c_->watch_status;
+    }
+    if (job_id != c_->job.job_id()) return NoJob(job_id);
+    for (const v1::JobUpdate& update : c_->updates) {
+      if (!on_update(update)) return absl::OkStatus();
+    }
+    return c_->watch_status;
   }
   absl::StatusOr<std::string> DownloadSae(const std::string& job_id, int layer,
                                           int64_t step) override {
@@ -434,6 +472,193 @@ TEST_F(CliExportTest, WeightsThatDoNotMatchTheMetricsAreRefused) {
 }
 
 // SaetrackClient::DownloadSae against an in-process WorkerService that
+class CliWatchTest : public ::testing::Test {
+ protected:
+  CliWatchTest() : coordinator_(std::make_shared<FakeCoordinator>()) {
+    coordinator_->job.set_job_id("job-000007");
+    coordinator_->job.mutable_progress()->set_tasks_total(11);
+  }
+
+  // Appends an update of the job in `state`, `done` of its 11 tasks.
+  v1::JobUpdate& AddUpdate(v1::JobState state, int done) {
+    v1::JobUpdate& update = coordinator_->updates.emplace_back();
+    *update.mutable_job() = coordinator_->job;
+    update.mutable_job()->set_state(state);
+    update.mutable_job()->mutable_progress()->set_tasks_done(done);
+    return update;
+  }
+
+  Result Run(const std::vector<std::string>& args, bool terminal = false) {
+    std::ostringstream out, err;
+    int code = RunCli(args, out, err, terminal,
+                      [this](const ClientOptions& /*options*/) {
+                        return std::make_unique<FakeClient>(coordinator_);
+                      });
+    return {code, out.str(), err.str()};
+  }
+
+  std::shared_ptr<FakeCoordinator> coordinator_;
+};
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST_F(CliWatchTest, PrintsAProgressLinePerUpdateAndSucceeds) {
+  AddUpdate(v1::JOB_STATE_QUEUED, 0);
+  v1::JobUpdate& running = AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  running.set_tokens_done(1'234'567);
+  running.set_tokens_per_second(2'300);
+  running.set_loss(0.0123);
+  running.set_eta_seconds(80);
+  AddUpdate(v1::JOB_STATE_SUCCEEDED, 11).set_tokens_done(5'000'000);
+
+  Result r = Run({"watch", "job-000007"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, "job-000007 succeeded\n");
+  EXPECT_THAT(
+      Lines(r.err),
+      ElementsAre("checkpoints 0/11  tokens 0  state QUEUED",
+                  "checkpoints 3/11  tokens 1.2M  2.3k tok/s  loss 0.0123  "
+                  "ETA 1m20s  state RUNNING",
+                  "checkpoints 11/11  tokens 5.0M  state SUCCEEDED"));
+  EXPECT_THAT(coordinator_->calls, ElementsAre("WatchJob job-000007"));
+}
+
+TEST_F(CliWatchTest, OnATerminalRewritesOneLine) {
+  AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  AddUpdate(v1::JOB_STATE_SUCCEEDED, 11);
+  Result r = Run({"watch", "job-000007"}, /*terminal=*/true);
+  EXPECT_EQ(r.code, kExitOk);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\r'), 2) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("\r\033[Kcheckpoints 11/11"));
+}
+
+TEST_F(CliWatchTest, FailedAndCancelledJobsExitOneWithTheError) {
+  AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  v1::JobUpdate& failed = AddUpdate(v1::JOB_STATE_FAILED, 3);
+  failed.mutable_job()->set_error("task x failed: CUDA out of memory");
+  Result r = Run({"watch", "job-000007"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.out, "job-000007 failed\n");
+  EXPECT_THAT(r.err, HasSubstr("saetrack: job job-000007 failed: task x "
+                               "failed: CUDA out of memory\n"));
+
+  coordinator_->updates.clear();
+  AddUpdate(v1::JOB_STATE_CANCELLED, 3)
+      .mutable_job()
+      ->set_error("cancelled by request");
+  r = Run({"watch", "job-000007"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("state CANCELLED"));
+  EXPECT_THAT(r.err,
+              HasSubstr("saetrack: job job-000007 cancelled: cancelled by "
+                        "request\n"));
+}
+
+TEST_F(CliWatchTest, JsonPrintsOneJobUpdatePerLine) {
+  AddUpdate(v1::JOB_STATE_QUEUED, 0);
+  AddUpdate(v1::JOB_STATE_RUNNING, 3).set_loss(0.5);
+  AddUpdate(v1::JOB_STATE_SUCCEEDED, 11);
+  Result r = Run({"watch", "job-000007", "--json"});
+  EXPECT_EQ(r.code, kExitOk);
+  EXPECT_EQ(r.err, "");
+  std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  for (const std::string& line : lines) {
+    absl::StatusOr<format::JsonValue> json = format::ParseJson(line);
+    ASSERT_TRUE(json.ok()) << line;
+    EXPECT_THAT(line, HasSubstr("\"job_id\":\"job-000007\""));
+  }
+  EXPECT_THAT(lines[1], HasSubstr("\"loss\":0.5"));
+  EXPECT_THAT(lines[2], HasSubstr("JOB_STATE_SUCCEEDED"));
+}
+
+TEST_F(CliWatchTest, StreamErrorsAndUnknownJobsFail) {
+  Result r = Run({"watch", "job-000042"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, StartsWith("saetrack: NOT_FOUND: job job-000042"));
+
+  AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  coordinator_->watch_status = absl::PermissionDeniedError("nope");
+  r = Run({"watch", "job-000007"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("saetrack: PERMISSION_DENIED: nope"));
+}
+
+TEST_F(CliWatchTest, TimeoutEndsTheWait) {
+  AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  // The stream keeps ending without a terminal state: the CLI reconnects
+  // until --timeout_s.
+  coordinator_->watch_status = absl::UnavailableError("restarting");
+  Result r = Run({"watch", "job-000007", "--timeout_s", "0.5"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("saetrack: DEADLINE_EXCEEDED: job job-000007 "
+                               "still running after --timeout_s=0.5"));
+}
+
+TEST_F(CliWatchTest, PollsGetJobWhenTheCoordinatorLacksWatchJob) {
+  coordinator_->watch_status = absl::UnimplementedError("WatchJob");
+  coordinator_->job.set_state(v1::JOB_STATE_SUCCEEDED);
+  Result r = Run({"watch", "job-000007"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("WatchJob job-000007", "GetJob job-000007"));
+  EXPECT_THAT(r.err, HasSubstr("state SUCCEEDED"));
+}
+
+TEST_F(CliWatchTest, SubmitWaitFollowsTheJobThroughWatchJob) {
+  TempDir dir;
+  const std::string path = dir.path() + "/job.json";
+  {
+    std::ofstream file(path);
+    file << R"({"name": "tiny"})";
+  }
+  coordinator_->accept_submit = true;
+  AddUpdate(v1::JOB_STATE_RUNNING, 3);
+  AddUpdate(v1::JOB_STATE_SUCCEEDED, 11);
+  Result r = Run({"submit", path, "--wait", "--timeout_s", "30"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, "job-000007 succeeded\n");
+  EXPECT_THAT(r.err, HasSubstr("job-000007 running: 3/11 SAEs trained"));
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("SubmitJob", "WatchJob job-000007"));
+
+  coordinator_->updates.back().mutable_job()->set_state(
+      v1::JOB_STATE_CANCELLED);
+  r = Run({"submit", path, "--wait"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("saetrack: job job-000007 cancelled"));
+}
+
+TEST_F(CliWatchTest, CancelPrintsTheResultingState) {
+  coordinator_->job.set_state(v1::JOB_STATE_RUNNING);
+  Result r = Run({"cancel", "job-000007"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, "job-000007 cancelled\n");
+  EXPECT_THAT(coordinator_->calls, ElementsAre("CancelJob job-000007"));
+
+  r = Run({"cancel", "job-000007", "--json"});
+  EXPECT_EQ(r.code, kExitOk);
+  EXPECT_TRUE(format::ParseJson(r.out).ok()) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("JOB_STATE_CANCELLED"));
+
+  coordinator_->cancel_status = absl::FailedPreconditionError(
+      "job 'job-000007' already ended in state JOB_STATE_SUCCEEDED");
+  r = Run({"cancel", "job-000007"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err, StartsWith("saetrack: FAILED_PRECONDITION: job "));
+
+  r = Run({"cancel", "job-000099"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, StartsWith("saetrack: NOT_FOUND: "));
+}
+
 // streams chosen chunks.
 class FakeWorkerService final : public v1::WorkerService::Service {
  public:

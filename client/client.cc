@@ -130,6 +130,40 @@ class GrpcSaetrackClient final : public SaetrackClient {
     return bytes;
   }
 
+  absl::StatusOr<v1::CancelJobResponse> CancelJob(
+      const std::string& job_id) override {
+    v1::CancelJobRequest request;
+    request.set_job_id(job_id);
+    return Call<v1::CancelJobResponse>(*jobs_, &v1::JobService::Stub::CancelJob,
+                                       request);
+  }
+
+  absl::Status WatchJob(
+      const std::string& job_id, absl::Duration timeout,
+      const std::function<bool(const v1::JobUpdate&)>& on_update) override {
+    v1::WatchJobRequest request;
+    request.set_job_id(job_id);
+    grpc::ClientContext context;
+    if (timeout != absl::InfiniteDuration()) {
+      context.set_deadline(std::chrono::system_clock::now() +
+                           absl::ToChronoMilliseconds(timeout));
+    }
+    std::unique_ptr<grpc::ClientReader<v1::JobUpdate>> reader =
+        jobs_->WatchJob(&context, request);
+    v1::JobUpdate update;
+    bool stopped = false;
+    while (reader->Read(&update)) {
+      if (!on_update(update)) {
+        stopped = true;
+        context.TryCancel();
+        break;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (stopped) return absl::OkStatus();
+    return FromGrpcStatus(status);
+  }
+
  private:
   void SetDeadline(grpc::ClientContext* context) const {
     context->set_deadline(std::chrono::system_clock::now() +
@@ -159,6 +193,17 @@ class GrpcSaetrackClient final : public SaetrackClient {
 };
 
 }  // namespace
+
+absl::StatusOr<v1::CancelJobResponse> SaetrackClient::CancelJob(
+    const std::string& /*job_id*/) {
+  return absl::UnimplementedError("CancelJob");
+}
+
+absl::Status SaetrackClient::WatchJob(
+    const std::string& /*job_id*/, absl::Duration /*timeout*/,
+    const std::function<bool(const v1::JobUpdate&)>& /*on_update*/) {
+  return absl::UnimplementedError("WatchJob");
+}
 
 std::unique_ptr<SaetrackClient> SaetrackClient::Create(
     const ClientOptions& options) {

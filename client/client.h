@@ -6,6 +6,7 @@
 #define SAETRACK_CLIENT_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -49,6 +50,20 @@ class SaetrackClient {
   // last chunk, or its total_size or CRC-32C disagrees with the bytes.
   virtual absl::StatusOr<std::string> DownloadSae(const std::string& job_id,
                                                   int layer, int64_t step) = 0;
+
+  // Cancels the job (JobService.CancelJob; idempotent). The default, for
+  // fakes that do not need it, returns kUnimplemented.
+  virtual absl::StatusOr<v1::CancelJobResponse> CancelJob(
+      const std::string& job_id);
+  // Follows the job through JobService.WatchJob: calls `on_update` with each
+  // update as it arrives until the stream ends, `on_update` returns false
+  // (the call is cancelled; OK), or `timeout` (whole stream; infinite for
+  // none) passes (kDeadlineExceeded). Returns OK after a terminal update,
+  // else the server's error (kUnavailable when it shut down). The default
+  // returns kUnimplemented.
+  virtual absl::Status WatchJob(
+      const std::string& job_id, absl::Duration timeout,
+      const std::function<bool(const v1::JobUpdate&)>& on_update);
 };
 
 }  // namespace saetrack::client

@@ -380,6 +380,12 @@ class GrpcWorker final : public Worker {
       mu_.Lock();
       if ((!status.ok() && status.error_code() == grpc::StatusCode::ABORTED) ||
           (status.ok() && response.cancel())) {
+        // cancel: the job was cancelled (or failed); the task is abandoned
+        // and its results, refused by the coordinator, are not uploaded.
+        Log(absl::StrCat("task ", task.task_id(), ": ",
+                         status.ok()
+                             ? "job cancelled by the coordinator"
+                             : "lease lost: " + status.error_message()));
         lost.store(true);
         break;
       }

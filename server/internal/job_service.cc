@@ -1,11 +1,15 @@
 #include "server/internal/job_service.h"
 
 #include <algorithm>
+#include <cmath>
+#include <deque>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
@@ -29,7 +33,120 @@ std::string Fingerprint(const v1::JobSpec& spec) {
   return out;
 }
 
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
+// Training tokens the schedule plans for the whole job (an adaptive budget
+// may stop later SAEs sooner).
+int64_t PlannedTokens(const v1::JobSpec& spec) {
+  const int64_t checkpoints = spec.model().checkpoints_size();
+  if (checkpoints == 0) return 0;
+  const int64_t first = spec.schedule().tokens_first();
+  const int64_t later = spec.schedule().tokens_later() > 0
+                            ? spec.schedule().tokens_later()
+                            : first / 20;
+  return spec.hooks_size() * (first + (checkpoints - 1) * later);
+}
+
+// Tokens per second over a sliding window of (time, tokens) samples.
+class RateEstimator {
+ public:
+  double Add(absl::Time now, int64_t tokens) {
+    if (!samples_.empty() && tokens < samples_.back().second) {
+      samples_.clear();  // A task restarted: start over.
+    }
+    samples_.emplace_back(now, tokens);
+    while (samples_.size() > 2 && now - samples_[1].first >= kWindow) {
+      samples_.pop_front();
+    }
+    const absl::Duration span = now - samples_.front().first;
+    if (span < absl::Milliseconds(200)) return rate_;
+    rate_ = static_cast<double>(tokens - samples_.front().second) /
+            absl::ToDoubleSeconds(span);
+    return rate_;
+  }
+
+ private:
+  static constexpr absl::Duration kWindow = absl::Seconds(10);
+  std::deque<std::pair<absl::Time, int64_t>> samples_;
+  double rate_ = 0;
+};
+
 }  // namespace
+
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
+                                       const v1::CancelJobRequest* request,
+                                       v1::CancelJobResponse* response) {
+  RpcTimer timer(metrics_, "CancelJob");
+  return timer.Finish(DoCancelJob(*request, response));
+}
+
+grpc::Status JobServiceImpl::WatchJob(
+    grpc::ServerContext* context, const v1::WatchJobRequest* request,
+    grpc::ServerWriter<v1::JobUpdate>* writer) {
+  RpcTimer timer(metrics_, "WatchJob");
+  return timer.Finish(DoWatchJob(context, *request, writer));
+}
+
+absl::Status JobServiceImpl::DoCancelJob(const v1::CancelJobRequest& request,
+                                         v1::CancelJobResponse* response) {
+  if (request.job_id().empty()) {
+    return absl::InvalidArgumentError("job_id: required");
+  }
+  absl::StatusOr<v1::Job> job = scheduler_->CancelJob(request.job_id());
+  if (!job.ok()) return job.status();
+  *response->mutable_job() = *std::move(job);
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoWatchJob(
+    grpc::ServerContext* context, const v1::WatchJobRequest& request,
+    grpc::ServerWriter<v1::JobUpdate>* writer) {
+  if (request.job_id().empty()) {
+    return absl::InvalidArgumentError("job_id: required");
+  }
+  const auto cancelled = [context] { return context->IsCancelled(); };
+  RateEstimator rate;
+  // No job has version -1: the first wait returns at once.
+  int64_t version = -1;
+  while (true) {
+    absl::StatusOr<TaskScheduler::JobWatch> watch =
+        scheduler_->WaitForJobChange(request.job_id(), version, watch_interval_,
+                                     cancelled);
+    if (!watch.ok()) return watch.status();
+    if (context->IsCancelled()) {
+      return absl::CancelledError("client went away during WatchJob");
+    }
+    const v1::JobState state = watch->job.state();
+    const bool changed = watch->version != version;
+    version = watch->version;
+    // A job that waits in the queue is sent only when it changes.
+    if (!changed && state != v1::JOB_STATE_RUNNING) continue;
+
+    v1::JobUpdate update;
+    const int64_t tokens =
+        watch->job.progress().tokens_trained() + watch->running_tokens;
+    update.set_tokens_done(tokens);
+    if (state == v1::JOB_STATE_RUNNING) {
+      const double tokens_per_second = rate.Add(absl::Now(), tokens);
+      update.set_tokens_per_second(tokens_per_second);
+      if (watch->loss.has_value()) update.set_loss(*watch->loss);
+      if (tokens_per_second > 0) {
+        const int64_t remaining =
+            std::max<int64_t>(0, PlannedTokens(watch->job.spec()) - tokens);
+        update.set_eta_seconds(
+            static_cast<int64_t>(std::ceil(remaining / tokens_per_second)));
+      }
+    }
+    *update.mutable_job() = std::move(watch->job);
+    if (!writer->Write(update)) {
+      return absl::CancelledError("client went away during WatchJob");
+    }
+    if (IsTerminal(state)) return absl::OkStatus();
+  }
+}
 
 grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
                                        const v1::SubmitJobRequest* request,

@@ -2,6 +2,7 @@
 #ifndef SAETRACK_SERVER_INTERNAL_JOB_SERVICE_H_
 #define SAETRACK_SERVER_INTERNAL_JOB_SERVICE_H_
 
+#include "absl/time/time.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/job_validator.h"
@@ -14,8 +15,12 @@ namespace saetrack::server {
 class JobServiceImpl final : public v1::JobService::Service {
  public:
   JobServiceImpl(const JobValidator* validator, TaskScheduler* scheduler,
-                 CoordinatorMetrics* metrics)
-      : validator_(validator), scheduler_(scheduler), metrics_(metrics) {}
+                 CoordinatorMetrics* metrics,
+                 absl::Duration watch_interval = absl::Seconds(1))
+      : validator_(validator),
+        scheduler_(scheduler),
+        metrics_(metrics),
+        watch_interval_(watch_interval) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const v1::SubmitJobRequest* request,
@@ -27,6 +32,14 @@ class JobServiceImpl final : public v1::JobService::Service {
   grpc::Status ListJobs(grpc::ServerContext* context,
                         const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const v1::CancelJobRequest* request,
+                         v1::CancelJobResponse* response) override;
+  // Ends OK after a terminal update, UNAVAILABLE on shutdown, CANCELLED when
+  // the client goes away.
+  grpc::Status WatchJob(grpc::ServerContext* context,
+                        const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobUpdate>* writer) override;
 
  private:
   absl::Status DoSubmitJob(const v1::SubmitJobRequest& request,
@@ -34,10 +47,17 @@ class JobServiceImpl final : public v1::JobService::Service {
   absl::Status DoGetJob(const v1::GetJobRequest& request, v1::Job* response);
   absl::Status DoListJobs(const v1::ListJobsRequest& request,
                           v1::ListJobsResponse* response);
+  absl::Status DoCancelJob(const v1::CancelJobRequest& request,
+                           v1::CancelJobResponse* response);
+  absl::Status DoWatchJob(grpc::ServerContext* context,
+                          const v1::WatchJobRequest& request,
+                          grpc::ServerWriter<v1::JobUpdate>* writer);
 
   const JobValidator* const validator_;
   TaskScheduler* const scheduler_;
   CoordinatorMetrics* const metrics_;
+  // WatchJob sends a running job at least this often.
+  const absl::Duration watch_interval_;
 };
 
 }  // namespace saetrack::server

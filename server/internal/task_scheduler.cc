@@ -122,6 +122,7 @@ void TaskScheduler::Shutdown() {
     absl::MutexLock lock(&mu_);
     shutting_down_ = true;
     runnable_cv_.SignalAll();
+    job_changed_cv_.SignalAll();
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
 }
@@ -152,8 +153,14 @@ absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
     auto it = tasks_.find(task.task_id());
     if (it != tasks_.end()) metrics_->AddTasks(it->second.state(), -1);
     metrics_->AddTasks(task.state(), 1);
-    if (task.state() != TASK_STATE_RUNNING) leases_.Release(task.task_id());
+    if (task.state() != TASK_STATE_RUNNING) {
+      leases_.Release(task.task_id());
+      task_progress_.erase(task.task_id());
+    }
     tasks_[task.task_id()] = task;
+    if (auto job = jobs_.find(task.job_id()); job != jobs_.end()) {
+      ++job->second.version;
+    }
   }
   for (const v1::Job& job : changes.jobs) {
     auto it = jobs_.find(job.job_id());
@@ -165,7 +172,9 @@ absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
       active_jobs_.erase(LeaseOrder(entry.job, entry.seq));
     }
     entry.job = job;
+    ++entry.version;
   }
+  job_changed_cv_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -310,6 +319,90 @@ absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
   return page;
 }
 
+absl::StatusOr<v1::Job> TaskScheduler::CancelJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
+  }
+  const JobEntry& entry = it->second;
+  switch (entry.job.state()) {
+    case v1::JOB_STATE_CANCELLED:
+      return entry.job;  // Idempotent.
+    case v1::JOB_STATE_SUCCEEDED:
+    case v1::JOB_STATE_FAILED:
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", job_id, "' already ended in state ",
+                       v1::JobState_Name(entry.job.state())));
+    default:
+      break;
+  }
+  const int64_t now_ms = NowMs();
+  Changes changes;
+  for (const auto& chain : entry.chains) {
+    for (const std::string& id : chain) {
+      const TaskRecord& task = tasks_.at(id);
+      if (task.state() != TASK_STATE_QUEUED &&
+          task.state() != TASK_STATE_RUNNING) {
+        continue;
+      }
+      TaskRecord cancelled = task;
+      cancelled.set_state(TASK_STATE_CANCELLED);
+      cancelled.set_error("job cancelled");
+      cancelled.set_update_time_ms(now_ms);
+      changes.tasks.push_back(std::move(cancelled));
+    }
+  }
+  v1::Job job = entry.job;
+  job.set_state(v1::JOB_STATE_CANCELLED);
+  job.set_error("cancelled by request");
+  job.set_update_time_ms(now_ms);
+  changes.jobs.push_back(job);
+  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
+    return s;
+  }
+  return job;
+}
+
+absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
+    const std::string& job_id, int64_t after_version, absl::Duration timeout,
+    absl::FunctionRef<bool()> cancelled) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    if (shutting_down_) {
+      return absl::UnavailableError("the coordinator is shutting down");
+    }
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
+    }
+    const JobEntry& entry = it->second;
+    const absl::Time now = absl::Now();
+    if (entry.version != after_version || now >= deadline || cancelled()) {
+      JobWatch watch;
+      watch.job = entry.job;
+      watch.version = entry.version;
+      int64_t latest = 0;
+      for (const auto& chain : entry.chains) {
+        for (const std::string& id : chain) {
+          auto progress = task_progress_.find(id);
+          if (progress == task_progress_.end()) continue;
+          watch.running_tokens += progress->second.tokens_done;
+          if (progress->second.loss.has_value() &&
+              progress->second.seq > latest) {
+            latest = progress->second.seq;
+            watch.loss = progress->second.loss;
+          }
+        }
+      }
+      return watch;
+    }
+    job_changed_cv_.WaitWithDeadline(
+        &mu_, std::min(deadline, now + kCancellationCheckPeriod));
+  }
+}
+
 // --- workers ---
 
 absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
@@ -442,7 +535,9 @@ absl::StatusOr<const TaskRecord*> TaskScheduler::LiveTaskLocked(
 }
 
 absl::StatusOr<bool> TaskScheduler::Heartbeat(const std::string& task_id,
-                                              int64_t epoch) {
+                                              int64_t epoch,
+                                              int64_t tokens_done,
+                                              std::optional<double> loss) {
   absl::MutexLock lock(&mu_);
   ExpireLeasesLocked();
   auto it = tasks_.find(task_id);
@@ -453,6 +548,14 @@ absl::StatusOr<bool> TaskScheduler::Heartbeat(const std::string& task_id,
   absl::StatusOr<const TaskRecord*> task = LiveTaskLocked(task_id, epoch);
   if (!task.ok()) return task.status();
   leases_.Renew(task_id, epoch, clock_->Now() + options_.lease_ttl);
+  TaskProgress& progress = task_progress_[task_id];
+  if (progress.tokens_done != tokens_done || progress.loss != loss) {
+    progress.tokens_done = tokens_done;
+    progress.loss = loss;
+    progress.seq = next_progress_seq_++;
+    ++jobs_.at((*task)->job_id()).version;
+    job_changed_cv_.SignalAll();
+  }
   return false;
 }
 

@@ -109,6 +109,32 @@ class TaskScheduler {
   absl::StatusOr<JobPage> ListJobs(const std::string& after_job_id,
                                    int page_size) const;
 
+  // Cancels a QUEUED or RUNNING job: its QUEUED and RUNNING tasks become
+  // CANCELLED (a running task's worker learns it from its next heartbeat,
+  // and its late results are refused with kAborted) and the job CANCELLED,
+  // in one synced batch. Returns the job; a CANCELLED job is returned
+  // unchanged. Errors: kNotFound naming the id, kFailedPrecondition naming
+  // the state of a SUCCEEDED or FAILED job, storage errors (nothing changed).
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
+
+  // What WatchJob streams about one job.
+  struct JobWatch {
+    v1::Job job;
+    // Changes whenever the job or the reported progress of its running
+    // tasks does.
+    int64_t version = 0;
+    // Tokens reported by heartbeats of the job's running tasks.
+    int64_t running_tokens = 0;
+    // The latest loss a running task of the job reported.
+    std::optional<double> loss;
+  };
+  // The job once its version differs from `after_version`, or when `timeout`
+  // (real time) has passed or `cancelled()` turned true, whichever is first.
+  // Errors: kNotFound naming the id; kUnavailable once Shutdown was called.
+  absl::StatusOr<JobWatch> WaitForJobChange(
+      const std::string& job_id, int64_t after_version, absl::Duration timeout,
+      absl::FunctionRef<bool()> cancelled) const;
+
   // --- workers ---
 
   // A new worker id; `device` ("cpu", "cuda" or empty) restricts which jobs'
@@ -122,10 +148,13 @@ class TaskScheduler {
       const std::string& worker_id, absl::Duration wait,
       absl::FunctionRef<bool()> cancelled);
 
-  // Renews the lease. Returns true when the worker should stop because the
-  // job has failed (its task was cancelled). Errors: kAborted for an unknown
-  // task or a stale or expired lease.
-  absl::StatusOr<bool> Heartbeat(const std::string& task_id, int64_t epoch);
+  // Renews the lease and records the task's progress as the worker reports
+  // it (for WaitForJobChange). Returns true when the worker should stop
+  // because the job has failed or was cancelled (its task was cancelled).
+  // Errors: kAborted for an unknown task or a stale or expired lease.
+  absl::StatusOr<bool> Heartbeat(const std::string& task_id, int64_t epoch,
+                                 int64_t tokens_done = 0,
+                                 std::optional<double> loss = std::nullopt);
 
   // The lease (task_id, epoch) if it is the live one. Errors: kAborted.
   absl::StatusOr<LeaseInfo> CheckLease(const std::string& task_id,
@@ -154,6 +183,14 @@ class TaskScheduler {
     int64_t seq = 0;
     // chains[hook_index][chain_index] = task id.
     std::vector<std::vector<std::string>> chains;
+    // Bumped on every change of the job or its running tasks' progress.
+    int64_t version = 0;
+  };
+  // Progress a worker reported for a running task.
+  struct TaskProgress {
+    int64_t tokens_done = 0;
+    std::optional<double> loss;
+    int64_t seq = 0;  // Orders reports: the latest loss wins.
   };
   // Records to write and then make visible, in one batch.
   struct Changes {
@@ -194,6 +231,11 @@ class TaskScheduler {
   mutable absl::Mutex mu_;
   // Signalled when a task may have become runnable, and on Shutdown.
   absl::CondVar runnable_cv_;
+  // Signalled when a job's version changes, and on Shutdown.
+  mutable absl::CondVar job_changed_cv_;
+  // Progress of RUNNING tasks, by task id.
+  std::map<std::string, TaskProgress> task_progress_ ABSL_GUARDED_BY(mu_);
+  int64_t next_progress_seq_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, std::string> jobs_by_seq_ ABSL_GUARDED_BY(mu_);
   // Non-terminal jobs ordered by (-priority, seq): the leasing order.

@@ -274,5 +274,124 @@ TEST_F(TaskSchedulerTest, IdempotentCreate) {
   EXPECT_FALSE(scheduler_->FindByRequestId("req-2", "fp-a")->has_value());
 }
 
+TEST_F(TaskSchedulerTest, CancelStopsLeasingAndTellsTheRunningWorker) {
+  const std::string job = Create(Spec(2, 2));
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+
+  absl::StatusOr<v1::Job> cancelled = scheduler_->CancelJob(job);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_CANCELLED);
+  // Nothing more is leased; the running worker is told to stop.
+  EXPECT_FALSE(LeaseNow().has_value());
+  EXPECT_TRUE(scheduler_->Heartbeat(t0->task_id(), t0->lease_epoch()).value());
+  // Its late result is refused and changes nothing.
+  absl::Status late = scheduler_->Complete(t0->task_id(), t0->lease_epoch(),
+                                           storage::WriteBatch(), 99);
+  EXPECT_EQ(late.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(late.message(), HasSubstr("cancelled"));
+  EXPECT_EQ(scheduler_->GetJob(job)->progress().tasks_done(), 0);
+  EXPECT_EQ(scheduler_->GetJob(job)->progress().tokens_trained(), 0);
+}
+
+TEST_F(TaskSchedulerTest, CancelIsIdempotentAndRefusedForEndedJobs) {
+  const std::string queued = Create(Spec(1, 1));
+  absl::StatusOr<v1::Job> first = scheduler_->CancelJob(queued);
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<v1::Job> again = scheduler_->CancelJob(queued);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(again->update_time_ms(), first->update_time_ms());
+
+  const std::string done = Create(Spec(1, 1));
+  std::optional<v1::Task> t = LeaseNow();
+  ASSERT_TRUE(t.has_value());
+  ASSERT_TRUE(
+      scheduler_->Complete(t->task_id(), 1, storage::WriteBatch(), 5).ok());
+  absl::StatusOr<v1::Job> refused = scheduler_->CancelJob(done);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("JOB_STATE_SUCCEEDED"));
+
+  absl::StatusOr<v1::Job> unknown = scheduler_->CancelJob("job-000099");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("job-000099"));
+}
+
+TEST_F(TaskSchedulerTest, CancellationSurvivesRestart) {
+  const std::string job = Create(Spec(2, 1));
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+  ASSERT_TRUE(scheduler_->CancelJob(job).ok());
+  scheduler_.reset();
+
+  scheduler_ = Open();
+  ASSERT_NE(scheduler_, nullptr);
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(LeaseNow().has_value());
+  EXPECT_TRUE(scheduler_->Heartbeat(t0->task_id(), t0->lease_epoch()).value());
+  EXPECT_EQ(scheduler_->CancelJob(job)->state(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(TaskSchedulerTest, WaitForJobChangeSeesHeartbeatProgressAndCancel) {
+  const std::string job = Create(Spec(2, 1));
+  auto never = [] { return false; };
+  absl::StatusOr<TaskScheduler::JobWatch> w =
+      scheduler_->WaitForJobChange(job, -1, absl::Seconds(20), never);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_FALSE(w->loss.has_value());
+  // Unchanged: returns at the timeout with the same version.
+  absl::StatusOr<TaskScheduler::JobWatch> same = scheduler_->WaitForJobChange(
+      job, w->version, absl::Milliseconds(10), never);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(same->version, w->version);
+
+  std::optional<v1::Task> t0 = LeaseNow();
+  ASSERT_TRUE(t0.has_value());
+  ASSERT_FALSE(
+      scheduler_->Heartbeat(t0->task_id(), t0->lease_epoch(), 1000, 0.5)
+          .value());
+  w = scheduler_->WaitForJobChange(job, w->version, absl::Seconds(20), never);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(w->running_tokens, 1000);
+  EXPECT_EQ(w->loss, 0.5);
+
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_TRUE(scheduler_->CancelJob(job).ok());
+  });
+  w = scheduler_->WaitForJobChange(job, w->version, absl::Seconds(20), never);
+  canceller.join();
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(w->running_tokens, 0);
+
+  EXPECT_EQ(
+      scheduler_->WaitForJobChange("job-000042", 0, absl::Seconds(1), never)
+          .status()
+          .code(),
+      absl::StatusCode::kNotFound);
+}
+
+TEST_F(TaskSchedulerTest, ShutdownEndsWaitForJobChange) {
+  const std::string job = Create(Spec(1, 1));
+  absl::StatusOr<TaskScheduler::JobWatch> first = scheduler_->WaitForJobChange(
+      job, -1, absl::Seconds(1), [] { return false; });
+  ASSERT_TRUE(first.ok());
+  absl::Status status;
+  std::thread watcher([&] {
+    status = scheduler_
+                 ->WaitForJobChange(job, first->version, absl::Seconds(60),
+                                    [] { return false; })
+                 .status();
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  scheduler_->Shutdown();
+  watcher.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+}
+
 }  // namespace
 }  // namespace saetrack::server
