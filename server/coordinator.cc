@@ -25,6 +25,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "server/internal/admin_service.h"
 #include "server/internal/artifact_staging.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/job_service.h"
@@ -41,9 +42,9 @@ namespace {
 // Artifact chunks are ~1 MiB; leave room for workers that send larger ones.
 constexpr int kMaxReceiveMessageBytes = 64 << 20;
 
-const char* const kServiceNames[] = {"saetrack.v1.JobService",
-                                     "saetrack.v1.QueryService",
-                                     "saetrack.v1.WorkerService"};
+const char* const kServiceNames[] = {
+    "saetrack.v1.AdminService", "saetrack.v1.JobService",
+    "saetrack.v1.QueryService", "saetrack.v1.WorkerService"};
 
 // Stops a prometheus::Exposer quickly. Its civetweb server notices the stop
 // only when its accept poll returns, which takes up to 2 s when idle;
@@ -127,6 +128,7 @@ class CoordinatorImpl final : public Coordinator {
   std::unique_ptr<server::JobServiceImpl> job_service_;
   std::unique_ptr<server::QueryServiceImpl> query_service_;
   std::unique_ptr<server::WorkerServiceImpl> worker_service_;
+  std::unique_ptr<server::AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;
@@ -140,9 +142,16 @@ absl::Status CoordinatorImpl::Init() {
       storage::OpenRocksDbStore(
           {.path = (std::filesystem::path(options_.data_dir) / "db").string()});
   if (!store.ok()) return store.status();
-  store_ = *std::move(store);
 
   metrics_ = std::make_unique<server::CoordinatorMetrics>();
+  server::CoordinatorMetrics* metrics = metrics_.get();
+  store_ = storage::NewErrorObservingStore(
+      *std::move(store),
+      [metrics](storage::StoreOp op) { metrics->StorageError(op); });
+  // Workers heartbeat every lease_ttl / 3; active: seen within 3 intervals.
+  metrics_->SetScrapeSources(
+      clock_, absl::Milliseconds(options_.lease_ttl_ms),
+      [store = store_.get()] { return store->LiveDataBytes(); });
   if (!options_.metrics_listen_address.empty()) {
     try {
       exposer_ = std::make_unique<prometheus::Exposer>(
@@ -152,7 +161,7 @@ absl::Status CoordinatorImpl::Init() {
           absl::StrCat("cannot serve metrics on ",
                        options_.metrics_listen_address, ": ", e.what()));
     }
-    exposer_->RegisterCollectable(metrics_->registry());
+    exposer_->RegisterCollectable(metrics_->collectable());
     std::vector<int> ports = exposer_->GetListeningPorts();
     metrics_port_ = ports.empty() ? 0 : ports.front();
   }
@@ -179,6 +188,8 @@ absl::Status CoordinatorImpl::Init() {
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
       scheduler_.get(), results_.get(), &staging_, metrics_.get(),
       worker_options);
+  admin_service_ =
+      std::make_unique<server::AdminServiceImpl>(store_.get(), metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -189,6 +200,7 @@ absl::Status CoordinatorImpl::Init() {
   builder.RegisterService(job_service_.get());
   builder.RegisterService(query_service_.get());
   builder.RegisterService(worker_service_.get());
+  builder.RegisterService(admin_service_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port_ == 0) {
     return absl::UnavailableError(

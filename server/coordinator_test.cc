@@ -1,6 +1,7 @@
 // The coordinator over real gRPC on port 0, against a temporary RocksDB.
 #include "server/coordinator.h"
 
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,9 +15,12 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "saetrack/v1/admin.grpc.pb.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
+#include "server/internal/coordinator_metrics.h"
 #include "server/internal/test_fixtures.h"
 #include "worker/format/crc32c.h"
 
@@ -775,6 +779,366 @@ TEST(CoordinatorStartTest, MetricsEndpointCountsRpcsLeasesAndStates) {
   EXPECT_THAT(text, ::testing::Not(HasSubstr("job-000001")));
   (*c)->Shutdown();
   (*c)->Shutdown();  // Idempotent.
+}
+
+// --- Backups (AdminService) and the coordinator's own gauges -----------------
+
+TEST_F(CoordinatorTest, BackupOpensAsACoordinatorWithTheSameAnswers) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0, 10}, {0, 1}));
+  const std::string worker = Register();
+  for (int i = 0; i < 4; ++i) {
+    std::optional<v1::Task> task = Lease(worker);
+    ASSERT_TRUE(task.has_value());
+    RunToCompletion(*task);
+  }
+  auto snapshot = [&job](v1::QueryService::Stub* queries) {
+    std::vector<std::string> out;
+    for (int layer : {0, 1}) {
+      grpc::ClientContext ctx;
+      v1::GetCheckpointMetricsRequest request;
+      request.set_job_id(job);
+      request.set_layer(layer);
+      v1::GetCheckpointMetricsResponse m;
+      EXPECT_TRUE(
+          queries->GetCheckpointMetrics(WithDeadline(&ctx), request, &m).ok());
+      EXPECT_EQ(m.checkpoints_size(), 2);
+      out.push_back(m.SerializeAsString());
+      for (int feature : {0, 77, kDSae - 1}) {
+        grpc::ClientContext hctx;
+        v1::GetFeatureHistoryRequest hrequest;
+        hrequest.set_job_id(job);
+        hrequest.set_layer(layer);
+        hrequest.set_feature_id(feature);
+        v1::FeatureHistory h;
+        EXPECT_TRUE(
+            queries->GetFeatureHistory(WithDeadline(&hctx), hrequest, &h).ok());
+        EXPECT_EQ(h.points_size(), 2);
+        out.push_back(h.SerializeAsString());
+      }
+    }
+    return out;
+  };
+
+  auto admin = v1::AdminService::NewStub(channel_);
+  auto backup = [&admin](const std::string& dir, v1::BackupResponse* out) {
+    grpc::ClientContext ctx;
+    v1::BackupRequest request;
+    request.set_to_dir(dir);
+    return admin->Backup(WithDeadline(&ctx), request, out);
+  };
+  const std::string copy_data_dir = data_.path() + "/copy";
+  ASSERT_TRUE(std::filesystem::create_directory(copy_data_dir));
+  v1::BackupResponse response;
+  grpc::Status s = backup(copy_data_dir + "/db", &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(response.dir(), copy_data_dir + "/db");
+  EXPECT_GT(response.bytes(), 4 * 5000);  // At least the four SAEs' weights.
+
+  s = backup(copy_data_dir + "/db", &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(s.error_message(), HasSubstr(copy_data_dir + "/db"));
+  s = backup("relative/db", &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("to_dir: 'relative/db'"));
+  s = backup(data_.path() + "/no/such/parent", &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr(data_.path() + "/no/such"));
+
+  CoordinatorOptions options;
+  options.data_dir = copy_data_dir;
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_listen_address = "";
+  options.shutdown_grace_ms = 1000;
+  auto restored = Coordinator::Start(options);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto restored_queries = v1::QueryService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*restored)->port()),
+                          grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(snapshot(restored_queries.get()), snapshot(queries_.get()));
+  (*restored)->Shutdown();
+}
+
+// The value of the single series of `name` with label `label`=`value` (any
+// when `label` is empty); -1 when absent.
+double SeriesValue(prometheus::Registry& registry, const std::string& name,
+                   const std::string& label = "",
+                   const std::string& value = "") {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& m : family.metric) {
+      bool match = label.empty();
+      for (const prometheus::ClientMetric::Label& l : m.label) {
+        if (l.name == label && l.value == value) match = true;
+      }
+      if (!match) continue;
+      return family.type == prometheus::MetricType::Counter ? m.counter.value
+                                                            : m.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST(CoordinatorMetricsTest, TokensCountHeartbeatIncreasesAndCompletions) {
+  server::CoordinatorMetrics metrics;
+  prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(SeriesValue(r, "saetrack_tokens_trained_total"), 0);
+  metrics.TaskProgress("t1", 1, 100);
+  metrics.TaskProgress("t1", 1, 300);
+  metrics.TaskProgress("t1", 1, 200);  // Out of order: no decrease.
+  EXPECT_EQ(SeriesValue(r, "saetrack_tokens_trained_total"), 300);
+  metrics.TaskCompleted("t1", 1, 1000);  // The 700 not yet reported.
+  EXPECT_EQ(SeriesValue(r, "saetrack_tokens_trained_total"), 1000);
+  metrics.TaskProgress("t2", 1, 50);
+  metrics.TaskEnded("t2");              // Lease lost.
+  metrics.TaskProgress("t2", 2, 20);    // Retrained from scratch.
+  metrics.TaskProgress("t2", 1, 5000);  // A stale lease's late report.
+  EXPECT_EQ(SeriesValue(r, "saetrack_tokens_trained_total"), 1070);
+  metrics.TaskCompleted("t3", 1, 10);  // Never reported by heartbeats.
+  EXPECT_EQ(SeriesValue(r, "saetrack_tokens_trained_total"), 1080);
+}
+
+TEST(CoordinatorMetricsTest, ActiveWorkersAndStorageAreComputedAtScrape) {
+  server::CoordinatorMetrics metrics;
+  FakeClock clock;
+  uint64_t bytes = 1234;
+  metrics.SetScrapeSources(&clock, absl::Seconds(30),
+                           [&bytes]() -> absl::StatusOr<uint64_t> {
+                             if (bytes == 0) return absl::InternalError("x");
+                             return bytes;
+                           });
+  metrics.WorkerSeen("w1");
+  clock.Advance(absl::Seconds(20));
+  metrics.WorkerSeen("w2");
+  metrics.WorkerSeen("w2");
+  prometheus::Registry& r = *metrics.registry();
+  metrics.collectable()->Collect();
+  EXPECT_EQ(SeriesValue(r, "saetrack_workers_active"), 2);
+  EXPECT_EQ(SeriesValue(r, "saetrack_storage_bytes"), 1234);
+  clock.Advance(absl::Seconds(15));  // w1 silent for 35 s > 30 s.
+  bytes = 0;                         // A failing source keeps the last value.
+  metrics.collectable()->Collect();
+  EXPECT_EQ(SeriesValue(r, "saetrack_workers_active"), 1);
+  EXPECT_EQ(SeriesValue(r, "saetrack_storage_bytes"), 1234);
+  clock.Advance(absl::Seconds(60));
+  metrics.Refresh();
+  EXPECT_EQ(SeriesValue(r, "saetrack_workers_active"), 0);
+
+  metrics.StorageError(storage::StoreOp::kWrite);
+  metrics.StorageError(storage::StoreOp::kWrite);
+  metrics.StorageError(storage::StoreOp::kRead);
+  EXPECT_EQ(SeriesValue(r, "saetrack_storage_errors_total", "op", "write"), 2);
+  EXPECT_EQ(SeriesValue(r, "saetrack_storage_errors_total", "op", "read"), 1);
+}
+
+TEST(CoordinatorStartTest, MetricsEndpointShowsWorkersTokensAndStorage) {
+  TempDir dir;
+  FakeClock clock;
+  CoordinatorOptions options;
+  options.data_dir = dir.path() + "/data";
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_listen_address = "127.0.0.1:0";
+  options.lease_ttl_ms = kTtlMs;
+  options.clock = &clock;
+  options.lease_check_interval_ms = 3600 * 1000;
+  auto c = Coordinator::Start(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string text = HttpGet((*c)->metrics_port(), "/metrics");
+  EXPECT_THAT(text, HasSubstr("saetrack_workers_active 0"));
+  EXPECT_THAT(text, HasSubstr("saetrack_tokens_trained_total 0"));
+  EXPECT_THAT(text, HasSubstr("saetrack_storage_errors_total{op=\"read\"} 0"));
+  EXPECT_THAT(text, HasSubstr("saetrack_storage_errors_total{op=\"write\"} 0"));
+  EXPECT_THAT(text, ::testing::ContainsRegex("saetrack_storage_bytes [0-9]"));
+
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*c)->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto jobs = v1::JobService::NewStub(channel);
+  auto workers = v1::WorkerService::NewStub(channel);
+  v1::SubmitJobRequest submit;
+  *submit.mutable_spec() = MakeSpec(dir.path(), {0, 10});
+  v1::SubmitJobResponse submitted;
+  grpc::ClientContext ctx1;
+  ASSERT_TRUE(jobs->SubmitJob(WithDeadline(&ctx1), submit, &submitted).ok());
+  grpc::ClientContext ctx2;
+  v1::RegisterWorkerResponse registered;
+  ASSERT_TRUE(workers
+                  ->RegisterWorker(WithDeadline(&ctx2),
+                                   v1::RegisterWorkerRequest(), &registered)
+                  .ok());
+  grpc::ClientContext ctx3;
+  v1::LeaseTaskRequest lease;
+  lease.set_worker_id(registered.worker_id());
+  v1::LeaseTaskResponse leased;
+  ASSERT_TRUE(workers->LeaseTask(WithDeadline(&ctx3), lease, &leased).ok());
+  ASSERT_TRUE(leased.has_task());
+  grpc::ClientContext ctx4;
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(registered.worker_id());
+  heartbeat.set_task_id(leased.task().task_id());
+  heartbeat.set_lease_epoch(leased.task().lease_epoch());
+  heartbeat.set_tokens_done(4096);
+  heartbeat.set_loss(0.5);
+  v1::HeartbeatResponse beat;
+  ASSERT_TRUE(workers->Heartbeat(WithDeadline(&ctx4), heartbeat, &beat).ok());
+
+  text = HttpGet((*c)->metrics_port(), "/metrics");
+  EXPECT_THAT(text, HasSubstr("saetrack_workers_active 1"));
+  EXPECT_THAT(text, HasSubstr("saetrack_tokens_trained_total 4096"));
+  EXPECT_THAT(text, HasSubstr("saetrack_storage_errors_total{op=\"write\"} 0"));
+  // The worker falls silent for more than 3 heartbeat intervals.
+  clock.Advance(absl::Milliseconds(kTtlMs + 1));
+  text = HttpGet((*c)->metrics_port(), "/metrics");
+  EXPECT_THAT(text, HasSubstr("saetrack_workers_active 0"));
+  (*c)->Shutdown();
+}
+
+grpc::Status CancelJob(v1::JobService::Stub* jobs, const std::string& job_id,
+                       v1::CancelJobResponse* response) {
+  grpc::ClientContext ctx;
+  v1::CancelJobRequest request;
+  request.set_job_id(job_id);
+  return jobs->CancelJob(WithDeadline(&ctx), request, response);
+}
+
+// Reads WatchJob's stream to its end.
+struct WatchResult {
+  std::vector<v1::JobUpdate> updates;
+  grpc::Status status;
+};
+WatchResult Watch(v1::JobService::Stub* jobs, const std::string& job_id) {
+  grpc::ClientContext ctx;
+  v1::WatchJobRequest request;
+  request.set_job_id(job_id);
+  WatchResult result;
+  auto reader = jobs->WatchJob(WithDeadline(&ctx), request);
+  v1::JobUpdate update;
+  while (reader->Read(&update)) result.updates.push_back(update);
+  result.status = reader->Finish();
+  return result;
+}
+
+TEST_F(CoordinatorTest, CancelJobStopsTheWorkerAndRefusesItsResults) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0, 1}));
+  const std::string worker = Register();
+  std::optional<v1::Task> task = Lease(worker);
+  ASSERT_TRUE(task.has_value());
+
+  v1::CancelJobResponse cancelled;
+  grpc::Status s = CancelJob(jobs_.get(), job, &cancelled);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(cancelled.job().state(), v1::JOB_STATE_CANCELLED);
+  // The running worker learns it from its next heartbeat.
+  v1::HeartbeatResponse beat;
+  ASSERT_TRUE(Heartbeat(*task, task->lease_epoch(), &beat).ok());
+  EXPECT_TRUE(beat.cancel());
+  // Its late result is refused and nothing is stored.
+  EXPECT_EQ(CompleteTask(*task, task->lease_epoch()).error_code(),
+            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(GetJob(job).progress().tasks_done(), 0);
+  EXPECT_EQ(GetJob(job).progress().tokens_trained(), 0);
+  EXPECT_FALSE(Lease(worker).has_value());
+
+  // Idempotent, and it survives a restart.
+  v1::CancelJobResponse again;
+  ASSERT_TRUE(CancelJob(jobs_.get(), job, &again).ok());
+  EXPECT_TRUE(MessageDifferencer::Equals(again.job(), cancelled.job()));
+  Restart();
+  EXPECT_EQ(GetJob(job).state(), v1::JOB_STATE_CANCELLED);
+  ASSERT_TRUE(CancelJob(jobs_.get(), job, &again).ok());
+  EXPECT_EQ(again.job().state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(Lease(Register()).has_value());
+}
+
+TEST_F(CoordinatorTest, CancelJobErrorCodes) {
+  v1::CancelJobResponse response;
+  grpc::Status s = CancelJob(jobs_.get(), "job-000077", &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("job-000077"));
+  s = CancelJob(jobs_.get(), "", &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("job_id"));
+
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  std::optional<v1::Task> task = Lease(Register());
+  ASSERT_TRUE(task.has_value());
+  RunToCompletion(*task);
+  ASSERT_EQ(GetJob(job).state(), v1::JOB_STATE_SUCCEEDED);
+  s = CancelJob(jobs_.get(), job, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("SUCCEEDED"));
+}
+
+TEST_F(CoordinatorTest, WatchJobStreamsProgressAndEndsOnSuccess) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  WatchResult result;
+  std::thread watcher([&] { result = Watch(jobs_.get(), job); });
+  std::optional<v1::Task> task = Lease(Register());
+  ASSERT_TRUE(task.has_value());
+  {
+    grpc::ClientContext ctx;
+    v1::HeartbeatRequest request;
+    request.set_task_id(task->task_id());
+    request.set_lease_epoch(task->lease_epoch());
+    request.set_tokens_done(500);
+    request.set_loss(0.25);
+    v1::HeartbeatResponse response;
+    ASSERT_TRUE(
+        workers_->Heartbeat(WithDeadline(&ctx), request, &response).ok());
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  RunToCompletion(*task);
+  watcher.join();
+
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  ASSERT_GE(result.updates.size(), 2u);
+  EXPECT_EQ(result.updates.back().job().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(result.updates.back().job().progress().tasks_done(), 1);
+  bool saw_progress = false;
+  for (const v1::JobUpdate& update : result.updates) {
+    if (update.job().state() == v1::JOB_STATE_RUNNING &&
+        update.tokens_done() == 500 && update.has_loss() &&
+        update.loss() == 0.25) {
+      saw_progress = true;
+    }
+  }
+  EXPECT_TRUE(saw_progress);
+}
+
+TEST_F(CoordinatorTest, WatchJobEndsOnCancelAndNotFound) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  WatchResult result;
+  std::thread watcher([&] { result = Watch(jobs_.get(), job); });
+  absl::SleepFor(absl::Milliseconds(100));
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(CancelJob(jobs_.get(), job, &cancelled).ok());
+  watcher.join();
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  ASSERT_FALSE(result.updates.empty());
+  EXPECT_EQ(result.updates.front().job().state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(result.updates.back().job().state(), v1::JOB_STATE_CANCELLED);
+
+  // A job that already ended: one update, then OK.
+  result = Watch(jobs_.get(), job);
+  ASSERT_TRUE(result.status.ok());
+  ASSERT_EQ(result.updates.size(), 1u);
+  EXPECT_EQ(result.updates[0].job().state(), v1::JOB_STATE_CANCELLED);
+
+  result = Watch(jobs_.get(), "job-000055");
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(result.status.error_message(), HasSubstr("job-000055"));
+}
+
+TEST_F(CoordinatorTest, WatchJobDoesNotBlockShutdown) {
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  WatchResult result;
+  std::thread watcher([&] { result = Watch(jobs_.get(), job); });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  coordinator_->Shutdown();
+  watcher.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_FALSE(result.status.ok());
+  ASSERT_FALSE(result.updates.empty());
+  EXPECT_EQ(result.updates[0].job().state(), v1::JOB_STATE_QUEUED);
 }
 
 }  // namespace

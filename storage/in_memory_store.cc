@@ -54,6 +54,20 @@ class InMemoryStore final : public KvStore {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<uint64_t> LiveDataBytes() const override {
+    absl::ReaderMutexLock lock(&mu_);
+    uint64_t bytes = 0;
+    for (const auto& map : columns_) {
+      for (const auto& [key, value] : map) bytes += key.size() + value.size();
+    }
+    return bytes;
+  }
+
+  absl::Status Checkpoint(const std::string& dir) override {
+    return absl::UnimplementedError(absl::StrCat(
+        "checkpoint to '", dir, "': the in-memory store has no checkpoints"));
+  }
+
  private:
   mutable absl::Mutex mu_;
   std::array<std::map<std::string, std::string, std::less<>>, kNumColumns>

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -93,7 +94,29 @@ class KvStore {
   virtual absl::Status Scan(Column column, std::string_view prefix,
                             std::string_view start,
                             ScanVisitor visit) const = 0;
+
+  // Bytes of live data held by the store: for RocksDB the SST and live blob
+  // files of every column family (memtables excluded), for the in-memory
+  // store the sum of key and value sizes.
+  virtual absl::StatusOr<uint64_t> LiveDataBytes() const = 0;
+
+  // Writes a consistent, openable copy of the whole store into `dir`, which
+  // must be an absolute path that does not exist yet (its parent must).
+  // Errors: kInvalidArgument (relative path), kAlreadyExists, kUnimplemented
+  // (in-memory store), others for I/O failures; all name `dir`.
+  virtual absl::Status Checkpoint(const std::string& dir) = 0;
 };
+
+// Which kind of store call failed, for NewErrorObservingStore.
+enum class StoreOp { kRead, kWrite };
+
+// Wraps `base`: every call is forwarded, and every failure except a Get's
+// kNotFound is reported to `on_error` (read: Get, Scan, LiveDataBytes;
+// write: Write, Checkpoint) before being returned unchanged. `on_error` must
+// be thread-safe.
+std::unique_ptr<KvStore> NewErrorObservingStore(
+    std::unique_ptr<KvStore> base,
+    absl::AnyInvocable<void(StoreOp) const> on_error);
 
 struct RocksDbStoreOptions {
   // Directory of the database. Created, with its parents and any missing

@@ -180,5 +180,65 @@ TYPED_TEST(KvStoreTest, EmptyScanVisitsNothing) {
                   .empty());
 }
 
+TEST(InMemoryStoreTest, CheckpointIsUnimplementedAndBytesAreCounted) {
+  std::unique_ptr<KvStore> store = NewInMemoryStore();
+  EXPECT_EQ(store->Checkpoint("/tmp/x").code(),
+            absl::StatusCode::kUnimplemented);
+  WriteBatch batch;
+  batch.Put(Column::kJobs, "ab", "cde");
+  ASSERT_TRUE(store->Write(batch, {}).ok());
+  EXPECT_EQ(store->LiveDataBytes().value(), 5u);
+}
+
+// A store whose every call fails with INTERNAL.
+class FailingStore final : public KvStore {
+ public:
+  absl::StatusOr<std::string> Get(Column, std::string_view) const override {
+    return absl::InternalError("get");
+  }
+  absl::Status Write(const WriteBatch&, const WriteOptions&) override {
+    return absl::InternalError("write");
+  }
+  absl::Status Scan(Column, std::string_view, std::string_view,
+                    ScanVisitor) const override {
+    return absl::InternalError("scan");
+  }
+  absl::StatusOr<uint64_t> LiveDataBytes() const override {
+    return absl::InternalError("bytes");
+  }
+  absl::Status Checkpoint(const std::string&) override {
+    return absl::InternalError("checkpoint");
+  }
+};
+
+TEST(ErrorObservingStoreTest, ReportsEveryFailureByOperation) {
+  int reads = 0;
+  int writes = 0;
+  std::unique_ptr<KvStore> store = NewErrorObservingStore(
+      std::make_unique<FailingStore>(),
+      [&](StoreOp op) { ++(op == StoreOp::kRead ? reads : writes); });
+  EXPECT_EQ(store->Get(Column::kJobs, "k").status().message(), "get");
+  EXPECT_EQ(store
+                ->Scan(Column::kJobs, "", "",
+                       [](std::string_view, std::string_view) { return true; })
+                .message(),
+            "scan");
+  EXPECT_FALSE(store->LiveDataBytes().ok());
+  EXPECT_EQ(reads, 3);
+  EXPECT_EQ(store->Write(WriteBatch(), {}).message(), "write");
+  EXPECT_EQ(store->Checkpoint("/x").message(), "checkpoint");
+  EXPECT_EQ(writes, 2);
+}
+
+TEST(ErrorObservingStoreTest, NotFoundIsNotAnError) {
+  int errors = 0;
+  std::unique_ptr<KvStore> store =
+      NewErrorObservingStore(NewInMemoryStore(), [&](StoreOp) { ++errors; });
+  EXPECT_EQ(store->Get(Column::kJobs, "absent").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Checkpoint("/x").code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(errors, 0);
+}
+
 }  // namespace
 }  // namespace saetrack::storage

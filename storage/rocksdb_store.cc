@@ -12,6 +12,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/kv_store.h"
 
@@ -124,6 +125,55 @@ class RocksDbStore final : public KvStore {
     }
     return FromRocksDb(it->status(),
                        absl::StrCat("scan ", std::string(ColumnName(column))));
+  }
+
+  absl::StatusOr<uint64_t> LiveDataBytes() const override {
+    uint64_t total = 0;
+    for (rocksdb::ColumnFamilyHandle* h : handles_) {
+      for (const std::string& property :
+           {rocksdb::DB::Properties::kTotalSstFilesSize,
+            rocksdb::DB::Properties::kLiveBlobFileSize}) {
+        uint64_t value = 0;
+        if (!db_->GetIntProperty(h, property, &value)) {
+          return absl::InternalError(absl::StrCat("rocksdb at '", path_,
+                                                  "': no property ", property,
+                                                  " for ", h->GetName()));
+        }
+        total += value;
+      }
+    }
+    return total;
+  }
+
+  absl::Status Checkpoint(const std::string& dir) override {
+    const std::string what =
+        absl::StrCat("checkpoint of rocksdb at '", path_, "' to '", dir, "'");
+    const std::filesystem::path p(dir);
+    if (dir.empty() || !p.is_absolute()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": must be an absolute path"));
+    }
+    std::error_code ec;
+    if (std::filesystem::symlink_status(p, ec).type() !=
+        std::filesystem::file_type::not_found) {
+      if (ec) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ": ", ec.message()));
+      }
+      return absl::AlreadyExistsError(absl::StrCat(what, ": already exists"));
+    }
+    if (!std::filesystem::is_directory(p.parent_path(), ec)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": parent directory '", p.parent_path().string(),
+                       "' does not exist"));
+    }
+    rocksdb::Checkpoint* raw = nullptr;
+    rocksdb::Status s = rocksdb::Checkpoint::Create(db_, &raw);
+    if (!s.ok()) return FromRocksDb(s, what);
+    std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+    // log_size_for_flush 0: flush memtables first so that the copy holds
+    // every acknowledged write in SST files.
+    return FromRocksDb(checkpoint->CreateCheckpoint(dir, 0), what);
   }
 
  private:

@@ -86,5 +86,63 @@ TEST(RocksDbStoreOptionsTest, EmptyPathIsInvalid) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(RocksDbStoreTest, CheckpointIsAnOpenableCopy) {
+  const std::string path = dir_ + "/db";
+  const std::string copy = dir_ + "/backup";
+  std::string big(64 << 10, 'w');
+  {
+    auto store = OpenRocksDbStore({.path = path});
+    ASSERT_TRUE(store.ok()) << store.status();
+    WriteBatch batch;
+    batch.Put(Column::kJobs, "job-1", "record");
+    batch.Put(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 1), big);
+    ASSERT_TRUE((*store)->Write(batch, {}).ok());
+    ASSERT_TRUE((*store)->Checkpoint(copy).ok());
+    // Checkpoint flushed the memtables: the live data counts every write.
+    absl::StatusOr<uint64_t> bytes = (*store)->LiveDataBytes();
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    EXPECT_GE(*bytes, big.size());
+
+    absl::Status again = (*store)->Checkpoint(copy);
+    EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists);
+    EXPECT_THAT(again.message(), HasSubstr(copy));
+    absl::Status relative = (*store)->Checkpoint("relative/backup");
+    EXPECT_EQ(relative.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(relative.message(), HasSubstr("relative/backup"));
+    absl::Status no_parent = (*store)->Checkpoint(dir_ + "/missing/backup");
+    EXPECT_EQ(no_parent.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(no_parent.message(), HasSubstr(dir_ + "/missing"));
+    std::ofstream(dir_ + "/file") << "x";
+    absl::Status file_parent = (*store)->Checkpoint(dir_ + "/file/backup");
+    EXPECT_EQ(file_parent.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(file_parent.message(), HasSubstr(dir_ + "/file/backup"));
+  }
+  auto store = OpenRocksDbStore({.path = copy});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->Get(Column::kJobs, "job-1").value(), "record");
+  EXPECT_EQ(
+      (*store)->Get(Column::kSaeWeights, SaeWeightsKey("job-1", 0, 1)).value(),
+      big);
+}
+
+TEST_F(RocksDbStoreTest, ObserverSeesNoErrorsWhenCallsSucceed) {
+  int reads = 0;
+  int writes = 0;
+  auto base = OpenRocksDbStore({.path = dir_ + "/db"});
+  ASSERT_TRUE(base.ok()) << base.status();
+  std::unique_ptr<KvStore> store = NewErrorObservingStore(
+      *std::move(base),
+      [&](StoreOp op) { ++(op == StoreOp::kRead ? reads : writes); });
+  WriteBatch batch;
+  batch.Put(Column::kJobs, "k", "v");
+  ASSERT_TRUE(store->Write(batch, {}).ok());
+  EXPECT_TRUE(store->Get(Column::kJobs, "absent").status().code() ==
+              absl::StatusCode::kNotFound);
+  EXPECT_EQ(reads + writes, 0);
+  // Refused arguments are not storage failures.
+  EXPECT_FALSE(store->Checkpoint("relative").ok());
+  EXPECT_EQ(writes, 0);
+}
+
 }  // namespace
 }  // namespace saetrack::storage

@@ -1,6 +1,10 @@
 #include "server/internal/coordinator_metrics.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "absl/strings/ascii.h"
+#include "absl/time/clock.h"
 #include "proto/status_mapping.h"
 
 namespace saetrack::server {
@@ -21,6 +25,23 @@ prometheus::Histogram::BucketBoundaries DurationBuckets() {
   for (double v = 0.001; v < 40; v *= 2) b.push_back(v);
   return b;
 }
+
+// Refreshes the scrape-time gauges, then collects the registry.
+class RefreshingCollectable final : public prometheus::Collectable {
+ public:
+  RefreshingCollectable(CoordinatorMetrics* metrics,
+                        std::shared_ptr<prometheus::Registry> registry)
+      : metrics_(metrics), registry_(std::move(registry)) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    metrics_->Refresh();
+    return registry_->Collect();
+  }
+
+ private:
+  CoordinatorMetrics* const metrics_;
+  const std::shared_ptr<prometheus::Registry> registry_;
+};
 
 }  // namespace
 
@@ -83,6 +104,117 @@ CoordinatorMetrics::CoordinatorMetrics()
                              .Help("Workers registered since start.")
                              .Register(*registry_)
                              .Add({});
+  workers_active_ =
+      &prometheus::BuildGauge()
+           .Name("saetrack_workers_active")
+           .Help(
+               "Workers that called in (lease poll or heartbeat) within the "
+               "last 3 heartbeat intervals.")
+           .Register(*registry_)
+           .Add({});
+  storage_bytes_ = &prometheus::BuildGauge()
+                        .Name("saetrack_storage_bytes")
+                        .Help(
+                            "Live data in RocksDB: SST and live blob files "
+                            "of every column family.")
+                        .Register(*registry_)
+                        .Add({});
+  auto& storage_errors = prometheus::BuildCounter()
+                             .Name("saetrack_storage_errors_total")
+                             .Help("Failed storage calls, by operation.")
+                             .Register(*registry_);
+  storage_read_errors_ = &storage_errors.Add({{"op", "read"}});
+  storage_write_errors_ = &storage_errors.Add({{"op", "write"}});
+  tokens_trained_ =
+      &prometheus::BuildCounter()
+           .Name("saetrack_tokens_trained_total")
+           .Help(
+               "Tokens trained by workers, from their heartbeats and "
+               "completed tasks.")
+           .Register(*registry_)
+           .Add({});
+}
+
+std::shared_ptr<prometheus::Collectable> CoordinatorMetrics::collectable() {
+  absl::MutexLock lock(&mu_);
+  if (collectable_ == nullptr) {
+    collectable_ = std::make_shared<RefreshingCollectable>(this, registry_);
+  }
+  return collectable_;
+}
+
+void CoordinatorMetrics::SetScrapeSources(
+    Clock* clock, absl::Duration active_window,
+    std::function<absl::StatusOr<uint64_t>()> storage_bytes) {
+  absl::MutexLock lock(&mu_);
+  clock_ = clock;
+  active_window_ = active_window;
+  storage_bytes_source_ = std::move(storage_bytes);
+}
+
+void CoordinatorMetrics::Refresh() {
+  std::function<absl::StatusOr<uint64_t>()> bytes_source;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_ != nullptr ? clock_->Now() : absl::Now();
+    const absl::Time cutoff = now - active_window_;
+    absl::erase_if(last_seen_,
+                   [cutoff](const auto& e) { return e.second < cutoff; });
+    workers_active_->Set(static_cast<double>(last_seen_.size()));
+    bytes_source = storage_bytes_source_;
+  }
+  if (bytes_source) {
+    // A failure is counted by the store's error observer; keep the last value.
+    absl::StatusOr<uint64_t> bytes = bytes_source();
+    if (bytes.ok()) storage_bytes_->Set(static_cast<double>(*bytes));
+  }
+}
+
+void CoordinatorMetrics::WorkerSeen(const std::string& worker_id) {
+  if (worker_id.empty()) return;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_ != nullptr ? clock_->Now() : absl::Now();
+  absl::Time& seen = last_seen_[worker_id];
+  seen = std::max(seen, now);
+}
+
+void CoordinatorMetrics::StorageError(storage::StoreOp op) {
+  (op == storage::StoreOp::kWrite ? storage_write_errors_
+                                  : storage_read_errors_)
+      ->Increment();
+}
+
+void CoordinatorMetrics::TaskProgress(const std::string& task_id, int64_t epoch,
+                                      int64_t tokens_done) {
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = task_tokens_.try_emplace(task_id, epoch, 0);
+  if (it->second.first != epoch) {
+    if (it->second.first > epoch) return;  // A late report of an old lease.
+    it->second = {epoch, 0};
+  }
+  if (tokens_done > it->second.second) {
+    tokens_trained_->Increment(
+        static_cast<double>(tokens_done - it->second.second));
+    it->second.second = tokens_done;
+  }
+}
+
+void CoordinatorMetrics::TaskCompleted(const std::string& task_id,
+                                       int64_t epoch, int64_t tokens_trained) {
+  absl::MutexLock lock(&mu_);
+  int64_t counted = 0;
+  if (auto it = task_tokens_.find(task_id); it != task_tokens_.end()) {
+    if (it->second.first == epoch) counted = it->second.second;
+    task_tokens_.erase(it);
+  }
+  if (tokens_trained > counted) {
+    tokens_trained_->Increment(static_cast<double>(tokens_trained - counted));
+  }
+}
+
+void CoordinatorMetrics::TaskEnded(const std::string& task_id) {
+  absl::MutexLock lock(&mu_);
+  task_tokens_.erase(task_id);
 }
 
 void CoordinatorMetrics::AddJobs(v1::JobState state, double delta) {

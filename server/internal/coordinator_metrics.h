@@ -3,20 +3,30 @@
 #define SAETRACK_SERVER_INTERNAL_COORDINATOR_METRICS_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/status.h"
+#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "saetrack/v1/job.pb.h"
+#include "server/clock.h"
 #include "server/internal/records.pb.h"
+#include "storage/kv_store.h"
 
 namespace saetrack::server {
 
@@ -28,6 +38,40 @@ class CoordinatorMetrics {
   CoordinatorMetrics();
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // What an Exposer should serve: the registry, with the gauges computed at
+  // scrape time (saetrack_workers_active, saetrack_storage_bytes) refreshed
+  // first. Holds `this` weakly; valid while this object lives.
+  std::shared_ptr<prometheus::Collectable> collectable();
+
+  // Sources of the scrape-time gauges; call once before serving. `clock` and
+  // the store behind `storage_bytes` must outlive this object (or the
+  // Exposer's last scrape). A worker counts as active for `active_window`
+  // after its last RPC.
+  void SetScrapeSources(
+      Clock* clock, absl::Duration active_window,
+      std::function<absl::StatusOr<uint64_t>()> storage_bytes);
+  // Recomputes saetrack_workers_active and saetrack_storage_bytes now.
+  void Refresh();
+
+  // A worker called in (RegisterWorker, LeaseTask, Heartbeat) now, by the
+  // clock of SetScrapeSources (the system clock before it is called).
+  void WorkerSeen(const std::string& worker_id);
+
+  // saetrack_storage_errors_total{op}: a storage call failed.
+  void StorageError(storage::StoreOp op);
+
+  // saetrack_tokens_trained_total: a heartbeat reported `tokens_done` tokens
+  // trained so far by the lease `epoch` of `task_id`; the counter grows by
+  // the increase since the last report of that lease.
+  void TaskProgress(const std::string& task_id, int64_t epoch,
+                    int64_t tokens_done);
+  // The lease completed its task with `tokens_trained` tokens in total; adds
+  // what heartbeats have not counted yet and forgets the task.
+  void TaskCompleted(const std::string& task_id, int64_t epoch,
+                     int64_t tokens_trained);
+  // The task's lease ended without completing; forgets it.
+  void TaskEnded(const std::string& task_id);
 
   // saetrack_jobs{state} / saetrack_tasks{state}: current counts.
   void AddJobs(v1::JobState state, double delta);
@@ -59,6 +103,22 @@ class CoordinatorMetrics {
   prometheus::Counter* task_retries_;
   prometheus::Counter* bytes_written_;
   prometheus::Gauge* workers_registered_;
+  prometheus::Gauge* workers_active_;
+  prometheus::Gauge* storage_bytes_;
+  prometheus::Counter* storage_read_errors_;
+  prometheus::Counter* storage_write_errors_;
+  prometheus::Counter* tokens_trained_;
+
+  absl::Mutex mu_;
+  Clock* clock_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Duration active_window_ ABSL_GUARDED_BY(mu_) = absl::Seconds(30);
+  std::function<absl::StatusOr<uint64_t>()> storage_bytes_source_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
+  // task_id -> (lease epoch, tokens counted for it).
+  absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> task_tokens_
+      ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<prometheus::Collectable> collectable_ ABSL_GUARDED_BY(mu_);
 };
 
 // Times one RPC; Finish records it and converts its status for gRPC (the one

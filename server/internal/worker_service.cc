@@ -103,6 +103,7 @@ absl::Status WorkerServiceImpl::DoRegisterWorker(
   absl::StatusOr<std::string> id = scheduler_->RegisterWorker(device);
   if (!id.ok()) return id.status();
   response->set_worker_id(*id);
+  metrics_->WorkerSeen(*id);
   response->set_heartbeat_interval_ms(
       std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.lease_ttl) / 3));
   return absl::OkStatus();
@@ -114,11 +115,13 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
   if (request.worker_id().empty()) {
     return absl::InvalidArgumentError("worker_id: required");
   }
+  metrics_->WorkerSeen(request.worker_id());
   const absl::Duration wait =
       std::clamp(absl::Milliseconds(request.wait_ms()), absl::ZeroDuration(),
                  options_.max_lease_wait);
   absl::StatusOr<std::optional<v1::Task>> task = scheduler_->Lease(
       request.worker_id(), wait, [context] { return context->IsCancelled(); });
+  metrics_->WorkerSeen(request.worker_id());  // After the long poll too.
   if (!task.ok()) return task.status();
   if (task->has_value()) {
     // Uploads of an earlier lease of this task can never be completed.
@@ -130,9 +133,14 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
 
 absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
                                             v1::HeartbeatResponse* response) {
-  absl::StatusOr<bool> cancel =
-      scheduler_->Heartbeat(request.task_id(), request.lease_epoch());
+  metrics_->WorkerSeen(request.worker_id());
+  absl::StatusOr<bool> cancel = scheduler_->Heartbeat(
+      request.task_id(), request.lease_epoch(), request.tokens_done(),
+      request.tokens_done() > 0 ? std::optional<double>(request.loss())
+                                : std::nullopt);
   if (!cancel.ok()) return cancel.status();
+  metrics_->TaskProgress(request.task_id(), request.lease_epoch(),
+                         request.tokens_done());
   response->set_cancel(*cancel);
   response->set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
   return absl::OkStatus();
@@ -325,6 +333,9 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   ResultStore::AddCheckpointMetrics(lease->job_id, metrics, &batch);
   absl::Status s = scheduler_->Complete(task_id, epoch, std::move(batch),
                                         metrics.tokens_trained());
+  if (s.ok()) {
+    metrics_->TaskCompleted(task_id, epoch, metrics.tokens_trained());
+  }
   if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
   return s;
 }
@@ -335,7 +346,10 @@ absl::Status WorkerServiceImpl::DoFailTask(const v1::FailTaskRequest& request) {
   }
   absl::Status s = scheduler_->Fail(request.task_id(), request.lease_epoch(),
                                     request.error(), request.retryable());
-  if (s.ok()) staging_->DropTask(request.task_id());
+  if (s.ok()) {
+    staging_->DropTask(request.task_id());
+    metrics_->TaskEnded(request.task_id());
+  }
   return s;
 }
 
