@@ -85,6 +85,11 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("lease_ttl_ms: ", o.lease_ttl_ms, " must be > 0"));
   }
+  if (o.retry_backoff_ms < 0 || o.retry_backoff_max_ms < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "retry_backoff_ms / retry_backoff_max_ms: ", o.retry_backoff_ms, " / ",
+        o.retry_backoff_max_ms, " must be >= 0"));
+  }
   if (o.max_attempts < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_attempts: ", o.max_attempts, " must be >= 1"));
@@ -169,6 +174,10 @@ absl::Status CoordinatorImpl::Init() {
   server::SchedulerOptions scheduler_options;
   scheduler_options.lease_ttl = absl::Milliseconds(options_.lease_ttl_ms);
   scheduler_options.max_attempts = options_.max_attempts;
+  scheduler_options.retry_backoff =
+      absl::Milliseconds(options_.retry_backoff_ms);
+  scheduler_options.retry_backoff_max =
+      absl::Milliseconds(options_.retry_backoff_max_ms);
   scheduler_options.expiry_check_interval =
       absl::Milliseconds(options_.lease_check_interval_ms);
   absl::StatusOr<std::unique_ptr<server::TaskScheduler>> scheduler =

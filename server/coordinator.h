@@ -42,6 +42,10 @@ struct CoordinatorOptions {
   // Times a task may be leased before its job fails (counting expired leases
   // and retryable failures).
   int max_attempts = 3;
+  // Backoff before a requeued task is leased again: retry_backoff_ms doubled
+  // per earlier attempt, capped at retry_backoff_max_ms. 0: at once.
+  int64_t retry_backoff_ms = 0;
+  int64_t retry_backoff_max_ms = 60000;
   // Largest artifact (SAE weights or feature stats) a worker may upload.
   int64_t max_artifact_bytes = int64_t{4} << 30;
   // Source of time for lease deadlines and timestamps. Not owned; must

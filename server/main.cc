@@ -33,6 +33,10 @@ ABSL_FLAG(int64_t, lease_ttl_ms, 30000,
           "A task lease expires after this long without a heartbeat.");
 ABSL_FLAG(int32_t, max_attempts, 3,
           "Times a task may be leased before its job fails.");
+ABSL_FLAG(int64_t, retry_backoff_ms, 1000,
+          "A requeued task (expired lease or retryable failure) waits this "
+          "long, doubled per earlier attempt, before it is leased again.");
+ABSL_FLAG(int64_t, retry_backoff_max_ms, 60000, "Cap of the retry backoff.");
 ABSL_FLAG(int64_t, max_artifact_bytes, int64_t{4} << 30,
           "Largest artifact a worker may upload.");
 
@@ -78,6 +82,8 @@ int main(int argc, char** argv) {
   options.data_roots = absl::GetFlag(FLAGS_data_roots);
   options.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.retry_backoff_ms = absl::GetFlag(FLAGS_retry_backoff_ms);
+  options.retry_backoff_max_ms = absl::GetFlag(FLAGS_retry_backoff_max_ms);
   options.max_artifact_bytes = absl::GetFlag(FLAGS_max_artifact_bytes);
 
   // Block the stop signals in every thread (threads inherit the mask) and

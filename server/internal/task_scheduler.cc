@@ -425,6 +425,7 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
 }
 
 const TaskRecord* TaskScheduler::PickLocked(const std::string& device) const {
+  const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
   for (const auto& [order, seq] : active_jobs_) {
     const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
     const std::string& wanted = entry.job.spec().device();
@@ -434,8 +435,11 @@ const TaskRecord* TaskScheduler::PickLocked(const std::string& device) const {
         const TaskRecord& task = tasks_.at(task_id);
         if (task.state() == TASK_STATE_SUCCEEDED) continue;
         // The first unfinished task of a chain is runnable when queued; the
-        // rest of the chain waits for it.
-        if (task.state() == TASK_STATE_QUEUED) return &task;
+        // rest of the chain waits for it, and it waits out its backoff.
+        if (task.state() == TASK_STATE_QUEUED &&
+            task.not_before_ms() <= now_ms) {
+          return &task;
+        }
         break;
       }
     }
@@ -617,6 +621,18 @@ bool TaskScheduler::RetryOrFailLocked(const TaskRecord& live,
   task.set_update_time_ms(now_ms);
   if (retryable && task.attempts() < options_.max_attempts) {
     task.set_state(TASK_STATE_QUEUED);
+    // Capped exponential backoff: a task that keeps failing (a flaky
+    // machine, a worker that crashes on it) does not spin through its
+    // attempts.
+    absl::Duration backoff = options_.retry_backoff;
+    for (int i = 1; i < task.attempts() && backoff < options_.retry_backoff_max;
+         ++i) {
+      backoff *= 2;
+    }
+    backoff = std::min(backoff, options_.retry_backoff_max);
+    task.set_not_before_ms(backoff > absl::ZeroDuration()
+                               ? now_ms + absl::ToInt64Milliseconds(backoff)
+                               : 0);
     changes->tasks.push_back(std::move(task));
     return true;
   }

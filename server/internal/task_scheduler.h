@@ -32,6 +32,10 @@ struct SchedulerOptions {
   absl::Duration lease_ttl = absl::Seconds(30);
   // Times a task may be leased before its job fails.
   int max_attempts = 3;
+  // A requeued task waits retry_backoff * 2^(attempts - 1), at most
+  // retry_backoff_max, before it can be leased again. Zero: at once.
+  absl::Duration retry_backoff = absl::ZeroDuration();
+  absl::Duration retry_backoff_max = absl::Seconds(60);
   // Real-time period of the background lease-expiry check; zero disables the
   // thread (leases are still checked on every worker call).
   absl::Duration expiry_check_interval = absl::Seconds(1);
@@ -56,9 +60,9 @@ struct LeaseInfo {
 // oldest job, then the lowest hook index.
 //
 // A lease lasts lease_ttl past its grant or last heartbeat (by the injected
-// clock). An expired lease, or a retryable failure, requeues its task until
-// the task has been leased max_attempts times; then the job fails, and its
-// other unfinished tasks are cancelled.
+// clock). An expired lease, or a retryable failure, requeues its task (after
+// a capped exponential backoff) until the task has been leased max_attempts
+// times; then the job fails, and its other unfinished tasks are cancelled.
 //
 // Does not own the store, clock or metrics (all must outlive it). Thread-safe.
 class TaskScheduler {

@@ -165,6 +165,34 @@ TEST_F(TaskSchedulerTest, ExpiredLeaseRequeuesThenFailsTheJob) {
   EXPECT_THAT(failed->error(), HasSubstr("lease expired"));
 }
 
+TEST_F(TaskSchedulerTest, RequeuedTasksBackOffExponentially) {
+  SchedulerOptions options;
+  options.lease_ttl = kTtl;
+  options.max_attempts = 4;
+  options.retry_backoff = absl::Seconds(1);
+  options.retry_backoff_max = absl::Seconds(3);
+  options.expiry_check_interval = absl::ZeroDuration();
+  scheduler_.reset();
+  absl::StatusOr<std::unique_ptr<TaskScheduler>> opened =
+      TaskScheduler::Recover(store_.get(), &clock_, &metrics_, options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  scheduler_ = *std::move(opened);
+  Create(Spec(1, 1));
+  // Attempt 1 fails: 1 s backoff; attempt 2: 2 s; attempt 3: 4 s capped to 3.
+  for (const absl::Duration backoff :
+       {absl::Seconds(1), absl::Seconds(2), absl::Seconds(3)}) {
+    std::optional<v1::Task> task = LeaseNow();
+    ASSERT_TRUE(task.has_value());
+    ASSERT_TRUE(
+        scheduler_->Fail(task->task_id(), task->lease_epoch(), "flaky", true)
+            .ok());
+    clock_.Advance(backoff - absl::Milliseconds(1));
+    EXPECT_FALSE(LeaseNow().has_value()) << backoff;
+    clock_.Advance(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(LeaseNow().has_value());
+}
+
 TEST_F(TaskSchedulerTest, RetryableFailureRequeuesFatalFailsTheJob) {
   const std::string job = Create(Spec(1, 2));
   std::optional<v1::Task> a = LeaseNow();
