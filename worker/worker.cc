@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <system_error>
 #include <thread>
 
@@ -174,7 +175,15 @@ struct WorkerMetrics {
                  .Name("saetrack_worker_busy")
                  .Help("1 while a task is in flight.")
                  .Register(registry)
-                 .Add({})) {}
+                 .Add({})),
+        init_saes(prometheus::BuildCounter()
+                      .Name("saetrack_worker_init_saes_total")
+                      .Help("Previous SAEs a later SAE started from, by "
+                            "source: kept in memory from the worker's own "
+                            "last task (chain affinity) or downloaded.")
+                      .Register(registry)),
+        init_from_memory(init_saes.Add({{"source", "memory"}})),
+        init_downloaded(init_saes.Add({{"source", "download"}})) {}
 
   prometheus::Family<prometheus::Counter>& tasks;
   prometheus::Counter& succeeded;
@@ -186,6 +195,9 @@ struct WorkerMetrics {
   prometheus::Gauge& fvu;
   prometheus::Gauge& l0;
   prometheus::Gauge& busy;
+  prometheus::Family<prometheus::Counter>& init_saes;
+  prometheus::Counter& init_from_memory;
+  prometheus::Counter& init_downloaded;
 };
 
 class GrpcWorker final : public Worker {
@@ -418,11 +430,20 @@ class GrpcWorker final : public Worker {
 
     absl::Status prepared = absl::OkStatus();
     if (train.has_init_from()) {
-      absl::StatusOr<std::string> init = DownloadSae(train.init_from());
-      if (init.ok()) {
-        input.init_sae_safetensors = *std::move(init);
+      const v1::SaeRef& ref = train.init_from();
+      if (last_sae_.has_value() && last_sae_->job_id == ref.job_id() &&
+          last_sae_->layer == ref.layer() && last_sae_->step == ref.step()) {
+        // Chain affinity: this worker trained the previous SAE itself.
+        input.init_sae_safetensors = last_sae_->safetensors;
+        metrics_.init_from_memory.Increment();
       } else {
-        prepared = init.status();
+        absl::StatusOr<std::string> init = DownloadSae(ref);
+        if (init.ok()) {
+          input.init_sae_safetensors = *std::move(init);
+          metrics_.init_downloaded.Increment();
+        } else {
+          prepared = init.status();
+        }
       }
     }
     // A StatusOr cannot hold an OK status without a value.
@@ -477,6 +498,8 @@ class GrpcWorker final : public Worker {
       metrics_.abandoned.Increment();
       return;
     }
+    last_sae_ = KeptSae{task.job_id(), train.hook().layer(), step,
+                        std::move(output->sae_safetensors)};
     // The result is stored, so the task never runs again: its saved state
     // would only fill the disk. (After a failure or a lost lease it stays, for
     // the retry.)
@@ -560,6 +583,16 @@ class GrpcWorker final : public Worker {
   std::string worker_id_;
   absl::Duration heartbeat_interval_ = absl::Seconds(1);
 
+  // The SAE this worker stored last: the coordinator prefers to give the
+  // next task of its chain to this worker, which then skips the download.
+  // Used by the task loop only.
+  struct KeptSae {
+    std::string job_id;
+    int layer = 0;
+    int64_t step = 0;
+    std::string safetensors;
+  };
+  std::optional<KeptSae> last_sae_;
   std::atomic<bool> stopped_{false};
   absl::Mutex mu_;
   absl::CondVar stop_cv_;

@@ -424,27 +424,44 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   return id;
 }
 
-const TaskRecord* TaskScheduler::PickLocked(const std::string& device) const {
+const TaskRecord* TaskScheduler::PickLocked(
+    const std::string& device, const std::string& worker_id) const {
   const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
+  const TaskRecord* first = nullptr;
+  int32_t first_priority = 0;
   for (const auto& [order, seq] : active_jobs_) {
     const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
     const std::string& wanted = entry.job.spec().device();
     if (!device.empty() && !wanted.empty() && device != wanted) continue;
+    const int32_t priority = entry.job.spec().priority();
+    // Jobs come in priority order: affinity never jumps a priority level.
+    if (first != nullptr && priority != first_priority) break;
     for (const auto& chain : entry.chains) {
+      const TaskRecord* previous = nullptr;
       for (const std::string& task_id : chain) {
         const TaskRecord& task = tasks_.at(task_id);
-        if (task.state() == TASK_STATE_SUCCEEDED) continue;
+        if (task.state() == TASK_STATE_SUCCEEDED) {
+          previous = &task;
+          continue;
+        }
         // The first unfinished task of a chain is runnable when queued; the
         // rest of the chain waits for it, and it waits out its backoff.
         if (task.state() == TASK_STATE_QUEUED &&
             task.not_before_ms() <= now_ms) {
-          return &task;
+          if (!worker_id.empty() && previous != nullptr &&
+              previous->worker_id() == worker_id) {
+            return &task;
+          }
+          if (first == nullptr) {
+            first = &task;
+            first_priority = priority;
+          }
         }
         break;
       }
     }
   }
-  return nullptr;
+  return first;
 }
 
 absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
@@ -505,7 +522,8 @@ absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
   while (true) {
     if (shutting_down_) return std::nullopt;
     ExpireLeasesLocked();
-    if (const TaskRecord* task = PickLocked(device); task != nullptr) {
+    if (const TaskRecord* task = PickLocked(device, worker_id);
+        task != nullptr) {
       absl::StatusOr<v1::Task> granted = GrantLocked(*task, worker_id);
       if (!granted.ok()) return granted.status();
       return std::optional<v1::Task>(*std::move(granted));

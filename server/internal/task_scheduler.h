@@ -218,8 +218,13 @@ class TaskScheduler {
                          int64_t now_ms, Changes* changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The best runnable task for a worker with `device`, or null.
-  const TaskRecord* PickLocked(const std::string& device) const
+  // The best runnable task for worker `worker_id` with `device`, or null:
+  // the first by job priority and age, except that among tasks of the same
+  // priority one whose chain predecessor this worker trained comes first
+  // (chain affinity: the worker still holds that SAE and skips the
+  // download).
+  const TaskRecord* PickLocked(const std::string& device,
+                               const std::string& worker_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Task> GrantLocked(const TaskRecord& task,
                                        const std::string& worker_id)

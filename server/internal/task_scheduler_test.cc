@@ -193,6 +193,26 @@ TEST_F(TaskSchedulerTest, RequeuedTasksBackOffExponentially) {
   EXPECT_TRUE(LeaseNow().has_value());
 }
 
+TEST_F(TaskSchedulerTest, ChainAffinityPrefersTheWorkerWithThePreviousSae) {
+  const std::string j1 = Create(Spec(2, 1));
+  const std::string j2 = Create(Spec(2, 1));
+  std::optional<v1::Task> a0 = LeaseNow("a");
+  std::optional<v1::Task> b0 = LeaseNow("b");
+  ASSERT_TRUE(a0 && b0);
+  EXPECT_EQ(a0->job_id(), j1);
+  EXPECT_EQ(b0->job_id(), j2);
+  ASSERT_TRUE(scheduler_->Complete(a0->task_id(), 1, {}, 100).ok());
+  ASSERT_TRUE(scheduler_->Complete(b0->task_id(), 1, {}, 100).ok());
+  // Without affinity "b" would get the older job's next task.
+  std::optional<v1::Task> b1 = LeaseNow("b");
+  ASSERT_TRUE(b1.has_value());
+  EXPECT_EQ(b1->job_id(), j2);
+  EXPECT_EQ(b1->train().chain_index(), 1);
+  std::optional<v1::Task> a1 = LeaseNow("a");
+  ASSERT_TRUE(a1.has_value());
+  EXPECT_EQ(a1->job_id(), j1);
+}
+
 TEST_F(TaskSchedulerTest, RetryableFailureRequeuesFatalFailsTheJob) {
   const std::string job = Create(Spec(1, 2));
   std::optional<v1::Task> a = LeaseNow();
