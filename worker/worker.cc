@@ -476,6 +476,12 @@ class GrpcWorker final : public Worker {
                        lost.load() ? "lease lost or job cancelled" : "stopping",
                        ")"));
       metrics_.abandoned.Increment();
+      // Hand a stopped task back at once instead of letting its lease run
+      // out (both count as an attempt; this way no one waits for the TTL).
+      if (!lost.load()) {
+        ReportFailure(task, absl::UnavailableError("worker stopping"),
+                      /*retryable=*/true);
+      }
       return;
     }
     if (!output.ok()) {
@@ -558,12 +564,17 @@ class GrpcWorker final : public Worker {
 
   void Fail(const v1::Task& task, const absl::Status& error) {
     metrics_.failed.Increment();
+    ReportFailure(task, error, IsRetryable(error));
+  }
+
+  void ReportFailure(const v1::Task& task, const absl::Status& error,
+                     bool retryable) {
     v1::FailTaskRequest request;
     request.set_worker_id(worker_id_);
     request.set_task_id(task.task_id());
     request.set_lease_epoch(task.lease_epoch());
     request.set_error(error.ToString());
-    request.set_retryable(IsRetryable(error));
+    request.set_retryable(retryable);
     v1::FailTaskResponse response;
     auto context = NewContext(kCallTimeout);
     grpc::Status status = stub_->FailTask(context.get(), request, &response);

@@ -56,8 +56,8 @@ class Worker {
   virtual ~Worker() = default;
 
   // Leases and runs tasks until Stop() or max_tasks; returns OK then. A task
-  // in flight when Stop() is called is abandoned (its lease expires and the
-  // coordinator hands it to another worker).
+  // in flight when Stop() is called is abandoned and handed back to the
+  // coordinator (FailTask, retryable), which requeues it for another worker.
   virtual absl::Status Run() = 0;
   virtual void Stop() = 0;
   // Port of the metrics endpoint, 0 when none.

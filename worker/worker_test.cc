@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "client/client.h"
 #include "server/coordinator.h"
 
@@ -210,7 +211,8 @@ TEST_F(WorkerTest, TrainsTheChainInOrderAndStoresEveryResult) {
   EXPECT_EQ(calls[1].input.train_tokens, 50);
   EXPECT_EQ(calls[0].input.layer, 1);
   // Recurrent initialisation: each later SAE starts from the bytes the
-  // previous task uploaded, downloaded back through the coordinator.
+  // previous task uploaded (kept by this worker, which the coordinator gives
+  // the chain's next task).
   EXPECT_FALSE(calls[0].input.init_sae_safetensors.has_value());
   ASSERT_TRUE(calls[1].input.init_sae_safetensors.has_value());
   EXPECT_EQ(*calls[1].input.init_sae_safetensors, calls[0].output_bytes);
@@ -239,6 +241,44 @@ TEST_F(WorkerTest, TrainsTheChainInOrderAndStoresEveryResult) {
   EXPECT_NEAR(history->points(2).max_activation(), 4.0, 1e-6);
   EXPECT_FALSE(history->points(0).has_decoder_cos_prev());
   EXPECT_NEAR(history->points(1).decoder_cos_prev(), 0.9, 1e-6);
+}
+
+// Trains until its progress callback says stop.
+class BlockingEngine final : public engine::SaeTrainingEngine {
+ public:
+  absl::StatusOr<engine::TrainOutput> Train(
+      const engine::TrainInput&, const engine::ProgressFn& progress) override {
+    started_.Notify();
+    while (progress(1, 0.5)) absl::SleepFor(absl::Milliseconds(10));
+    return absl::CancelledError("stopped");
+  }
+  absl::Notification started_;
+};
+
+TEST_F(WorkerTest, StoppedWorkerHandsItsTaskBack) {
+  const std::string job_id = SubmitJob();
+  WorkerOptions options;
+  options.coordinator = address_;
+  options.lease_wait = absl::Milliseconds(200);
+  auto engine = std::make_unique<BlockingEngine>();
+  BlockingEngine* blocking = engine.get();
+  auto worker = Worker::Create(options, std::move(engine));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::thread run([&] { EXPECT_TRUE((*worker)->Run().ok()); });
+  ASSERT_TRUE(
+      blocking->started_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  (*worker)->Stop();
+  run.join();
+  // The lease (30 s by default) has not expired, yet another worker gets the
+  // task at once and finishes the job.
+  const absl::Time start = absl::Now();
+  FakeEngine fake;
+  RunWorker(std::make_unique<Borrowed>(&fake), 3);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  ASSERT_EQ(fake.calls().size(), 3u);
+  absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
 }
 
 TEST_F(WorkerTest, PassesTrainingOptionsAndStoresTheirResults) {
