@@ -91,7 +91,7 @@ class TorchEngineTest : public ::testing::Test {
 
   std::unique_ptr<SaeTrainingEngine> NewEngine() {
     EngineOptions options;
-    options.threads = 2;
+    options.threads = 1;  // ctest runs tests two at a time on two cores
     absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> engine =
         NewTorchEngine(options);
     EXPECT_TRUE(engine.ok()) << engine.status();
@@ -292,7 +292,7 @@ TEST_F(TorchEngineTest, ResumesFromSavedState) {
 
 TEST_F(TorchEngineTest, Bf16MatmulsTrainOnCpu) {
   EngineOptions options;
-  options.threads = 2;
+  options.threads = 1;
   options.matmul_precision = "bf16";
   absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> engine =
       NewTorchEngine(options);
