@@ -175,8 +175,8 @@ class Cluster {
   // The metrics rows; `ok` false when the call failed.
   v1::GetCheckpointMetricsResponse Metrics(const std::string& job_id,
                                            bool* ok = nullptr) {
-    CommandResult r = Cli(
-        {"metrics", job_id, "--layer", std::to_string(kLayer), "--json"});
+    CommandResult r =
+        Cli({"metrics", job_id, "--layer", std::to_string(kLayer), "--json"});
     if (ok != nullptr) *ok = r.exit_code == 0;
     if (r.exit_code != 0) return v1::GetCheckpointMetricsResponse();
     return FromJson<v1::GetCheckpointMetricsResponse>(r.out);
@@ -255,8 +255,7 @@ int HealthStatus(const std::string& address) {
   grpc::Slice slice(request);
   grpc::ByteBuffer in(&slice, 1);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::seconds(2));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   grpc::CompletionQueue cq;
   auto call =
       stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", in, &cq);
@@ -317,7 +316,9 @@ TEST_F(FaultTest, KilledWorkerTaskIsLeasedAgainAfterItsLeaseExpires) {
   const std::string job_id = cluster.Submit(JobJson(250000, 20000));
   ASSERT_FALSE(job_id.empty());
   ASSERT_TRUE(testing::WaitFor(
-      [&] { return absl::StrContains(first->Stderr(), "chain 0): training on"); },
+      [&] {
+        return absl::StrContains(first->Stderr(), "chain 0): training on");
+      },
       absl::Seconds(30)))
       << cluster.Logs();
   absl::SleepFor(absl::Milliseconds(300));
