@@ -42,6 +42,7 @@ class LmTrainerTest : public ::testing::Test {
     options.context_length = 16;
     options.batch_size = 8;
     options.lr = 1e-2;
+    options.threads = 1;  // ctest runs tests two at a time on two cores
     return options;
   }
 

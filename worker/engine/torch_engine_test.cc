@@ -55,6 +55,7 @@ class TorchEngineTest : public ::testing::Test {
     TinyLmOptions options;
     options.corpus_path = corpus;
     options.out_dir = *dir_ + "/lm";
+    options.threads = 1;  // ctest runs tests two at a time on two cores
     options.checkpoint_steps = {16, 32};
     options.d_model = 32;
     options.layers = 2;
@@ -87,6 +88,16 @@ class TorchEngineTest : public ::testing::Test {
     input.eval_tokens = 2048;
     input.seed = 5;
     return input;
+  }
+
+  // The next SAE of the chain: `first`'s input on the next checkpoint,
+  // initialised from its output.
+  static TrainInput NextInput(const TrainInput& first,
+                              const TrainOutput& output) {
+    TrainInput next = first;
+    next.model_dir = Checkpoint(32);
+    next.init_sae_safetensors = output.sae_safetensors;
+    return next;
   }
 
   std::unique_ptr<SaeTrainingEngine> NewEngine() {
@@ -204,9 +215,7 @@ TEST_F(TorchEngineTest, TrainsTopKChain) {
   EXPECT_LE(first->l0, 8.0);
   EXPECT_GT(first->l0, 4.0);
   EXPECT_LT(first->fvu, first->init_fvu);
-  TrainInput next = input;
-  next.model_dir = Checkpoint(32);
-  next.init_sae_safetensors = first->sae_safetensors;
+  TrainInput next = NextInput(input, *first);
   next.train_tokens = 4096;
   next.lr = 1e-3;
   absl::StatusOr<TrainOutput> second = engine->Train(next, nullptr);
@@ -227,9 +236,7 @@ TEST_F(TorchEngineTest, AdaptiveBudgetStopsEarly) {
   ASSERT_TRUE(first.ok()) << first.status();
   // A later SAE with a large budget and a loose tolerance stops long before
   // the budget; without the adaptive budget it trains all of it.
-  TrainInput next = first_input;
-  next.model_dir = Checkpoint(32);
-  next.init_sae_safetensors = first->sae_safetensors;
+  TrainInput next = NextInput(first_input, *first);
   next.lr = 1e-3;
   next.train_tokens = 64 * 1024;
   next.adaptive_window_tokens = 4096;
@@ -317,9 +324,7 @@ TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
   first_input.lm_eval_tokens = 0;
   absl::StatusOr<TrainOutput> first = engine->Train(first_input, nullptr);
   ASSERT_TRUE(first.ok()) << first.status();
-  TrainInput next = first_input;
-  next.model_dir = Checkpoint(32);
-  next.init_sae_safetensors = first->sae_safetensors;
+  TrainInput next = NextInput(first_input, *first);
   next.train_tokens = 8192;
   absl::StatusOr<TrainOutput> last = engine->Train(next, nullptr);
   ASSERT_TRUE(last.ok()) << last.status();
