@@ -43,6 +43,23 @@ grpc::ClientContext* WithDeadline(grpc::ClientContext* ctx) {
   return ctx;
 }
 
+// Registers a worker through `workers` and leases a task for it.
+void RegisterAndLease(v1::WorkerService::Stub& workers, std::string* worker_id,
+                      v1::LeaseTaskResponse* leased) {
+  grpc::ClientContext register_ctx;
+  v1::RegisterWorkerResponse registered;
+  ASSERT_TRUE(workers
+                  .RegisterWorker(WithDeadline(&register_ctx),
+                                  v1::RegisterWorkerRequest(), &registered)
+                  .ok());
+  grpc::ClientContext lease_ctx;
+  v1::LeaseTaskRequest lease;
+  lease.set_worker_id(registered.worker_id());
+  ASSERT_TRUE(workers.LeaseTask(WithDeadline(&lease_ctx), lease, leased).ok());
+  ASSERT_TRUE(leased->has_task());
+  *worker_id = registered.worker_id();
+}
+
 class CoordinatorTest : public testing::Test {
  protected:
   void SetUp() override { Start(); }
@@ -746,18 +763,9 @@ TEST(CoordinatorStartTest, MetricsEndpointCountsRpcsLeasesAndStates) {
   get.set_job_id("job-999999");
   v1::Job job;
   EXPECT_FALSE(jobs->GetJob(WithDeadline(&ctx2), get, &job).ok());
-  grpc::ClientContext ctx3;
-  v1::RegisterWorkerResponse registered;
-  ASSERT_TRUE(workers
-                  ->RegisterWorker(WithDeadline(&ctx3),
-                                   v1::RegisterWorkerRequest(), &registered)
-                  .ok());
-  grpc::ClientContext ctx4;
-  v1::LeaseTaskRequest lease;
-  lease.set_worker_id(registered.worker_id());
+  std::string worker_id;
   v1::LeaseTaskResponse leased;
-  ASSERT_TRUE(workers->LeaseTask(WithDeadline(&ctx4), lease, &leased).ok());
-  ASSERT_TRUE(leased.has_task());
+  ASSERT_NO_FATAL_FAILURE(RegisterAndLease(*workers, &worker_id, &leased));
 
   const std::string text = HttpGet((*c)->metrics_port(), "/metrics");
   EXPECT_THAT(
@@ -958,21 +966,12 @@ TEST(CoordinatorStartTest, MetricsEndpointShowsWorkersTokensAndStorage) {
   v1::SubmitJobResponse submitted;
   grpc::ClientContext ctx1;
   ASSERT_TRUE(jobs->SubmitJob(WithDeadline(&ctx1), submit, &submitted).ok());
-  grpc::ClientContext ctx2;
-  v1::RegisterWorkerResponse registered;
-  ASSERT_TRUE(workers
-                  ->RegisterWorker(WithDeadline(&ctx2),
-                                   v1::RegisterWorkerRequest(), &registered)
-                  .ok());
-  grpc::ClientContext ctx3;
-  v1::LeaseTaskRequest lease;
-  lease.set_worker_id(registered.worker_id());
+  std::string worker_id;
   v1::LeaseTaskResponse leased;
-  ASSERT_TRUE(workers->LeaseTask(WithDeadline(&ctx3), lease, &leased).ok());
-  ASSERT_TRUE(leased.has_task());
+  ASSERT_NO_FATAL_FAILURE(RegisterAndLease(*workers, &worker_id, &leased));
   grpc::ClientContext ctx4;
   v1::HeartbeatRequest heartbeat;
-  heartbeat.set_worker_id(registered.worker_id());
+  heartbeat.set_worker_id(worker_id);
   heartbeat.set_task_id(leased.task().task_id());
   heartbeat.set_lease_epoch(leased.task().lease_epoch());
   heartbeat.set_tokens_done(4096);
