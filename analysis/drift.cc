@@ -1,5 +1,6 @@
 #include "analysis/drift.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -146,6 +147,49 @@ std::optional<PhaseFit> FeaturePhases(const std::vector<int64_t>& steps,
   absl::StatusOr<PhaseFit> fit = FitThreePhases(LogSteps(steps), y);
   if (!fit.ok()) return std::nullopt;
   return *fit;
+}
+
+absl::StatusOr<std::vector<Trajectory2d>> DecoderTrajectories(
+    int num_checkpoints, const SaeWeightsSource& source,
+    int64_t memory_budget_bytes) {
+  if (num_checkpoints < 1) {
+    return absl::InvalidArgumentError("decoder trajectories: no checkpoints");
+  }
+  absl::StatusOr<UnitRows> final_rows =
+      ReadDecoder(num_checkpoints - 1, source, nullptr);
+  if (!final_rows.ok()) return final_rows.status();
+  const int64_t d_sae = final_rows->rows;
+  const int64_t d_in = final_rows->cols;
+  const int64_t per_feature =
+      std::max<int64_t>(1, int64_t{num_checkpoints} * d_in * 4);
+  const int64_t block =
+      std::clamp<int64_t>(memory_budget_bytes / per_feature, 1, d_sae);
+  std::vector<Trajectory2d> out;
+  out.reserve(static_cast<size_t>(d_sae));
+  for (int64_t begin = 0; begin < d_sae; begin += block) {
+    const int64_t end = std::min(d_sae, begin + block);
+    // rows[feature - begin][checkpoint] = unit direction.
+    std::vector<std::vector<std::vector<float>>> rows(
+        static_cast<size_t>(end - begin),
+        std::vector<std::vector<float>>(num_checkpoints));
+    for (int t = 0; t < num_checkpoints; ++t) {
+      absl::StatusOr<UnitRows> read =
+          t == num_checkpoints - 1 && begin == 0
+              ? *final_rows
+              : ReadDecoder(t, source, &*final_rows);
+      if (!read.ok()) return read.status();
+      for (int64_t f = begin; f < end; ++f) {
+        const float* row = read->data.data() + f * d_in;
+        rows[f - begin][t].assign(row, row + d_in);
+      }
+    }
+    for (auto& trajectory : rows) {
+      absl::StatusOr<Trajectory2d> pca = PcaTrajectory(trajectory);
+      if (!pca.ok()) return pca.status();
+      out.push_back(*std::move(pca));
+    }
+  }
+  return out;
 }
 
 }  // namespace saetrack::analysis

@@ -59,6 +59,15 @@ absl::StatusOr<DriftSummary> SummariseDrift(const std::vector<int64_t>& steps,
 std::optional<PhaseFit> FeaturePhases(const std::vector<int64_t>& steps,
                                       const DecoderDrift& drift, int feature);
 
+// Per feature, the 2-D PCA trajectory (PcaTrajectory) of its unit decoder
+// directions over `num_checkpoints` checkpoints (chain order as for
+// ComputeDecoderDrift). Features are taken in blocks whose directions fit in
+// `memory_budget_bytes`; every block reads each checkpoint once. Errors as
+// ComputeDecoderDrift's.
+absl::StatusOr<std::vector<Trajectory2d>> DecoderTrajectories(
+    int num_checkpoints, const SaeWeightsSource& source,
+    int64_t memory_budget_bytes = int64_t{1} << 30);
+
 }  // namespace saetrack::analysis
 
 #endif  // SAETRACK_ANALYSIS_DRIFT_H_

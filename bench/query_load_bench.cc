@@ -4,8 +4,9 @@
 // features), starts an in-process coordinator on it, and has N concurrent
 // gRPC clients (one channel each) ask for the histories of random features
 // for a while. Prints qps, p50/p99/max latency, the target check, and the
-// bytes stored per feature per checkpoint. A plain program, not Google
-// Benchmark: it measures a server under concurrent load. Run:
+// bytes stored per feature per checkpoint (the full analysed record: points
+// with 25 top contexts each, plus one summary per feature). A plain program,
+// not Google Benchmark: it measures a server under concurrent load. Run:
 //   build/bin/query_load_bench [--clients=16] [--seconds=10]
 //       [--checkpoints=150] [--features=16384] [--json]
 #include <stdlib.h>
@@ -134,18 +135,51 @@ absl::StatusOr<Fill> FillResults(const std::string& root,
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> unit(0, 1);
   Fill fill;
+  // The full record of a finished, analysed job: every point with its
+  // analysis-set statistics, drift, progress, PCA coordinates and 25 top
+  // contexts, and one summary per feature.
+  constexpr int kTopK = 25;
+  std::uniform_int_distribution<int32_t> position(0, 65535);
+  std::uniform_int_distribution<int32_t> token(0, 50000);
   for (int c = 0; c < checkpoints; ++c) {
-    v1::FeatureStatsBlock stats;
-    for (int f = 0; f < features; ++f) {
-      stats.add_frequency(unit(rng) * 0.1f);
-      stats.add_mean_activation(unit(rng));
-      stats.add_max_activation(unit(rng) * 10);
-      if (c > 0) stats.add_decoder_cos_prev(0.9f + 0.1f * unit(rng));
-      stats.add_encoder_norm(0.5f + unit(rng));
-    }
     storage::WriteBatch batch;
-    server::ResultStore::AddFeaturePoints(job_id, kLayer, int64_t{1000} * c, c,
-                                          stats, &batch);
+    for (int f = 0; f < features; ++f) {
+      v1::FeaturePoint point;
+      point.set_step(int64_t{1000} * c);
+      point.set_chain_index(c);
+      point.set_frequency(unit(rng) * 0.1f);
+      point.set_mean_activation(unit(rng));
+      point.set_max_activation(unit(rng) * 10);
+      if (c > 0) point.set_decoder_cos_prev(0.9f + 0.1f * unit(rng));
+      point.set_encoder_norm(0.5f + unit(rng));
+      point.set_analysed(true);
+      point.set_decoder_cos_final(unit(rng));
+      point.set_progress_activation(unit(rng) * 0.5f);
+      point.set_progress_feature(unit(rng) * 0.5f);
+      point.set_pca_x(unit(rng));
+      point.set_pca_y(unit(rng));
+      float activation = 10;
+      for (int k = 0; k < kTopK; ++k) {
+        v1::FeatureContext* context = point.add_contexts();
+        context->set_position(position(rng));
+        context->set_activation(activation -= unit(rng) * 0.3f);
+        context->set_token(token(rng));
+      }
+      server::ResultStore::AddFeaturePoint(job_id, kLayer, f, point, &batch);
+      if (c + 1 == checkpoints) {
+        v1::FeatureSummary summary;
+        summary.set_feature_id(f);
+        summary.set_kind(v1::FEATURE_KIND_CONCEPT_LEVEL);
+        summary.set_top_token(token(rng));
+        summary.set_top_token_share(unit(rng));
+        summary.set_formation_step(int64_t{1000} * (f % checkpoints));
+        summary.set_formation_chain_index(f % checkpoints);
+        summary.set_final_frequency(point.frequency());
+        summary.set_cos_first_to_final(unit(rng));
+        summary.mutable_phases()->set_r_squared(unit(rng));
+        server::ResultStore::AddFeatureSummary(job_id, kLayer, summary, &batch);
+      }
+    }
     fill.logical_bytes += batch.ByteSize();
     if (absl::Status s = (*store)->Write(batch, {}); !s.ok()) return s;
   }

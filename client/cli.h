@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -47,6 +48,13 @@ std::string CliUsage();
 // line per checkpoint.
 std::string FormatCheckpointMetrics(
     const v1::GetCheckpointMetricsResponse& metrics);
+
+// A Unicode sparkline of `values`: per value one of ▁▂▃▄▅▆▇█, scaled
+// linearly between the smallest (▁) and the largest (█) value present and
+// rounded to the nearest bar; ▄ for every value when they are all equal; a
+// space for an absent or non-finite value. `saetrack feature` and `saetrack
+// drift` print them.
+std::string Sparkline(const std::vector<std::optional<double>>& values);
 
 }  // namespace saetrack::client
 

@@ -1,22 +1,31 @@
 #include "client/cli.h"
 
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "worker/format/crc32c.h"
 #include "worker/format/json.h"
+#include "worker/format/mapped_file.h"
 #include "worker/format/saelens.h"
 #include "worker/format/safetensors.h"
 
@@ -44,8 +53,13 @@ TEST(CliTest, HelpListsEveryCommand) {
   Result r = RunSaetrack({"--help"});
   EXPECT_EQ(r.code, kExitOk);
   for (const char* command :
-       {"submit", "status", "list", "watch", "cancel", "metrics", "feature",
-        "export", "--step", "--out", "--coordinator", "--json"}) {
+       {"submit",        "status",     "list",          "watch",
+        "cancel",        "metrics",    "feature",       "features",
+        "drift",         "export",     "--step",        "--out",
+        "--coordinator", "--json",     "--feature",     "--contexts",
+        "--decoder",     "--kind",     "--formed-from", "--formed-to",
+        "--min-freq",    "--max-freq", "--order",       "--limit",
+        "--page-token",  "▁▂▃▄▅▆▇█"}) {
     EXPECT_THAT(r.out, HasSubstr(command));
   }
 }
@@ -67,7 +81,14 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
            {"watch"},
            {"cancel"},
            {"cancel", "job-1", "job-2"},
-           {"status", "job-1", "--coordinator"}}) {
+           {"status", "job-1", "--coordinator"},
+           {"features", "job-1", "--layer", "1", "--kind", "word"},
+           {"features", "job-1", "--layer", "1", "--order", "size"},
+           {"features", "job-1", "--layer", "1", "--limit", "-5"},
+           {"features", "job-1", "--layer", "1", "--min-freq", "2"},
+           {"features", "--layer", "1"},
+           {"drift", "job-1"},
+           {"drift", "job-1", "job-2", "--layer", "1"}}) {
     Result r = RunSaetrack(args);
     EXPECT_EQ(r.code, kExitUsage) << r.err;
     EXPECT_THAT(r.err, StartsWith("saetrack: "));
@@ -137,6 +158,15 @@ struct FakeCoordinator {
   absl::Status cancel_status;
   // SubmitJob returns `job` when set, else kUnimplemented.
   bool accept_submit = false;
+  // What the query calls answer, and the last requests they got.
+  v1::FeatureHistory history;
+  v1::GetFeatureHistoryRequest history_request;
+  v1::ListFeaturesResponse features;
+  v1::ListFeaturesRequest features_request;
+  v1::DriftSummary drift;
+  absl::Status query_status;
+  // What ExportSae answers; unset: kUnimplemented, as an older coordinator.
+  std::optional<absl::StatusOr<ExportedSae>> exported;
   std::vector<std::string> calls;
 };
 
@@ -179,10 +209,35 @@ class FakeClient final : public SaetrackClient {
     return response;
   }
   absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
-      const std::string& /*job_id*/, int /*layer*/,
-      int /*feature_id*/) override {
-    c_->calls.push_back("GetFeatureHistory");
-    return absl::UnimplementedError("GetFeatureHistory");
+      const v1::GetFeatureHistoryRequest& request) override {
+    c_->calls.push_back(absl::StrCat("GetFeatureHistory ", request.job_id(),
+                                     " ", request.layer(), " ",
+                                     request.feature_id()));
+    c_->history_request = request;
+    if (!c_->query_status.ok()) return c_->query_status;
+    return c_->history;
+  }
+  absl::StatusOr<v1::ListFeaturesResponse> ListFeatures(
+      const v1::ListFeaturesRequest& request) override {
+    c_->calls.push_back(
+        absl::StrCat("ListFeatures ", request.job_id(), " ", request.layer()));
+    c_->features_request = request;
+    if (!c_->query_status.ok()) return c_->query_status;
+    return c_->features;
+  }
+  absl::StatusOr<v1::DriftSummary> GetDriftSummary(const std::string& job_id,
+                                                   int layer) override {
+    c_->calls.push_back(absl::StrCat("GetDriftSummary ", job_id, " ", layer));
+    if (!c_->query_status.ok()) return c_->query_status;
+    return c_->drift;
+  }
+  absl::StatusOr<ExportedSae> ExportSae(const std::string& job_id, int layer,
+                                        std::optional<int64_t> step) override {
+    c_->calls.push_back(
+        absl::StrCat("ExportSae ", job_id, " ", layer, " ",
+                     step.has_value() ? absl::StrCat(*step) : "final"));
+    if (!c_->exported.has_value()) return absl::UnimplementedError("ExportSae");
+    return *c_->exported;
   }
   absl::StatusOr<v1::CancelJobResponse> CancelJob(
       const std::string& job_id) override {
@@ -356,10 +411,12 @@ TEST_F(CliExportTest, WritesASaelensDirectoryThatReadsBack) {
                                 "(relu_l1, d_in 4, d_sae 8) to ",
                                 dir, "\n"));
   EXPECT_EQ(r.err, "");
-  EXPECT_THAT(
-      coordinator_->calls,
-      ElementsAre("GetJob job-000007", "GetCheckpointMetrics job-000007 1",
-                  "DownloadSae job-000007 1 16"));
+  // The coordinator lacks ExportSae: the CLI downloads the weights and
+  // writes the cfg.json itself.
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("GetCheckpointMetrics job-000007 1",
+                          "ExportSae job-000007 1 16", "GetJob job-000007",
+                          "DownloadSae job-000007 1 16"));
 
   absl::StatusOr<format::SaelensSae> sae = format::ReadSaelensDir(dir);
   ASSERT_TRUE(sae.ok()) << sae.status();
@@ -471,7 +528,619 @@ TEST_F(CliExportTest, WeightsThatDoNotMatchTheMetricsAreRefused) {
   EXPECT_FALSE(format::ReadSaelensDir(dir).ok());
 }
 
-// SaetrackClient::DownloadSae against an in-process WorkerService that
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST(SparklineTest, ScalesBetweenTheSmallestAndLargestValue) {
+  EXPECT_EQ(Sparkline({0, 1, 2, 3, 4, 5, 6, 7}), "▁▂▃▄▅▆▇█");
+  // Rounded to the nearest bar: 0.25 of the range is 1.75 bars up.
+  EXPECT_EQ(Sparkline({1.0, 1.25, 2.0}), "▁▃█");
+  EXPECT_EQ(Sparkline({-0.5, 0.5}), "▁█");
+  // Absent and non-finite values are blanks; equal values the middle bar.
+  EXPECT_EQ(Sparkline({0.5, std::nullopt, 1.0}), "▁ █");
+  EXPECT_EQ(Sparkline({0.2, 0.2, std::nan("")}), "▄▄ ");
+  EXPECT_EQ(Sparkline({std::nullopt}), " ");
+  EXPECT_EQ(Sparkline({}), "");
+}
+
+// The query commands (feature, features, drift) against the fake.
+class CliQueryTest : public ::testing::Test {
+ protected:
+  CliQueryTest() : coordinator_(std::make_shared<FakeCoordinator>()) {
+    coordinator_->job.set_job_id("job-000007");
+  }
+
+  Result Run(const std::vector<std::string>& args) {
+    std::ostringstream out, err;
+    int code = RunCli(args, out, err, /*err_is_terminal=*/false,
+                      [this](const ClientOptions& /*options*/) {
+                        return std::make_unique<FakeClient>(coordinator_);
+                      });
+    return {code, out.str(), err.str()};
+  }
+
+  // Feature 5 of layer 1 over steps 0, 16 and 64, analysed and summarised.
+  void SetAnalysedHistory() {
+    v1::FeatureHistory& h = coordinator_->history;
+    h.set_job_id("job-000007");
+    h.set_layer(1);
+    h.set_feature_id(5);
+    struct Row {
+      int64_t step;
+      double frequency, mean, max;
+      std::optional<double> cos_prev, cos_final, p_act, p_feat;
+      double encoder_norm;
+    };
+    for (const Row& row : std::vector<Row>{
+             {0, 0.01, 1.5, 4.25, std::nullopt, 0.5, -0.1, 0.05, 1.0},
+             {16, 0.02, 2, 5, 0.9, 0.75, std::nullopt, 0.2, 1.25},
+             {64, 0.03, 2.5, 6, 0.95, 1.0, 0.3, 0.4, 1.5}}) {
+      v1::FeaturePoint* p = h.add_points();
+      p->set_step(row.step);
+      p->set_chain_index(h.points_size() - 1);
+      p->set_frequency(row.frequency);
+      p->set_mean_activation(row.mean);
+      p->set_max_activation(row.max);
+      if (row.cos_prev) p->set_decoder_cos_prev(*row.cos_prev);
+      if (row.cos_final) p->set_decoder_cos_final(*row.cos_final);
+      if (row.p_act) p->set_progress_activation(*row.p_act);
+      if (row.p_feat) p->set_progress_feature(*row.p_feat);
+      p->set_encoder_norm(row.encoder_norm);
+      p->set_analysed(true);
+    }
+    v1::FeatureSummary& s = *h.mutable_summary();
+    s.set_feature_id(5);
+    s.set_kind(v1::FEATURE_KIND_CONCEPT_LEVEL);
+    s.set_top_token(262);
+    s.set_top_token_share(0.45);
+    s.set_top_token_text(" the");
+    s.set_formation_step(16);
+    s.set_formation_chain_index(1);
+    s.set_formation_step_feature(64);
+    s.set_final_frequency(0.03);
+    s.set_cos_first_to_final(0.5);
+    v1::PhaseFit& phases = *s.mutable_phases();
+    phases.set_breakpoint1_step(3);
+    phases.set_breakpoint2_step(40);
+    phases.set_slope1(0.01);
+    phases.set_slope2(0.2);
+    phases.set_slope3(0.002);
+    phases.set_r_squared(0.987);
+    s.set_pca_explained1(0.852);
+    s.set_pca_explained2(0.101);
+  }
+
+  // Two features of a page with more to come.
+  void SetFeaturePage() {
+    v1::ListFeaturesResponse& list = coordinator_->features;
+    v1::FeatureSummary* f = list.add_features();
+    f->set_feature_id(3);
+    f->set_kind(v1::FEATURE_KIND_TOKEN_LEVEL);
+    f->set_top_token(11);
+    f->set_top_token_share(0.96);
+    f->set_top_token_text("\n");
+    f->set_formation_step(0);
+    f->set_final_frequency(0.125);
+    f->set_cos_first_to_final(0.9);
+    f = list.add_features();
+    f->set_feature_id(12);
+    f->set_kind(v1::FEATURE_KIND_CONCEPT_LEVEL);
+    f->set_top_token(262);
+    f->set_top_token_share(0.2);
+    f->set_final_frequency(0.0025);
+    f->set_cos_first_to_final(0.25);
+    list.set_next_page_token("page-2");
+    list.set_total(153);
+  }
+
+  void SetDrift() {
+    v1::DriftSummary& d = coordinator_->drift;
+    d.set_job_id("job-000007");
+    d.set_layer(1);
+    d.set_formation_tau(0.5);
+    d.set_token_level_threshold(0.8);
+    d.set_top_k(25);
+    d.set_analysis_tokens(1'000'000);
+    int chain_index = 0;
+    for (const auto& [step, median, formed] :
+         std::vector<std::tuple<int64_t, double, int>>{
+             {0, 0.25, 10}, {16, 0.5, 40}, {64, 0.75, 90}, {256, 1.0, 100}}) {
+      v1::CheckpointDrift* c = d.add_checkpoints();
+      c->set_step(step);
+      c->set_chain_index(chain_index++);
+      c->mutable_cos_to_final()->set_q10(median - 0.125);
+      c->mutable_cos_to_final()->set_q50(median);
+      c->mutable_cos_to_final()->set_q90(std::min(1.0, median + 0.125));
+      if (step > 0) c->mutable_cos_to_previous()->set_q50(0.875 + step / 1e4);
+      c->mutable_progress_activation()->set_q50(median / 10);
+      c->set_formed(formed);
+    }
+    v1::PhaseFit& p = *d.mutable_phases();
+    p.set_breakpoint1_step(15);
+    p.set_breakpoint2_step(127.4);
+    p.set_slope1(0.05);
+    p.set_slope2(0.125);
+    p.set_slope3(0.0625);
+    p.set_r_squared(0.9991);
+    v1::KindSummary* k = d.add_kinds();
+    k->set_kind(v1::FEATURE_KIND_TOKEN_LEVEL);
+    k->set_count(60);
+    k->set_formed(58);
+    k->set_mean_formation_step(3.5);
+    k->set_median_formation_step(0);
+    k = d.add_kinds();
+    k->set_kind(v1::FEATURE_KIND_CONCEPT_LEVEL);
+    k->set_count(42);
+    k->set_formed(40);
+    k->set_mean_formation_step(120.25);
+    k->set_median_formation_step(64);
+    k = d.add_kinds();
+    k->set_kind(v1::FEATURE_KIND_DEAD);
+    k->set_count(26);
+  }
+
+  std::shared_ptr<FakeCoordinator> coordinator_;
+};
+
+// Parses proto JSON as `Message`, failing the test if it does not parse.
+template <typename Message>
+Message ParseProtoJson(const std::string& json) {
+  Message message;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status =
+      google::protobuf::util::JsonStringToMessage(json, &message, options);
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << json;
+  return message;
+}
+
+TEST_F(CliQueryTest, FeaturePrintsTheSummaryATableAndSparklines) {
+  SetAnalysedHistory();
+  Result r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(
+      r.out,
+      "feature 5, layer 1, job job-000007\n"
+      "kind concept-level, top token 262 \" the\" (45.0% of the top "
+      "contexts), final frequency 0.03000\n"
+      "formed at step 16 (chain 1), in feature space at step 64; total drift "
+      "0.500 (cos first to final 0.500)\n"
+      "phases: breakpoints at steps 3 and 40, slopes 0.0100 / 0.2000 / "
+      "0.0020, r² 0.987\n"
+      "trajectory PCA: 85.2% and 10.1% of the variance\n"
+      "chain     step  frequency   mean act    max act  cos prev cos final    "
+      "P act   P feat  |w_enc|\n"
+      "    0        0    0.01000        1.5       4.25         -     0.500   "
+      "-0.100    0.050    1.000\n"
+      "    1       16    0.02000          2          5     0.900     0.750   "
+      "     -    0.200    1.250\n"
+      "    2       64    0.03000        2.5          6     0.950     1.000   "
+      " 0.300    0.400    1.500\n"
+      "cos final  ▁▅█  0.500 .. 1.000\n"
+      "P act      ▁ █  -0.100 .. 0.300\n");
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("GetFeatureHistory job-000007 1 5"));
+  EXPECT_FALSE(coordinator_->history_request.include_contexts());
+  EXPECT_FALSE(coordinator_->history_request.include_decoder());
+}
+
+TEST_F(CliQueryTest, FeatureBeforeTheAnalysisPrintsDashesAndNoSparklines) {
+  v1::FeatureHistory& h = coordinator_->history;
+  h.set_job_id("job-000007");
+  h.set_layer(1);
+  h.set_feature_id(2);
+  v1::FeaturePoint* p = h.add_points();
+  p->set_step(8);
+  p->set_frequency(0.5);
+  p->set_mean_activation(0.25);
+  p->set_max_activation(1);
+  p->set_encoder_norm(2);
+  // --id is the older spelling of --feature.
+  Result r = Run({"feature", "job-000007", "--layer=1", "--id=2"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(
+      Lines(r.out),
+      ElementsAre("feature 2, layer 1, job job-000007",
+                  "chain     step  frequency   mean act    max act  cos prev "
+                  "cos final    P act   P feat  |w_enc|",
+                  "    0        8    0.50000       0.25          1         - "
+                  "        -        -        -    2.000",
+                  "(frequency and activations of checkpoints not analysed yet "
+                  "are from the held-out evaluation set)"));
+  EXPECT_EQ(coordinator_->history_request.feature_id(), 2);
+}
+
+TEST_F(CliQueryTest, FeatureContextsAtTheFirstMiddleAndFinalCheckpoint) {
+  v1::FeatureHistory& h = coordinator_->history;
+  h.set_feature_id(5);
+  for (int64_t step : {0, 4, 16, 64, 256}) {
+    v1::FeaturePoint* p = h.add_points();
+    p->set_step(step);
+    p->set_analysed(true);
+    // Seven contexts at each checkpoint, decoded only at the final one.
+    for (int i = 0; i < 7; ++i) {
+      v1::FeatureContext* c = p->add_contexts();
+      c->set_position(100 * step + i);
+      c->set_activation(7.0f - i);
+      c->set_token(40 + i);
+      c->add_window(1);
+      c->add_window(40 + i);
+      c->add_window(2);
+      c->set_focus(1);
+      if (step == 256) c->set_text(absl::StrCat("a [[b", i, "]]\nc"));
+    }
+  }
+  h.mutable_points(2)->clear_contexts();
+  // A context without a window shows its token alone.
+  v1::FeatureContext* bare = h.mutable_points(0)->mutable_contexts(0);
+  bare->clear_window();
+  Result r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5",
+                  "--contexts"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_TRUE(coordinator_->history_request.include_contexts());
+  const std::string out = r.out;
+  const size_t first = out.find("\ntop contexts at step 0 (first checkpoint)");
+  ASSERT_NE(first, std::string::npos) << out;
+  EXPECT_EQ(out.substr(first),
+            "\ntop contexts at step 0 (first checkpoint), 5 of 7:\n"
+            "     7.000  pos 0         [[40]]\n"
+            "     6.000  pos 1         1 [[41]] 2\n"
+            "     5.000  pos 2         1 [[42]] 2\n"
+            "     4.000  pos 3         1 [[43]] 2\n"
+            "     3.000  pos 4         1 [[44]] 2\n"
+            "\ntop contexts at step 16 (middle checkpoint):\n"
+            "  -\n"
+            "\ntop contexts at step 256 (final checkpoint), 5 of 7:\n"
+            "     7.000  pos 25600     a [[b0]]\\nc\n"
+            "     6.000  pos 25601     a [[b1]]\\nc\n"
+            "     5.000  pos 25602     a [[b2]]\\nc\n"
+            "     4.000  pos 25603     a [[b3]]\\nc\n"
+            "     3.000  pos 25604     a [[b4]]\\nc\n");
+}
+
+TEST_F(CliQueryTest, FeatureDecoderRowsWithTheirNorms) {
+  v1::FeatureHistory& h = coordinator_->history;
+  v1::FeaturePoint* p = h.add_points();
+  p->set_step(0);
+  for (float v : {3.0f, 4.0f}) p->add_decoder(v);
+  p = h.add_points();
+  p->set_step(16);
+  for (int i = 0; i < 9; ++i) p->add_decoder(i == 0 ? 1.0f : 0.0f);
+  Result r = Run(
+      {"feature", "job-000007", "--layer", "1", "--feature", "0", "--decoder"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_TRUE(coordinator_->history_request.include_decoder());
+  EXPECT_FALSE(coordinator_->history_request.include_contexts());
+  EXPECT_THAT(r.out, HasSubstr("\ndecoder rows:\n"
+                               "  step        0  |d| 5.000  [3.0000, 4.0000]\n"
+                               "  step       16  |d| 1.000  [1.0000, 0.0000, "
+                               "0.0000, 0.0000, 0.0000, 0.0000, 0.0000, "
+                               "0.0000, ...]\n"));
+}
+
+TEST_F(CliQueryTest, FeatureJsonRoundTrips) {
+  SetAnalysedHistory();
+  coordinator_->history.mutable_points(0)->add_decoder(0.25f);
+  Result r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5",
+                  "--json", "--decoder"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  const auto parsed = ParseProtoJson<v1::FeatureHistory>(r.out);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      parsed, coordinator_->history))
+      << r.out;
+  // Optional fields keep their absence.
+  EXPECT_FALSE(parsed.points(0).has_decoder_cos_prev());
+  EXPECT_FALSE(parsed.points(1).has_progress_activation());
+}
+
+TEST_F(CliQueryTest, FeatureErrorsComeFromTheServer) {
+  coordinator_->query_status = absl::FailedPreconditionError(
+      "job job-000007 layer 1: the analysis summary is not computed yet");
+  Result r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err,
+            "saetrack: FAILED_PRECONDITION: job job-000007 layer 1: the "
+            "analysis summary is not computed yet\n");
+}
+
+TEST_F(CliQueryTest, FeaturesPassesEveryFilterAndNamesTheNextPage) {
+  SetFeaturePage();
+  Result r = Run({"features", "job-000007", "--layer", "1", "--kind", "concept",
+                  "--formed-from", "16", "--formed-to=256", "--min-freq",
+                  "0.001", "--max-freq", "0.5", "--order", "drift", "--limit",
+                  "2", "--page-token", "page-1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(coordinator_->calls, ElementsAre("ListFeatures job-000007 1"));
+  const v1::ListFeaturesRequest& request = coordinator_->features_request;
+  EXPECT_EQ(request.kind(), v1::FEATURE_KIND_CONCEPT_LEVEL);
+  ASSERT_TRUE(request.has_min_formation_step());
+  EXPECT_EQ(request.min_formation_step(), 16);
+  ASSERT_TRUE(request.has_max_formation_step());
+  EXPECT_EQ(request.max_formation_step(), 256);
+  ASSERT_TRUE(request.has_min_frequency());
+  EXPECT_DOUBLE_EQ(request.min_frequency(), 0.001);
+  ASSERT_TRUE(request.has_max_frequency());
+  EXPECT_DOUBLE_EQ(request.max_frequency(), 0.5);
+  EXPECT_EQ(request.order_by(), v1::ListFeaturesRequest::FINAL_DRIFT);
+  EXPECT_EQ(request.page_size(), 2);
+  EXPECT_EQ(request.page_token(), "page-1");
+  EXPECT_THAT(
+      Lines(r.out),
+      ElementsAre(
+          "    id  kind           share    formed  frequency  drift  top token",
+          "     3  token-level    96.0%         0    0.12500  0.100  11 "
+          "\"\\n\"",
+          "    12  concept-level  20.0%         -    0.00250  0.750  262",
+          "more: --page-token page-2 (153 features match)"));
+}
+
+TEST_F(CliQueryTest, FeaturesWithoutFlagsLeavesTheFilterUnset) {
+  SetFeaturePage();
+  coordinator_->features.clear_next_page_token();
+  for (const auto& [order, expected] :
+       std::vector<std::pair<std::string, v1::ListFeaturesRequest::Order>>{
+           {"", v1::ListFeaturesRequest::ORDER_UNSPECIFIED},
+           {"id", v1::ListFeaturesRequest::FEATURE_ID},
+           {"formation", v1::ListFeaturesRequest::FORMATION_STEP},
+           {"frequency", v1::ListFeaturesRequest::FREQUENCY}}) {
+    std::vector<std::string> args = {"features", "job-000007", "--layer", "3"};
+    if (!order.empty()) args.push_back("--order=" + order);
+    Result r = Run(args);
+    ASSERT_EQ(r.code, kExitOk) << r.err;
+    const v1::ListFeaturesRequest& request = coordinator_->features_request;
+    EXPECT_EQ(request.job_id(), "job-000007");
+    EXPECT_EQ(request.layer(), 3);
+    EXPECT_EQ(request.kind(), v1::FEATURE_KIND_UNSPECIFIED);
+    EXPECT_FALSE(request.has_min_formation_step());
+    EXPECT_FALSE(request.has_max_formation_step());
+    EXPECT_FALSE(request.has_min_frequency());
+    EXPECT_FALSE(request.has_max_frequency());
+    EXPECT_EQ(request.order_by(), expected) << order;
+    EXPECT_EQ(request.page_size(), 0);
+    EXPECT_EQ(request.page_token(), "");
+    // The last page: the header and one line per feature, no hint.
+    EXPECT_EQ(Lines(r.out).size(), 3u) << r.out;
+    EXPECT_THAT(r.out, ::testing::Not(HasSubstr("--page-token")));
+  }
+  for (const auto& [kind, expected] :
+       std::vector<std::pair<std::string, v1::FeatureKind>>{
+           {"token", v1::FEATURE_KIND_TOKEN_LEVEL},
+           {"dead", v1::FEATURE_KIND_DEAD}}) {
+    ASSERT_EQ(
+        Run({"features", "job-000007", "--layer", "1", "--kind", kind}).code,
+        kExitOk);
+    EXPECT_EQ(coordinator_->features_request.kind(), expected);
+  }
+}
+
+TEST_F(CliQueryTest, BadFeatureFlagsAreUsageErrorsNamingTheFlag) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--kind", "tokens"},
+       "flag --kind: 'tokens' is not one of token, concept, dead"},
+      {{"--order", "size"},
+       "flag --order: 'size' is not one of id, formation, drift, frequency"},
+      {{"--formed-from", "x"}, "flag --formed-from: 'x' is not an integer"},
+      {{"--formed-to", "-1"}, "flag --formed-to: -1 is not a step (0 or more)"},
+      {{"--min-freq", "1.5"},
+       "flag --min-freq: '1.5' is not a frequency in [0, 1]"},
+      {{"--max-freq", "often"},
+       "flag --max-freq: 'often' is not a frequency in [0, 1]"},
+      {{"--limit", "0"}, "flag --limit: 0 is not a page size (1 or more)"},
+      {{"--limit", "10001"}, "flag --limit: 10001 is more than 10000"},
+      {{"--page-token"}, "flag --page-token needs a value"},
+      {{"--formed-from", "64", "--formed-to", "16"},
+       "--formed-from 64 is after --formed-to 16"},
+      {{"--min-freq", "0.5", "--max-freq", "0.25"},
+       "--min-freq 0.5 is above --max-freq 0.25"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::vector<std::string> args = {"features", "job-000007", "--layer", "1"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    Result r = Run(args);
+    EXPECT_EQ(r.code, kExitUsage) << message;
+    EXPECT_EQ(r.err,
+              absl::StrCat("saetrack: ", message, " (see saetrack --help)\n"));
+    EXPECT_EQ(r.out, "");
+  }
+  Result r = Run({"features", "job-000007"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_EQ(r.err, "saetrack: features needs --layer (see saetrack --help)\n");
+  r = Run({"feature", "job-000007", "--layer", "1", "--feature", "-3"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_THAT(r.err,
+              HasSubstr("flag --feature: -3 is not a feature id (0 or more)"));
+  r = Run({"feature", "job-000007", "--layer", "1", "--contexts=yes"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_THAT(r.err, HasSubstr("flag --contexts takes no value"));
+  r = Run({"drift", "job-000007"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_EQ(r.err, "saetrack: drift needs --layer (see saetrack --help)\n");
+  EXPECT_THAT(coordinator_->calls, IsEmpty());
+}
+
+TEST_F(CliQueryTest, FeaturesJsonRoundTrips) {
+  SetFeaturePage();
+  Result r = Run({"features", "job-000007", "--layer", "1", "--json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      ParseProtoJson<v1::ListFeaturesResponse>(r.out), coordinator_->features))
+      << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"next_page_token\": \"page-2\""));
+  EXPECT_THAT(r.out, HasSubstr("FEATURE_KIND_TOKEN_LEVEL"));
+}
+
+TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
+  SetDrift();
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(coordinator_->calls, ElementsAre("GetDriftSummary job-000007 1"));
+  EXPECT_EQ(
+      r.out,
+      "drift of job job-000007 layer 1 (tau 0.50, token-level at 80%, top 25 "
+      "contexts, 1.0M analysis tokens)\n"
+      "chain     step final q10 final q50 final q90  prev q50 P act q50  "
+      "formed\n"
+      "    0        0     0.125     0.250     0.375         -     0.025      "
+      "10\n"
+      "    1       16     0.375     0.500     0.625     0.877     0.050      "
+      "40\n"
+      "    2       64     0.625     0.750     0.875     0.881     0.075      "
+      "90\n"
+      "    3      256     0.875     1.000     1.000     0.901     0.100     "
+      "100\n"
+      "final q50  ▁▃▆█  0.250 .. 1.000\n"
+      "phases of the median cos to final: breakpoints at steps 15 and 127, "
+      "slopes 0.0500 / 0.1250 / 0.0625 per unit of log(step + 1), r² 0.999\n"
+      "kind            count  formed  mean formation  median formation\n"
+      "token-level        60      58             3.5                 0\n"
+      "concept-level      42      40           120.2                64\n"
+      "dead               26       0               -                 -\n");
+}
+
+TEST_F(CliQueryTest, DriftWithoutAPhaseFitSaysSo) {
+  SetDrift();
+  coordinator_->drift.clear_phases();
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(
+      r.out, HasSubstr("\nphases: not fitted (fewer than four checkpoints)\n"));
+}
+
+TEST_F(CliQueryTest, DriftJsonRoundTrips) {
+  SetDrift();
+  Result r = Run({"drift", "job-000007", "--layer", "1", "--json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  const auto parsed = ParseProtoJson<v1::DriftSummary>(r.out);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      parsed, coordinator_->drift))
+      << r.out;
+  EXPECT_FALSE(parsed.checkpoints(0).has_cos_to_previous());
+  EXPECT_TRUE(parsed.checkpoints(1).has_cos_to_previous());
+}
+
+// The SAELens directory a coordinator with ExportSae streams: its own
+// cfg.json (with a field saetrack does not write, kept as sent), the
+// weights and a README.
+ExportedSae StreamedExport(int64_t step, const std::string& weights) {
+  ExportedSae exported;
+  exported.step = step;
+  format::SaelensConfig cfg;
+  cfg.architecture = "topk";
+  cfg.d_in = kDIn;
+  cfg.d_sae = kDSae;
+  cfg.k = 2;
+  cfg.model_name = "/models/tiny/step-16";
+  cfg.hook_name = "blocks.1.hook_resid_pre";
+  cfg.hook_layer = 1;
+  cfg.checkpoint_step = step;
+  cfg.job_id = "job-000007";
+  std::string json = format::SaelensConfigToJson(cfg);
+  json.insert(1, "\n  \"served_by\": \"coordinator\",");
+  exported.files[format::kSaelensConfigFile] = json;
+  exported.files[format::kSaelensWeightsFile] = weights;
+  exported.files["README.md"] = "exported by saetrack\n";
+  return exported;
+}
+
+TEST_F(CliExportTest, WritesTheFilesExportSaeStreamsAsTheyCame) {
+  const ExportedSae streamed = StreamedExport(16, SaeBytes(kDIn, kDSae, 0.25f));
+  coordinator_->exported = streamed;
+  const std::string dir = temp_.path() + "/new/sae";
+  Result r =
+      Export({"job-000007", "--layer", "1", "--step", "16", "--out", dir});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, absl::StrCat("exported job job-000007 layer 1 step 16 "
+                                "(topk k 2, d_in 4, d_sae 8) to ",
+                                dir, "\n"));
+  EXPECT_EQ(r.err, "");
+  // No download and no cfg.json of the CLI's own.
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("GetCheckpointMetrics job-000007 1",
+                          "ExportSae job-000007 1 16"));
+  for (const auto& [name, bytes] : streamed.files) {
+    absl::StatusOr<std::string> written =
+        format::ReadFileToString(dir + "/" + name);
+    ASSERT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ(*written, bytes) << name;
+  }
+  absl::StatusOr<format::SaelensSae> sae = format::ReadSaelensDir(dir);
+  ASSERT_TRUE(sae.ok()) << sae.status();
+  EXPECT_EQ(sae->config.k, 2);
+
+  // --json names every file written.
+  r = Export(
+      {"job-000007", "--layer", "1", "--step", "16", "--out", dir, "--json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  absl::StatusOr<format::JsonValue> json = format::ParseJson(r.out);
+  ASSERT_TRUE(json.ok()) << r.out;
+  EXPECT_EQ(json->Find("step")->AsInt64(), 16);
+  EXPECT_EQ(json->Find("chain_index")->AsInt64(), 1);
+  EXPECT_EQ(json->Find("architecture")->string_value(), "topk");
+  EXPECT_EQ(json->Find("weights_path")->string_value(),
+            dir + "/sae_weights.safetensors");
+  std::vector<std::string> files;
+  for (const format::JsonValue& f : json->Find("files")->array()) {
+    files.push_back(f.string_value());
+  }
+  EXPECT_THAT(files,
+              ElementsAre("README.md", "cfg.json", "sae_weights.safetensors"));
+}
+
+TEST_F(CliExportTest, WithoutStepExportSaeGetsTheLastSaeOfTheChain) {
+  coordinator_->exported = StreamedExport(0, SaeBytes(kDIn, kDSae, 1.0f));
+  Result r = Export({"job-000007", "--layer", "1", "--out", temp_.path()});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("GetCheckpointMetrics job-000007 1",
+                          "ExportSae job-000007 1 0"));
+  EXPECT_THAT(r.out, HasSubstr(" step 0 "));
+}
+
+TEST_F(CliExportTest, AnExportThatCannotBeWrittenWritesNothing) {
+  const std::string dir = temp_.path() + "/sae";
+  // The coordinator's error.
+  coordinator_->exported = absl::StatusOr<ExportedSae>(absl::DataLossError(
+      "SAE export of job job-000007 layer 1 step 16: file cfg.json: CRC-32C "
+      "mismatch"));
+  Result r =
+      Export({"job-000007", "--layer", "1", "--step", "16", "--out", dir});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err,
+            "saetrack: DATA_LOSS: SAE export of job job-000007 layer 1 step "
+            "16: file cfg.json: CRC-32C mismatch\n");
+  // A directory without its cfg.json.
+  ExportedSae streamed = StreamedExport(16, SaeBytes(kDIn, kDSae, 1.0f));
+  streamed.files.erase("cfg.json");
+  coordinator_->exported = streamed;
+  r = Export({"job-000007", "--layer", "1", "--step", "16", "--out", dir});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err,
+            "saetrack: DATA_LOSS: the coordinator's export of job job-000007 "
+            "layer 1 lacks cfg.json\n");
+  // A cfg.json that does not parse.
+  streamed.files["cfg.json"] = "{\"d_in\": 4}";
+  coordinator_->exported = streamed;
+  r = Export({"job-000007", "--layer", "1", "--step", "16", "--out", dir});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err,
+              StartsWith("saetrack: INVALID_ARGUMENT: " + dir + "/cfg.json"));
+  EXPECT_THAT(r.err, HasSubstr("d_sae"));
+  // Another step than the one asked for.
+  coordinator_->exported = StreamedExport(64, SaeBytes(kDIn, kDSae, 1.0f));
+  r = Export({"job-000007", "--layer", "1", "--step", "16", "--out", dir});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err,
+            "saetrack: INTERNAL: asked to export step 16, the coordinator "
+            "sent step 64\n");
+  EXPECT_FALSE(std::filesystem::exists(dir));
+}
+
 class CliWatchTest : public ::testing::Test {
  protected:
   CliWatchTest() : coordinator_(std::make_shared<FakeCoordinator>()) {
@@ -499,13 +1168,6 @@ class CliWatchTest : public ::testing::Test {
 
   std::shared_ptr<FakeCoordinator> coordinator_;
 };
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
 
 TEST_F(CliWatchTest, PrintsAProgressLinePerUpdateAndSucceeds) {
   AddUpdate(v1::JOB_STATE_QUEUED, 0);
@@ -659,6 +1321,7 @@ TEST_F(CliWatchTest, CancelPrintsTheResultingState) {
   EXPECT_THAT(r.err, StartsWith("saetrack: NOT_FOUND: "));
 }
 
+// SaetrackClient::DownloadSae against an in-process WorkerService that
 // streams chosen chunks.
 class FakeWorkerService final : public v1::WorkerService::Service {
  public:
@@ -792,6 +1455,301 @@ TEST_F(DownloadSaeTest, TheServersErrorComesBack) {
   absl::StatusOr<std::string> got = client_->DownloadSae("job-000003", 2, 64);
   EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(got.status().message(), HasSubstr("step 64: not found"));
+}
+
+// SaetrackClient's query calls and ExportSae against an in-process
+// QueryService that answers with chosen messages and streams chosen chunks.
+class FakeQueryService final : public v1::QueryService::Service {
+ public:
+  grpc::Status GetCheckpointMetrics(
+      grpc::ServerContext* /*context*/,
+      const v1::GetCheckpointMetricsRequest* /*request*/,
+      v1::GetCheckpointMetricsResponse* response) override {
+    *response = metrics;
+    return grpc::Status::OK;
+  }
+  grpc::Status GetFeatureHistory(grpc::ServerContext* /*context*/,
+                                 const v1::GetFeatureHistoryRequest* request,
+                                 v1::FeatureHistory* response) override {
+    history_request = *request;
+    response->set_feature_id(request->feature_id());
+    return grpc::Status::OK;
+  }
+  grpc::Status ListFeatures(grpc::ServerContext* /*context*/,
+                            const v1::ListFeaturesRequest* request,
+                            v1::ListFeaturesResponse* response) override {
+    features_request = *request;
+    response->set_total(153);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetDriftSummary(grpc::ServerContext* /*context*/,
+                               const v1::GetDriftSummaryRequest* request,
+                               v1::DriftSummary* response) override {
+    response->set_job_id(request->job_id());
+    response->set_layer(request->layer());
+    return grpc::Status::OK;
+  }
+  grpc::Status ExportSae(grpc::ServerContext* /*context*/,
+                         const v1::ExportSaeRequest* request,
+                         grpc::ServerWriter<v1::ExportChunk>* writer) override {
+    export_request = *request;
+    for (const v1::ExportChunk& chunk : chunks) {
+      if (!writer->Write(chunk)) break;
+    }
+    return status;
+  }
+
+  v1::GetCheckpointMetricsResponse metrics;
+  std::vector<v1::ExportChunk> chunks;
+  grpc::Status status;
+  v1::GetFeatureHistoryRequest history_request;
+  v1::ListFeaturesRequest features_request;
+  v1::ExportSaeRequest export_request;
+};
+
+class QueryClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port, 0);
+    options_.coordinator = absl::StrCat("127.0.0.1:", port);
+    options_.call_timeout = absl::Seconds(10);
+    client_ = SaetrackClient::Create(options_);
+  }
+
+  void TearDown() override { server_->Shutdown(); }
+
+  // Appends the chunks of file `name` holding `bytes`, `chunk_bytes` at a
+  // time, as the coordinator streams them.
+  void Serve(const std::string& name, const std::string& bytes,
+             size_t chunk_bytes, int64_t step = 64) {
+    size_t offset = 0;
+    do {
+      v1::ExportChunk chunk;
+      chunk.set_file(name);
+      chunk.set_step(step);
+      chunk.set_offset(static_cast<int64_t>(offset));
+      chunk.set_data(bytes.substr(offset, chunk_bytes));
+      offset += chunk.data().size();
+      if (offset == bytes.size()) {
+        chunk.set_last(true);
+        chunk.set_total_size(static_cast<int64_t>(bytes.size()));
+        chunk.set_crc32c(format::Crc32c(bytes));
+      }
+      service_.chunks.push_back(chunk);
+    } while (offset < bytes.size());
+  }
+
+  // Chunks 0-3 are file a (16 bytes), 4-5 file b (8 bytes).
+  void ServeTwoFiles() {
+    Serve("a", "0123456789abcdef", 4);
+    Serve("b", "ABCDEFGH", 4);
+  }
+
+  FakeQueryService service_;
+  std::unique_ptr<grpc::Server> server_;
+  ClientOptions options_;
+  std::unique_ptr<SaetrackClient> client_;
+};
+
+TEST_F(QueryClientTest, ExportSaeReassemblesEveryFile) {
+  const std::string weights = SaeBytes(kDIn, kDSae, 0.5f);
+  Serve("cfg.json", "{\"d_in\": 4}", 5);
+  Serve("sae_weights.safetensors", weights, 50);
+  Serve("empty", "", 50);
+  absl::StatusOr<ExportedSae> got = client_->ExportSae("job-000003", 2, 64);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->step, 64);
+  EXPECT_EQ(got->files, (std::map<std::string, std::string>{
+                            {"cfg.json", "{\"d_in\": 4}"},
+                            {"empty", ""},
+                            {"sae_weights.safetensors", weights}}));
+  EXPECT_EQ(service_.export_request.job_id(), "job-000003");
+  EXPECT_EQ(service_.export_request.layer(), 2);
+  ASSERT_TRUE(service_.export_request.has_step());
+  EXPECT_EQ(service_.export_request.step(), 64);
+
+  // Without a step the request leaves it unset: the final checkpoint.
+  got = client_->ExportSae("job-000003", 2, std::nullopt);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_FALSE(service_.export_request.has_step());
+}
+
+TEST_F(QueryClientTest, ExportSaeChecksEveryFileAndTheStream) {
+  struct Case {
+    std::string name;
+    std::function<void(std::vector<v1::ExportChunk>&)> mutate;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"gap", [](auto& c) { c.erase(c.begin() + 5); },
+       "file b: the stream ended at offset 4 without a last chunk"},
+      {"offset", [](auto& c) { c.erase(c.begin() + 1); },
+       "file a: chunk at offset 8, expected offset 4"},
+      {"after last",
+       [](auto& c) {
+         v1::ExportChunk extra = c[3];
+         extra.set_offset(16);
+         extra.set_last(false);
+         c.insert(c.begin() + 4, extra);
+       },
+       "file a: chunk at offset 16 after the last chunk (offset 12)"},
+      {"no last", [](auto& c) { c[3].set_last(false); },
+       "file a: the stream moved on to b at offset 16 without a last chunk"},
+      {"crc", [](auto& c) { c[5].set_crc32c(c[5].crc32c() ^ 1); },
+       "file b: CRC-32C mismatch: the last chunk (offset 4) says"},
+      {"size", [](auto& c) { c[3].set_total_size(17); },
+       "file a: the last chunk (offset 12) says total_size 17, but 16 bytes "
+       "arrived"},
+      {"twice",
+       [](auto& c) {
+         v1::ExportChunk again = c[0];
+         again.set_last(true);
+         again.set_total_size(4);
+         again.set_crc32c(format::Crc32c(again.data()));
+         c.push_back(again);
+       },
+       "file a comes twice in the stream"},
+      {"path",
+       [](auto& c) {
+         for (auto& chunk : c) chunk.set_file("../b");
+       },
+       "file name '../b' is not a plain file name"},
+      {"step", [](auto& c) { c[4].set_step(16); },
+       "file b: chunk at offset 0 is of step 16, earlier chunks of step 64"},
+      {"empty", [](auto& c) { c.clear(); },
+       "the stream ended without any file"},
+  };
+  for (const Case& test : cases) {
+    service_.chunks.clear();
+    ServeTwoFiles();
+    test.mutate(service_.chunks);
+    absl::StatusOr<ExportedSae> got = client_->ExportSae("job-000003", 2, 64);
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << test.name;
+    EXPECT_THAT(std::string(got.status().message()),
+                StartsWith("SAE export of job job-000003 layer 2 step 64: "))
+        << test.name;
+    EXPECT_THAT(got.status().message(), HasSubstr(test.message)) << test.name;
+  }
+}
+
+TEST_F(QueryClientTest, ExportSaeReturnsTheServersError) {
+  ServeTwoFiles();
+  service_.status =
+      grpc::Status(grpc::StatusCode::NOT_FOUND, "job job-000003: not found");
+  absl::StatusOr<ExportedSae> got = client_->ExportSae("job-000003", 2, 64);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(got.status().message(), "job job-000003: not found");
+}
+
+TEST_F(QueryClientTest, QueryRequestsArriveAsGiven) {
+  v1::ListFeaturesRequest list;
+  list.set_job_id("job-000003");
+  list.set_layer(2);
+  list.set_kind(v1::FEATURE_KIND_DEAD);
+  list.set_min_formation_step(0);
+  list.set_max_frequency(0.5);
+  list.set_order_by(v1::ListFeaturesRequest::FREQUENCY);
+  list.set_page_size(7);
+  list.set_page_token("t");
+  absl::StatusOr<v1::ListFeaturesResponse> features =
+      client_->ListFeatures(list);
+  ASSERT_TRUE(features.ok()) << features.status();
+  EXPECT_EQ(features->total(), 153);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      service_.features_request, list));
+
+  absl::StatusOr<v1::DriftSummary> drift =
+      client_->GetDriftSummary("job-000003", 2);
+  ASSERT_TRUE(drift.ok()) << drift.status();
+  EXPECT_EQ(drift->job_id(), "job-000003");
+  EXPECT_EQ(drift->layer(), 2);
+
+  v1::GetFeatureHistoryRequest history;
+  history.set_job_id("job-000003");
+  history.set_layer(2);
+  history.set_feature_id(9);
+  history.set_include_contexts(true);
+  history.set_include_decoder(true);
+  history.set_context_before(3);
+  history.set_context_after(1);
+  ASSERT_TRUE(client_->GetFeatureHistory(history).ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      service_.history_request, history));
+  // The short form asks for neither decoder rows nor context windows.
+  absl::StatusOr<v1::FeatureHistory> got =
+      client_->GetFeatureHistory("job-000003", 2, 11);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->feature_id(), 11);
+  EXPECT_EQ(service_.history_request.feature_id(), 11);
+  EXPECT_FALSE(service_.history_request.include_contexts());
+  EXPECT_FALSE(service_.history_request.include_decoder());
+}
+
+// `saetrack export` through the real client: the streamed files land in
+// --out; a corrupted one is refused and nothing is written.
+TEST_F(QueryClientTest, CliExportWritesTheStreamAndRefusesABadChecksum) {
+  v1::CheckpointMetrics* m = service_.metrics.add_checkpoints();
+  m->set_layer(2);
+  m->set_step(64);
+  m->set_chain_index(4);
+  m->set_d_in(kDIn);
+  m->set_d_sae(kDSae);
+  format::SaelensConfig cfg;
+  cfg.architecture = "relu_l1";
+  cfg.d_in = kDIn;
+  cfg.d_sae = kDSae;
+  cfg.hook_name = "blocks.2.hook_resid_pre";
+  cfg.hook_layer = 2;
+  cfg.checkpoint_step = 64;
+  const std::string cfg_json = format::SaelensConfigToJson(cfg);
+  const std::string weights = SaeBytes(kDIn, kDSae, 2.0f);
+  Serve("sae_weights.safetensors", weights, 64);
+  Serve("cfg.json", cfg_json, 64);
+  TempDir temp;
+  const std::string dir = temp.path() + "/sae";
+  const auto run = [&](const std::vector<std::string>& args) {
+    std::ostringstream out, err;
+    int code = RunCli(args, out, err, /*err_is_terminal=*/false,
+                      [&](const ClientOptions& options) {
+                        EXPECT_EQ(options.coordinator, options_.coordinator);
+                        return SaetrackClient::Create(options_);
+                      });
+    return Result{code, out.str(), err.str()};
+  };
+  const std::vector<std::string> args = {
+      "export", "job-000003", "--layer",       "2",
+      "--out",  dir,          "--coordinator", options_.coordinator};
+  Result r = run(args);
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, absl::StrCat("exported job job-000003 layer 2 step 64 "
+                                "(relu_l1, d_in 4, d_sae 8) to ",
+                                dir, "\n"));
+  EXPECT_EQ(format::ReadFileToString(dir + "/cfg.json").value_or(""), cfg_json);
+  EXPECT_EQ(
+      format::ReadFileToString(dir + "/sae_weights.safetensors").value_or(""),
+      weights);
+  ASSERT_TRUE(format::ReadSaelensDir(dir).ok());
+
+  service_.chunks.back().set_crc32c(service_.chunks.back().crc32c() ^ 0xff);
+  const std::string bad_dir = temp.path() + "/bad";
+  std::vector<std::string> bad_args = args;
+  bad_args[5] = bad_dir;
+  r = run(bad_args);
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err,
+              StartsWith("saetrack: DATA_LOSS: SAE export of job job-000003 "
+                         "layer 2 step 64: file cfg.json: CRC-32C mismatch: "
+                         "the last chunk (offset "));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(bad_dir));
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -22,6 +24,16 @@ struct ClientOptions {
   std::string coordinator = "127.0.0.1:7070";
   // Deadline of each call.
   absl::Duration call_timeout = absl::Seconds(30);
+};
+
+// The SAE of one checkpoint in SAELens's layout, as QueryService.ExportSae
+// streams it.
+struct ExportedSae {
+  // The checkpoint exported.
+  int64_t step = 0;
+  // File name (a plain name, no directory: "cfg.json",
+  // "sae_weights.safetensors") -> contents.
+  std::map<std::string, std::string> files;
 };
 
 // Thread-safe: calls may be made concurrently from several threads.
@@ -39,8 +51,14 @@ class SaetrackClient {
       int page_size, const std::string& page_token) = 0;
   virtual absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
       const std::string& job_id, int layer) = 0;
+  // QueryService.GetFeatureHistory, as `request` asks (decoder rows,
+  // context windows).
   virtual absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
-      const std::string& job_id, int layer, int feature_id) = 0;
+      const v1::GetFeatureHistoryRequest& request) = 0;
+  // The same without decoder rows or context windows. Not virtual: calls
+  // the overload above.
+  absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
+      const std::string& job_id, int layer, int feature_id);
   // The stored SAE of `job_id`, hooked layer `layer`, checkpoint step `step`:
   // the bytes of its safetensors file (W_enc, b_enc, W_dec, b_dec), streamed
   // in chunks (WorkerService.DownloadSae) and checked on arrival.
@@ -64,6 +82,28 @@ class SaetrackClient {
   virtual absl::Status WatchJob(
       const std::string& job_id, absl::Duration timeout,
       const std::function<bool(const v1::JobUpdate&)>& on_update);
+
+  // QueryService.ListFeatures: one page of the features matching the
+  // request's filter. The default returns kUnimplemented.
+  virtual absl::StatusOr<v1::ListFeaturesResponse> ListFeatures(
+      const v1::ListFeaturesRequest& request);
+  // QueryService.GetDriftSummary of hooked layer `layer`. The default
+  // returns kUnimplemented.
+  virtual absl::StatusOr<v1::DriftSummary> GetDriftSummary(
+      const std::string& job_id, int layer);
+  // QueryService.ExportSae: the SAE of checkpoint `step` (unset: the final,
+  // latest-step checkpoint) as the files of a SAELens directory, each
+  // reassembled from its chunks and checked as DownloadSae checks its one
+  // file. Errors: the server's; kDataLoss naming the file and the offsets
+  // or sizes or checksums for a file whose chunks do not continue each
+  // other, that ends without a last chunk or whose total_size or CRC-32C
+  // disagrees with its bytes, and for a stream that names no file, names a
+  // file twice or by a name that is not a plain file name, or whose chunks
+  // disagree on the step. The default returns kUnimplemented (an older
+  // coordinator).
+  virtual absl::StatusOr<ExportedSae> ExportSae(const std::string& job_id,
+                                                int layer,
+                                                std::optional<int64_t> step);
 };
 
 }  // namespace saetrack::client

@@ -32,6 +32,7 @@
 #include "server/internal/job_validator.h"
 #include "server/internal/query_service.h"
 #include "server/internal/result_store.h"
+#include "server/internal/summariser.h"
 #include "server/internal/task_scheduler.h"
 #include "server/internal/worker_service.h"
 #include "storage/kv_store.h"
@@ -129,6 +130,7 @@ class CoordinatorImpl final : public Coordinator {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<server::TaskScheduler> scheduler_;
   std::unique_ptr<server::ResultStore> results_;
+  std::unique_ptr<server::Summariser> summariser_;
   server::ArtifactStaging staging_;
   std::unique_ptr<server::JobServiceImpl> job_service_;
   std::unique_ptr<server::QueryServiceImpl> query_service_;
@@ -186,6 +188,10 @@ absl::Status CoordinatorImpl::Init() {
   if (!scheduler.ok()) return scheduler.status();
   scheduler_ = *std::move(scheduler);
   results_ = std::make_unique<server::ResultStore>(store_.get());
+  summariser_ = std::make_unique<server::Summariser>(
+      scheduler_.get(), results_.get(), store_.get(),
+      server::SummariserOptions());
+  summariser_->Start();
 
   server::WorkerServiceOptions worker_options;
   worker_options.lease_ttl = scheduler_options.lease_ttl;
@@ -237,6 +243,7 @@ void CoordinatorImpl::Shutdown() {
   }
   // Long polls return first, so that draining does not wait for them.
   if (scheduler_ != nullptr) scheduler_->Shutdown();
+  if (summariser_ != nullptr) summariser_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(
         absl::Now() + absl::Milliseconds(options_.shutdown_grace_ms)));
@@ -244,6 +251,7 @@ void CoordinatorImpl::Shutdown() {
   }
   StopExposer(std::move(exposer_), metrics_port_,
               options_.metrics_listen_address);
+  summariser_.reset();
   scheduler_.reset();
   results_.reset();
   store_.reset();  // Closes the database.

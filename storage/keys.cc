@@ -82,6 +82,14 @@ std::string TaskKey(std::string_view job_id, int32_t hook_index,
       .Release();
 }
 
+std::string TaskKey(std::string_view job_id, int32_t hook_index,
+                    int32_t chain_index, int32_t kind) {
+  KeyBuilder key;
+  key.AddString(job_id).AddInt32(hook_index).AddInt32(chain_index);
+  if (kind > 0) key.AddInt32(kind);
+  return key.Release();
+}
+
 std::string TaskPrefix(std::string_view job_id) {
   return KeyBuilder().AddString(job_id).Release();
 }
@@ -147,6 +155,43 @@ std::string CheckpointMetricsKey(std::string_view job_id, int32_t layer,
 
 std::string CheckpointMetricsPrefix(std::string_view job_id, int32_t layer) {
   return KeyBuilder().AddString(job_id).AddInt32(layer).Release();
+}
+
+std::string FeatureSummaryKey(std::string_view job_id, int32_t layer,
+                              int32_t feature) {
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt32(feature)
+      .Release();
+}
+
+std::string FeatureSummaryPrefix(std::string_view job_id, int32_t layer) {
+  return KeyBuilder().AddString(job_id).AddInt32(layer).Release();
+}
+
+namespace {
+// Record types of the analysis column, after job and layer.
+constexpr int32_t kDriftSummaryTag = 0;
+constexpr int32_t kAnalysisBlockTag = 1;
+}  // namespace
+
+std::string DriftSummaryKey(std::string_view job_id, int32_t layer) {
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt32(kDriftSummaryTag)
+      .Release();
+}
+
+std::string AnalysisBlockKey(std::string_view job_id, int32_t layer,
+                             int64_t step) {
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt32(kAnalysisBlockTag)
+      .AddInt64(step)
+      .Release();
 }
 
 }  // namespace saetrack::storage

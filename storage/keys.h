@@ -59,6 +59,11 @@ std::string JobKey(std::string_view job_id);
 // tasks: one record per (hook, chain position), grouped by job.
 std::string TaskKey(std::string_view job_id, int32_t hook_index,
                     int32_t chain_index);
+// Tasks of another kind than training (analysis passes, summaries) at the
+// same position: `kind` > 0 is appended, so such keys sort after the
+// training task's.
+std::string TaskKey(std::string_view job_id, int32_t hook_index,
+                    int32_t chain_index, int32_t kind);
 // All tasks of a job, in (hook, chain) order.
 std::string TaskPrefix(std::string_view job_id);
 
@@ -85,6 +90,17 @@ absl::StatusOr<FeatureHistoryKeyParts> ParseFeatureHistoryKey(
 std::string CheckpointMetricsKey(std::string_view job_id, int32_t layer,
                                  int32_t chain_index);
 std::string CheckpointMetricsPrefix(std::string_view job_id, int32_t layer);
+
+// feature_summaries: one summary per (job, layer, feature), in feature order.
+std::string FeatureSummaryKey(std::string_view job_id, int32_t layer,
+                              int32_t feature);
+std::string FeatureSummaryPrefix(std::string_view job_id, int32_t layer);
+
+// analysis: the drift summary of (job, layer), and the analysis block of
+// one checkpoint (kept for the final checkpoint: its reference positions).
+std::string DriftSummaryKey(std::string_view job_id, int32_t layer);
+std::string AnalysisBlockKey(std::string_view job_id, int32_t layer,
+                             int64_t step);
 
 }  // namespace saetrack::storage
 

@@ -22,6 +22,10 @@ std::string_view ColumnName(Column column) {
       return "idempotency";
     case Column::kMeta:
       return "meta";
+    case Column::kFeatureSummaries:
+      return "feature_summaries";
+    case Column::kAnalysis:
+      return "analysis";
   }
   return "unknown";
 }

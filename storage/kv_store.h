@@ -29,8 +29,10 @@ enum class Column {
   kCheckpointMetrics,  // CheckpointMetricsKey(job, layer, chain) -> metrics.
   kIdempotency,        // request_id -> job_id + spec fingerprint.
   kMeta,               // counters.
+  kFeatureSummaries,   // FeatureSummaryKey(job, layer, feature) -> summary.
+  kAnalysis,           // Drift summaries and reference analysis blocks.
 };
-inline constexpr int kNumColumns = 7;
+inline constexpr int kNumColumns = 9;
 
 // The column family's name on disk ("jobs", "sae_weights", ...).
 std::string_view ColumnName(Column column);

@@ -333,6 +333,78 @@ TEST_F(EndToEndTest, UnknownFeatureJobAndLayerAreNotFound) {
   EXPECT_THAT(r.err, HasSubstr("layer"));
 }
 
+// The analysis pass ran on every checkpoint after the chain, and the
+// coordinator's summary is served: drift quantiles and phases, one summary
+// per feature, analysed points with contexts read back from the token file.
+TEST_F(EndToEndTest, FeatureDynamicsAreStoredAndServed) {
+  CommandResult r =
+      Cli({"drift", *job_id_, "--layer", std::to_string(kLayer), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const v1::DriftSummary drift = FromJson<v1::DriftSummary>(r.out);
+  ASSERT_EQ(drift.checkpoints_size(), static_cast<int>(kSteps.size()));
+  for (size_t t = 0; t < kSteps.size(); ++t) {
+    EXPECT_EQ(drift.checkpoints(t).step(), kSteps[t]);
+  }
+  // Every live feature is its own final direction.
+  EXPECT_NEAR(drift.checkpoints(kSteps.size() - 1).cos_to_final().q10(), 1.0,
+              1e-5);
+  EXPECT_LT(drift.checkpoints(0).cos_to_final().q50(), 1.0);
+  EXPECT_TRUE(drift.has_phases());  // Four checkpoints: one fit.
+  int counted = 0;
+  for (const v1::KindSummary& kind : drift.kinds()) counted += kind.count();
+  EXPECT_EQ(counted, kDSae);
+  EXPECT_EQ(drift.top_k(), 25);
+
+  r = Cli({"features", *job_id_, "--layer", std::to_string(kLayer), "--order",
+           "frequency", "--limit", "10", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto features = FromJson<v1::ListFeaturesResponse>(r.out);
+  EXPECT_EQ(features.total(), kDSae);
+  ASSERT_EQ(features.features_size(), 10);
+  EXPECT_FALSE(features.next_page_token().empty());
+  for (int i = 1; i < features.features_size(); ++i) {
+    EXPECT_GE(features.features(i - 1).final_frequency(),
+              features.features(i).final_frequency());
+  }
+  const v1::FeatureSummary& top = features.features(0);
+  EXPECT_GT(top.final_frequency(), 0);
+  EXPECT_NE(top.kind(), v1::FEATURE_KIND_DEAD);
+
+  r = Cli({"feature", *job_id_, "--layer", std::to_string(kLayer), "--feature",
+           std::to_string(top.feature_id()), "--contexts", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const v1::FeatureHistory history = FromJson<v1::FeatureHistory>(r.out);
+  ASSERT_TRUE(history.has_summary());
+  EXPECT_EQ(history.summary().kind(), top.kind());
+  ASSERT_EQ(history.points_size(), static_cast<int>(kSteps.size()));
+  const v1::FeaturePoint& last = history.points(kSteps.size() - 1);
+  EXPECT_TRUE(last.analysed());
+  EXPECT_NEAR(last.decoder_cos_final(), 1.0, 1e-5);
+  EXPECT_NEAR(last.frequency(), top.final_frequency(), 1e-9);
+  ASSERT_TRUE(last.has_progress_activation());
+  ASSERT_EQ(last.contexts_size(), 25);
+  for (const v1::FeatureContext& c : last.contexts()) {
+    ASSERT_GT(c.window_size(), c.focus());
+    // The window read from the token file holds the token the worker saw.
+    EXPECT_EQ(c.window(c.focus()), c.token());
+    EXPECT_GT(c.activation(), 0);
+  }
+  // Only analysed features have a formation step, at one of the checkpoints.
+  if (history.summary().has_formation_step()) {
+    EXPECT_NE(std::find(kSteps.begin(), kSteps.end(),
+                        history.summary().formation_step()),
+              kSteps.end());
+  }
+
+  // Not found names what is missing.
+  r = Cli({"drift", *job_id_, "--layer", "0"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("layer 0 is not hooked"));
+  r = Cli({"features", "job-999999", "--layer", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("job-999999"));
+}
+
 // Every bad job is refused with a message naming the field; nothing is stored
 // and the coordinator keeps serving.
 TEST_F(EndToEndTest, BadJobsAreRefusedAndNothingIsStored) {
@@ -374,9 +446,10 @@ TEST_F(EndToEndTest, MetricsEndpointServesPrometheusText) {
 
   body = testing::HttpGet(worker_metrics_port_, "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
+  // One training and one analysis task per checkpoint.
   EXPECT_THAT(*body, HasSubstr(absl::StrCat(
                          "saetrack_worker_tasks_total{outcome=\"succeeded\"} ",
-                         kSteps.size())));
+                         2 * kSteps.size())));
   EXPECT_THAT(*body, HasSubstr("saetrack_worker_tokens_trained_total"));
 }
 

@@ -4,13 +4,16 @@
 // through the saetrack CLI. Workers and coordinators are killed (SIGKILL) or
 // stopped (SIGTERM) in the middle of a job; every job must still end with
 // exactly one SAE per checkpoint, in chain order, and what was stored before a
-// crash must survive it unchanged.
+// crash must survive it unchanged. The test itself also plays a worker over
+// raw WorkerService calls, to hold a lease that goes stale: nothing it sends
+// under the stale epoch may be stored.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -27,9 +30,13 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "proto/status_mapping.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
+#include "saetrack/v1/worker.grpc.pb.h"
 #include "tests/child_process.h"
+#include "worker/format/crc32c.h"
+#include "worker/format/safetensors.h"
 
 namespace saetrack {
 namespace {
@@ -38,6 +45,8 @@ using ::saetrack::testing::ChildProcess;
 using ::saetrack::testing::CommandResult;
 
 constexpr int kLayer = 1;
+// Hidden size of the suite's tiny LM: the SAEs' d_in.
+constexpr int kDModel = 32;
 // Few LM steps: the checkpoints only need to differ, not to be good.
 const std::vector<int> kSteps = {0, 8, 16, 32};
 
@@ -99,17 +108,21 @@ class Cluster {
   ChildProcess* coordinator() { return coordinator_.get(); }
   ChildProcess* worker(int i) { return workers_[i].get(); }
 
-  // Starts a coordinator on `data` (RocksDB); `port` 0 picks a free one.
-  // Returns false (with a test failure) if it does not come up.
-  bool StartCoordinator(int port, int64_t lease_ttl_ms) {
+  // Starts a coordinator on `data` (RocksDB); `port` 0 picks a free one;
+  // `extra_flags` go after the others. Returns false (with a test failure) if
+  // it does not come up.
+  bool StartCoordinator(int port, int64_t lease_ttl_ms,
+                        const std::vector<std::string>& extra_flags = {}) {
     const std::string port_file = dir_ + "/ports";
     std::remove(port_file.c_str());
+    std::vector<std::string> argv = extra_flags;
+    argv.insert(argv.begin(),
+                {SAETRACK_COORDINATOR_BIN, "--data_dir", dir_ + "/data",
+                 "--listen", absl::StrCat("127.0.0.1:", port),
+                 "--metrics_listen", "127.0.0.1:0", "--port_file", port_file,
+                 "--lease_ttl_ms", std::to_string(lease_ttl_ms)});
     auto started = ChildProcess::Start(
-        {SAETRACK_COORDINATOR_BIN, "--data_dir", dir_ + "/data", "--listen",
-         absl::StrCat("127.0.0.1:", port), "--metrics_listen", "127.0.0.1:0",
-         "--port_file", port_file, "--lease_ttl_ms",
-         std::to_string(lease_ttl_ms)},
-        absl::StrCat(dir_, "/coordinator-", coordinator_starts_++));
+        argv, absl::StrCat(dir_, "/coordinator-", coordinator_starts_++));
     EXPECT_TRUE(started.ok()) << started.status();
     if (!started.ok()) return false;
     coordinator_ = *std::move(started);
@@ -280,6 +293,118 @@ int HealthStatus(const std::string& address) {
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
 }
 
+// Every raw WorkerService call below gets this long before it gives up.
+constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
+
+void SetDeadline(grpc::ClientContext* ctx, absl::Duration timeout) {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+// Uploads `bytes` as one complete artifact, the way a worker does: 4 KiB
+// chunks at contiguous offsets, the first naming the task, epoch and kind,
+// the last carrying the total size and the CRC-32C. Stops sending early when
+// the server has already answered (a refusal at the first chunk).
+grpc::Status UploadArtifact(v1::WorkerService::Stub& stub,
+                            const std::string& task_id, int64_t lease_epoch,
+                            v1::ArtifactKind kind, const std::string& bytes) {
+  constexpr size_t kChunkBytes = 4096;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, kRpcDeadline);
+  v1::UploadArtifactResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::ArtifactChunk>> writer =
+      stub.UploadArtifact(&ctx, &response);
+  size_t offset = 0;
+  do {
+    v1::ArtifactChunk chunk;
+    if (offset == 0) {
+      chunk.set_task_id(task_id);
+      chunk.set_lease_epoch(lease_epoch);
+      chunk.set_kind(kind);
+    }
+    chunk.set_offset(static_cast<int64_t>(offset));
+    chunk.set_data(bytes.substr(offset, kChunkBytes));
+    offset += chunk.data().size();
+    if (offset == bytes.size()) {
+      chunk.set_last(true);
+      chunk.set_total_size(static_cast<int64_t>(bytes.size()));
+      chunk.set_crc32c(format::Crc32c(bytes));
+    }
+    if (!writer->Write(chunk)) break;
+  } while (offset < bytes.size());
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// The stored SAE_WEIGHTS of `sae`, reassembled from DownloadSae's chunks;
+// contiguous offsets, total size and CRC-32C are checked.
+absl::StatusOr<std::string> DownloadSaeWeights(v1::WorkerService::Stub& stub,
+                                               const v1::SaeRef& sae) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, kRpcDeadline);
+  v1::DownloadSaeRequest request;
+  *request.mutable_sae() = sae;
+  request.set_kind(v1::ARTIFACT_KIND_SAE_WEIGHTS);
+  std::unique_ptr<grpc::ClientReader<v1::DownloadChunk>> reader =
+      stub.DownloadSae(&ctx, request);
+  std::string bytes;
+  v1::DownloadChunk chunk;
+  bool last = false;
+  absl::Status malformed;
+  while (reader->Read(&chunk)) {
+    if (malformed.ok() &&
+        chunk.offset() != static_cast<int64_t>(bytes.size())) {
+      malformed = absl::DataLossError(absl::StrCat(
+          "chunk at offset ", chunk.offset(), ", expected ", bytes.size()));
+    }
+    bytes.append(chunk.data());
+    if (chunk.last()) {
+      last = true;
+      if (malformed.ok() &&
+          (chunk.total_size() != static_cast<int64_t>(bytes.size()) ||
+           chunk.crc32c() != format::Crc32c(bytes))) {
+        malformed = absl::DataLossError("total size or CRC-32C mismatch");
+      }
+    }
+  }
+  if (absl::Status s = FromGrpcStatus(reader->Finish()); !s.ok()) return s;
+  if (!malformed.ok()) return malformed;
+  if (!last) return absl::DataLossError("no last chunk");
+  return bytes;
+}
+
+// SAE weights in the layout the worker uploads (W_enc [d_in, d_sae], b_enc
+// [d_sae], W_dec [d_sae, d_in], b_dec [d_in], fp32), every value `value`: a
+// forgery the coordinator could not tell from a real SAE by its shape.
+std::string ConstantSaeWeights(int d_in, int d_sae, float value) {
+  format::SafetensorsWriter writer;
+  const std::vector<float> values(static_cast<size_t>(d_in) * d_sae, value);
+  const std::pair<const char*, std::vector<int64_t>> tensors[] = {
+      {"W_enc", {d_in, d_sae}},
+      {"b_enc", {d_sae}},
+      {"W_dec", {d_sae, d_in}},
+      {"b_dec", {d_in}}};
+  for (const auto& [name, shape] : tensors) {
+    absl::Status s = writer.AddF32(name, shape, values.data());
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  return writer.Serialize();
+}
+
+// `status` is the refusal of a call made under `stale_epoch` of `task_id`
+// after the task was leased again: ABORTED, naming the stale epoch.
+void ExpectStaleEpochRefused(const grpc::Status& status,
+                             const std::string& task_id, int64_t stale_epoch,
+                             const std::string& call) {
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED)
+      << call << ": " << status.error_message();
+  EXPECT_TRUE(absl::StrContains(
+      status.error_message(),
+      absl::StrCat("stale lease epoch ", stale_epoch, " of task ", task_id)))
+      << call << ": " << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "current epoch"))
+      << call << ": " << status.error_message();
+}
+
 class FaultTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -290,8 +415,8 @@ class FaultTest : public ::testing::Test {
     for (int s : kSteps) absl::StrAppend(&steps, steps.empty() ? "" : ",", s);
     auto lm = testing::RunCommand(
         {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out", *lm_dir,
-         "--steps", steps, "--d_model", "32", "--layers", "2", "--heads", "4",
-         "--ctx", "32", "--batch", "16", "--seed", "1",
+         "--steps", steps, "--d_model", std::to_string(kDModel), "--layers",
+         "2", "--heads", "4", "--ctx", "32", "--batch", "16", "--seed", "1",
          // One thread: far faster than two for a model this small.
          "--threads", "1"},
         dir + "/tinylm", absl::Minutes(5));
@@ -459,6 +584,215 @@ TEST_F(FaultTest, SigtermStopsServingAndExitsZeroWithAWorkerConnected) {
   absl::StatusOr<int> worker_code = worker->Wait(absl::Seconds(15));
   ASSERT_TRUE(worker_code.ok()) << worker_code.status();
   EXPECT_EQ(*worker_code, 0) << cluster.Logs();
+}
+
+// (e) Lease fencing: the test itself, as raw worker A, leases the first task
+// and goes silent; once the lease expires a real worker leases the task again
+// under a higher epoch. Everything A then sends under its stale epoch (a
+// complete, checksummed upload of plausible weights, a completion with
+// plausible metrics, a heartbeat, a failure) is refused with ABORTED, and the
+// job ends with the real worker's results only.
+TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
+  // Whole 32-token contexts, so that the real worker trains exactly these.
+  constexpr int64_t kTokensFirst = 32 * 1600;
+  constexpr int64_t kTokensLater = 32 * 320;
+  constexpr int64_t kLeaseTtlMs = 1500;
+  // A's claims, none of which may reach the results.
+  constexpr int64_t kFakeTokens = 7777777;
+  constexpr double kFakeFvu = 0.000123;
+  constexpr float kFakeWeight = 0.25f;
+
+  Cluster cluster("fault-stale-lease");
+  // No retry backoff: the task is leased again as soon as A's lease expires.
+  ASSERT_TRUE(
+      cluster.StartCoordinator(0, kLeaseTtlMs, {"--retry_backoff_ms", "0"}));
+  const std::string job_id =
+      cluster.Submit(JobJson(kTokensFirst, kTokensLater));
+  ASSERT_FALSE(job_id.empty());
+  std::unique_ptr<v1::WorkerService::Stub> stub =
+      v1::WorkerService::NewStub(grpc::CreateChannel(
+          cluster.Address(), grpc::InsecureChannelCredentials()));
+
+  // A registers and leases while no other worker runs: the chain's first task.
+  std::string a_id;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::RegisterWorkerRequest request;
+    request.set_name("stale-a");
+    request.mutable_capabilities()->set_device("cpu");
+    v1::RegisterWorkerResponse response;
+    const grpc::Status s = stub->RegisterWorker(&ctx, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    a_id = response.worker_id();
+  }
+  const absl::Time before_lease = absl::Now();
+  v1::Task task;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(a_id);
+    request.set_wait_ms(5000);
+    v1::LeaseTaskResponse response;
+    const grpc::Status s = stub->LeaseTask(&ctx, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_TRUE(response.has_task()) << cluster.Logs();
+    task = response.task();
+  }
+  ASSERT_EQ(task.job_id(), job_id);
+  ASSERT_TRUE(task.has_train());
+  EXPECT_EQ(task.train().chain_index(), 0);
+  EXPECT_EQ(task.lease_ttl_ms(), kLeaseTtlMs);
+  const int64_t stale_epoch = task.lease_epoch();
+  EXPECT_GT(stale_epoch, 0);
+  const v1::SaeConfig& sae = task.train().spec().sae();
+  const int d_sae =
+      sae.d_sae() > 0 ? sae.d_sae() : sae.expansion_factor() * kDModel;
+
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(a_id);
+  heartbeat.set_task_id(task.task_id());
+  heartbeat.set_lease_epoch(stale_epoch);
+  heartbeat.set_tokens_done(512);
+  heartbeat.set_loss(1.0);
+  {
+    // While the lease is A's, its heartbeat is accepted; then A goes silent.
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::HeartbeatResponse response;
+    const grpc::Status s = stub->Heartbeat(&ctx, heartbeat, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_FALSE(response.cancel());
+  }
+
+  ChildProcess* worker = cluster.StartWorker();
+  ASSERT_NE(worker, nullptr);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        return absl::StrContains(worker->Stderr(), "chain 0): training on");
+      },
+      absl::Seconds(30)))
+      << cluster.Logs();
+  // The task was taken from A by expiry, not before: the lease was granted
+  // after before_lease and renewed after that.
+  EXPECT_GE(absl::Now() - before_lease, absl::Milliseconds(kLeaseTtlMs));
+
+  // A, unaware, delivers its result under the stale epoch.
+  const std::string fake_weights =
+      ConstantSaeWeights(kDModel, d_sae, kFakeWeight);
+  ExpectStaleEpochRefused(
+      UploadArtifact(*stub, task.task_id(), stale_epoch,
+                     v1::ARTIFACT_KIND_SAE_WEIGHTS, fake_weights),
+      task.task_id(), stale_epoch, "UploadArtifact(SAE_WEIGHTS)");
+  v1::FeatureStatsBlock stats;
+  for (int i = 0; i < d_sae; ++i) {
+    stats.add_frequency(0.5f);
+    stats.add_mean_activation(1.0f);
+    stats.add_max_activation(2.0f);
+    stats.add_encoder_norm(1.0f);
+  }
+  ExpectStaleEpochRefused(UploadArtifact(*stub, task.task_id(), stale_epoch,
+                                         v1::ARTIFACT_KIND_FEATURE_STATS,
+                                         stats.SerializeAsString()),
+                          task.task_id(), stale_epoch,
+                          "UploadArtifact(FEATURE_STATS)");
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::CompleteTaskRequest request;
+    request.set_worker_id(a_id);
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(stale_epoch);
+    v1::CheckpointMetrics* m = request.mutable_metrics();
+    m->set_tokens_trained(kFakeTokens);
+    m->set_wall_time_s(1.5);
+    m->set_mse(0.01);
+    m->set_fvu(kFakeFvu);
+    m->set_l0(12.0);
+    m->set_dead_fraction(0.0);
+    m->set_init_fvu(1.0);
+    m->set_d_in(kDModel);
+    m->set_d_sae(d_sae);
+    v1::CompleteTaskResponse response;
+    ExpectStaleEpochRefused(stub->CompleteTask(&ctx, request, &response),
+                            task.task_id(), stale_epoch, "CompleteTask");
+  }
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::HeartbeatResponse response;
+    ExpectStaleEpochRefused(stub->Heartbeat(&ctx, heartbeat, &response),
+                            task.task_id(), stale_epoch, "Heartbeat");
+  }
+  {
+    // Were it accepted, this permanent failure would fail the whole job.
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::FailTaskRequest request;
+    request.set_worker_id(a_id);
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(stale_epoch);
+    request.set_error("stale worker A gives up");
+    request.set_retryable(false);
+    v1::FailTaskResponse response;
+    ExpectStaleEpochRefused(stub->FailTask(&ctx, request, &response),
+                            task.task_id(), stale_epoch, "FailTask");
+  }
+
+  const v1::Job job = cluster.WaitForEnd(job_id, absl::Seconds(120));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED)
+      << job.DebugString() << cluster.Logs();
+  const int chain_length = static_cast<int>(kSteps.size());
+  EXPECT_EQ(job.progress().tasks_done(), chain_length);
+  EXPECT_EQ(job.progress().tokens_trained(),
+            kTokensFirst + (chain_length - 1) * kTokensLater);
+  // The real worker trained and stored every SAE, the first included, and
+  // never lost a lease.
+  EXPECT_EQ(Count(worker->Stderr(), ": done in "), chain_length)
+      << cluster.Logs();
+  EXPECT_EQ(Count(worker->Stderr(), "result not stored"), 0) << cluster.Logs();
+  EXPECT_EQ(Count(worker->Stderr(), "lease lost"), 0) << cluster.Logs();
+
+  // One row per checkpoint, each the real worker's.
+  const v1::GetCheckpointMetricsResponse metrics = cluster.Metrics(job_id);
+  ExpectOneRowPerCheckpointInChainOrder(metrics);
+  for (const v1::CheckpointMetrics& m : metrics.checkpoints()) {
+    EXPECT_EQ(m.tokens_trained(),
+              m.chain_index() == 0 ? kTokensFirst : kTokensLater)
+        << m.DebugString();
+    EXPECT_NE(m.fvu(), kFakeFvu) << m.DebugString();
+    EXPECT_EQ(m.d_in(), kDModel);
+    EXPECT_EQ(m.d_sae(), d_sae);
+    EXPECT_EQ(m.resumed_from_tokens(), 0);
+  }
+
+  // The stored SAE of the contested checkpoint is the real worker's: same
+  // layout as A's forgery, other values.
+  v1::SaeRef ref;
+  ref.set_job_id(job_id);
+  ref.set_layer(kLayer);
+  ref.set_step(kSteps[task.train().checkpoint_index()]);
+  absl::StatusOr<std::string> stored = DownloadSaeWeights(*stub, ref);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_NE(*stored, fake_weights);
+  absl::StatusOr<format::SafetensorsFile> real =
+      format::SafetensorsFile::FromBytes(*stored, "stored SAE");
+  ASSERT_TRUE(real.ok()) << real.status();
+  absl::StatusOr<format::SafetensorsFile> forged =
+      format::SafetensorsFile::FromBytes(fake_weights, "A's SAE");
+  ASSERT_TRUE(forged.ok()) << forged.status();
+  ASSERT_EQ(real->tensors().size(), forged->tensors().size());
+  for (const format::TensorView& f : forged->tensors()) {
+    const format::TensorView* r = real->Find(f.name);
+    ASSERT_NE(r, nullptr) << f.name;
+    EXPECT_EQ(r->shape, f.shape) << f.name;
+    std::vector<float> values(r->num_elements());
+    ASSERT_TRUE(format::DecodeToFloat(*r, values.data()).ok()) << f.name;
+    EXPECT_LT(std::count(values.begin(), values.end(), kFakeWeight),
+              static_cast<int64_t>(values.size()))
+        << f.name << " holds A's constant";
+  }
 }
 
 }  // namespace

@@ -37,6 +37,10 @@ ABSL_FLAG(std::string, state_dir, "",
 ABSL_FLAG(int64_t, checkpoint_every_tokens, 50'000'000,
           "Training tokens between two state saves with --state_dir (0: "
           "never)");
+ABSL_FLAG(int64_t, memory_bytes, 0,
+          "Memory to report to the coordinator, which then leases only jobs "
+          "whose min_worker_memory_bytes fit (0: physical memory on cpu, "
+          "unreported on cuda)");
 ABSL_FLAG(std::string, precision, "auto",
           "Precision of the SAE's matrix products: fp32, bf16 (bf16 operands, "
           "fp32 accumulation and master weights) or auto (bf16 on cuda, fp32 "
@@ -112,6 +116,11 @@ int main(int argc, char** argv) {
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.checkpoint_every_tokens =
       absl::GetFlag(FLAGS_checkpoint_every_tokens);
+  options.memory_bytes = absl::GetFlag(FLAGS_memory_bytes);
+  if (options.memory_bytes < 0) {
+    std::cerr << "saetrack-worker: --memory_bytes: must be >= 0" << std::endl;
+    return 1;
+  }
   auto worker = saetrack::worker::Worker::Create(options, *std::move(engine));
   if (!worker.ok()) {
     std::cerr << "saetrack-worker: " << worker.status() << std::endl;

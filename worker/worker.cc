@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <system_error>
@@ -273,6 +274,15 @@ class GrpcWorker final : public Worker {
     request.set_name(options_.name);
     request.mutable_capabilities()->set_device(options_.device);
     request.mutable_capabilities()->set_threads(options_.threads);
+    int64_t memory = options_.memory_bytes;
+    if (memory == 0 && options_.device == "cpu") {
+      const long pages = sysconf(_SC_PHYS_PAGES);
+      const long page_size = sysconf(_SC_PAGESIZE);
+      if (pages > 0 && page_size > 0) {
+        memory = static_cast<int64_t>(pages) * page_size;
+      }
+    }
+    request.mutable_capabilities()->set_memory_bytes(memory);
     v1::RegisterWorkerResponse response;
     auto context = NewContext(kCallTimeout);
     grpc::Status status =
@@ -307,9 +317,12 @@ class GrpcWorker final : public Worker {
     return std::optional<v1::Task>(response.task());
   }
 
-  absl::StatusOr<std::string> DownloadSae(const v1::SaeRef& ref) {
+  absl::StatusOr<std::string> DownloadSae(
+      const v1::SaeRef& ref,
+      v1::ArtifactKind kind = v1::ARTIFACT_KIND_SAE_WEIGHTS) {
     v1::DownloadSaeRequest request;
     *request.mutable_sae() = ref;
+    request.set_kind(kind);
     auto context = NewContext(kCallTimeout);
     auto reader = stub_->DownloadSae(context.get(), request);
     std::string bytes;
@@ -406,7 +419,156 @@ class GrpcWorker final : public Worker {
     }
   }
 
+  // Runs `body` with the lease of `task` heartbeated; returns false (after
+  // handing a stopped task back) when the task was abandoned.
+  bool WithHeartbeat(
+      const v1::Task& task, const std::string& what,
+      const std::function<void(std::atomic<int64_t>&, std::atomic<double>&,
+                               std::atomic<bool>&)>& body) {
+    metrics_.busy.Set(1);
+    std::atomic<int64_t> tokens{0};
+    std::atomic<double> loss{0};
+    std::atomic<bool> lost{false};
+    bool done = false;  // Guarded by mu_.
+    std::thread heartbeat(
+        [&] { HeartbeatLoop(task, tokens, loss, done, lost); });
+    body(tokens, loss, lost);
+    {
+      absl::MutexLock lock(&mu_);
+      done = true;
+      stop_cv_.SignalAll();
+    }
+    heartbeat.join();
+    metrics_.busy.Set(0);
+    if (!lost.load() && !stopped_.load()) return true;
+    Log(absl::StrCat(what, ": abandoned (",
+                     lost.load() ? "lease lost or job cancelled" : "stopping",
+                     ")"));
+    metrics_.abandoned.Increment();
+    // Hand a stopped task back at once instead of letting its lease run
+    // out (both count as an attempt; this way no one waits for the TTL).
+    if (!lost.load()) {
+      ReportFailure(task, absl::UnavailableError("worker stopping"),
+                    /*retryable=*/true);
+    }
+    return false;
+  }
+
+  // The analysis pass of one checkpoint: its SAE (kept from training or
+  // downloaded), the final checkpoint's reference positions (downloaded,
+  // except on the final pass itself), the engine, one FEATURE_ANALYSIS
+  // upload.
+  void RunAnalysis(const v1::Task& task) {
+    const v1::AnalyseSaeTask& analyse = task.analyse();
+    const v1::JobSpec& spec = analyse.spec();
+    const int64_t step = analyse.sae().step();
+    const bool final_pass = analyse.final_sae().step() == step;
+    const std::string what =
+        absl::StrFormat("task %s (%s layer %d step %d, analysis%s)",
+                        task.task_id(), task.job_id(), analyse.hook().layer(),
+                        step, final_pass ? " of the final checkpoint" : "");
+    engine::AnalysisInput input;
+    input.model_dir =
+        spec.model().checkpoints(analyse.checkpoint_index()).path();
+    input.architecture = spec.model().architecture();
+    input.layer = analyse.hook().layer();
+    input.site = analyse.hook().site();
+    input.tokens_path = spec.data().tokens_path();
+    input.token_dtype = spec.data().token_dtype();
+    input.context_length = spec.data().context_length();
+    input.analysis_tokens = spec.analysis().analysis_tokens();
+    input.sae_architecture = spec.sae().architecture();
+    if (spec.sae().k() > 0) input.k = spec.sae().k();
+    input.top_k = spec.analysis().top_k();
+    input.random_positions = spec.analysis().random_positions();
+    input.seed = spec.sae().seed();
+    Log(absl::StrCat(what, ": on ", input.analysis_tokens, " tokens"));
+
+    absl::StatusOr<engine::AnalysisOutput> output =
+        absl::InternalError("analysis did not run");
+    const bool kept = WithHeartbeat(
+        task, what,
+        [&](std::atomic<int64_t>&, std::atomic<double>&, std::atomic<bool>&) {
+          if (last_sae_.has_value() && last_sae_->job_id == task.job_id() &&
+              last_sae_->layer == input.layer && last_sae_->step == step) {
+            input.sae_safetensors = last_sae_->safetensors;
+          } else {
+            absl::StatusOr<std::string> sae = DownloadSae(analyse.sae());
+            if (!sae.ok()) {
+              output = sae.status();
+              return;
+            }
+            input.sae_safetensors = *std::move(sae);
+          }
+          if (!final_pass) {
+            absl::StatusOr<std::string> bytes = DownloadSae(
+                analyse.final_sae(), v1::ARTIFACT_KIND_FEATURE_ANALYSIS);
+            if (!bytes.ok()) {
+              output = bytes.status();
+              return;
+            }
+            v1::FeatureAnalysisBlock reference;
+            if (!reference.ParseFromString(*bytes)) {
+              output = absl::DataLossError(
+                  "the final checkpoint's analysis block does not parse");
+              return;
+            }
+            input.reference_positions.assign(reference.top_positions().begin(),
+                                             reference.top_positions().end());
+          }
+          output = engine_->Analyse(input);
+        });
+    if (!kept) return;
+    if (!output.ok()) {
+      Log(absl::StrCat(what, ": failed: ", output.status().ToString()));
+      Fail(task, output.status());
+      return;
+    }
+    v1::FeatureAnalysisBlock block;
+    block.set_analysis_positions(output->analysis_positions);
+    block.set_top_k(output->top_k);
+    block.mutable_frequency()->Add(output->frequency.begin(),
+                                   output->frequency.end());
+    block.mutable_mean_activation()->Add(output->mean_activation.begin(),
+                                         output->mean_activation.end());
+    block.mutable_max_activation()->Add(output->max_activation.begin(),
+                                        output->max_activation.end());
+    for (int64_t p : output->top_positions) block.add_top_positions(p);
+    block.mutable_top_values()->Add(output->top_values.begin(),
+                                    output->top_values.end());
+    for (int64_t t : output->top_tokens) block.add_top_tokens(t);
+    block.mutable_progress_activation()->Add(
+        output->progress_activation.begin(), output->progress_activation.end());
+    block.mutable_progress_feature()->Add(output->progress_feature.begin(),
+                                          output->progress_feature.end());
+    block.set_activation_baseline(output->activation_baseline);
+    block.set_feature_baseline(output->feature_baseline);
+    absl::Status stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_ANALYSIS,
+                                 block.SerializeAsString());
+    if (stored.ok()) {
+      v1::CompleteTaskRequest request;
+      request.set_worker_id(worker_id_);
+      request.set_task_id(task.task_id());
+      request.set_lease_epoch(task.lease_epoch());
+      v1::CompleteTaskResponse response;
+      auto context = NewContext(kCallTimeout);
+      stored = FromGrpcStatus(
+          stub_->CompleteTask(context.get(), request, &response));
+    }
+    if (!stored.ok()) {
+      Log(absl::StrCat(what, ": result not stored: ", stored.ToString()));
+      metrics_.abandoned.Increment();
+      return;
+    }
+    metrics_.succeeded.Increment();
+    Log(absl::StrCat(what, ": done"));
+  }
+
   void RunTask(const v1::Task& task) {
+    if (task.has_analyse()) {
+      RunAnalysis(task);
+      return;
+    }
     const v1::TrainSaeTask& train = task.train();
     const int64_t step =
         train.spec().model().checkpoints(train.checkpoint_index()).step();
@@ -419,71 +581,47 @@ class GrpcWorker final : public Worker {
                          ? ", initialised from step " +
                                std::to_string(train.init_from().step())
                          : ", from scratch"));
-    metrics_.busy.Set(1);
-
-    std::atomic<int64_t> tokens{0};
-    std::atomic<double> loss{0};
-    std::atomic<bool> lost{false};
-    bool done = false;  // Guarded by mu_.
-    std::thread heartbeat(
-        [&] { HeartbeatLoop(task, tokens, loss, done, lost); });
-
-    absl::Status prepared = absl::OkStatus();
-    if (train.has_init_from()) {
-      const v1::SaeRef& ref = train.init_from();
-      if (last_sae_.has_value() && last_sae_->job_id == ref.job_id() &&
-          last_sae_->layer == ref.layer() && last_sae_->step == ref.step()) {
-        // Chain affinity: this worker trained the previous SAE itself.
-        input.init_sae_safetensors = last_sae_->safetensors;
-        metrics_.init_from_memory.Increment();
-      } else {
-        absl::StatusOr<std::string> init = DownloadSae(ref);
-        if (init.ok()) {
-          input.init_sae_safetensors = *std::move(init);
-          metrics_.init_downloaded.Increment();
-        } else {
-          prepared = init.status();
-        }
-      }
-    }
     // A StatusOr cannot hold an OK status without a value.
     absl::StatusOr<engine::TrainOutput> output =
-        prepared.ok() ? absl::InternalError("training did not run") : prepared;
-    if (prepared.ok()) {
-      const absl::Time start = absl::Now();
-      int64_t counted = 0;
-      output = engine_->Train(input, [&](int64_t tokens_done, double l) {
-        tokens.store(tokens_done);
-        loss.store(l);
-        metrics_.tokens.Increment(static_cast<double>(tokens_done - counted));
-        counted = tokens_done;
-        metrics_.loss.Set(l);
-        const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-        if (seconds > 0) metrics_.tokens_per_second.Set(tokens_done / seconds);
-        return !lost.load() && !stopped_.load();
-      });
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      done = true;
-      stop_cv_.SignalAll();
-    }
-    heartbeat.join();
-    metrics_.busy.Set(0);
-
-    if (lost.load() || stopped_.load()) {
-      Log(absl::StrCat(what, ": abandoned (",
-                       lost.load() ? "lease lost or job cancelled" : "stopping",
-                       ")"));
-      metrics_.abandoned.Increment();
-      // Hand a stopped task back at once instead of letting its lease run
-      // out (both count as an attempt; this way no one waits for the TTL).
-      if (!lost.load()) {
-        ReportFailure(task, absl::UnavailableError("worker stopping"),
-                      /*retryable=*/true);
-      }
-      return;
-    }
+        absl::InternalError("training did not run");
+    const bool kept = WithHeartbeat(
+        task, what,
+        [&](std::atomic<int64_t>& tokens, std::atomic<double>& loss,
+            std::atomic<bool>& lost) {
+          if (train.has_init_from()) {
+            const v1::SaeRef& ref = train.init_from();
+            if (last_sae_.has_value() && last_sae_->job_id == ref.job_id() &&
+                last_sae_->layer == ref.layer() &&
+                last_sae_->step == ref.step()) {
+              // Chain affinity: this worker trained the previous SAE itself.
+              input.init_sae_safetensors = last_sae_->safetensors;
+              metrics_.init_from_memory.Increment();
+            } else {
+              absl::StatusOr<std::string> init = DownloadSae(ref);
+              if (!init.ok()) {
+                output = init.status();
+                return;
+              }
+              input.init_sae_safetensors = *std::move(init);
+              metrics_.init_downloaded.Increment();
+            }
+          }
+          const absl::Time start = absl::Now();
+          int64_t counted = 0;
+          output = engine_->Train(input, [&](int64_t tokens_done, double l) {
+            tokens.store(tokens_done);
+            loss.store(l);
+            metrics_.tokens.Increment(
+                static_cast<double>(tokens_done - counted));
+            counted = tokens_done;
+            metrics_.loss.Set(l);
+            const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+            if (seconds > 0)
+              metrics_.tokens_per_second.Set(tokens_done / seconds);
+            return !lost.load() && !stopped_.load();
+          });
+        });
+    if (!kept) return;
     if (!output.ok()) {
       Log(absl::StrCat(what, ": failed: ", output.status().ToString()));
       Fail(task, output.status());

@@ -41,6 +41,11 @@ struct WorkerOptions {
   // Training tokens between two state saves (with state_dir); 0: never.
   int64_t checkpoint_every_tokens = 50'000'000;
 
+  // Memory reported to the coordinator, which gives this worker only jobs
+  // whose spec.min_worker_memory_bytes fit. 0: the machine's physical memory
+  // for cpu, unreported (any job) for cuda.
+  int64_t memory_bytes = 0;
+
   // --- performance ---
   // Bytes per artifact chunk.
   int64_t chunk_bytes = 1 << 20;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +46,36 @@ class FakeEngine final : public engine::SaeTrainingEngine {
   std::vector<Call> calls() const {
     absl::MutexLock lock(&mu_);
     return calls_;
+  }
+
+  std::vector<engine::AnalysisInput> analyses() const {
+    absl::MutexLock lock(&mu_);
+    return analyses_;
+  }
+
+  // Every feature's top positions are 10 * feature + j, on an analysis set
+  // of 1000 positions.
+  absl::StatusOr<engine::AnalysisOutput> Analyse(
+      const engine::AnalysisInput& input) override {
+    absl::MutexLock lock(&mu_);
+    analyses_.push_back(input);
+    engine::AnalysisOutput out;
+    out.analysis_positions = 1000;
+    out.d_sae = kDSae;
+    out.top_k = input.top_k;
+    for (int i = 0; i < kDSae; ++i) {
+      out.frequency.push_back(0.02f);
+      out.mean_activation.push_back(1.0f);
+      out.max_activation.push_back(3.0f);
+      out.progress_activation.push_back(0.1f * i);
+      out.progress_feature.push_back(0.05f * i);
+      for (int j = 0; j < input.top_k; ++j) {
+        out.top_positions.push_back(10 * i + j);
+        out.top_values.push_back(3.0f - j);
+        out.top_tokens.push_back(7);
+      }
+    }
+    return out;
   }
 
   absl::StatusOr<engine::TrainOutput> Train(
@@ -93,6 +124,7 @@ class FakeEngine final : public engine::SaeTrainingEngine {
  private:
   mutable absl::Mutex mu_;
   std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<engine::AnalysisInput> analyses_ ABSL_GUARDED_BY(mu_);
   std::map<int, absl::Status> failures_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -154,6 +186,8 @@ class WorkerTest : public ::testing::Test {
     spec.mutable_sae()->set_lr_later(1e-4);
     spec.mutable_schedule()->set_tokens_first(1000);
     spec.mutable_schedule()->set_tokens_later(50);
+    // The analysis pass has a test of its own.
+    spec.mutable_analysis()->set_analysis_tokens(0);
     if (customize) customize(&spec);
     auto submitted = client_->SubmitJob(spec, "");
     EXPECT_TRUE(submitted.ok()) << submitted.status();
@@ -175,6 +209,17 @@ class WorkerTest : public ::testing::Test {
     EXPECT_TRUE((*worker)->Run().ok());
   }
 
+  // Polls the job until it reaches `state` (within 10 s).
+  bool WaitForJob(const std::string& job_id, v1::JobState state) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      auto job = client_->GetJob(job_id);
+      if (job.ok() && job->state() == state) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
   std::string dir_;
   std::string address_;
   std::unique_ptr<Coordinator> coordinator_;
@@ -189,6 +234,10 @@ class Borrowed final : public engine::SaeTrainingEngine {
       const engine::TrainInput& input,
       const engine::ProgressFn& progress) override {
     return engine_->Train(input, progress);
+  }
+  absl::StatusOr<engine::AnalysisOutput> Analyse(
+      const engine::AnalysisInput& input) override {
+    return engine_->Analyse(input);
   }
 
  private:
@@ -420,6 +469,58 @@ TEST_F(WorkerTest, PermanentFailureFailsTheJobWithTheReason) {
   auto metrics = client_->GetCheckpointMetrics(job_id, 1);
   ASSERT_TRUE(metrics.ok());
   EXPECT_EQ(metrics->checkpoints_size(), 0);
+}
+
+TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
+  const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
+    spec->mutable_analysis()->set_analysis_tokens(64);
+    spec->mutable_analysis()->set_top_k(3);
+  });
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 6);  // 3 train + 3 analyse.
+
+  const std::vector<engine::AnalysisInput> analyses = engine.analyses();
+  ASSERT_EQ(analyses.size(), 3u);
+  // The final checkpoint first, choosing the reference positions itself.
+  EXPECT_THAT(analyses[0].model_dir, HasSubstr("step-20"));
+  EXPECT_TRUE(analyses[0].reference_positions.empty());
+  EXPECT_EQ(analyses[0].analysis_tokens, 64);
+  EXPECT_EQ(analyses[0].top_k, 3);
+  // Its SAE is the one this worker trained last, kept in memory.
+  EXPECT_EQ(analyses[0].sae_safetensors, engine.calls()[2].output_bytes);
+  for (int a = 1; a < 3; ++a) {
+    ASSERT_EQ(analyses[a].reference_positions.size(), 3u * kDSae);
+    EXPECT_EQ(analyses[a].reference_positions[3 * 5 + 1], 10 * 5 + 1);
+  }
+  // The other checkpoints' SAEs were downloaded.
+  std::set<std::string> saes = {analyses[1].sae_safetensors,
+                                analyses[2].sae_safetensors};
+  EXPECT_EQ(saes, (std::set<std::string>{engine.calls()[0].output_bytes,
+                                         engine.calls()[1].output_bytes}));
+
+  // The analysis results were stored on the points...
+  v1::GetFeatureHistoryRequest request;
+  request.set_job_id(job_id);
+  request.set_layer(1);
+  request.set_feature_id(4);
+  auto history = client_->GetFeatureHistory(request);
+  ASSERT_TRUE(history.ok()) << history.status();
+  ASSERT_EQ(history->points_size(), 3);
+  for (const v1::FeaturePoint& point : history->points()) {
+    EXPECT_TRUE(point.analysed());
+    EXPECT_FLOAT_EQ(point.progress_activation(), 0.4f);
+    ASSERT_EQ(point.contexts_size(), 3);
+    EXPECT_EQ(point.contexts(2).position(), 42);
+    EXPECT_EQ(point.contexts(2).token(), 7);
+  }
+  // ...but the fake engine's SAE bytes are no safetensors: the summary
+  // fails the job with an error naming them, instead of storing nonsense.
+  ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_FAILED));
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->progress().analysis_tasks_done(), 3);
+  EXPECT_THAT(job->error(), HasSubstr("summary"));
+  EXPECT_THAT(job->error(), HasSubstr("SAE weights of checkpoint"));
 }
 
 }  // namespace

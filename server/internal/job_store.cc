@@ -86,7 +86,8 @@ void JobStore::PutJob(const v1::Job& job, storage::WriteBatch* batch) {
 void JobStore::PutTask(const TaskRecord& task, storage::WriteBatch* batch) {
   batch->Put(
       Column::kTasks,
-      storage::TaskKey(task.job_id(), task.hook_index(), task.chain_index()),
+      storage::TaskKey(task.job_id(), task.hook_index(), task.chain_index(),
+                       static_cast<int32_t>(task.kind())),
       task.SerializeAsString());
 }
 

@@ -44,6 +44,36 @@ constexpr double kDefaultAdaptiveTolerance = 1e-3;
 constexpr int64_t kDefaultLmEvalTokens = 8192;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
+constexpr int64_t kDefaultAnalysisTokens = 65536;
+constexpr int kDefaultAnalysisTopK = 25;
+constexpr int kMaxAnalysisTopK = 1000;
+constexpr double kDefaultFormationTau = 0.5;
+constexpr double kDefaultTokenLevelThreshold = 0.8;
+constexpr int kDefaultRandomPositions = 256;
+
+// Bytes a worker needs for one task: the SAE in fp32 four times over
+// (weights, gradients, two Adam moments) plus the previous SAE it keeps,
+// one batch's activations, pre-activations and codes with their gradients,
+// and the model's weights.
+int64_t EstimateTaskMemory(int64_t d_in, int64_t d_sae, int64_t batch_size,
+                           int64_t model_bytes) {
+  const int64_t sae_params = 2 * d_in * d_sae + d_sae + d_in;
+  const int64_t batch_floats = batch_size * (2 * d_in + 4 * d_sae);
+  return 5 * sae_params * 4 + batch_floats * 4 + model_bytes;
+}
+
+// Size of a checkpoint's weights: its safetensors file(s).
+int64_t ModelBytes(const std::string& dir) {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".safetensors") {
+      const uintmax_t size = entry.file_size(ec);
+      if (!ec) total += static_cast<int64_t>(size);
+    }
+  }
+  return total;
+}
 
 const std::vector<std::string>& SupportedModelArchitectures() {
   // The engine's LoadLanguageModel implements exactly these.
@@ -420,6 +450,73 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         " must be >= 0 (0 skips the LM evaluation)"));
   }
 
+  v1::AnalysisConfig* analysis = out.mutable_analysis();
+  // Unset means the default; an explicit 0 skips the analysis pass.
+  if (!analysis->has_analysis_tokens()) {
+    analysis->set_analysis_tokens(kDefaultAnalysisTokens);
+  } else if (analysis->analysis_tokens() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.analysis.analysis_tokens: ", analysis->analysis_tokens(),
+        " must be >= 0 (0 skips the analysis pass)"));
+  }
+  if (absl::Status s =
+          PositiveOrDefault<int>("spec.analysis.top_k", analysis->top_k(),
+                                 kDefaultAnalysisTopK, &int_value);
+      !s.ok()) {
+    return s;
+  }
+  if (int_value > kMaxAnalysisTopK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.analysis.top_k: ", int_value,
+                     " exceeds the maximum ", kMaxAnalysisTopK));
+  }
+  analysis->set_top_k(int_value);
+  if (absl::Status s = PositiveOrDefault<int>(
+          "spec.analysis.random_positions", analysis->random_positions(),
+          kDefaultRandomPositions, &int_value);
+      !s.ok()) {
+    return s;
+  }
+  if (int_value < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.analysis.random_positions: ", int_value,
+                     " must be >= 2 (the baseline is a mean over pairs)"));
+  }
+  analysis->set_random_positions(int_value);
+  // Fractions in (0, 1]; 0 means the default.
+  auto unit_fraction = [&](const char* name, double given, double fallback,
+                           double* out_value) -> absl::Status {
+    const std::string field = absl::StrCat("spec.analysis.", name);
+    if (absl::Status s =
+            FiniteOrDefault(field, given, fallback, "in (0, 1]", out_value);
+        !s.ok()) {
+      return s;
+    }
+    if (*out_value > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", *out_value, " must be in (0, 1]"));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = unit_fraction("formation_tau", analysis->formation_tau(),
+                                     kDefaultFormationTau, &value);
+      !s.ok()) {
+    return s;
+  }
+  analysis->set_formation_tau(value);
+  if (absl::Status s = unit_fraction("token_level_threshold",
+                                     analysis->token_level_threshold(),
+                                     kDefaultTokenLevelThreshold, &value);
+      !s.ok()) {
+    return s;
+  }
+  analysis->set_token_level_threshold(value);
+  if (out.min_worker_memory_bytes() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.min_worker_memory_bytes: ", out.min_worker_memory_bytes(),
+        " must be >= 0"));
+  }
+
   if (!out.device().empty() && out.device() != "cpu" &&
       out.device() != "cuda") {
     return NotSupported("spec.device", out.device(), {"cpu", "cuda"});
@@ -496,6 +593,11 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
   }
   sae->set_d_sae(static_cast<int32_t>(d_sae));
+  if (out.min_worker_memory_bytes() == 0) {
+    out.set_min_worker_memory_bytes(
+        EstimateTaskMemory(first_config.hidden_size, d_sae, sae->batch_size(),
+                           ModelBytes(model->checkpoints(0).path())));
+  }
   if (topk) {
     // k == d_sae would keep every latent: no sparsity at all.
     if (sae->k() >= d_sae) {

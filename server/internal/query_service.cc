@@ -1,13 +1,54 @@
 #include "server/internal/query_service.h"
 
+#include <algorithm>
+#include <cstring>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/format/crc32c.h"
+#include "worker/format/saelens.h"
+#include "worker/format/safetensors.h"
+#include "worker/format/token_file.h"
+#include "worker/format/token_split.h"
 
 namespace saetrack::server {
+namespace {
+
+constexpr int kDefaultContextBefore = 8;
+constexpr int kDefaultContextAfter = 4;
+constexpr int kMaxContextSide = 128;
+constexpr int kDefaultFeaturePage = 100;
+constexpr int kMaxFeaturePage = 10000;
+constexpr size_t kExportChunkBytes = size_t{1} << 20;
+
+}  // namespace
+
+grpc::Status QueryServiceImpl::ListFeatures(
+    grpc::ServerContext* /*context*/, const v1::ListFeaturesRequest* request,
+    v1::ListFeaturesResponse* response) {
+  RpcTimer timer(metrics_, "ListFeatures");
+  return timer.Finish(DoListFeatures(*request, response));
+}
+
+grpc::Status QueryServiceImpl::GetDriftSummary(
+    grpc::ServerContext* /*context*/, const v1::GetDriftSummaryRequest* request,
+    v1::DriftSummary* response) {
+  RpcTimer timer(metrics_, "GetDriftSummary");
+  return timer.Finish(DoGetDriftSummary(*request, response));
+}
+
+grpc::Status QueryServiceImpl::ExportSae(
+    grpc::ServerContext* /*context*/, const v1::ExportSaeRequest* request,
+    grpc::ServerWriter<v1::ExportChunk>* writer) {
+  RpcTimer timer(metrics_, "ExportSae");
+  return timer.Finish(DoExportSae(*request, writer));
+}
 
 grpc::Status QueryServiceImpl::GetFeatureHistory(
     grpc::ServerContext* /*context*/,
@@ -57,6 +98,340 @@ absl::Status QueryServiceImpl::DoGetFeatureHistory(
   response->set_layer(request.layer());
   response->set_feature_id(request.feature_id());
   for (v1::FeaturePoint& p : *points) *response->add_points() = std::move(p);
+  absl::StatusOr<std::optional<v1::FeatureSummary>> summary =
+      results_->GetFeatureSummary(request.job_id(), request.layer(),
+                                  request.feature_id());
+  if (!summary.ok()) return summary.status();
+  if (summary->has_value()) *response->mutable_summary() = **summary;
+  if (request.include_contexts()) {
+    for (auto [field, value] :
+         {std::pair{"context_before", request.context_before()},
+          std::pair{"context_after", request.context_after()}}) {
+      if (value < 0 || value > kMaxContextSide) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": ", value, " out of range [0, ", kMaxContextSide, "]"));
+      }
+    }
+    if (absl::Status s =
+            FillContexts(job->spec(),
+                         request.context_before() > 0 ? request.context_before()
+                                                      : kDefaultContextBefore,
+                         request.context_after() > 0 ? request.context_after()
+                                                     : kDefaultContextAfter,
+                         response);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (request.include_decoder()) {
+    return FillDecoders(request.job_id(), request.layer(), response);
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const format::Tokenizer> QueryServiceImpl::TokenizerAt(
+    const std::string& path) {
+  absl::MutexLock lock(&tokenizers_mu_);
+  auto it = tokenizers_.find(path);
+  if (it != tokenizers_.end()) return it->second;
+  absl::StatusOr<format::Tokenizer> loaded = format::Tokenizer::Load(path);
+  std::shared_ptr<const format::Tokenizer> tokenizer;
+  if (loaded.ok()) {
+    tokenizer = std::make_shared<const format::Tokenizer>(*std::move(loaded));
+  }
+  tokenizers_[path] = tokenizer;
+  return tokenizer;
+}
+
+absl::Status QueryServiceImpl::FillContexts(const v1::JobSpec& spec, int before,
+                                            int after,
+                                            v1::FeatureHistory* history) {
+  const v1::DataSpec& data = spec.data();
+  absl::StatusOr<format::TokenDtype> dtype =
+      format::ParseTokenDtype(data.token_dtype());
+  if (!dtype.ok()) return dtype.status();
+  absl::StatusOr<format::TokenFile> tokens =
+      format::TokenFile::Open(data.tokens_path(), *dtype);
+  if (!tokens.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "contexts need the job's token file: ", tokens.status().message()));
+  }
+  const int context_length = data.context_length();
+  absl::StatusOr<format::TokenSplit> split =
+      format::SplitTokens(tokens->size(), context_length);
+  if (!split.ok()) return split.status();
+  const int64_t num_contexts =
+      (spec.analysis().analysis_tokens() + context_length - 1) / context_length;
+  const std::vector<int64_t> starts =
+      format::HeldOutContexts(*split, context_length, num_contexts);
+  std::shared_ptr<const format::Tokenizer> tokenizer =
+      data.tokenizer_path().empty() ? nullptr
+                                    : TokenizerAt(data.tokenizer_path());
+  auto decode = [&](const std::vector<uint32_t>& ids) {
+    absl::StatusOr<std::string> text = tokenizer->Decode(ids);
+    return text.ok() ? *text : std::string();
+  };
+  for (v1::FeaturePoint& point : *history->mutable_points()) {
+    for (v1::FeatureContext& context : *point.mutable_contexts()) {
+      const int64_t row = context.position() / context_length;
+      const int offset = static_cast<int>(context.position() % context_length);
+      if (row >= num_contexts) {
+        return absl::DataLossError(absl::StrCat(
+            "stored position ", context.position(),
+            " lies beyond the analysis set's ", num_contexts, " contexts"));
+      }
+      const int first = std::max(0, offset - before);
+      const int last = std::min(context_length - 1, offset + after);
+      std::vector<uint32_t> ids;
+      for (int i = first; i <= last; ++i) {
+        const int64_t index = starts[row] + i;
+        if (index >= tokens->size()) break;
+        ids.push_back((*tokens)[index]);
+        context.add_window(static_cast<int32_t>(ids.back()));
+      }
+      context.set_focus(offset - first);
+      if (tokenizer != nullptr &&
+          offset - first < static_cast<int>(ids.size())) {
+        const auto focus = ids.begin() + (offset - first);
+        context.set_text(absl::StrCat(decode({ids.begin(), focus}), "[[",
+                                      decode({*focus}), "]]",
+                                      decode({focus + 1, ids.end()})));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::FillDecoders(const std::string& job_id,
+                                            int32_t layer,
+                                            v1::FeatureHistory* history) const {
+  for (v1::FeaturePoint& point : *history->mutable_points()) {
+    absl::StatusOr<std::string> bytes =
+        results_->GetSaeWeights(job_id, layer, point.step());
+    if (!bytes.ok()) return bytes.status();
+    absl::StatusOr<format::SafetensorsFile> file =
+        format::SafetensorsFile::FromBytes(
+            *std::move(bytes), absl::StrCat("SAE of job '", job_id, "' layer ",
+                                            layer, " step ", point.step()));
+    if (!file.ok()) return file.status();
+    const format::TensorView* w = file->Find("W_dec");
+    if (w == nullptr || w->dtype != format::Dtype::kF32 ||
+        w->shape.size() != 2 || history->feature_id() >= w->shape[0]) {
+      return absl::DataLossError(absl::StrCat(
+          "SAE of job '", job_id, "' layer ", layer, " step ", point.step(),
+          " has no F32 W_dec holding feature ", history->feature_id()));
+    }
+    const int64_t d_in = w->shape[1];
+    point.mutable_decoder()->Resize(static_cast<int>(d_in), 0.0f);
+    std::memcpy(point.mutable_decoder()->mutable_data(),
+                w->bytes.data() + history->feature_id() * d_in * sizeof(float),
+                d_in * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::SummaryMissing(const v1::Job& job,
+                                              int32_t layer) const {
+  if (job.spec().analysis().analysis_tokens() <= 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", job.job_id(),
+        "' has no analysis pass (spec.analysis.analysis_tokens is 0)"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the analysis summary of job '", job.job_id(), "' layer ", layer,
+      " is not computed yet (job ", v1::JobState_Name(job.state()), ", ",
+      job.progress().analysis_tasks_done(), "/",
+      job.progress().analysis_tasks_total(), " analysis tasks done)"));
+}
+
+absl::Status QueryServiceImpl::DoGetDriftSummary(
+    const v1::GetDriftSummaryRequest& request, v1::DriftSummary* response) {
+  absl::StatusOr<v1::Job> job = JobWithLayer(request.job_id(), request.layer());
+  if (!job.ok()) return job.status();
+  absl::StatusOr<std::optional<v1::DriftSummary>> summary =
+      results_->GetDriftSummary(request.job_id(), request.layer());
+  if (!summary.ok()) return summary.status();
+  if (!summary->has_value()) return SummaryMissing(*job, request.layer());
+  *response = **std::move(summary);
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::DoListFeatures(
+    const v1::ListFeaturesRequest& request,
+    v1::ListFeaturesResponse* response) {
+  absl::StatusOr<v1::Job> job = JobWithLayer(request.job_id(), request.layer());
+  if (!job.ok()) return job.status();
+  if (!v1::FeatureKind_IsValid(request.kind())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kind: ", request.kind(), " is not a feature kind"));
+  }
+  if (!v1::ListFeaturesRequest::Order_IsValid(request.order_by())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("order_by: ", request.order_by(), " is not an order"));
+  }
+  if (request.page_size() < 0 || request.page_size() > kMaxFeaturePage) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size: ", request.page_size(), " out of range [0, ",
+                     kMaxFeaturePage, "]"));
+  }
+  const int page_size =
+      request.page_size() == 0 ? kDefaultFeaturePage : request.page_size();
+  int64_t offset = 0;
+  if (!request.page_token().empty() &&
+      (!absl::SimpleAtoi(request.page_token(), &offset) || offset < 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_token: '", request.page_token(), "' is malformed"));
+  }
+  absl::StatusOr<std::optional<v1::DriftSummary>> drift =
+      results_->GetDriftSummary(request.job_id(), request.layer());
+  if (!drift.ok()) return drift.status();
+  if (!drift->has_value()) return SummaryMissing(*job, request.layer());
+
+  std::vector<v1::FeatureSummary> matched;
+  absl::Status scanned = results_->ScanFeatureSummaries(
+      request.job_id(), request.layer(), [&](const v1::FeatureSummary& f) {
+        if (request.kind() != v1::FEATURE_KIND_UNSPECIFIED &&
+            f.kind() != request.kind()) {
+          return true;
+        }
+        if (request.has_min_formation_step() &&
+            (!f.has_formation_step() ||
+             f.formation_step() < request.min_formation_step())) {
+          return true;
+        }
+        if (request.has_max_formation_step() &&
+            (!f.has_formation_step() ||
+             f.formation_step() > request.max_formation_step())) {
+          return true;
+        }
+        if (request.has_min_frequency() &&
+            f.final_frequency() < request.min_frequency()) {
+          return true;
+        }
+        if (request.has_max_frequency() &&
+            f.final_frequency() > request.max_frequency()) {
+          return true;
+        }
+        matched.push_back(f);
+        return true;
+      });
+  if (!scanned.ok()) return scanned;
+  auto by_id = [](const v1::FeatureSummary& a, const v1::FeatureSummary& b) {
+    return a.feature_id() < b.feature_id();
+  };
+  switch (request.order_by()) {
+    case v1::ListFeaturesRequest::FORMATION_STEP:
+      std::stable_sort(
+          matched.begin(), matched.end(),
+          [](const v1::FeatureSummary& a, const v1::FeatureSummary& b) {
+            const int64_t none = std::numeric_limits<int64_t>::max();
+            return (a.has_formation_step() ? a.formation_step() : none) <
+                   (b.has_formation_step() ? b.formation_step() : none);
+          });
+      break;
+    case v1::ListFeaturesRequest::FINAL_DRIFT:
+      std::stable_sort(
+          matched.begin(), matched.end(),
+          [](const v1::FeatureSummary& a, const v1::FeatureSummary& b) {
+            return a.cos_first_to_final() < b.cos_first_to_final();
+          });
+      break;
+    case v1::ListFeaturesRequest::FREQUENCY:
+      std::stable_sort(
+          matched.begin(), matched.end(),
+          [](const v1::FeatureSummary& a, const v1::FeatureSummary& b) {
+            return a.final_frequency() > b.final_frequency();
+          });
+      break;
+    default:
+      std::stable_sort(matched.begin(), matched.end(), by_id);
+      break;
+  }
+  response->set_total(static_cast<int32_t>(matched.size()));
+  const int64_t end = std::min<int64_t>(static_cast<int64_t>(matched.size()),
+                                        offset + page_size);
+  for (int64_t i = offset; i < end; ++i) {
+    *response->add_features() = std::move(matched[i]);
+  }
+  if (end < static_cast<int64_t>(matched.size())) {
+    response->set_next_page_token(absl::StrCat(end));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::DoExportSae(
+    const v1::ExportSaeRequest& request,
+    grpc::ServerWriter<v1::ExportChunk>* writer) {
+  absl::StatusOr<v1::Job> job = JobWithLayer(request.job_id(), request.layer());
+  if (!job.ok()) return job.status();
+  const v1::JobSpec& spec = job->spec();
+  std::optional<int64_t> step;
+  std::string model_name = spec.name();
+  for (const v1::Checkpoint& checkpoint : spec.model().checkpoints()) {
+    if (request.has_step() ? checkpoint.step() == request.step()
+                           : !step.has_value() || checkpoint.step() > *step) {
+      step = checkpoint.step();
+      model_name = checkpoint.path();
+    }
+  }
+  if (!step.has_value()) {
+    return absl::NotFoundError(absl::StrCat("step ", request.step(),
+                                            " is not a checkpoint of job '",
+                                            request.job_id(), "'"));
+  }
+  absl::StatusOr<std::string> weights =
+      results_->GetSaeWeights(request.job_id(), request.layer(), *step);
+  if (!weights.ok()) return weights.status();
+  absl::StatusOr<format::SafetensorsFile> file =
+      format::SafetensorsFile::FromBytes(*weights, "stored SAE");
+  if (!file.ok()) return file.status();
+  const format::TensorView* w_dec = file->Find("W_dec");
+  if (w_dec == nullptr || w_dec->shape.size() != 2) {
+    return absl::DataLossError("stored SAE has no 2-D W_dec");
+  }
+  format::SaelensConfig cfg;
+  cfg.architecture =
+      spec.sae().architecture().empty() ? "relu_l1" : spec.sae().architecture();
+  cfg.d_sae = w_dec->shape[0];
+  cfg.d_in = w_dec->shape[1];
+  if (cfg.architecture == "topk") cfg.k = spec.sae().k();
+  cfg.model_name = model_name;
+  std::string site = "resid_pre";
+  for (const v1::HookPoint& hook : spec.hooks()) {
+    if (hook.layer() == request.layer() && !hook.site().empty()) {
+      site = hook.site();
+    }
+  }
+  cfg.hook_name = format::HookName(request.layer(), site);
+  cfg.hook_layer = request.layer();
+  cfg.checkpoint_step = *step;
+  cfg.job_id = request.job_id();
+  // The weights first, cfg.json last: a reader that has the config has the
+  // weights it describes.
+  const std::pair<const char*, std::string> files[] = {
+      {format::kSaelensWeightsFile, *std::move(weights)},
+      {format::kSaelensConfigFile, format::SaelensConfigToJson(cfg)}};
+  for (const auto& [name, bytes] : files) {
+    const std::string_view all = bytes;
+    size_t offset = 0;
+    do {
+      v1::ExportChunk chunk;
+      chunk.set_file(name);
+      chunk.set_step(*step);
+      chunk.set_offset(static_cast<int64_t>(offset));
+      const std::string_view piece = all.substr(offset, kExportChunkBytes);
+      chunk.set_data(piece.data(), piece.size());
+      offset += piece.size();
+      if (offset == all.size()) {
+        chunk.set_last(true);
+        chunk.set_total_size(static_cast<int64_t>(all.size()));
+        chunk.set_crc32c(format::Crc32c(all));
+      }
+      if (!writer->Write(chunk)) {
+        return absl::CancelledError("client went away during ExportSae");
+      }
+    } while (offset < all.size());
+  }
   return absl::OkStatus();
 }
 

@@ -2,10 +2,16 @@
 #ifndef SAETRACK_SERVER_INTERNAL_QUERY_SERVICE_H_
 #define SAETRACK_SERVER_INTERNAL_QUERY_SERVICE_H_
 
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/result_store.h"
 #include "server/internal/task_scheduler.h"
+#include "worker/format/tokenizer.h"
 
 namespace saetrack::server {
 
@@ -24,8 +30,36 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       grpc::ServerContext* context,
       const v1::GetCheckpointMetricsRequest* request,
       v1::GetCheckpointMetricsResponse* response) override;
+  grpc::Status ListFeatures(grpc::ServerContext* context,
+                            const v1::ListFeaturesRequest* request,
+                            v1::ListFeaturesResponse* response) override;
+  grpc::Status GetDriftSummary(grpc::ServerContext* context,
+                               const v1::GetDriftSummaryRequest* request,
+                               v1::DriftSummary* response) override;
+  grpc::Status ExportSae(grpc::ServerContext* context,
+                         const v1::ExportSaeRequest* request,
+                         grpc::ServerWriter<v1::ExportChunk>* writer) override;
 
  private:
+  absl::Status DoListFeatures(const v1::ListFeaturesRequest& request,
+                              v1::ListFeaturesResponse* response);
+  absl::Status DoGetDriftSummary(const v1::GetDriftSummaryRequest& request,
+                                 v1::DriftSummary* response);
+  absl::Status DoExportSae(const v1::ExportSaeRequest& request,
+                           grpc::ServerWriter<v1::ExportChunk>* writer);
+  // Fills the windows (and text, with a tokenizer) of every context of
+  // `history` from the job's token file.
+  absl::Status FillContexts(const v1::JobSpec& spec, int before, int after,
+                            v1::FeatureHistory* history);
+  // Fills every point's decoder row from the stored SAEs.
+  absl::Status FillDecoders(const std::string& job_id, int32_t layer,
+                            v1::FeatureHistory* history) const;
+  // kFailedPrecondition explaining why the analysis summary of a layer is
+  // absent (no analysis pass in the spec, or not computed yet).
+  absl::Status SummaryMissing(const v1::Job& job, int32_t layer) const;
+  // The tokenizer at `path`, loaded once; null when it does not load.
+  std::shared_ptr<const format::Tokenizer> TokenizerAt(const std::string& path);
+
   absl::Status DoGetFeatureHistory(const v1::GetFeatureHistoryRequest& request,
                                    v1::FeatureHistory* response);
   absl::Status DoGetCheckpointMetrics(
@@ -38,6 +72,10 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   const TaskScheduler* const scheduler_;
   const ResultStore* const results_;
   CoordinatorMetrics* const metrics_;
+
+  absl::Mutex tokenizers_mu_;
+  std::map<std::string, std::shared_ptr<const format::Tokenizer>> tokenizers_
+      ABSL_GUARDED_BY(tokenizers_mu_);
 };
 
 }  // namespace saetrack::server

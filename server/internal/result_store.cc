@@ -1,6 +1,7 @@
 #include "server/internal/result_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -47,6 +48,157 @@ void ResultStore::AddCheckpointMetrics(const std::string& job_id,
              storage::CheckpointMetricsKey(job_id, metrics.layer(),
                                            metrics.chain_index()),
              metrics.SerializeAsString());
+}
+
+absl::Status ResultStore::AddAnalysis(const std::string& job_id, int32_t layer,
+                                      int64_t step,
+                                      const v1::FeatureAnalysisBlock& block,
+                                      bool keep_block,
+                                      storage::WriteBatch* batch) const {
+  const int n = block.frequency_size();
+  const int top_k = block.top_k();
+  std::string value;
+  for (int i = 0; i < n; ++i) {
+    const std::string key = storage::FeatureHistoryKey(job_id, layer, i, step);
+    absl::StatusOr<std::string> stored =
+        store_->Get(Column::kFeatureHistory, key);
+    if (absl::IsNotFound(stored.status())) {
+      return absl::NotFoundError(
+          absl::StrCat("no feature point stored for job '", job_id, "' layer ",
+                       layer, " feature ", i, " step ", step));
+    }
+    if (!stored.ok()) return stored.status();
+    v1::FeaturePoint point;
+    if (!point.ParseFromString(*stored)) {
+      return absl::DataLossError(absl::StrCat("feature point of job '", job_id,
+                                              "' layer ", layer, " feature ", i,
+                                              " step ", step, " is corrupt"));
+    }
+    point.set_analysed(true);
+    point.set_frequency(block.frequency(i));
+    point.set_mean_activation(block.mean_activation(i));
+    point.set_max_activation(block.max_activation(i));
+    point.clear_progress_activation();
+    point.clear_progress_feature();
+    if (std::isfinite(block.progress_activation(i))) {
+      point.set_progress_activation(block.progress_activation(i));
+    }
+    if (std::isfinite(block.progress_feature(i))) {
+      point.set_progress_feature(block.progress_feature(i));
+    }
+    point.clear_contexts();
+    for (int j = i * top_k; j < (i + 1) * top_k; ++j) {
+      if (block.top_positions(j) < 0) break;
+      v1::FeatureContext* context = point.add_contexts();
+      context->set_position(block.top_positions(j));
+      context->set_activation(block.top_values(j));
+      context->set_token(block.top_tokens(j));
+    }
+    point.SerializeToString(&value);
+    batch->Put(Column::kFeatureHistory, key, value);
+  }
+  if (keep_block) {
+    batch->Put(Column::kAnalysis,
+               storage::AnalysisBlockKey(job_id, layer, step),
+               block.SerializeAsString());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ResultStore::GetAnalysisBlock(
+    const std::string& job_id, int32_t layer, int64_t step) const {
+  absl::StatusOr<std::string> value = store_->Get(
+      Column::kAnalysis, storage::AnalysisBlockKey(job_id, layer, step));
+  if (absl::IsNotFound(value.status())) {
+    return absl::NotFoundError(
+        absl::StrCat("no analysis block stored for job '", job_id, "' layer ",
+                     layer, " step ", step));
+  }
+  return value;
+}
+
+void ResultStore::AddFeatureSummary(const std::string& job_id, int32_t layer,
+                                    const v1::FeatureSummary& summary,
+                                    storage::WriteBatch* batch) {
+  batch->Put(Column::kFeatureSummaries,
+             storage::FeatureSummaryKey(job_id, layer, summary.feature_id()),
+             summary.SerializeAsString());
+}
+
+void ResultStore::AddDriftSummary(const v1::DriftSummary& summary,
+                                  storage::WriteBatch* batch) {
+  batch->Put(Column::kAnalysis,
+             storage::DriftSummaryKey(summary.job_id(), summary.layer()),
+             summary.SerializeAsString());
+}
+
+void ResultStore::AddFeaturePoint(const std::string& job_id, int32_t layer,
+                                  int32_t feature,
+                                  const v1::FeaturePoint& point,
+                                  storage::WriteBatch* batch) {
+  batch->Put(Column::kFeatureHistory,
+             storage::FeatureHistoryKey(job_id, layer, feature, point.step()),
+             point.SerializeAsString());
+}
+
+namespace {
+
+template <typename T>
+absl::StatusOr<std::optional<T>> GetMessage(const storage::KvStore& store,
+                                            Column column,
+                                            const std::string& key,
+                                            const std::string& what) {
+  absl::StatusOr<std::string> value = store.Get(column, key);
+  if (absl::IsNotFound(value.status())) return std::nullopt;
+  if (!value.ok()) return value.status();
+  T message;
+  if (!message.ParseFromString(*value)) {
+    return absl::DataLossError(absl::StrCat(what, " is corrupt"));
+  }
+  return message;
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<v1::FeatureSummary>>
+ResultStore::GetFeatureSummary(const std::string& job_id, int32_t layer,
+                               int32_t feature) const {
+  return GetMessage<v1::FeatureSummary>(
+      *store_, Column::kFeatureSummaries,
+      storage::FeatureSummaryKey(job_id, layer, feature),
+      absl::StrCat("feature summary of job '", job_id, "' layer ", layer,
+                   " feature ", feature));
+}
+
+absl::StatusOr<std::optional<v1::DriftSummary>> ResultStore::GetDriftSummary(
+    const std::string& job_id, int32_t layer) const {
+  return GetMessage<v1::DriftSummary>(
+      *store_, Column::kAnalysis, storage::DriftSummaryKey(job_id, layer),
+      absl::StrCat("drift summary of job '", job_id, "' layer ", layer));
+}
+
+absl::Status ResultStore::ScanFeatureSummaries(
+    const std::string& job_id, int32_t layer,
+    const std::function<bool(const v1::FeatureSummary&)>& fn) const {
+  bool corrupt = false;
+  v1::FeatureSummary summary;
+  absl::Status s = store_->Scan(
+      Column::kFeatureSummaries, storage::FeatureSummaryPrefix(job_id, layer),
+      "", [&](std::string_view, std::string_view value) {
+        if (!summary.ParseFromArray(value.data(),
+                                    static_cast<int>(value.size()))) {
+          corrupt = true;
+          return false;
+        }
+        return fn(summary);
+      });
+  if (!s.ok()) return s;
+  if (corrupt) {
+    return absl::DataLossError(absl::StrCat("a feature summary of job '",
+                                            job_id, "' layer ", layer,
+                                            " is corrupt"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ResultStore::GetSaeWeights(

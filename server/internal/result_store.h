@@ -4,6 +4,8 @@
 #define SAETRACK_SERVER_INTERNAL_RESULT_STORE_H_
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +37,41 @@ class ResultStore {
   static void AddCheckpointMetrics(const std::string& job_id,
                                    const v1::CheckpointMetrics& metrics,
                                    storage::WriteBatch* batch);
+
+  // Adds the analysis pass of (job, layer, step) to the feature points
+  // already stored for it (read here; the training task wrote them): the
+  // analysis-set statistics, progress measure and top contexts. With
+  // `keep_block`, also stores `block` itself (the final checkpoint's, whose
+  // top positions the other passes download as their reference).
+  // REQUIRES: the vectors of `block` have lengths d_sae (d_sae * top_k for
+  // the top_* ones). Errors: kNotFound naming a missing point, storage
+  // errors.
+  absl::Status AddAnalysis(const std::string& job_id, int32_t layer,
+                           int64_t step, const v1::FeatureAnalysisBlock& block,
+                           bool keep_block, storage::WriteBatch* batch) const;
+  // The stored analysis block of (job, layer, step). Errors: kNotFound.
+  absl::StatusOr<std::string> GetAnalysisBlock(const std::string& job_id,
+                                               int32_t layer,
+                                               int64_t step) const;
+
+  static void AddFeatureSummary(const std::string& job_id, int32_t layer,
+                                const v1::FeatureSummary& summary,
+                                storage::WriteBatch* batch);
+  static void AddDriftSummary(const v1::DriftSummary& summary,
+                              storage::WriteBatch* batch);
+  static void AddFeaturePoint(const std::string& job_id, int32_t layer,
+                              int32_t feature, const v1::FeaturePoint& point,
+                              storage::WriteBatch* batch);
+  // nullopt when not stored (yet).
+  absl::StatusOr<std::optional<v1::FeatureSummary>> GetFeatureSummary(
+      const std::string& job_id, int32_t layer, int32_t feature) const;
+  absl::StatusOr<std::optional<v1::DriftSummary>> GetDriftSummary(
+      const std::string& job_id, int32_t layer) const;
+  // Every stored feature summary of (job, layer) passed to `fn` in feature
+  // order until it returns false.
+  absl::Status ScanFeatureSummaries(
+      const std::string& job_id, int32_t layer,
+      const std::function<bool(const v1::FeatureSummary&)>& fn) const;
 
   // Errors: kNotFound naming the SAE when it is not stored.
   absl::StatusOr<std::string> GetSaeWeights(const std::string& job_id,

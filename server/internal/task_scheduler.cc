@@ -23,7 +23,28 @@ std::pair<int64_t, int64_t> LeaseOrder(const v1::Job& job, int64_t seq) {
   return {-static_cast<int64_t>(job.spec().priority()), seq};
 }
 
+bool HasAnalysis(const v1::JobSpec& spec) {
+  return spec.analysis().has_analysis_tokens() &&
+         spec.analysis().analysis_tokens() > 0;
+}
+
 }  // namespace
+
+template <typename Fn>
+void TaskScheduler::ForEachTaskId(const JobEntry& entry, Fn fn) {
+  for (const auto& chain : entry.chains) {
+    for (const std::string& id : chain) fn(id);
+  }
+  for (const auto& analyses : entry.analyses) {
+    for (const std::string& id : analyses) fn(id);
+  }
+  for (const std::string& id : entry.summaries) fn(id);
+}
+
+int TaskScheduler::FinalChainIndex(const v1::JobSpec& spec) {
+  const int n = spec.model().checkpoints_size();
+  return spec.schedule().direction() == v1::Schedule::BACKWARD ? 0 : n - 1;
+}
 
 std::string JobIdForSeq(int64_t seq) {
   return absl::StrCat("job-", absl::Dec(seq, absl::kZeroPad6));
@@ -69,6 +90,12 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
       JobEntry& entry = s.jobs_[job.job_id()];
       entry.seq = *seq;
       entry.chains.resize(job.spec().hooks_size());
+      if (HasAnalysis(job.spec())) {
+        entry.analyses.assign(
+            job.spec().hooks_size(),
+            std::vector<std::string>(job.spec().model().checkpoints_size()));
+        entry.summaries.resize(job.spec().hooks_size());
+      }
       if (!IsTerminal(job.state())) {
         s.active_jobs_.insert(LeaseOrder(job, *seq));
       }
@@ -84,11 +111,26 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
         return absl::DataLossError(absl::StrCat("stored task '", task.task_id(),
                                                 "' has no matching job"));
       }
-      auto& chain = job->second.chains[task.hook_index()];
-      if (static_cast<int>(chain.size()) <= task.chain_index()) {
-        chain.resize(task.chain_index() + 1);
+      JobEntry& entry = job->second;
+      if (task.kind() == TASK_KIND_TRAIN) {
+        auto& chain = entry.chains[task.hook_index()];
+        if (static_cast<int>(chain.size()) <= task.chain_index()) {
+          chain.resize(task.chain_index() + 1);
+        }
+        chain[task.chain_index()] = task.task_id();
+      } else if (task.kind() == TASK_KIND_ANALYSE &&
+                 task.hook_index() < static_cast<int>(entry.analyses.size()) &&
+                 task.chain_index() <
+                     static_cast<int>(
+                         entry.analyses[task.hook_index()].size())) {
+        entry.analyses[task.hook_index()][task.chain_index()] = task.task_id();
+      } else if (task.kind() == TASK_KIND_SUMMARISE &&
+                 task.hook_index() < static_cast<int>(entry.summaries.size())) {
+        entry.summaries[task.hook_index()] = task.task_id();
+      } else {
+        return absl::DataLossError(absl::StrCat("stored task '", task.task_id(),
+                                                "' does not fit its job"));
       }
-      chain[task.chain_index()] = task.task_id();
       metrics->AddTasks(task.state(), 1);
       if (task.state() == TASK_STATE_RUNNING) {
         s.leases_.Grant(task.task_id(), task.lease_epoch(), fresh_deadline);
@@ -97,12 +139,13 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
       s.tasks_[id] = std::move(task);
     }
     for (const auto& [job_id, entry] : s.jobs_) {
-      for (const auto& chain : entry.chains) {
-        if (chain.empty() || std::find(chain.begin(), chain.end(),
-                                       std::string()) != chain.end()) {
-          return absl::DataLossError(absl::StrCat("stored tasks of job '",
-                                                  job_id, "' are incomplete"));
-        }
+      bool complete = true;
+      for (const auto& chain : entry.chains) complete &= !chain.empty();
+      ForEachTaskId(entry,
+                    [&](const std::string& id) { complete &= !id.empty(); });
+      if (!complete) {
+        return absl::DataLossError(
+            absl::StrCat("stored tasks of job '", job_id, "' are incomplete"));
       }
     }
     s.next_job_seq_ = snapshot->next_job_seq;
@@ -122,6 +165,7 @@ void TaskScheduler::Shutdown() {
     absl::MutexLock lock(&mu_);
     shutting_down_ = true;
     runnable_cv_.SignalAll();
+    summary_cv_.SignalAll();
     job_changed_cv_.SignalAll();
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
@@ -236,6 +280,11 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
   *job.mutable_spec() = spec;
   job.set_state(v1::JOB_STATE_QUEUED);
   job.mutable_progress()->set_tasks_total(spec.hooks_size() * num_checkpoints);
+  const bool analysis = HasAnalysis(spec);
+  if (analysis) {
+    job.mutable_progress()->set_analysis_tasks_total(spec.hooks_size() *
+                                                     (num_checkpoints + 1));
+  }
   job.set_create_time_ms(now_ms);
   job.set_update_time_ms(now_ms);
   job.set_request_id(request_id);
@@ -260,7 +309,29 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
       task.set_state(TASK_STATE_QUEUED);
       task.set_update_time_ms(now_ms);
       entry.chains[h].push_back(task.task_id());
+      if (analysis) {
+        TaskRecord pass = task;
+        pass.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".a", c));
+        pass.set_kind(TASK_KIND_ANALYSE);
+        if (entry.analyses.size() <= static_cast<size_t>(h)) {
+          entry.analyses.resize(h + 1);
+        }
+        entry.analyses[h].push_back(pass.task_id());
+        changes.tasks.push_back(std::move(pass));
+      }
       changes.tasks.push_back(std::move(task));
+    }
+    if (analysis) {
+      TaskRecord summary;
+      summary.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".summary"));
+      summary.set_job_id(job.job_id());
+      summary.set_hook_index(h);
+      summary.set_layer(layer);
+      summary.set_kind(TASK_KIND_SUMMARISE);
+      summary.set_state(TASK_STATE_QUEUED);
+      summary.set_update_time_ms(now_ms);
+      entry.summaries.push_back(summary.task_id());
+      changes.tasks.push_back(std::move(summary));
     }
   }
   changes.jobs.push_back(job);
@@ -339,20 +410,18 @@ absl::StatusOr<v1::Job> TaskScheduler::CancelJob(const std::string& job_id) {
   }
   const int64_t now_ms = NowMs();
   Changes changes;
-  for (const auto& chain : entry.chains) {
-    for (const std::string& id : chain) {
-      const TaskRecord& task = tasks_.at(id);
-      if (task.state() != TASK_STATE_QUEUED &&
-          task.state() != TASK_STATE_RUNNING) {
-        continue;
-      }
-      TaskRecord cancelled = task;
-      cancelled.set_state(TASK_STATE_CANCELLED);
-      cancelled.set_error("job cancelled");
-      cancelled.set_update_time_ms(now_ms);
-      changes.tasks.push_back(std::move(cancelled));
+  ForEachTaskId(entry, [&](const std::string& id) {
+    const TaskRecord& task = tasks_.at(id);
+    if (task.state() != TASK_STATE_QUEUED &&
+        task.state() != TASK_STATE_RUNNING) {
+      return;
     }
-  }
+    TaskRecord cancelled = task;
+    cancelled.set_state(TASK_STATE_CANCELLED);
+    cancelled.set_error("job cancelled");
+    cancelled.set_update_time_ms(now_ms);
+    changes.tasks.push_back(std::move(cancelled));
+  });
   v1::Job job = entry.job;
   job.set_state(v1::JOB_STATE_CANCELLED);
   job.set_error("cancelled by request");
@@ -384,18 +453,16 @@ absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
       watch.job = entry.job;
       watch.version = entry.version;
       int64_t latest = 0;
-      for (const auto& chain : entry.chains) {
-        for (const std::string& id : chain) {
-          auto progress = task_progress_.find(id);
-          if (progress == task_progress_.end()) continue;
-          watch.running_tokens += progress->second.tokens_done;
-          if (progress->second.loss.has_value() &&
-              progress->second.seq > latest) {
-            latest = progress->second.seq;
-            watch.loss = progress->second.loss;
-          }
+      ForEachTaskId(entry, [&](const std::string& id) {
+        auto progress = task_progress_.find(id);
+        if (progress == task_progress_.end()) return;
+        watch.running_tokens += progress->second.tokens_done;
+        if (progress->second.loss.has_value() &&
+            progress->second.seq > latest) {
+          latest = progress->second.seq;
+          watch.loss = progress->second.loss;
         }
-      }
+      });
       return watch;
     }
     job_changed_cv_.WaitWithDeadline(
@@ -406,7 +473,7 @@ absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
 // --- workers ---
 
 absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
-    const std::string& device) {
+    const std::string& device, int64_t memory_bytes) {
   absl::MutexLock lock(&mu_);
   const int64_t seq = next_worker_seq_;
   storage::WriteBatch batch;
@@ -419,45 +486,75 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   metrics_->BytesWritten(batch.ByteSize());
   next_worker_seq_ = seq + 1;
   std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
-  workers_[id] = device;
+  workers_[id] = WorkerInfo{device, memory_bytes};
   metrics_->WorkerRegistered();
   return id;
 }
 
+const TaskRecord* TaskScheduler::RunnableInHookLocked(
+    const JobEntry& entry, int h, int64_t now_ms,
+    const TaskRecord** previous) const {
+  auto runnable = [&](const TaskRecord& task) {
+    return task.state() == TASK_STATE_QUEUED && task.not_before_ms() <= now_ms;
+  };
+  *previous = nullptr;
+  for (const std::string& task_id : entry.chains[h]) {
+    const TaskRecord& task = tasks_.at(task_id);
+    if (task.state() == TASK_STATE_SUCCEEDED) {
+      *previous = &task;
+      continue;
+    }
+    // The first unfinished task of a chain is runnable when queued; the
+    // rest of the chain waits for it, and it waits out its backoff.
+    return runnable(task) ? &task : nullptr;
+  }
+  *previous = nullptr;
+  if (entry.analyses.empty()) return nullptr;
+  // The chain is trained: the final checkpoint's analysis first, then the
+  // others (they need its reference positions).
+  const auto& analyses = entry.analyses[h];
+  const TaskRecord& final_pass =
+      tasks_.at(analyses[FinalChainIndex(entry.job.spec())]);
+  if (final_pass.state() != TASK_STATE_SUCCEEDED) {
+    return runnable(final_pass) ? &final_pass : nullptr;
+  }
+  for (const std::string& task_id : analyses) {
+    const TaskRecord& task = tasks_.at(task_id);
+    if (runnable(task)) return &task;
+  }
+  return nullptr;
+}
+
 const TaskRecord* TaskScheduler::PickLocked(
-    const std::string& device, const std::string& worker_id) const {
+    const std::string& device, int64_t memory_bytes,
+    const std::string& worker_id) const {
   const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
   const TaskRecord* first = nullptr;
   int32_t first_priority = 0;
   for (const auto& [order, seq] : active_jobs_) {
     const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
-    const std::string& wanted = entry.job.spec().device();
-    if (!device.empty() && !wanted.empty() && device != wanted) continue;
-    const int32_t priority = entry.job.spec().priority();
+    const v1::JobSpec& spec = entry.job.spec();
+    if (!device.empty() && !spec.device().empty() && device != spec.device()) {
+      continue;
+    }
+    if (memory_bytes > 0 && spec.min_worker_memory_bytes() > memory_bytes) {
+      continue;
+    }
+    const int32_t priority = spec.priority();
     // Jobs come in priority order: affinity never jumps a priority level.
     if (first != nullptr && priority != first_priority) break;
-    for (const auto& chain : entry.chains) {
+    for (int h = 0; h < static_cast<int>(entry.chains.size()); ++h) {
       const TaskRecord* previous = nullptr;
-      for (const std::string& task_id : chain) {
-        const TaskRecord& task = tasks_.at(task_id);
-        if (task.state() == TASK_STATE_SUCCEEDED) {
-          previous = &task;
-          continue;
-        }
-        // The first unfinished task of a chain is runnable when queued; the
-        // rest of the chain waits for it, and it waits out its backoff.
-        if (task.state() == TASK_STATE_QUEUED &&
-            task.not_before_ms() <= now_ms) {
-          if (!worker_id.empty() && previous != nullptr &&
-              previous->worker_id() == worker_id) {
-            return &task;
-          }
-          if (first == nullptr) {
-            first = &task;
-            first_priority = priority;
-          }
-        }
-        break;
+      const TaskRecord* task =
+          RunnableInHookLocked(entry, h, now_ms, &previous);
+      if (task == nullptr) continue;
+      if (!worker_id.empty() && previous != nullptr &&
+          previous->worker_id() == worker_id) {
+        return task;
+      }
+      if (first == nullptr) {
+        first = task;
+        first_priority = priority;
       }
     }
   }
@@ -494,6 +591,22 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
   out.set_job_id(task.job_id());
   out.set_lease_epoch(task.lease_epoch());
   out.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
+  if (task.kind() == TASK_KIND_ANALYSE) {
+    v1::AnalyseSaeTask* analyse = out.mutable_analyse();
+    *analyse->mutable_spec() = spec;
+    *analyse->mutable_hook() = spec.hooks(task.hook_index());
+    analyse->set_checkpoint_index(task.checkpoint_index());
+    analyse->set_chain_index(task.chain_index());
+    v1::SaeRef* sae = analyse->mutable_sae();
+    sae->set_job_id(task.job_id());
+    sae->set_layer(task.layer());
+    sae->set_step(task.step());
+    const TaskRecord& final_pass =
+        tasks_.at(entry.analyses[task.hook_index()][FinalChainIndex(spec)]);
+    *analyse->mutable_final_sae() = *sae;
+    analyse->mutable_final_sae()->set_step(final_pass.step());
+    return out;
+  }
   v1::TrainSaeTask* train = out.mutable_train();
   *train->mutable_spec() = spec;
   *train->mutable_hook() = spec.hooks(task.hook_index());
@@ -517,12 +630,13 @@ absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
   absl::MutexLock lock(&mu_);
   auto worker = workers_.find(worker_id);
   // Workers registered before a restart are not known; they may take any job.
-  const std::string device =
-      worker == workers_.end() ? std::string() : worker->second;
+  const WorkerInfo info =
+      worker == workers_.end() ? WorkerInfo{} : worker->second;
   while (true) {
     if (shutting_down_) return std::nullopt;
     ExpireLeasesLocked();
-    if (const TaskRecord* task = PickLocked(device, worker_id);
+    if (const TaskRecord* task =
+            PickLocked(info.device, info.memory_bytes, worker_id);
         task != nullptr) {
       absl::StatusOr<v1::Task> granted = GrantLocked(*task, worker_id);
       if (!granted.ok()) return granted.status();
@@ -594,7 +708,12 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
   info.layer = t.layer();
   info.step = t.step();
   info.chain_index = t.chain_index();
-  info.d_sae = jobs_.at(t.job_id()).job.spec().sae().d_sae();
+  const v1::JobSpec& spec = jobs_.at(t.job_id()).job.spec();
+  info.d_sae = spec.sae().d_sae();
+  info.kind = t.kind();
+  info.final_analysis =
+      t.kind() == TASK_KIND_ANALYSE && t.chain_index() == FinalChainIndex(spec);
+  info.top_k = spec.analysis().top_k();
   return info;
 }
 
@@ -611,22 +730,34 @@ absl::Status TaskScheduler::Complete(const std::string& task_id, int64_t epoch,
   task.set_tokens_trained(tokens_trained);
   task.clear_error();
   task.set_update_time_ms(now_ms);
-  v1::Job job = jobs_.at(task.job_id()).job;
-  v1::JobProgress* progress = job.mutable_progress();
-  progress->set_tasks_done(progress->tasks_done() + 1);
-  progress->set_tokens_trained(progress->tokens_trained() + tokens_trained);
-  if (progress->tasks_done() >= progress->tasks_total()) {
-    job.set_state(v1::JOB_STATE_SUCCEEDED);
-  }
-  job.set_update_time_ms(now_ms);
   Changes changes;
+  changes.jobs.push_back(ProgressedJobLocked(task, tokens_trained, now_ms));
   changes.tasks.push_back(std::move(task));
-  changes.jobs.push_back(std::move(job));
   if (absl::Status s = CommitLocked(std::move(results), changes); !s.ok()) {
     return s;
   }
   runnable_cv_.SignalAll();  // The chain's next task is runnable now.
+  summary_cv_.SignalAll();
   return absl::OkStatus();
+}
+
+v1::Job TaskScheduler::ProgressedJobLocked(const TaskRecord& done,
+                                           int64_t tokens_trained,
+                                           int64_t now_ms) const {
+  v1::Job job = jobs_.at(done.job_id()).job;
+  v1::JobProgress* progress = job.mutable_progress();
+  if (done.kind() == TASK_KIND_TRAIN) {
+    progress->set_tasks_done(progress->tasks_done() + 1);
+    progress->set_tokens_trained(progress->tokens_trained() + tokens_trained);
+  } else {
+    progress->set_analysis_tasks_done(progress->analysis_tasks_done() + 1);
+  }
+  if (progress->tasks_done() >= progress->tasks_total() &&
+      progress->analysis_tasks_done() >= progress->analysis_tasks_total()) {
+    job.set_state(v1::JOB_STATE_SUCCEEDED);
+  }
+  job.set_update_time_ms(now_ms);
+  return job;
 }
 
 bool TaskScheduler::RetryOrFailLocked(const TaskRecord& live,
@@ -656,21 +787,19 @@ bool TaskScheduler::RetryOrFailLocked(const TaskRecord& live,
   }
   task.set_state(TASK_STATE_FAILED);
   const JobEntry& entry = jobs_.at(task.job_id());
-  for (const auto& chain : entry.chains) {
-    for (const std::string& id : chain) {
-      if (id == task.task_id()) continue;
-      const TaskRecord& other = tasks_.at(id);
-      if (other.state() != TASK_STATE_QUEUED &&
-          other.state() != TASK_STATE_RUNNING) {
-        continue;
-      }
-      TaskRecord cancelled = other;
-      cancelled.set_state(TASK_STATE_CANCELLED);
-      cancelled.set_error(absl::StrCat("job failed: ", job_error));
-      cancelled.set_update_time_ms(now_ms);
-      changes->tasks.push_back(std::move(cancelled));
+  ForEachTaskId(entry, [&](const std::string& id) {
+    if (id == task.task_id()) return;
+    const TaskRecord& other = tasks_.at(id);
+    if (other.state() != TASK_STATE_QUEUED &&
+        other.state() != TASK_STATE_RUNNING) {
+      return;
     }
-  }
+    TaskRecord cancelled = other;
+    cancelled.set_state(TASK_STATE_CANCELLED);
+    cancelled.set_error(absl::StrCat("job failed: ", job_error));
+    cancelled.set_update_time_ms(now_ms);
+    changes->tasks.push_back(std::move(cancelled));
+  });
   changes->tasks.push_back(std::move(task));
   v1::Job job = entry.job;
   job.set_state(v1::JOB_STATE_FAILED);
@@ -728,6 +857,96 @@ void TaskScheduler::ExpireLeasesLocked() {
       runnable_cv_.SignalAll();
     }
   }
+}
+
+// --- summaries ---
+
+std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
+  while (!shutting_down_) {
+    const int64_t now_ms = NowMs();
+    for (const auto& [order, seq] : active_jobs_) {
+      const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
+      for (int h = 0; h < static_cast<int>(entry.summaries.size()); ++h) {
+        const TaskRecord& summary = tasks_.at(entry.summaries[h]);
+        if (summary.state() != TASK_STATE_QUEUED ||
+            summary.not_before_ms() > now_ms ||
+            summaries_taken_.count(summary.task_id()) > 0) {
+          continue;
+        }
+        bool ready = true;
+        for (const std::string& id : entry.analyses[h]) {
+          ready &= tasks_.at(id).state() == TASK_STATE_SUCCEEDED;
+        }
+        if (!ready) continue;
+        SummaryWork work;
+        work.task_id = summary.task_id();
+        work.job_id = summary.job_id();
+        work.spec = entry.job.spec();
+        work.hook_index = h;
+        work.layer = summary.layer();
+        for (const auto& checkpoint : work.spec.model().checkpoints()) {
+          work.steps.push_back(checkpoint.step());
+        }
+        summaries_taken_.insert(summary.task_id());
+        return work;
+      }
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) break;
+    summary_cv_.WaitWithDeadline(&mu_,
+                                 std::min(deadline, now + absl::Seconds(1)));
+  }
+  return std::nullopt;
+}
+
+absl::Status TaskScheduler::CompleteSummary(const std::string& task_id,
+                                            storage::WriteBatch results) {
+  absl::MutexLock lock(&mu_);
+  if (summaries_taken_.erase(task_id) == 0) {
+    return absl::AbortedError(
+        absl::StrCat("summary task ", task_id, " is not taken"));
+  }
+  auto it = tasks_.find(task_id);
+  if (it == tasks_.end() || it->second.state() != TASK_STATE_QUEUED) {
+    return absl::AbortedError(absl::StrCat(
+        "summary task ", task_id, " is no longer queued (its job ended)"));
+  }
+  const int64_t now_ms = NowMs();
+  TaskRecord task = it->second;
+  task.set_state(TASK_STATE_SUCCEEDED);
+  task.clear_error();
+  task.set_attempts(task.attempts() + 1);
+  task.set_worker_id("coordinator");
+  task.set_update_time_ms(now_ms);
+  Changes changes;
+  changes.jobs.push_back(ProgressedJobLocked(task, 0, now_ms));
+  changes.tasks.push_back(std::move(task));
+  return CommitLocked(std::move(results), changes);
+}
+
+absl::Status TaskScheduler::FailSummary(const std::string& task_id,
+                                        const std::string& error,
+                                        bool retryable) {
+  absl::MutexLock lock(&mu_);
+  summaries_taken_.erase(task_id);
+  auto it = tasks_.find(task_id);
+  if (it == tasks_.end() || it->second.state() != TASK_STATE_QUEUED) {
+    return absl::AbortedError(absl::StrCat(
+        "summary task ", task_id, " is no longer queued (its job ended)"));
+  }
+  TaskRecord task = it->second;
+  task.set_attempts(task.attempts() + 1);
+  Changes changes;
+  RetryOrFailLocked(task, error, retryable,
+                    absl::StrCat("summary ", task_id, " failed: ", error),
+                    NowMs(), &changes);
+  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
+    return s;
+  }
+  summary_cv_.SignalAll();
+  return absl::OkStatus();
 }
 
 }  // namespace saetrack::server

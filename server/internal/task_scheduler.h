@@ -50,6 +50,23 @@ struct LeaseInfo {
   int32_t chain_index = 0;
   // Feature count of the job's SAEs.
   int32_t d_sae = 0;
+  TaskKind kind = TASK_KIND_TRAIN;
+  // Analysis tasks: true for the final checkpoint's pass, whose analysis
+  // block is kept as the reference of the others.
+  bool final_analysis = false;
+  // spec.analysis.top_k.
+  int32_t top_k = 0;
+};
+
+// A summary (TASK_KIND_SUMMARISE) the coordinator itself computes.
+struct SummaryWork {
+  std::string task_id;
+  std::string job_id;
+  v1::JobSpec spec;
+  int32_t hook_index = 0;
+  int32_t layer = 0;
+  // The hook's checkpoint steps in step order (the last is the final one).
+  std::vector<int64_t> steps;
 };
 
 // Holds every job and task in memory, mirrored in the database: each state
@@ -58,6 +75,12 @@ struct LeaseInfo {
 // order; the next task of a chain becomes leasable when its predecessor
 // succeeds. Among leasable tasks the highest job priority wins, then the
 // oldest job, then the lowest hook index.
+//
+// With the analysis pass on (spec.analysis.analysis_tokens > 0), a hook whose
+// chain is trained gets an analysis task per checkpoint: the final (latest
+// step) checkpoint's first, then the others, in any order and in parallel;
+// once all are done the hook's summary task is handed to the coordinator's
+// summariser (TakeSummary). The job succeeds when every task has.
 //
 // A lease lasts lease_ttl past its grant or last heartbeat (by the injected
 // clock). An expired lease, or a retryable failure, requeues its task (after
@@ -142,8 +165,10 @@ class TaskScheduler {
   // --- workers ---
 
   // A new worker id; `device` ("cpu", "cuda" or empty) restricts which jobs'
-  // tasks the worker is given.
-  absl::StatusOr<std::string> RegisterWorker(const std::string& device);
+  // tasks the worker is given, and so does `memory_bytes` (0: unknown, any
+  // job): a job whose spec.min_worker_memory_bytes exceeds it is not.
+  absl::StatusOr<std::string> RegisterWorker(const std::string& device,
+                                             int64_t memory_bytes = 0);
 
   // Leases the best runnable task to `worker_id`, waiting up to `wait` (real
   // time) for one to become runnable. nullopt when none did, when
@@ -178,6 +203,23 @@ class TaskScheduler {
   // Requeues (or fails) every task whose lease has expired by the clock.
   void ExpireLeases();
 
+  // --- summaries (computed by the coordinator, not leased to workers) ---
+
+  // A runnable summary task, marked as taken until CompleteSummary or
+  // FailSummary (in memory only: after a restart it is runnable again).
+  // Waits up to `wait` (real time); nullopt when none became runnable or
+  // on Shutdown.
+  std::optional<SummaryWork> TakeSummary(absl::Duration wait);
+  // Writes `results` with the task's SUCCEEDED state and the job's progress
+  // in one batch. Errors: kAborted when the task is not taken (its job was
+  // cancelled or failed meanwhile: nothing written), storage errors.
+  absl::Status CompleteSummary(const std::string& task_id,
+                               storage::WriteBatch results);
+  // Requeues a taken summary after a retryable error (with the retry
+  // backoff, within max_attempts), else fails its job with `error`.
+  absl::Status FailSummary(const std::string& task_id, const std::string& error,
+                           bool retryable);
+
   // Wakes every long poll (they return nullopt) and refuses new waits.
   void Shutdown();
 
@@ -187,6 +229,11 @@ class TaskScheduler {
     int64_t seq = 0;
     // chains[hook_index][chain_index] = task id.
     std::vector<std::vector<std::string>> chains;
+    // analyses[hook_index][chain_index] = id of the analysis task of that
+    // chain position's checkpoint; summaries[hook_index] = summary task id.
+    // Both empty when the job has no analysis pass.
+    std::vector<std::vector<std::string>> analyses;
+    std::vector<std::string> summaries;
     // Bumped on every change of the job or its running tasks' progress.
     int64_t version = 0;
   };
@@ -218,13 +265,29 @@ class TaskScheduler {
                          int64_t now_ms, Changes* changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls `fn` with the id of every task of `entry`, of every kind.
+  template <typename Fn>
+  static void ForEachTaskId(const JobEntry& entry, Fn fn);
+  // The chain position of the final (latest step) checkpoint of a job.
+  static int FinalChainIndex(const v1::JobSpec& spec);
+  // The runnable worker task of hook `h` (training, else analysis), or
+  // null; `previous` receives the chain predecessor of a training task.
+  const TaskRecord* RunnableInHookLocked(const JobEntry& entry, int h,
+                                         int64_t now_ms,
+                                         const TaskRecord** previous) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The best runnable task for worker `worker_id` with `device`, or null:
   // the first by job priority and age, except that among tasks of the same
   // priority one whose chain predecessor this worker trained comes first
   // (chain affinity: the worker still holds that SAE and skips the
   // download).
-  const TaskRecord* PickLocked(const std::string& device,
+  const TaskRecord* PickLocked(const std::string& device, int64_t memory_bytes,
                                const std::string& worker_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job after `done` succeeded: progress counted, SUCCEEDED when every
+  // task has.
+  v1::Job ProgressedJobLocked(const TaskRecord& done, int64_t tokens_trained,
+                              int64_t now_ms) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Task> GrantLocked(const TaskRecord& task,
                                        const std::string& worker_id)
@@ -240,6 +303,8 @@ class TaskScheduler {
   mutable absl::Mutex mu_;
   // Signalled when a task may have become runnable, and on Shutdown.
   absl::CondVar runnable_cv_;
+  // Signalled when a summary may have become runnable, and on Shutdown.
+  absl::CondVar summary_cv_;
   // Signalled when a job's version changes, and on Shutdown.
   mutable absl::CondVar job_changed_cv_;
   // Progress of RUNNING tasks, by task id.
@@ -251,8 +316,13 @@ class TaskScheduler {
   std::set<std::pair<int64_t, int64_t>> active_jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, TaskRecord> tasks_ ABSL_GUARDED_BY(mu_);
   LeaseTable leases_ ABSL_GUARDED_BY(mu_);
-  // worker id -> device it registered with.
-  std::map<std::string, std::string> workers_ ABSL_GUARDED_BY(mu_);
+  struct WorkerInfo {
+    std::string device;
+    int64_t memory_bytes = 0;
+  };
+  std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
+  // Summary tasks handed out by TakeSummary and not yet finished.
+  std::set<std::string> summaries_taken_ ABSL_GUARDED_BY(mu_);
   int64_t next_job_seq_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t next_worker_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

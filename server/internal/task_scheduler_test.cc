@@ -441,5 +441,137 @@ TEST_F(TaskSchedulerTest, ShutdownEndsWaitForJobChange) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
 }
 
+v1::JobSpec AnalysedSpec(
+    int num_checkpoints,
+    v1::Schedule::Direction direction = v1::Schedule::FORWARD) {
+  v1::JobSpec spec = Spec(num_checkpoints, 1, 0, direction);
+  spec.mutable_analysis()->set_analysis_tokens(1024);
+  spec.mutable_analysis()->set_top_k(5);
+  return spec;
+}
+
+// Leases and completes one task, returning it.
+v1::Task RunOne(TaskScheduler& scheduler) {
+  auto task = scheduler.Lease("w", absl::ZeroDuration(), [] { return false; });
+  EXPECT_TRUE(task.ok() && task->has_value());
+  EXPECT_TRUE(scheduler
+                  .Complete((*task)->task_id(), (*task)->lease_epoch(),
+                            storage::WriteBatch(), 0)
+                  .ok());
+  return **task;
+}
+
+TEST_F(TaskSchedulerTest, AnalysisRunsAfterTheChainFinalCheckpointFirst) {
+  const std::string job = Create(AnalysedSpec(3));
+  EXPECT_EQ(scheduler_->GetJob(job)->progress().analysis_tasks_total(), 4);
+  for (int c = 0; c < 3; ++c) EXPECT_TRUE(RunOne(*scheduler_).has_train());
+  // The chain is trained: only the final checkpoint's pass is runnable.
+  auto final_pass = LeaseNow();
+  ASSERT_TRUE(final_pass.has_value());
+  ASSERT_TRUE(final_pass->has_analyse());
+  EXPECT_EQ(final_pass->analyse().sae().step(), 200);
+  EXPECT_EQ(final_pass->analyse().final_sae().step(), 200);
+  EXPECT_FALSE(LeaseNow("other").has_value());
+  auto info =
+      scheduler_->CheckLease(final_pass->task_id(), final_pass->lease_epoch());
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->kind, TASK_KIND_ANALYSE);
+  EXPECT_TRUE(info->final_analysis);
+  EXPECT_EQ(info->top_k, 5);
+  ASSERT_TRUE(scheduler_
+                  ->Complete(final_pass->task_id(), final_pass->lease_epoch(),
+                             storage::WriteBatch(), 0)
+                  .ok());
+  // Then the others, at once and on any worker, with the final as reference.
+  auto a = LeaseNow("w1");
+  auto b = LeaseNow("w2");
+  ASSERT_TRUE(a.has_value() && b.has_value());
+  EXPECT_EQ(a->analyse().final_sae().step(), 200);
+  EXPECT_NE(a->analyse().sae().step(), b->analyse().sae().step());
+  EXPECT_FALSE(scheduler_->TakeSummary(absl::ZeroDuration()).has_value());
+  for (const v1::Task& t : {*a, *b}) {
+    ASSERT_TRUE(
+        scheduler_
+            ->Complete(t.task_id(), t.lease_epoch(), storage::WriteBatch(), 0)
+            .ok());
+  }
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_RUNNING);
+  // The summary is the coordinator's, never a worker's.
+  EXPECT_FALSE(LeaseNow().has_value());
+  std::optional<SummaryWork> summary =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(summary.has_value());
+  EXPECT_EQ(summary->job_id, job);
+  EXPECT_EQ(summary->steps, (std::vector<int64_t>{0, 100, 200}));
+  // Taken once only.
+  EXPECT_FALSE(scheduler_->TakeSummary(absl::ZeroDuration()).has_value());
+  ASSERT_TRUE(
+      scheduler_->CompleteSummary(summary->task_id, storage::WriteBatch())
+          .ok());
+  const v1::Job done = *scheduler_->GetJob(job);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().analysis_tasks_done(), 4);
+  EXPECT_EQ(done.progress().tasks_done(), 3);
+}
+
+TEST_F(TaskSchedulerTest, BackwardChainAnalysesTheLatestStepFirst) {
+  Create(AnalysedSpec(3, v1::Schedule::BACKWARD));
+  for (int c = 0; c < 3; ++c) RunOne(*scheduler_);
+  auto final_pass = LeaseNow();
+  ASSERT_TRUE(final_pass.has_value() && final_pass->has_analyse());
+  EXPECT_EQ(final_pass->analyse().sae().step(), 200);
+}
+
+TEST_F(TaskSchedulerTest, SummaryAndAnalysisTasksSurviveARestart) {
+  const std::string job = Create(AnalysedSpec(2));
+  for (int c = 0; c < 4; ++c) RunOne(*scheduler_);  // 2 train + 2 analyse.
+  std::optional<SummaryWork> taken =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(taken.has_value());
+  // The coordinator dies while summarising: the summary is runnable again.
+  scheduler_.reset();
+  scheduler_ = Open();
+  std::optional<SummaryWork> again =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->task_id, taken->task_id);
+  ASSERT_TRUE(
+      scheduler_->CompleteSummary(again->task_id, storage::WriteBatch()).ok());
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(TaskSchedulerTest, FailedSummaryFailsTheJobWhenNotRetryable) {
+  const std::string job = Create(AnalysedSpec(2));
+  for (int c = 0; c < 4; ++c) RunOne(*scheduler_);
+  std::optional<SummaryWork> taken =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(taken.has_value());
+  ASSERT_TRUE(
+      scheduler_->FailSummary(taken->task_id, "decoder is corrupt", false)
+          .ok());
+  const v1::Job failed = *scheduler_->GetJob(job);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed.error(), HasSubstr("decoder is corrupt"));
+  EXPECT_TRUE(absl::IsAborted(
+      scheduler_->CompleteSummary(taken->task_id, storage::WriteBatch())));
+}
+
+TEST_F(TaskSchedulerTest, WorkersGetOnlyJobsThatFitTheirMemory) {
+  v1::JobSpec big = Spec(1, 1);
+  big.set_min_worker_memory_bytes(8'000'000'000);
+  const std::string job = Create(big);
+  auto small = scheduler_->RegisterWorker("cpu", 4'000'000'000);
+  auto large = scheduler_->RegisterWorker("cpu", 16'000'000'000);
+  auto unknown = scheduler_->RegisterWorker("cpu", 0);
+  ASSERT_TRUE(small.ok() && large.ok() && unknown.ok());
+  EXPECT_FALSE(LeaseNow(*small).has_value());
+  auto task = LeaseNow(*large);
+  ASSERT_TRUE(task.has_value());
+  EXPECT_EQ(task->job_id(), job);
+  // A worker that reports no memory may take any job.
+  Create(big);
+  EXPECT_TRUE(LeaseNow(*unknown).has_value());
+}
+
 }  // namespace
 }  // namespace saetrack::server

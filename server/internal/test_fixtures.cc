@@ -66,6 +66,9 @@ v1::JobSpec MakeSpec(const std::string& root, const std::vector<int64_t>& steps,
   for (int layer : layers) spec.add_hooks()->set_layer(layer);
   spec.mutable_sae()->set_expansion_factor(2);
   spec.mutable_schedule()->set_tokens_first(8192);
+  // Tests that play the worker over raw RPCs train only; the analysis pass
+  // has tests of its own (worker_test, e2e).
+  spec.mutable_analysis()->set_analysis_tokens(0);
   return spec;
 }
 

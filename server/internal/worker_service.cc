@@ -32,11 +32,13 @@ std::optional<double> FiniteMedian(
   return median;
 }
 
-absl::Status CheckLength(const char* field, int size, int d_sae) {
-  if (size == d_sae) return absl::OkStatus();
+absl::Status CheckLength(const char* field, int size, int expected,
+                         const char* artifact = "FEATURE_STATS",
+                         const char* expected_name = "d_sae") {
+  if (size == expected) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat("FEATURE_STATS.", field, ": ", size,
-                   " entries, expected d_sae = ", d_sae));
+      absl::StrCat(artifact, ".", field, ": ", size, " entries, expected ",
+                   expected_name, " = ", expected));
 }
 
 }  // namespace
@@ -100,7 +102,13 @@ absl::Status WorkerServiceImpl::DoRegisterWorker(
         absl::StrCat("capabilities.device: '", device,
                      "' is not supported (supported: cpu, cuda)"));
   }
-  absl::StatusOr<std::string> id = scheduler_->RegisterWorker(device);
+  if (request.capabilities().memory_bytes() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "capabilities.memory_bytes: ", request.capabilities().memory_bytes(),
+        " must be >= 0"));
+  }
+  absl::StatusOr<std::string> id =
+      scheduler_->RegisterWorker(device, request.capabilities().memory_bytes());
   if (!id.ok()) return id.status();
   response->set_worker_id(*id);
   metrics_->WorkerSeen(*id);
@@ -231,8 +239,22 @@ absl::Status WorkerServiceImpl::DoDownloadSae(
   if (ref.job_id().empty()) {
     return absl::InvalidArgumentError("sae.job_id: required");
   }
-  absl::StatusOr<std::string> weights =
-      results_->GetSaeWeights(ref.job_id(), ref.layer(), ref.step());
+  absl::StatusOr<std::string> weights;
+  switch (request.kind()) {
+    case v1::ARTIFACT_KIND_UNSPECIFIED:
+    case v1::ARTIFACT_KIND_SAE_WEIGHTS:
+      weights = results_->GetSaeWeights(ref.job_id(), ref.layer(), ref.step());
+      break;
+    case v1::ARTIFACT_KIND_FEATURE_ANALYSIS:
+      weights =
+          results_->GetAnalysisBlock(ref.job_id(), ref.layer(), ref.step());
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("kind: ", v1::ArtifactKind_Name(request.kind()),
+                       " cannot be downloaded (SAE_WEIGHTS or "
+                       "FEATURE_ANALYSIS)"));
+  }
   if (!weights.ok()) return weights.status();
   const std::string_view all = *weights;
   const size_t chunk_bytes = static_cast<size_t>(options_.download_chunk_bytes);
@@ -262,6 +284,9 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
   absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
   if (!lease.ok()) return lease.status();
+  if (lease->kind == TASK_KIND_ANALYSE) {
+    return CompleteAnalysis(*lease, epoch);
+  }
 
   std::shared_ptr<const std::string> weights =
       staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_SAE_WEIGHTS);
@@ -336,6 +361,71 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   if (s.ok()) {
     metrics_->TaskCompleted(task_id, epoch, metrics.tokens_trained());
   }
+  if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
+  return s;
+}
+
+absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
+                                                 int64_t epoch) {
+  const std::string& task_id = lease.task_id;
+  std::shared_ptr<const std::string> bytes =
+      staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_FEATURE_ANALYSIS);
+  if (bytes == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task ", task_id, " epoch ", epoch,
+        ": missing uploaded artifact ARTIFACT_KIND_FEATURE_ANALYSIS; upload "
+        "it before CompleteTask"));
+  }
+  v1::FeatureAnalysisBlock block;
+  if (!block.ParseFromString(*bytes)) {
+    return absl::InvalidArgumentError(
+        "ARTIFACT_KIND_FEATURE_ANALYSIS: not a serialized "
+        "FeatureAnalysisBlock");
+  }
+  if (block.top_k() != lease.top_k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FEATURE_ANALYSIS.top_k: ", block.top_k(),
+        " differs from the job's spec.analysis.top_k ", lease.top_k));
+  }
+  const int d_sae = lease.d_sae;
+  const int top = d_sae * lease.top_k;
+  constexpr char kArtifact[] = "FEATURE_ANALYSIS";
+  constexpr char kTop[] = "d_sae * top_k";
+  for (absl::Status s :
+       {CheckLength("frequency", block.frequency_size(), d_sae, kArtifact),
+        CheckLength("mean_activation", block.mean_activation_size(), d_sae,
+                    kArtifact),
+        CheckLength("max_activation", block.max_activation_size(), d_sae,
+                    kArtifact),
+        CheckLength("progress_activation", block.progress_activation_size(),
+                    d_sae, kArtifact),
+        CheckLength("progress_feature", block.progress_feature_size(), d_sae,
+                    kArtifact),
+        CheckLength("top_positions", block.top_positions_size(), top, kArtifact,
+                    kTop),
+        CheckLength("top_values", block.top_values_size(), top, kArtifact,
+                    kTop),
+        CheckLength("top_tokens", block.top_tokens_size(), top, kArtifact,
+                    kTop)}) {
+    if (!s.ok()) return s;
+  }
+  for (int j = 0; j < top; ++j) {
+    if (block.top_positions(j) >= block.analysis_positions()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "FEATURE_ANALYSIS.top_positions[", j, "]: ", block.top_positions(j),
+          " is beyond the analysis set's ", block.analysis_positions(),
+          " positions"));
+    }
+  }
+  storage::WriteBatch batch;
+  if (absl::Status s =
+          results_->AddAnalysis(lease.job_id, lease.layer, lease.step, block,
+                                lease.final_analysis, &batch);
+      !s.ok()) {
+    return s;
+  }
+  absl::Status s = scheduler_->Complete(task_id, epoch, std::move(batch), 0);
+  if (s.ok()) metrics_->TaskCompleted(task_id, epoch, 0);
   if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
   return s;
 }

@@ -72,6 +72,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
                              grpc::ServerWriter<v1::DownloadChunk>* writer);
   absl::Status DoCompleteTask(const v1::CompleteTaskRequest& request);
   absl::Status DoFailTask(const v1::FailTaskRequest& request);
+  // CompleteTask of an analysis task: merges the uploaded
+  // FEATURE_ANALYSIS artifact into the checkpoint's feature points.
+  absl::Status CompleteAnalysis(const LeaseInfo& lease, int64_t epoch);
 
   TaskScheduler* const scheduler_;
   ResultStore* const results_;

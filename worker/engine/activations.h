@@ -17,34 +17,16 @@
 #include "worker/engine/activation_stream.h"
 #include "worker/engine/language_model.h"
 #include "worker/format/token_file.h"
+#include "worker/format/token_split.h"
 
 namespace saetrack::engine {
 
-// Token index ranges of the split: training contexts lie in [0, train_end),
-// held-out contexts in [eval_begin, num_tokens).
-struct TokenSplit {
-  int64_t train_end = 0;
-  int64_t eval_begin = 0;
-  int64_t num_tokens = 0;
-};
-
-// The 90/10 split of a file of `num_tokens` tokens. When a part is shorter
-// than one context it is widened to one context (so tiny files still work,
-// with train and held-out contexts overlapping). Errors: kInvalidArgument
-// when the file holds fewer than `context_length` tokens.
-absl::StatusOr<TokenSplit> SplitTokens(int64_t num_tokens, int context_length);
-
-// `num_contexts` training context start positions, uniform with replacement
-// over [0, train_end - context_length], deterministic for `seed`.
-std::vector<int64_t> SampleTrainContexts(const TokenSplit& split,
-                                         int context_length,
-                                         int64_t num_contexts, uint64_t seed);
-
-// `num_contexts` held-out start positions, evenly spaced over
-// [eval_begin, num_tokens - context_length] (they overlap when the held-out
-// part is too short to hold them all side by side).
-std::vector<int64_t> HeldOutContexts(const TokenSplit& split,
-                                     int context_length, int64_t num_contexts);
+// The split and context positions live in worker/format/token_split.h
+// (torch-free, so the coordinator can find a position's tokens too).
+using format::HeldOutContexts;
+using format::SampleTrainContexts;
+using format::SplitTokens;
+using format::TokenSplit;
 
 // The token ids at `starts` as an int64 tensor [starts.size(),
 // context_length] on CPU. Errors: kInvalidArgument naming the file and byte

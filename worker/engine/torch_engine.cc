@@ -23,6 +23,7 @@
 #include "absl/strings/strip.h"
 #include "worker/engine/activation_stream.h"
 #include "worker/engine/activations.h"
+#include "worker/engine/analysis_pass.h"
 #include "worker/engine/language_model.h"
 #include "worker/engine/lm_evaluation.h"
 #include "worker/engine/sae.h"
@@ -180,6 +181,10 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
  public:
   TorchSaeTrainingEngine(torch::Device device, MatmulPrecision precision)
       : device_(device), precision_(precision) {}
+
+  absl::StatusOr<AnalysisOutput> Analyse(const AnalysisInput& input) override {
+    return AnalyseCheckpoint(input, device_);
+  }
 
   absl::StatusOr<TrainOutput> Train(const TrainInput& input,
                                     const ProgressFn& progress) override {
