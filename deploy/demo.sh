@@ -71,9 +71,32 @@ activations, "FVU" the FVU after training; "cos prev" is the median cosine
 between a feature's decoder direction and its direction one checkpoint earlier.
 TXT
 
-for id in 0 1 2; do
+step "Decoder drift and phases ($job, layer 1)"
+"${cli[@]}" drift "$job" --layer 1
+cat <<TXT
+
+Reading it: "final" is cos(d_i(t), d_i(T)) between a feature's decoder
+direction at a checkpoint and at the final one, as quantiles over the live
+features; the phase fit splits the median curve (against log(step + 1)) into
+three straight segments. "formed" counts features whose progress measure has
+reached half its final value (token-level and concept-level counts below).
+TXT
+
+step "Most frequent token-level and concept-level features"
+"${cli[@]}" features "$job" --layer 1 --kind token --order frequency --limit 5
+"${cli[@]}" features "$job" --layer 1 --kind concept --order frequency --limit 5
+
+# Three example features: the most frequent token-level one, the most
+# frequent concept-level one, and the concept-level one that drifted most.
+pick() {
+  "${cli[@]}" features "$job" --layer 1 "$@" --limit 1 --json |
+    sed -n 's/.*"feature_id": \([0-9]*\).*/\1/p' | head -1
+}
+for id in $(pick --kind token --order frequency) \
+          $(pick --kind concept --order frequency) \
+          $(pick --kind concept --order drift); do
   step "Feature $id across the checkpoints"
-  "${cli[@]}" feature "$job" --layer 1 --id "$id"
+  "${cli[@]}" feature "$job" --layer 1 --feature "$id" --contexts
 done
 
 cleanup
@@ -84,5 +107,7 @@ The results stay in $data/coordinator. To query them again:
   $bin/saetrack-coordinator --data_dir $data/coordinator --listen 127.0.0.1:7070 &
   $bin/saetrack status $job
   $bin/saetrack metrics $job --layer 1
-  $bin/saetrack feature $job --layer 1 --id 5 --json
+  $bin/saetrack drift $job --layer 1
+  $bin/saetrack features $job --layer 1 --kind concept --order formation
+  $bin/saetrack feature $job --layer 1 --feature 5 --contexts --json
 TXT

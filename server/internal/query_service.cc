@@ -11,7 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "worker/format/crc32c.h"
+#include "server/internal/chunked_writer.h"
 #include "worker/format/saelens.h"
 #include "worker/format/safetensors.h"
 #include "worker/format/token_file.h"
@@ -412,25 +412,14 @@ absl::Status QueryServiceImpl::DoExportSae(
       {format::kSaelensWeightsFile, *std::move(weights)},
       {format::kSaelensConfigFile, format::SaelensConfigToJson(cfg)}};
   for (const auto& [name, bytes] : files) {
-    const std::string_view all = bytes;
-    size_t offset = 0;
-    do {
-      v1::ExportChunk chunk;
-      chunk.set_file(name);
-      chunk.set_step(*step);
-      chunk.set_offset(static_cast<int64_t>(offset));
-      const std::string_view piece = all.substr(offset, kExportChunkBytes);
-      chunk.set_data(piece.data(), piece.size());
-      offset += piece.size();
-      if (offset == all.size()) {
-        chunk.set_last(true);
-        chunk.set_total_size(static_cast<int64_t>(all.size()));
-        chunk.set_crc32c(format::Crc32c(all));
-      }
-      if (!writer->Write(chunk)) {
-        return absl::CancelledError("client went away during ExportSae");
-      }
-    } while (offset < all.size());
+    v1::ExportChunk prototype;
+    prototype.set_file(name);
+    prototype.set_step(*step);
+    if (absl::Status s = WriteChunked(bytes, kExportChunkBytes, prototype,
+                                      writer, "ExportSae");
+        !s.ok()) {
+      return s;
+    }
   }
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/internal/chunked_writer.h"
 #include "worker/format/crc32c.h"
 
 namespace saetrack::server {
@@ -256,25 +257,9 @@ absl::Status WorkerServiceImpl::DoDownloadSae(
                        "FEATURE_ANALYSIS)"));
   }
   if (!weights.ok()) return weights.status();
-  const std::string_view all = *weights;
-  const size_t chunk_bytes = static_cast<size_t>(options_.download_chunk_bytes);
-  size_t offset = 0;
-  do {
-    v1::DownloadChunk chunk;
-    chunk.set_offset(static_cast<int64_t>(offset));
-    const std::string_view piece = all.substr(offset, chunk_bytes);
-    chunk.set_data(piece.data(), piece.size());
-    offset += piece.size();
-    if (offset == all.size()) {
-      chunk.set_last(true);
-      chunk.set_total_size(static_cast<int64_t>(all.size()));
-      chunk.set_crc32c(format::Crc32c(all));
-    }
-    if (!writer->Write(chunk)) {
-      return absl::CancelledError("client went away during DownloadSae");
-    }
-  } while (offset < all.size());
-  return absl::OkStatus();
+  return WriteChunked(*weights,
+                      static_cast<size_t>(options_.download_chunk_bytes),
+                      v1::DownloadChunk(), writer, "DownloadSae");
 }
 
 absl::Status WorkerServiceImpl::DoCompleteTask(
