@@ -158,14 +158,18 @@ absl::StatusOr<Fill> FillResults(const std::string& root,
       point.set_progress_feature(unit(rng) * 0.5f);
       point.set_pca_x(unit(rng));
       point.set_pca_y(unit(rng));
+      v1::FeaturePoint contexts;
+      contexts.set_step(point.step());
       float activation = 10;
       for (int k = 0; k < kTopK; ++k) {
-        v1::FeatureContext* context = point.add_contexts();
+        v1::FeatureContext* context = contexts.add_contexts();
         context->set_position(position(rng));
         context->set_activation(activation -= unit(rng) * 0.3f);
         context->set_token(token(rng));
       }
       server::ResultStore::AddFeaturePoint(job_id, kLayer, f, point, &batch);
+      server::ResultStore::AddFeatureContexts(job_id, kLayer, f, contexts,
+                                              &batch);
       if (c + 1 == checkpoints) {
         v1::FeatureSummary summary;
         summary.set_feature_id(f);

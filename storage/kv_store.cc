@@ -26,6 +26,8 @@ std::string_view ColumnName(Column column) {
       return "feature_summaries";
     case Column::kAnalysis:
       return "analysis";
+    case Column::kFeatureContexts:
+      return "feature_contexts";
   }
   return "unknown";
 }

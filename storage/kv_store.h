@@ -31,8 +31,9 @@ enum class Column {
   kMeta,               // counters.
   kFeatureSummaries,   // FeatureSummaryKey(job, layer, feature) -> summary.
   kAnalysis,           // Drift summaries and reference analysis blocks.
+  kFeatureContexts,    // FeatureHistoryKey(...) -> top contexts of a point.
 };
-inline constexpr int kNumColumns = 9;
+inline constexpr int kNumColumns = 10;
 
 // The column family's name on disk ("jobs", "sae_weights", ...).
 std::string_view ColumnName(Column column);

@@ -503,6 +503,7 @@ TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
   request.set_job_id(job_id);
   request.set_layer(1);
   request.set_feature_id(4);
+  request.set_include_contexts(true);
   auto history = client_->GetFeatureHistory(request);
   ASSERT_TRUE(history.ok()) << history.status();
   ASSERT_EQ(history->points_size(), 3);

@@ -104,6 +104,20 @@ absl::Status QueryServiceImpl::DoGetFeatureHistory(
   if (!summary.ok()) return summary.status();
   if (summary->has_value()) *response->mutable_summary() = **summary;
   if (request.include_contexts()) {
+    // Stored apart from the points: most queries do not want them.
+    absl::StatusOr<std::vector<v1::FeaturePoint>> contexts =
+        results_->GetFeatureContexts(request.job_id(), request.layer(),
+                                     request.feature_id());
+    if (!contexts.ok()) return contexts.status();
+    std::map<int64_t, v1::FeaturePoint*> by_step;
+    for (v1::FeaturePoint& p : *response->mutable_points()) {
+      by_step[p.step()] = &p;
+    }
+    for (v1::FeaturePoint& c : *contexts) {
+      auto it = by_step.find(c.step());
+      if (it != by_step.end())
+        it->second->mutable_contexts()->Swap(c.mutable_contexts());
+    }
     for (auto [field, value] :
          {std::pair{"context_before", request.context_before()},
           std::pair{"context_after", request.context_after()}}) {

@@ -87,15 +87,18 @@ absl::Status ResultStore::AddAnalysis(const std::string& job_id, int32_t layer,
       point.set_progress_feature(block.progress_feature(i));
     }
     point.clear_contexts();
+    point.SerializeToString(&value);
+    batch->Put(Column::kFeatureHistory, key, value);
+    v1::FeaturePoint contexts;
+    contexts.set_step(step);
     for (int j = i * top_k; j < (i + 1) * top_k; ++j) {
       if (block.top_positions(j) < 0) break;
-      v1::FeatureContext* context = point.add_contexts();
+      v1::FeatureContext* context = contexts.add_contexts();
       context->set_position(block.top_positions(j));
       context->set_activation(block.top_values(j));
       context->set_token(block.top_tokens(j));
     }
-    point.SerializeToString(&value);
-    batch->Put(Column::kFeatureHistory, key, value);
+    AddFeatureContexts(job_id, layer, i, contexts, batch);
   }
   if (keep_block) {
     batch->Put(Column::kAnalysis,
@@ -141,6 +144,15 @@ void ResultStore::AddFeaturePoint(const std::string& job_id, int32_t layer,
              point.SerializeAsString());
 }
 
+void ResultStore::AddFeatureContexts(const std::string& job_id, int32_t layer,
+                                     int32_t feature,
+                                     const v1::FeaturePoint& point,
+                                     storage::WriteBatch* batch) {
+  batch->Put(Column::kFeatureContexts,
+             storage::FeatureHistoryKey(job_id, layer, feature, point.step()),
+             point.SerializeAsString());
+}
+
 namespace {
 
 template <typename T>
@@ -168,6 +180,16 @@ ResultStore::GetFeatureSummary(const std::string& job_id, int32_t layer,
       storage::FeatureSummaryKey(job_id, layer, feature),
       absl::StrCat("feature summary of job '", job_id, "' layer ", layer,
                    " feature ", feature));
+}
+
+absl::StatusOr<std::optional<v1::FeaturePoint>>
+ResultStore::GetFeatureContextsAt(const std::string& job_id, int32_t layer,
+                                  int32_t feature, int64_t step) const {
+  return GetMessage<v1::FeaturePoint>(
+      *store_, Column::kFeatureContexts,
+      storage::FeatureHistoryKey(job_id, layer, feature, step),
+      absl::StrCat("contexts of job '", job_id, "' layer ", layer, " feature ",
+                   feature, " step ", step));
 }
 
 absl::StatusOr<std::optional<v1::DriftSummary>> ResultStore::GetDriftSummary(
@@ -251,6 +273,15 @@ absl::StatusOr<std::vector<v1::FeaturePoint>> ResultStore::GetFeatureHistory(
                      return a.chain_index() < b.chain_index();
                    });
   return points;
+}
+
+absl::StatusOr<std::vector<v1::FeaturePoint>> ResultStore::GetFeatureContexts(
+    const std::string& job_id, int32_t layer, int32_t feature) const {
+  return ScanMessages<v1::FeaturePoint>(
+      *store_, Column::kFeatureContexts,
+      storage::FeatureHistoryPrefix(job_id, layer, feature),
+      absl::StrCat("contexts of job '", job_id, "' layer ", layer, " feature ",
+                   feature));
 }
 
 absl::StatusOr<std::vector<v1::CheckpointMetrics>>

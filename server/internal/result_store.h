@@ -40,7 +40,8 @@ class ResultStore {
 
   // Adds the analysis pass of (job, layer, step) to the feature points
   // already stored for it (read here; the training task wrote them): the
-  // analysis-set statistics, progress measure and top contexts. With
+  // analysis-set statistics and progress measure, and the top contexts
+  // apart (AddFeatureContexts). With
   // `keep_block`, also stores `block` itself (the final checkpoint's, whose
   // top positions the other passes download as their reference).
   // REQUIRES: the vectors of `block` have lengths d_sae (d_sae * top_k for
@@ -62,6 +63,19 @@ class ResultStore {
   static void AddFeaturePoint(const std::string& job_id, int32_t layer,
                               int32_t feature, const v1::FeaturePoint& point,
                               storage::WriteBatch* batch);
+  // The top contexts of one point, kept apart from the point itself (they
+  // are most of its bytes and few queries want them): a FeaturePoint with
+  // only step and contexts set.
+  static void AddFeatureContexts(const std::string& job_id, int32_t layer,
+                                 int32_t feature, const v1::FeaturePoint& point,
+                                 storage::WriteBatch* batch);
+  // Every stored contexts record of one feature, in step order.
+  absl::StatusOr<std::vector<v1::FeaturePoint>> GetFeatureContexts(
+      const std::string& job_id, int32_t layer, int32_t feature) const;
+  // nullopt when not stored (yet).
+  absl::StatusOr<std::optional<v1::FeaturePoint>> GetFeatureContextsAt(
+      const std::string& job_id, int32_t layer, int32_t feature,
+      int64_t step) const;
   // nullopt when not stored (yet).
   absl::StatusOr<std::optional<v1::FeatureSummary>> GetFeatureSummary(
       const std::string& job_id, int32_t layer, int32_t feature) const;

@@ -187,9 +187,15 @@ absl::Status Summariser::Run(const SummaryWork& work) {
     summary.set_cos_first_to_final(drift->cos_to_final[0][i]);
     summary.set_pca_explained1(trajectory.explained1);
     summary.set_pca_explained2(trajectory.explained2);
+    absl::StatusOr<std::optional<v1::FeaturePoint>> final_contexts =
+        results_->GetFeatureContextsAt(work.job_id, work.layer, i,
+                                       steps.back());
+    if (!final_contexts.ok()) return final_contexts.status();
     std::vector<int64_t> tokens;
-    for (const v1::FeatureContext& c : last.contexts()) {
-      tokens.push_back(c.token());
+    if (final_contexts->has_value()) {
+      for (const v1::FeatureContext& c : (*final_contexts)->contexts()) {
+        tokens.push_back(c.token());
+      }
     }
     const bool dead = last.frequency() <= 0 || tokens.empty();
     if (dead) {
