@@ -645,6 +645,103 @@ std::string FormatFeatureList(const v1::ListFeaturesResponse& list) {
   return text;
 }
 
+// The paper's three drift findings, each checked on `drift` and stated
+// plainly with its numbers: features drift gradually towards their final
+// direction; the drift has three phases, the middle one steepest; concept-
+// level features form later than token-level ones.
+std::vector<std::string> PaperFindings(const v1::DriftSummary& drift) {
+  std::vector<std::string> findings;
+  const auto& points = drift.checkpoints();
+  if (points.empty()) {
+    findings.push_back("drift: not measured (no checkpoint analysed)");
+  } else {
+    int dips = 0;
+    for (int i = 1; i < points.size(); ++i) {
+      if (points[i].cos_to_final().q50() <
+          points[i - 1].cos_to_final().q50() - 1e-3) {
+        ++dips;
+      }
+    }
+    const std::string range = absl::StrFormat(
+        "the median cos to the final direction goes from %.3f at step %d to "
+        "%.3f at step %d",
+        points[0].cos_to_final().q50(), points[0].step(),
+        points[points.size() - 1].cos_to_final().q50(),
+        points[points.size() - 1].step());
+    findings.push_back(
+        dips == 0
+            ? absl::StrCat("drift: reproduces, features keep their index and "
+                           "converge: ",
+                           range, ", never falling")
+            : absl::StrCat("drift: does NOT reproduce monotonic convergence: ",
+                           range, " but falls at ", dips, " checkpoint(s)"));
+  }
+  if (!drift.has_phases()) {
+    findings.push_back("phases: not measured (fewer than four checkpoints)");
+  } else {
+    const v1::PhaseFit& p = drift.phases();
+    const std::string numbers = absl::StrFormat(
+        "slopes %.4f / %.4f / %.4f with breakpoints at steps %.0f and %.0f "
+        "(r² %.3f)",
+        p.slope1(), p.slope2(), p.slope3(), p.breakpoint1_step(),
+        p.breakpoint2_step(), p.r_squared());
+    const bool middle_steepest =
+        p.slope2() > p.slope1() && p.slope2() > p.slope3();
+    if (middle_steepest && p.r_squared() >= 0.9) {
+      findings.push_back(absl::StrCat(
+          "phases: reproduces, slow initial drift, a steeper middle phase, "
+          "then stabilisation: ",
+          numbers));
+    } else {
+      findings.push_back(absl::StrCat("phases: does NOT reproduce (",
+                                      middle_steepest
+                                          ? "the fit is poor"
+                                          : "the middle phase is not the "
+                                            "steepest",
+                                      "): ", numbers));
+    }
+  }
+  const v1::KindSummary* token = nullptr;
+  const v1::KindSummary* concept_kind = nullptr;
+  for (const v1::KindSummary& k : drift.kinds()) {
+    if (k.kind() == v1::FEATURE_KIND_TOKEN_LEVEL) token = &k;
+    if (k.kind() == v1::FEATURE_KIND_CONCEPT_LEVEL) concept_kind = &k;
+  }
+  if (token == nullptr || concept_kind == nullptr || token->formed() == 0 ||
+      concept_kind->formed() == 0) {
+    findings.push_back(
+        "formation: not measured (no formed token-level or concept-level "
+        "features)");
+  } else {
+    const std::string numbers = absl::StrFormat(
+        "mean formation step %.1f (concept-level) vs %.1f (token-level), "
+        "medians %.0f vs %.0f",
+        concept_kind->mean_formation_step(), token->mean_formation_step(),
+        concept_kind->median_formation_step(), token->median_formation_step());
+    const bool mean_later =
+        concept_kind->mean_formation_step() > token->mean_formation_step();
+    const bool median_later =
+        concept_kind->median_formation_step() > token->median_formation_step();
+    if (mean_later && median_later) {
+      findings.push_back(absl::StrCat(
+          "formation: reproduces, concept-level features form later: ",
+          numbers));
+    } else if (mean_later || median_later) {
+      findings.push_back(absl::StrCat(
+          "formation: reproduces only weakly, concept-level features form "
+          "later on ",
+          mean_later ? "average but not at the median" : "the median only",
+          ": ", numbers));
+    } else {
+      findings.push_back(absl::StrCat(
+          "formation: does NOT reproduce, concept-level features do not form "
+          "later: ",
+          numbers));
+    }
+  }
+  return findings;
+}
+
 // `saetrack drift` without --json.
 std::string FormatDriftSummary(const v1::DriftSummary& drift) {
   std::string text = absl::StrFormat(
@@ -695,6 +792,10 @@ std::string FormatDriftSummary(const v1::DriftSummary& drift) {
             k.formed(),
             formed ? absl::StrFormat("%.1f", k.mean_formation_step()) : "-",
             formed ? absl::StrFormat("%.0f", k.median_formation_step()) : "-"));
+  }
+  absl::StrAppend(&text, "against the paper:\n");
+  for (const std::string& finding : PaperFindings(drift)) {
+    absl::StrAppend(&text, "  ", finding, "\n");
   }
   return text;
 }

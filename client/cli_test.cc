@@ -1000,7 +1000,51 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "kind            count  formed  mean formation  median formation\n"
       "token-level        60      58             3.5                 0\n"
       "concept-level      42      40           120.2                64\n"
-      "dead               26       0               -                 -\n");
+      "dead               26       0               -                 -\n"
+      "against the paper:\n"
+      "  drift: reproduces, features keep their index and converge: the "
+      "median cos to the final direction goes from 0.250 at step 0 to 1.000 "
+      "at step 256, never falling\n"
+      "  phases: reproduces, slow initial drift, a steeper middle phase, then "
+      "stabilisation: slopes 0.0500 / 0.1250 / 0.0625 with breakpoints at "
+      "steps 15 and 127 (r² 0.999)\n"
+      "  formation: reproduces, concept-level features form later: mean "
+      "formation step 120.2 (concept-level) vs 3.5 (token-level), medians 64 "
+      "vs 0\n");
+}
+
+TEST_F(CliQueryTest, DriftSaysPlainlyWhereAFindingDoesNotReproduce) {
+  SetDrift();
+  v1::DriftSummary& d = coordinator_->drift;
+  // A dip in the median cos to final, a steepest first segment, and
+  // concept-level features that are later only on average.
+  d.mutable_checkpoints(2)->mutable_cos_to_final()->set_q50(0.4);
+  d.mutable_phases()->set_slope1(0.5);
+  d.mutable_kinds(1)->set_median_formation_step(0);
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr("  drift: does NOT reproduce monotonic convergence: "
+                        "the median cos to the final direction goes from "
+                        "0.250 at step 0 to 1.000 at step 256 but falls at 1 "
+                        "checkpoint(s)\n"));
+  EXPECT_THAT(r.out, HasSubstr("  phases: does NOT reproduce (the middle "
+                               "phase is not the steepest): slopes 0.5000 / "
+                               "0.1250 / 0.0625"));
+  EXPECT_THAT(r.out,
+              HasSubstr("  formation: reproduces only weakly, concept-level "
+                        "features form later on average but not at the "
+                        "median: mean formation step 120.2 (concept-level) vs "
+                        "3.5 (token-level), medians 0 vs 0\n"));
+
+  // Concept-level features earlier on both counts.
+  d.mutable_kinds(1)->set_mean_formation_step(1);
+  r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("  formation: does NOT reproduce, "
+                               "concept-level features do not form later: "
+                               "mean formation step 1.0 (concept-level) vs "
+                               "3.5 (token-level), medians 0 vs 0\n"));
 }
 
 TEST_F(CliQueryTest, DriftWithoutAPhaseFitSaysSo) {
@@ -1010,6 +1054,8 @@ TEST_F(CliQueryTest, DriftWithoutAPhaseFitSaysSo) {
   ASSERT_EQ(r.code, kExitOk) << r.err;
   EXPECT_THAT(
       r.out, HasSubstr("\nphases: not fitted (fewer than four checkpoints)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  phases: not measured (fewer than four "
+                               "checkpoints)\n"));
 }
 
 TEST_F(CliQueryTest, DriftJsonRoundTrips) {
