@@ -1,35 +1,77 @@
 #!/usr/bin/env bash
 # The README's demo command. On a fresh Debian machine, with nothing
 # downloaded: installs the dependencies, builds saetrack, trains a tiny
-# GPT-NeoX on the bundled Tiny Shakespeare (cached in demo-data/lm), starts a
-# coordinator and a worker on loopback, submits deploy/jobs/demo-job.json,
-# waits for it with a progress line and prints what the chain of SAEs found.
-# The processes it started are stopped at the end; demo-data/ stays so the
-# results can still be queried.
+# GPT-NeoX on the bundled Tiny Shakespeare (cached in <data>/lm), starts a
+# coordinator and a worker on loopback, submits the demo job, waits for it
+# with a progress line and prints what the chain of SAEs found. The processes
+# it started are stopped at the end; the data directory stays so the results
+# can still be queried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-data="$root/demo-data"
-bin="$root/build/bin"
+
+usage() {
+  cat <<'TXT'
+Usage: deploy/demo.sh [--quick] [--bin DIR] [--data DIR]
+
+Trains a tiny GPT-NeoX on Tiny Shakespeare, tracks its features with a chain
+of SAEs over its checkpoints and prints the report.
+
+  --quick     the shortened demo (LM checkpoints up to step 64, smaller SAEs,
+              fewer tokens: deploy/jobs/demo-job-quick.json); about a minute
+  --bin DIR   use the saetrack binaries already built in DIR; skips
+              installing and building
+  --data DIR  data directory (default: demo-data, demo-data-quick with
+              --quick); the LM cached there is reused when it matches
+TXT
+}
+
+job_file=deploy/jobs/demo-job.json
+quick=
+bin=
+data=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) job_file=deploy/jobs/demo-job-quick.json quick=1 ;;
+    --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd); shift ;;
+    --data) mkdir -p "${2:?--data needs a directory}"; data=$(cd "$2" && pwd); shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$data" ]; then
+  data="$root/demo-data${quick:+-quick}"
+fi
+threads=$(nproc)
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "Installing dependencies (quiet when present)"
-deploy/install-deps.sh
+if [ -z "$bin" ]; then
+  step "Installing dependencies (quiet when present)"
+  deploy/install-deps.sh
 
-step "Building (Release, build/)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)" --target saetrack-coordinator saetrack-worker \
-  saetrack saetrack-tinylm 2>&1 | grep -E "error|warning: unused|Linking" || true
+  step "Building (Release, build/)"
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build -j"$threads" --target saetrack-coordinator \
+    saetrack-worker saetrack saetrack-tinylm saetrack-recurrence 2>&1 |
+    grep -E "error|warning: unused|Linking" || true
+  bin="$root/build/bin"
+fi
+
+# The job, with its paths pointing into this data directory; the LM is
+# trained with exactly the checkpoints the job names.
+mkdir -p "$data"
+sed "s#\.\./\.\./demo-data/#$data/#g" "$job_file" >"$data/job.json"
+lm_steps=$(grep -o '"step": *[0-9]*' "$job_file" | grep -o '[0-9]*$' | paste -sd,)
 
 step "Training the tiny GPT-NeoX on Tiny Shakespeare (cached)"
 "$bin/saetrack-tinylm" --corpus deploy/demo/tinyshakespeare.txt \
-  --out "$data/lm" --steps 0,1,2,4,8,16,32,64,128,256,512 \
+  --out "$data/lm" --steps "$lm_steps" \
   --d_model 64 --layers 2 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1 \
-  --threads "$(nproc)"
+  --threads "$threads"
 
 step "Starting a coordinator and a worker"
-mkdir -p "$data"
 rm -rf "$data/coordinator" "$data/ports"
 "$bin/saetrack-coordinator" --data_dir "$data/coordinator" \
   --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
@@ -50,14 +92,15 @@ done
 port=$(sed -n 's/^grpc=//p' "$data/ports")
 metrics_port=$(sed -n 's/^metrics=//p' "$data/ports")
 addr="127.0.0.1:$port"
-"$bin/saetrack-worker" --coordinator "$addr" --threads "$(nproc)" \
+"$bin/saetrack-worker" --coordinator "$addr" --threads "$threads" \
   --metrics_listen 127.0.0.1:0 2>"$data/worker.log" &
 worker_pid=$!
 echo "coordinator on $addr (metrics: http://127.0.0.1:$metrics_port/metrics), worker pid $worker_pid"
+echo "pids: coordinator $coordinator_pid worker $worker_pid"
 
-step "Submitting deploy/jobs/demo-job.json and waiting"
+step "Submitting $job_file and waiting"
 cli=("$bin/saetrack" --coordinator "$addr")
-"${cli[@]}" submit deploy/jobs/demo-job.json --wait
+"${cli[@]}" submit "$data/job.json" --wait
 job=$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)
 
 step "Per-checkpoint SAE metrics ($job, layer 1)"
@@ -69,6 +112,18 @@ starts from the previous one (recurrent initialisation) and trains on far fewer
 tokens. "init FVU" is the FVU of that starting point on the new checkpoint's
 activations, "FVU" the FVU after training; "cos prev" is the median cosine
 between a feature's decoder direction and its direction one checkpoint earlier.
+TXT
+
+step "Recurrent initialisation vs training from scratch ($job, layer 1)"
+"$bin/saetrack-recurrence" --coordinator "$addr" --layer 1 \
+  --threads "$threads" --json_out "$data/recurrence.json" "$job"
+cat <<TXT
+
+Reading it: on three checkpoints an SAE is trained from scratch with the first
+SAE's budget; its final held-out FVU is the target ("target"). "scr tok" is
+when the from-scratch SAE first reached it, "rec tok" when an SAE started from
+the job's SAE of the previous checkpoint ("prev") did; the speed-up is their
+ratio. "job FVU" is what the job's own later SAE reached with its "job tok".
 TXT
 
 step "Decoder drift and phases ($job, layer 1)"
@@ -110,4 +165,5 @@ The results stay in $data/coordinator. To query them again:
   $bin/saetrack drift $job --layer 1
   $bin/saetrack features $job --layer 1 --kind concept --order formation
   $bin/saetrack feature $job --layer 1 --feature 5 --contexts --json
+  $bin/saetrack-recurrence $job --layer 1
 TXT

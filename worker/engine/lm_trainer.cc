@@ -205,8 +205,14 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
   }
   const std::string key = CacheKey(options, corpus.data());
   TinyLmResult result;
+  const std::string tokenizer_path = options.out_dir + "/tokenizer.json";
   if (IsCached(options, key)) {
     result.cached = true;
+    // Caches written before the tokenizer was part of the output get it now.
+    if (!FileExists(tokenizer_path)) {
+      SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
+          tokenizer_path, ByteLevelTokenizerJson()));
+    }
     return result;
   }
 
@@ -221,6 +227,8 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
   }
   SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
       options.out_dir + "/tokens.u16", token_bytes));
+  SAETRACK_RETURN_IF_ERROR(
+      format::WriteFileAtomically(tokenizer_path, ByteLevelTokenizerJson()));
 
   if (options.threads > 0) torch::set_num_threads(options.threads);
   torch::Tensor tokens = torch::empty({num_tokens}, torch::kInt64);
@@ -305,6 +313,62 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
   SAETRACK_RETURN_IF_ERROR(
       format::WriteFileAtomically(options.out_dir + "/.complete", key));
   return result;
+}
+
+std::string ByteLevelTokenizerJson() {
+  using format::JsonValue;
+  // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the
+  // others for U+0100 onwards in byte order.
+  const auto printable = [](int b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
+           (b >= 0xAE && b <= 0xFF);
+  };
+  const auto utf8 = [](int code_point) {
+    std::string out;
+    if (code_point < 0x80) {
+      out.push_back(static_cast<char>(code_point));
+    } else {
+      out.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
+      out.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+    }
+    return out;
+  };
+  JsonValue::Object vocab;
+  int next_extra = 0;
+  for (int b = 0; b < 256; ++b) {
+    const int code_point = printable(b) ? b : 256 + next_extra++;
+    vocab.emplace_back(utf8(code_point), JsonValue::Integer(b));
+  }
+  const auto byte_level = [] {
+    return JsonValue::MakeObject({
+        {"type", JsonValue::String("ByteLevel")},
+        {"add_prefix_space", JsonValue::Bool(false)},
+        {"trim_offsets", JsonValue::Bool(true)},
+        {"use_regex", JsonValue::Bool(true)},
+    });
+  };
+  const JsonValue tokenizer = JsonValue::MakeObject({
+      {"version", JsonValue::String("1.0")},
+      {"truncation", JsonValue()},
+      {"padding", JsonValue()},
+      {"added_tokens", JsonValue::MakeArray({})},
+      {"normalizer", JsonValue()},
+      {"pre_tokenizer", byte_level()},
+      {"post_processor", byte_level()},
+      {"decoder", byte_level()},
+      {"model", JsonValue::MakeObject({
+                    {"type", JsonValue::String("BPE")},
+                    {"dropout", JsonValue()},
+                    {"unk_token", JsonValue()},
+                    {"continuing_subword_prefix", JsonValue()},
+                    {"end_of_word_suffix", JsonValue()},
+                    {"fuse_unk", JsonValue::Bool(false)},
+                    {"byte_fallback", JsonValue::Bool(false)},
+                    {"vocab", JsonValue::MakeObject(std::move(vocab))},
+                    {"merges", JsonValue::MakeArray({})},
+                })},
+  });
+  return format::SerializeJson(tokenizer) + "\n";
 }
 
 }  // namespace saetrack::engine

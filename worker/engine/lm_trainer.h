@@ -6,6 +6,8 @@
 // Output layout under `out_dir`:
 //   tokens.u16                      the corpus, one little-endian uint16 per
 //                                   byte (vocab 256)
+//   tokenizer.json                  the byte-level vocabulary as a Hugging
+//                                   Face tokenizer (ByteLevelTokenizerJson)
 //   checkpoints/step-<N>/config.json
 //   checkpoints/step-<N>/model.safetensors
 //   .complete                       written last; records the arguments
@@ -60,6 +62,13 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
 // A complete Hugging Face config.json for a GPTNeoXForCausalLM with
 // `config`, as written by TrainTinyLm (bos/eos ids 0, torch_dtype float32).
 std::string GptNeoxConfigJson(const format::ModelConfig& config);
+
+// A Hugging Face tokenizer.json for the byte-level vocabulary: a BPE model
+// whose 256 tokens are GPT-2's byte-level symbols with id = byte value and no
+// merges, with the ByteLevel pre-tokenizer (no prefix space) and decoder, so
+// that encoding text gives its bytes and decoding ids gives the text back
+// (with format::Tokenizer and with the `tokenizers` library).
+std::string ByteLevelTokenizerJson();
 
 }  // namespace saetrack::engine
 

@@ -11,6 +11,7 @@
 #include "worker/format/mapped_file.h"
 #include "worker/format/model_config.h"
 #include "worker/format/safetensors.h"
+#include "worker/format/tokenizer.h"
 
 namespace saetrack::engine {
 namespace {
@@ -81,6 +82,18 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
   EXPECT_EQ(tokens[1], '\0');
   EXPECT_EQ(tokens[2 * 100], corpus[100]);
 
+  // tokenizer.json: the byte-level vocabulary, id = byte.
+  absl::StatusOr<format::Tokenizer> tokenizer =
+      format::Tokenizer::Load(dir_ + "/out/tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  absl::StatusOr<std::vector<uint32_t>> ids =
+      tokenizer->Encode(corpus.substr(0, 64));
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  ASSERT_EQ(ids->size(), 64u);
+  for (size_t i = 0; i < ids->size(); ++i) {
+    EXPECT_EQ((*ids)[i], static_cast<unsigned char>(corpus[i])) << i;
+  }
+
   for (int step : {0, 4, 16}) {
     const std::string checkpoint =
         dir_ + "/out/checkpoints/step-" + std::to_string(step);
@@ -107,6 +120,28 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
             .ok());
     EXPECT_TRUE(weights->Get("embed_out.weight").ok());
     EXPECT_TRUE(GptNeoxModel::Load(checkpoint, torch::kCPU).ok());
+  }
+}
+
+TEST(ByteLevelTokenizerTest, EveryByteIsItsOwnIdAndDecodesBack) {
+  absl::StatusOr<format::Tokenizer> tokenizer =
+      format::Tokenizer::FromJson(ByteLevelTokenizerJson(), "byte-level");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  // Spaces, newlines, punctuation, control bytes and UTF-8 ("é").
+  const std::string text = "Romeo:\n  O, she doth teach\t\x01 caf\xc3\xa9!";
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer->Encode(text);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  std::vector<uint32_t> bytes;
+  for (const char c : text) bytes.push_back(static_cast<unsigned char>(c));
+  EXPECT_EQ(*ids, bytes);
+  absl::StatusOr<std::string> decoded = tokenizer->Decode(*ids);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, text);
+  // All 256 ids decode to their byte.
+  for (uint32_t id = 0; id < 256; ++id) {
+    absl::StatusOr<std::string> one = tokenizer->Decode({id});
+    ASSERT_TRUE(one.ok()) << id << ": " << one.status();
+    EXPECT_EQ(*one, std::string(1, static_cast<char>(id))) << id;
   }
 }
 
