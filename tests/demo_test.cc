@@ -1,0 +1,316 @@
+// The README's demo, shortened (`deploy/demo.sh --quick`: LM checkpoints up
+// to step 64, smaller SAEs and budgets), run end to end with the built
+// binaries: a real tiny LM trained, a real coordinator and worker, the
+// report's sections and the invariants behind them, the processes stopped
+// afterwards, and the data directory still queryable.
+#include <google/protobuf/util/json_util.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "saetrack/v1/job.pb.h"
+#include "saetrack/v1/query.pb.h"
+#include "tests/child_process.h"
+#include "worker/format/json.h"
+
+namespace saetrack {
+namespace {
+
+using testing::ChildProcess;
+using testing::CommandResult;
+using ::testing::HasSubstr;
+
+// The quick job (deploy/jobs/demo-job-quick.json).
+const std::vector<int64_t> kSteps = {0, 1, 2, 4, 8, 16, 32, 64};
+constexpr int kDSae = 256;  // expansion 4 x d_model 64
+
+template <typename Message>
+Message FromJson(const std::string& json) {
+  Message message;
+  const auto status = google::protobuf::util::JsonStringToMessage(
+      json, &message, google::protobuf::util::JsonParseOptions());
+  EXPECT_TRUE(status.ok()) << status.ToString() << "\n" << json;
+  return message;
+}
+
+// Runs the quick demo once for the whole suite.
+class DemoTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(testing::MakeTempDir("demo"));
+    auto result =
+        testing::RunCommand({"/bin/bash", SAETRACK_DEMO_SCRIPT, "--quick",
+                             "--bin", SAETRACK_BIN_DIR, "--data", *data_},
+                            *data_ + "/demo", absl::Minutes(10));
+    ASSERT_TRUE(result.ok()) << result.status();
+    run_ = new CommandResult(*result);
+  }
+
+  static void TearDownTestSuite() {
+    delete run_;
+    delete data_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(run_, nullptr);
+    ASSERT_EQ(run_->exit_code, 0) << run_->out << "\n" << run_->err;
+  }
+
+  // The report's text between the section titled `title` and the next one.
+  static std::string Section(const std::string& title) {
+    const std::string& out = run_->out;
+    const size_t begin = out.find("\n== " + title);
+    if (begin == std::string::npos) return "";
+    const size_t end = out.find("\n== ", begin + 1);
+    return out.substr(
+        begin, end == std::string::npos ? std::string::npos : end - begin);
+  }
+
+  static std::string* data_;
+  static CommandResult* run_;
+};
+
+std::string* DemoTest::data_ = nullptr;
+CommandResult* DemoTest::run_ = nullptr;
+
+TEST_F(DemoTest, ReportHasEverySectionInOrder) {
+  const std::vector<std::string> titles = {
+      "Training the tiny GPT-NeoX on Tiny Shakespeare",
+      "Starting a coordinator and a worker",
+      "Submitting deploy/jobs/demo-job-quick.json and waiting",
+      "Per-checkpoint SAE metrics (job-000001, layer 1)",
+      "Recurrent initialisation vs training from scratch (job-000001, layer 1)",
+      "Decoder drift and phases (job-000001, layer 1)",
+      "Most frequent token-level and concept-level features",
+      "Feature ",
+      "Feature ",
+      "Feature ",
+      "Done",
+  };
+  size_t at = 0;
+  for (const std::string& title : titles) {
+    const size_t found = run_->out.find("\n== " + title, at);
+    ASSERT_NE(found, std::string::npos)
+        << "missing or out of order: " << title << "\n"
+        << run_->out;
+    at = found + 1;
+  }
+  EXPECT_THAT(Section("Submitting"), HasSubstr("job-000001 succeeded"));
+  EXPECT_THAT(Section("Done"),
+              HasSubstr("saetrack drift job-000001 --layer 1"));
+}
+
+TEST_F(DemoTest, MetricsHaveOneRowPerCheckpointInChainOrder) {
+  const std::string section = Section("Per-checkpoint SAE metrics");
+  // chain step tokens FVU init-FVU ...
+  const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+([0-9.]+))");
+  std::vector<int64_t> steps;
+  for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
+       it != std::sregex_iterator(); ++it) {
+    const int chain = std::stoi((*it)[1]);
+    EXPECT_EQ(chain, static_cast<int>(steps.size()));
+    steps.push_back(std::stoll((*it)[2]));
+    // The first SAE trains the first-SAE budget, every later one far fewer.
+    EXPECT_EQ((*it)[3], chain == 0 ? "131.1k" : "16.4k") << it->str();
+    const double fvu = std::stod((*it)[4]);
+    EXPECT_GT(fvu, 0);
+    EXPECT_LT(fvu, 1) << it->str();
+  }
+  EXPECT_EQ(steps, kSteps) << section;
+}
+
+TEST_F(DemoTest, RecurrenceSectionMatchesItsJsonAndStatesTheVerdict) {
+  auto text = testing::ReadFileOrEmpty(*data_ + "/recurrence.json");
+  auto json = format::ParseJson(text);
+  ASSERT_TRUE(json.ok()) << json.status() << "\n" << text;
+  const format::JsonValue* pairs = json->Find("pairs");
+  ASSERT_NE(pairs, nullptr);
+  // The chain's second, middle and last checkpoints, each against the one
+  // before it.
+  ASSERT_EQ(pairs->array().size(), 3u);
+  const std::vector<std::pair<int64_t, int64_t>> expected = {
+      {0, 1}, {4, 8}, {32, 64}};
+  const std::string section = Section("Recurrent initialisation");
+  std::vector<double> speedups;
+  for (size_t i = 0; i < 3; ++i) {
+    const format::JsonValue& p = pairs->array()[i];
+    EXPECT_EQ(p.Find("prev_step")->AsInt64(), expected[i].first);
+    EXPECT_EQ(p.Find("step")->AsInt64(), expected[i].second);
+    const int64_t scratch = *p.Find("scratch_tokens")->AsInt64();
+    EXPECT_GT(scratch, 0);
+    EXPECT_LE(scratch, 131072);
+    const double target = p.Find("target_fvu")->number_value();
+    EXPECT_GT(target, 0);
+    EXPECT_LT(target, 1);
+    const double speedup = p.Find("speedup")->number_value();
+    const format::JsonValue* recurrent = p.Find("recurrent_tokens");
+    std::string shown = "<1x";
+    if (recurrent->is_null()) {
+      EXPECT_EQ(speedup, 0);
+    } else {
+      const int64_t tokens = *recurrent->AsInt64();
+      EXPECT_LE(tokens, 131072);
+      EXPECT_DOUBLE_EQ(speedup, static_cast<double>(scratch) /
+                                    std::max<int64_t>(tokens, 1024));
+      shown = absl::StrFormat("%.1fx", speedup);
+    }
+    speedups.push_back(speedup);
+    // The table row: prev, step, target, ..., speed-up, the job's own FVU.
+    const std::regex row(absl::StrFormat(
+        R"(\n\s+%d\s+%d\s+%.4f\s+\S+\s+\S+\s+\S+\s+%s\s+([0-9.]+)\s+16\.4k\n)",
+        expected[i].first, expected[i].second, target,
+        std::regex_replace(shown, std::regex(R"([.<])"), R"(\$&)")));
+    std::smatch match;
+    ASSERT_TRUE(std::regex_search(section, match, row))
+        << "no row for step " << expected[i].second << "\n"
+        << section;
+    // The job's later SAE is the one the recurrent SAE started from, trained
+    // 16.4k tokens: an FVU of the same order as the target, not garbage.
+    EXPECT_GT(std::stod(match[1]), 0);
+    EXPECT_LT(std::stod(match[1]), 1);
+  }
+  std::sort(speedups.begin(), speedups.end());
+  EXPECT_DOUBLE_EQ(json->Find("median_speedup")->number_value(), speedups[1]);
+  // The verdict is printed as measured, whichever way it goes.
+  const std::string verdict = json->Find("verdict")->string_value();
+  EXPECT_THAT(verdict, ::testing::StartsWith("the paper's >= 20x speed-up "));
+  EXPECT_THAT(section, HasSubstr("\n" + verdict + "\n"));
+  EXPECT_EQ(json->Find("holds")->bool_value(),
+            verdict.find("does NOT") == std::string::npos);
+}
+
+TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
+  const std::string section = Section("Decoder drift and phases");
+  for (const std::string finding : {"drift", "phases", "formation"}) {
+    EXPECT_TRUE(std::regex_search(
+        section, std::regex("\n  " + finding +
+                            ": (reproduces|does NOT reproduce|not measured)")))
+        << finding << "\n"
+        << section;
+  }
+  // Kinds: token-level + concept-level + dead = d_sae.
+  const std::regex kind(
+      R"(\n(token-level|concept-level|dead)\s+(\d+)\s+(\d+))");
+  int total = 0;
+  int kinds = 0;
+  for (auto it = std::sregex_iterator(section.begin(), section.end(), kind);
+       it != std::sregex_iterator(); ++it) {
+    total += std::stoi((*it)[2]);
+    EXPECT_LE(std::stoi((*it)[3]), std::stoi((*it)[2])) << it->str();
+    ++kinds;
+  }
+  EXPECT_EQ(kinds, 3) << section;
+  EXPECT_EQ(total, kDSae) << section;
+  // One drift row per checkpoint, the last one at cos 1 to itself.
+  EXPECT_TRUE(std::regex_search(
+      section, std::regex(R"(\n\s+7\s+64\s+1\.000\s+1\.000\s+1\.000)")))
+      << section;
+}
+
+TEST_F(DemoTest, ExampleFeaturesShowContextsAtFirstMiddleAndFinal) {
+  const std::regex title(R"(\n== Feature (\d+) across the checkpoints)");
+  std::vector<std::string> ids;
+  for (auto it =
+           std::sregex_iterator(run_->out.begin(), run_->out.end(), title);
+       it != std::sregex_iterator(); ++it) {
+    ids.push_back((*it)[1]);
+  }
+  ASSERT_EQ(ids.size(), 3u);
+  for (const std::string& id : ids) {
+    const std::string section = Section("Feature " + id + " across");
+    EXPECT_THAT(section, HasSubstr("feature " + id + ", layer 1"));
+    EXPECT_THAT(section,
+                HasSubstr("top contexts at step 0 (first checkpoint)"));
+    EXPECT_THAT(section, HasSubstr("(middle checkpoint)"));
+    EXPECT_THAT(section,
+                HasSubstr("top contexts at step 64 (final checkpoint)"));
+    // The byte-level tokenizer decodes contexts to text: the marked token
+    // sits inside [[ ]].
+    EXPECT_TRUE(std::regex_search(section, std::regex(R"(\[\[.+\]\])")))
+        << section;
+  }
+  // The first is token-level, the other two concept-level.
+  EXPECT_THAT(Section("Feature " + ids[0] + " across"),
+              HasSubstr("kind token-level"));
+  EXPECT_THAT(Section("Feature " + ids[1] + " across"),
+              HasSubstr("kind concept-level"));
+}
+
+TEST_F(DemoTest, StopsItsProcessesAndLeavesTheDataQueryable) {
+  std::smatch pids;
+  ASSERT_TRUE(std::regex_search(
+      run_->out, pids, std::regex(R"(pids: coordinator (\d+) worker (\d+))")));
+  for (int i : {1, 2}) {
+    const pid_t pid = std::stoi(pids[i]);
+    EXPECT_EQ(::kill(pid, 0), -1) << "process " << pid << " still runs";
+    EXPECT_EQ(errno, ESRCH);
+  }
+
+  // A coordinator on the kept data directory serves the finished job.
+  const std::string port_file = *data_ + "/ports-again";
+  auto coordinator = ChildProcess::Start(
+      {SAETRACK_BIN_DIR "/saetrack-coordinator", "--data_dir",
+       *data_ + "/coordinator", "--listen", "127.0.0.1:0", "--metrics_listen",
+       "", "--port_file", port_file},
+      *data_ + "/coordinator-again");
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        return testing::ReadFileOrEmpty(port_file).find("grpc=") !=
+               std::string::npos;
+      },
+      absl::Seconds(30)))
+      << (*coordinator)->Stderr();
+  std::string address;
+  for (absl::string_view line :
+       absl::StrSplit(testing::ReadFileOrEmpty(port_file), '\n')) {
+    if (absl::ConsumePrefix(&line, "grpc=")) {
+      address = absl::StrCat("127.0.0.1:", line);
+    }
+  }
+  const auto run = [&](std::vector<std::string> args) {
+    args.push_back("--coordinator");
+    args.push_back(address);
+    static int calls = 0;
+    auto result = testing::RunCommand(
+        args, absl::StrCat(*data_, "/query-", calls++), absl::Minutes(2));
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : CommandResult{};
+  };
+  CommandResult status =
+      run({SAETRACK_BIN_DIR "/saetrack", "status", "job-000001", "--json"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_EQ(FromJson<v1::Job>(status.out).state(), v1::JOB_STATE_SUCCEEDED);
+
+  CommandResult drift = run({SAETRACK_BIN_DIR "/saetrack", "drift",
+                             "job-000001", "--layer", "1", "--json"});
+  ASSERT_EQ(drift.exit_code, 0) << drift.err;
+  const auto summary = FromJson<v1::DriftSummary>(drift.out);
+  EXPECT_EQ(summary.checkpoints_size(), static_cast<int>(kSteps.size()));
+  int total = 0;
+  for (const v1::KindSummary& k : summary.kinds()) total += k.count();
+  EXPECT_EQ(total, kDSae);
+
+  // The recurrence tool refuses the chain's first checkpoint by name.
+  CommandResult refused = run(
+      {SAETRACK_BIN_DIR "/saetrack-recurrence", "job-000001", "--steps", "0"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err,
+              HasSubstr("steps: 0 is the chain's first checkpoint"));
+}
+
+}  // namespace
+}  // namespace saetrack
