@@ -25,6 +25,7 @@
 #include "client/job_file.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "proto/saelens_config.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/admin.grpc.pb.h"
 #include "worker/format/json.h"
@@ -1216,29 +1217,10 @@ class Cli {
         client_->DownloadSae(job_id, layer, sae.step());
     if (!weights.ok()) return Fail(weights.status());
 
-    const v1::JobSpec& spec = job->spec();
-    format::SaelensConfig cfg;
-    cfg.architecture = spec.sae().architecture().empty()
-                           ? "relu_l1"
-                           : spec.sae().architecture();
-    cfg.d_in = sae.d_in();
-    cfg.d_sae = sae.d_sae();
-    if (cfg.architecture == "topk") {
-      cfg.k = spec.sae().k() != 0 ? spec.sae().k() : sae.k();
-    }
-    // The checkpoint the SAE read; the job's name if the spec lacks it.
-    cfg.model_name = spec.name();
-    for (const v1::Checkpoint& checkpoint : spec.model().checkpoints()) {
-      if (checkpoint.step() == sae.step()) cfg.model_name = checkpoint.path();
-    }
-    std::string site = "resid_pre";
-    for (const v1::HookPoint& hook : spec.hooks()) {
-      if (hook.layer() == layer && !hook.site().empty()) site = hook.site();
-    }
-    cfg.hook_name = format::HookName(layer, site);
-    cfg.hook_layer = layer;
-    cfg.checkpoint_step = sae.step();
-    cfg.job_id = job_id;
+    format::SaelensConfig cfg = SaelensConfigForJob(
+        job->spec(), job_id, layer, sae.step(), sae.d_in(), sae.d_sae());
+    // An older coordinator's spec may lack k; the metrics have it.
+    if (cfg.architecture == "topk" && cfg.k == 0) cfg.k = sae.k();
     if (absl::Status s = format::WriteSaelensDir(inv_.out_dir, cfg, *weights);
         !s.ok()) {
       return Fail(s);

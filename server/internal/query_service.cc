@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/saelens_config.h"
 #include "server/internal/chunked_writer.h"
 #include "worker/format/saelens.h"
 #include "worker/format/safetensors.h"
@@ -380,12 +381,10 @@ absl::Status QueryServiceImpl::DoExportSae(
   if (!job.ok()) return job.status();
   const v1::JobSpec& spec = job->spec();
   std::optional<int64_t> step;
-  std::string model_name = spec.name();
   for (const v1::Checkpoint& checkpoint : spec.model().checkpoints()) {
     if (request.has_step() ? checkpoint.step() == request.step()
                            : !step.has_value() || checkpoint.step() > *step) {
       step = checkpoint.step();
-      model_name = checkpoint.path();
     }
   }
   if (!step.has_value()) {
@@ -403,23 +402,9 @@ absl::Status QueryServiceImpl::DoExportSae(
   if (w_dec == nullptr || w_dec->shape.size() != 2) {
     return absl::DataLossError("stored SAE has no 2-D W_dec");
   }
-  format::SaelensConfig cfg;
-  cfg.architecture =
-      spec.sae().architecture().empty() ? "relu_l1" : spec.sae().architecture();
-  cfg.d_sae = w_dec->shape[0];
-  cfg.d_in = w_dec->shape[1];
-  if (cfg.architecture == "topk") cfg.k = spec.sae().k();
-  cfg.model_name = model_name;
-  std::string site = "resid_pre";
-  for (const v1::HookPoint& hook : spec.hooks()) {
-    if (hook.layer() == request.layer() && !hook.site().empty()) {
-      site = hook.site();
-    }
-  }
-  cfg.hook_name = format::HookName(request.layer(), site);
-  cfg.hook_layer = request.layer();
-  cfg.checkpoint_step = *step;
-  cfg.job_id = request.job_id();
+  const format::SaelensConfig cfg =
+      SaelensConfigForJob(spec, request.job_id(), request.layer(), *step,
+                          w_dec->shape[1], w_dec->shape[0]);
   // The weights first, cfg.json last: a reader that has the config has the
   // weights it describes.
   const std::pair<const char*, std::string> files[] = {
