@@ -369,39 +369,21 @@ std::string Verdict(const std::vector<LrRun>& runs) {
                          " reach it"));
 }
 
-JsonValue CurveJson(const std::vector<std::pair<int64_t, double>>& curve) {
-  JsonValue::Array points;
-  for (const auto& [tokens, fvu] : curve) {
-    points.push_back(JsonValue::MakeArray(
-        {JsonValue::Integer(tokens), JsonValue::Number(fvu)}));
-  }
-  return JsonValue::MakeArray(std::move(points));
-}
-
 void PrintJson(const Flags& flags, int64_t d_in, const std::vector<LrRun>& runs,
                double total_seconds) {
   JsonValue::Array run_values;
   for (const LrRun& run : runs) {
     JsonValue::Array rows;
     for (const PairResult& p : run.pairs) {
-      const TokensToFvuResult& r = p.result;
-      rows.push_back(JsonValue::MakeObject({
+      JsonValue::Object members = {
           {"prev_step", JsonValue::Integer(p.prev_step)},
           {"step", JsonValue::Integer(p.step)},
-          {"target_fvu", JsonValue::Number(r.target_fvu)},
-          {"scratch_tokens", JsonValue::Integer(r.scratch_tokens)},
-          {"recurrent_tokens", r.recurrent_tokens.has_value()
-                                   ? JsonValue::Integer(*r.recurrent_tokens)
-                                   : JsonValue()},
-          {"speedup", JsonValue::Number(r.speedup())},
-          {"scratch_init_fvu", JsonValue::Number(r.scratch_init_fvu)},
-          {"recurrent_init_fvu", JsonValue::Number(r.recurrent_init_fvu)},
-          {"scratch_l0", JsonValue::Number(r.scratch_l0)},
-          {"recurrent_l0", JsonValue::Number(r.recurrent_l0)},
           {"seconds", JsonValue::Number(p.seconds)},
-          {"scratch_curve", CurveJson(r.scratch_curve)},
-          {"recurrent_curve", CurveJson(r.recurrent_curve)},
-      }));
+      };
+      for (auto& member : TokensToFvuJsonMembers(p.result)) {
+        members.push_back(std::move(member));
+      }
+      rows.push_back(JsonValue::MakeObject(std::move(members)));
     }
     run_values.push_back(JsonValue::MakeObject({
         {"lr_recurrent", JsonValue::Number(run.lr)},

@@ -402,37 +402,20 @@ std::string FormatRecurrenceReport(const RecurrenceReport& r) {
 }
 
 std::string RecurrenceReportJson(const RecurrenceReport& r) {
-  const auto curve = [](const std::vector<std::pair<int64_t, double>>& c) {
-    JsonValue::Array points;
-    for (const auto& [tokens, fvu] : c) {
-      points.push_back(JsonValue::MakeArray(
-          {JsonValue::Integer(tokens), JsonValue::Number(fvu)}));
-    }
-    return JsonValue::MakeArray(std::move(points));
-  };
   JsonValue::Array pairs;
   for (const RecurrencePair& p : r.pairs) {
-    const engine::TokensToFvuResult& t = p.result;
-    pairs.push_back(JsonValue::MakeObject({
+    JsonValue::Object members = {
         {"prev_step", JsonValue::Integer(p.prev_step)},
         {"step", JsonValue::Integer(p.step)},
-        {"target_fvu", JsonValue::Number(t.target_fvu)},
-        {"scratch_tokens", JsonValue::Integer(t.scratch_tokens)},
-        {"recurrent_tokens", t.recurrent_tokens.has_value()
-                                 ? JsonValue::Integer(*t.recurrent_tokens)
-                                 : JsonValue()},
-        {"speedup", JsonValue::Number(t.speedup())},
-        {"scratch_init_fvu", JsonValue::Number(t.scratch_init_fvu)},
-        {"recurrent_init_fvu", JsonValue::Number(t.recurrent_init_fvu)},
-        {"scratch_l0", JsonValue::Number(t.scratch_l0)},
-        {"recurrent_l0", JsonValue::Number(t.recurrent_l0)},
         {"job_fvu",
          p.job_fvu.has_value() ? JsonValue::Number(*p.job_fvu) : JsonValue()},
         {"job_tokens", JsonValue::Integer(p.job_tokens)},
         {"seconds", JsonValue::Number(p.seconds)},
-        {"scratch_curve", curve(t.scratch_curve)},
-        {"recurrent_curve", curve(t.recurrent_curve)},
-    }));
+    };
+    for (auto& member : engine::TokensToFvuJsonMembers(p.result)) {
+      members.push_back(std::move(member));
+    }
+    pairs.push_back(JsonValue::MakeObject(std::move(members)));
   }
   const JsonValue report = JsonValue::MakeObject({
       {"job_id", JsonValue::String(r.job_id)},

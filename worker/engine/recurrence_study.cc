@@ -290,4 +290,30 @@ absl::StatusOr<TokensToFvuResult> MeasureTokensToFvu(
   }
 }
 
+format::JsonValue::Object TokensToFvuJsonMembers(const TokensToFvuResult& r) {
+  using format::JsonValue;
+  const auto curve = [](const std::vector<std::pair<int64_t, double>>& c) {
+    JsonValue::Array points;
+    for (const auto& [tokens, fvu] : c) {
+      points.push_back(JsonValue::MakeArray(
+          {JsonValue::Integer(tokens), JsonValue::Number(fvu)}));
+    }
+    return JsonValue::MakeArray(std::move(points));
+  };
+  return {
+      {"target_fvu", JsonValue::Number(r.target_fvu)},
+      {"scratch_tokens", JsonValue::Integer(r.scratch_tokens)},
+      {"recurrent_tokens", r.recurrent_tokens.has_value()
+                               ? JsonValue::Integer(*r.recurrent_tokens)
+                               : JsonValue()},
+      {"speedup", JsonValue::Number(r.speedup())},
+      {"scratch_init_fvu", JsonValue::Number(r.scratch_init_fvu)},
+      {"recurrent_init_fvu", JsonValue::Number(r.recurrent_init_fvu)},
+      {"scratch_l0", JsonValue::Number(r.scratch_l0)},
+      {"recurrent_l0", JsonValue::Number(r.recurrent_l0)},
+      {"scratch_curve", curve(r.scratch_curve)},
+      {"recurrent_curve", curve(r.recurrent_curve)},
+  };
+}
+
 }  // namespace saetrack::engine

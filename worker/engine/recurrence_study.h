@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/engine/sae.h"
+#include "worker/format/json.h"
 
 namespace saetrack::engine {
 
@@ -105,6 +106,12 @@ absl::StatusOr<SaeWeights> TrainSaeFromScratch(
 absl::StatusOr<TokensToFvuResult> MeasureTokensToFvu(
     const SaeWeights& prev_sae, const torch::Tensor& train,
     const torch::Tensor& held_out, const TokensToFvuOptions& options);
+
+// `result` as JSON members (target_fvu, scratch_tokens, recurrent_tokens
+// (null for never), speedup, the initial FVUs, the L0s and both curves as
+// [tokens, fvu] pairs), for callers to add their own members to.
+format::JsonValue::Object TokensToFvuJsonMembers(
+    const TokensToFvuResult& result);
 
 }  // namespace saetrack::engine
 
