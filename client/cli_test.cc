@@ -7,13 +7,16 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <tuple>
@@ -1542,7 +1545,19 @@ class FakeQueryService final : public v1::QueryService::Service {
     for (const v1::ExportChunk& chunk : chunks) {
       if (!writer->Write(chunk)) break;
     }
+    std::lock_guard<std::mutex> lock(exports_mu_);
+    ++exports_done_;
+    exports_cv_.notify_all();
     return status;
+  }
+
+  // Waits until `n` ExportSae handlers have returned. A client that stops
+  // reading at a bad chunk returns before the handler is done with `chunks`,
+  // so a test must wait before it changes them for the next call.
+  bool WaitForExports(int n) {
+    std::unique_lock<std::mutex> lock(exports_mu_);
+    return exports_cv_.wait_for(lock, std::chrono::seconds(10),
+                                [&] { return exports_done_ >= n; });
   }
 
   v1::GetCheckpointMetricsResponse metrics;
@@ -1551,6 +1566,11 @@ class FakeQueryService final : public v1::QueryService::Service {
   v1::GetFeatureHistoryRequest history_request;
   v1::ListFeaturesRequest features_request;
   v1::ExportSaeRequest export_request;
+
+ private:
+  std::mutex exports_mu_;
+  std::condition_variable exports_cv_;
+  int exports_done_ = 0;
 };
 
 class QueryClientTest : public ::testing::Test {
@@ -1672,11 +1692,14 @@ TEST_F(QueryClientTest, ExportSaeChecksEveryFileAndTheStream) {
       {"empty", [](auto& c) { c.clear(); },
        "the stream ended without any file"},
   };
+  int calls = 0;
   for (const Case& test : cases) {
+    ASSERT_TRUE(service_.WaitForExports(calls)) << test.name;
     service_.chunks.clear();
     ServeTwoFiles();
     test.mutate(service_.chunks);
     absl::StatusOr<ExportedSae> got = client_->ExportSae("job-000003", 2, 64);
+    ++calls;
     EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << test.name;
     EXPECT_THAT(std::string(got.status().message()),
                 StartsWith("SAE export of job job-000003 layer 2 step 64: "))
