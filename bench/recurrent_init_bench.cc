@@ -4,10 +4,10 @@
 // with >= 20x fewer tokens; this measures that ratio here.
 //
 // What it does:
-//   1. Trains the demo's tiny GPT-NeoX (d_model 64, 2 layers, ctx 64) on Tiny
-//      Shakespeare with TrainTinyLm, saving checkpoints at steps
-//      0,16,32,64,128,256,384,448,512 into --work_dir (reused when already
-//      complete).
+//   1. Trains a tiny GPT-NeoX as the demo's (d_model 64, 2 layers, ctx 64) on
+//      Tiny Shakespeare for 512 steps with TrainTinyLm, saving checkpoints at
+//      steps 0,16,32,64,128,256,384,448,512 into --work_dir (reused when
+//      already complete).
 //   2. Collects layer-1 resid_pre activations of every studied checkpoint on
 //      the same token positions: ~200k training tokens (shuffled once, the
 //      same order for every checkpoint) and 16k held-out tokens.
@@ -107,9 +107,10 @@ using format::JsonValue;
 // The claim of DESIGN.md §9 / the paper.
 constexpr double kPaperSpeedup = 20;
 
-// The tiny LM: the demo's (deploy/demo.sh) except for the checkpoint list,
-// which only needs the steps studied here (the cosine schedule depends on
-// the last step only, so these models match the demo's at equal steps).
+// The tiny LM: the demo's architecture and optimiser (deploy/demo.sh), but
+// a 512-step run with the checkpoints studied here (the demo trains 1024
+// steps; the cosine schedule depends on the last step, so the models at
+// equal steps differ).
 const std::vector<int64_t>& LmCheckpointSteps() {
   static const auto* const kSteps =
       new std::vector<int64_t>{0, 16, 32, 64, 128, 256, 384, 448, 512};

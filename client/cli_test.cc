@@ -1008,9 +1008,9 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "  drift: reproduces, features keep their index and converge: the "
       "median cos to the final direction goes from 0.250 at step 0 to 1.000 "
       "at step 256, never falling\n"
-      "  phases: reproduces, slow initial drift, a steeper middle phase, then "
-      "stabilisation: slopes 0.0500 / 0.1250 / 0.0625 with breakpoints at "
-      "steps 15 and 127 (r² 0.999)\n"
+      "  phases: does NOT reproduce the paper's fast-slow-fast shape (the "
+      "middle phase is the steepest): slopes 0.0500 / 0.1250 / 0.0625 with "
+      "breakpoints at steps 15 and 127 (r² 0.999)\n"
       "  formation: reproduces, concept-level features form later: mean "
       "formation step 120.2 (concept-level) vs 3.5 (token-level), medians 64 "
       "vs 0\n");
@@ -1019,10 +1019,10 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
 TEST_F(CliQueryTest, DriftSaysPlainlyWhereAFindingDoesNotReproduce) {
   SetDrift();
   v1::DriftSummary& d = coordinator_->drift;
-  // A dip in the median cos to final, a steepest first segment, and
-  // concept-level features that are later only on average.
+  // A dip in the median cos to final, a drift that speeds up phase by
+  // phase, and concept-level features that are later only on average.
   d.mutable_checkpoints(2)->mutable_cos_to_final()->set_q50(0.4);
-  d.mutable_phases()->set_slope1(0.5);
+  d.mutable_phases()->set_slope3(0.5);
   d.mutable_kinds(1)->set_median_formation_step(0);
   Result r = Run({"drift", "job-000007", "--layer", "1"});
   ASSERT_EQ(r.code, kExitOk) << r.err;
@@ -1031,9 +1031,25 @@ TEST_F(CliQueryTest, DriftSaysPlainlyWhereAFindingDoesNotReproduce) {
                         "the median cos to the final direction goes from "
                         "0.250 at step 0 to 1.000 at step 256 but falls at 1 "
                         "checkpoint(s)\n"));
-  EXPECT_THAT(r.out, HasSubstr("  phases: does NOT reproduce (the middle "
-                               "phase is not the steepest): slopes 0.5000 / "
-                               "0.1250 / 0.0625"));
+  EXPECT_THAT(r.out,
+              HasSubstr("  phases: does NOT reproduce the paper's "
+                        "fast-slow-fast shape (the drift speeds up phase by "
+                        "phase): slopes 0.0500 / 0.1250 / 0.5000"));
+
+  // The paper's shape: fast, slower, fast.
+  d.mutable_phases()->set_slope1(0.25);
+  d.mutable_phases()->set_slope2(0.0625);
+  Result shaped = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(shaped.code, kExitOk) << shaped.err;
+  EXPECT_THAT(shaped.out,
+              HasSubstr("  phases: reproduces, a fast initial drift, a slower "
+                        "middle phase, then convergence to the final "
+                        "direction: slopes 0.2500 / 0.0625 / 0.5000"));
+  // The same slopes with a poor fit.
+  d.mutable_phases()->set_r_squared(0.5);
+  shaped = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(shaped.code, kExitOk) << shaped.err;
+  EXPECT_THAT(shaped.out, HasSubstr("shape (the fit is poor)"));
   EXPECT_THAT(r.out,
               HasSubstr("  formation: reproduces only weakly, concept-level "
                         "features form later on average but not at the "
