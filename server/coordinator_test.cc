@@ -22,6 +22,7 @@
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/test_fixtures.h"
+#include "server/internal/worker_rpc_testing.h"
 #include "worker/format/crc32c.h"
 
 namespace saetrack {
@@ -177,29 +178,12 @@ class CoordinatorTest : public testing::Test {
                       v1::ArtifactKind kind, const std::string& data,
                       size_t chunk_bytes = 1000,
                       std::optional<uint32_t> crc = std::nullopt) {
-    grpc::ClientContext ctx;
+    server::testing::UploadOptions options;
+    options.chunk_bytes = chunk_bytes;
+    options.crc32c = crc;
     v1::UploadArtifactResponse response;
-    auto writer = workers_->UploadArtifact(WithDeadline(&ctx), &response);
-    size_t offset = 0;
-    do {
-      v1::ArtifactChunk chunk;
-      if (offset == 0) {
-        chunk.set_task_id(task_id);
-        chunk.set_lease_epoch(epoch);
-        chunk.set_kind(kind);
-      }
-      chunk.set_offset(static_cast<int64_t>(offset));
-      chunk.set_data(data.substr(offset, chunk_bytes));
-      offset += chunk.data().size();
-      if (offset >= data.size()) {
-        chunk.set_last(true);
-        chunk.set_total_size(static_cast<int64_t>(data.size()));
-        chunk.set_crc32c(crc.value_or(format::Crc32c(data)));
-      }
-      if (!writer->Write(chunk)) break;
-    } while (offset < data.size());
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
+    grpc::Status s = server::testing::UploadArtifact(
+        *workers_, task_id, epoch, kind, data, options, &response);
     if (s.ok()) {
       EXPECT_EQ(response.bytes_received(), static_cast<int64_t>(data.size()));
     }
@@ -272,24 +256,6 @@ class CoordinatorTest : public testing::Test {
     request.set_job_id(job);
     request.set_layer(layer);
     return queries_->GetCheckpointMetrics(WithDeadline(&ctx), request, out);
-  }
-
-  grpc::Status Download(const v1::SaeRef& ref, std::string* data,
-                        uint32_t* crc) {
-    grpc::ClientContext ctx;
-    v1::DownloadSaeRequest request;
-    *request.mutable_sae() = ref;
-    auto reader = workers_->DownloadSae(WithDeadline(&ctx), request);
-    v1::DownloadChunk chunk;
-    while (reader->Read(&chunk)) {
-      EXPECT_EQ(chunk.offset(), static_cast<int64_t>(data->size()));
-      data->append(chunk.data());
-      if (chunk.last()) {
-        EXPECT_EQ(chunk.total_size(), static_cast<int64_t>(data->size()));
-        *crc = chunk.crc32c();
-      }
-    }
-    return reader->Finish();
   }
 
   // grpc.health.v1.Health/Check by hand (no generated health stubs here):
@@ -518,16 +484,16 @@ TEST_F(CoordinatorTest, LeaseUploadCompleteAndQuery) {
   EXPECT_EQ(t1->train().init_from().layer(), 1);
   EXPECT_EQ(t1->train().init_from().step(), 0);
 
-  std::string downloaded;
-  uint32_t crc = 0;
-  ASSERT_TRUE(Download(t1->train().init_from(), &downloaded, &crc).ok());
-  EXPECT_EQ(downloaded, weights);
-  EXPECT_EQ(crc, format::Crc32c(weights));
+  // Chunks at contiguous offsets, total size and CRC-32C checked.
+  absl::StatusOr<std::string> downloaded =
+      server::testing::DownloadSaeArtifact(*workers_, t1->train().init_from());
+  ASSERT_TRUE(downloaded.ok()) << downloaded.status();
+  EXPECT_EQ(*downloaded, weights);
   v1::SaeRef missing = t1->train().init_from();
   missing.set_step(10);
-  downloaded.clear();
-  EXPECT_EQ(Download(missing, &downloaded, &crc).error_code(),
-            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(
+      server::testing::DownloadSaeArtifact(*workers_, missing).status().code(),
+      absl::StatusCode::kNotFound);
 
   RunToCompletion(*t1);
   v1::Job done = GetJob(job);

@@ -34,6 +34,7 @@
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
+#include "server/internal/worker_rpc_testing.h"
 #include "tests/child_process.h"
 #include "worker/format/crc32c.h"
 #include "worker/format/safetensors.h"
@@ -298,78 +299,6 @@ constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration timeout) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
-
-// Uploads `bytes` as one complete artifact, the way a worker does: 4 KiB
-// chunks at contiguous offsets, the first naming the task, epoch and kind,
-// the last carrying the total size and the CRC-32C. Stops sending early when
-// the server has already answered (a refusal at the first chunk).
-grpc::Status UploadArtifact(v1::WorkerService::Stub& stub,
-                            const std::string& task_id, int64_t lease_epoch,
-                            v1::ArtifactKind kind, const std::string& bytes) {
-  constexpr size_t kChunkBytes = 4096;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, kRpcDeadline);
-  v1::UploadArtifactResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::ArtifactChunk>> writer =
-      stub.UploadArtifact(&ctx, &response);
-  size_t offset = 0;
-  do {
-    v1::ArtifactChunk chunk;
-    if (offset == 0) {
-      chunk.set_task_id(task_id);
-      chunk.set_lease_epoch(lease_epoch);
-      chunk.set_kind(kind);
-    }
-    chunk.set_offset(static_cast<int64_t>(offset));
-    chunk.set_data(bytes.substr(offset, kChunkBytes));
-    offset += chunk.data().size();
-    if (offset == bytes.size()) {
-      chunk.set_last(true);
-      chunk.set_total_size(static_cast<int64_t>(bytes.size()));
-      chunk.set_crc32c(format::Crc32c(bytes));
-    }
-    if (!writer->Write(chunk)) break;
-  } while (offset < bytes.size());
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-// The stored SAE_WEIGHTS of `sae`, reassembled from DownloadSae's chunks;
-// contiguous offsets, total size and CRC-32C are checked.
-absl::StatusOr<std::string> DownloadSaeWeights(v1::WorkerService::Stub& stub,
-                                               const v1::SaeRef& sae) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, kRpcDeadline);
-  v1::DownloadSaeRequest request;
-  *request.mutable_sae() = sae;
-  request.set_kind(v1::ARTIFACT_KIND_SAE_WEIGHTS);
-  std::unique_ptr<grpc::ClientReader<v1::DownloadChunk>> reader =
-      stub.DownloadSae(&ctx, request);
-  std::string bytes;
-  v1::DownloadChunk chunk;
-  bool last = false;
-  absl::Status malformed;
-  while (reader->Read(&chunk)) {
-    if (malformed.ok() &&
-        chunk.offset() != static_cast<int64_t>(bytes.size())) {
-      malformed = absl::DataLossError(absl::StrCat(
-          "chunk at offset ", chunk.offset(), ", expected ", bytes.size()));
-    }
-    bytes.append(chunk.data());
-    if (chunk.last()) {
-      last = true;
-      if (malformed.ok() &&
-          (chunk.total_size() != static_cast<int64_t>(bytes.size()) ||
-           chunk.crc32c() != format::Crc32c(bytes))) {
-        malformed = absl::DataLossError("total size or CRC-32C mismatch");
-      }
-    }
-  }
-  if (absl::Status s = FromGrpcStatus(reader->Finish()); !s.ok()) return s;
-  if (!malformed.ok()) return malformed;
-  if (!last) return absl::DataLossError("no last chunk");
-  return bytes;
 }
 
 // SAE weights in the layout the worker uploads (W_enc [d_in, d_sae], b_enc
@@ -681,10 +610,11 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
   // A, unaware, delivers its result under the stale epoch.
   const std::string fake_weights =
       ConstantSaeWeights(kDModel, d_sae, kFakeWeight);
-  ExpectStaleEpochRefused(
-      UploadArtifact(*stub, task.task_id(), stale_epoch,
-                     v1::ARTIFACT_KIND_SAE_WEIGHTS, fake_weights),
-      task.task_id(), stale_epoch, "UploadArtifact(SAE_WEIGHTS)");
+  ExpectStaleEpochRefused(server::testing::UploadArtifact(
+                              *stub, task.task_id(), stale_epoch,
+                              v1::ARTIFACT_KIND_SAE_WEIGHTS, fake_weights),
+                          task.task_id(), stale_epoch,
+                          "UploadArtifact(SAE_WEIGHTS)");
   v1::FeatureStatsBlock stats;
   for (int i = 0; i < d_sae; ++i) {
     stats.add_frequency(0.5f);
@@ -692,11 +622,11 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
     stats.add_max_activation(2.0f);
     stats.add_encoder_norm(1.0f);
   }
-  ExpectStaleEpochRefused(UploadArtifact(*stub, task.task_id(), stale_epoch,
-                                         v1::ARTIFACT_KIND_FEATURE_STATS,
-                                         stats.SerializeAsString()),
-                          task.task_id(), stale_epoch,
-                          "UploadArtifact(FEATURE_STATS)");
+  ExpectStaleEpochRefused(
+      server::testing::UploadArtifact(*stub, task.task_id(), stale_epoch,
+                                      v1::ARTIFACT_KIND_FEATURE_STATS,
+                                      stats.SerializeAsString()),
+      task.task_id(), stale_epoch, "UploadArtifact(FEATURE_STATS)");
   {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, kRpcDeadline);
@@ -773,7 +703,8 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
   ref.set_job_id(job_id);
   ref.set_layer(kLayer);
   ref.set_step(kSteps[task.train().checkpoint_index()]);
-  absl::StatusOr<std::string> stored = DownloadSaeWeights(*stub, ref);
+  absl::StatusOr<std::string> stored =
+      server::testing::DownloadSaeArtifact(*stub, ref);
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_NE(*stored, fake_weights);
   absl::StatusOr<format::SafetensorsFile> real =
