@@ -12,7 +12,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "server/coordinator.h"
 
 ABSL_FLAG(std::string, data_dir, "",
@@ -65,6 +68,14 @@ bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "saetrack-coordinator --data_dir DIR [--listen HOST:PORT] ...");
+  // --help lists this file's flags (absl matches on the program name
+  // otherwise, which differs from the file's).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     std::fprintf(stderr, "saetrack-coordinator: unexpected argument '%s'\n",

@@ -312,5 +312,30 @@ TEST_F(DemoTest, StopsItsProcessesAndLeavesTheDataQueryable) {
               HasSubstr("steps: 0 is the chain's first checkpoint"));
 }
 
+// The README points users at each binary's --help: it must list that
+// binary's own flags.
+TEST(BinariesHelpTest, EveryBinaryListsItsFlags) {
+  const std::string dir = testing::MakeTempDir("help");
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"saetrack-coordinator", {"--data_dir", "--listen", "--metrics_listen"}},
+      {"saetrack-worker", {"--coordinator", "--device", "--state_dir"}},
+      {"saetrack-recurrence", {"--steps", "--scratch_tokens", "--json_out"}},
+      {"saetrack-tinylm", {"--corpus", "--steps"}},
+      {"saetrack", {"drift JOB_ID", "--coordinator"}},
+  };
+  int calls = 0;
+  for (const auto& [binary, flags] : cases) {
+    auto result = testing::RunCommand(
+        {std::string(SAETRACK_BIN_DIR) + "/" + binary, "--help"},
+        absl::StrCat(dir, "/help-", calls++), absl::Seconds(30));
+    ASSERT_TRUE(result.ok()) << binary << ": " << result.status();
+    const std::string text = result->out + result->err;
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("No flags matched"))) << binary;
+    for (const std::string& flag : flags) {
+      EXPECT_THAT(text, HasSubstr(flag)) << binary << "\n" << text;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace saetrack

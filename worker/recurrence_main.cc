@@ -11,7 +11,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "worker/recurrence_report.h"
 
@@ -60,6 +63,14 @@ int UsageError(const std::string& message) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  // --help lists this file's flags (absl matches on the program name
+  // otherwise, which differs from the file's).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker/recurrence_main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) return UsageError("expected one JOB_ID");
   const std::string job_id = args[1];
