@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "worker/format/safetensors.h"
+#include "format/safetensors.h"
 
 namespace saetrack::analysis {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "worker/format/safetensors.h"
+#include "format/safetensors.h"
 
 namespace saetrack::analysis {
 namespace {

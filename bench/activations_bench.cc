@@ -27,9 +27,9 @@
 #include <utility>
 
 #include "bench/bench_main.h"
-#include "worker/engine/gpt_neox.h"
-#include "worker/engine/language_model.h"
-#include "worker/format/model_config.h"
+#include "engine/lm/gpt_neox.h"
+#include "engine/lm/language_model.h"
+#include "format/model_config.h"
 
 namespace saetrack::engine {
 namespace {

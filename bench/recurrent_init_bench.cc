@@ -57,13 +57,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "worker/engine/activations.h"
-#include "worker/engine/language_model.h"
-#include "worker/engine/lm_trainer.h"
-#include "worker/engine/recurrence_study.h"
-#include "worker/engine/sae.h"
-#include "worker/format/json.h"
-#include "worker/format/token_file.h"
+#include "engine/lm/activations.h"
+#include "engine/lm/language_model.h"
+#include "engine/lm/lm_trainer.h"
+#include "engine/recurrence/recurrence_study.h"
+#include "engine/sae/sae.h"
+#include "format/json.h"
+#include "format/token_file.h"
 
 ABSL_FLAG(std::string, corpus,
           std::string(SAETRACK_SOURCE_DIR) + "/deploy/demo/tinyshakespeare.txt",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The SAE training step of worker/engine/sae.h as a plain PyTorch loop.
+"""The SAE training step of engine/sae/sae.h as a plain PyTorch loop.
 
 Baseline for DESIGN.md §9 ("faster than the same algorithm written as a plain
 PyTorch-in-Python loop"): same shapes (d_in 512, d_sae 8192, batch 4096,

@@ -44,10 +44,10 @@
 #include <vector>
 
 #include "bench/bench_main.h"
-#include "worker/engine/relu_l1_sae.h"
-#include "worker/engine/sae.h"
-#include "worker/engine/sae_trainer.h"
-#include "worker/engine/topk_sae.h"
+#include "engine/sae/relu_l1_sae.h"
+#include "engine/sae/sae.h"
+#include "engine/sae/sae_trainer.h"
+#include "engine/sae/topk_sae.h"
 
 namespace saetrack::engine {
 namespace {

@@ -28,9 +28,9 @@
 #include "proto/saelens_config.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/admin.grpc.pb.h"
-#include "worker/format/json.h"
-#include "worker/format/mapped_file.h"
-#include "worker/format/saelens.h"
+#include "format/json.h"
+#include "format/mapped_file.h"
+#include "format/saelens.h"
 
 namespace saetrack::client {
 namespace {

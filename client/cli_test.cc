@@ -26,11 +26,11 @@
 #include "client/client.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "worker/format/crc32c.h"
-#include "worker/format/json.h"
-#include "worker/format/mapped_file.h"
-#include "worker/format/saelens.h"
-#include "worker/format/safetensors.h"
+#include "format/crc32c.h"
+#include "format/json.h"
+#include "format/mapped_file.h"
+#include "format/saelens.h"
+#include "format/safetensors.h"
 
 namespace saetrack::client {
 namespace {

@@ -14,7 +14,7 @@
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "worker/format/crc32c.h"
+#include "format/crc32c.h"
 
 namespace saetrack::client {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "worker/format/json.h"
+#include "format/json.h"
 
 namespace saetrack::client {
 namespace {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzes the safetensors reader: builds the libFuzzer target
-# (worker/format/safetensors_fuzz.cc) with clang, ASan and UBSan in its own
+# (format/safetensors_fuzz.cc) with clang, ASan and UBSan in its own
 # build dir, then runs it for a bounded time over the checked-in seed corpus.
 #   deploy/fuzz.sh [seconds]        (default 30)
 # Exit status: 0 when no input crashed; non-zero when one did (libFuzzer's
 # report is on stderr and the input is saved under
 # BUILD/safetensors_fuzz_artifacts/: copy it into
-# worker/format/testdata/safetensors_corpus/ once fixed, so that
+# format/testdata/safetensors_corpus/ once fixed, so that
 # safetensors_corpus_test replays it forever); 77 when clang++ or its libFuzzer
 # runtime (libclang-rt-14-dev) is missing, which ctest reports as skipped.
 # Environment: SAETRACK_FUZZ_BUILD_DIR (default build-fuzz),
@@ -79,4 +79,4 @@ exec "$build/bin/safetensors_fuzz" \
   -dict="$dict" \
   -artifact_prefix="$artifacts/" \
   -print_final_stats=1 \
-  "$work_corpus" worker/format/testdata/safetensors_corpus
+  "$work_corpus" format/testdata/safetensors_corpus

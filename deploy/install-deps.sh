@@ -11,6 +11,11 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev
   libabsl-dev
+  # Packaged libraries instead of hand-written infrastructure: JSON
+  # (format/json), Unicode normalisation and character classes (the
+  # tokenizer), small dense linear algebra (analysis/), sub-command parsing
+  # (the CLI).
+  nlohmann-json3-dev libicu-dev libeigen3-dev libcli11-dev
   libtorch-dev
   # Debian's LibTorch links the generic libblas.so.3, which defaults to the
   # reference BLAS (~5 GFLOP/s on two cores). libopenblas0-openmp switches the

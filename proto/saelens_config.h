@@ -8,7 +8,7 @@
 #include <string>
 
 #include "saetrack/v1/job.pb.h"
-#include "worker/format/saelens.h"
+#include "format/saelens.h"
 
 namespace saetrack {
 

@@ -22,8 +22,8 @@
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/test_fixtures.h"
-#include "server/internal/worker_rpc_testing.h"
-#include "worker/format/crc32c.h"
+#include "server/testing/worker_rpc_testing.h"
+#include "format/crc32c.h"
 
 namespace saetrack {
 namespace {

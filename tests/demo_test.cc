@@ -24,7 +24,7 @@
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 #include "tests/child_process.h"
-#include "worker/format/json.h"
+#include "format/json.h"
 
 namespace saetrack {
 namespace {

@@ -34,10 +34,10 @@
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "server/internal/worker_rpc_testing.h"
+#include "server/testing/worker_rpc_testing.h"
 #include "tests/child_process.h"
-#include "worker/format/crc32c.h"
-#include "worker/format/safetensors.h"
+#include "format/crc32c.h"
+#include "format/safetensors.h"
 
 namespace saetrack {
 namespace {

@@ -21,7 +21,7 @@
 #include "absl/time/clock.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "worker/format/crc32c.h"
+#include "format/crc32c.h"
 #include "worker/internal/metrics_http_server.h"
 
 namespace saetrack::worker {

@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "worker/engine/training_engine.h"
+#include "engine/training_engine.h"
 
 namespace saetrack::worker {
 

@@ -13,7 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "worker/format/crc32c.h"
+#include "format/crc32c.h"
 
 namespace saetrack::server {
 

@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "worker/format/model_config.h"
+#include "format/model_config.h"
 
 namespace saetrack::server {
 namespace {

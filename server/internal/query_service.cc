@@ -13,10 +13,10 @@
 #include "absl/strings/str_join.h"
 #include "proto/saelens_config.h"
 #include "server/internal/chunked_writer.h"
-#include "worker/format/saelens.h"
-#include "worker/format/safetensors.h"
-#include "worker/format/token_file.h"
-#include "worker/format/token_split.h"
+#include "format/saelens.h"
+#include "format/safetensors.h"
+#include "format/token_file.h"
+#include "format/token_split.h"
 
 namespace saetrack::server {
 namespace {

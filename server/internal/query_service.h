@@ -11,7 +11,7 @@
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/result_store.h"
 #include "server/internal/task_scheduler.h"
-#include "worker/format/tokenizer.h"
+#include "format/tokenizer.h"
 
 namespace saetrack::server {
 

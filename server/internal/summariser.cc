@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "analysis/drift.h"
 #include "analysis/dynamics.h"
-#include "worker/format/tokenizer.h"
+#include "format/tokenizer.h"
 
 namespace saetrack::server {
 namespace {

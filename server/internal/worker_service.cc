@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/internal/chunked_writer.h"
-#include "worker/format/crc32c.h"
+#include "format/crc32c.h"
 
 namespace saetrack::server {
 namespace {

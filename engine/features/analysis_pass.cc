@@ -1,0 +1,159 @@
+#include "engine/features/analysis_pass.h"
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/lm/activations.h"
+#include "engine/features/feature_analysis.h"
+#include "engine/lm/language_model.h"
+#include "engine/sae/sae.h"
+#include "base/status_macros.h"
+#include "format/token_file.h"
+
+namespace saetrack::engine {
+namespace {
+
+// Tokens per LM forward pass (as the training engine).
+constexpr int64_t kTokensPerForward = 8192;
+
+absl::Status InvalidField(const char* field, const std::string& what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("AnalysisInput.", field, " ", what));
+}
+
+template <typename T>
+std::vector<T> ToVector(const torch::Tensor& t) {
+  const torch::Tensor cpu = t.to(torch::kCPU).contiguous();
+  return std::vector<T>(cpu.data_ptr<T>(), cpu.data_ptr<T>() + cpu.numel());
+}
+
+absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
+                                              const torch::Device& device) {
+  if (input.top_k < 2) return InvalidField("top_k", "must be at least 2");
+  if (input.random_positions < 2) {
+    return InvalidField("random_positions", "must be at least 2");
+  }
+  if (input.analysis_tokens <= 0) {
+    return InvalidField("analysis_tokens", "must be positive");
+  }
+  if (input.context_length <= 0) {
+    return InvalidField("context_length", "must be positive");
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const HookSite site, ParseHookSite(input.site));
+  SAETRACK_ASSIGN_OR_RETURN(const format::TokenDtype dtype,
+                            format::ParseTokenDtype(input.token_dtype));
+  SAETRACK_ASSIGN_OR_RETURN(const std::unique_ptr<LanguageModel> model,
+                            LoadLanguageModel(input.model_dir, device));
+  if (input.layer < 0 || input.layer >= model->num_layers()) {
+    return InvalidField("layer", absl::StrCat(input.layer, " is out of range: ",
+                                              input.model_dir, " has ",
+                                              model->num_layers(), " layers"));
+  }
+  SAETRACK_ASSIGN_OR_RETURN(SaeWeights weights,
+                            SaeFromSafetensors(input.sae_safetensors, device));
+  if (weights.d_in() != model->d_model()) {
+    return InvalidField(
+        "sae_safetensors",
+        absl::StrCat("has d_in ", weights.d_in(), ", but ", input.model_dir,
+                     " has hidden_size ", model->d_model()));
+  }
+  SaeSpec spec;
+  spec.architecture = input.sae_architecture;
+  spec.k = input.k;
+  SAETRACK_ASSIGN_OR_RETURN(std::unique_ptr<Sae> sae,
+                            MakeSae(spec, std::move(weights)));
+  const int64_t d_sae = sae->d_sae();
+  if (!input.reference_positions.empty() &&
+      static_cast<int64_t>(input.reference_positions.size()) !=
+          d_sae * input.top_k) {
+    return InvalidField("reference_positions",
+                        absl::StrCat("has ", input.reference_positions.size(),
+                                     " entries, expected d_sae * top_k = ",
+                                     d_sae * input.top_k));
+  }
+
+  SAETRACK_ASSIGN_OR_RETURN(const format::TokenFile tokens,
+                            format::TokenFile::Open(input.tokens_path, dtype));
+  absl::StatusOr<TokenSplit> split =
+      SplitTokens(tokens.size(), input.context_length);
+  if (!split.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(input.tokens_path, ": ", split.status().message()));
+  }
+  const int64_t num_contexts =
+      (input.analysis_tokens + input.context_length - 1) / input.context_length;
+  SAETRACK_ASSIGN_OR_RETURN(
+      const torch::Tensor contexts,
+      GatherContexts(
+          tokens, HeldOutContexts(*split, input.context_length, num_contexts),
+          input.context_length, model->config().vocab_size));
+  const torch::Tensor activations = CollectActivations(
+      *model, contexts, HookPoint{input.layer, site},
+      std::max<int64_t>(1, kTokensPerForward / input.context_length), device);
+  const int64_t n = activations.size(0);
+
+  AnalysisOutput out;
+  out.analysis_positions = n;
+  out.d_sae = static_cast<int>(d_sae);
+  out.top_k = input.top_k;
+  const SaeEvaluation evaluation = EvaluateSae(*sae, activations);
+  out.frequency = evaluation.frequency;
+  out.mean_activation = evaluation.mean_activation;
+  out.max_activation = evaluation.max_activation;
+
+  const TopActivations top =
+      TopActivatingPositions(*sae, activations, input.top_k);
+  out.top_positions = ToVector<int64_t>(top.positions);
+  out.top_values = ToVector<float>(top.values);
+  const torch::Tensor flat_tokens = contexts.reshape({-1}).to(torch::kCPU);
+  const torch::Tensor positions_cpu = top.positions.to(torch::kCPU);
+  out.top_tokens = ToVector<int64_t>(torch::where(
+      positions_cpu >= 0, flat_tokens.index({positions_cpu.clamp_min(0)}),
+      torch::full_like(positions_cpu, -1)));
+
+  torch::Tensor reference = top.positions;
+  if (!input.reference_positions.empty()) {
+    reference = torch::tensor(input.reference_positions, torch::kLong)
+                    .reshape({d_sae, input.top_k});
+    if ((reference >= n).any().item<bool>()) {
+      return InvalidField(
+          "reference_positions",
+          absl::StrCat("holds a position beyond the analysis set's ", n,
+                       " rows"));
+    }
+  }
+  out.reference_positions = ToVector<int64_t>(reference);
+  at::Generator generator = at::detail::createCPUGenerator(input.seed ^ 0xA11);
+  const torch::Tensor random =
+      torch::randint(n, {std::min<int64_t>(input.random_positions, n)},
+                     generator, torch::kLong);
+  const ProgressMeasure progress =
+      MeasureProgress(*sae, activations, reference, random);
+  out.progress_activation = progress.activation_space;
+  out.progress_feature = progress.feature_space;
+  out.activation_baseline = progress.activation_baseline;
+  out.feature_baseline = progress.feature_baseline;
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<AnalysisOutput> AnalyseCheckpoint(const AnalysisInput& input,
+                                                 const torch::Device& device) {
+  try {
+    return AnalyseOrThrow(input, device);
+  } catch (const c10::Error& error) {
+    return absl::InternalError(
+        absl::StrCat("LibTorch error: ", error.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory in the analysis pass");
+  } catch (const std::exception& error) {
+    return absl::InternalError(absl::StrCat("analysis error: ", error.what()));
+  }
+}
+
+}  // namespace saetrack::engine

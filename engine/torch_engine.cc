@@ -1,0 +1,550 @@
+// NewTorchEngine: the LibTorch implementation of SaeTrainingEngine.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "engine/lm/activation_stream.h"
+#include "engine/lm/activations.h"
+#include "engine/features/analysis_pass.h"
+#include "engine/lm/language_model.h"
+#include "engine/eval/lm_evaluation.h"
+#include "engine/sae/sae.h"
+#include "engine/sae/sae_trainer.h"
+#include "engine/training_engine.h"
+#include "format/crc32c.h"
+#include "base/status_macros.h"
+#include "format/safetensors.h"
+#include "format/token_file.h"
+
+namespace saetrack::engine {
+namespace {
+
+// Tokens per LM forward pass: large enough for efficient GEMMs, small enough
+// that attention scores of a big model fit comfortably.
+constexpr int64_t kTokensPerForward = 8192;
+// Size of the mixing buffer of training activations (ActivationStream): large
+// enough to mix many forward passes, small enough for any GPU.
+constexpr int64_t kActivationBufferBytes = int64_t{256} << 20;
+// Refill the mixing buffer when half of it has been served (SAELens' choice).
+constexpr double kActivationRefillFraction = 0.5;
+// Rows of the first buffer used for the geometric median of b_dec.
+constexpr int64_t kGeometricMedianSample = 4096;
+// Steps between progress callbacks.
+constexpr int64_t kProgressEverySteps = 16;
+// Held-out rows the adaptive budget evaluates on.
+constexpr int64_t kAdaptiveEvalRows = 16384;
+// Metadata of a saved training state.
+constexpr char kFingerprintKey[] = "saetrack.fingerprint";
+constexpr char kInitFvuKey[] = "saetrack.init_fvu";
+
+absl::Status InvalidField(std::string_view field, std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("TrainInput.", absl::string_view(field.data(), field.size()),
+                   " ", absl::string_view(what.data(), what.size())));
+}
+
+absl::Status ValidateInput(const TrainInput& input) {
+  if (input.architecture != "gpt_neox" && input.architecture != "gpt2") {
+    return InvalidField("architecture",
+                        absl::StrCat("\"", input.architecture,
+                                     "\" is not supported (supported: "
+                                     "\"gpt_neox\", \"gpt2\")"));
+  }
+  const std::vector<std::string> architectures = SaeArchitectures();
+  if (std::find(architectures.begin(), architectures.end(),
+                input.sae_architecture) == architectures.end()) {
+    return InvalidField("sae_architecture",
+                        absl::StrCat("\"", input.sae_architecture,
+                                     "\" is not supported (supported: ",
+                                     absl::StrJoin(architectures, ", "), ")"));
+  }
+  if (input.layer < 0) return InvalidField("layer", "must be >= 0");
+  if (input.context_length <= 0) {
+    return InvalidField("context_length", "must be positive");
+  }
+  if (input.d_sae < 0) return InvalidField("d_sae", "must be >= 0");
+  if (input.d_sae == 0 && input.expansion_factor <= 0) {
+    return InvalidField("expansion_factor", "must be positive when d_sae is 0");
+  }
+  if (!std::isfinite(input.l1_coefficient) || input.l1_coefficient < 0) {
+    return InvalidField("l1_coefficient", "must be finite and >= 0");
+  }
+  if (!std::isfinite(input.lr) || input.lr <= 0) {
+    return InvalidField("lr", "must be finite and positive");
+  }
+  if (input.warmup_steps < 0) {
+    return InvalidField("warmup_steps", "must be >= 0");
+  }
+  if (input.batch_size < 2) {
+    // The loss normalises by the batch variance, undefined for one row.
+    return InvalidField("batch_size", "must be at least 2");
+  }
+  if (input.train_tokens <= 0) {
+    return InvalidField("train_tokens", "must be positive");
+  }
+  if (input.eval_tokens <= 0) {
+    return InvalidField("eval_tokens", "must be positive");
+  }
+  if (input.dead_window_tokens < 0) {
+    return InvalidField("dead_window_tokens", "must be >= 0");
+  }
+  if (input.adaptive_window_tokens < 0) {
+    return InvalidField("adaptive_window_tokens", "must be >= 0");
+  }
+  if (!std::isfinite(input.adaptive_tolerance) ||
+      input.adaptive_tolerance < 0) {
+    return InvalidField("adaptive_tolerance", "must be finite and >= 0");
+  }
+  if (input.lm_eval_tokens < 0) {
+    return InvalidField("lm_eval_tokens", "must be >= 0");
+  }
+  if (input.checkpoint_every_tokens < 0) {
+    return InvalidField("checkpoint_every_tokens", "must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The smallest multiple of `every` above `tokens` (every > 0).
+int64_t NextMultiple(int64_t tokens, int64_t every) {
+  return every <= 0 ? 0 : (tokens / every + 1) * every;
+}
+
+// Identifies the training run a saved state belongs to: everything that
+// shapes the trajectory of the weights.
+std::string Fingerprint(const TrainInput& input) {
+  uint32_t crc = format::Crc32c(input.init_sae_safetensors.value_or(""));
+  const std::string fields = absl::StrCat(
+      input.model_dir, "|", input.architecture, "|", input.layer, "|",
+      input.site, "|", input.tokens_path, "|", input.token_dtype, "|",
+      input.context_length, "|", input.sae_architecture, "|", input.k, "|",
+      input.aux_k, "|", input.aux_coefficient, "|", input.d_sae, "|",
+      input.expansion_factor, "|", input.l1_coefficient, "|", input.lr, "|",
+      input.warmup_steps, "|", input.batch_size, "|", input.train_tokens, "|",
+      input.dead_window_tokens, "|", input.ghost_grads, "|", input.seed, "|",
+      crc);
+  return absl::StrFormat("%08x-%08x", format::Crc32c(fields), crc);
+}
+
+// The adaptive budget of TrainInput: held-out FVU measured every quarter
+// window; converged when it improved by less than the tolerance over the
+// last full window.
+class AdaptiveBudget {
+ public:
+  AdaptiveBudget(int64_t window_tokens, double tolerance)
+      : window_(window_tokens),
+        every_(std::max<int64_t>(1, window_tokens / 4)),
+        tolerance_(tolerance) {}
+
+  bool enabled() const { return window_ > 0; }
+  bool Due(int64_t tokens) const { return tokens >= next_; }
+
+  bool Converged(int64_t tokens, double fvu) {
+    next_ = tokens + every_;
+    history_.emplace_back(tokens, fvu);
+    // The newest measurement at least a window old.
+    std::optional<double> window_ago;
+    for (const auto& [t, f] : history_) {
+      if (t <= tokens - window_) window_ago = f;
+    }
+    return window_ago.has_value() && *window_ago - fvu < tolerance_;
+  }
+
+ private:
+  int64_t window_;
+  int64_t every_;
+  double tolerance_;
+  int64_t next_ = 0;
+  std::vector<std::pair<int64_t, double>> history_;
+};
+
+class TorchSaeTrainingEngine : public SaeTrainingEngine {
+ public:
+  TorchSaeTrainingEngine(torch::Device device, MatmulPrecision precision)
+      : device_(device), precision_(precision) {}
+
+  absl::StatusOr<AnalysisOutput> Analyse(const AnalysisInput& input) override {
+    return AnalyseCheckpoint(input, device_);
+  }
+
+  absl::StatusOr<TrainOutput> Train(const TrainInput& input,
+                                    const ProgressFn& progress) override {
+    // No exception may cross the engine boundary.
+    try {
+      return TrainOrThrow(input, progress);
+    } catch (const c10::Error& error) {
+      return absl::InternalError(
+          absl::StrCat("LibTorch error: ", error.what_without_backtrace()));
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError("out of memory while training SAE");
+    } catch (const std::exception& error) {
+      return absl::InternalError(absl::StrCat("engine error: ", error.what()));
+    }
+  }
+
+ private:
+  absl::StatusOr<TrainOutput> TrainOrThrow(const TrainInput& input,
+                                           const ProgressFn& progress) {
+    const auto start_time = std::chrono::steady_clock::now();
+    SAETRACK_RETURN_IF_ERROR(ValidateInput(input));
+    SAETRACK_ASSIGN_OR_RETURN(const HookSite site, ParseHookSite(input.site));
+    SAETRACK_ASSIGN_OR_RETURN(const format::TokenDtype token_dtype,
+                              format::ParseTokenDtype(input.token_dtype));
+    SAETRACK_ASSIGN_OR_RETURN(const std::unique_ptr<LanguageModel> model,
+                              LoadLanguageModel(input.model_dir, device_));
+    const format::ModelConfig& config = model->config();
+    if (config.architecture != input.architecture) {
+      return InvalidField(
+          "architecture",
+          absl::StrCat("is \"", input.architecture, "\", but ", input.model_dir,
+                       " holds a \"", config.architecture, "\" model"));
+    }
+    if (input.layer >= config.num_hidden_layers) {
+      return InvalidField(
+          "layer",
+          absl::StrCat(input.layer, " is out of range: ", input.model_dir,
+                       " has ", config.num_hidden_layers, " layers"));
+    }
+    if (input.context_length > config.max_position_embeddings) {
+      return InvalidField(
+          "context_length",
+          absl::StrCat(input.context_length,
+                       " exceeds the model's max_position_embeddings ",
+                       config.max_position_embeddings));
+    }
+    const int64_t d_in = config.hidden_size;
+    const int64_t d_sae =
+        input.d_sae > 0 ? input.d_sae : int64_t{input.expansion_factor} * d_in;
+    SAETRACK_ASSIGN_OR_RETURN(
+        const format::TokenFile tokens,
+        format::TokenFile::Open(input.tokens_path, token_dtype));
+    absl::StatusOr<TokenSplit> split =
+        SplitTokens(tokens.size(), input.context_length);
+    if (!split.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(input.tokens_path, ": ", split.status().message()));
+    }
+    const HookPoint hook{input.layer, site};
+    const int context_length = input.context_length;
+    const int64_t contexts_per_forward =
+        std::max<int64_t>(1, kTokensPerForward / context_length);
+
+    // Held-out activations: the same positions for every checkpoint.
+    const std::vector<int64_t> eval_starts = HeldOutContexts(
+        *split, context_length, CeilDiv(input.eval_tokens, context_length));
+    SAETRACK_ASSIGN_OR_RETURN(
+        const torch::Tensor eval_contexts,
+        GatherContexts(tokens, eval_starts, context_length, config.vocab_size));
+    const torch::Tensor eval_activations = CollectActivations(
+        *model, eval_contexts, hook, contexts_per_forward, device_);
+
+    // Training contexts, streamed through a shuffling buffer.
+    const int64_t train_contexts = CeilDiv(input.train_tokens, context_length);
+    ActivationStreamOptions stream_options;
+    // No bigger than the whole training set, so small jobs allocate little.
+    stream_options.buffer_rows = std::max<int64_t>(
+        input.batch_size,
+        std::min(train_contexts * context_length,
+                 kActivationBufferBytes / (d_in * int64_t{sizeof(float)})));
+    stream_options.refill_fraction = kActivationRefillFraction;
+    stream_options.seed = input.seed ^ 0x5AE7AC4ULL;
+    stream_options.device = device_;
+    SAETRACK_ASSIGN_OR_RETURN(
+        ActivationStream stream,
+        ActivationStream::Create(
+            ContextActivationSource(
+                *model, tokens,
+                SampleTrainContexts(*split, context_length, train_contexts,
+                                    input.seed),
+                context_length, hook, contexts_per_forward, device_),
+            stream_options));
+
+    // The SAE: from the previous one of the chain, or from scratch.
+    SaeWeights weights;
+    std::optional<SaeWeights> init_weights;
+    if (input.init_sae_safetensors.has_value()) {
+      SAETRACK_ASSIGN_OR_RETURN(
+          weights, SaeFromSafetensors(*input.init_sae_safetensors, device_));
+      if (weights.d_in() != d_in || weights.d_sae() != d_sae) {
+        return InvalidField(
+            "init_sae_safetensors",
+            absl::StrCat("has d_in ", weights.d_in(), " and d_sae ",
+                         weights.d_sae(), ", but this task needs d_in ", d_in,
+                         " (hidden_size of ", input.model_dir, ") and d_sae ",
+                         d_sae));
+      }
+      init_weights = weights.Clone();
+    } else {
+      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor sample,
+                                stream.Peek(kGeometricMedianSample));
+      weights = InitSaeFromScratch(d_sae, sample, input.seed);
+    }
+    SaeSpec spec;
+    spec.architecture = input.sae_architecture;
+    spec.l1_coefficient = input.l1_coefficient;
+    spec.k = input.k;
+    spec.aux_k = input.aux_k;
+    spec.aux_coefficient = input.aux_coefficient;
+    absl::StatusOr<std::unique_ptr<Sae>> made =
+        MakeSae(spec, std::move(weights), precision_);
+    if (!made.ok()) {
+      // SaeSpec.<field> is TrainInput.<field> here.
+      return absl::InvalidArgumentError(
+          absl::StrCat("TrainInput.",
+                       absl::StripPrefix(made.status().message(), "SaeSpec.")));
+    }
+    Sae& sae = **made;
+
+    TrainOutput output;
+    output.d_in = static_cast<int>(d_in);
+    output.d_sae = static_cast<int>(d_sae);
+
+    SaeTrainerOptions trainer_options;
+    trainer_options.lr = input.lr;
+    trainer_options.warmup_steps = input.warmup_steps;
+    trainer_options.dead_window_tokens =
+        input.dead_window_tokens > 0
+            ? input.dead_window_tokens
+            : std::max<int64_t>(input.batch_size, input.train_tokens / 10);
+    trainer_options.ghost_grads = input.ghost_grads;
+    SaeTrainer trainer(&sae, trainer_options);
+
+    // Resume from a saved state of this very input, if there is one.
+    const std::string fingerprint = Fingerprint(input);
+    const std::string state_path =
+        input.state_dir.empty()
+            ? std::string()
+            : absl::StrCat(input.state_dir, "/trainer_state.safetensors");
+    std::optional<double> resumed_init_fvu;
+    if (!state_path.empty()) {
+      SAETRACK_ASSIGN_OR_RETURN(resumed_init_fvu,
+                                MaybeResume(state_path, fingerprint, trainer));
+    }
+    output.init_fvu = resumed_init_fvu.has_value()
+                          ? *resumed_init_fvu
+                          : HeldOutFvu(sae, eval_activations);
+    output.resumed_from_tokens = trainer.tokens();
+    if (trainer.tokens() > 0) {
+      // A fresh sample of the contexts still to train on: the saved state
+      // does not record the stream's position, and any unseen sample of the
+      // training split is as good as the one the interrupted run would have
+      // drawn.
+      const int64_t remaining = std::max<int64_t>(
+          0, train_contexts - CeilDiv(trainer.tokens(), context_length));
+      SAETRACK_ASSIGN_OR_RETURN(
+          stream,
+          ActivationStream::Create(
+              ContextActivationSource(
+                  *model, tokens,
+                  SampleTrainContexts(
+                      *split, context_length, remaining,
+                      input.seed ^ static_cast<uint64_t>(trainer.tokens())),
+                  context_length, hook, contexts_per_forward, device_),
+              stream_options));
+    }
+
+    // The adaptive budget watches the held-out FVU on a prefix of the
+    // held-out activations.
+    AdaptiveBudget budget(input.adaptive_window_tokens,
+                          input.adaptive_tolerance);
+    const torch::Tensor budget_activations = eval_activations.narrow(
+        0, 0, std::min<int64_t>(eval_activations.size(0), kAdaptiveEvalRows));
+    int64_t next_save =
+        NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
+    double last_loss = 0;
+    while (true) {
+      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch,
+                                stream.NextBatch(input.batch_size));
+      // The last batch may be smaller; one row has no batch variance.
+      if (!batch.defined() || batch.size(0) < 2) break;
+      last_loss = trainer.Step(batch).total;
+      if (!state_path.empty() && input.checkpoint_every_tokens > 0 &&
+          trainer.tokens() >= next_save) {
+        SAETRACK_RETURN_IF_ERROR(
+            SaveState(state_path, fingerprint, output.init_fvu, trainer));
+        next_save =
+            NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
+      }
+      if (budget.enabled() && budget.Due(trainer.tokens()) &&
+          budget.Converged(trainer.tokens(),
+                           HeldOutFvu(sae, budget_activations))) {
+        output.stopped_early = true;
+        break;
+      }
+      if (trainer.steps() % kProgressEverySteps == 0 && progress &&
+          !progress(trainer.tokens(), last_loss)) {
+        return absl::CancelledError(absl::StrCat(
+            "SAE training cancelled after ", trainer.tokens(), " tokens"));
+      }
+    }
+    output.tokens_trained = trainer.tokens();
+    if (progress && !progress(trainer.tokens(), last_loss)) {
+      return absl::CancelledError(absl::StrCat("SAE training cancelled after ",
+                                               trainer.tokens(), " tokens"));
+    }
+
+    const SaeEvaluation evaluation = EvaluateSae(sae, eval_activations);
+    output.mse = evaluation.mse;
+    output.fvu = evaluation.fvu;
+    output.l0 = evaluation.l0;
+    output.dead_fraction = evaluation.dead_fraction;
+    output.density_histogram = DensityHistogram(evaluation.frequency);
+    output.features.frequency = evaluation.frequency;
+    output.features.mean_activation = evaluation.mean_activation;
+    output.features.max_activation = evaluation.max_activation;
+    output.features.encoder_norm = evaluation.encoder_norm;
+    if (init_weights.has_value()) {
+      output.features.decoder_cos_prev =
+          DecoderCosines(sae.weights(), *init_weights);
+    }
+    if (input.lm_eval_tokens > 0) {
+      const torch::Tensor lm_contexts = eval_contexts.narrow(
+          0, 0,
+          std::min<int64_t>(eval_contexts.size(0),
+                            CeilDiv(input.lm_eval_tokens, context_length)));
+      SAETRACK_ASSIGN_OR_RETURN(output.lm, EvaluateWithSplice(
+                                               *model, lm_contexts, hook,
+                                               [&sae](const torch::Tensor& x) {
+                                                 return sae.Reconstruct(x);
+                                               },
+                                               contexts_per_forward));
+    }
+    output.sae_safetensors = SaeToSafetensors(sae.weights());
+    output.wall_time_s = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start_time)
+                             .count();
+    return output;
+  }
+
+  // Restores `trainer` from the state at `path` when it was saved for the
+  // same input; returns the initial FVU it recorded, or nullopt (nothing
+  // restored) when there is no such state.
+  static absl::StatusOr<std::optional<double>> MaybeResume(
+      const std::string& path, const std::string& fingerprint,
+      SaeTrainer& trainer) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::optional<double>();
+    std::string bytes((std::istreambuf_iterator<char>(in)),
+                      std::istreambuf_iterator<char>());
+    std::map<std::string, std::string> metadata;
+    // A state from another input (or a torn file) is not an error: the task
+    // simply starts over and overwrites it.
+    absl::StatusOr<format::SafetensorsFile> file =
+        format::SafetensorsFile::FromBytes(bytes, path);
+    if (!file.ok()) return std::optional<double>();
+    auto it = file->metadata().find(kFingerprintKey);
+    if (it == file->metadata().end() || it->second != fingerprint) {
+      return std::optional<double>();
+    }
+    double init_fvu = 0;
+    auto fvu_it = file->metadata().find(kInitFvuKey);
+    if (fvu_it == file->metadata().end() ||
+        !absl::SimpleAtod(fvu_it->second, &init_fvu)) {
+      return std::optional<double>();
+    }
+    if (!trainer.RestoreState(std::move(bytes), &metadata).ok()) {
+      return std::optional<double>();
+    }
+    return std::optional<double>(init_fvu);
+  }
+
+  // Writes the trainer's state atomically (temporary file, then rename).
+  static absl::Status SaveState(const std::string& path,
+                                const std::string& fingerprint, double init_fvu,
+                                const SaeTrainer& trainer) {
+    const std::string state =
+        trainer.SaveState({{kFingerprintKey, fingerprint},
+                           {kInitFvuKey, absl::StrFormat("%.17g", init_fvu)}});
+    std::error_code error;
+    std::filesystem::create_directories(
+        std::filesystem::path(path).parent_path(), error);
+    const std::string temporary = absl::StrCat(path, ".tmp");
+    {
+      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+      out.write(state.data(), static_cast<std::streamsize>(state.size()));
+      out.flush();
+      if (!out) {
+        return absl::UnavailableError(
+            absl::StrCat("cannot write training state ", temporary));
+      }
+    }
+    std::filesystem::rename(temporary, path, error);
+    if (error) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot rename training state to ", path, ": ", error.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  torch::Device device_;
+  MatmulPrecision precision_;
+};
+
+absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return torch::Device(torch::kCPU);
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "EngineOptions.device \"", name,
+          "\": CUDA is not available (CPU-only LibTorch or no GPU)"));
+    }
+    try {
+      return torch::Device(name);
+    } catch (const c10::Error& error) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EngineOptions.device \"", name,
+                       "\": ", error.what_without_backtrace()));
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "EngineOptions.device \"", name, "\" is not \"cpu\" or \"cuda\""));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> NewTorchEngine(
+    const EngineOptions& options) {
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError("EngineOptions.threads must be >= 0");
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const torch::Device device,
+                            ParseDevice(options.device));
+  MatmulPrecision precision;
+  if (options.matmul_precision == "fp32") {
+    precision = MatmulPrecision::kFp32;
+  } else if (options.matmul_precision == "bf16") {
+    precision = MatmulPrecision::kBf16;
+  } else if (options.matmul_precision == "auto" ||
+             options.matmul_precision.empty()) {
+    precision =
+        device.is_cuda() ? MatmulPrecision::kBf16 : MatmulPrecision::kFp32;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EngineOptions.matmul_precision \"", options.matmul_precision,
+        "\" is not \"auto\", \"fp32\" or \"bf16\""));
+  }
+  if (options.threads > 0) torch::set_num_threads(options.threads);
+  return std::unique_ptr<SaeTrainingEngine>(
+      std::make_unique<TorchSaeTrainingEngine>(device, precision));
+}
+
+}  // namespace saetrack::engine

@@ -1,0 +1,244 @@
+// The SAE training engine: trains one SAE of a SAE-Track chain on one
+// checkpoint. This is the seam between the worker's RPC loop and LibTorch:
+// nothing in this header mentions gRPC, RocksDB or torch, so the loop can be
+// tested against a fake engine and the engine builds with LibTorch alone.
+#ifndef SAETRACK_ENGINE_TRAINING_ENGINE_H_
+#define SAETRACK_ENGINE_TRAINING_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace saetrack::engine {
+
+// Everything needed to train one SAE of a chain. Plain values; the worker fills
+// it from the leased task.
+struct TrainInput {
+  // --- model and hook ---
+  // Hugging Face style directory (config.json + model.safetensors).
+  std::string model_dir;
+  // "gpt_neox" (Pythia) or "gpt2"; must match the checkpoint's config.json.
+  std::string architecture = "gpt_neox";
+  int layer = 0;
+  // "resid_pre" (default), "resid_post", "attn_out", "mlp_out".
+  std::string site = "resid_pre";
+
+  // --- data ---
+  // Flat little-endian token file; "uint16" or "uint32".
+  std::string tokens_path;
+  std::string token_dtype = "uint16";
+  int context_length = 128;
+
+  // --- SAE ---
+  // "relu_l1" (the paper's) or "topk".
+  std::string sae_architecture = "relu_l1";
+  // topk: active latents per token (k), latents in the AuxK loss (0: 2 * k)
+  // and the AuxK loss coefficient.
+  int k = 32;
+  int aux_k = 0;
+  double aux_coefficient = 1.0 / 32;
+  // d_sae; when 0, expansion_factor * d_model.
+  int d_sae = 0;
+  int expansion_factor = 64;
+  double l1_coefficient = 8e-5;
+  double lr = 4e-4;
+  int warmup_steps = 5000;
+  int batch_size = 4096;
+  int64_t train_tokens = 300'000'000;
+  // A feature is dead when it has not fired on any of the last
+  // dead_window_tokens training tokens (0: a tenth of train_tokens).
+  int64_t dead_window_tokens = 0;
+  // relu_l1: ghost grads for dead features (the worker enables them for the
+  // first SAE of a chain).
+  bool ghost_grads = false;
+  // Adaptive budget: when adaptive_window_tokens > 0, stop once the held-out
+  // FVU improved by less than adaptive_tolerance (absolute) over the last
+  // adaptive_window_tokens training tokens. 0 trains all train_tokens.
+  int64_t adaptive_window_tokens = 0;
+  double adaptive_tolerance = 1e-3;
+  // Held-out tokens (a fixed split, disjoint from training tokens, the same
+  // positions for every checkpoint of a job) used for evaluation and feature
+  // statistics.
+  int64_t eval_tokens = 65536;
+  uint64_t seed = 0;
+  // Held-out tokens over which the language model's cross-entropy is measured
+  // clean, with the SAE's reconstruction spliced in, and with the hook
+  // zero-ablated (a prefix of the eval contexts). 0 skips the LM evaluation.
+  int64_t lm_eval_tokens = 8192;
+
+  // Training state: when state_dir is set, the trainer saves its state there
+  // every checkpoint_every_tokens tokens (0: never) and resumes from a state
+  // it finds there (written for the same input) instead of starting over.
+  std::string state_dir;
+  int64_t checkpoint_every_tokens = 0;
+
+  // SAE weights of the previous checkpoint (safetensors bytes as produced in
+  // TrainOutput::sae_safetensors). Absent: train from scratch (Kaiming-uniform,
+  // unit-norm decoder, b_dec at the geometric median of a sample).
+  std::optional<std::string> init_sae_safetensors;
+};
+
+// Per-feature statistics on the held-out set; entry i belongs to feature i.
+struct FeatureStats {
+  std::vector<float> frequency;        // fraction of tokens with f_i > 0
+  std::vector<float> mean_activation;  // mean of f_i over all tokens
+  std::vector<float> max_activation;
+  // cos(W_dec[i], W_dec_init[i]); empty when trained from scratch.
+  std::vector<float> decoder_cos_prev;
+  std::vector<float> encoder_norm;  // ||W_enc[:, i]||
+};
+
+// Feature density histogram: bin 0 counts dead features (frequency 0); bin
+// i >= 1 counts features with log10(frequency) in
+// [kDensityLog10Min + (i - 1) * kDensityLog10Width, ... + kDensityLog10Width),
+// the lowest bin also taking everything below it, the highest ending at 0.
+inline constexpr double kDensityLog10Min = -7.0;
+inline constexpr double kDensityLog10Width = 0.5;
+inline constexpr int kDensityBins = 1 + 14;
+
+// The language model with the SAE's reconstruction spliced in at the hook, on
+// held-out contexts (nats per token).
+struct LmEvaluation {
+  double ce_clean = 0;         // the unmodified model
+  double ce_spliced = 0;       // hook activations replaced by the SAE's output
+  double ce_zero_ablated = 0;  // hook activations replaced by zeros
+  // (ce_zero_ablated - ce_spliced) / (ce_zero_ablated - ce_clean).
+  double loss_recovered = 0;
+  // Mean over tokens of KL(clean || spliced) of the next-token distributions.
+  double kl_divergence = 0;
+  int64_t tokens = 0;
+};
+
+struct TrainOutput {
+  // SAE weights as a safetensors file: W_enc [d_in, d_sae], b_enc [d_sae],
+  // W_dec [d_sae, d_in], b_dec [d_in], all F32 (SAELens layout).
+  std::string sae_safetensors;
+  int d_in = 0;
+  int d_sae = 0;
+  int64_t tokens_trained = 0;
+  double wall_time_s = 0;
+  // Held-out evaluation of the trained SAE.
+  double mse = 0;            // mean over tokens of ||x_hat - x||^2 / d_in
+  double fvu = 0;            // sum ||x_hat - x||^2 / sum ||x - mean(x)||^2
+  double l0 = 0;             // mean active features per token
+  double dead_fraction = 0;  // features that never fired on the held-out set
+  // FVU of the initial SAE (before any training step) on the same held-out
+  // activations.
+  double init_fvu = 0;
+  // kDensityBins counts (see kDensityLog10Min).
+  std::vector<int64_t> density_histogram;
+  // Absent when TrainInput.lm_eval_tokens is 0.
+  std::optional<LmEvaluation> lm;
+  // The adaptive budget stopped training before train_tokens.
+  bool stopped_early = false;
+  // Tokens already trained in the saved state training resumed from (0 when
+  // it started from the beginning).
+  int64_t resumed_from_tokens = 0;
+  FeatureStats features;
+};
+
+// Called every few steps with the tokens trained so far and the latest loss.
+// Returning false cancels training: Train then returns kCancelled.
+using ProgressFn = std::function<bool(int64_t tokens_done, double loss)>;
+
+// Thread-compatible: one Train call at a time per instance.
+// The analysis pass of one checkpoint (analysis_pass.h): its SAE and LM on
+// the job's fixed analysis set.
+struct AnalysisInput {
+  // The checkpoint and hook, as in TrainInput.
+  std::string model_dir;
+  std::string architecture = "gpt_neox";
+  int layer = 0;
+  std::string site = "resid_pre";
+  std::string tokens_path;
+  std::string token_dtype = "uint16";
+  int context_length = 128;
+  // The analysis set: this many held-out tokens (whole contexts).
+  int64_t analysis_tokens = 65536;
+
+  // The checkpoint's SAE (safetensors, SAELens layout) and its architecture.
+  std::string sae_safetensors;
+  std::string sae_architecture = "relu_l1";
+  int k = 32;
+
+  // Top activating positions kept per feature.
+  int top_k = 25;
+  // [d_sae * top_k] positions chosen with the final SAE (-1 padding); empty
+  // on the final checkpoint itself.
+  std::vector<int64_t> reference_positions;
+  // Random analysis positions for the progress measure's baseline.
+  int random_positions = 256;
+  uint64_t seed = 0;
+};
+
+struct AnalysisOutput {
+  int64_t analysis_positions = 0;  // rows of the analysis set
+  int d_sae = 0;
+  int top_k = 0;
+  // Per feature, on the analysis set.
+  std::vector<float> frequency;
+  std::vector<float> mean_activation;
+  std::vector<float> max_activation;
+  // [d_sae * top_k], row-major by feature: this SAE's top positions (-1
+  // where the feature fired on fewer), their code values and token ids
+  // (-1 padding).
+  std::vector<int64_t> top_positions;
+  std::vector<float> top_values;
+  std::vector<int64_t> top_tokens;
+  // The positions the progress measure used (reference_positions, or
+  // top_positions on the final checkpoint).
+  std::vector<int64_t> reference_positions;
+  // P_i at this checkpoint (NaN for features with fewer than two positions)
+  // and the random-position baselines subtracted from them.
+  std::vector<float> progress_activation;
+  std::vector<float> progress_feature;
+  double activation_baseline = 0;
+  double feature_baseline = 0;
+};
+
+class SaeTrainingEngine {
+ public:
+  virtual ~SaeTrainingEngine() = default;
+
+  // Runs the analysis pass of one checkpoint (analysis_pass.h). Errors as
+  // AnalyseCheckpoint's. The default returns kUnimplemented.
+  virtual absl::StatusOr<AnalysisOutput> Analyse(const AnalysisInput& input);
+
+  // Trains one SAE. Errors: kInvalidArgument (bad input values, layer out of
+  // range, init SAE of the wrong shape), kNotFound / kDataLoss (missing or
+  // malformed checkpoint or token file, message names the file and offset),
+  // kCancelled (progress returned false). Never throws.
+  virtual absl::StatusOr<TrainOutput> Train(const TrainInput& input,
+                                            const ProgressFn& progress) = 0;
+};
+
+inline absl::StatusOr<AnalysisOutput> SaeTrainingEngine::Analyse(
+    const AnalysisInput& /*input*/) {
+  return absl::UnimplementedError("this engine has no analysis pass");
+}
+
+struct EngineOptions {
+  // "cpu" or "cuda".
+  std::string device = "cpu";
+  // Intra-op threads for LibTorch on CPU; 0 keeps LibTorch's default (which
+  // can come up as 1, so set it).
+  int threads = 0;
+  // Precision of the SAE's matrix products: "fp32", "bf16" (bf16 operands,
+  // fp32 accumulation and master weights), or "auto" (bf16 on CUDA, fp32 on
+  // CPU).
+  std::string matmul_precision = "auto";
+};
+
+// The LibTorch engine.
+absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> NewTorchEngine(
+    const EngineOptions& options);
+
+}  // namespace saetrack::engine
+
+#endif  // SAETRACK_ENGINE_TRAINING_ENGINE_H_

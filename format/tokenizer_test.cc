@@ -1,0 +1,458 @@
+#include "format/tokenizer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "format/internal/unicode.h"
+#include "format/json.h"
+#include "format/mapped_file.h"
+
+#ifndef SAETRACK_PYTHIA_TOKENIZER
+#error "SAETRACK_PYTHIA_TOKENIZER must name testdata/pythia-20b-tokenizer.json"
+#endif
+#ifndef SAETRACK_TOKENIZER_GOLDEN
+#error \
+    "SAETRACK_TOKENIZER_GOLDEN must name testdata/pythia_tokenizer_golden.json"
+#endif
+#ifndef SAETRACK_TINY_SHAKESPEARE
+#error "SAETRACK_TINY_SHAKESPEARE must name deploy/demo/tinyshakespeare.txt"
+#endif
+
+namespace saetrack::format {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// Ids looked up by hand in testdata/pythia-20b-tokenizer.json.
+constexpr uint32_t kHello = 12092;            // "Hello"
+constexpr uint32_t kSpaceWorld = 1533;        // "Ġworld"
+constexpr uint32_t kEndOfText = 0;            // added token "<|endoftext|>"
+constexpr uint32_t kTwoSpaces = 50276;        // added token "  "
+constexpr uint32_t kPythiaVocabSize = 50277;  // largest added id 50276, + 1
+
+// One Pythia tokenizer for the whole suite: loading parses 2.4 MB of JSON.
+class PythiaTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<Tokenizer> loaded =
+        Tokenizer::Load(SAETRACK_PYTHIA_TOKENIZER);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    tokenizer_ = new Tokenizer(*std::move(loaded));
+  }
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    tokenizer_ = nullptr;
+  }
+
+  static std::vector<uint32_t> EncodeOk(const std::string& text) {
+    absl::StatusOr<std::vector<uint32_t>> ids = tokenizer_->Encode(text);
+    EXPECT_TRUE(ids.ok()) << ids.status();
+    return ids.ok() ? *ids : std::vector<uint32_t>{};
+  }
+  static uint32_t Id(const std::string& token) {
+    std::optional<uint32_t> id = tokenizer_->TokenToId(token);
+    EXPECT_TRUE(id.has_value()) << token;
+    return id.value_or(~0u);
+  }
+  static void ExpectRoundTrip(const std::string& text) {
+    absl::StatusOr<std::string> decoded = tokenizer_->Decode(EncodeOk(text));
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(*decoded, text);
+  }
+
+  static Tokenizer* tokenizer_;
+};
+
+Tokenizer* PythiaTokenizerTest::tokenizer_ = nullptr;
+
+TEST_F(PythiaTokenizerTest, VocabSizeCountsAddedTokens) {
+  EXPECT_EQ(tokenizer_->vocab_size(), kPythiaVocabSize);
+}
+
+TEST_F(PythiaTokenizerTest, CommonWordsAreSingleTokens) {
+  EXPECT_EQ(Id("Hello"), kHello);
+  EXPECT_EQ(Id("\xC4\xA0world"), kSpaceWorld);  // "Ġworld"
+  EXPECT_THAT(EncodeOk("Hello world"), ElementsAre(kHello, kSpaceWorld));
+  EXPECT_THAT(EncodeOk("Hello"), ElementsAre(kHello));
+}
+
+TEST_F(PythiaTokenizerTest, EndOfTextIsItsAddedTokenId) {
+  EXPECT_EQ(Id("<|endoftext|>"), kEndOfText);
+  EXPECT_THAT(EncodeOk("<|endoftext|>"), ElementsAre(kEndOfText));
+  EXPECT_THAT(EncodeOk("Hello<|endoftext|>Hello"),
+              ElementsAre(kHello, kEndOfText, kHello));
+  // Text right after an added token is a fresh piece: no space prefix.
+  EXPECT_THAT(EncodeOk("<|endoftext|> world"),
+              ElementsAre(kEndOfText, kSpaceWorld));
+}
+
+TEST_F(PythiaTokenizerTest, SpaceRunsBecomeAddedWhitespaceTokens) {
+  // Pythia's added tokens "  " .. 24 spaces match before pre-tokenization,
+  // leftmost-longest.
+  EXPECT_THAT(EncodeOk("Hello  world"),
+              ElementsAre(kHello, kTwoSpaces, Id("world")));
+  EXPECT_THAT(EncodeOk("Hello   "), ElementsAre(kHello, kTwoSpaces - 1));
+  // 25 spaces: the 24-space token (id 50254), then a single space.
+  EXPECT_THAT(EncodeOk(std::string(25, ' ')),
+              ElementsAre(50254, Id("\xC4\xA0")));
+}
+
+TEST_F(PythiaTokenizerTest, ContractionsAndPunctuationSplit) {
+  EXPECT_THAT(EncodeOk("don't"), ElementsAre(Id("don"), Id("'t")));
+  EXPECT_THAT(EncodeOk("Hello, world!"),
+              ElementsAre(kHello, Id(","), kSpaceWorld, Id("!")));
+}
+
+TEST_F(PythiaTokenizerTest, InvalidUtf8RoundTripsThroughByteTokens) {
+  // A lone continuation byte 0x80 stands for "Ģ" (U+0122) in the
+  // byte-level alphabet.
+  EXPECT_THAT(EncodeOk("\x80"), ElementsAre(Id("\xC4\xA2")));
+  // Truncated, surrogate and beyond-U+10FFFF sequences.
+  ExpectRoundTrip(
+      "\x80\xBF abc \xC3( \xED\xA0\x80 \xF4\x90\x80\x80 tail\xE4\xB8");
+}
+
+TEST_F(PythiaTokenizerTest, BytesWithoutTokensAreRefused) {
+  // Pythia has no token for the bytes that never occur in UTF-8.
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer_->Encode("ok \xFF");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte 0xFF at offset 3"));
+}
+
+TEST_F(PythiaTokenizerTest, UnicodeTextRoundTrips) {
+  ExpectRoundTrip(
+      "naïve café Ελληνικά Русский 日本語 中文 한국어 😀🎉 ٣ ²\t\n\r\n "
+      "\u00a0nbsp\u2003em  x   ");
+}
+
+TEST_F(PythiaTokenizerTest, NfcRefusesTextItCannotProveComposed) {
+  ExpectRoundTrip("caf\xC3\xA9");  // precomposed é: already NFC
+  absl::StatusOr<std::vector<uint32_t>> ids =
+      tokenizer_->Encode("cafe\xCC\x81");  // e + COMBINING ACUTE ACCENT
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte 4 has U+0301"));
+  // A combining mark that composes with nothing passes (DEVANAGARI VIRAMA).
+  ExpectRoundTrip("\xE0\xA4\x95\xE0\xA5\x8D\xE0\xA4\xB7");  // क्ष
+}
+
+TEST_F(PythiaTokenizerTest, DecodeRejectsOutOfRangeIds) {
+  absl::StatusOr<std::string> text =
+      tokenizer_->Decode({kHello, kPythiaVocabSize});
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(text.status().message(),
+              HasSubstr("token id 50277 at position 1 is out of range"));
+}
+
+TEST_F(PythiaTokenizerTest, DecodeOfSpecialTokensIsVerbatim) {
+  absl::StatusOr<std::string> text =
+      tokenizer_->Decode({kHello, kTwoSpaces, kEndOfText});
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, "Hello  <|endoftext|>");
+}
+
+TEST_F(PythiaTokenizerTest, TinyShakespeareRoundTrips) {
+  absl::StatusOr<std::string> text =
+      ReadFileToString(SAETRACK_TINY_SHAKESPEARE);
+  ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_GT(text->size(), 1000000u);
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<uint32_t> ids = EncodeOk(*text);
+  const std::chrono::duration<double> seconds =
+      std::chrono::steady_clock::now() - start;
+  // BPE compresses English about 3-4x; far fewer ids than bytes.
+  EXPECT_GT(ids.size(), text->size() / 6);
+  EXPECT_LT(ids.size(), text->size() / 2);
+  absl::StatusOr<std::string> decoded = tokenizer_->Decode(ids);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_TRUE(*decoded == *text) << "decode(encode(x)) differs from x";
+  std::cout << "tiny shakespeare: " << text->size() << " bytes -> "
+            << ids.size() << " tokens in " << seconds.count() << " s\n";
+}
+
+// Compares with ids from the Hugging Face library, when they have been
+// generated (this machine cannot run it).
+TEST_F(PythiaTokenizerTest, TokenizerGoldenTest) {
+  if (::access(SAETRACK_TOKENIZER_GOLDEN, R_OK) != 0) {
+    GTEST_SKIP() << "golden ids not generated: run "
+                    "worker/format/testdata/make_tokenizer_golden.py where "
+                    "the tokenizers library is installed";
+  }
+  absl::StatusOr<std::string> text =
+      ReadFileToString(SAETRACK_TOKENIZER_GOLDEN);
+  ASSERT_TRUE(text.ok()) << text.status();
+  absl::StatusOr<JsonValue> golden =
+      ParseJson(*text, SAETRACK_TOKENIZER_GOLDEN);
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  ASSERT_TRUE(golden->is_array());
+  ASSERT_FALSE(golden->array().empty());
+  for (const JsonValue& entry : golden->array()) {
+    const JsonValue* input = entry.Find("text");
+    const JsonValue* ids = entry.Find("ids");
+    ASSERT_TRUE(input != nullptr && input->is_string());
+    ASSERT_TRUE(ids != nullptr && ids->is_array());
+    std::vector<uint32_t> expected;
+    for (const JsonValue& id : ids->array()) {
+      expected.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
+    }
+    EXPECT_EQ(EncodeOk(input->string_value()), expected)
+        << "text: " << JsonQuote(input->string_value());
+    ExpectRoundTrip(input->string_value());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A tiny byte-level BPE built in the test, to check split points and merge
+// order exactly: merges across a split point must never apply.
+
+std::string ByteLevelChar(int byte) {
+  int extra = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable =
+        (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    const int cp = printable ? b : extra++;
+    if (b == byte) {
+      std::string utf8;
+      if (cp < 0x80) {
+        utf8 += static_cast<char>(cp);
+      } else {
+        utf8 += static_cast<char>(0xC0 | (cp >> 6));
+        utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      return utf8;
+    }
+  }
+  return "";
+}
+
+struct TinyBpeSpec {
+  std::vector<std::pair<std::string, std::string>> merges;
+  bool merges_as_arrays = false;
+  bool add_prefix_space = false;
+  std::string normalizer = "null";
+  std::string model_type = "BPE";
+};
+
+std::string TinyBpeJson(const TinyBpeSpec& spec) {
+  JsonValue::Object vocab;
+  int next_id = 0;
+  for (int b = 0; b < 256; ++b) {
+    vocab.emplace_back(ByteLevelChar(b), JsonValue::Integer(next_id++));
+  }
+  JsonValue::Array merges;
+  for (const auto& [left, right] : spec.merges) {
+    vocab.emplace_back(left + right, JsonValue::Integer(next_id++));
+    merges.push_back(spec.merges_as_arrays
+                         ? JsonValue::MakeArray({JsonValue::String(left),
+                                                 JsonValue::String(right)})
+                         : JsonValue::String(left + " " + right));
+  }
+  const std::string model = SerializeJson(JsonValue::MakeObject({
+      {"type", JsonValue::String(spec.model_type)},
+      {"vocab", JsonValue::MakeObject(std::move(vocab))},
+      {"merges", JsonValue::MakeArray(std::move(merges))},
+  }));
+  return "{\"added_tokens\": [], \"normalizer\": " + spec.normalizer +
+         ", \"pre_tokenizer\": {\"type\": \"ByteLevel\", "
+         "\"add_prefix_space\": " +
+         (spec.add_prefix_space ? "true" : "false") +
+         "}, \"decoder\": {\"type\": \"ByteLevel\"}, \"model\": " + model + "}";
+}
+
+// Encodes with a tiny BPE and returns the tokens' byte-level spellings.
+std::vector<std::string> TinyTokens(const TinyBpeSpec& spec,
+                                    const std::string& text) {
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::FromJson(TinyBpeJson(spec), "tiny.json");
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  if (!tokenizer.ok()) return {};
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer->Encode(text);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  std::vector<std::string> tokens;
+  for (uint32_t id : *ids) {
+    absl::StatusOr<std::string> piece = tokenizer->Decode({id});
+    tokens.push_back(piece.ok() ? *piece : "?");
+  }
+  return tokens;
+}
+
+const std::string kG = "\xC4\xA0";  // "Ġ", the byte-level space
+
+TEST(TinyBpeTest, MergesApplyByRankWithinWords) {
+  TinyBpeSpec spec;
+  spec.merges = {{"b", "c"}, {"a", "b"}, {"a", "bc"}};
+  // "bc" (rank 0) first, then "a"+"bc"; "ab" (rank 1) never gets a chance.
+  EXPECT_THAT(TinyTokens(spec, "abc"), ElementsAre("abc"));
+  EXPECT_THAT(TinyTokens(spec, "abab"), ElementsAre("ab", "ab"));
+  spec.merges_as_arrays = true;
+  EXPECT_THAT(TinyTokens(spec, "abc"), ElementsAre("abc"));
+}
+
+TEST(TinyBpeTest, EqualRanksMergeLeftmostFirst) {
+  TinyBpeSpec spec;
+  spec.merges = {{"a", "a"}};
+  EXPECT_THAT(TinyTokens(spec, "aaa"), ElementsAre("aa", "a"));
+  EXPECT_THAT(TinyTokens(spec, "aaaa"), ElementsAre("aa", "aa"));
+}
+
+TEST(TinyBpeTest, MergesNeverCrossSplitPoints) {
+  TinyBpeSpec spec;
+  // Each of these would join two pieces of the GPT-2 split pattern.
+  const std::string newline = ByteLevelChar('\n');
+  spec.merges = {{"a", kG},
+                 {kG, kG},
+                 {"a", "1"},
+                 {"a", "!"},
+                 {"!", "b"},
+                 {kG, "b"},
+                 {"'", "s"},
+                 {"d", "'"},
+                 {kG, newline},
+                 {newline, kG},
+                 {"a", newline},
+                 {newline, "b"},
+                 {"a", ByteLevelChar(0xCE)},
+                 {"a", ByteLevelChar(0xE4)},
+                 {"a", ByteLevelChar(0xC2)}};
+  EXPECT_THAT(TinyTokens(spec, "a b"), ElementsAre("a", " b"));
+  // "\s+(?!\S)": a space run gives its last space to the next word.
+  EXPECT_THAT(TinyTokens(spec, "a  b"), ElementsAre("a", " ", " b"));
+  // ... and keeps it at the end of the text.
+  EXPECT_THAT(TinyTokens(spec, "a  "), ElementsAre("a", "  "));
+  EXPECT_THAT(TinyTokens(spec, "a1"), ElementsAre("a", "1"));
+  EXPECT_THAT(TinyTokens(spec, "a!b"), ElementsAre("a", "!", "b"));
+  EXPECT_THAT(TinyTokens(spec, "d's"), ElementsAre("d", "'s"));
+  // Contractions are case-sensitive: "'S" is punctuation then a letter.
+  EXPECT_THAT(TinyTokens(spec, "d'S"), ElementsAre("d", "'", "S"));
+  // A newline is not a space prefix: "\n" then "b".
+  EXPECT_THAT(TinyTokens(spec, "a\nb"), ElementsAre("a", "\n", "b"));
+  EXPECT_THAT(TinyTokens(spec, "a \n b"), ElementsAre("a", " \n", " b"));
+  // Letters of any script continue a run (the merges join "a" with the
+  // first byte of the next letter); U+00A0 is whitespace, so it does not.
+  EXPECT_THAT(TinyTokens(spec, "a\xCE\xB1"), ElementsAre("a\xCE", "\xB1"));
+  EXPECT_THAT(TinyTokens(spec, "a\xE4\xB8\xAD"),
+              ElementsAre("a\xE4", "\xB8", "\xAD"));
+  EXPECT_THAT(TinyTokens(spec, "a\xC2\xA0"), ElementsAre("a", "\xC2", "\xA0"));
+}
+
+TEST(TinyBpeTest, AddPrefixSpace) {
+  TinyBpeSpec spec;
+  spec.merges = {{kG, "b"}};
+  spec.add_prefix_space = true;
+  EXPECT_THAT(TinyTokens(spec, "b"), ElementsAre(" b"));
+  EXPECT_THAT(TinyTokens(spec, " b"), ElementsAre(" b"));
+}
+
+TEST(TokenizerLoadTest, MissingFileIsNotFound) {
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::Load("/nonexistent/tokenizer.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("/nonexistent/tokenizer.json"));
+}
+
+TEST(TokenizerLoadTest, BadJsonNamesTheOrigin) {
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::FromJson("{\"model\": ", "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("tok.json: "));
+}
+
+TEST(TokenizerLoadTest, UnsupportedModelTypeNamesTheField) {
+  TinyBpeSpec spec;
+  spec.model_type = "WordPiece";
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::FromJson(TinyBpeJson(spec), "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(
+      tokenizer.status().message(),
+      HasSubstr("tok.json: model.type: \"WordPiece\" is not supported"));
+}
+
+TEST(TokenizerLoadTest, UnsupportedNormalizerNamesTheField) {
+  TinyBpeSpec spec;
+  spec.normalizer = "{\"type\": \"NFKC\"}";
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::FromJson(TinyBpeJson(spec), "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("tok.json: normalizer.type: \"NFKC\""));
+}
+
+TEST(TokenizerLoadTest, MissingMergesNamesTheField) {
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(
+      "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, "
+      "\"model\": {\"type\": \"BPE\", \"vocab\": {}}}",
+      "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("tok.json: model.vocab: lacks the byte-level token"));
+}
+
+TEST(TokenizerLoadTest, MergeOfUnknownTokenNamesTheMerge) {
+  std::string json = TinyBpeJson(TinyBpeSpec{});
+  json.replace(json.find("\"merges\":[]"), 11, "\"merges\":[\"a zz\"]");
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(json, "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("tok.json: model.merges[0]: token \"zz\" is not in "
+                        "model.vocab"));
+}
+
+TEST(TokenizerLoadTest, MissingModelNamesTheField) {
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(
+      "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", "tok.json");
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("tok.json: model: missing"));
+}
+
+TEST(UnicodeTest, LetterAndNumberTablesCoverTheMainScripts) {
+  using internal::IsLetter;
+  using internal::IsNumber;
+  for (char32_t letter :
+       {U'a', U'Z', U'é', U'ß', U'Ω', U'ж', U'Ѳ', U'א', U'ب', U'क', U'ก', U'中',
+        U'龥', U'あ', U'カ', U'한', U'\U00020000'}) {
+    EXPECT_TRUE(IsLetter(letter)) << static_cast<uint32_t>(letter);
+    EXPECT_FALSE(IsNumber(letter)) << static_cast<uint32_t>(letter);
+  }
+  for (char32_t number :
+       {U'0', U'9', U'²', U'½', U'٣', U'३', U'Ⅻ', U'〇', U'①'}) {
+    EXPECT_TRUE(IsNumber(number)) << static_cast<uint32_t>(number);
+    EXPECT_FALSE(IsLetter(number)) << static_cast<uint32_t>(number);
+  }
+  for (char32_t other : {U' ', U'!', U'\'', U'\u0301', U'€', U'😀', U'。'}) {
+    EXPECT_FALSE(IsLetter(other)) << static_cast<uint32_t>(other);
+    EXPECT_FALSE(IsNumber(other)) << static_cast<uint32_t>(other);
+  }
+  EXPECT_TRUE(internal::IsWhitespace(U'\u3000'));
+  EXPECT_TRUE(internal::IsWhitespace(U'\u0085'));
+  EXPECT_FALSE(internal::IsWhitespace(U'\u200B'));  // ZWSP is a format char
+}
+
+TEST(UnicodeTest, DecodeUtf8RejectsMalformedSequences) {
+  char32_t cp = 0;
+  EXPECT_EQ(internal::DecodeUtf8("\xE4\xB8\xAD", 3, &cp), 3);
+  EXPECT_EQ(cp, U'中');
+  EXPECT_EQ(internal::DecodeUtf8("\xF0\x9F\x98\x80", 4, &cp), 4);
+  EXPECT_EQ(cp, U'😀');
+  EXPECT_EQ(internal::DecodeUtf8("\xC0\x80", 2, &cp), 0);          // overlong
+  EXPECT_EQ(internal::DecodeUtf8("\xED\xA0\x80", 3, &cp), 0);      // surrogate
+  EXPECT_EQ(internal::DecodeUtf8("\xF4\x90\x80\x80", 4, &cp), 0);  // > 10FFFF
+  EXPECT_EQ(internal::DecodeUtf8("\xE4\xB8", 2, &cp), 0);          // truncated
+  EXPECT_EQ(internal::DecodeUtf8("\x80", 1, &cp), 0);  // lone continuation
+}
+
+}  // namespace
+}  // namespace saetrack::format
