@@ -1,12 +1,16 @@
-// A small, strict JSON (RFC 8259) parser and serialiser.
+// A strict JSON (RFC 8259) parser and serialiser.
 //
-// Used for config.json, safetensors headers and job files. It exists so that
-// every JSON error saetrack reports names a byte offset, and so that no input,
-// however malformed or deeply nested, can crash the process.
+// Used for config.json, safetensors headers and job files. Parsing is built
+// on nlohmann-json's SAX parser (nlohmann-json3-dev, used only inside
+// json.cc): a handler builds the JsonValue tree, records where each value
+// starts, and turns nlohmann's errors into messages that name a byte offset.
+// nlohmann's parser is iterative, so no input, however malformed or deeply
+// nested, can crash the process. Serialising is saetrack's own.
 //
-// Strictness: no comments, no trailing commas, no NaN/Infinity, no duplicate
-// object keys, strings must be valid UTF-8 without raw control characters,
-// \u escapes must form valid code points (surrogates only in pairs).
+// Strictness: no comments, no trailing commas, no NaN/Infinity, no byte order
+// mark, no duplicate object keys, strings must be valid UTF-8 without raw
+// control characters, \u escapes must form valid code points (surrogates
+// only in pairs).
 #ifndef SAETRACK_FORMAT_JSON_H_
 #define SAETRACK_FORMAT_JSON_H_
 

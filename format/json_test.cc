@@ -1,9 +1,11 @@
 #include "format/json.h"
 
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -178,6 +180,131 @@ TEST(JsonTest, DepthLimit) {
               HasSubstr("nesting deeper than 256"));
   const std::string objects = std::string(100'000, '{');
   EXPECT_EQ(ParseError(objects).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// nlohmann's parser is iterative: no depth of nesting reaches the stack,
+// and the handler stops at the first value deeper than kMaxJsonDepth.
+TEST(JsonTest, DepthLimitNamesTheOffendingValue) {
+  // 257 nested arrays hold values at depth 256: allowed when empty.
+  EXPECT_TRUE(ParseJson(std::string(kMaxJsonDepth + 1, '[') +
+                        std::string(kMaxJsonDepth + 1, ']'))
+                  .ok());
+  // The 258th '[' (byte 257) is at depth 257.
+  EXPECT_THAT(ParseError(std::string(100'000, '[')).message(),
+              HasSubstr("at byte 257 (line 1, column 258): nesting deeper "
+                        "than 256"));
+  // A scalar at depth 257 is refused as well, at its own offset.
+  std::string scalar_too_deep = std::string(kMaxJsonDepth + 1, '[') + "7" +
+                                std::string(kMaxJsonDepth + 1, ']');
+  EXPECT_THAT(ParseError(scalar_too_deep).message(),
+              HasSubstr("at byte 257 (line 1, column 258): nesting deeper"));
+  // Objects nest the same way.
+  std::string objects;
+  for (int i = 0; i < 100'000; ++i) objects += "{\"k\":";
+  EXPECT_THAT(
+      ParseError(objects).message(),
+      HasSubstr(absl::StrCat("at byte ", 257 * 5, " (line 1, column ",
+                             257 * 5 + 1, "): nesting deeper than 256")));
+}
+
+TEST(JsonTest, RecordsOffsetsOfEveryKind) {
+  const std::string text =
+      "{\n \"s\" : \"a\\\"b\" ,\"n\":-12.5e1, \"i\":42,\"t\":true,"
+      "\"f\":false,\"z\":null,\"a\":[ {}, [], \"\\u00e9\" ]}";
+  absl::StatusOr<JsonValue> value = ParseJson(text);
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(value->Find("s")->offset(), text.find("\"a\\"));
+  EXPECT_EQ(value->Find("s")->string_value(), "a\"b");
+  EXPECT_EQ(value->Find("n")->offset(), text.find("-12.5e1"));
+  EXPECT_EQ(value->Find("i")->offset(), text.find("42"));
+  EXPECT_EQ(value->Find("t")->offset(), text.find("true"));
+  EXPECT_EQ(value->Find("f")->offset(), text.find("false"));
+  EXPECT_EQ(value->Find("z")->offset(), text.find("null"));
+  const JsonValue* array = value->Find("a");
+  EXPECT_EQ(array->offset(), text.find("[ {"));
+  EXPECT_EQ(array->array()[0].offset(), text.find("{}"));
+  EXPECT_EQ(array->array()[1].offset(), text.find("[]"));
+  EXPECT_EQ(array->array()[2].offset(), text.find("\"\\u00e9"));
+}
+
+TEST(JsonTest, DuplicateKeyNamesItsOffset) {
+  const std::string text = "{\"a\": {\"x\": 1,\n  \"x\": 2}}";
+  EXPECT_THAT(ParseError(text).message(),
+              HasSubstr("at byte 17 (line 2, column 3): duplicate key \"x\""));
+  std::string large = "{";
+  for (int i = 0; i < 100; ++i) large += "\"k" + std::to_string(i) + "\":1,";
+  const size_t repeat_at = large.size();
+  large += "\"k7\":2}";
+  EXPECT_THAT(
+      ParseError(large).message(),
+      HasSubstr(absl::StrCat("at byte ", repeat_at, " (line 1, column ",
+                             repeat_at + 1, "): duplicate key \"k7\"")));
+}
+
+TEST(JsonTest, ErrorOffsetsInsideTokens) {
+  EXPECT_THAT(ParseError("[0, 012]").message(),
+              HasSubstr("at byte 5 (line 1, column 6): leading zeros"));
+  EXPECT_THAT(ParseError("-01").message(),
+              HasSubstr("at byte 2 (line 1, column 3): leading zeros"));
+  EXPECT_THAT(ParseError("[1.x]").message(),
+              HasSubstr("at byte 3 (line 1, column 4): expected a digit after "
+                        "'.', found 'x'"));
+  EXPECT_THAT(ParseError("[1e+]").message(),
+              HasSubstr("at byte 4 (line 1, column 5): expected a digit in the "
+                        "exponent, found ']'"));
+  EXPECT_THAT(ParseError("-").message(),
+              HasSubstr("at byte 1 (line 1, column 2): expected a digit, found "
+                        "end of input"));
+  EXPECT_THAT(ParseError("[true, nul]").message(),
+              HasSubstr("at byte 7 (line 1, column 8): invalid literal, "
+                        "expected 'null'"));
+  EXPECT_THAT(ParseError(R"(["ok", "x\ud83d\u0041"])").message(),
+              HasSubstr("at byte 9 (line 1, column 10): high surrogate not "
+                        "followed by a low surrogate"));
+  EXPECT_THAT(ParseError(R"(["x\ud83d"])").message(),
+              HasSubstr("at byte 3 (line 1, column 4): high surrogate not "
+                        "followed by a \\u low surrogate"));
+  EXPECT_THAT(
+      ParseError(R"(["ab\ude00"])").message(),
+      HasSubstr("at byte 4 (line 1, column 5): unpaired low surrogate"));
+  EXPECT_THAT(ParseError(R"({"k\q": 1})").message(),
+              HasSubstr("at byte 3 (line 1, column 4): invalid escape"));
+  EXPECT_THAT(ParseError("[\"\xC3\xA9\xE2\x82\"]").message(),
+              HasSubstr("at byte 4 (line 1, column 5): invalid UTF-8"));
+  EXPECT_THAT(ParseError("[\"a\x80\"]").message(),
+              HasSubstr("at byte 3 (line 1, column 4): invalid UTF-8"));
+  EXPECT_THAT(ParseError("[\"a\tb\"]").message(),
+              HasSubstr("at byte 3 (line 1, column 4): raw control character "
+                        "0x09"));
+  EXPECT_THAT(ParseError("{\"a\" : 1 , }").message(),
+              HasSubstr("at byte 11 (line 1, column 12): expected a string "
+                        "key, found '}'"));
+  EXPECT_THAT(ParseError("{\"a\" : }").message(),
+              HasSubstr("at byte 7 (line 1, column 8): expected a value, "
+                        "found '}'"));
+  EXPECT_THAT(ParseError("[1e999, 2]").message(),
+              HasSubstr("at byte 1 (line 1, column 2): number out of range"));
+}
+
+TEST(JsonTest, RejectsByteOrderMark) {
+  EXPECT_THAT(ParseError("\xEF\xBB\xBF{}").message(),
+              HasSubstr("at byte 0 (line 1, column 1): expected a value, found "
+                        "byte 0xef"));
+}
+
+TEST(JsonTest, LargeIntegers) {
+  // Beyond int64: a double, not an exact integer.
+  absl::StatusOr<JsonValue> value = ParseJson(
+      "[9223372036854775807, "
+      "9223372036854775808, "
+      "-9223372036854775808, "
+      "100000000000000000000000]");
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(value->array()[0].AsInt64(), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(value->array()[1].AsInt64(), std::nullopt);
+  EXPECT_DOUBLE_EQ(value->array()[1].number_value(), 9223372036854775808.0);
+  EXPECT_EQ(value->array()[2].AsInt64(), std::numeric_limits<int64_t>::min());
+  EXPECT_DOUBLE_EQ(value->array()[3].number_value(), 1e23);
 }
 
 TEST(JsonTest, SerializeRoundTrips) {
