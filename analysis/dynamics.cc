@@ -14,14 +14,17 @@ namespace saetrack::analysis {
 namespace {
 
 // Solves the 4x4 normal equations a·w = b (a symmetric positive
-// semi-definite) with a column-pivoting Householder QR; false when a is
-// (numerically) singular, i.e. its rank is below 4.
+// semi-definite) by a pivoted LDLᵀ; false when a is (numerically) singular:
+// a pivot of D below 1e-12, the threshold of the Gaussian elimination this
+// replaced.
 bool Solve4(const Eigen::Matrix4d& a, const Eigen::Vector4d& b,
             Eigen::Vector4d* w) {
-  Eigen::ColPivHouseholderQR<Eigen::Matrix4d> qr(a);
-  qr.setThreshold(1e-12);
-  if (qr.rank() < 4) return false;
-  *w = qr.solve(b);
+  const Eigen::LDLT<Eigen::Matrix4d> ldlt(a);
+  if (ldlt.info() != Eigen::Success ||
+      !(ldlt.vectorD().cwiseAbs().minCoeff() >= 1e-12)) {
+    return false;
+  }
+  *w = ldlt.solve(b);
   return w->allFinite();
 }
 
@@ -70,10 +73,12 @@ absl::StatusOr<PhaseFit> FitThreePhases(const std::vector<double>& x,
       Eigen::Matrix4d ata = Eigen::Matrix4d::Zero();
       Eigen::Vector4d aty = Eigen::Vector4d::Zero();
       for (int k = 0; k < n; ++k) {
-        const Eigen::Vector4d row(1.0, x[k], std::max(0.0, x[k] - b1),
-                                  std::max(0.0, x[k] - b2));
-        aty += row * y[k];
-        ata.noalias() += row * row.transpose();
+        const double row[4] = {1.0, x[k], std::max(0.0, x[k] - b1),
+                               std::max(0.0, x[k] - b2)};
+        for (int r = 0; r < 4; ++r) {
+          aty(r) += row[r] * y[k];
+          for (int c = 0; c < 4; ++c) ata(r, c) += row[r] * row[c];
+        }
       }
       Eigen::Vector4d w;
       if (!Solve4(ata, aty, &w)) continue;
