@@ -1,7 +1,7 @@
 #include "analysis/dynamics.h"
 
+#include <Eigen/Dense>
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -13,78 +13,19 @@
 namespace saetrack::analysis {
 namespace {
 
-// Solves the 4x4 system a·w = b by Gaussian elimination with partial
-// pivoting; false when it is (numerically) singular.
-bool Solve4(std::array<std::array<double, 4>, 4> a, std::array<double, 4> b,
-            std::array<double, 4>* w) {
-  for (int col = 0; col < 4; ++col) {
-    int pivot = col;
-    for (int row = col + 1; row < 4; ++row) {
-      if (std::abs(a[row][col]) > std::abs(a[pivot][col])) pivot = row;
-    }
-    if (std::abs(a[pivot][col]) < 1e-12) return false;
-    std::swap(a[col], a[pivot]);
-    std::swap(b[col], b[pivot]);
-    for (int row = col + 1; row < 4; ++row) {
-      const double f = a[row][col] / a[col][col];
-      for (int k = col; k < 4; ++k) a[row][k] -= f * a[col][k];
-      b[row] -= f * b[col];
-    }
+// Solves the 4x4 normal equations a·w = b (a symmetric positive
+// semi-definite) by a pivoted LDLᵀ; false when a is (numerically) singular:
+// a pivot of D below 1e-12, the threshold of the Gaussian elimination this
+// replaced.
+bool Solve4(const Eigen::Matrix4d& a, const Eigen::Vector4d& b,
+            Eigen::Vector4d* w) {
+  const Eigen::LDLT<Eigen::Matrix4d> ldlt(a);
+  if (ldlt.info() != Eigen::Success ||
+      !(ldlt.vectorD().cwiseAbs().minCoeff() >= 1e-12)) {
+    return false;
   }
-  for (int row = 3; row >= 0; --row) {
-    double sum = b[row];
-    for (int k = row + 1; k < 4; ++k) sum -= a[row][k] * (*w)[k];
-    (*w)[row] = sum / a[row][row];
-  }
-  return true;
-}
-
-// Eigen-decomposition of the symmetric matrix `m` (n x n, row-major) by
-// cyclic Jacobi rotations: eigenvalues on return in `values`, eigenvectors as
-// the columns of `vectors`.
-void JacobiEigen(std::vector<double> m, int n, std::vector<double>* values,
-                 std::vector<double>* vectors) {
-  std::vector<double>& v = *vectors;
-  v.assign(static_cast<size_t>(n) * n, 0);
-  for (int i = 0; i < n; ++i) v[i * n + i] = 1;
-  for (int sweep = 0; sweep < 100; ++sweep) {
-    double off = 0;
-    for (int p = 0; p < n; ++p) {
-      for (int q = p + 1; q < n; ++q) off += m[p * n + q] * m[p * n + q];
-    }
-    if (off < 1e-24) break;
-    for (int p = 0; p < n; ++p) {
-      for (int q = p + 1; q < n; ++q) {
-        const double apq = m[p * n + q];
-        if (std::abs(apq) < 1e-300) continue;
-        const double theta = (m[q * n + q] - m[p * n + p]) / (2 * apq);
-        const double t = (theta >= 0 ? 1.0 : -1.0) /
-                         (std::abs(theta) + std::sqrt(theta * theta + 1));
-        const double c = 1 / std::sqrt(t * t + 1);
-        const double s = t * c;
-        for (int k = 0; k < n; ++k) {
-          const double mkp = m[k * n + p];
-          const double mkq = m[k * n + q];
-          m[k * n + p] = c * mkp - s * mkq;
-          m[k * n + q] = s * mkp + c * mkq;
-        }
-        for (int k = 0; k < n; ++k) {
-          const double mpk = m[p * n + k];
-          const double mqk = m[q * n + k];
-          m[p * n + k] = c * mpk - s * mqk;
-          m[q * n + k] = s * mpk + c * mqk;
-        }
-        for (int k = 0; k < n; ++k) {
-          const double vkp = v[k * n + p];
-          const double vkq = v[k * n + q];
-          v[k * n + p] = c * vkp - s * vkq;
-          v[k * n + q] = s * vkp + c * vkq;
-        }
-      }
-    }
-  }
-  values->resize(n);
-  for (int i = 0; i < n; ++i) (*values)[i] = m[i * n + i];
+  *w = ldlt.solve(b);
+  return w->allFinite();
 }
 
 }  // namespace
@@ -129,17 +70,17 @@ absl::StatusOr<PhaseFit> FitThreePhases(const std::vector<double>& x,
     for (size_t j = i + 1; j < candidates.size(); ++j) {
       const double b1 = candidates[i];
       const double b2 = candidates[j];
-      std::array<std::array<double, 4>, 4> ata{};
-      std::array<double, 4> aty{};
+      Eigen::Matrix4d ata = Eigen::Matrix4d::Zero();
+      Eigen::Vector4d aty = Eigen::Vector4d::Zero();
       for (int k = 0; k < n; ++k) {
-        const std::array<double, 4> row = {1.0, x[k], std::max(0.0, x[k] - b1),
-                                           std::max(0.0, x[k] - b2)};
+        const double row[4] = {1.0, x[k], std::max(0.0, x[k] - b1),
+                               std::max(0.0, x[k] - b2)};
         for (int r = 0; r < 4; ++r) {
-          aty[r] += row[r] * y[k];
-          for (int c = 0; c < 4; ++c) ata[r][c] += row[r] * row[c];
+          aty(r) += row[r] * y[k];
+          for (int c = 0; c < 4; ++c) ata(r, c) += row[r] * row[c];
         }
       }
-      std::array<double, 4> w{};
+      Eigen::Vector4d w;
       if (!Solve4(ata, aty, &w)) continue;
       double rss = 0;
       for (int k = 0; k < n; ++k) {
@@ -261,34 +202,41 @@ absl::StatusOr<Trajectory2d> PcaTrajectory(
   for (double& m : mean) m /= n;
   // The Gram matrix of the centred rows: n x n, small for a chain, and its
   // eigenvectors scaled by sqrt(eigenvalue) are the principal coordinates.
-  std::vector<double> gram(static_cast<size_t>(n) * n, 0);
+  Eigen::MatrixXd gram(n, n);
   for (int i = 0; i < n; ++i) {
     for (int j = i; j < n; ++j) {
       double dot = 0;
       for (size_t k = 0; k < d; ++k) {
         dot += (rows[i][k] - mean[k]) * (rows[j][k] - mean[k]);
       }
-      gram[i * n + j] = gram[j * n + i] = dot;
+      gram(i, j) = gram(j, i) = dot;
     }
   }
-  std::vector<double> values, vectors;
-  JacobiEigen(gram, n, &values, &vectors);
-  std::vector<int> order(n);
-  for (int i = 0; i < n; ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](int a, int b) { return values[a] > values[b]; });
+  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(gram);
+  if (eigen.info() != Eigen::Success) {
+    // Only for non-finite rows: NaN coordinates and nothing explained, as
+    // the hand-written Jacobi solver this replaced gave.
+    Trajectory2d result;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    result.points.assign(n, {nan, nan});
+    return result;
+  }
+  // Eigen sorts the eigenvalues ascending; the axes are taken largest first.
+  const Eigen::VectorXd& values = eigen.eigenvalues();
+  const Eigen::MatrixXd& vectors = eigen.eigenvectors();
   double trace = 0;
-  for (double v : values) trace += std::max(0.0, v);
+  for (int i = 0; i < n; ++i) trace += std::max(0.0, values[i]);
 
   Trajectory2d result;
   result.points.assign(n, {0.0, 0.0});
   for (int axis = 0; axis < std::min(2, n); ++axis) {
-    const int e = order[axis];
+    const int e = n - 1 - axis;
     const double lambda = std::max(0.0, values[e]);
     const double scale = std::sqrt(lambda);
-    const double sign = vectors[(n - 1) * n + e] < 0 ? -1.0 : 1.0;
+    // Sign convention: the last point's coordinate is non-negative.
+    const double sign = vectors(n - 1, e) < 0 ? -1.0 : 1.0;
     for (int i = 0; i < n; ++i) {
-      const double coordinate = sign * scale * vectors[i * n + e];
+      const double coordinate = sign * scale * vectors(i, e);
       if (axis == 0) {
         result.points[i].first = coordinate;
       } else {
