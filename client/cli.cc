@@ -21,16 +21,17 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "analysis/findings.h"
 #include "client/client.h"
 #include "client/job_file.h"
+#include "format/json.h"
+#include "format/mapped_file.h"
+#include "format/saelens.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "proto/saelens_config.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/admin.grpc.pb.h"
-#include "format/json.h"
-#include "format/mapped_file.h"
-#include "format/saelens.h"
 
 namespace saetrack::client {
 namespace {
@@ -650,109 +651,37 @@ std::string FormatFeatureList(const v1::ListFeaturesResponse& list) {
   return text;
 }
 
-// The paper's three drift findings, each checked on `drift` and stated
-// plainly with its numbers: features drift gradually towards their final
-// direction; the drift has three phases, a fast initial drift, a slower
-// middle phase and a late convergence (the middle segment of the fit is the
-// flattest); concept-level features form later than token-level ones.
-std::vector<std::string> PaperFindings(const v1::DriftSummary& drift) {
-  std::vector<std::string> findings;
-  const auto& points = drift.checkpoints();
-  if (points.empty()) {
-    findings.push_back("drift: not measured (no checkpoint analysed)");
-  } else {
-    int dips = 0;
-    for (int i = 1; i < points.size(); ++i) {
-      if (points[i].cos_to_final().q50() <
-          points[i - 1].cos_to_final().q50() - 1e-3) {
-        ++dips;
-      }
-    }
-    const std::string range = absl::StrFormat(
-        "the median cos to the final direction goes from %.3f at step %d to "
-        "%.3f at step %d",
-        points[0].cos_to_final().q50(), points[0].step(),
-        points[points.size() - 1].cos_to_final().q50(),
-        points[points.size() - 1].step());
-    findings.push_back(
-        dips == 0
-            ? absl::StrCat("drift: reproduces, features keep their index and "
-                           "converge: ",
-                           range, ", never falling")
-            : absl::StrCat("drift: does NOT reproduce monotonic convergence: ",
-                           range, " but falls at ", dips, " checkpoint(s)"));
+// The inputs of the paper's three drift findings (analysis/findings.h) from
+// `drift`.
+analysis::FindingsInput FindingsInputOf(const v1::DriftSummary& drift) {
+  analysis::FindingsInput input;
+  for (const v1::CheckpointDrift& c : drift.checkpoints()) {
+    input.drift.steps.push_back(c.step());
+    input.drift.median_cos_to_final.push_back(c.cos_to_final().q50());
   }
-  if (!drift.has_phases()) {
-    findings.push_back("phases: not measured (fewer than four checkpoints)");
-  } else {
+  if (drift.has_phases()) {
     const v1::PhaseFit& p = drift.phases();
-    const std::string numbers = absl::StrFormat(
-        "slopes %.4f / %.4f / %.4f with breakpoints at steps %.0f and %.0f "
-        "(r² %.3f)",
-        p.slope1(), p.slope2(), p.slope3(), p.breakpoint1_step(),
-        p.breakpoint2_step(), p.r_squared());
-    // The paper: a rapid initial drift, a slower middle phase (semantic
-    // stabilisation), then convergence to the final direction late in
-    // training; in slopes of the median cos to final, the middle segment is
-    // the flattest.
-    const double s1 = p.slope1(), s2 = p.slope2(), s3 = p.slope3();
-    const bool middle_flattest = s2 < s1 && s2 < s3;
-    if (middle_flattest && p.r_squared() >= 0.9) {
-      findings.push_back(absl::StrCat(
-          "phases: reproduces, a fast initial drift, a slower middle phase, "
-          "then convergence to the final direction: ",
-          numbers));
-    } else {
-      std::string shape = "the fit is poor";
-      if (!middle_flattest) {
-        shape = s1 < s2 && s2 < s3   ? "the drift speeds up phase by phase"
-                : s1 > s2 && s2 > s3 ? "the drift slows down phase by phase"
-                                     : "the middle phase is the steepest";
-      }
-      findings.push_back(absl::StrCat(
-          "phases: does NOT reproduce the paper's fast-slow-fast shape (",
-          shape, "): ", numbers));
-    }
+    analysis::PhaseShape& shape = input.phases.emplace();
+    shape.slope1 = p.slope1();
+    shape.slope2 = p.slope2();
+    shape.slope3 = p.slope3();
+    shape.breakpoint1_step = p.breakpoint1_step();
+    shape.breakpoint2_step = p.breakpoint2_step();
+    shape.r_squared = p.r_squared();
   }
-  const v1::KindSummary* token = nullptr;
-  const v1::KindSummary* concept_kind = nullptr;
   for (const v1::KindSummary& k : drift.kinds()) {
-    if (k.kind() == v1::FEATURE_KIND_TOKEN_LEVEL) token = &k;
-    if (k.kind() == v1::FEATURE_KIND_CONCEPT_LEVEL) concept_kind = &k;
-  }
-  if (token == nullptr || concept_kind == nullptr || token->formed() == 0 ||
-      concept_kind->formed() == 0) {
-    findings.push_back(
-        "formation: not measured (no formed token-level or concept-level "
-        "features)");
-  } else {
-    const std::string numbers = absl::StrFormat(
-        "mean formation step %.1f (concept-level) vs %.1f (token-level), "
-        "medians %.0f vs %.0f",
-        concept_kind->mean_formation_step(), token->mean_formation_step(),
-        concept_kind->median_formation_step(), token->median_formation_step());
-    const bool mean_later =
-        concept_kind->mean_formation_step() > token->mean_formation_step();
-    const bool median_later =
-        concept_kind->median_formation_step() > token->median_formation_step();
-    if (mean_later && median_later) {
-      findings.push_back(absl::StrCat(
-          "formation: reproduces, concept-level features form later: ",
-          numbers));
-    } else if (mean_later || median_later) {
-      findings.push_back(absl::StrCat(
-          "formation: reproduces only weakly, concept-level features form "
-          "later on ",
-          mean_later ? "average but not at the median" : "the median only",
-          ": ", numbers));
-    } else {
-      findings.push_back(absl::StrCat(
-          "formation: does NOT reproduce, concept-level features do not form "
-          "later: ",
-          numbers));
+    analysis::KindFormation formation;
+    formation.formed = k.formed();
+    formation.mean_formation_step = k.mean_formation_step();
+    formation.median_formation_step = k.median_formation_step();
+    if (k.kind() == v1::FEATURE_KIND_TOKEN_LEVEL) {
+      input.token_level = formation;
+    }
+    if (k.kind() == v1::FEATURE_KIND_CONCEPT_LEVEL) {
+      input.concept_level = formation;
     }
   }
-  return findings;
+  return input;
 }
 
 // `saetrack drift` without --json.
@@ -807,8 +736,9 @@ std::string FormatDriftSummary(const v1::DriftSummary& drift) {
             formed ? absl::StrFormat("%.0f", k.median_formation_step()) : "-"));
   }
   absl::StrAppend(&text, "against the paper:\n");
-  for (const std::string& finding : PaperFindings(drift)) {
-    absl::StrAppend(&text, "  ", finding, "\n");
+  for (const analysis::Finding& finding :
+       analysis::PaperFindings(FindingsInputOf(drift))) {
+    absl::StrAppend(&text, "  ", finding.sentence, "\n");
   }
   return text;
 }
