@@ -3,40 +3,20 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <functional>
-#include <map>
-#include <memory>
 #include <optional>
-#include <ostream>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
-#include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "absl/time/clock.h"
 #include "analysis/findings.h"
 #include "client/cli.h"
-#include "client/client.h"
-#include "client/job_file.h"
-#include "format/json.h"
-#include "format/mapped_file.h"
-#include "format/saelens.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "proto/saelens_config.h"
-#include "proto/status_mapping.h"
-#include "saetrack/v1/admin.grpc.pb.h"
 
 namespace saetrack::client {
 namespace internal {
