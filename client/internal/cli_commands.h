@@ -83,19 +83,14 @@ class Cli {
 
  private:
   int Usage(const std::string& reason);
-
   int Fail(const absl::Status& status);
 
   // Checks the number of positional arguments; `what` names them for the
   // message.
   bool ExpectPositional(size_t n, const std::string& what);
-
   int Submit();
-
   int Wait(const std::string& job_id);
-
   int Watch();
-
   int Cancel();
 
   // 0 for a job that succeeded; else prints why it ended and returns 1.
@@ -112,21 +107,13 @@ class Cli {
   absl::StatusOr<v1::Job> Follow(
       const std::string& job_id,
       const std::function<void(const v1::JobUpdate&)>& show);
-
   void EndProgress(const std::string& last_line);
-
   int Status();
-
   int List();
-
   bool ExpectLayer();
-
   int Metrics();
-
   int Feature();
-
   int Features();
-
   int Drift();
 
   // Writes the SAE as QueryService.ExportSae streams it; through
