@@ -24,13 +24,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
-#include "saetrack/v1/query.grpc.pb.h"
-#include "saetrack/v1/worker.grpc.pb.h"
 #include "format/crc32c.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
 #include "format/saelens.h"
 #include "format/safetensors.h"
+#include "saetrack/v1/query.grpc.pb.h"
+#include "saetrack/v1/worker.grpc.pb.h"
 
 namespace saetrack::client {
 namespace {

@@ -10,11 +10,11 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "format/crc32c.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "format/crc32c.h"
 
 namespace saetrack::client {
 namespace {

@@ -1,0 +1,117 @@
+#include "analysis/findings.h"
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace saetrack::analysis {
+
+Finding DriftFinding(const DriftSeries& series) {
+  const std::vector<double>& q50 = series.median_cos_to_final;
+  if (q50.empty() || series.steps.empty()) {
+    return {Verdict::kNotMeasured,
+            "drift: not measured (no checkpoint analysed)"};
+  }
+  int dips = 0;
+  for (size_t i = 1; i < q50.size(); ++i) {
+    if (q50[i] < q50[i - 1] - kDriftFallTolerance) ++dips;
+  }
+  const std::string range = absl::StrFormat(
+      "the median cos to the final direction goes from %.3f at step %d to "
+      "%.3f at step %d",
+      q50.front(), series.steps.front(), q50.back(), series.steps.back());
+  if (dips == 0) {
+    return {Verdict::kReproduces,
+            absl::StrCat("drift: reproduces, features keep their index and "
+                         "converge: ",
+                         range, ", never falling")};
+  }
+  return {Verdict::kDoesNotReproduce,
+          absl::StrCat("drift: does NOT reproduce monotonic convergence: ",
+                       range, " but falls at ", dips, " checkpoint(s)")};
+}
+
+Finding PhasesFinding(const std::optional<PhaseShape>& phases) {
+  if (!phases.has_value()) {
+    return {Verdict::kNotMeasured,
+            "phases: not measured (fewer than four checkpoints)"};
+  }
+  const PhaseShape& p = *phases;
+  const std::string numbers = absl::StrFormat(
+      "slopes %.4f / %.4f / %.4f with breakpoints at steps %.0f and %.0f "
+      "(r² %.3f)",
+      p.slope1, p.slope2, p.slope3, p.breakpoint1_step, p.breakpoint2_step,
+      p.r_squared);
+  // The paper: a rapid initial drift, a slower middle phase (semantic
+  // stabilisation), then convergence to the final direction late in
+  // training; in slopes of the median cos to final, the middle segment is
+  // the flattest.
+  const double s1 = p.slope1, s2 = p.slope2, s3 = p.slope3;
+  const bool middle_flattest = s2 < s1 && s2 < s3;
+  if (middle_flattest && p.r_squared >= kPhasesMinRSquared) {
+    return {Verdict::kReproduces,
+            absl::StrCat("phases: reproduces, a fast initial drift, a slower "
+                         "middle phase, then convergence to the final "
+                         "direction: ",
+                         numbers)};
+  }
+  std::string shape = "the fit is poor";
+  if (!middle_flattest) {
+    shape = s1 < s2 && s2 < s3   ? "the drift speeds up phase by phase"
+            : s1 > s2 && s2 > s3 ? "the drift slows down phase by phase"
+                                 : "the middle phase is the steepest";
+  }
+  return {Verdict::kDoesNotReproduce,
+          absl::StrCat(
+              "phases: does NOT reproduce the paper's fast-slow-fast shape (",
+              shape, "): ", numbers)};
+}
+
+Finding FormationFinding(const std::optional<KindFormation>& token_level,
+                         const std::optional<KindFormation>& concept_level) {
+  if (!token_level.has_value() || !concept_level.has_value() ||
+      token_level->formed == 0 || concept_level->formed == 0) {
+    return {Verdict::kNotMeasured,
+            "formation: not measured (no formed token-level or concept-level "
+            "features)"};
+  }
+  const KindFormation& token = *token_level;
+  const KindFormation& concept_kind = *concept_level;
+  const std::string numbers = absl::StrFormat(
+      "mean formation step %.1f (concept-level) vs %.1f (token-level), "
+      "medians %.0f vs %.0f",
+      concept_kind.mean_formation_step, token.mean_formation_step,
+      concept_kind.median_formation_step, token.median_formation_step);
+  const bool mean_later =
+      concept_kind.mean_formation_step > token.mean_formation_step;
+  const bool median_later =
+      concept_kind.median_formation_step > token.median_formation_step;
+  if (mean_later && median_later) {
+    return {Verdict::kReproduces,
+            absl::StrCat(
+                "formation: reproduces, concept-level features form later: ",
+                numbers)};
+  }
+  if (mean_later || median_later) {
+    return {Verdict::kReproducesWeakly,
+            absl::StrCat("formation: reproduces only weakly, concept-level "
+                         "features form later on ",
+                         mean_later ? "average but not at the median"
+                                    : "the median only",
+                         ": ", numbers)};
+  }
+  return {Verdict::kDoesNotReproduce,
+          absl::StrCat("formation: does NOT reproduce, concept-level features "
+                       "do not form later: ",
+                       numbers)};
+}
+
+std::vector<Finding> PaperFindings(const FindingsInput& input) {
+  return {DriftFinding(input.drift), PhasesFinding(input.phases),
+          FormationFinding(input.token_level, input.concept_level)};
+}
+
+}  // namespace saetrack::analysis

@@ -1,0 +1,193 @@
+#include "analysis/findings.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace saetrack::analysis {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// --- drift -----------------------------------------------------------------
+
+TEST(DriftFindingTest, NotMeasuredWithoutCheckpoints) {
+  const Finding f = DriftFinding({});
+  EXPECT_EQ(f.verdict, Verdict::kNotMeasured);
+  EXPECT_EQ(f.sentence, "drift: not measured (no checkpoint analysed)");
+}
+
+TEST(DriftFindingTest, ReproducesWhenTheMedianNeverFalls) {
+  const Finding f = DriftFinding({{0, 10, 100}, {0.25, 0.5, 1.0}});
+  EXPECT_EQ(f.verdict, Verdict::kReproduces);
+  EXPECT_EQ(f.sentence,
+            "drift: reproduces, features keep their index and converge: the "
+            "median cos to the final direction goes from 0.250 at step 0 to "
+            "1.000 at step 100, never falling");
+}
+
+TEST(DriftFindingTest, OneCheckpointReproduces) {
+  const Finding f = DriftFinding({{7}, {1.0}});
+  EXPECT_EQ(f.verdict, Verdict::kReproduces);
+  EXPECT_THAT(f.sentence, HasSubstr("from 1.000 at step 7 to 1.000 at step 7"));
+}
+
+TEST(DriftFindingTest, FallsWithinToleranceStillReproduce) {
+  // A fall of exactly the tolerance is not a fall.
+  const Finding f = DriftFinding({{0, 1, 2}, {0.5, 0.5 - 1e-3 + 1e-12, 1.0}});
+  EXPECT_EQ(f.verdict, Verdict::kReproduces);
+  EXPECT_THAT(f.sentence, HasSubstr("never falling"));
+}
+
+TEST(DriftFindingTest, DoesNotReproduceWhenTheMedianFalls) {
+  const Finding f = DriftFinding({{0, 10, 20, 30}, {0.5, 0.4, 0.6, 0.598}});
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_EQ(f.sentence,
+            "drift: does NOT reproduce monotonic convergence: the median cos "
+            "to the final direction goes from 0.500 at step 0 to 0.598 at step "
+            "30 but falls at 2 checkpoint(s)");
+}
+
+TEST(DriftFindingTest, JustBeyondToleranceIsAFall) {
+  const Finding f = DriftFinding({{0, 1}, {0.5, 0.5 - 1.001e-3}});
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_THAT(f.sentence, HasSubstr("falls at 1 checkpoint(s)"));
+}
+
+// --- phases ----------------------------------------------------------------
+
+PhaseShape Shape(double s1, double s2, double s3, double r2) {
+  return {s1, s2, s3, 100, 2000, r2};
+}
+
+TEST(PhasesFindingTest, NotMeasuredWithoutAFit) {
+  const Finding f = PhasesFinding(std::nullopt);
+  EXPECT_EQ(f.verdict, Verdict::kNotMeasured);
+  EXPECT_EQ(f.sentence, "phases: not measured (fewer than four checkpoints)");
+}
+
+TEST(PhasesFindingTest, ReproducesWhenTheMiddleIsFlattestAndTheFitGood) {
+  const Finding f = PhasesFinding(Shape(0.2, 0.01, 0.1, 0.95));
+  EXPECT_EQ(f.verdict, Verdict::kReproduces);
+  EXPECT_EQ(f.sentence,
+            "phases: reproduces, a fast initial drift, a slower middle phase, "
+            "then convergence to the final direction: slopes 0.2000 / 0.0100 "
+            "/ 0.1000 with breakpoints at steps 100 and 2000 (r² 0.950)");
+}
+
+TEST(PhasesFindingTest, RSquaredAtTheThresholdReproduces) {
+  EXPECT_EQ(PhasesFinding(Shape(0.2, 0.01, 0.1, 0.9)).verdict,
+            Verdict::kReproduces);
+}
+
+TEST(PhasesFindingTest, PoorFitDoesNotReproduce) {
+  const Finding f = PhasesFinding(Shape(0.2, 0.01, 0.1, 0.8999));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_EQ(f.sentence,
+            "phases: does NOT reproduce the paper's fast-slow-fast shape (the "
+            "fit is poor): slopes 0.2000 / 0.0100 / 0.1000 with breakpoints at "
+            "steps 100 and 2000 (r² 0.900)");
+}
+
+TEST(PhasesFindingTest, SpeedingUpDoesNotReproduce) {
+  const Finding f = PhasesFinding(Shape(0.01, 0.1, 0.2, 0.99));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_THAT(f.sentence, HasSubstr("(the drift speeds up phase by phase)"));
+}
+
+TEST(PhasesFindingTest, SlowingDownDoesNotReproduce) {
+  const Finding f = PhasesFinding(Shape(0.2, 0.1, 0.01, 0.99));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_THAT(f.sentence, HasSubstr("(the drift slows down phase by phase)"));
+}
+
+TEST(PhasesFindingTest, SteepMiddleDoesNotReproduce) {
+  const Finding f = PhasesFinding(Shape(0.1, 0.3, 0.2, 0.99));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_THAT(f.sentence, HasSubstr("(the middle phase is the steepest)"));
+}
+
+TEST(PhasesFindingTest, MiddleTiedWithAnotherSlopeIsNotFlattest) {
+  // Strictly flattest is required; equal slopes are neither speeding up nor
+  // slowing down.
+  const Finding f = PhasesFinding(Shape(0.1, 0.1, 0.2, 0.99));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_THAT(f.sentence, HasSubstr("(the middle phase is the steepest)"));
+}
+
+// --- formation -------------------------------------------------------------
+
+KindFormation Kind(double mean, double median, int64_t formed = 3) {
+  return {formed, mean, median};
+}
+
+TEST(FormationFindingTest, NotMeasuredWithoutBothKindsFormed) {
+  const std::string sentence =
+      "formation: not measured (no formed token-level or concept-level "
+      "features)";
+  for (const Finding& f : {FormationFinding(std::nullopt, Kind(10, 10)),
+                           FormationFinding(Kind(10, 10), std::nullopt),
+                           FormationFinding(Kind(10, 10, 0), Kind(20, 20)),
+                           FormationFinding(Kind(10, 10), Kind(20, 20, 0))}) {
+    EXPECT_EQ(f.verdict, Verdict::kNotMeasured);
+    EXPECT_EQ(f.sentence, sentence);
+  }
+}
+
+TEST(FormationFindingTest, ReproducesWhenLaterOnMeanAndMedian) {
+  const Finding f = FormationFinding(Kind(10.24, 8), Kind(20.5, 16));
+  EXPECT_EQ(f.verdict, Verdict::kReproduces);
+  EXPECT_EQ(f.sentence,
+            "formation: reproduces, concept-level features form later: mean "
+            "formation step 20.5 (concept-level) vs 10.2 (token-level), "
+            "medians 16 vs 8");
+}
+
+TEST(FormationFindingTest, WeaklyWhenLaterOnAverageOnly) {
+  const Finding f = FormationFinding(Kind(10, 8), Kind(20, 8));
+  EXPECT_EQ(f.verdict, Verdict::kReproducesWeakly);
+  EXPECT_EQ(f.sentence,
+            "formation: reproduces only weakly, concept-level features form "
+            "later on average but not at the median: mean formation step 20.0 "
+            "(concept-level) vs 10.0 (token-level), medians 8 vs 8");
+}
+
+TEST(FormationFindingTest, WeaklyWhenLaterAtTheMedianOnly) {
+  const Finding f = FormationFinding(Kind(10, 8), Kind(10, 9));
+  EXPECT_EQ(f.verdict, Verdict::kReproducesWeakly);
+  EXPECT_THAT(f.sentence,
+              StartsWith("formation: reproduces only weakly, concept-level "
+                         "features form later on the median only: "));
+}
+
+TEST(FormationFindingTest, EqualStepsDoNotReproduce) {
+  const Finding f = FormationFinding(Kind(10, 8), Kind(10, 8));
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_EQ(f.sentence,
+            "formation: does NOT reproduce, concept-level features do not "
+            "form later: mean formation step 10.0 (concept-level) vs 10.0 "
+            "(token-level), medians 8 vs 8");
+}
+
+TEST(FormationFindingTest, EarlierDoesNotReproduce) {
+  EXPECT_EQ(FormationFinding(Kind(20, 16), Kind(10, 8)).verdict,
+            Verdict::kDoesNotReproduce);
+}
+
+// --- all three -------------------------------------------------------------
+
+TEST(PaperFindingsTest, ThreeFindingsInOrder) {
+  FindingsInput input;
+  const std::vector<Finding> findings = PaperFindings(input);
+  ASSERT_EQ(findings.size(), 3u);
+  EXPECT_THAT(findings[0].sentence, StartsWith("drift: "));
+  EXPECT_THAT(findings[1].sentence, StartsWith("phases: "));
+  EXPECT_THAT(findings[2].sentence, StartsWith("formation: "));
+}
+
+}  // namespace
+}  // namespace saetrack::analysis
