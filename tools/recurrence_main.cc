@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   // otherwise, which differs from the file's).
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "worker/recurrence_main.cc");
+    return absl::EndsWith(file, "tools/recurrence_main.cc");
   };
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   absl::SetFlagsUsageConfig(usage_config);
@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   if (args.size() != 2) return UsageError("expected one JOB_ID");
   const std::string job_id = args[1];
 
-  saetrack::worker::RecurrenceReportOptions options;
+  saetrack::tools::RecurrenceReportOptions options;
   options.layer = absl::GetFlag(FLAGS_layer);
   for (const std::string& part : absl::GetFlag(FLAGS_steps)) {
     int64_t step = 0;
@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
   client_options.coordinator = absl::GetFlag(FLAGS_coordinator);
   const std::unique_ptr<saetrack::client::SaetrackClient> client =
       saetrack::client::SaetrackClient::Create(client_options);
-  absl::StatusOr<saetrack::worker::RecurrenceReport> report =
-      saetrack::worker::MeasureJobRecurrence(
+  absl::StatusOr<saetrack::tools::RecurrenceReport> report =
+      saetrack::tools::MeasureJobRecurrence(
           *client, job_id, options, [](const std::string& line) {
             std::cerr << "saetrack-recurrence: " << line << "\n";
           });
@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {
     std::ofstream file(json_out, std::ios::trunc);
-    file << saetrack::worker::RecurrenceReportJson(*report);
+    file << saetrack::tools::RecurrenceReportJson(*report);
     if (!file.flush()) {
       std::cerr << "saetrack-recurrence: --json_out: cannot write " << json_out
                 << "\n";
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     }
   }
   std::cout << (absl::GetFlag(FLAGS_json)
-                    ? saetrack::worker::RecurrenceReportJson(*report)
-                    : saetrack::worker::FormatRecurrenceReport(*report));
+                    ? saetrack::tools::RecurrenceReportJson(*report)
+                    : saetrack::tools::FormatRecurrenceReport(*report));
   return 0;
 }

@@ -3,22 +3,29 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <system_error>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
 #include "engine/sae/sae.h"
-#include "base/status_macros.h"
+#include "engine/sae/saelens_io.h"
 #include "format/json.h"
+#include "format/mapped_file.h"
+#include "format/saelens.h"
 #include "format/token_file.h"
 
-namespace saetrack::worker {
+namespace saetrack::tools {
 namespace {
 
 using format::JsonValue;
@@ -103,6 +110,96 @@ absl::StatusOr<Activations> Collect(const std::string& model_dir,
   a.held_out = engine::CollectActivations(*model, eval_contexts, hook,
                                           per_forward, device);
   return a;
+}
+
+// A temporary directory, removed (with its files) on destruction.
+class TempDir {
+ public:
+  static absl::StatusOr<TempDir> Create() {
+    std::error_code error;
+    const std::filesystem::path base =
+        std::filesystem::temp_directory_path(error);
+    if (error) {
+      return absl::ErrnoToStatus(error.value(), "finding the temp directory");
+    }
+    std::string pattern = (base / "saetrack-recurrence-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("mkdtemp ", pattern));
+    }
+    return TempDir(std::move(pattern));
+  }
+  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) {
+    other.path_.clear();
+  }
+  TempDir& operator=(TempDir&&) = delete;
+  ~TempDir() {
+    if (path_.empty()) return;
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TempDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+// The job's stored SAE of `step`, through QueryService.ExportSae (the
+// public API) and the engine's SAELens reader, checked against the job's
+// architecture (and k), and its d_sae when the spec sets one (d_in and a
+// d_sae derived from the expansion factor are checked once the model's
+// width is known).
+absl::StatusOr<engine::SaeWeights> ReadJobSae(client::SaetrackClient& client,
+                                              const std::string& job_id,
+                                              int layer, int64_t step,
+                                              const v1::SaeConfig& sae,
+                                              const std::string& architecture,
+                                              const torch::Device& device) {
+  const std::string what =
+      absl::StrCat("the SAE of job ", job_id, " layer ", layer, " step ", step);
+  SAETRACK_ASSIGN_OR_RETURN(const client::ExportedSae exported,
+                            client.ExportSae(job_id, layer, step));
+  if (exported.step != step) {
+    return absl::InternalError(absl::StrCat("asked to export ", what,
+                                            ", the coordinator sent step ",
+                                            exported.step));
+  }
+  for (const char* required :
+       {format::kSaelensConfigFile, format::kSaelensWeightsFile}) {
+    if (exported.files.count(required) == 0) {
+      return absl::DataLossError(absl::StrCat("the coordinator's export of ",
+                                              what, " lacks ", required));
+    }
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const TempDir dir, TempDir::Create());
+  for (const char* name :
+       {format::kSaelensConfigFile, format::kSaelensWeightsFile}) {
+    SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
+        absl::StrCat(dir.path(), "/", name), exported.files.at(name)));
+  }
+  absl::StatusOr<engine::ImportedSae> imported =
+      engine::ImportSaelens(dir.path(), device);
+  if (!imported.ok()) {
+    return absl::Status(imported.status().code(),
+                        absl::StrCat(what, " (QueryService.ExportSae): ",
+                                     imported.status().message()));
+  }
+  const format::SaelensConfig& cfg = imported->config;
+  if (cfg.architecture != architecture) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, " is a ", cfg.architecture, " SAE; the job trains ",
+                     architecture, " SAEs"));
+  }
+  if (architecture == "topk" && sae.k() > 0 && cfg.k != sae.k()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " has k ", cfg.k, "; the job's SAEs have k ", sae.k()));
+  }
+  if (sae.d_sae() > 0 && cfg.d_sae != sae.d_sae()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, " has d_sae ", cfg.d_sae,
+                     "; the job's SAEs have d_sae ", sae.d_sae()));
+  }
+  return imported->sae->weights();
 }
 
 }  // namespace
@@ -298,16 +395,25 @@ absl::StatusOr<RecurrenceReport> MeasureJobRecurrence(
     pair.step = steps[i];
     pair.prev_step = prev_steps[i];
     SAETRACK_ASSIGN_OR_RETURN(
-        std::string prev_bytes,
-        client.DownloadSae(job_id, report.layer, pair.prev_step));
-    SAETRACK_ASSIGN_OR_RETURN(
         const engine::SaeWeights prev,
-        engine::SaeFromSafetensors(std::move(prev_bytes), device));
+        ReadJobSae(client, job_id, report.layer, pair.prev_step, sae,
+                   report.architecture, device));
     SAETRACK_ASSIGN_OR_RETURN(
         const Activations a,
         Collect(CheckpointPath(spec, pair.step), tokens, train_starts,
                 eval_starts, context_length,
                 engine::HookPoint{report.layer, site}, permutation, device));
+    const int64_t d_in = a.train.size(1);
+    const int64_t d_sae = sae.d_sae() > 0
+                              ? int64_t{sae.d_sae()}
+                              : int64_t{sae.expansion_factor()} * d_in;
+    if (prev.d_in() != d_in || (d_sae > 0 && prev.d_sae() != d_sae)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the SAE of job ", job_id, " layer ", report.layer, " step ",
+          pair.prev_step, " has d_in ", prev.d_in(), ", d_sae ", prev.d_sae(),
+          "; the job's SAEs of that layer have d_in ", d_in, ", d_sae ",
+          d_sae));
+    }
     report.d_in = prev.d_in();
     report.d_sae = prev.d_sae();
     study.d_sae = prev.d_sae();
@@ -443,4 +549,4 @@ std::string RecurrenceReportJson(const RecurrenceReport& r) {
   return format::SerializeJson(report) + "\n";
 }
 
-}  // namespace saetrack::worker
+}  // namespace saetrack::tools

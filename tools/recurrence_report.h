@@ -14,7 +14,10 @@
 //
 // Runs on the client side (LibTorch, the job's model and token files must be
 // readable here); the coordinator only serves the job spec, the stored SAEs
-// and the metrics. Used by `saetrack-recurrence` and the demo's report.
+// and the metrics, all through its public services (JobService,
+// QueryService: the SAEs come as SAELens files from ExportSae, read with
+// engine::ImportSaelens; never WorkerService, which is for workers). Used by
+// `saetrack-recurrence` and the demo's report.
 #ifndef SAETRACK_TOOLS_RECURRENCE_REPORT_H_
 #define SAETRACK_TOOLS_RECURRENCE_REPORT_H_
 
@@ -28,7 +31,7 @@
 #include "client/client.h"
 #include "engine/recurrence/recurrence_study.h"
 
-namespace saetrack::worker {
+namespace saetrack::tools {
 
 // The paper's claim: >= 20x fewer tokens to the from-scratch FVU.
 inline constexpr double kPaperRecurrenceSpeedup = 20;
@@ -104,8 +107,12 @@ std::vector<int64_t> DefaultStudySteps(const std::vector<int64_t>& chain_steps);
 // empty) receives a line per stage. Errors: kInvalidArgument naming the
 // option (a layer the job does not hook, a step not in its chain or its
 // first, negative budgets); the coordinator's errors (kNotFound for an
-// unknown job or an SAE not stored yet); the engine's for unreadable models
-// or token files.
+// unknown job or an SAE not stored yet; kUnimplemented for a coordinator
+// without ExportSae); kDataLoss for an export lacking cfg.json or
+// sae_weights.safetensors; the SAELens reader's for files it rejects (with
+// the SAE's step); kFailedPrecondition naming the step for an exported SAE
+// whose architecture, k, d_in or d_sae is not the job's; the engine's for
+// unreadable models or token files.
 absl::StatusOr<RecurrenceReport> MeasureJobRecurrence(
     client::SaetrackClient& client, const std::string& job_id,
     const RecurrenceReportOptions& options,
@@ -120,6 +127,6 @@ std::string FormatRecurrenceReport(const RecurrenceReport& report);
 // The report as one JSON object (no curves' weights; with the FVU curves).
 std::string RecurrenceReportJson(const RecurrenceReport& report);
 
-}  // namespace saetrack::worker
+}  // namespace saetrack::tools
 
 #endif  // SAETRACK_TOOLS_RECURRENCE_REPORT_H_
