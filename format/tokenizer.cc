@@ -1,5 +1,9 @@
 #include "format/tokenizer.h"
 
+#include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
+#include <unicode/utypes.h>
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -25,6 +29,70 @@ namespace saetrack::format {
 namespace {
 
 using internal::DecodeUtf8;
+
+// The NFC form of `text` when it differs, else nullopt. Runs of bytes that
+// are not valid UTF-8 are kept as they are (NFC leaves non-text alone; ICU
+// would replace them with U+FFFD). Errors: kInternal when ICU fails, naming
+// `offset`, the segment's byte offset in the input.
+absl::StatusOr<std::optional<std::string>> NormalizeNfc(std::string_view text,
+                                                        size_t offset) {
+  UErrorCode error = U_ZERO_ERROR;
+  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(error);
+  if (U_FAILURE(error)) {
+    return absl::InternalError(
+        absl::StrCat("NFC normalizer: ICU: ", u_errorName(error)));
+  }
+  std::string out;
+  bool changed = false;
+  size_t i = 0;
+  while (i < text.size()) {
+    // The next maximal run of valid UTF-8, then the bytes that are not.
+    size_t run_end = i;
+    while (run_end < text.size()) {
+      if (static_cast<unsigned char>(text[run_end]) < 0x80) {
+        ++run_end;
+        continue;
+      }
+      char32_t cp;
+      const int length =
+          DecodeUtf8(text.data() + run_end, text.size() - run_end, &cp);
+      if (length == 0) break;
+      run_end += length;
+    }
+    if (run_end > i) {
+      const std::string_view run = text.substr(i, run_end - i);
+      const icu::UnicodeString source = icu::UnicodeString::fromUTF8(
+          icu::StringPiece(run.data(), static_cast<int32_t>(run.size())));
+      error = U_ZERO_ERROR;
+      if (nfc->isNormalized(source, error) && U_SUCCESS(error)) {
+        out.append(run);
+      } else {
+        error = U_ZERO_ERROR;
+        const icu::UnicodeString composed = nfc->normalize(source, error);
+        if (U_FAILURE(error)) {
+          return absl::InternalError(
+              absl::StrCat("NFC normalizer: ICU failed on the text at byte ",
+                           offset + i, ": ", u_errorName(error)));
+        }
+        composed.toUTF8String(out);
+        changed = true;
+      }
+    }
+    // Bytes that are not text pass through.
+    i = run_end;
+    while (i < text.size()) {
+      char32_t cp;
+      if (static_cast<unsigned char>(text[i]) < 0x80 ||
+          DecodeUtf8(text.data() + i, text.size() - i, &cp) != 0) {
+        break;
+      }
+      out.push_back(text[i]);
+      ++i;
+    }
+  }
+  if (!changed) return std::nullopt;
+  return out;
+}
 
 // Bounds the id -> bytes table that a hostile file could otherwise make
 // huge; far above real vocabularies (GPT-2 50257, Llama 3 128256).
@@ -615,40 +683,16 @@ absl::StatusOr<std::vector<uint32_t>> Tokenizer::Encode(
 absl::Status Tokenizer::EncodeSegment(std::string_view segment, size_t offset,
                                       EncodeState& state) const {
   if (segment.empty()) return absl::OkStatus();
+  // Text NFC would change is normalised (as Hugging Face's NFC normalizer
+  // does); the rest of the segment is used in place, so that the offsets
+  // errors name stay those of the caller's text for NFC input.
+  std::string normalized;
   if (nfc_) {
-    // NFC is the identity here; accept only text the UAX #15 quick check
-    // proves is NFC already.
-    uint8_t last_class = 0;
-    for (size_t i = 0; i < segment.size();) {
-      if (static_cast<unsigned char>(segment[i]) < 0x80) {
-        last_class = 0;
-        ++i;
-        continue;
-      }
-      char32_t cp;
-      const int length =
-          DecodeUtf8(segment.data() + i, segment.size() - i, &cp);
-      if (length == 0) {  // not text; NFC leaves it alone
-        last_class = 0;
-        ++i;
-        continue;
-      }
-      const uint8_t combining_class = internal::CombiningClass(cp);
-      const internal::NfcQuickCheck check = internal::NfcQuickCheckOf(cp);
-      if (check != internal::NfcQuickCheck::kYes ||
-          (combining_class != 0 && last_class > combining_class)) {
-        char code[16];
-        std::snprintf(code, sizeof(code), "U+%04X", static_cast<unsigned>(cp));
-        return absl::UnimplementedError(absl::StrCat(
-            "NFC normalizer: the text at byte ", offset + i, " has ", code,
-            check == internal::NfcQuickCheck::kYes
-                ? ", a combining mark out of canonical order"
-                : ", which NFC may change",
-            "; only text already in NFC is supported (no Unicode "
-            "composition tables)"));
-      }
-      last_class = combining_class;
-      i += length;
+    SAETRACK_ASSIGN_OR_RETURN(std::optional<std::string> changed,
+                              NormalizeNfc(segment, offset));
+    if (changed.has_value()) {
+      normalized = std::move(*changed);
+      segment = normalized;
     }
   }
   size_t piece_start = 0;

@@ -16,7 +16,7 @@
 //                  "normalized": false on the raw text first, then those with
 //                  "normalized": true on the normalized remainder.
 //                  `single_word`, `lstrip` and `rstrip` must be false.
-//   normalizer     null or {"type": "NFC"} (see the NFC limitation below).
+//   normalizer     null or {"type": "NFC"} (ICU's NFC, see below).
 //   pre_tokenizer  {"type": "ByteLevel"} with `add_prefix_space` and
 //                  `use_regex` (default true: the GPT-2 split pattern
 //                  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
@@ -25,36 +25,20 @@
 //   decoder        null or ByteLevel.
 //
 // Unicode coverage of the split pattern: \p{L} (general categories Lu, Ll,
-// Lt, Lm, Lo) and \p{N} (Nd, Nl, No) are complete for every code point
-// assigned in Unicode 14.0.0 — all scripts, including Latin, Greek, Cyrillic,
-// Arabic, Hebrew, Indic, Thai, Hangul, kana and all CJK ideograph blocks —
-// from tables generated out of the Unicode Character Database
-// (internal/gen_unicode_tables.py). Code points assigned after 14.0.0 count as
-// neither letter nor number. \s is the White_Space property, as in Oniguruma.
+// Lt, Lm, Lo) and \p{N} (Nd, Nl, No) are ICU's general categories, complete
+// for every code point assigned in ICU's Unicode version (15.0 for Debian
+// bookworm's ICU 72). \s is the White_Space property, as in Oniguruma.
 // Bytes that are not valid UTF-8 are accepted: each such byte is one code
 // point of class [^\s\p{L}\p{N}] and is encoded through its byte-level token,
 // so it round-trips (the Hugging Face library cannot take such input at all)
 // — unless the vocab has no token for the byte (see Encode).
 //
-// NFC limitation: there is no Unicode composition table here, so the NFC
-// normalizer is the identity and Encode accepts only text that the UAX #15
-// NFC quick check proves is already in NFC: no code point with
-// NFC_Quick_Check=No (e.g. U+0340, U+0374, U+037E, U+0387, U+2126 OHM SIGN,
-// U+212B ANGSTROM SIGN, most CJK compatibility ideographs in U+F900..U+FAD9
-// and U+2F800..U+2FA1D) or
-// NFC_Quick_Check=Maybe (the 111 combining characters that can compose with
-// what precedes them, e.g. U+0300..U+0304 and U+0301 in a decomposed "é",
-// U+093C DEVANAGARI NUKTA, U+09BE BENGALI VOWEL SIGN AA, U+0BBE TAMIL VOWEL
-// SIGN AA, conjoining Hangul vowels U+1161..U+1175 and final consonants
-// U+11A8..U+11C2), and combining marks (non-zero canonical combining class)
-// in canonical order. Precomposed letters (U+00E9 "é", Hangul syllables) and
-// lone combining marks that cannot compose (e.g. U+094D DEVANAGARI VIRAMA)
-// pass. Other text is refused with kUnimplemented naming the byte offset and
-// code point, rather than risk ids that differ from Hugging Face's; this
-// refuses decomposed Latin/Greek/Cyrillic and typical Bengali, Tamil,
-// Malayalam and Sinhala text (whose common vowel signs are Maybe). Tokenizers
-// without a normalizer (GPT-2) have no such limit. The NFC check uses the
-// Unicode 14.0.0 data.
+// NFC: with the NFC normalizer on, each stretch of valid UTF-8 between raw
+// added tokens that NFC would change is replaced by its NFC form (ICU's
+// Normalizer2), as Hugging Face's normalizer does; bytes that are not UTF-8
+// stay as they are. Text already in NFC is used in place, so error offsets
+// are those of the caller's text; in a stretch NFC changed, they refer to
+// the normalised text. Decode returns the normalised text.
 #ifndef SAETRACK_FORMAT_TOKENIZER_H_
 #define SAETRACK_FORMAT_TOKENIZER_H_
 
@@ -96,8 +80,7 @@ class Tokenizer {
   // Errors: kInvalidArgument naming the byte and its offset when `text` has
   // a byte whose byte-level token the vocab lacks (only bytes that never
   // occur in valid UTF-8 can be missing; Hugging Face would drop them);
-  // kUnimplemented when the NFC normalizer is on and `text` is not provably
-  // NFC (see the header comment), naming the byte offset and code point.
+  // kInternal when ICU's normaliser fails.
   absl::StatusOr<std::vector<uint32_t>> Encode(std::string_view text) const;
 
   // The bytes the ids stand for, special tokens included. Added tokens
@@ -105,8 +88,9 @@ class Tokenizer {
   // byte map (a token with a character outside that map decodes to its own
   // UTF-8, as Hugging Face does). Unlike Hugging Face, invalid UTF-8 is
   // returned as is, not replaced with U+FFFD, so Decode(Encode(x)) == x for
-  // every x that Encode accepts. Errors: kInvalidArgument naming the first
-  // bad id and its position, when it is >= vocab_size() or names no token.
+  // every x that Encode accepts and NFC (where on) leaves alone. Errors:
+  // kInvalidArgument naming the first bad id and its position, when it is >=
+  // vocab_size() or names no token.
   absl::StatusOr<std::string> Decode(const std::vector<uint32_t>& ids) const;
 
   // Largest id of the vocab and the added tokens, plus one.

@@ -1,6 +1,5 @@
 #include "format/tokenizer.h"
 
-
 #include <chrono>
 #include <cstdint>
 #include <iostream>
@@ -11,11 +10,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "format/internal/unicode.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 
 #ifndef SAETRACK_PYTHIA_TOKENIZER
 #error "SAETRACK_PYTHIA_TOKENIZER must name testdata/pythia-20b-tokenizer.json"
@@ -136,14 +135,21 @@ TEST_F(PythiaTokenizerTest, UnicodeTextRoundTrips) {
       "\u00a0nbsp\u2003em  x   ");
 }
 
-TEST_F(PythiaTokenizerTest, NfcRefusesTextItCannotProveComposed) {
+TEST_F(PythiaTokenizerTest, NfcNormalisesTextAsHuggingFaceDoes) {
   ExpectRoundTrip("caf\xC3\xA9");  // precomposed é: already NFC
-  absl::StatusOr<std::vector<uint32_t>> ids =
-      tokenizer_->Encode("cafe\xCC\x81");  // e + COMBINING ACUTE ACCENT
-  EXPECT_EQ(ids.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(ids.status().message(), HasSubstr("byte 4 has U+0301"));
-  // A combining mark that composes with nothing passes (DEVANAGARI VIRAMA).
+  // e + COMBINING ACUTE ACCENT is tokenized as its NFC form, precomposed é.
+  EXPECT_EQ(EncodeOk("cafe\xCC\x81"), EncodeOk("caf\xC3\xA9"));
+  // ANGSTROM SIGN -> Å; A + COMBINING RING ABOVE -> Å.
+  EXPECT_EQ(EncodeOk("\xE2\x84\xAB"), EncodeOk("\xC3\x85"));
+  EXPECT_EQ(EncodeOk("A\xCC\x8A"), EncodeOk("\xC3\x85"));
+  // NFC text with combining marks that compose with nothing is kept as is
+  // (DEVANAGARI VIRAMA; q + COMBINING ACUTE ACCENT).
   ExpectRoundTrip("\xE0\xA4\x95\xE0\xA5\x8D\xE0\xA4\xB7");  // क्ष
+  ExpectRoundTrip("q\xCC\x81");
+  // Bytes that are not UTF-8 next to text NFC changes stay as they are.
+  absl::StatusOr<std::vector<uint32_t>> ids =
+      tokenizer_->Encode("e\xCC\x81\xFF");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(PythiaTokenizerTest, DecodeRejectsOutOfRangeIds) {
@@ -200,9 +206,15 @@ TEST_F(PythiaTokenizerTest, TokenizerGoldenTest) {
     for (const JsonValue& id : ids->array()) {
       expected.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
     }
-    EXPECT_EQ(EncodeOk(input->string_value()), expected)
+    const JsonValue* nfc = entry.Find("nfc");
+    ASSERT_TRUE(nfc != nullptr && nfc->is_string());
+    const std::vector<uint32_t> actual = EncodeOk(input->string_value());
+    EXPECT_EQ(actual, expected) << "text: " << JsonQuote(input->string_value());
+    // The ids decode to the text as NFC normalised it.
+    absl::StatusOr<std::string> decoded = tokenizer_->Decode(actual);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(*decoded, nfc->string_value())
         << "text: " << JsonQuote(input->string_value());
-    ExpectRoundTrip(input->string_value());
   }
 }
 

@@ -1,50 +1,25 @@
 #include "format/internal/unicode.h"
 
-#include <algorithm>
+#include <unicode/uchar.h>
+#include <unicode/uversion.h>
+
 #include <cstddef>
 #include <cstdint>
-#include <iterator>
 
 namespace saetrack::format::internal {
-namespace {
 
-struct CodePointRange {
-  char32_t first;
-  char32_t last;
-};
-
-struct CodePointValueRange {
-  char32_t first;
-  char32_t last;
-  uint8_t value;
-};
-
-#include "format/internal/unicode_tables.inc"
-
-template <typename Range, size_t N>
-const Range* FindRange(const Range (&table)[N], char32_t code_point) {
-  // The first range whose last code point is >= code_point.
-  const Range* it = std::lower_bound(
-      std::begin(table), std::end(table), code_point,
-      [](const Range& range, char32_t cp) { return range.last < cp; });
-  if (it == std::end(table) || it->first > code_point) return nullptr;
-  return it;
-}
-
-}  // namespace
-
-const char* UnicodeVersion() { return kUnicodeVersion; }
+const char* UnicodeVersion() { return U_UNICODE_VERSION; }
 
 bool IsLetter(char32_t code_point) {
   if (code_point < 0x80) {
     return (code_point | 0x20) >= 'a' && (code_point | 0x20) <= 'z';
   }
-  return FindRange(kLetterRanges, code_point) != nullptr;
+  return (U_GET_GC_MASK(static_cast<UChar32>(code_point)) & U_GC_L_MASK) != 0;
 }
 
 bool IsNumber(char32_t code_point) {
   if (code_point < 0x80) return code_point >= '0' && code_point <= '9';
-  return FindRange(kNumberRanges, code_point) != nullptr;
+  return (U_GET_GC_MASK(static_cast<UChar32>(code_point)) & U_GC_N_MASK) != 0;
 }
 
 bool IsWhitespace(char32_t code_point) {
@@ -64,21 +39,6 @@ bool IsWhitespace(char32_t code_point) {
     default:
       return code_point >= 0x2000 && code_point <= 0x200A;
   }
-}
-
-uint8_t CombiningClass(char32_t code_point) {
-  if (code_point < 0x300) return 0;
-  const CodePointValueRange* range =
-      FindRange(kCombiningClassRanges, code_point);
-  return range == nullptr ? 0 : range->value;
-}
-
-NfcQuickCheck NfcQuickCheckOf(char32_t code_point) {
-  if (code_point < 0x300) return NfcQuickCheck::kYes;
-  const CodePointValueRange* range =
-      FindRange(kNfcQuickCheckRanges, code_point);
-  if (range == nullptr) return NfcQuickCheck::kYes;
-  return range->value == 2 ? NfcQuickCheck::kNo : NfcQuickCheck::kMaybe;
 }
 
 int DecodeUtf8(const char* data, size_t size, char32_t* code_point) {
