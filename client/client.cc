@@ -149,6 +149,15 @@ class GrpcSaetrackClient final : public SaetrackClient {
         *queries_, &v1::QueryService::Stub::GetCheckpointMetrics, request);
   }
 
+  absl::StatusOr<v1::GetQualityChecksResponse> GetQualityChecks(
+      const std::string& job_id, int layer) override {
+    v1::GetQualityChecksRequest request;
+    request.set_job_id(job_id);
+    request.set_layer(layer);
+    return Call<v1::GetQualityChecksResponse>(
+        *queries_, &v1::QueryService::Stub::GetQualityChecks, request);
+  }
+
   absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(
       const v1::GetFeatureHistoryRequest& request) override {
     return Call<v1::FeatureHistory>(
@@ -342,6 +351,11 @@ absl::StatusOr<v1::FeatureHistory> SaetrackClient::GetFeatureHistory(
   request.set_layer(layer);
   request.set_feature_id(feature_id);
   return GetFeatureHistory(request);
+}
+
+absl::StatusOr<v1::GetQualityChecksResponse> SaetrackClient::GetQualityChecks(
+    const std::string& /*job_id*/, int /*layer*/) {
+  return absl::UnimplementedError("GetQualityChecks");
 }
 
 absl::StatusOr<v1::ListFeaturesResponse> SaetrackClient::ListFeatures(

@@ -51,6 +51,10 @@ class SaetrackClient {
       int page_size, const std::string& page_token) = 0;
   virtual absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
       const std::string& job_id, int layer) = 0;
+  // QueryService.GetQualityChecks: the trust checks of one hooked layer. The
+  // default returns kUnimplemented (for fakes that do not need it).
+  virtual absl::StatusOr<v1::GetQualityChecksResponse> GetQualityChecks(
+      const std::string& job_id, int layer);
   // QueryService.GetFeatureHistory, as `request` asks (decoder rows,
   // context windows).
   virtual absl::StatusOr<v1::FeatureHistory> GetFeatureHistory(

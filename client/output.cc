@@ -438,9 +438,10 @@ std::string Sparkline(const std::vector<std::optional<double>>& values) {
 std::string FormatCheckpointMetrics(
     const v1::GetCheckpointMetricsResponse& metrics) {
   std::string table =
-      absl::StrFormat("%5s %8s %8s %8s %8s %10s %7s %6s %9s %8s %8s %7s  %s\n",
-                      "chain", "step", "tokens", "FVU", "init FVU", "MSE", "L0",
-                      "dead", "cos prev", "loss rec", "KL", "time s", "note");
+      absl::StrFormat(
+          "%5s %8s %8s %6s %8s %8s %10s %7s %6s %9s %8s %8s %8s %7s  %s\n",
+          "chain", "step", "tokens", "epochs", "FVU", "init FVU", "MSE", "L0",
+          "dead", "cos prev", "cos init", "loss rec", "KL", "time s", "note");
   for (const auto& m : metrics.checkpoints()) {
     std::vector<std::string> notes;
     if (m.stopped_early()) notes.push_back("stopped early");
@@ -448,13 +449,19 @@ std::string FormatCheckpointMetrics(
       notes.push_back(absl::StrCat(
           "resumed at ", internal::HumanCount(m.resumed_from_tokens())));
     }
+    // The held-out loss still fell over the last window: more tokens would
+    // have helped.
+    if (!m.converged()) notes.push_back("not converged");
     std::string row = absl::StrFormat(
-        "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %8s %8s %7.1f",
+        "%5d %8d %8s %6.1f %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %8.3f %8s "
+        "%8s %7.1f",
         m.chain_index(), m.step(), internal::HumanCount(m.tokens_trained()),
-        m.fvu(), m.init_fvu(), m.mse(), m.l0(), 100 * m.dead_fraction(),
+        m.epochs(), m.fvu(), m.init_fvu(), m.mse(), m.l0(),
+        100 * m.dead_fraction(),
         m.has_median_decoder_cos_prev()
             ? absl::StrFormat("%.3f", m.median_decoder_cos_prev())
             : "-",
+        m.median_decoder_cos_init(),
         m.has_lm() ? absl::StrFormat("%.1f%%", 100 * m.lm().loss_recovered())
                    : "-",
         m.has_lm() ? absl::StrFormat("%.4f", m.lm().kl_divergence()) : "-",
@@ -465,4 +472,38 @@ std::string FormatCheckpointMetrics(
   return table;
 }
 
+namespace internal {
+
+std::string FormatQualityChecks(const v1::GetQualityChecksResponse& checks) {
+  if (checks.checkpoints().empty()) {
+    return "no trust checks stored yet (they run at the reference "
+           "checkpoints, schedule.reference_checkpoints)\n";
+  }
+  std::string out = absl::StrFormat(
+      "%5s %8s %-11s %9s %8s %7s %6s %8s %6s  %s\n", "chain", "step", "SAE",
+      "loss", "FVU", "L0", "dead", "cos init", "conv", "matched cos (random)");
+  for (const v1::CheckpointMetrics& m : checks.checkpoints()) {
+    const v1::ReferenceCheck& r = m.reference();
+    absl::StrAppendFormat(&out, "%5d %8d %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s\n",
+                          m.chain_index(), m.step(), "chain",
+                          m.held_out_loss(), m.fvu(), m.l0(),
+                          100 * m.dead_fraction(), m.median_decoder_cos_init(),
+                          m.converged() ? "yes" : "no");
+    absl::StrAppendFormat(
+        &out, "%5s %8s %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s  %.3f (%.3f), %.0f%% >= 0.9\n",
+        "", "", absl::StrCat("seed ", r.seed()), r.held_out_loss(), r.fvu(),
+        r.l0(), 100 * r.dead_fraction(), r.median_decoder_cos_init(),
+        r.converged() ? "yes" : "no", r.match_median_cosine(),
+        r.random_median_cosine(), 100 * r.match_fraction_above_0_9());
+  }
+  out += "\n";
+  for (const v1::QualityVerdict& v : checks.verdicts()) {
+    absl::StrAppendFormat(&out, "%s  %s at step %d: %s\n",
+                          v.passed() ? "ok  " : "FAIL", v.check(), v.step(),
+                          v.verdict());
+  }
+  return out;
+}
+
+}  // namespace internal
 }  // namespace saetrack::client

@@ -87,6 +87,10 @@ analysis::FindingsInput FindingsInputOf(const v1::DriftSummary& drift);
 // `saetrack drift` without --json.
 std::string FormatDriftSummary(const v1::DriftSummary& drift);
 
+// `saetrack quality` without --json: per reference checkpoint the chain's
+// SAE beside the independent one, then one line per verdict.
+std::string FormatQualityChecks(const v1::GetQualityChecksResponse& checks);
+
 }  // namespace saetrack::client::internal
 
 #endif  // SAETRACK_CLIENT_OUTPUT_H_

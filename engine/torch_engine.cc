@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "analysis/matching.h"
 #include "engine/lm/activation_stream.h"
 #include "engine/lm/activations.h"
 #include "engine/features/analysis_pass.h"
@@ -47,9 +48,11 @@ constexpr int64_t kActivationBufferBytes = int64_t{256} << 20;
 constexpr double kActivationRefillFraction = 0.5;
 // Rows of the first buffer used for the geometric median of b_dec.
 constexpr int64_t kGeometricMedianSample = 4096;
+// Rows of training activations that estimate the normalisation E||x||.
+constexpr int64_t kScaleSample = 16384;
 // Steps between progress callbacks.
 constexpr int64_t kProgressEverySteps = 16;
-// Held-out rows the adaptive budget evaluates on.
+// Held-out rows the convergence monitor evaluates on.
 constexpr int64_t kAdaptiveEvalRows = 16384;
 // Metadata of a saved training state.
 constexpr char kFingerprintKey[] = "saetrack.fingerprint";
@@ -113,6 +116,9 @@ absl::Status ValidateInput(const TrainInput& input) {
       input.adaptive_tolerance < 0) {
     return InvalidField("adaptive_tolerance", "must be finite and >= 0");
   }
+  if (input.max_activation_set_bytes < 0) {
+    return InvalidField("max_activation_set_bytes", "must be >= 0");
+  }
   if (input.lm_eval_tokens < 0) {
     return InvalidField("lm_eval_tokens", "must be >= 0");
   }
@@ -141,32 +147,40 @@ std::string Fingerprint(const TrainInput& input) {
       input.expansion_factor, "|", input.l1_coefficient, "|", input.lr, "|",
       input.warmup_steps, "|", input.batch_size, "|", input.train_tokens, "|",
       input.dead_window_tokens, "|", input.ghost_grads, "|", input.seed, "|",
+      input.max_activation_set_bytes, "|",
       crc);
   return absl::StrFormat("%08x-%08x", format::Crc32c(fields), crc);
 }
 
-// The adaptive budget of TrainInput: held-out FVU measured every quarter
-// window; converged when it improved by less than the tolerance over the
-// last full window.
-class AdaptiveBudget {
+// Convergence of one SAE: the held-out total loss measured every quarter
+// window; a plateau when it improved by less than `tolerance` times its
+// current value over the last full window.
+class ConvergenceMonitor {
  public:
-  AdaptiveBudget(int64_t window_tokens, double tolerance)
-      : window_(window_tokens),
-        every_(std::max<int64_t>(1, window_tokens / 4)),
+  ConvergenceMonitor(int64_t window_tokens, double tolerance)
+      : window_(std::max<int64_t>(1, window_tokens)),
+        every_(std::max<int64_t>(1, window_ / 4)),
         tolerance_(tolerance) {}
 
-  bool enabled() const { return window_ > 0; }
   bool Due(int64_t tokens) const { return tokens >= next_; }
 
-  bool Converged(int64_t tokens, double fvu) {
+  // Records the loss at `tokens`; true on a plateau.
+  bool Plateaued(int64_t tokens, double loss) {
     next_ = tokens + every_;
-    history_.emplace_back(tokens, fvu);
+    history_.emplace_back(tokens, loss);
     // The newest measurement at least a window old.
     std::optional<double> window_ago;
-    for (const auto& [t, f] : history_) {
-      if (t <= tokens - window_) window_ago = f;
+    for (const auto& [t, l] : history_) {
+      if (t <= tokens - window_) window_ago = l;
     }
-    return window_ago.has_value() && *window_ago - fvu < tolerance_;
+    plateaued_ = window_ago.has_value() &&
+                 *window_ago - loss < tolerance_ * std::abs(loss);
+    return plateaued_;
+  }
+
+  bool plateaued() const { return plateaued_; }
+  const std::vector<std::pair<int64_t, double>>& history() const {
+    return history_;
   }
 
  private:
@@ -174,8 +188,95 @@ class AdaptiveBudget {
   int64_t every_;
   double tolerance_;
   int64_t next_ = 0;
+  bool plateaued_ = false;
   std::vector<std::pair<int64_t, double>> history_;
 };
+
+// The activation set of a small corpus: every row in memory (on the
+// trainer's device), served in a fresh random order every epoch.
+class ActivationSet {
+ public:
+  ActivationSet(torch::Tensor rows, uint64_t seed)
+      : rows_(std::move(rows)) {
+    Reseed(seed);
+  }
+
+  int64_t rows() const { return rows_.size(0); }
+
+  void Reseed(uint64_t seed) {
+    generator_ = at::detail::createCPUGenerator(seed);
+    Shuffle();
+  }
+
+  // The next batch of min(batch_size, rows) rows, a fresh tensor; an epoch's
+  // last rows that do not fill a batch are skipped and a new epoch begins.
+  torch::Tensor NextBatch(int64_t batch_size) {
+    batch_size = std::min(batch_size, rows());
+    if (next_ + batch_size > rows()) Shuffle();
+    const torch::Tensor index = order_.narrow(0, next_, batch_size);
+    next_ += batch_size;
+    return rows_.index_select(0, index);
+  }
+
+  // Up to `max_rows` random rows (a copy), without consuming any.
+  torch::Tensor Sample(int64_t max_rows) const {
+    const int64_t n = std::min(max_rows, rows());
+    return rows_.index_select(0, order_.narrow(0, 0, n));
+  }
+
+ private:
+  void Shuffle() {
+    order_ = torch::randperm(rows(), generator_, torch::dtype(torch::kInt64))
+                 .to(rows_.device());
+    next_ = 0;
+  }
+
+  torch::Tensor rows_;
+  at::Generator generator_;
+  torch::Tensor order_;
+  int64_t next_ = 0;
+};
+
+// Non-overlapping training contexts that fit in the training split.
+int64_t TiledContexts(const TokenSplit& split, int context_length) {
+  return std::max<int64_t>(1, split.train_end / context_length);
+}
+
+// `count` distinct non-overlapping training contexts (start positions),
+// chosen at random among TiledContexts for `seed`, in increasing order.
+std::vector<int64_t> DistinctTrainContexts(const TokenSplit& split,
+                                           int context_length, int64_t count,
+                                           uint64_t seed) {
+  const int64_t tiled = TiledContexts(split, context_length);
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  const torch::Tensor chosen =
+      std::get<0>(torch::randperm(tiled, generator, torch::kInt64)
+                      .narrow(0, 0, std::min(count, tiled))
+                      .sort());
+  std::vector<int64_t> starts(chosen.numel());
+  const int64_t* data = chosen.data_ptr<int64_t>();
+  const int64_t last_start =
+      std::max<int64_t>(0, split.train_end - context_length);
+  for (size_t i = 0; i < starts.size(); ++i) {
+    starts[i] = std::min(data[i] * context_length, last_start);
+  }
+  return starts;
+}
+
+// W_dec as a flat row-major float vector on the CPU.
+std::vector<float> DecoderRows(const SaeWeights& weights) {
+  const torch::Tensor rows =
+      weights.W_dec.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  return std::vector<float>(rows.data_ptr<float>(),
+                            rows.data_ptr<float>() + rows.numel());
+}
+
+double MedianOf(std::vector<float> values) {
+  if (values.empty()) return 0;
+  std::nth_element(values.begin(), values.begin() + values.size() / 2,
+                   values.end());
+  return values[values.size() / 2];
+}
 
 class TorchSaeTrainingEngine : public SaeTrainingEngine {
  public:
@@ -243,6 +344,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       return absl::InvalidArgumentError(
           absl::StrCat(input.tokens_path, ": ", split.status().message()));
     }
+    TrainOutput output;
     const HookPoint hook{input.layer, site};
     const int context_length = input.context_length;
     const int64_t contexts_per_forward =
@@ -257,30 +359,63 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     const torch::Tensor eval_activations = CollectActivations(
         *model, eval_contexts, hook, contexts_per_forward, device_);
 
-    // Training contexts, streamed through a shuffling buffer.
-    const int64_t train_contexts = CeilDiv(input.train_tokens, context_length);
+    // Training activations: a small corpus once, in memory, reused over
+    // epochs; a large one streamed through a shuffling buffer.
+    const int64_t wanted_contexts = CeilDiv(input.train_tokens, context_length);
+    const int64_t distinct_contexts =
+        std::min(wanted_contexts, TiledContexts(*split, context_length));
+    const bool in_memory = distinct_contexts * context_length * d_in *
+                               int64_t{sizeof(float)} <=
+                           input.max_activation_set_bytes;
+    std::optional<ActivationSet> activation_set;
+    std::optional<ActivationStream> stream;
     ActivationStreamOptions stream_options;
     // No bigger than the whole training set, so small jobs allocate little.
     stream_options.buffer_rows = std::max<int64_t>(
         input.batch_size,
-        std::min(train_contexts * context_length,
+        std::min(wanted_contexts * context_length,
                  kActivationBufferBytes / (d_in * int64_t{sizeof(float)})));
     stream_options.refill_fraction = kActivationRefillFraction;
     stream_options.seed = input.seed ^ 0x5AE7AC4ULL;
     stream_options.device = device_;
-    SAETRACK_ASSIGN_OR_RETURN(
-        ActivationStream stream,
-        ActivationStream::Create(
-            ContextActivationSource(
-                *model, tokens,
-                SampleTrainContexts(*split, context_length, train_contexts,
-                                    input.seed),
-                context_length, hook, contexts_per_forward, device_),
-            stream_options));
+    torch::Tensor sample;
+    if (in_memory) {
+      SAETRACK_ASSIGN_OR_RETURN(
+          const torch::Tensor contexts,
+          GatherContexts(tokens,
+                         DistinctTrainContexts(*split, context_length,
+                                               distinct_contexts, input.seed),
+                         context_length, config.vocab_size));
+      activation_set.emplace(
+          CollectActivations(*model, contexts, hook, contexts_per_forward,
+                             device_),
+          input.seed ^ 0x5AE7AC4ULL);
+      sample = activation_set->Sample(kScaleSample);
+      output.distinct_tokens = activation_set->rows();
+    } else {
+      SAETRACK_ASSIGN_OR_RETURN(
+          stream, ActivationStream::Create(
+                      ContextActivationSource(
+                          *model, tokens,
+                          SampleTrainContexts(*split, context_length,
+                                              wanted_contexts, input.seed),
+                          context_length, hook, contexts_per_forward, device_),
+                      stream_options));
+      SAETRACK_ASSIGN_OR_RETURN(sample, stream->Peek(kScaleSample));
+      // Contexts drawn with replacement: distinct tokens are at most the
+      // training split's.
+      output.distinct_tokens =
+          std::min(wanted_contexts * context_length, split->train_end);
+    }
+    // The SAE trains on s·x with E||s·x|| = sqrt(d_in) (DESIGN.md §3).
+    const double scale = ActivationScale(sample);
+    output.activation_scale = scale;
+    const torch::Tensor eval_normalised = eval_activations * scale;
 
-    // The SAE: from the previous one of the chain, or from scratch.
+    // The SAE, in normalised coordinates: from the previous one of the chain
+    // (stored folded into its own checkpoint's raw coordinates), or from
+    // scratch.
     SaeWeights weights;
-    std::optional<SaeWeights> init_weights;
     if (input.init_sae_safetensors.has_value()) {
       SAETRACK_ASSIGN_OR_RETURN(
           weights, SaeFromSafetensors(*input.init_sae_safetensors, device_));
@@ -292,12 +427,15 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                          " (hidden_size of ", input.model_dir, ") and d_sae ",
                          d_sae));
       }
-      init_weights = weights.Clone();
+      weights = UnfoldActivationScale(weights, ActivationScaleOf(weights));
     } else {
-      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor sample,
-                                stream.Peek(kGeometricMedianSample));
-      weights = InitSaeFromScratch(d_sae, sample, input.seed);
+      weights = InitSaeFromScratch(
+          d_sae, sample.narrow(0, 0, std::min<int64_t>(sample.size(0),
+                                                       kGeometricMedianSample)) *
+                     scale,
+          input.seed);
     }
+    const SaeWeights init_weights = weights.Clone();
     SaeSpec spec;
     spec.architecture = input.sae_architecture;
     spec.l1_coefficient = input.l1_coefficient;
@@ -314,7 +452,6 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     }
     Sae& sae = **made;
 
-    TrainOutput output;
     output.d_in = static_cast<int>(d_in);
     output.d_sae = static_cast<int>(d_sae);
 
@@ -341,42 +478,59 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     }
     output.init_fvu = resumed_init_fvu.has_value()
                           ? *resumed_init_fvu
-                          : HeldOutFvu(sae, eval_activations);
+                          : HeldOutFvu(sae, eval_normalised);
     output.resumed_from_tokens = trainer.tokens();
     if (trainer.tokens() > 0) {
-      // A fresh sample of the contexts still to train on: the saved state
-      // does not record the stream's position, and any unseen sample of the
-      // training split is as good as the one the interrupted run would have
-      // drawn.
-      const int64_t remaining = std::max<int64_t>(
-          0, train_contexts - CeilDiv(trainer.tokens(), context_length));
-      SAETRACK_ASSIGN_OR_RETURN(
-          stream,
-          ActivationStream::Create(
-              ContextActivationSource(
-                  *model, tokens,
-                  SampleTrainContexts(
-                      *split, context_length, remaining,
-                      input.seed ^ static_cast<uint64_t>(trainer.tokens())),
-                  context_length, hook, contexts_per_forward, device_),
-              stream_options));
+      if (activation_set.has_value()) {
+        // A fresh order of the same rows from where the state was saved.
+        activation_set->Reseed(input.seed ^
+                               static_cast<uint64_t>(trainer.tokens()));
+      } else {
+        // A fresh sample of the contexts still to train on: the saved state
+        // does not record the stream's position, and any unseen sample of
+        // the training split is as good as the one the interrupted run would
+        // have drawn.
+        const int64_t remaining = std::max<int64_t>(
+            0, wanted_contexts - CeilDiv(trainer.tokens(), context_length));
+        SAETRACK_ASSIGN_OR_RETURN(
+            stream,
+            ActivationStream::Create(
+                ContextActivationSource(
+                    *model, tokens,
+                    SampleTrainContexts(
+                        *split, context_length, remaining,
+                        input.seed ^ static_cast<uint64_t>(trainer.tokens())),
+                    context_length, hook, contexts_per_forward, device_),
+                stream_options));
+      }
     }
 
-    // The adaptive budget watches the held-out FVU on a prefix of the
-    // held-out activations.
-    AdaptiveBudget budget(input.adaptive_window_tokens,
-                          input.adaptive_tolerance);
-    const torch::Tensor budget_activations = eval_activations.narrow(
-        0, 0, std::min<int64_t>(eval_activations.size(0), kAdaptiveEvalRows));
+    // Convergence: the held-out total loss on a prefix of the held-out
+    // activations, watched over a window (the adaptive window, or a quarter
+    // of the budget when the budget is fixed).
+    const bool adaptive = input.adaptive_window_tokens > 0;
+    ConvergenceMonitor monitor(
+        adaptive ? input.adaptive_window_tokens
+                 : std::max<int64_t>(input.batch_size, input.train_tokens / 4),
+        input.adaptive_tolerance);
+    const torch::Tensor monitor_activations = eval_normalised.narrow(
+        0, 0, std::min<int64_t>(eval_normalised.size(0), kAdaptiveEvalRows));
+    const auto held_out_loss = [&] {
+      return sae.Loss(monitor_activations).total;
+    };
     int64_t next_save =
         NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
     double last_loss = 0;
-    while (true) {
-      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch,
-                                stream.NextBatch(input.batch_size));
+    while (trainer.tokens() < input.train_tokens) {
+      torch::Tensor batch;
+      if (activation_set.has_value()) {
+        batch = activation_set->NextBatch(input.batch_size);
+      } else {
+        SAETRACK_ASSIGN_OR_RETURN(batch, stream->NextBatch(input.batch_size));
+      }
       // The last batch may be smaller; one row has no batch variance.
       if (!batch.defined() || batch.size(0) < 2) break;
-      last_loss = trainer.Step(batch).total;
+      last_loss = trainer.Step(batch.mul_(scale)).total;
       if (!state_path.empty() && input.checkpoint_every_tokens > 0 &&
           trainer.tokens() >= next_save) {
         SAETRACK_RETURN_IF_ERROR(
@@ -384,9 +538,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         next_save =
             NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
       }
-      if (budget.enabled() && budget.Due(trainer.tokens()) &&
-          budget.Converged(trainer.tokens(),
-                           HeldOutFvu(sae, budget_activations))) {
+      if (monitor.Due(trainer.tokens()) &&
+          monitor.Plateaued(trainer.tokens(), held_out_loss()) && adaptive) {
         output.stopped_early = true;
         break;
       }
@@ -401,7 +554,23 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       return absl::CancelledError(absl::StrCat("SAE training cancelled after ",
                                                trainer.tokens(), " tokens"));
     }
+    if (!output.stopped_early) {
+      monitor.Plateaued(trainer.tokens(), held_out_loss());
+    }
+    output.converged = monitor.plateaued();
+    output.loss_curve = monitor.history();
+    output.held_out_loss = held_out_loss();
+    output.epochs =
+        output.distinct_tokens > 0
+            ? static_cast<double>(trainer.tokens()) / output.distinct_tokens
+            : 0;
+    output.features.decoder_cos_init =
+        DecoderCosines(sae.weights(), init_weights);
+    output.median_decoder_cos_init =
+        MedianOf(output.features.decoder_cos_init);
 
+    // From here on the SAE works on raw activations.
+    sae.mutable_weights() = FoldActivationScale(sae.weights(), scale);
     const SaeEvaluation evaluation = EvaluateSae(sae, eval_activations);
     output.mse = evaluation.mse;
     output.fvu = evaluation.fvu;
@@ -412,9 +581,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     output.features.mean_activation = evaluation.mean_activation;
     output.features.max_activation = evaluation.max_activation;
     output.features.encoder_norm = evaluation.encoder_norm;
-    if (init_weights.has_value()) {
-      output.features.decoder_cos_prev =
-          DecoderCosines(sae.weights(), *init_weights);
+    if (input.init_sae_safetensors.has_value()) {
+      output.features.decoder_cos_prev = output.features.decoder_cos_init;
     }
     if (input.lm_eval_tokens > 0) {
       const torch::Tensor lm_contexts = eval_contexts.narrow(
@@ -427,6 +595,125 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                                                  return sae.Reconstruct(x);
                                                },
                                                contexts_per_forward));
+    }
+    if (input.reference_check) {
+      // The independent SAE: from scratch with another seed, the first SAE's
+      // recipe, the same activations and normalisation, a fresh order.
+      torch::Tensor reference_sample;
+      if (activation_set.has_value()) {
+        activation_set->Reseed(input.reference_seed ^ 0x5AE7AC4ULL);
+        reference_sample = activation_set->Sample(kGeometricMedianSample);
+      } else {
+        ActivationStreamOptions options = stream_options;
+        options.seed = input.reference_seed ^ 0x5AE7AC4ULL;
+        SAETRACK_ASSIGN_OR_RETURN(
+            stream,
+            ActivationStream::Create(
+                ContextActivationSource(
+                    *model, tokens,
+                    SampleTrainContexts(
+                        *split, context_length,
+                        CeilDiv(input.reference_train_tokens, context_length),
+                        input.reference_seed),
+                    context_length, hook, contexts_per_forward, device_),
+                options));
+        SAETRACK_ASSIGN_OR_RETURN(reference_sample,
+                                  stream->Peek(kGeometricMedianSample));
+      }
+      const SaeWeights reference_init = InitSaeFromScratch(
+          d_sae, reference_sample * scale, input.reference_seed);
+      SAETRACK_ASSIGN_OR_RETURN(
+          std::unique_ptr<Sae> reference,
+          MakeSae(spec, reference_init.Clone(), precision_));
+      SaeTrainerOptions reference_options = trainer_options;
+      reference_options.lr = input.reference_lr;
+      reference_options.warmup_steps = input.reference_warmup_steps;
+      reference_options.dead_window_tokens =
+          input.dead_window_tokens > 0
+              ? input.dead_window_tokens
+              : std::max<int64_t>(input.batch_size,
+                                  input.reference_train_tokens / 10);
+      reference_options.ghost_grads = input.sae_architecture == "relu_l1";
+      SaeTrainer reference_trainer(reference.get(), reference_options);
+      ConvergenceMonitor reference_monitor(
+          std::max<int64_t>(input.batch_size,
+                            input.reference_train_tokens / 4),
+          input.adaptive_tolerance);
+      const auto reference_loss = [&] {
+        return reference->Loss(monitor_activations).total;
+      };
+      while (reference_trainer.tokens() < input.reference_train_tokens) {
+        torch::Tensor batch;
+        if (activation_set.has_value()) {
+          batch = activation_set->NextBatch(input.batch_size);
+        } else {
+          SAETRACK_ASSIGN_OR_RETURN(batch,
+                                    stream->NextBatch(input.batch_size));
+        }
+        if (!batch.defined() || batch.size(0) < 2) break;
+        last_loss = reference_trainer.Step(batch.mul_(scale)).total;
+        if (reference_monitor.Due(reference_trainer.tokens())) {
+          reference_monitor.Plateaued(reference_trainer.tokens(),
+                                      reference_loss());
+        }
+        if (reference_trainer.steps() % kProgressEverySteps == 0 && progress &&
+            !progress(trainer.tokens(), last_loss)) {
+          return absl::CancelledError(
+              absl::StrCat("reference SAE training cancelled after ",
+                           reference_trainer.tokens(), " tokens"));
+        }
+      }
+      ReferenceCheck& check = output.reference.emplace();
+      check.seed = input.reference_seed;
+      check.tokens_trained = reference_trainer.tokens();
+      check.converged = reference_monitor.Plateaued(
+          reference_trainer.tokens(), reference_loss());
+      check.held_out_loss = reference_loss();
+      check.median_decoder_cos_init =
+          MedianOf(DecoderCosines(reference->weights(), reference_init));
+      // The independent SAE's dictionary against the chain's, and two random
+      // ones against each other (the chance level), matched alike.
+      SAETRACK_ASSIGN_OR_RETURN(
+          const analysis::DictionaryMatch match,
+          analysis::MatchDictionaries(DecoderRows(sae.weights()),
+                                      DecoderRows(reference->weights()),
+                                      static_cast<int>(d_in)));
+      check.matched = match.matched;
+      check.match_method = match.method;
+      check.match_median_cosine = match.median_cosine;
+      check.match_fraction_above_0_9 = match.fraction_above_0_9;
+      check.match_fraction_above_0_7 = match.fraction_above_0_7;
+      SAETRACK_ASSIGN_OR_RETURN(
+          const analysis::DictionaryMatch chance,
+          analysis::MatchDictionaries(
+              DecoderRows(reference_init),
+              DecoderRows(InitSaeFromScratch(d_sae, reference_sample * scale,
+                                             input.reference_seed + 1)),
+              static_cast<int>(d_in)));
+      check.random_median_cosine = chance.median_cosine;
+      check.random_fraction_above_0_9 = chance.fraction_above_0_9;
+      reference->mutable_weights() =
+          FoldActivationScale(reference->weights(), scale);
+      const SaeEvaluation reference_evaluation =
+          EvaluateSae(*reference, eval_activations);
+      check.fvu = reference_evaluation.fvu;
+      check.l0 = reference_evaluation.l0;
+      check.dead_fraction = reference_evaluation.dead_fraction;
+      if (input.lm_eval_tokens > 0) {
+        const torch::Tensor lm_contexts = eval_contexts.narrow(
+            0, 0,
+            std::min<int64_t>(eval_contexts.size(0),
+                              CeilDiv(input.lm_eval_tokens, context_length)));
+        SAETRACK_ASSIGN_OR_RETURN(
+            const LmEvaluation lm,
+            EvaluateWithSplice(
+                *model, lm_contexts, hook,
+                [&reference](const torch::Tensor& x) {
+                  return reference->Reconstruct(x);
+                },
+                contexts_per_forward));
+        check.loss_recovered = lm.loss_recovered;
+      }
     }
     output.sae_safetensors = SaeToSafetensors(sae.weights());
     output.wall_time_s = std::chrono::duration<double>(

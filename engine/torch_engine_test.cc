@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
@@ -15,6 +16,7 @@
 #include "engine/features/analysis_pass.h"
 #include "engine/lm/gpt2.h"
 #include "engine/lm/lm_trainer.h"
+#include "engine/sae/sae.h"
 #include "engine/training_engine.h"
 #include "format/safetensors.h"
 
@@ -172,6 +174,146 @@ TEST_F(TorchEngineTest, TrainsChainWithRecurrentInitialisation) {
   std::nth_element(cosines.begin(), cosines.begin() + cosines.size() / 2,
                    cosines.end());
   EXPECT_GT(cosines[cosines.size() / 2], 0.9);
+}
+
+// A copy of checkpoint `step` whose token embeddings are multiplied by
+// `factor`: its layer-0 resid_pre activations are exactly factor x the
+// original's.
+std::string ScaledCheckpoint(const std::string& from, const std::string& to,
+                             float factor) {
+  std::filesystem::create_directories(to);
+  std::filesystem::copy_file(from + "/config.json", to + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  absl::StatusOr<format::SafetensorsFile> file =
+      format::SafetensorsFile::Open(from + "/model.safetensors");
+  EXPECT_TRUE(file.ok()) << file.status();
+  format::SafetensorsWriter writer;
+  for (const format::TensorView& t : file->tensors()) {
+    std::string bytes(t.bytes);
+    if (t.name == "gpt_neox.embed_in.weight") {
+      EXPECT_EQ(t.dtype, format::Dtype::kF32);
+      float* values = reinterpret_cast<float*>(bytes.data());
+      for (size_t i = 0; i < bytes.size() / sizeof(float); ++i) {
+        values[i] *= factor;
+      }
+    }
+    EXPECT_TRUE(writer.Add(t.name, t.dtype, t.shape, bytes).ok());
+  }
+  std::ofstream(to + "/model.safetensors", std::ios::binary)
+      << writer.Serialize();
+  return to;
+}
+
+double MedianCos(std::vector<float> cosines) {
+  std::nth_element(cosines.begin(), cosines.begin() + cosines.size() / 2,
+                   cosines.end());
+  return cosines[cosines.size() / 2];
+}
+
+// The SAE trains on activations normalised to E||x|| = sqrt(d_in): a
+// checkpoint whose activations are 100x larger gives the same L0, FVU and
+// directions, and its activation_scale is 100x smaller. The stored SAE has
+// the scale folded in and reconstructs raw activations.
+TEST_F(TorchEngineTest, ScalingActivationsChangesNothing) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.layer = 0;  // resid_pre of block 0: the embeddings themselves
+  input.lm_eval_tokens = 0;
+  input.train_tokens = 16 * 1024;
+  absl::StatusOr<TrainOutput> plain = engine->Train(input, nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  input.model_dir =
+      ScaledCheckpoint(Checkpoint(16), *dir_ + "/scaled-16", 100.0f);
+  absl::StatusOr<TrainOutput> scaled = engine->Train(input, nullptr);
+  ASSERT_TRUE(scaled.ok()) << scaled.status();
+  EXPECT_NEAR(scaled->activation_scale * 100, plain->activation_scale,
+              1e-4 * plain->activation_scale);
+  EXPECT_NEAR(scaled->l0, plain->l0, 0.02 * plain->l0);
+  EXPECT_NEAR(scaled->fvu, plain->fvu, 0.02 * plain->fvu + 1e-4);
+  EXPECT_NEAR(scaled->held_out_loss, plain->held_out_loss,
+              0.02 * plain->held_out_loss);
+  EXPECT_NEAR(scaled->dead_fraction, plain->dead_fraction, 0.02);
+  const SaeWeights a =
+      *SaeFromSafetensors(plain->sae_safetensors, torch::kCPU);
+  const SaeWeights b =
+      *SaeFromSafetensors(scaled->sae_safetensors, torch::kCPU);
+  EXPECT_GT(MedianCos(DecoderCosines(a, b)), 0.99);
+  // Folded: decoder rows have norm 1 / s, and s comes back from them.
+  EXPECT_NEAR(ActivationScaleOf(a), plain->activation_scale,
+              1e-4 * plain->activation_scale);
+  EXPECT_NEAR(ActivationScaleOf(b), scaled->activation_scale,
+              1e-4 * scaled->activation_scale);
+  // Without normalisation the two would differ by 100x in L1 weight, which
+  // the paper's loss would turn into very different sparsity.
+  EXPECT_GT(plain->l0, 0);
+}
+
+// A small corpus is reused over epochs: with a budget above the training
+// split, every distinct token is seen about budget / split times. With no
+// room for the activation set the engine streams instead.
+TEST_F(TorchEngineTest, SmallCorpusIsReusedOverEpochs) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.lm_eval_tokens = 0;
+  input.train_tokens = 256 * 1024;  // the corpus has 100k tokens
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_EQ(output->tokens_trained, 256 * 1024);
+  // 90% of 100k tokens train, in whole contexts of 32.
+  EXPECT_EQ(output->distinct_tokens, (90'000 / 32) * 32);
+  EXPECT_NEAR(output->epochs, 256.0 * 1024 / output->distinct_tokens, 1e-9);
+  EXPECT_GT(output->epochs, 2.5);
+  EXPECT_FALSE(output->loss_curve.empty());
+
+  input.max_activation_set_bytes = 0;
+  input.train_tokens = 8 * 1024;
+  absl::StatusOr<TrainOutput> streamed = engine->Train(input, nullptr);
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  EXPECT_EQ(streamed->tokens_trained, 8 * 1024);
+  EXPECT_LT(streamed->fvu, streamed->init_fvu);
+}
+
+// The trust check: an independent SAE from scratch beside the chain's, with
+// its own numbers, the match between the two and the chance level.
+TEST_F(TorchEngineTest, ReferenceCheckTrainsAnIndependentSae) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.lm_eval_tokens = 1024;
+  input.train_tokens = 64 * 1024;
+  input.reference_check = true;
+  input.reference_seed = 6;
+  input.reference_lr = 3e-3;
+  input.reference_warmup_steps = 5;
+  input.reference_train_tokens = 64 * 1024;
+  absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  ASSERT_TRUE(output->reference.has_value());
+  const ReferenceCheck& r = *output->reference;
+  EXPECT_EQ(r.seed, 6u);
+  EXPECT_EQ(r.tokens_trained, 64 * 1024);
+  EXPECT_EQ(r.matched, 128);
+  EXPECT_EQ(r.match_method, "hungarian");
+  EXPECT_GT(r.fvu, 0);
+  EXPECT_LT(r.fvu, 0.5);
+  EXPECT_GT(r.l0, 0);
+  ASSERT_TRUE(r.loss_recovered.has_value());
+  EXPECT_GT(*r.loss_recovered, 0.3);
+  // Both SAEs train from scratch on the same data with the same recipe: their
+  // losses are close, and their dictionaries share more than chance.
+  EXPECT_NEAR(r.held_out_loss, output->held_out_loss,
+              0.2 * output->held_out_loss);
+  EXPECT_GT(r.match_median_cosine, r.random_median_cosine);
+  EXPECT_GT(r.random_median_cosine, 0);
+  EXPECT_LT(r.median_decoder_cos_init, 1);
+  EXPECT_GE(r.match_fraction_above_0_7, r.match_fraction_above_0_9);
+  // The chain's own numbers are reported beside it.
+  EXPECT_LT(output->median_decoder_cos_init, 1);
+  EXPECT_GT(output->held_out_loss, 0);
+
+  input.reference_check = false;
+  output = engine->Train(input, nullptr);
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_FALSE(output->reference.has_value());
 }
 
 TEST_F(TorchEngineTest, ReportsLmEvaluationAndDensity) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -57,11 +58,21 @@ struct TrainInput {
   // relu_l1: ghost grads for dead features (the worker enables them for the
   // first SAE of a chain).
   bool ghost_grads = false;
-  // Adaptive budget: when adaptive_window_tokens > 0, stop once the held-out
-  // FVU improved by less than adaptive_tolerance (absolute) over the last
-  // adaptive_window_tokens training tokens. 0 trains all train_tokens.
+  // Convergence: the held-out total loss (reconstruction + sparsity, in
+  // normalised coordinates) is measured every quarter window; it has
+  // plateaued when it improved by less than adaptive_tolerance times its
+  // value over the last window. With adaptive_window_tokens > 0 training stops
+  // at the plateau (so it trains at least one window and at most
+  // train_tokens); with 0 it trains all train_tokens and only reports
+  // whether the last quarter of them still improved the loss (window
+  // train_tokens / 4).
   int64_t adaptive_window_tokens = 0;
-  double adaptive_tolerance = 1e-3;
+  double adaptive_tolerance = 0.01;
+  // Training activations are computed once and kept in memory, reused over
+  // epochs (in a fresh order each) when train_tokens exceeds the distinct
+  // training tokens, as long as they fit in this many bytes; beyond that
+  // they are streamed, each context drawn at random with replacement.
+  int64_t max_activation_set_bytes = int64_t{1} << 30;
   // Held-out tokens (a fixed split, disjoint from training tokens, the same
   // positions for every checkpoint of a job) used for evaluation and feature
   // statistics.
@@ -78,6 +89,17 @@ struct TrainInput {
   std::string state_dir;
   int64_t checkpoint_every_tokens = 0;
 
+  // Trust check (DESIGN.md §3) at this checkpoint: after the chain's SAE,
+  // train an independent SAE from scratch on the same activations with
+  // reference_seed and the first SAE's recipe (reference_lr,
+  // reference_warmup_steps, reference_train_tokens; ghost grads for relu_l1),
+  // and compare the two (TrainOutput.reference).
+  bool reference_check = false;
+  uint64_t reference_seed = 1;
+  double reference_lr = 4e-4;
+  int reference_warmup_steps = 5000;
+  int64_t reference_train_tokens = 300'000'000;
+
   // SAE weights of the previous checkpoint (safetensors bytes as produced in
   // TrainOutput::sae_safetensors). Absent: train from scratch (Kaiming-uniform,
   // unit-norm decoder, b_dec at the geometric median of a sample).
@@ -91,6 +113,9 @@ struct FeatureStats {
   std::vector<float> max_activation;
   // cos(W_dec[i], W_dec_init[i]); empty when trained from scratch.
   std::vector<float> decoder_cos_prev;
+  // cos(W_dec[i], its initial value), from scratch as well (the random
+  // initialisation): how far training moved each feature.
+  std::vector<float> decoder_cos_init;
   std::vector<float> encoder_norm;  // ||W_enc[:, i]||
 };
 
@@ -115,6 +140,32 @@ struct LmEvaluation {
   int64_t tokens = 0;
 };
 
+// The trust check of TrainInput.reference_check: an independent SAE trained
+// from scratch on the same checkpoint, and how the chain's SAE compares.
+struct ReferenceCheck {
+  uint64_t seed = 0;
+  int64_t tokens_trained = 0;
+  // The independent SAE's held-out numbers, as TrainOutput's.
+  double held_out_loss = 0;
+  double fvu = 0;
+  double l0 = 0;
+  double dead_fraction = 0;
+  double median_decoder_cos_init = 0;
+  bool converged = false;
+  std::optional<double> loss_recovered;
+  // The chain's SAE against the independent one: decoder rows matched one to
+  // one by cosine (analysis::MatchDictionaries).
+  int matched = 0;
+  std::string match_method;
+  double match_median_cosine = 0;
+  double match_fraction_above_0_9 = 0;
+  double match_fraction_above_0_7 = 0;
+  // Two random initialisations of the same shape matched the same way: the
+  // level a match must beat to mean anything.
+  double random_median_cosine = 0;
+  double random_fraction_above_0_9 = 0;
+};
+
 struct TrainOutput {
   // SAE weights as a safetensors file: W_enc [d_in, d_sae], b_enc [d_sae],
   // W_dec [d_sae, d_in], b_dec [d_in], all F32 (SAELens layout).
@@ -137,6 +188,26 @@ struct TrainOutput {
   std::optional<LmEvaluation> lm;
   // The adaptive budget stopped training before train_tokens.
   bool stopped_early = false;
+  // The held-out total loss had plateaued when training ended (see
+  // TrainInput.adaptive_window_tokens); false means more tokens would still
+  // have helped.
+  bool converged = false;
+  // The held-out total loss at the end, in normalised coordinates, and the
+  // (tokens, loss) pairs the convergence monitor measured.
+  double held_out_loss = 0;
+  std::vector<std::pair<int64_t, double>> loss_curve;
+  // The activation normalisation s = sqrt(d_in) / E||x|| of this checkpoint
+  // (the SAE trained on s·x; sae_safetensors has it folded in and works on
+  // raw activations).
+  double activation_scale = 1;
+  // Distinct training tokens behind the training batches and how often each
+  // was seen on average (tokens_trained / distinct_tokens).
+  int64_t distinct_tokens = 0;
+  double epochs = 0;
+  // Median over features of cos(W_dec[i], its initial value).
+  double median_decoder_cos_init = 0;
+  // Present when TrainInput.reference_check.
+  std::optional<ReferenceCheck> reference;
   // Tokens already trained in the saved state training resumed from (0 when
   // it started from the beginning).
   int64_t resumed_from_tokens = 0;

@@ -8,7 +8,7 @@ library; a folder may include itself and what LAYERS lists for it:
   base                      Status macros, absl shims
   format    -> base         torch-free file formats
   analysis  -> format       torch-free feature dynamics and verdicts
-  engine    -> format       LibTorch: LMs, SAEs, training, evaluation
+  engine    -> analysis     LibTorch: LMs, SAEs, training, evaluation
   storage   -> base         key-value storage (RocksDB, in-memory)
   proto     -> format       the saetrack.v1 API, Status <-> grpc::Status
   server    -> analysis, storage, proto   the coordinator
@@ -32,7 +32,7 @@ LAYERS = {
     "base": [],
     "format": ["base"],
     "analysis": ["format"],
-    "engine": ["format"],
+    "engine": ["analysis"],
     "storage": ["base"],
     "proto": ["format"],
     "server": ["analysis", "storage", "proto"],

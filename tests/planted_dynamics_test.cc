@@ -69,7 +69,7 @@ constexpr int64_t kLastStep = 1024;
 constexpr int kLayer = 1;
 constexpr char kSite[] = "resid_post";
 constexpr int kDSae = 128;
-constexpr double kL1Coefficient = 1e-2;
+constexpr double kL1Coefficient = 4e-3;
 constexpr int64_t kFirstSaeTokens = 131'072;  // from scratch
 constexpr int64_t kNextSaeTokens = 65'536;    // from the previous SAE
 

@@ -6,8 +6,10 @@
 #include <prometheus/registry.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -29,6 +31,8 @@ namespace {
 
 // Calls other than the long poll must answer quickly.
 constexpr absl::Duration kCallTimeout = absl::Seconds(30);
+// schedule.reference_checkpoints of a spec an older coordinator did not fill.
+constexpr int kDefaultReferenceCheckpoints = 3;
 
 std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout) {
   auto context = std::make_unique<grpc::ClientContext>();
@@ -67,6 +71,20 @@ std::string TaskStateDir(const WorkerOptions& options, const v1::Task& task) {
   return (std::filesystem::path(options.state_dir) /
           absl::StrCat(task.job_id(), "-L", train.hook().layer(), "-s", step))
       .string();
+}
+
+// Trust checks at `count` chain positions out of `chain_length`: the first,
+// the last and evenly between.
+bool IsReferenceCheckpoint(int chain_index, int chain_length, int count) {
+  if (count <= 0 || chain_length <= 0) return false;
+  count = std::min(count, chain_length);
+  if (count == 1) return chain_index == 0;
+  for (int i = 0; i < count; ++i) {
+    const int position = static_cast<int>(std::lround(
+        static_cast<double>(i) * (chain_length - 1) / (count - 1)));
+    if (position == chain_index) return true;
+  }
+  return false;
 }
 
 engine::TrainInput ToTrainInput(const v1::Task& leased,
@@ -116,6 +134,15 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
   if (spec.schedule().has_lm_eval_tokens()) {
     in.lm_eval_tokens = spec.schedule().lm_eval_tokens();
   }
+  in.reference_check = IsReferenceCheckpoint(
+      task.chain_index(), spec.model().checkpoints_size(),
+      spec.schedule().has_reference_checkpoints()
+          ? spec.schedule().reference_checkpoints()
+          : kDefaultReferenceCheckpoints);
+  in.reference_seed = spec.sae().seed() + 1;
+  in.reference_lr = spec.sae().lr_first();
+  in.reference_warmup_steps = spec.sae().warmup_steps_first();
+  in.reference_train_tokens = spec.schedule().tokens_first();
   in.state_dir = TaskStateDir(options, leased);
   in.checkpoint_every_tokens = options.checkpoint_every_tokens;
   return in;
@@ -658,9 +685,11 @@ class GrpcWorker final : public Worker {
     metrics_.succeeded.Increment();
     Log(absl::StrFormat(
         "%s: done in %.1f s: FVU %.4f (init %.4f), L0 %.1f, "
-        "dead %.1f%%",
+        "dead %.1f%%, %.1f epochs of %d tokens, cos to init %.3f, %s",
         what, output->wall_time_s, output->fvu, output->init_fvu, output->l0,
-        100 * output->dead_fraction));
+        100 * output->dead_fraction, output->epochs, output->distinct_tokens,
+        output->median_decoder_cos_init,
+        output->converged ? "converged" : "NOT converged"));
   }
 
   absl::Status Complete(const v1::Task& task, const engine::TrainInput& in,
@@ -692,6 +721,34 @@ class GrpcWorker final : public Worker {
     }
     m->set_stopped_early(out.stopped_early);
     m->set_resumed_from_tokens(out.resumed_from_tokens);
+    m->set_activation_scale(out.activation_scale);
+    m->set_distinct_tokens(out.distinct_tokens);
+    m->set_epochs(out.epochs);
+    m->set_converged(out.converged);
+    m->set_held_out_loss(out.held_out_loss);
+    m->set_median_decoder_cos_init(out.median_decoder_cos_init);
+    if (out.reference.has_value()) {
+      const engine::ReferenceCheck& r = *out.reference;
+      v1::ReferenceCheck* check = m->mutable_reference();
+      check->set_seed(r.seed);
+      check->set_tokens_trained(r.tokens_trained);
+      check->set_held_out_loss(r.held_out_loss);
+      check->set_fvu(r.fvu);
+      check->set_l0(r.l0);
+      check->set_dead_fraction(r.dead_fraction);
+      check->set_median_decoder_cos_init(r.median_decoder_cos_init);
+      check->set_converged(r.converged);
+      if (r.loss_recovered.has_value()) {
+        check->set_loss_recovered(*r.loss_recovered);
+      }
+      check->set_matched(r.matched);
+      check->set_match_method(r.match_method);
+      check->set_match_median_cosine(r.match_median_cosine);
+      check->set_match_fraction_above_0_9(r.match_fraction_above_0_9);
+      check->set_match_fraction_above_0_7(r.match_fraction_above_0_7);
+      check->set_random_median_cosine(r.random_median_cosine);
+      check->set_random_fraction_above_0_9(r.random_fraction_above_0_9);
+    }
     m->set_sae_architecture(in.sae_architecture);
     if (in.sae_architecture == "topk") m->set_k(in.k);
     v1::CompleteTaskResponse response;

@@ -70,6 +70,17 @@ torch::Tensor NormalisedReconstructionError(const torch::Tensor& x_hat,
          (x - x.mean(0, /*keepdim=*/true)).pow(2).sum().clamp_min(kTiny);
 }
 
+torch::Tensor CentredTokenNorms(const torch::Tensor& x) {
+  return (x - x.mean(0, /*keepdim=*/true))
+      .norm(2, 1, /*keepdim=*/true)
+      .clamp_min(kTiny);
+}
+
+torch::Tensor PaperReconstructionError(const torch::Tensor& x_hat,
+                                       const torch::Tensor& x) {
+  return ((x_hat - x).pow(2) / CentredTokenNorms(x)).mean();
+}
+
 torch::Tensor Sae::PreActivations(const SaeWeights& weights,
                                   const torch::Tensor& x) const {
   return AddMatmul(weights.b_enc, x - weights.b_dec, weights.W_enc, precision_);
@@ -322,6 +333,32 @@ std::vector<int64_t> DensityHistogram(const std::vector<float>& frequency) {
     ++bins[1 + std::clamp(bin, 0, kDensityBins - 2)];
   }
   return bins;
+}
+
+SaeWeights FoldActivationScale(const SaeWeights& weights, double scale) {
+  torch::NoGradGuard no_grad;
+  return SaeWeights{weights.W_enc * scale, weights.b_enc.clone(),
+                    weights.W_dec / scale, weights.b_dec / scale};
+}
+
+SaeWeights UnfoldActivationScale(const SaeWeights& weights, double scale) {
+  return FoldActivationScale(weights, 1.0 / scale);
+}
+
+double ActivationScaleOf(const SaeWeights& weights) {
+  torch::NoGradGuard no_grad;
+  const double median_norm =
+      weights.W_dec.norm(2, 1).median().item<double>();
+  return median_norm > kTiny && std::isfinite(median_norm) ? 1.0 / median_norm
+                                                           : 1.0;
+}
+
+double ActivationScale(const torch::Tensor& sample) {
+  torch::NoGradGuard no_grad;
+  const double mean_norm =
+      sample.to(torch::kFloat64).norm(2, 1).mean().item<double>();
+  if (!(mean_norm > 0) || !std::isfinite(mean_norm)) return 1.0;
+  return std::sqrt(static_cast<double>(sample.size(1))) / mean_norm;
 }
 
 std::vector<float> DecoderCosines(const SaeWeights& sae,

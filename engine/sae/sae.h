@@ -8,12 +8,9 @@
 //   f     = activation(pre)                      (ReLU, TopK, ...)
 //   x_hat = f W_dec + b_dec                      W_dec [d_sae, d_in]
 //
-// and is trained on the batch's normalised reconstruction error
-//
-//   sum_b ||x_hat_b - x_b||^2 / sum_b ||x_b - mean_batch(x)||^2
-//
-// (the batch's fraction of variance unexplained; scale-free) plus the
-// architecture's own terms. An architecture is one class (relu_l1_sae.h,
+// and is trained on a reconstruction error plus the architecture's own terms:
+// relu_l1 on the paper's (PaperReconstructionError), topk on the batch's
+// fraction of variance unexplained (NormalisedReconstructionError). An architecture is one class (relu_l1_sae.h,
 // topk_sae.h) registered by name in MakeSae; adding one touches nothing else.
 #ifndef SAETRACK_ENGINE_SAE_SAE_H_
 #define SAETRACK_ENGINE_SAE_SAE_H_
@@ -166,9 +163,27 @@ absl::StatusOr<std::unique_ptr<Sae>> MakeSae(
 // The architectures MakeSae knows, in a stable order.
 std::vector<std::string> SaeArchitectures();
 
-// The normalised reconstruction error of the header comment, differentiable.
+// The batch's fraction of variance unexplained, differentiable:
+//
+//   sum_b ||x_hat_b - x_b||^2 / sum_b ||x_b - mean_batch(x)||^2
+//
+// Scale-free.
 torch::Tensor NormalisedReconstructionError(const torch::Tensor& x_hat,
                                             const torch::Tensor& x);
+
+// The reconstruction error of the paper's reference code (DESIGN.md §3),
+// differentiable: per element, the squared error divided by the token's
+// centred L2 norm (not squared), averaged over batch × d_in:
+//
+//   mean_{b,k} (x_hat_bk - x_bk)^2 / ||x_b - mean_batch(x)||_2
+//
+// It scales linearly with the activations, as the L1 term does.
+torch::Tensor PaperReconstructionError(const torch::Tensor& x_hat,
+                                       const torch::Tensor& x);
+
+// [n, 1]: each token's centred L2 norm ||x_b - mean_batch(x)||_2 (the
+// denominator of PaperReconstructionError), floored away from zero.
+torch::Tensor CentredTokenNorms(const torch::Tensor& x);
 
 // A from-scratch SAE: W_enc and W_dec Kaiming-uniform (as torch's
 // kaiming_uniform_, fan_in = size(1)), decoder rows normalised to unit norm,
@@ -218,6 +233,21 @@ double HeldOutFvu(const Sae& sae, const torch::Tensor& activations,
 // Counts of features per density bin (see kDensityLog10Min in
 // training_engine.h) for per-feature firing frequencies.
 std::vector<int64_t> DensityHistogram(const std::vector<float>& frequency);
+
+// Activation normalisation (DESIGN.md §3, SAELens'
+// `expected_average_only_in`): an SAE is trained on s·x with
+// s = sqrt(d_in) / E||x|| of its checkpoint. FoldActivationScale turns such
+// an SAE into one on raw activations x with the same codes and x_hat / s as
+// its reconstruction: W_enc·s, b_enc, W_dec/s, b_dec/s. Its decoder rows then
+// have norm 1/s, which is how ActivationScaleOf recovers s from stored
+// weights (1 / the median row norm; 1 for unit rows) and UnfoldActivationScale
+// undoes the fold. REQUIRES: scale > 0 and finite.
+SaeWeights FoldActivationScale(const SaeWeights& weights, double scale);
+SaeWeights UnfoldActivationScale(const SaeWeights& weights, double scale);
+double ActivationScaleOf(const SaeWeights& weights);
+
+// sqrt(d) / mean_b ||sample_b|| for sample [n, d]; 1 when the mean norm is 0.
+double ActivationScale(const torch::Tensor& sample);
 
 // cos(W_dec[i], reference.W_dec[i]) per feature. REQUIRES: equal shapes.
 std::vector<float> DecoderCosines(const SaeWeights& sae,

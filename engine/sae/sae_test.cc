@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -112,7 +113,7 @@ TEST_P(PlantedDictionaryTest, RecoversPlantedDirections) {
   const SaeWeights init = InitSaeFromScratch(192, train.narrow(0, 0, 2048), 14);
   std::unique_ptr<Sae> sae = GetParam() == "topk"
                                  ? MakeTopK(init.Clone(), /*k=*/4)
-                                 : MakeRelu(init.Clone(), /*l1=*/6e-2);
+                                 : MakeRelu(init.Clone(), /*l1=*/5e-3);
   SaeTrainerOptions options = FastOptions();
   options.lr = 3e-3;
   options.dead_window_tokens = 4096;
@@ -224,8 +225,10 @@ TEST(SaeTest, GhostGradsReachOnlyDeadFeatures) {
   context.ghost_grads = true;
   const SaeLoss loss = sae->LossAndGradients(x, context, &ghost, &fired);
   EXPECT_GT(loss.auxiliary, 0);
-  // The ghost term is rescaled to the size of the reconstruction error.
-  EXPECT_NEAR(loss.auxiliary, loss.reconstruction, 1e-4);
+  // The ghost term is rescaled element by element to the size of the
+  // reconstruction error, so its value is the reconstruction error's.
+  EXPECT_NEAR(loss.auxiliary, loss.reconstruction,
+              1e-4 * loss.reconstruction);
   EXPECT_GT(ghost.W_enc.narrow(1, 0, 4).abs().max().item<double>(), 0);
   // Live features' encoder columns see the same gradient as without it.
   EXPECT_TRUE(torch::allclose(ghost.W_enc.narrow(1, 4, 12),
@@ -469,12 +472,74 @@ TEST(SaeTest, LossMatchesDefinition) {
   const torch::Tensor f =
       torch::relu(torch::matmul(x - w.b_dec, w.W_enc) + w.b_enc);
   const torch::Tensor x_hat = torch::matmul(f, w.W_dec) + w.b_dec;
-  const double reconstruction =
-      ((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item<double>();
+  // The paper's reference code: per element (x_hat - x)^2 over the token's
+  // centred L2 norm, averaged over batch x d_in, written out in loops.
+  double reconstruction = 0;
+  const torch::Tensor mean = x.mean(0);
+  for (int b = 0; b < 8; ++b) {
+    double norm = 0;
+    for (int k = 0; k < 4; ++k) {
+      const double c = (x[b][k] - mean[k]).item<double>();
+      norm += c * c;
+    }
+    norm = std::sqrt(norm);
+    for (int k = 0; k < 4; ++k) {
+      const double e = (x_hat[b][k] - x[b][k]).item<double>();
+      reconstruction += e * e / norm;
+    }
+  }
+  reconstruction /= 8 * 4;
   const double sparsity = 0.5 * f.abs().sum(1).mean().item<double>();
   EXPECT_NEAR(loss.reconstruction, reconstruction, 1e-5);
   EXPECT_NEAR(loss.sparsity, sparsity, 1e-5);
   EXPECT_NEAR(loss.total, reconstruction + sparsity, 1e-5);
+}
+
+// Both terms of the paper's loss scale linearly with the activations: an SAE
+// for 100 x (biases scaled, same directions) has 100 x the loss of each term.
+TEST(SaeTest, PaperLossScalesLinearly) {
+  at::Generator generator = at::detail::createCPUGenerator(3);
+  const torch::Tensor x = torch::randn({32, 6}, generator, torch::kFloat32);
+  SaeWeights w = InitSaeFromScratch(24, x, 4);
+  w.b_enc = 0.1 * torch::randn({24}, generator, torch::kFloat32);
+  const SaeLoss small = MakeRelu(w.Clone(), 0.2)->Loss(x);
+  SaeWeights scaled = w.Clone();
+  scaled.b_enc.mul_(100);
+  scaled.b_dec.mul_(100);
+  const SaeLoss large = MakeRelu(scaled, 0.2)->Loss(100 * x);
+  EXPECT_GT(small.sparsity, 0);
+  EXPECT_NEAR(large.reconstruction / small.reconstruction, 100, 1e-2);
+  EXPECT_NEAR(large.sparsity / small.sparsity, 100, 1e-2);
+}
+
+// The L1 term weights each feature by its decoder row's norm (as the
+// reference code does); the hand-written gradient includes the row norms'
+// own gradient, checked here on rows that are not unit vectors.
+TEST(SaeTest, ReluL1WeightedByDecoderNormsMatchesAutograd) {
+  at::Generator generator = at::detail::createCPUGenerator(5);
+  const torch::Tensor x = torch::randn({48, 10}, generator, torch::kFloat32);
+  SaeWeights w = InitSaeFromScratch(30, x, 6);
+  w.W_dec.mul_(torch::rand({30, 1}, generator, torch::kFloat32) * 3 + 0.2);
+  w.b_enc = 0.1 * torch::randn({30}, generator, torch::kFloat32);
+  const std::unique_ptr<Sae> sae = MakeRelu(w.Clone(), 0.3);
+  const SaeLoss loss = sae->Loss(x);
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor f =
+        torch::relu(torch::matmul(x - w.b_dec, w.W_enc) + w.b_enc);
+    EXPECT_NEAR(loss.sparsity,
+                0.3 * (f * w.W_dec.norm(2, 1)).sum(1).mean().item<double>(),
+                1e-5);
+  }
+  SaeWeights hand, reference;
+  torch::Tensor fired;
+  sae->LossAndGradients(x, StepContext{}, &hand, &fired);
+  sae->AutogradLossAndGradients(x, StepContext{}, &reference, &fired);
+  EXPECT_TRUE(torch::allclose(hand.W_dec, reference.W_dec, 1e-4, 1e-6))
+      << (hand.W_dec - reference.W_dec).abs().max().item<double>();
+  EXPECT_TRUE(torch::allclose(hand.W_enc, reference.W_enc, 1e-4, 1e-6));
+  EXPECT_TRUE(torch::allclose(hand.b_enc, reference.b_enc, 1e-4, 1e-6));
+  EXPECT_TRUE(torch::allclose(hand.b_dec, reference.b_dec, 1e-4, 1e-6));
 }
 
 TEST(SaeTest, DensityHistogramBins) {

@@ -38,10 +38,13 @@ constexpr int kDefaultK = 32;
 constexpr int kDefaultAuxKPerK = 2;
 constexpr double kDefaultAuxCoefficient = 1.0 / 32;
 constexpr bool kDefaultGhostGrads = true;
-constexpr double kDefaultAdaptiveTolerance = 1e-3;
+constexpr double kDefaultAdaptiveTolerance = 0.01;
 // Enough tokens for a stable loss-recovered estimate at little cost next to
 // training.
 constexpr int64_t kDefaultLmEvalTokens = 8192;
+// Trust checks at this many checkpoints of the chain.
+constexpr int32_t kDefaultReferenceCheckpoints = 3;
+constexpr int32_t kMaxReferenceCheckpoints = 16;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 constexpr int64_t kDefaultAnalysisTokens = 65536;
@@ -448,6 +451,17 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     return absl::InvalidArgumentError(absl::StrCat(
         "spec.schedule.lm_eval_tokens: ", schedule->lm_eval_tokens(),
         " must be >= 0 (0 skips the LM evaluation)"));
+  }
+
+  // Unset means the default; an explicit 0 turns the trust checks off.
+  if (!schedule->has_reference_checkpoints()) {
+    schedule->set_reference_checkpoints(kDefaultReferenceCheckpoints);
+  } else if (schedule->reference_checkpoints() < 0 ||
+             schedule->reference_checkpoints() > kMaxReferenceCheckpoints) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.schedule.reference_checkpoints: ",
+        schedule->reference_checkpoints(), " out of range [0, ",
+        kMaxReferenceCheckpoints, "] (0 turns the trust checks off)"));
   }
 
   v1::AnalysisConfig* analysis = out.mutable_analysis();

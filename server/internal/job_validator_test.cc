@@ -54,7 +54,7 @@ TEST(JobValidatorTest, FillsDefaults) {
   // 0 means "a tenth of the SAE's training tokens" to the engine.
   EXPECT_EQ(out->sae().dead_window_tokens(), 0);
   EXPECT_EQ(out->schedule().adaptive_window_tokens(), 0);
-  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 1e-3);
+  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.05);
   ASSERT_TRUE(out->schedule().has_lm_eval_tokens());
   EXPECT_EQ(out->schedule().lm_eval_tokens(), 8192);
 }
@@ -90,7 +90,7 @@ TEST(JobValidatorTest, KeepsExplicitTrainingOptions) {
   spec.mutable_sae()->set_ghost_grads(false);
   spec.mutable_sae()->set_dead_window_tokens(5000);
   spec.mutable_schedule()->set_adaptive_window_tokens(100000);
-  spec.mutable_schedule()->set_adaptive_tolerance(0.01);
+  spec.mutable_schedule()->set_adaptive_tolerance(0.05);
   // An explicit 0 skips the LM evaluation rather than meaning "default".
   spec.mutable_schedule()->set_lm_eval_tokens(0);
   absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);

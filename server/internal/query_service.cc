@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "analysis/quality.h"
 #include "proto/saelens_config.h"
 #include "server/internal/chunked_writer.h"
 #include "format/saelens.h"
@@ -64,6 +65,14 @@ grpc::Status QueryServiceImpl::GetCheckpointMetrics(
     v1::GetCheckpointMetricsResponse* response) {
   RpcTimer timer(metrics_, "GetCheckpointMetrics");
   return timer.Finish(DoGetCheckpointMetrics(*request, response));
+}
+
+grpc::Status QueryServiceImpl::GetQualityChecks(
+    grpc::ServerContext* /*context*/,
+    const v1::GetQualityChecksRequest* request,
+    v1::GetQualityChecksResponse* response) {
+  RpcTimer timer(metrics_, "GetQualityChecks");
+  return timer.Finish(DoGetQualityChecks(*request, response));
 }
 
 absl::StatusOr<v1::Job> QueryServiceImpl::JobWithLayer(
@@ -433,6 +442,43 @@ absl::Status QueryServiceImpl::DoGetCheckpointMetrics(
   if (!metrics.ok()) return metrics.status();
   for (v1::CheckpointMetrics& m : *metrics) {
     *response->add_checkpoints() = std::move(m);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::DoGetQualityChecks(
+    const v1::GetQualityChecksRequest& request,
+    v1::GetQualityChecksResponse* response) {
+  absl::StatusOr<v1::Job> job = JobWithLayer(request.job_id(), request.layer());
+  if (!job.ok()) return job.status();
+  absl::StatusOr<std::vector<v1::CheckpointMetrics>> metrics =
+      results_->GetCheckpointMetrics(request.job_id(), request.layer());
+  if (!metrics.ok()) return metrics.status();
+  std::vector<analysis::ReferencePoint> points;
+  for (v1::CheckpointMetrics& m : *metrics) {
+    if (!m.has_reference()) continue;
+    const v1::ReferenceCheck& r = m.reference();
+    analysis::ReferencePoint& p = points.emplace_back();
+    p.step = m.step();
+    p.chain_index = m.chain_index();
+    p.chain_loss = m.held_out_loss();
+    p.chain_l0 = m.l0();
+    p.chain_median_cos_init = m.median_decoder_cos_init();
+    p.chain_converged = m.converged();
+    p.reference_loss = r.held_out_loss();
+    p.reference_l0 = r.l0();
+    p.reference_median_cos_init = r.median_decoder_cos_init();
+    p.match_median = r.match_median_cosine();
+    p.match_above_0_9 = r.match_fraction_above_0_9();
+    p.random_median = r.random_median_cosine();
+    *response->add_checkpoints() = std::move(m);
+  }
+  for (const analysis::QualityVerdict& v : analysis::QualityVerdicts(points)) {
+    v1::QualityVerdict* out = response->add_verdicts();
+    out->set_check(v.check);
+    out->set_step(v.step);
+    out->set_passed(v.passed);
+    out->set_verdict(v.verdict);
   }
   return absl::OkStatus();
 }

@@ -30,6 +30,9 @@ class QueryServiceImpl final : public v1::QueryService::Service {
       grpc::ServerContext* context,
       const v1::GetCheckpointMetricsRequest* request,
       v1::GetCheckpointMetricsResponse* response) override;
+  grpc::Status GetQualityChecks(
+      grpc::ServerContext* context, const v1::GetQualityChecksRequest* request,
+      v1::GetQualityChecksResponse* response) override;
   grpc::Status ListFeatures(grpc::ServerContext* context,
                             const v1::ListFeaturesRequest* request,
                             v1::ListFeaturesResponse* response) override;
@@ -65,6 +68,8 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   absl::Status DoGetCheckpointMetrics(
       const v1::GetCheckpointMetricsRequest& request,
       v1::GetCheckpointMetricsResponse* response);
+  absl::Status DoGetQualityChecks(const v1::GetQualityChecksRequest& request,
+                                  v1::GetQualityChecksResponse* response);
   // The job, if it exists and hooks `layer`; else kNotFound naming which.
   absl::StatusOr<v1::Job> JobWithLayer(const std::string& job_id,
                                        int32_t layer) const;
