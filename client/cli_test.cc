@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/output.h"
 #include "format/crc32c.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
@@ -144,6 +145,36 @@ TEST(CliTest, MetricsTableShowsLmEvaluationAndNotes) {
   // Without an LM evaluation both columns read "-".
   EXPECT_THAT(lines[2], HasSubstr("       -        -"));
   EXPECT_THAT(lines[2], HasSubstr("stopped early, resumed at 20.0k"));
+  // An SAE whose held-out loss was still falling says so.
+  EXPECT_THAT(lines[1], HasSubstr("not converged"));
+  EXPECT_THAT(lines[0], HasSubstr("cos init"));
+  EXPECT_THAT(lines[0], HasSubstr("epochs"));
+}
+
+TEST(CliTest, QualityChecksShowBothSaesAndTheVerdicts) {
+  v1::GetQualityChecksResponse checks;
+  EXPECT_THAT(internal::FormatQualityChecks(checks), HasSubstr("no trust checks"));
+  v1::CheckpointMetrics* m = checks.add_checkpoints();
+  m->set_step(512);
+  m->set_chain_index(4);
+  m->set_held_out_loss(0.031);
+  m->set_converged(true);
+  v1::ReferenceCheck* r = m->mutable_reference();
+  r->set_seed(2);
+  r->set_held_out_loss(0.030);
+  r->set_match_median_cosine(0.812);
+  r->set_random_median_cosine(0.353);
+  r->set_match_fraction_above_0_9(0.4);
+  v1::QualityVerdict* v = checks.add_verdicts();
+  v->set_check("chain vs independent");
+  v->set_step(512);
+  v->set_passed(true);
+  v->set_verdict("the chain keeps up");
+  const std::string text = internal::FormatQualityChecks(checks);
+  EXPECT_THAT(text, HasSubstr("seed 2"));
+  EXPECT_THAT(text, HasSubstr("0.812 (0.353), 40% >= 0.9"));
+  EXPECT_THAT(text, HasSubstr("ok    chain vs independent at step 512: "
+                              "the chain keeps up"));
 }
 
 // A coordinator in memory: one job, its metrics and stored SAEs. Records

@@ -108,6 +108,25 @@ class FakeEngine final : public engine::SaeTrainingEngine {
                                     5.0 / 6, 0.25, input.lm_eval_tokens};
     }
     out.stopped_early = input.adaptive_window_tokens > 0;
+    out.converged = out.stopped_early;
+    out.activation_scale = 0.25;
+    out.distinct_tokens = 1000;
+    out.epochs = static_cast<double>(input.train_tokens) / 1000;
+    out.held_out_loss = 0.02;
+    out.median_decoder_cos_init = input.init_sae_safetensors ? 0.95 : 0.97;
+    if (input.reference_check) {
+      engine::ReferenceCheck& r = out.reference.emplace();
+      r.seed = input.reference_seed;
+      r.tokens_trained = input.reference_train_tokens;
+      r.held_out_loss = 0.01;  // the chain is 2x worse: under-trained
+      r.fvu = 0.05;
+      r.l0 = 4;
+      r.median_decoder_cos_init = 0.97;
+      r.matched = kDSae;
+      r.match_method = "hungarian";
+      r.match_median_cosine = 0.36;
+      r.random_median_cosine = 0.35;
+    }
     out.resumed_from_tokens = input.state_dir.empty() ? 0 : 10;
     for (int i = 0; i < kDSae; ++i) {
       out.features.frequency.push_back(0.01f * i);
@@ -377,6 +396,60 @@ TEST_F(WorkerTest, PassesTrainingOptionsAndStoresTheirResults) {
   EXPECT_DOUBLE_EQ(m0.lm().kl_divergence(), 0.25);
   EXPECT_EQ(m0.lm().tokens(), 64);
   EXPECT_EQ(m0.resumed_from_tokens(), 0);
+}
+
+// The trust checks run at the reference checkpoints (the first and the last
+// of a 3-checkpoint chain for reference_checkpoints 2) with seed + 1 and the
+// first SAE's recipe; their results are stored with the metrics and judged by
+// QueryService.GetQualityChecks.
+TEST_F(WorkerTest, ReferenceChecksRunAtReferenceCheckpointsAndAreJudged) {
+  const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
+    spec->mutable_schedule()->set_reference_checkpoints(2);
+    spec->mutable_sae()->set_seed(41);
+  });
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 3);
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_TRUE(calls[0].input.reference_check);
+  EXPECT_FALSE(calls[1].input.reference_check);
+  EXPECT_TRUE(calls[2].input.reference_check);
+  EXPECT_EQ(calls[2].input.reference_seed, 42u);
+  EXPECT_EQ(calls[2].input.reference_train_tokens, calls[0].input.train_tokens);
+  EXPECT_DOUBLE_EQ(calls[2].input.reference_lr, calls[0].input.lr);
+  EXPECT_EQ(calls[2].input.reference_warmup_steps,
+            calls[0].input.warmup_steps);
+
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->checkpoints_size(), 3);
+  const v1::CheckpointMetrics& m0 = metrics->checkpoints(0);
+  EXPECT_DOUBLE_EQ(m0.activation_scale(), 0.25);
+  EXPECT_EQ(m0.distinct_tokens(), 1000);
+  EXPECT_DOUBLE_EQ(m0.held_out_loss(), 0.02);
+  EXPECT_DOUBLE_EQ(m0.median_decoder_cos_init(), 0.97);
+  ASSERT_TRUE(m0.has_reference());
+  EXPECT_EQ(m0.reference().seed(), 42u);
+  EXPECT_DOUBLE_EQ(m0.reference().match_median_cosine(), 0.36);
+  EXPECT_FALSE(metrics->checkpoints(1).has_reference());
+
+  absl::StatusOr<v1::GetQualityChecksResponse> quality =
+      client_->GetQualityChecks(job_id, 1);
+  ASSERT_TRUE(quality.ok()) << quality.status();
+  ASSERT_EQ(quality->checkpoints_size(), 2);
+  // Seed stability and distance from initialisation at the first, distance
+  // and chain vs independent at the last; all fail on these numbers.
+  ASSERT_EQ(quality->verdicts_size(), 4);
+  EXPECT_EQ(quality->verdicts(0).check(), "seed stability");
+  EXPECT_THAT(quality->verdicts(0).verdict(),
+              HasSubstr("features are determined by the seed"));
+  EXPECT_EQ(quality->verdicts(3).check(), "chain vs independent");
+  EXPECT_THAT(quality->verdicts(3).verdict(), HasSubstr("under-trained"));
+  for (const v1::QualityVerdict& v : quality->verdicts()) {
+    EXPECT_FALSE(v.passed()) << v.verdict();
+  }
+  EXPECT_EQ(client_->GetQualityChecks(job_id, 7).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(WorkerTest, ReluL1DefaultsGhostGradsForTheFirstSaeAndLmEvaluation) {

@@ -54,9 +54,11 @@ TEST(JobValidatorTest, FillsDefaults) {
   // 0 means "a tenth of the SAE's training tokens" to the engine.
   EXPECT_EQ(out->sae().dead_window_tokens(), 0);
   EXPECT_EQ(out->schedule().adaptive_window_tokens(), 0);
-  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.05);
+  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.01);
   ASSERT_TRUE(out->schedule().has_lm_eval_tokens());
   EXPECT_EQ(out->schedule().lm_eval_tokens(), 8192);
+  ASSERT_TRUE(out->schedule().has_reference_checkpoints());
+  EXPECT_EQ(out->schedule().reference_checkpoints(), 3);
 }
 
 TEST(JobValidatorTest, FillsTopkDefaults) {
@@ -99,7 +101,7 @@ TEST(JobValidatorTest, KeepsExplicitTrainingOptions) {
   EXPECT_FALSE(out->sae().ghost_grads());
   EXPECT_EQ(out->sae().dead_window_tokens(), 5000);
   EXPECT_EQ(out->schedule().adaptive_window_tokens(), 100000);
-  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.01);
+  EXPECT_DOUBLE_EQ(out->schedule().adaptive_tolerance(), 0.05);
   ASSERT_TRUE(out->schedule().has_lm_eval_tokens());
   EXPECT_EQ(out->schedule().lm_eval_tokens(), 0);
 
@@ -510,6 +512,14 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.schedule.adaptive_tolerance: -0.5 out "
                                   "of range"},
+                                 {"TooManyReferenceCheckpoints",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()
+                                        ->set_reference_checkpoints(17);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.reference_checkpoints: 17 "
+                                  "out of range [0, 16]"},
                                  {"NegativeLmEvalTokens",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_schedule()->set_lm_eval_tokens(
