@@ -19,6 +19,7 @@ int Cli::Run() {
   if (inv_.command == "watch") return Watch();
   if (inv_.command == "cancel") return Cancel();
   if (inv_.command == "metrics") return Metrics();
+  if (inv_.command == "quality") return Quality();
   if (inv_.command == "feature") return Feature();
   if (inv_.command == "features") return Features();
   if (inv_.command == "drift") return Drift();

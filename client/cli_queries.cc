@@ -27,6 +27,19 @@ int Cli::Metrics() {
   return kExitOk;
 }
 
+int Cli::Quality() {
+  if (!ExpectPositional(1, "one job id") || !ExpectLayer()) return kExitUsage;
+  absl::StatusOr<v1::GetQualityChecksResponse> checks =
+      client_->GetQualityChecks(inv_.positional[0], *inv_.layer);
+  if (!checks.ok()) return Fail(checks.status());
+  if (inv_.json) {
+    out_ << ToJson(*checks) << "\n";
+    return kExitOk;
+  }
+  out_ << FormatQualityChecks(*checks);
+  return kExitOk;
+}
+
 int Cli::Feature() {
   if (!ExpectPositional(1, "one job id") || !ExpectLayer()) return kExitUsage;
   if (!inv_.feature_id.has_value()) return Usage("feature needs --feature");

@@ -112,6 +112,7 @@ class Cli {
   int List();
   bool ExpectLayer();
   int Metrics();
+  int Quality();
   int Feature();
   int Features();
   int Drift();
