@@ -128,23 +128,27 @@ absl::StatusOr<DriftSummary> SummariseDrift(const std::vector<int64_t>& steps,
     summary.to_previous.push_back(QuantilesOf(drift.cos_to_previous[t]));
     medians.push_back(summary.to_final.back().q50);
   }
-  if (steps.size() >= 4) {
-    absl::StatusOr<PhaseFit> fit = FitThreePhases(LogSteps(steps), medians);
+  if (steps.size() >= kMinPhaseCheckpoints) {
+    absl::StatusOr<PhaseModels> fit =
+        FitPhases(LogSteps(steps), medians, kCosResolution);
     if (fit.ok()) summary.phases = *fit;
   }
   return summary;
 }
 
-std::optional<PhaseFit> FeaturePhases(const std::vector<int64_t>& steps,
-                                      const DecoderDrift& drift, int feature) {
-  if (steps.size() < 4 || steps.size() != drift.cos_to_final.size()) {
+std::optional<PhaseModels> FeaturePhases(const std::vector<int64_t>& steps,
+                                         const DecoderDrift& drift,
+                                         int feature) {
+  if (steps.size() < kMinPhaseCheckpoints ||
+      steps.size() != drift.cos_to_final.size()) {
     return std::nullopt;
   }
   std::vector<double> y;
   for (const std::vector<float>& checkpoint : drift.cos_to_final) {
     y.push_back(checkpoint.at(feature));
   }
-  absl::StatusOr<PhaseFit> fit = FitThreePhases(LogSteps(steps), y);
+  absl::StatusOr<PhaseModels> fit =
+      FitPhases(LogSteps(steps), y, kCosResolution);
   if (!fit.ok()) return std::nullopt;
   return *fit;
 }

@@ -1,7 +1,8 @@
 // Decoder drift along a chain (DESIGN.md §4): per feature and checkpoint the
 // cosine of the decoder direction to the final checkpoint's and to the
-// previous checkpoint's, then quantiles across features and the three-phase
-// fit of the median against log(step + 1).
+// previous checkpoint's, then quantiles across features and the phase fits
+// (one, two or three segments, chosen by BIC) of the median against
+// log(step + 1).
 //
 // Decoders are read one checkpoint at a time through a callback, so a chain
 // of 150 SAEs of 16,384 x 768 never has to fit in memory at once.
@@ -10,6 +11,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,20 +47,31 @@ struct DriftSummary {
   std::vector<int64_t> steps;
   std::vector<Quantiles> to_final;     // per checkpoint
   std::vector<Quantiles> to_previous;  // per checkpoint; [0] all NaN
-  // The three-phase fit of the median cos to final against log(step + 1);
-  // absent with fewer than 4 checkpoints.
-  std::optional<PhaseFit> phases;
+  // The phase fits (FitPhases with kCosResolution) of the median cos to
+  // final against log(step + 1) and the number of segments BIC chose;
+  // absent with fewer than kMinPhaseCheckpoints checkpoints.
+  std::optional<PhaseModels> phases;
 };
+
+// The precision of a cosine computed and stored in float (its spacing just
+// above 1): the resolution of every phase fit of cosines.
+inline constexpr double kCosResolution = std::numeric_limits<float>::epsilon();
+
+// Phases are fitted from this many checkpoints on (a line alone up to 4,
+// see MinPointsToCompete for when two and three segments compete).
+inline constexpr int kMinPhaseCheckpoints = 4;
 
 // `steps` in chain order, one per checkpoint of `drift`. Errors:
 // kInvalidArgument when sizes differ or steps do not increase.
 absl::StatusOr<DriftSummary> SummariseDrift(const std::vector<int64_t>& steps,
                                             const DecoderDrift& drift);
 
-// The three-phase fit of one feature's cos to final (nullopt with fewer
-// than 4 checkpoints or a non-finite value).
-std::optional<PhaseFit> FeaturePhases(const std::vector<int64_t>& steps,
-                                      const DecoderDrift& drift, int feature);
+// The phase fits (FitPhases with kCosResolution) of one feature's cos to
+// final; nullopt with fewer than kMinPhaseCheckpoints checkpoints or a
+// non-finite value. O(n²) in the number of checkpoints n.
+std::optional<PhaseModels> FeaturePhases(const std::vector<int64_t>& steps,
+                                         const DecoderDrift& drift,
+                                         int feature);
 
 // Per feature, the 2-D PCA trajectory (PcaTrajectory) of its unit decoder
 // directions over `num_checkpoints` checkpoints (chain order as for

@@ -1,12 +1,15 @@
 #include "analysis/drift.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "format/safetensors.h"
 
 namespace saetrack::analysis {
 namespace {
@@ -72,11 +75,69 @@ TEST(DecoderDriftTest, CosinesToFinalAndPrevious) {
   EXPECT_NEAR(summary->to_final[0].q10, 0.2, 1e-6);  // 0 + 0.2 * (1 - 0)
   EXPECT_TRUE(std::isnan(summary->to_previous[0].q50));
   ASSERT_TRUE(summary->phases.has_value());
-  EXPECT_NEAR(summary->phases->r_squared, 1.0, 1e-9);  // flat median
-  const std::optional<PhaseFit> feature0 =
+  // The median is 1 but at checkpoint 1 (feature 2 is zero there): a dip
+  // that two segments follow better than a line. With five checkpoints
+  // three segments do not compete.
+  EXPECT_NEAR(summary->to_final[1].q50, std::cos(pi * 3 / 8), 1e-6);
+  EXPECT_NEAR(summary->to_final[2].q50, 1.0, 1e-6);
+  EXPECT_EQ(summary->phases->points, 5);
+  ASSERT_TRUE(summary->phases->fits[1].has_value());
+  EXPECT_FALSE(summary->phases->fits[2].has_value());
+  EXPECT_EQ(summary->phases->chosen, 2);
+  EXPECT_LT(summary->phases->fits[1]->bic, summary->phases->fits[0]->bic);
+  const std::optional<PhaseModels> feature0 =
       FeaturePhases({0, 10, 100, 1000, 10000}, *drift, 0);
   ASSERT_TRUE(feature0.has_value());
-  EXPECT_GT(feature0->slope1 + feature0->slope2 + feature0->slope3, 0);
+  EXPECT_GT(feature0->best().slope1, 0);
+}
+
+// Feature 0's cos to the final direction follows two segments in
+// log(step + 1) (rising fast, bending at step 255 to nearly flat), feature 1
+// one segment; 3 checkpoints are too few for a phase fit.
+TEST(DecoderDriftTest, PhasesReportTheSegmentsTheDataSupport) {
+  std::vector<int64_t> steps;
+  for (int64_t s = 1; s <= 65536; s *= 2) steps.push_back(s - 1);  // 17
+  const double bend = std::log(256.0);
+  std::vector<std::string> chain;
+  for (int64_t step : steps) {
+    const double x = std::log(static_cast<double>(step) + 1);
+    const double end = std::log(65536.0);
+    const double cos0 = 1 - 0.08 * (bend - std::min(x, bend)) -
+                        0.002 * (end - std::max(x, bend));
+    const double cos1 = 0.5 + 0.5 * x / end;
+    const auto direction = [](double c) {
+      return std::pair<float, float>(static_cast<float>(c),
+                                     static_cast<float>(std::sqrt(1 - c * c)));
+    };
+    const auto [a0, b0] = direction(cos0);
+    const auto [a1, b1] = direction(cos1);
+    chain.push_back(Weights({a0, b0, a1, b1}, 2, 2));
+  }
+  const int n = static_cast<int>(steps.size());
+  absl::StatusOr<DecoderDrift> drift = ComputeDecoderDrift(
+      n, [&](int i) -> absl::StatusOr<std::string> { return chain[i]; });
+  ASSERT_TRUE(drift.ok()) << drift.status();
+
+  const std::optional<PhaseModels> bent = FeaturePhases(steps, *drift, 0);
+  ASSERT_TRUE(bent.has_value());
+  ASSERT_TRUE(bent->fits[2].has_value());
+  EXPECT_EQ(bent->chosen, 2);
+  EXPECT_NEAR(bent->best().breakpoint1, bend, 0.35);
+  EXPECT_NEAR(bent->best().slope1, 0.08, 0.005);
+  EXPECT_NEAR(bent->best().slope2, 0.002, 0.001);
+  const std::optional<PhaseModels> straight = FeaturePhases(steps, *drift, 1);
+  ASSERT_TRUE(straight.has_value());
+  EXPECT_EQ(straight->chosen, 1);
+  EXPECT_NEAR(straight->best().slope1, 0.5 / std::log(65536.0), 1e-6);
+
+  DecoderDrift three = *drift;
+  three.cos_to_final.resize(3);
+  three.cos_to_previous.resize(3);
+  const std::vector<int64_t> first3(steps.begin(), steps.begin() + 3);
+  EXPECT_FALSE(FeaturePhases(first3, three, 0).has_value());
+  absl::StatusOr<DriftSummary> summary = SummariseDrift(first3, three);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_FALSE(summary->phases.has_value());
 }
 
 TEST(DecoderDriftTest, ErrorsNameTheCheckpoint) {

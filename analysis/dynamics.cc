@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -13,33 +14,29 @@
 namespace saetrack::analysis {
 namespace {
 
-// Solves the 4x4 normal equations a·w = b (a symmetric positive
-// semi-definite) by a pivoted LDLᵀ; false when a is (numerically) singular:
-// a pivot of D below 1e-12, the threshold of the Gaussian elimination this
-// replaced.
-bool Solve4(const Eigen::Matrix4d& a, const Eigen::Vector4d& b,
-            Eigen::Vector4d* w) {
-  const Eigen::LDLT<Eigen::Matrix4d> ldlt(a);
-  if (ldlt.info() != Eigen::Success ||
-      !(ldlt.vectorD().cwiseAbs().minCoeff() >= 1e-12)) {
-    return false;
-  }
-  *w = ldlt.solve(b);
-  return w->allFinite();
-}
+// A breakpoint pair is skipped as (numerically) singular when the part of
+// its two hinge columns orthogonal to {1, x} has a Gram determinant below
+// this fraction of the product of their squared norms: the two hinges are
+// then the same column up to rounding.
+constexpr double kSingularPair = 1e-12;
 
-}  // namespace
+// Breakpoints anywhere in the first interval (x0, x1] give the same column
+// space, so the same rss, and so do breakpoints in [x(n−2), x(n−1)): the
+// search takes a candidate only when its rss is below the best so far by
+// more than this fraction of the total sum of squares, so that such ties,
+// up to rounding, go to the first candidate in x order.
+constexpr double kRssTie = 1e-9;
 
-absl::StatusOr<PhaseFit> FitThreePhases(const std::vector<double>& x,
-                                        const std::vector<double>& y) {
+absl::Status ValidatePoints(const std::vector<double>& x,
+                            const std::vector<double>& y, int min_points) {
   if (x.size() != y.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "phase fit: ", x.size(), " x values but ", y.size(), " y values"));
   }
   const int n = static_cast<int>(x.size());
-  if (n < 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("phase fit: needs at least 4 points, got ", n));
+  if (n < min_points) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "phase fit: needs at least ", min_points, " points, got ", n));
   }
   for (int i = 0; i < n; ++i) {
     if (!std::isfinite(x[i]) || !std::isfinite(y[i])) {
@@ -51,60 +48,278 @@ absl::StatusOr<PhaseFit> FitThreePhases(const std::vector<double>& x,
           absl::StrCat("phase fit: x must increase strictly (point ", i, ")"));
     }
   }
-  std::vector<double> candidates;
-  for (int i = 1; i + 1 < n; ++i) {
-    candidates.push_back(0.5 * (x[i - 1] + x[i]));
-    candidates.push_back(x[i]);
-  }
-  candidates.push_back(0.5 * (x[n - 2] + x[n - 1]));
+  return absl::OkStatus();
+}
 
+// The least-squares search over candidate breakpoints, in O(1) per
+// candidate and per candidate pair.
+//
+// With u = (x − mean x) / sd x and z = y − mean y, the fit of z on
+// {1, u, hinge(c), hinge(d)} (hinge(c) = max(0, u − c)) leaves
+//   rss = r·r − gᵀ G⁻¹ g,
+// r the residual of the line fit, G the Gram matrix and g the inner products
+// with r of the hinges' components orthogonal to {1, u} (Frisch–Waugh). Every
+// inner product of a hinge with 1, u, z or another hinge is a polynomial in
+// c and d over suffix sums from the first point past the breakpoint, so it
+// costs O(1) once those sums are known. The sums are of v = u − u(n−1), the
+// distance to the last point: hinges near the end are small, and sums of u
+// there would lose their squares to cancellation (a pair of hinges that
+// differ only at the last point would no longer look singular).
+class BreakpointSearch {
+ public:
+  // REQUIRES: x and y validated, at least 2 points.
+  BreakpointSearch(const std::vector<double>& x, const std::vector<double>& y)
+      : n_(static_cast<int>(x.size())) {
+    const double n = n_;
+    double mean_x = 0, mean_y = 0;
+    for (int i = 0; i < n_; ++i) {
+      mean_x += x[i];
+      mean_y += y[i];
+    }
+    mean_x /= n;
+    mean_y /= n;
+    double var_x = 0;
+    for (double v : x) var_x += (v - mean_x) * (v - mean_x);
+    const double sd_x = std::sqrt(var_x / n);
+
+    std::vector<double> u(n_), z(n_);
+    for (int i = 0; i < n_; ++i) {
+      u[i] = (x[i] - mean_x) / sd_x;
+      z[i] = y[i] - mean_y;
+    }
+    const double u_last = u.back();
+    // Suffix sums over points k..n−1 of v, v², z and v·z.
+    Sums sums;
+    sums.v.assign(n_ + 1, 0);
+    sums.vv.assign(n_ + 1, 0);
+    sums.z.assign(n_ + 1, 0);
+    sums.vz.assign(n_ + 1, 0);
+    double zz = 0, uz = 0;
+    for (int i = n_ - 1; i >= 0; --i) {
+      const double v = u[i] - u_last;
+      sums.v[i] = sums.v[i + 1] + v;
+      sums.vv[i] = sums.vv[i + 1] + v * v;
+      sums.z[i] = sums.z[i + 1] + z[i];
+      sums.vz[i] = sums.vz[i + 1] + v * z[i];
+      zz += z[i] * z[i];
+      uz += u[i] * z[i];
+    }
+    line_rss_ = std::max(0.0, zz - uz * uz / n);  // Σu² = n, Σu = Σz = 0
+    tie_ = kRssTie * zz;
+
+    // The candidates in x order: mid(0,1), x1, mid(1,2), ..., mid(n−2,n−1),
+    // each with the first point strictly to its right.
+    for (int i = 1; i < n_; ++i) {
+      const double mid = 0.5 * (x[i - 1] + x[i]);
+      AddCandidate(mid, (mid - mean_x) / sd_x - u_last, i, sums, u_last, uz);
+      if (i + 1 < n_) {
+        AddCandidate(x[i], u[i] - u_last, i + 1, sums, u_last, uz);
+      }
+    }
+  }
+
+  int size() const { return static_cast<int>(c_.size()); }
+  double x(int candidate) const { return x_[candidate]; }
+
+  // The candidate of the best single breakpoint; −1 when none fits.
+  int BestSingle() const {
+    int best = -1;
+    double best_rss = std::numeric_limits<double>::infinity();
+    for (int a = 0; a < size(); ++a) {
+      if (!(g_[a] > 0)) continue;  // the hinge lies in {1, u}
+      const double rss = line_rss_ - r_[a] * r_[a] / g_[a];
+      if (rss < best_rss - tie_) {
+        best_rss = rss;
+        best = a;
+      }
+    }
+    return best;
+  }
+
+  // The candidates (a < b) of the best breakpoint pair; {−1, −1} when none
+  // fits.
+  std::pair<int, int> BestPair() const {
+    std::pair<int, int> best = {-1, -1};
+    double best_rss = std::numeric_limits<double>::infinity();
+    const double inv_n = 1.0 / n_;
+    const int m = size();
+    for (int a = 0; a < m; ++a) {
+      const double ca = c_[a], ga = g_[a], ra = r_[a];
+      const double ha1 = h1_[a], hau = hu_[a];
+      for (int b = a + 1; b < m; ++b) {
+        // Σ over the points past b of (v − ca)(v − cb).
+        const double cb = c_[b];
+        const double hab = sv2_[b] - (ca + cb) * sv1_[b] + ca * cb * count_[b];
+        const double gab = hab - (ha1 * h1_[b] + hau * hu_[b]) * inv_n;
+        const double gb = g_[b];
+        const double det = ga * gb - gab * gab;
+        if (!(det > kSingularPair * ga * gb)) continue;
+        const double rb = r_[b];
+        const double reduction =
+            (gb * ra * ra - 2 * gab * ra * rb + ga * rb * rb) / det;
+        const double rss = line_rss_ - reduction;
+        if (rss < best_rss - tie_) {
+          best_rss = rss;
+          best = {a, b};
+        }
+      }
+    }
+    return best;
+  }
+
+ private:
+  struct Sums {
+    std::vector<double> v, vv, z, vz;
+  };
+
+  // `c`: the breakpoint in v; `first`: the first point past it.
+  void AddCandidate(double bx, double c, int first, const Sums& sums,
+                    double u_last, double uz) {
+    const double n = n_;
+    const double count = n_ - first;
+    const double h1 = sums.v[first] - c * count;           // hinge · 1
+    const double hv = sums.vv[first] - c * sums.v[first];  // hinge · v
+    const double hh = hv - c * h1;                         // hinge · hinge
+    const double hu = hv + u_last * h1;                    // hinge · u
+    const double hz = sums.vz[first] - c * sums.z[first];  // hinge · z
+    x_.push_back(bx);
+    c_.push_back(c);
+    count_.push_back(count);
+    sv1_.push_back(sums.v[first]);
+    sv2_.push_back(sums.vv[first]);
+    h1_.push_back(h1);
+    hu_.push_back(hu);
+    g_.push_back(hh - (h1 * h1 + hu * hu) / n);
+    r_.push_back(hz - uz / n * hu);
+  }
+
+  int n_;
+  double line_rss_ = 0;
+  double tie_ = 0;  // rss differences up to this are ties
+  // Per candidate, in x order.
+  std::vector<double> x_;          // the breakpoint in x
+  std::vector<double> c_;          // ... in v
+  std::vector<double> count_;      // points past it
+  std::vector<double> sv1_, sv2_;  // Σv, Σv² over those points
+  std::vector<double> h1_, hu_;    // hinge · 1, hinge · u
+  std::vector<double> g_;          // squared norm of the hinge ⟂ {1, u}
+  std::vector<double> r_;          // its inner product with the line residual
+};
+
+// The least-squares fit of y on {1, x, hinges at `breakpoints`} computed
+// directly (QR of the n x p design, x and y centred), with its residuals.
+PhaseFit FitAt(const std::vector<double>& x, const std::vector<double>& y,
+               const std::vector<double>& breakpoints) {
+  const int n = static_cast<int>(x.size());
+  const int p = 2 + static_cast<int>(breakpoints.size());
+  double mean_x = 0, mean_y = 0;
+  for (int i = 0; i < n; ++i) {
+    mean_x += x[i];
+    mean_y += y[i];
+  }
+  mean_x /= n;
+  mean_y /= n;
+  Eigen::MatrixXd design(n, p);
+  Eigen::VectorXd target(n);
+  for (int i = 0; i < n; ++i) {
+    design(i, 0) = 1;
+    design(i, 1) = x[i] - mean_x;
+    for (int j = 0; j + 2 < p; ++j) {
+      design(i, j + 2) = std::max(0.0, x[i] - breakpoints[j]);
+    }
+    target(i) = y[i] - mean_y;
+  }
+  const Eigen::VectorXd w = design.colPivHouseholderQr().solve(target);
+  const Eigen::VectorXd residual = target - design * w;
+
+  PhaseFit fit;
+  fit.segments = p - 1;
+  fit.rss = residual.squaredNorm();
+  fit.intercept = mean_y + w(0) - w(1) * mean_x;
+  double slopes[3];
+  slopes[0] = w(1);
+  for (int s = 1; s < 3; ++s) {
+    slopes[s] = slopes[s - 1] + (s + 1 < p ? w(s + 1) : 0.0);
+  }
+  fit.slope1 = slopes[0];
+  fit.slope2 = slopes[1];
+  fit.slope3 = slopes[2];
+  fit.breakpoint1 = breakpoints.size() > 0 ? breakpoints[0] : x.back();
+  fit.breakpoint2 = breakpoints.size() > 1 ? breakpoints[1] : x.back();
+  return fit;
+}
+
+absl::StatusOr<PhaseFit> FitWith(const std::vector<double>& x,
+                                 const std::vector<double>& y, int segments,
+                                 double resolution,
+                                 const BreakpointSearch& search) {
+  std::vector<double> breakpoints;
+  if (segments == 2) {
+    const int a = search.BestSingle();
+    if (a < 0) {
+      return absl::InvalidArgumentError("phase fit: no breakpoint fits");
+    }
+    breakpoints = {search.x(a)};
+  } else if (segments == 3) {
+    const auto [a, b] = search.BestPair();
+    if (a < 0) {
+      return absl::InvalidArgumentError("phase fit: no breakpoint pair fits");
+    }
+    breakpoints = {search.x(a), search.x(b)};
+  }
+  PhaseFit fit = FitAt(x, y, breakpoints);
+  if (!std::isfinite(fit.rss)) {
+    return absl::InvalidArgumentError("phase fit: the fit is not finite");
+  }
+  const double n = static_cast<double>(x.size());
   double mean = 0;
   for (double v : y) mean += v;
   mean /= n;
   double total = 0;
   for (double v : y) total += (v - mean) * (v - mean);
+  fit.r_squared = total > 0 ? 1 - fit.rss / total : 1;
+  const double variance = total > 0 ? total / n : 1;
+  const double floor =
+      std::max(kPhaseRssFloor * variance, resolution * resolution);
+  fit.bic =
+      n * std::log(std::max(fit.rss / n, floor)) + 2.0 * segments * std::log(n);
+  return fit;
+}
 
-  PhaseFit best;
-  best.rss = std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    for (size_t j = i + 1; j < candidates.size(); ++j) {
-      const double b1 = candidates[i];
-      const double b2 = candidates[j];
-      Eigen::Matrix4d ata = Eigen::Matrix4d::Zero();
-      Eigen::Vector4d aty = Eigen::Vector4d::Zero();
-      for (int k = 0; k < n; ++k) {
-        const double row[4] = {1.0, x[k], std::max(0.0, x[k] - b1),
-                               std::max(0.0, x[k] - b2)};
-        for (int r = 0; r < 4; ++r) {
-          aty(r) += row[r] * y[k];
-          for (int c = 0; c < 4; ++c) ata(r, c) += row[r] * row[c];
-        }
-      }
-      Eigen::Vector4d w;
-      if (!Solve4(ata, aty, &w)) continue;
-      double rss = 0;
-      for (int k = 0; k < n; ++k) {
-        const double fit = w[0] + w[1] * x[k] +
-                           w[2] * std::max(0.0, x[k] - b1) +
-                           w[3] * std::max(0.0, x[k] - b2);
-        rss += (y[k] - fit) * (y[k] - fit);
-      }
-      if (rss < best.rss - 1e-15) {
-        best.rss = rss;
-        best.breakpoint1 = b1;
-        best.breakpoint2 = b2;
-        best.intercept = w[0];
-        best.slope1 = w[1];
-        best.slope2 = w[1] + w[2];
-        best.slope3 = w[1] + w[2] + w[3];
-      }
-    }
+}  // namespace
+
+int MinPointsToCompete(int segments) {
+  return segments <= 1 ? 2 : 2 * segments + 1;
+}
+
+absl::StatusOr<PhaseFit> FitPiecewiseLinear(const std::vector<double>& x,
+                                            const std::vector<double>& y,
+                                            int segments, double resolution) {
+  if (segments < 1 || segments > 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "phase fit: ", segments, " segments asked for, 1 to 3 are fitted"));
   }
-  if (!std::isfinite(best.rss)) {
-    return absl::InvalidArgumentError("phase fit: no breakpoint pair fits");
+  if (absl::Status s = ValidatePoints(x, y, segments + 1); !s.ok()) return s;
+  return FitWith(x, y, segments, resolution, BreakpointSearch(x, y));
+}
+
+absl::StatusOr<PhaseModels> FitPhases(const std::vector<double>& x,
+                                      const std::vector<double>& y,
+                                      double resolution) {
+  if (absl::Status s = ValidatePoints(x, y, MinPointsToCompete(1)); !s.ok()) {
+    return s;
   }
-  best.r_squared = total > 0 ? 1 - best.rss / total : 1;
-  return best;
+  const BreakpointSearch search(x, y);
+  PhaseModels models;
+  models.points = static_cast<int>(x.size());
+  for (int segments = 1; segments <= 3; ++segments) {
+    if (models.points < MinPointsToCompete(segments)) break;
+    absl::StatusOr<PhaseFit> fit = FitWith(x, y, segments, resolution, search);
+    if (!fit.ok()) return fit.status();
+    models.fits[segments - 1] = *fit;
+    if (fit->bic < models.best().bic) models.chosen = segments;
+  }
+  return models;
 }
 
 std::vector<double> LogSteps(const std::vector<int64_t>& steps) {

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "analysis/dynamics.h"
 
 namespace saetrack::analysis {
 
@@ -34,17 +36,63 @@ Finding DriftFinding(const DriftSeries& series) {
                        range, " but falls at ", dips, " checkpoint(s)")};
 }
 
+std::string DescribeBicEvidence(
+    const std::array<std::optional<double>, 3>& bic) {
+  std::optional<double> lowest;
+  for (const std::optional<double>& b : bic) {
+    if (b.has_value() && (!lowest.has_value() || *b < *lowest)) lowest = *b;
+  }
+  if (!lowest.has_value()) return "";
+  std::vector<std::string> deltas;
+  for (const std::optional<double>& b : bic) {
+    deltas.push_back(b.has_value() ? absl::StrFormat("%.1f", *b - *lowest)
+                                   : std::string("-"));
+  }
+  return absl::StrCat("ΔBIC ", absl::StrJoin(deltas, " / "),
+                      " for 1 / 2 / 3 segments");
+}
+
 Finding PhasesFinding(const std::optional<PhaseShape>& phases) {
   if (!phases.has_value()) {
     return {Verdict::kNotMeasured,
             "phases: not measured (fewer than four checkpoints)"};
   }
   const PhaseShape& p = *phases;
+  if (p.segments < 1 || p.segments > 3) {
+    return {Verdict::kNotMeasured,
+            "phases: not measured (the stored fit has three segments but no "
+            "comparison with fewer; summarise the job again)"};
+  }
+  const std::string evidence = DescribeBicEvidence(p.bic);
+  if (!p.bic[2].has_value()) {
+    return {
+        Verdict::kNotMeasured,
+        absl::StrCat("phases: not measured (fewer than ", MinPointsToCompete(3),
+                     " checkpoints, too few for three segments to "
+                     "compete; ",
+                     evidence, ")")};
+  }
+  if (p.segments < 3) {
+    const std::string numbers =
+        p.segments == 1
+            ? absl::StrFormat("slope %.4f (r² %.3f)", p.slope1, p.r_squared)
+            : absl::StrFormat(
+                  "slopes %.4f / %.4f with a breakpoint at step %.0f (r² "
+                  "%.3f)",
+                  p.slope1, p.slope2, p.breakpoint1_step, p.r_squared);
+    return {Verdict::kDoesNotReproduce,
+            absl::StrCat("phases: does NOT reproduce three phases, the data "
+                         "support ",
+                         p.segments == 1
+                             ? "1 segment (a straight line in log(step + 1))"
+                             : "2 segments",
+                         " (", evidence, "): ", numbers)};
+  }
   const std::string numbers = absl::StrFormat(
       "slopes %.4f / %.4f / %.4f with breakpoints at steps %.0f and %.0f "
-      "(r² %.3f)",
+      "(r² %.3f; %s)",
       p.slope1, p.slope2, p.slope3, p.breakpoint1_step, p.breakpoint2_step,
-      p.r_squared);
+      p.r_squared, evidence);
   // The paper: a rapid initial drift, a slower middle phase (semantic
   // stabilisation), then convergence to the final direction late in
   // training; in slopes of the median cos to final, the middle segment is

@@ -1,15 +1,16 @@
 // The verdicts on the paper's three drift findings (DESIGN.md §4), each
 // checked on plain numbers and stated as one sentence: features drift
 // gradually towards their final direction; the drift has three phases, a
-// fast initial drift, a slower middle phase and a late convergence (the
-// middle segment of the fit is the flattest); concept-level features form
-// later than token-level ones.
+// fast initial drift, a slower middle phase and a late convergence (three
+// segments win by BIC and the middle one is the flattest); concept-level
+// features form later than token-level ones.
 //
 // Torch-free and proto-free: callers convert their summaries (the CLI a
 // v1::DriftSummary) into the input structs below.
 #ifndef SAETRACK_ANALYSIS_FINDINGS_H_
 #define SAETRACK_ANALYSIS_FINDINGS_H_
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -45,8 +46,9 @@ inline constexpr double kDriftFallTolerance = 1e-3;
 // Not measured when the series is empty.
 Finding DriftFinding(const DriftSeries& series);
 
-// Finding 2, three phases: the three-phase fit of the median cos to final
-// against log(step + 1).
+// Finding 2, three phases: the phase fit of the median cos to final against
+// log(step + 1) that BIC chose (PhaseFit's layout: with fewer than three
+// segments the unused slopes repeat the last one).
 struct PhaseShape {
   double slope1 = 0;
   double slope2 = 0;
@@ -54,15 +56,30 @@ struct PhaseShape {
   double breakpoint1_step = 0;
   double breakpoint2_step = 0;
   double r_squared = 0;
+  // The number of segments chosen, 1 to 3; 0 for a three-segment fit stored
+  // before models were compared, which carries no evidence.
+  int segments = 0;
+  // Each model's BIC, bic[s − 1] for s segments; nullopt where that model
+  // did not compete (too few checkpoints).
+  std::array<std::optional<double>, 3> bic;
 };
 
 // The fit must explain at least this much of the variance to reproduce.
 inline constexpr double kPhasesMinRSquared = 0.9;
 
-// Reproduces when the middle slope is the smallest of the three (strictly)
-// and r² ≥ kPhasesMinRSquared. Not measured when `phases` is absent (fewer
-// than four checkpoints).
+// Reproduces when three segments win by BIC, the middle slope is the
+// smallest of the three (strictly) and r² ≥ kPhasesMinRSquared; does not
+// when fewer segments win (the sentence says how many the data support).
+// Not measured when `phases` is absent (fewer than four checkpoints), when
+// three segments did not compete, or for a fit without evidence
+// (segments 0).
 Finding PhasesFinding(const std::optional<PhaseShape>& phases);
+
+// The evidence for the number of segments, e.g. "ΔBIC 40.2 / 12.3 / 0.0 for
+// 1 / 2 / 3 segments": each model's BIC minus the lowest, "-" for a model
+// that did not compete. Empty when no model has a BIC.
+std::string DescribeBicEvidence(
+    const std::array<std::optional<double>, 3>& bic);
 
 // Finding 3, formation order: the formed features of one kind.
 struct KindFormation {

@@ -60,8 +60,9 @@ TEST(DriftFindingTest, JustBeyondToleranceIsAFall) {
 
 // --- phases ----------------------------------------------------------------
 
+// A fit where three segments win by BIC: ΔBIC 60 and 10 for one and two.
 PhaseShape Shape(double s1, double s2, double s3, double r2) {
-  return {s1, s2, s3, 100, 2000, r2};
+  return {s1, s2, s3, 100, 2000, r2, 3, {-100.0, -150.0, -160.0}};
 }
 
 TEST(PhasesFindingTest, NotMeasuredWithoutAFit) {
@@ -76,7 +77,8 @@ TEST(PhasesFindingTest, ReproducesWhenTheMiddleIsFlattestAndTheFitGood) {
   EXPECT_EQ(f.sentence,
             "phases: reproduces, a fast initial drift, a slower middle phase, "
             "then convergence to the final direction: slopes 0.2000 / 0.0100 "
-            "/ 0.1000 with breakpoints at steps 100 and 2000 (r² 0.950)");
+            "/ 0.1000 with breakpoints at steps 100 and 2000 (r² 0.950; ΔBIC "
+            "60.0 / 10.0 / 0.0 for 1 / 2 / 3 segments)");
 }
 
 TEST(PhasesFindingTest, RSquaredAtTheThresholdReproduces) {
@@ -90,7 +92,8 @@ TEST(PhasesFindingTest, PoorFitDoesNotReproduce) {
   EXPECT_EQ(f.sentence,
             "phases: does NOT reproduce the paper's fast-slow-fast shape (the "
             "fit is poor): slopes 0.2000 / 0.0100 / 0.1000 with breakpoints at "
-            "steps 100 and 2000 (r² 0.900)");
+            "steps 100 and 2000 (r² 0.900; ΔBIC 60.0 / 10.0 / 0.0 for 1 / 2 / "
+            "3 segments)");
 }
 
 TEST(PhasesFindingTest, SpeedingUpDoesNotReproduce) {
@@ -117,6 +120,73 @@ TEST(PhasesFindingTest, MiddleTiedWithAnotherSlopeIsNotFlattest) {
   const Finding f = PhasesFinding(Shape(0.1, 0.1, 0.2, 0.99));
   EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
   EXPECT_THAT(f.sentence, HasSubstr("(the middle phase is the steepest)"));
+}
+
+TEST(PhasesFindingTest, TwoSegmentsWinningIsNotThreePhases) {
+  // The paper's fast-then-slow start, but BIC prefers two segments: the
+  // layout repeats the second slope as the third.
+  PhaseShape p = {0.2,    0.01, 0.01, 100,
+                  143000, 0.99, 2,    {-100.0, -160.0, -157.5}};
+  const Finding f = PhasesFinding(p);
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_EQ(f.sentence,
+            "phases: does NOT reproduce three phases, the data support 2 "
+            "segments (ΔBIC 60.0 / 0.0 / 2.5 for 1 / 2 / 3 segments): slopes "
+            "0.2000 / 0.0100 with a breakpoint at step 100 (r² 0.990)");
+}
+
+TEST(PhasesFindingTest, OneSegmentWinningIsNotThreePhases) {
+  PhaseShape p = {0.01,   0.01, 0.01, 143000,
+                  143000, 0.97, 1,    {-200.0, -195.0, -190.25}};
+  const Finding f = PhasesFinding(p);
+  EXPECT_EQ(f.verdict, Verdict::kDoesNotReproduce);
+  EXPECT_EQ(f.sentence,
+            "phases: does NOT reproduce three phases, the data support 1 "
+            "segment (a straight line in log(step + 1)) (ΔBIC 0.0 / 5.0 / 9.8 "
+            "for 1 / 2 / 3 segments): slope 0.0100 (r² 0.970)");
+}
+
+TEST(PhasesFindingTest, NotMeasuredWhenThreeSegmentsCouldNotCompete) {
+  PhaseShape p = {0.2,  0.01, 0.01, 100,
+                  1000, 0.99, 2,    {-10.0, -12.0, std::nullopt}};
+  const Finding f = PhasesFinding(p);
+  EXPECT_EQ(f.verdict, Verdict::kNotMeasured);
+  EXPECT_EQ(f.sentence,
+            "phases: not measured (fewer than 7 checkpoints, too few for "
+            "three segments to compete; ΔBIC 2.0 / 0.0 / - for 1 / 2 / 3 "
+            "segments)");
+}
+
+TEST(PhasesFindingTest, AFitWithoutEvidenceIsNotMeasured) {
+  // The paper's shape, but stored before models were compared.
+  PhaseShape p = Shape(0.2, 0.01, 0.1, 0.95);
+  p.segments = 0;
+  p.bic = {};
+  const Finding f = PhasesFinding(p);
+  EXPECT_EQ(f.verdict, Verdict::kNotMeasured);
+  EXPECT_EQ(f.sentence,
+            "phases: not measured (the stored fit has three segments but no "
+            "comparison with fewer; summarise the job again)");
+}
+
+TEST(PhasesFindingTest, ThreeSegmentsMustWinNotJustCompete) {
+  // Three segments with the paper's slopes lose to two by 0.1: the verdict
+  // follows the chosen model, not the three-segment fit.
+  PhaseShape p = Shape(0.2, 0.01, 0.1, 0.95);
+  p.segments = 2;
+  p.bic = {-100.0, -160.1, -160.0};
+  EXPECT_EQ(PhasesFinding(p).verdict, Verdict::kDoesNotReproduce);
+  p.segments = 3;
+  p.bic = {-100.0, -160.0, -160.1};
+  EXPECT_EQ(PhasesFinding(p).verdict, Verdict::kReproduces);
+}
+
+TEST(BicEvidenceTest, DifferencesToTheBest) {
+  EXPECT_EQ(DescribeBicEvidence({-1.0, -3.25, -2.0}),
+            "ΔBIC 2.2 / 0.0 / 1.2 for 1 / 2 / 3 segments");
+  EXPECT_EQ(DescribeBicEvidence({4.0, std::nullopt, std::nullopt}),
+            "ΔBIC 0.0 / - / - for 1 / 2 / 3 segments");
+  EXPECT_EQ(DescribeBicEvidence({}), "");
 }
 
 // --- formation -------------------------------------------------------------

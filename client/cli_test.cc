@@ -637,6 +637,8 @@ class CliQueryTest : public ::testing::Test {
     s.set_formation_step_feature(64);
     s.set_final_frequency(0.03);
     s.set_cos_first_to_final(0.5);
+    // A fit as stored before models were compared (no segments, no BIC);
+    // FeaturePrintsTheChosenSegments has current ones.
     v1::PhaseFit& phases = *s.mutable_phases();
     phases.set_breakpoint1_step(3);
     phases.set_breakpoint2_step(40);
@@ -700,6 +702,12 @@ class CliQueryTest : public ::testing::Test {
     p.set_slope2(0.125);
     p.set_slope3(0.0625);
     p.set_r_squared(0.9991);
+    // Three segments win by BIC (a fake: four real checkpoints would let
+    // only the line compete).
+    p.set_segments(3);
+    p.set_bic1(-40);
+    p.set_bic2(-52.5);
+    p.set_bic3(-60);
     v1::KindSummary* k = d.add_kinds();
     k->set_kind(v1::FEATURE_KIND_TOKEN_LEVEL);
     k->set_count(60);
@@ -761,6 +769,38 @@ TEST_F(CliQueryTest, FeaturePrintsTheSummaryATableAndSparklines) {
               ElementsAre("GetFeatureHistory job-000007 1 5"));
   EXPECT_FALSE(coordinator_->history_request.include_contexts());
   EXPECT_FALSE(coordinator_->history_request.include_decoder());
+}
+
+TEST_F(CliQueryTest, FeaturePrintsTheChosenSegments) {
+  SetAnalysedHistory();
+  v1::PhaseFit& p = *coordinator_->history.mutable_summary()->mutable_phases();
+  p.set_segments(3);
+  p.set_bic1(10);
+  p.set_bic2(-2.5);
+  p.set_bic3(-4);
+  const std::vector<std::string> args = {"feature", "job-000007", "--layer",
+                                         "1",       "--feature",  "5"};
+  Result r = Run(args);
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nphases: 3 segments (ΔBIC 14.0 / 1.5 / 0.0 "
+                               "for 1 / 2 / 3 segments), breakpoints at steps "
+                               "3 and 40, slopes 0.0100 / 0.2000 / 0.0020, r² "
+                               "0.987\n"));
+  p.set_segments(2);
+  p.set_slope3(0.2);
+  p.set_bic2(-5);
+  r = Run(args);
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nphases: 2 segments (ΔBIC 15.0 / 0.0 / 1.0 "
+                               "for 1 / 2 / 3 segments), breakpoint at step 3, "
+                               "slopes 0.0100 / 0.2000, r² 0.987\n"));
+  p.set_segments(1);
+  p.clear_bic2();
+  p.clear_bic3();
+  r = Run(args);
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nphases: 1 segment (ΔBIC 0.0 / - / - for 1 "
+                               "/ 2 / 3 segments), slope 0.0100, r² 0.987\n"));
 }
 
 TEST_F(CliQueryTest, FeatureBeforeTheAnalysisPrintsDashesAndNoSparklines) {
@@ -1029,8 +1069,9 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "    3      256     0.875     1.000     1.000     0.901     0.100     "
       "100\n"
       "final q50  ▁▃▆█  0.250 .. 1.000\n"
-      "phases of the median cos to final: breakpoints at steps 15 and 127, "
-      "slopes 0.0500 / 0.1250 / 0.0625 per unit of log(step + 1), r² 0.999\n"
+      "phases of the median cos to final: 3 segments (ΔBIC 20.0 / 7.5 / 0.0 "
+      "for 1 / 2 / 3 segments), breakpoints at steps 15 and 127, slopes "
+      "0.0500 / 0.1250 / 0.0625 per unit of log(step + 1), r² 0.999\n"
       "kind            count  formed  mean formation  median formation\n"
       "token-level        60      58             3.5                 0\n"
       "concept-level      42      40           120.2                64\n"
@@ -1041,7 +1082,8 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "at step 256, never falling\n"
       "  phases: does NOT reproduce the paper's fast-slow-fast shape (the "
       "middle phase is the steepest): slopes 0.0500 / 0.1250 / 0.0625 with "
-      "breakpoints at steps 15 and 127 (r² 0.999)\n"
+      "breakpoints at steps 15 and 127 (r² 0.999; ΔBIC 20.0 / 7.5 / 0.0 for "
+      "1 / 2 / 3 segments)\n"
       "  formation: reproduces, concept-level features form later: mean "
       "formation step 120.2 (concept-level) vs 3.5 (token-level), medians 64 "
       "vs 0\n");
@@ -1095,6 +1137,75 @@ TEST_F(CliQueryTest, DriftSaysPlainlyWhereAFindingDoesNotReproduce) {
                                "concept-level features do not form later: "
                                "mean formation step 1.0 (concept-level) vs "
                                "3.5 (token-level), medians 0 vs 0\n"));
+}
+
+TEST_F(CliQueryTest, DriftSaysHowManySegmentsTheDataSupport) {
+  SetDrift();
+  v1::PhaseFit& p = *coordinator_->drift.mutable_phases();
+  // Two segments win; the unused third slope repeats the second.
+  p.set_segments(2);
+  p.set_slope1(0.25);
+  p.set_slope2(0.0625);
+  p.set_slope3(0.0625);
+  p.set_breakpoint2_step(256);
+  p.set_bic2(-61);
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nphases of the median cos to final: 2 "
+                               "segments (ΔBIC 21.0 / 0.0 / 1.0 for 1 / 2 / 3 "
+                               "segments), breakpoint at step 15, slopes "
+                               "0.2500 / 0.0625 per unit of log(step + 1), r² "
+                               "0.999\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  phases: does NOT reproduce three phases, "
+                               "the data support 2 segments (ΔBIC 21.0 / 0.0 "
+                               "/ 1.0 for 1 / 2 / 3 segments): slopes 0.2500 / "
+                               "0.0625 with a breakpoint at step 15 (r² "
+                               "0.999)\n"));
+
+  // One segment.
+  p.set_segments(1);
+  p.set_slope2(0.25);
+  p.set_slope3(0.25);
+  p.set_bic1(-70);
+  r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nphases of the median cos to final: 1 "
+                               "segment (ΔBIC 0.0 / 9.0 / 10.0 for 1 / 2 / 3 "
+                               "segments), slope 0.2500 per unit of log(step "
+                               "+ 1), r² 0.999\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  phases: does NOT reproduce three phases, "
+                               "the data support 1 segment (a straight line in "
+                               "log(step + 1))"));
+
+  // Three segments did not compete.
+  p.clear_bic3();
+  r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("(ΔBIC 0.0 / 9.0 / - for 1 / 2 / 3 segments)"));
+  EXPECT_THAT(r.out, HasSubstr("\n  phases: not measured (fewer than 7 "
+                               "checkpoints, too few for three segments to "
+                               "compete; "));
+}
+
+TEST_F(CliQueryTest, DriftWithAFitStoredBeforeModelSelection) {
+  SetDrift();
+  v1::PhaseFit& p = *coordinator_->drift.mutable_phases();
+  p.clear_segments();
+  p.clear_bic1();
+  p.clear_bic2();
+  p.clear_bic3();
+  // The paper's shape, but no evidence that three segments are needed.
+  p.set_slope1(0.25);
+  p.set_slope2(0.0625);
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr("\nphases of the median cos to final: breakpoints at "
+                        "steps 15 and 127, slopes 0.2500 / 0.0625 / 0.0625 per "
+                        "unit of log(step + 1), r² 0.999\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  phases: not measured (the stored fit has "
+                               "three segments but no comparison with fewer; "
+                               "summarise the job again)\n"));
 }
 
 TEST_F(CliQueryTest, DriftWithoutAPhaseFitSaysSo) {

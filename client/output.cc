@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -172,6 +173,38 @@ std::string SparklineRow(const std::string& label,
                          range->first, range->second);
 }
 
+std::array<std::optional<double>, 3> BicOf(const v1::PhaseFit& p) {
+  std::array<std::optional<double>, 3> bic;
+  if (p.has_bic1()) bic[0] = p.bic1();
+  if (p.has_bic2()) bic[1] = p.bic2();
+  if (p.has_bic3()) bic[2] = p.bic3();
+  return bic;
+}
+
+// The chosen segments with their evidence, breakpoints and slopes, each
+// slope followed by `per_unit`. A fit stored before models were compared
+// (segments 0) reads as it always did.
+std::string PhaseFitText(const v1::PhaseFit& p, const std::string& per_unit) {
+  std::string evidence = analysis::DescribeBicEvidence(BicOf(p));
+  if (!evidence.empty()) evidence = absl::StrCat(" (", evidence, ")");
+  switch (p.segments()) {
+    case 1:
+      return absl::StrFormat("1 segment%s, slope %.4f%s", evidence, p.slope1(),
+                             per_unit);
+    case 2:
+      return absl::StrFormat(
+          "2 segments%s, breakpoint at step %.0f, slopes %.4f / %.4f%s",
+          evidence, p.breakpoint1_step(), p.slope1(), p.slope2(), per_unit);
+    default:
+      return absl::StrFormat(
+          "%sbreakpoints at steps %.0f and %.0f, slopes %.4f / %.4f / %.4f%s",
+          p.segments() == 3 ? absl::StrCat("3 segments", evidence, ", ")
+                            : std::string(),
+          p.breakpoint1_step(), p.breakpoint2_step(), p.slope1(), p.slope2(),
+          p.slope3(), per_unit);
+  }
+}
+
 std::string FormatFeatureSummary(const v1::FeatureSummary& summary) {
   std::string text = absl::StrFormat(
       "kind %s, top token %s (%.1f%% of the top contexts), final frequency "
@@ -196,12 +229,8 @@ std::string FormatFeatureSummary(const v1::FeatureSummary& summary) {
                              summary.cos_first_to_final()));
   if (summary.has_phases()) {
     const v1::PhaseFit& p = summary.phases();
-    absl::StrAppend(
-        &text,
-        absl::StrFormat("phases: breakpoints at steps %.0f and %.0f, slopes "
-                        "%.4f / %.4f / %.4f, r² %.3f\n",
-                        p.breakpoint1_step(), p.breakpoint2_step(), p.slope1(),
-                        p.slope2(), p.slope3(), p.r_squared()));
+    absl::StrAppend(&text, absl::StrFormat("phases: %s, r² %.3f\n",
+                                           PhaseFitText(p, ""), p.r_squared()));
   }
   if (summary.pca_explained1() > 0 || summary.pca_explained2() > 0) {
     absl::StrAppend(&text,
@@ -338,6 +367,8 @@ analysis::FindingsInput FindingsInputOf(const v1::DriftSummary& drift) {
     shape.breakpoint1_step = p.breakpoint1_step();
     shape.breakpoint2_step = p.breakpoint2_step();
     shape.r_squared = p.r_squared();
+    shape.segments = p.segments();
+    shape.bic = BicOf(p);
   }
   for (const v1::KindSummary& k : drift.kinds()) {
     analysis::KindFormation formation;
@@ -381,12 +412,9 @@ std::string FormatDriftSummary(const v1::DriftSummary& drift) {
     const v1::PhaseFit& p = drift.phases();
     absl::StrAppend(
         &text,
-        absl::StrFormat(
-            "phases of the median cos to final: breakpoints at steps %.0f and "
-            "%.0f, slopes %.4f / %.4f / %.4f per unit of log(step + 1), r² "
-            "%.3f\n",
-            p.breakpoint1_step(), p.breakpoint2_step(), p.slope1(), p.slope2(),
-            p.slope3(), p.r_squared()));
+        absl::StrFormat("phases of the median cos to final: %s, r² %.3f\n",
+                        PhaseFitText(p, " per unit of log(step + 1)"),
+                        p.r_squared()));
   } else {
     absl::StrAppend(&text,
                     "phases: not fitted (fewer than four checkpoints)\n");

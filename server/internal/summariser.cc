@@ -33,7 +33,8 @@ v1::Quantiles QuantilesOf(const std::vector<double>& values) {
   return q;
 }
 
-v1::PhaseFit ToProto(const analysis::PhaseFit& fit) {
+v1::PhaseFit ToProto(const analysis::PhaseModels& models) {
+  const analysis::PhaseFit& fit = models.best();
   v1::PhaseFit out;
   out.set_breakpoint1_x(fit.breakpoint1);
   out.set_breakpoint2_x(fit.breakpoint2);
@@ -44,6 +45,11 @@ v1::PhaseFit ToProto(const analysis::PhaseFit& fit) {
   out.set_slope3(fit.slope3);
   out.set_intercept(fit.intercept);
   out.set_r_squared(fit.r_squared);
+  out.set_segments(fit.segments);
+  out.set_rss(fit.rss);
+  if (models.fits[0].has_value()) out.set_bic1(models.fits[0]->bic);
+  if (models.fits[1].has_value()) out.set_bic2(models.fits[1]->bic);
+  if (models.fits[2].has_value()) out.set_bic3(models.fits[2]->bic);
   return out;
 }
 
@@ -224,7 +230,7 @@ absl::Status Summariser::Run(const SummaryWork& work) {
             analysis::FormationIndex(feat, config.formation_tau())) {
       summary.set_formation_step_feature(steps[*formed_feature]);
     }
-    if (std::optional<analysis::PhaseFit> phases =
+    if (std::optional<analysis::PhaseModels> phases =
             analysis::FeaturePhases(steps, *drift, i)) {
       *summary.mutable_phases() = ToProto(*phases);
     }
@@ -278,11 +284,11 @@ absl::Status Summariser::Run(const SummaryWork& work) {
     *c->mutable_progress_feature() = QuantilesOf(progress_feat[t]);
     c->set_formed(formed_by[t]);
   }
-  if (num_checkpoints >= 4 &&
+  if (num_checkpoints >= analysis::kMinPhaseCheckpoints &&
       std::all_of(medians.begin(), medians.end(),
                   [](double m) { return std::isfinite(m); })) {
-    absl::StatusOr<analysis::PhaseFit> fit =
-        analysis::FitThreePhases(analysis::LogSteps(steps), medians);
+    absl::StatusOr<analysis::PhaseModels> fit = analysis::FitPhases(
+        analysis::LogSteps(steps), medians, analysis::kCosResolution);
     if (fit.ok()) *drift_summary.mutable_phases() = ToProto(*fit);
   }
   for (const auto& [kind, tally] : kinds) {
