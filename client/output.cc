@@ -467,9 +467,10 @@ std::string FormatCheckpointMetrics(
     const v1::GetCheckpointMetricsResponse& metrics) {
   std::string table =
       absl::StrFormat(
-          "%5s %8s %8s %6s %8s %8s %10s %7s %6s %9s %8s %8s %8s %7s  %s\n",
-          "chain", "step", "tokens", "epochs", "FVU", "init FVU", "MSE", "L0",
-          "dead", "cos prev", "cos init", "loss rec", "KL", "time s", "note");
+          "%5s %8s %8s %8s %8s %10s %7s %6s %9s %8s %8s %8s %6s %7s  %s\n",
+          "chain", "step", "tokens", "FVU", "init FVU", "MSE", "L0", "dead",
+          "cos prev", "cos init", "loss rec", "KL", "epochs", "time s",
+          "note");
   for (const auto& m : metrics.checkpoints()) {
     std::vector<std::string> notes;
     if (m.stopped_early()) notes.push_back("stopped early");
@@ -481,11 +482,10 @@ std::string FormatCheckpointMetrics(
     // have helped.
     if (!m.converged()) notes.push_back("not converged");
     std::string row = absl::StrFormat(
-        "%5d %8d %8s %6.1f %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %8.3f %8s "
-        "%8s %7.1f",
+        "%5d %8d %8s %8.4f %8.4f %10.4g %7.1f %5.1f%% %9s %8.3f %8s %8s "
+        "%6.1f %7.1f",
         m.chain_index(), m.step(), internal::HumanCount(m.tokens_trained()),
-        m.epochs(), m.fvu(), m.init_fvu(), m.mse(), m.l0(),
-        100 * m.dead_fraction(),
+        m.fvu(), m.init_fvu(), m.mse(), m.l0(), 100 * m.dead_fraction(),
         m.has_median_decoder_cos_prev()
             ? absl::StrFormat("%.3f", m.median_decoder_cos_prev())
             : "-",
@@ -493,7 +493,7 @@ std::string FormatCheckpointMetrics(
         m.has_lm() ? absl::StrFormat("%.1f%%", 100 * m.lm().loss_recovered())
                    : "-",
         m.has_lm() ? absl::StrFormat("%.4f", m.lm().kl_divergence()) : "-",
-        m.wall_time_s());
+        m.epochs(), m.wall_time_s());
     if (!notes.empty()) absl::StrAppend(&row, "  ", absl::StrJoin(notes, ", "));
     absl::StrAppend(&table, row, "\n");
   }

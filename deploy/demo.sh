@@ -114,6 +114,19 @@ activations, "FVU" the FVU after training; "cos prev" is the median cosine
 between a feature's decoder direction and its direction one checkpoint earlier.
 TXT
 
+step "Trust checks ($job, layer 1)"
+"${cli[@]}" quality "$job" --layer 1
+cat <<TXT
+
+Reading it: at three checkpoints (the first, the middle and the last) an
+independent SAE was trained from scratch beside the chain's, with another
+seed ("seed N" rows). "matched cos" is the median cosine of the two
+dictionaries' decoder rows matched one to one, with two random
+dictionaries' in brackets: at the first checkpoint it says how far features
+are reproducible at all, the level below which no drift means anything;
+"cos init" is how far training moved each SAE from where it started.
+TXT
+
 step "Recurrent initialisation vs training from scratch ($job, layer 1)"
 "$bin/saetrack-recurrence" --coordinator "$addr" --layer 1 \
   --threads "$threads" --json_out "$data/recurrence.json" "$job"

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cmath>
 #include <map>
+#include <iterator>
 #include <regex>
 #include <string>
 #include <vector>
@@ -92,7 +93,9 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
       "Starting a coordinator and a worker",
       "Submitting deploy/jobs/demo-job-quick.json and waiting",
       "Per-checkpoint SAE metrics (job-000001, layer 1)",
-      "Recurrent initialisation vs training from scratch (job-000001, layer 1)",
+      "Trust checks (job-000001, layer 1)",
+      "Recurrent initialisation vs training from scratch (job-000001, "
+      "layer 1)",
       "Decoder drift and phases (job-000001, layer 1)",
       "Most frequent token-level and concept-level features",
       "Feature ",
@@ -111,6 +114,28 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
   EXPECT_THAT(Section("Submitting"), HasSubstr("job-000001 succeeded"));
   EXPECT_THAT(Section("Done"),
               HasSubstr("saetrack drift job-000001 --layer 1"));
+}
+
+// The trust checks of the three reference checkpoints: both SAEs' rows and
+// a verdict per check, each "ok" or "FAIL" with its numbers.
+TEST_F(DemoTest, TrustChecksJudgeThreeReferenceCheckpoints) {
+  const std::string section = Section("Trust checks");
+  const std::regex seed_row(R"(\n\s+seed 2\s)");
+  EXPECT_EQ(std::distance(
+                std::sregex_iterator(section.begin(), section.end(), seed_row),
+                std::sregex_iterator()),
+            3)
+      << section;
+  const std::regex verdict(
+      R"(\n(ok  |FAIL)  (seed stability|distance from initialisation|chain vs )"
+      R"(independent) at step \d+: .+)");
+  // Seed stability once, distance at all three, chain vs independent at two.
+  EXPECT_EQ(std::distance(
+                std::sregex_iterator(section.begin(), section.end(), verdict),
+                std::sregex_iterator()),
+            6)
+      << section;
+  EXPECT_THAT(section, HasSubstr("random dictionaries"));
 }
 
 TEST_F(DemoTest, MetricsHaveOneRowPerCheckpointInChainOrder) {
