@@ -1,12 +1,17 @@
-// The hand-written parser of the command line.
+// The command line, parsed with CLI11: one subcommand per command, every flag
+// bound to a field of Invocation, CLI11's errors turned into the messages the
+// CLI prints.
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal/cli_commands.h"
@@ -42,8 +47,22 @@ Commands:
   metrics JOB_ID --layer L Per-checkpoint SAE metrics of one hooked layer.
                            "loss rec" and "KL" compare the LM with the SAE
                            spliced in to the clean model ("-": not measured);
-                           "note" marks SAEs the adaptive budget stopped early
-                           and SAEs resumed from saved training state.
+                           "cos init" is the median decoder cosine to the SAE's
+                           initialisation, "epochs" how often each distinct
+                           training token was seen; "note" marks SAEs the
+                           adaptive budget stopped early, SAEs resumed from
+                           saved training state and SAEs whose held-out loss
+                           had not plateaued ("not converged").
+  quality JOB_ID --layer L The trust checks: at the reference checkpoints
+                           (schedule.reference_checkpoints) the chain's SAE
+                           beside an independent SAE trained from scratch with
+                           another seed (held-out loss, FVU, L0, dead, median
+                           decoder cosine to its initialisation, converged),
+                           their dictionaries' median matched decoder cosine
+                           (two random dictionaries' in brackets), then one
+                           verdict per check: seed stability, distance from
+                           initialisation, chain vs independent ("ok" or
+                           "FAIL").
   feature JOB_ID --layer L --feature N [--contexts] [--decoder]
                            The history of one feature across checkpoints
                            (--id N is the same as --feature N). Once the
@@ -122,156 +141,392 @@ cancelled);
 
 namespace {
 
-absl::StatusOr<v1::FeatureKind> ParseKind(const std::string& value) {
-  if (value == "token") return v1::FEATURE_KIND_TOKEN_LEVEL;
-  if (value == "concept") return v1::FEATURE_KIND_CONCEPT_LEVEL;
-  if (value == "dead") return v1::FEATURE_KIND_DEAD;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "flag --kind: '", value, "' is not one of token, concept, dead"));
+// The commands, one CLI11 subcommand each (Cli::Run dispatches on the name).
+constexpr const char* kCommands[] = {
+    "submit",  "status",   "list",  "watch",  "cancel", "metrics",
+    "quality", "feature",  "features", "drift", "export", "admin",
+};
+
+// A flag's value that fails its check, thrown from the flag's CLI11 callback
+// so that parsing stops there, as at the first bad flag. what(): the message
+// the CLI prints.
+class FlagValueError : public CLI::ParseError {
+ public:
+  explicit FlagValueError(const absl::Status& status)
+      : CLI::ParseError("FlagValueError", std::string(status.message()),
+                        CLI::ExitCodes::ValidationError) {}
+};
+
+template <typename Int>
+absl::Status ParseInt(const std::string& name, const std::string& value,
+                      Int* out) {
+  if (!absl::SimpleAtoi(value, out)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("flag --", name, ": '", value, "' is not an integer"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<v1::ListFeaturesRequest::Order> ParseOrder(
-    const std::string& value) {
-  if (value == "id") return v1::ListFeaturesRequest::FEATURE_ID;
-  if (value == "formation") return v1::ListFeaturesRequest::FORMATION_STEP;
-  if (value == "drift") return v1::ListFeaturesRequest::FINAL_DRIFT;
-  if (value == "frequency") return v1::ListFeaturesRequest::FREQUENCY;
-  return absl::InvalidArgumentError(
-      absl::StrCat("flag --order: '", value,
-                   "' is not one of id, formation, drift, frequency"));
+// An integer of at least `min`; `what` names it for the message.
+template <typename Int>
+absl::Status ParseIntAtLeast(const std::string& name, const std::string& value,
+                             int64_t min, const char* what, Int* out) {
+  if (absl::Status s = ParseInt(name, value, out); !s.ok()) return s;
+  if (*out < min) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flag --", name, ": ", *out, " is not ", what, " (", min, " or more)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseFrequency(const std::string& name, const std::string& value,
+                            std::optional<double>* out) {
+  double frequency;
+  if (!absl::SimpleAtod(value, &frequency) || !(frequency >= 0) ||
+      !(frequency <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flag --", name, ": '", value, "' is not a frequency in [0, 1]"));
+  }
+  *out = frequency;
+  return absl::OkStatus();
+}
+
+absl::Status ParseKind(const std::string& value, Invocation* inv) {
+  if (value == "token") {
+    inv->kind = v1::FEATURE_KIND_TOKEN_LEVEL;
+  } else if (value == "concept") {
+    inv->kind = v1::FEATURE_KIND_CONCEPT_LEVEL;
+  } else if (value == "dead") {
+    inv->kind = v1::FEATURE_KIND_DEAD;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flag --kind: '", value, "' is not one of token, concept, dead"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseOrder(const std::string& value, Invocation* inv) {
+  if (value == "id") {
+    inv->order = v1::ListFeaturesRequest::FEATURE_ID;
+  } else if (value == "formation") {
+    inv->order = v1::ListFeaturesRequest::FORMATION_STEP;
+  } else if (value == "drift") {
+    inv->order = v1::ListFeaturesRequest::FINAL_DRIFT;
+  } else if (value == "frequency") {
+    inv->order = v1::ListFeaturesRequest::FREQUENCY;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("flag --order: '", value,
+                     "' is not one of id, formation, drift, frequency"));
+  }
+  return absl::OkStatus();
+}
+
+// One flag of the command line: a switch (`on`) or a flag with a value
+// (`set`, which checks the value and stores it in the Invocation). Every
+// command accepts every flag, before or after its name.
+struct Flag {
+  const char* name;
+  bool Invocation::*on;
+  absl::Status (*set)(const std::string& name, const std::string& value,
+                      Invocation* inv);
+};
+
+const Flag kFlags[] = {
+    {"json", &Invocation::json, nullptr},
+    {"wait", &Invocation::wait, nullptr},
+    {"help", &Invocation::help, nullptr},
+    {"contexts", &Invocation::contexts, nullptr},
+    {"decoder", &Invocation::decoder, nullptr},
+    {"coordinator", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->coordinator = value;
+       return absl::OkStatus();
+     }},
+    {"request_id", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->request_id = value;
+       return absl::OkStatus();
+     }},
+    {"out", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->out_dir = value;
+       return absl::OkStatus();
+     }},
+    {"to", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->to_dir = value;
+       return absl::OkStatus();
+     }},
+    {"page-token", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->page_token = value;
+       return absl::OkStatus();
+     }},
+    {"layer", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int layer;
+       absl::Status s = ParseInt(name, value, &layer);
+       if (s.ok()) inv->layer = layer;
+       return s;
+     }},
+    // --id is the same as --feature; each names itself in its messages.
+    {"id", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int id;
+       absl::Status s = ParseIntAtLeast(name, value, 0, "a feature id", &id);
+       if (s.ok()) inv->feature_id = id;
+       return s;
+     }},
+    {"feature", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int id;
+       absl::Status s = ParseIntAtLeast(name, value, 0, "a feature id", &id);
+       if (s.ok()) inv->feature_id = id;
+       return s;
+     }},
+    {"step", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int64_t step;
+       absl::Status s = ParseInt(name, value, &step);
+       if (s.ok()) inv->step = step;
+       return s;
+     }},
+    {"formed-from", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int64_t step;
+       absl::Status s = ParseIntAtLeast(name, value, 0, "a step", &step);
+       if (s.ok()) inv->formed_from = step;
+       return s;
+     }},
+    {"formed-to", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int64_t step;
+       absl::Status s = ParseIntAtLeast(name, value, 0, "a step", &step);
+       if (s.ok()) inv->formed_to = step;
+       return s;
+     }},
+    {"min-freq", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       return ParseFrequency(name, value, &inv->min_freq);
+     }},
+    {"max-freq", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       return ParseFrequency(name, value, &inv->max_freq);
+     }},
+    {"limit", nullptr,
+     [](const std::string& name, const std::string& value, Invocation* inv) {
+       int limit;
+       if (absl::Status s =
+               ParseIntAtLeast(name, value, 1, "a page size", &limit);
+           !s.ok()) {
+         return s;
+       }
+       if (limit > kMaxFeaturesPage) {
+         return absl::InvalidArgumentError(absl::StrCat(
+             "flag --limit: ", limit, " is more than ", kMaxFeaturesPage));
+       }
+       inv->limit = limit;
+       return absl::OkStatus();
+     }},
+    {"kind", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       return ParseKind(value, inv);
+     }},
+    {"order", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       return ParseOrder(value, inv);
+     }},
+    {"timeout_s", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       if (!absl::SimpleAtod(value, &inv->timeout_s) ||
+           !(inv->timeout_s >= 0)) {
+         return absl::InvalidArgumentError(
+             absl::StrCat("flag --timeout_s: '", value, "' is not a duration"));
+       }
+       return absl::OkStatus();
+     }},
+};
+
+bool IsFlagName(const std::string& name) {
+  for (const Flag& flag : kFlags) {
+    if (name == flag.name) return true;
+  }
+  return false;
+}
+
+bool IsCommand(const std::string& arg) {
+  for (const char* command : kCommands) {
+    if (arg == command) return true;
+  }
+  return false;
+}
+
+// Whether `arg` is a flag rather than an argument: "--x", "--x=v", but not
+// "--" (an argument like any other) nor "-x".
+bool IsFlagArg(const std::string& arg) {
+  return arg.rfind("--", 0) == 0 && arg != "--";
+}
+
+// The arguments as CLI11 gets them. CLI11 gives some arguments a meaning this
+// command line never had: "--" ends the flags, "++" a subcommand, "-x" is a
+// short flag, "[a,b]" two values, "--flag=" and "--flag={}" no value,
+// "--flag=true" a switch that is on. So CLI11 sees only the names of the
+// commands and of the flags as they are ("--layer", and "--layer=" before a
+// value); it sees every other argument, and every value after "=", as an
+// opaque token that Original() maps back.
+class CliTokens {
+ public:
+  explicit CliTokens(const std::vector<std::string>& args) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& arg = args[i];
+      size_t eq = arg.find('=');
+      if (IsFlagArg(arg) && IsFlagName(arg.substr(2, eq - 2))) {
+        if (eq == std::string::npos) {
+          reversed_.push_back(arg);
+        } else {
+          std::string value = Opaque(i);
+          originals_[value] = arg.substr(eq + 1);
+          std::string token = arg.substr(0, eq + 1) + value;
+          originals_[token] = arg;
+          reversed_.push_back(token);
+        }
+      } else if (IsCommand(arg)) {
+        reversed_.push_back(arg);
+      } else {
+        std::string token = Opaque(i);
+        originals_[token] = arg;
+        reversed_.push_back(token);
+      }
+    }
+    std::reverse(reversed_.begin(), reversed_.end());
+  }
+
+  // In reverse order, as CLI::App::parse takes them.
+  const std::vector<std::string>& reversed() const { return reversed_; }
+
+  // The argument, or the value after "=", that `token` from CLI11 stands for.
+  const std::string& Original(const std::string& token) const {
+    auto it = originals_.find(token);
+    return it == originals_.end() ? token : it->second;
+  }
+
+  // Whether `token` stands for a value after "=" or for an argument other
+  // than a command's or a flag's name. Never the result of a bare switch.
+  bool IsOpaque(const std::string& token) const {
+    return token.rfind(kOpaquePrefix, 0) == 0 && originals_.count(token) > 0;
+  }
+
+ private:
+  // CLI11 takes a token of this prefix for an argument, and no command or
+  // flag name has it.
+  static constexpr char kOpaquePrefix[] = "\x1a";
+
+  static std::string Opaque(size_t index) {
+    return absl::StrCat(kOpaquePrefix, index);
+  }
+
+  std::vector<std::string> reversed_;
+  std::map<std::string, std::string> originals_;
+};
+
+// Binds every flag of kFlags to `inv` on `app`. The callbacks run as CLI11
+// meets each flag, so that the first bad value, left to right, is the one
+// reported, and the last value of a repeated flag is the one kept.
+void AddFlags(const CliTokens& tokens, Invocation* inv, CLI::App* app) {
+  for (const Flag& flag : kFlags) {
+    const std::string name = flag.name;
+    CLI::Option* option;
+    if (flag.on != nullptr) {
+      option = app->add_option("--" + name, [&tokens, inv, name, on = flag.on](
+                                                const CLI::results_t& results) {
+        if (tokens.IsOpaque(results.back())) {
+          throw FlagValueError(absl::InvalidArgumentError(
+              absl::StrCat("flag --", name, " takes no value")));
+        }
+        inv->*on = true;
+        return true;
+      });
+      option->expected(0);
+    } else {
+      option = app->add_option(
+          "--" + name,
+          [&tokens, inv, name, set = flag.set](const CLI::results_t& results) {
+            absl::Status s = set(name, tokens.Original(results.back()), inv);
+            if (!s.ok()) throw FlagValueError(s);
+            return true;
+          });
+    }
+    option->trigger_on_parse();
+    option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  }
+}
+
+// Makes `app` leave to ParseArgs what this command line does its own way:
+// --help prints UsageText(), and the arguments no flag took (the command's,
+// and unknown flags) are set aside, to be read with remaining().
+void Configure(CLI::App* app) {
+  app->set_help_flag();
+  app->allow_extras();
 }
 
 }  // namespace
 
 absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args) {
-  const std::map<std::string, bool Invocation::*> kSwitches = {
-      {"json", &Invocation::json},       {"wait", &Invocation::wait},
-      {"help", &Invocation::help},       {"contexts", &Invocation::contexts},
-      {"decoder", &Invocation::decoder},
-  };
-  const std::map<std::string, std::string Invocation::*> kStrings = {
-      {"coordinator", &Invocation::coordinator},
-      {"request_id", &Invocation::request_id},
-      {"out", &Invocation::out_dir},
-      {"to", &Invocation::to_dir},
-      {"page-token", &Invocation::page_token},
-  };
+  CliTokens tokens(args);
   Invocation inv;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string arg = args[i];
-    if (arg.rfind("--", 0) != 0 || arg == "--") {
-      if (inv.command.empty()) {
-        inv.command = arg;
-      } else {
-        inv.positional.push_back(arg);
-      }
-      continue;
+  CLI::App app("saetrack", "saetrack");
+  Configure(&app);
+  AddFlags(tokens, &inv, &app);
+  // Only the first command's name starts a subcommand; after it, a command's
+  // name is an argument (`saetrack status list`).
+  app.require_subcommand(0, 1);
+  for (const char* command : kCommands) {
+    CLI::App* subcommand = app.add_subcommand(command);
+    Configure(subcommand);
+    AddFlags(tokens, &inv, subcommand);
+  }
+
+  absl::Status error;
+  try {
+    std::vector<std::string> reversed = tokens.reversed();
+    app.parse(reversed);
+  } catch (const CLI::ArgumentMismatch& e) {
+    // A flag lacking its value. CLI11 takes the next argument as the value,
+    // whatever it is, so only the last argument can lack one.
+    error = absl::InvalidArgumentError(
+        !args.empty() && IsFlagArg(args.back())
+            ? absl::StrCat("flag ", args.back(), " needs a value")
+            : std::string(e.what()));
+  } catch (const CLI::ParseError& e) {
+    error = absl::InvalidArgumentError(e.what());
+  }
+
+  // What no flag took, in order: the arguments before the command's name,
+  // the name, the arguments after it. The command is the first of them.
+  std::vector<std::string> rest = app.remaining();
+  if (std::vector<CLI::App*> parsed = app.get_subcommands(); !parsed.empty()) {
+    rest.push_back(parsed.front()->get_name());
+    for (const std::string& token : parsed.front()->remaining()) {
+      rest.push_back(token);
     }
-    std::string name = arg.substr(2);
-    std::optional<std::string> value;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
+  }
+  // CLI11 sets an unknown flag aside with the arguments; having been met
+  // first, it is the error even when CLI11 threw one later.
+  for (const std::string& token : rest) {
+    const std::string& arg = tokens.Original(token);
+    if (IsFlagArg(arg)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", arg.substr(0, arg.find('='))));
     }
-    auto take_value = [&]() -> absl::StatusOr<std::string> {
-      if (value) return *value;
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag --", name, " needs a value"));
-      }
-      return args[++i];
-    };
-    auto take_int = [&](auto* out) -> absl::Status {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      if (!absl::SimpleAtoi(*v, out)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag --", name, ": '", *v, "' is not an integer"));
-      }
-      return absl::OkStatus();
-    };
-    // An integer of at least `min`.
-    auto take_int_at_least = [&](auto* out, int64_t min,
-                                 const char* what) -> absl::Status {
-      if (absl::Status s = take_int(out); !s.ok()) return s;
-      if (*out < min) {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ",
-                                                       *out, " is not ", what,
-                                                       " (", min, " or more)"));
-      }
-      return absl::OkStatus();
-    };
-    if (auto it = kSwitches.find(name); it != kSwitches.end()) {
-      if (value) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag --", name, " takes no value"));
-      }
-      inv.*(it->second) = true;
-    } else if (auto it = kStrings.find(name); it != kStrings.end()) {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      inv.*(it->second) = *v;
-    } else if (name == "layer") {
-      int v;
-      if (absl::Status s = take_int(&v); !s.ok()) return s;
-      inv.layer = v;
-    } else if (name == "id" || name == "feature") {
-      int v;
-      if (absl::Status s = take_int_at_least(&v, 0, "a feature id"); !s.ok()) {
-        return s;
-      }
-      inv.feature_id = v;
-    } else if (name == "step") {
-      int64_t v;
-      if (absl::Status s = take_int(&v); !s.ok()) return s;
-      inv.step = v;
-    } else if (name == "formed-from" || name == "formed-to") {
-      int64_t v;
-      if (absl::Status s = take_int_at_least(&v, 0, "a step"); !s.ok()) {
-        return s;
-      }
-      (name == "formed-from" ? inv.formed_from : inv.formed_to) = v;
-    } else if (name == "min-freq" || name == "max-freq") {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      double frequency;
-      if (!absl::SimpleAtod(*v, &frequency) || !(frequency >= 0) ||
-          !(frequency <= 1)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "flag --", name, ": '", *v, "' is not a frequency in [0, 1]"));
-      }
-      (name == "min-freq" ? inv.min_freq : inv.max_freq) = frequency;
-    } else if (name == "limit") {
-      int v;
-      if (absl::Status s = take_int_at_least(&v, 1, "a page size"); !s.ok()) {
-        return s;
-      }
-      if (v > kMaxFeaturesPage) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "flag --limit: ", v, " is more than ", kMaxFeaturesPage));
-      }
-      inv.limit = v;
-    } else if (name == "kind") {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      absl::StatusOr<v1::FeatureKind> kind = ParseKind(*v);
-      if (!kind.ok()) return kind.status();
-      inv.kind = *kind;
-    } else if (name == "order") {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      absl::StatusOr<v1::ListFeaturesRequest::Order> order = ParseOrder(*v);
-      if (!order.ok()) return order.status();
-      inv.order = *order;
-    } else if (name == "timeout_s") {
-      absl::StatusOr<std::string> v = take_value();
-      if (!v.ok()) return v.status();
-      if (!absl::SimpleAtod(*v, &inv.timeout_s) || !(inv.timeout_s >= 0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag --timeout_s: '", *v, "' is not a duration"));
-      }
+  }
+  if (!error.ok()) return error;
+  for (const std::string& token : rest) {
+    const std::string& arg = tokens.Original(token);
+    if (inv.command.empty()) {
+      inv.command = arg;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+      inv.positional.push_back(arg);
     }
   }
   return inv;

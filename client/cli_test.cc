@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/output.h"
+#include "client/internal/cli_commands.h"
 #include "format/crc32c.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
@@ -1977,6 +1978,153 @@ TEST_F(QueryClientTest, CliExportWritesTheStreamAndRefusesABadChecksum) {
                          "the last chunk (offset "));
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_FALSE(std::filesystem::exists(bad_dir));
+}
+
+// ParseArgs, below the CLI: the arguments that CLI11 would read its own way
+// read as they always have.
+
+// The message of a ParseArgs error; "" if it parsed.
+std::string ParseError(const std::vector<std::string>& args) {
+  absl::StatusOr<internal::Invocation> inv = internal::ParseArgs(args);
+  if (inv.ok()) return "";
+  EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument);
+  return std::string(inv.status().message());
+}
+
+TEST(ParseArgsTest, FlagsGoAnywhereAndTheLastValueWins) {
+  absl::StatusOr<internal::Invocation> inv = internal::ParseArgs(
+      {"--json", "--layer", "1", "features", "job-1", "--layer=2", "--limit",
+       "5", "--coordinator", "host:1", "--limit=7", "--order", "drift"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "features");
+  EXPECT_THAT(inv->positional, ElementsAre("job-1"));
+  EXPECT_TRUE(inv->json);
+  EXPECT_FALSE(inv->wait);
+  EXPECT_EQ(inv->layer, 2);
+  EXPECT_EQ(inv->limit, 7);
+  EXPECT_EQ(inv->coordinator, "host:1");
+  EXPECT_EQ(inv->order, v1::ListFeaturesRequest::FINAL_DRIFT);
+  EXPECT_EQ(inv->kind, std::nullopt);
+
+  inv = internal::ParseArgs({"feature", "job-1", "--id", "3", "--feature=4"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->feature_id, 4);
+  inv = internal::ParseArgs({"status", "job-1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->coordinator, "127.0.0.1:7070");
+  EXPECT_EQ(inv->layer, std::nullopt);
+  EXPECT_EQ(inv->timeout_s, 0);
+}
+
+TEST(ParseArgsTest, OnlyArgumentsOfTwoDashesAreFlags) {
+  absl::StatusOr<internal::Invocation> inv = internal::ParseArgs(
+      {"status", "--", "-x", "-h", "++", "[a,b]", "{}", "-5", "", "--json"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "status");
+  EXPECT_THAT(inv->positional,
+              ElementsAre("--", "-x", "-h", "++", "[a,b]", "{}", "-5", ""));
+  EXPECT_TRUE(inv->json);
+  inv = internal::ParseArgs({"-h"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "-h");
+  EXPECT_FALSE(inv->help);
+  inv = internal::ParseArgs({"--", "status"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "--");
+  EXPECT_THAT(inv->positional, ElementsAre("status"));
+}
+
+TEST(ParseArgsTest, AFlagTakesTheNextArgumentWhateverItIs) {
+  absl::StatusOr<internal::Invocation> inv = internal::ParseArgs(
+      {"export", "--out", "--json", "--coordinator", "status", "--request_id",
+       "--", "--page-token", "[a,b]", "--to", "--out=x", "job-1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "export");
+  EXPECT_THAT(inv->positional, ElementsAre("job-1"));
+  EXPECT_EQ(inv->out_dir, "--json");
+  EXPECT_FALSE(inv->json);
+  EXPECT_EQ(inv->coordinator, "status");
+  EXPECT_EQ(inv->request_id, "--");
+  EXPECT_EQ(inv->page_token, "[a,b]");
+  EXPECT_EQ(inv->to_dir, "--out=x");
+
+  inv = internal::ParseArgs(
+      {"export", "--out=", "--to={}", "--page-token=a=b", "--layer", "-1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->out_dir, "");
+  EXPECT_EQ(inv->to_dir, "{}");
+  EXPECT_EQ(inv->page_token, "a=b");
+  EXPECT_EQ(inv->layer, -1);
+  EXPECT_THAT(inv->positional, IsEmpty());
+}
+
+TEST(ParseArgsTest, TheFirstArgumentThatIsNoFlagIsTheCommand) {
+  absl::StatusOr<internal::Invocation> inv =
+      internal::ParseArgs({"status", "list", "status"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "status");
+  EXPECT_THAT(inv->positional, ElementsAre("list", "status"));
+  inv = internal::ParseArgs({"frobnicate", "--json", "status", "job-1"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "frobnicate");
+  EXPECT_THAT(inv->positional, ElementsAre("status", "job-1"));
+  inv = internal::ParseArgs({"admin", "backup", "--to", "/backup"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "admin");
+  EXPECT_THAT(inv->positional, ElementsAre("backup"));
+  EXPECT_EQ(inv->to_dir, "/backup");
+  inv = internal::ParseArgs({"help", "--wait"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "help");
+  EXPECT_TRUE(inv->wait);
+  inv = internal::ParseArgs({});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, "");
+}
+
+TEST(ParseArgsTest, SwitchesTakeNoValueInAnyForm) {
+  for (const char* arg : {"--json=true", "--json=", "--json={}", "--json=1"}) {
+    EXPECT_EQ(ParseError({"list", arg}), "flag --json takes no value") << arg;
+  }
+  EXPECT_EQ(ParseError({"--help=yes"}), "flag --help takes no value");
+  EXPECT_EQ(ParseError({"submit", "job.json", "--wait=false"}),
+            "flag --wait takes no value");
+}
+
+TEST(ParseArgsTest, TheFirstBadFlagFromTheLeftIsTheError) {
+  EXPECT_EQ(ParseError({"status", "--bogus", "--layer", "x"}),
+            "unknown flag --bogus");
+  EXPECT_EQ(ParseError({"status", "--layer", "x", "--bogus"}),
+            "flag --layer: 'x' is not an integer");
+  EXPECT_EQ(ParseError({"--layer", "x", "status", "--layer", "1"}),
+            "flag --layer: 'x' is not an integer");
+  EXPECT_EQ(ParseError({"status", "--limit", "0", "--kind", "word"}),
+            "flag --limit: 0 is not a page size (1 or more)");
+  EXPECT_EQ(ParseError({"status", "--bogus", "--layer"}),
+            "unknown flag --bogus");
+  EXPECT_EQ(ParseError({"--help", "--frob=1", "status"}),
+            "unknown flag --frob");
+  EXPECT_EQ(ParseError({"frobnicate", "--timeout_s", "-1"}),
+            "flag --timeout_s: '-1' is not a duration");
+}
+
+TEST(ParseArgsTest, FlagErrorsNameTheFlagAsWritten) {
+  EXPECT_EQ(ParseError({"status", "job-1", "---x"}), "unknown flag ---x");
+  EXPECT_EQ(ParseError({"status", "--=x"}), "unknown flag --");
+  EXPECT_EQ(ParseError({"status", "--Json"}), "unknown flag --Json");
+  EXPECT_EQ(ParseError({"status", "--timeout-s", "1"}),
+            "unknown flag --timeout-s");
+  EXPECT_EQ(ParseError({"status", "--layer"}), "flag --layer needs a value");
+  EXPECT_EQ(ParseError({"feature", "job-1", "--id"}),
+            "flag --id needs a value");
+  EXPECT_EQ(ParseError({"feature", "job-1", "--id", "-3"}),
+            "flag --id: -3 is not a feature id (0 or more)");
+  EXPECT_EQ(ParseError({"feature", "job-1", "--layer="}),
+            "flag --layer: '' is not an integer");
+  EXPECT_EQ(ParseError({"features", "--min-freq={}"}),
+            "flag --min-freq: '{}' is not a frequency in [0, 1]");
+  EXPECT_EQ(ParseError({"features", "--order="}),
+            "flag --order: '' is not one of id, formation, drift, frequency");
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // What the files of the `saetrack` CLI share (client/cli*.cc): the parsed
-// command line, the hand-written parser, and class Cli, whose commands are
-// defined one command group per file: cli.cc (dispatch), cli_jobs.cc,
-// cli_queries.cc, cli_export.cc, cli_admin.cc.
+// command line, its parser (CLI11, in cli_args.cc), and class Cli, whose
+// commands are defined one command group per file: cli.cc (dispatch),
+// cli_jobs.cc, cli_queries.cc, cli_export.cc, cli_admin.cc.
 #ifndef SAETRACK_CLIENT_INTERNAL_CLI_COMMANDS_H_
 #define SAETRACK_CLIENT_INTERNAL_CLI_COMMANDS_H_
 
