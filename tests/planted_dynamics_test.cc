@@ -69,9 +69,9 @@ constexpr int64_t kLastStep = 1024;
 constexpr int kLayer = 1;
 constexpr char kSite[] = "resid_post";
 constexpr int kDSae = 128;
-constexpr double kL1Coefficient = 6e-3;
-constexpr int64_t kFirstSaeTokens = 524'288;  // from scratch
-constexpr int64_t kNextSaeTokens = 131'072;   // from the previous SAE
+constexpr double kL1Coefficient = 5e-3;
+constexpr int64_t kFirstSaeTokens = 131'072;  // from scratch
+constexpr int64_t kNextSaeTokens = 65'536;    // from the previous SAE
 
 // --- The analysis, with DESIGN.md §4's defaults ---
 constexpr int64_t kAnalysisTokens = 16'384;

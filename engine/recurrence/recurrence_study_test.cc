@@ -47,7 +47,7 @@ TwoCheckpoints MakeCheckpoints() {
 TokensToFvuOptions SmallOptions() {
   TokensToFvuOptions options;
   options.spec.architecture = "relu_l1";
-  options.spec.l1_coefficient = 3e-2;
+  options.spec.l1_coefficient = 3e-3;
   options.d_sae = 128;
   options.batch_size = 256;
   options.lr_scratch = 3e-3;
