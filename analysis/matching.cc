@@ -33,9 +33,8 @@ std::vector<double> UnitRows(const std::vector<float>& rows, int d) {
 absl::StatusOr<std::vector<int>> MaxWeightAssignment(
     const std::vector<double>& similarity, int n, int m) {
   if (n < 0 || m < 0 || n > m) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("MaxWeightAssignment: needs 0 <= n <= m, got n ", n,
-                     ", m ", m));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MaxWeightAssignment: needs 0 <= n <= m, got n ", n, ", m ", m));
   }
   if (similarity.size() != static_cast<size_t>(n) * m) {
     return absl::InvalidArgumentError(
@@ -44,9 +43,9 @@ absl::StatusOr<std::vector<int>> MaxWeightAssignment(
   }
   for (size_t i = 0; i < similarity.size(); ++i) {
     if (!std::isfinite(similarity[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "MaxWeightAssignment: value at row ", i / m, ", column ", i % m,
-          " is not finite"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("MaxWeightAssignment: value at row ", i / m, ", column ",
+                       i % m, " is not finite"));
     }
   }
   // Minimises the cost -similarity. 1-based potentials u (rows), v
@@ -143,7 +142,8 @@ absl::StatusOr<DictionaryMatch> MatchDictionaries(const std::vector<float>& a,
         MaxWeightAssignment(similarity, n, m);
     if (!assignment.ok()) return assignment.status();
     for (int i = 0; i < n; ++i) {
-      match.cosines[i] = similarity[static_cast<size_t>(i) * m + (*assignment)[i]];
+      match.cosines[i] =
+          similarity[static_cast<size_t>(i) * m + (*assignment)[i]];
     }
   } else {
     match.method = "best";

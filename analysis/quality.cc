@@ -22,12 +22,12 @@ std::vector<QualityVerdict> QualityVerdicts(
           "dictionaries: %.2f), %.0f%% at >= 0.9",
           p.match_median, p.random_median, 100 * p.match_above_0_9);
       if (v.passed) {
-        v.verdict = absl::StrCat("features are reproducible across seeds: ",
-                                 numbers);
+        v.verdict =
+            absl::StrCat("features are reproducible across seeds: ", numbers);
       } else if (p.match_median - p.random_median < 0.1) {
-        v.verdict = absl::StrCat(
-            "features are determined by the seed: ", numbers,
-            "; no feature identity or drift can be trusted");
+        v.verdict =
+            absl::StrCat("features are determined by the seed: ", numbers,
+                         "; no feature identity or drift can be trusted");
       } else {
         v.verdict = absl::StrFormat(
             "features are only partly reproducible across seeds: %s; drift "
@@ -74,12 +74,13 @@ std::vector<QualityVerdict> QualityVerdicts(
           p.chain_loss, p.reference_loss, 100 * excess, p.chain_l0,
           p.reference_l0, p.match_median, p.random_median);
       if (c.passed) {
-        c.verdict = absl::StrCat("the chain keeps up with an SAE trained from "
-                                 "scratch: ",
-                                 numbers);
+        c.verdict = absl::StrCat(
+            "the chain keeps up with an SAE trained from "
+            "scratch: ",
+            numbers);
       } else {
         c.verdict = absl::StrCat(
-            "the chain is under-trained at this step", 
+            "the chain is under-trained at this step",
             p.chain_converged ? "" : " (its loss had not plateaued)", ": ",
             numbers);
       }

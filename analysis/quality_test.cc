@@ -45,8 +45,7 @@ TEST(QualityTest, LearntAndStableFeaturesPass) {
 }
 
 TEST(QualityTest, PartlyStableSaysWhereNoiseEnds) {
-  const std::vector<QualityVerdict> v =
-      QualityVerdicts({First(0.6, 0.3, 0.4)});
+  const std::vector<QualityVerdict> v = QualityVerdicts({First(0.6, 0.3, 0.4)});
   EXPECT_FALSE(v[0].passed);
   EXPECT_THAT(v[0].verdict, HasSubstr("drift smaller than 0.40"));
   // The worse of the two from-scratch SAEs decides.

@@ -24,8 +24,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
-#include "client/output.h"
 #include "client/internal/cli_commands.h"
+#include "client/output.h"
 #include "format/crc32c.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
@@ -154,7 +154,8 @@ TEST(CliTest, MetricsTableShowsLmEvaluationAndNotes) {
 
 TEST(CliTest, QualityChecksShowBothSaesAndTheVerdicts) {
   v1::GetQualityChecksResponse checks;
-  EXPECT_THAT(internal::FormatQualityChecks(checks), HasSubstr("no trust checks"));
+  EXPECT_THAT(internal::FormatQualityChecks(checks),
+              HasSubstr("no trust checks"));
   v1::CheckpointMetrics* m = checks.add_checkpoints();
   m->set_step(512);
   m->set_chain_index(4);

@@ -465,12 +465,10 @@ std::string Sparkline(const std::vector<std::optional<double>>& values) {
 
 std::string FormatCheckpointMetrics(
     const v1::GetCheckpointMetricsResponse& metrics) {
-  std::string table =
-      absl::StrFormat(
-          "%5s %8s %8s %8s %8s %10s %7s %6s %9s %8s %8s %8s %6s %7s  %s\n",
-          "chain", "step", "tokens", "FVU", "init FVU", "MSE", "L0", "dead",
-          "cos prev", "cos init", "loss rec", "KL", "epochs", "time s",
-          "note");
+  std::string table = absl::StrFormat(
+      "%5s %8s %8s %8s %8s %10s %7s %6s %9s %8s %8s %8s %6s %7s  %s\n", "chain",
+      "step", "tokens", "FVU", "init FVU", "MSE", "L0", "dead", "cos prev",
+      "cos init", "loss rec", "KL", "epochs", "time s", "note");
   for (const auto& m : metrics.checkpoints()) {
     std::vector<std::string> notes;
     if (m.stopped_early()) notes.push_back("stopped early");
@@ -512,13 +510,15 @@ std::string FormatQualityChecks(const v1::GetQualityChecksResponse& checks) {
       "loss", "FVU", "L0", "dead", "cos init", "conv", "matched cos (random)");
   for (const v1::CheckpointMetrics& m : checks.checkpoints()) {
     const v1::ReferenceCheck& r = m.reference();
-    absl::StrAppendFormat(&out, "%5d %8d %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s\n",
-                          m.chain_index(), m.step(), "chain",
-                          m.held_out_loss(), m.fvu(), m.l0(),
-                          100 * m.dead_fraction(), m.median_decoder_cos_init(),
-                          m.converged() ? "yes" : "no");
     absl::StrAppendFormat(
-        &out, "%5s %8s %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s  %.3f (%.3f), %.0f%% >= 0.9\n",
+        &out, "%5d %8d %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s\n",
+        m.chain_index(), m.step(), "chain", m.held_out_loss(), m.fvu(), m.l0(),
+        100 * m.dead_fraction(), m.median_decoder_cos_init(),
+        m.converged() ? "yes" : "no");
+    absl::StrAppendFormat(
+        &out,
+        "%5s %8s %-11s %9.4g %8.4f %7.1f %5.1f%% %8.3f %6s  %.3f (%.3f), "
+        "%.0f%% >= 0.9\n",
         "", "", absl::StrCat("seed ", r.seed()), r.held_out_loss(), r.fvu(),
         r.l0(), 100 * r.dead_fraction(), r.median_decoder_cos_init(),
         r.converged() ? "yes" : "no", r.match_median_cosine(),

@@ -22,16 +22,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "analysis/matching.h"
+#include "base/status_macros.h"
+#include "engine/eval/lm_evaluation.h"
+#include "engine/features/analysis_pass.h"
 #include "engine/lm/activation_stream.h"
 #include "engine/lm/activations.h"
-#include "engine/features/analysis_pass.h"
 #include "engine/lm/language_model.h"
-#include "engine/eval/lm_evaluation.h"
 #include "engine/sae/sae.h"
 #include "engine/sae/sae_trainer.h"
 #include "engine/training_engine.h"
 #include "format/crc32c.h"
-#include "base/status_macros.h"
 #include "format/safetensors.h"
 #include "format/token_file.h"
 
@@ -147,8 +147,7 @@ std::string Fingerprint(const TrainInput& input) {
       input.expansion_factor, "|", input.l1_coefficient, "|", input.lr, "|",
       input.warmup_steps, "|", input.batch_size, "|", input.train_tokens, "|",
       input.dead_window_tokens, "|", input.ghost_grads, "|", input.seed, "|",
-      input.max_activation_set_bytes, "|",
-      crc);
+      input.max_activation_set_bytes, "|", crc);
   return absl::StrFormat("%08x-%08x", format::Crc32c(fields), crc);
 }
 
@@ -196,8 +195,7 @@ class ConvergenceMonitor {
 // trainer's device), served in a fresh random order every epoch.
 class ActivationSet {
  public:
-  ActivationSet(torch::Tensor rows, uint64_t seed)
-      : rows_(std::move(rows)) {
+  ActivationSet(torch::Tensor rows, uint64_t seed) : rows_(std::move(rows)) {
     Reseed(seed);
   }
 
@@ -364,9 +362,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     const int64_t wanted_contexts = CeilDiv(input.train_tokens, context_length);
     const int64_t distinct_contexts =
         std::min(wanted_contexts, TiledContexts(*split, context_length));
-    const bool in_memory = distinct_contexts * context_length * d_in *
-                               int64_t{sizeof(float)} <=
-                           input.max_activation_set_bytes;
+    const bool in_memory =
+        distinct_contexts * context_length * d_in * int64_t{sizeof(float)} <=
+        input.max_activation_set_bytes;
     std::optional<ActivationSet> activation_set;
     std::optional<ActivationStream> stream;
     ActivationStreamOptions stream_options;
@@ -386,10 +384,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                          DistinctTrainContexts(*split, context_length,
                                                distinct_contexts, input.seed),
                          context_length, config.vocab_size));
-      activation_set.emplace(
-          CollectActivations(*model, contexts, hook, contexts_per_forward,
-                             device_),
-          input.seed ^ 0x5AE7AC4ULL);
+      activation_set.emplace(CollectActivations(*model, contexts, hook,
+                                                contexts_per_forward, device_),
+                             input.seed ^ 0x5AE7AC4ULL);
       sample = activation_set->Sample(kScaleSample);
       output.distinct_tokens = activation_set->rows();
     } else {
@@ -430,9 +427,10 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       weights = UnfoldActivationScale(weights, ActivationScaleOf(weights));
     } else {
       weights = InitSaeFromScratch(
-          d_sae, sample.narrow(0, 0, std::min<int64_t>(sample.size(0),
-                                                       kGeometricMedianSample)) *
-                     scale,
+          d_sae,
+          sample.narrow(
+              0, 0, std::min<int64_t>(sample.size(0), kGeometricMedianSample)) *
+              scale,
           input.seed);
     }
     const SaeWeights init_weights = weights.Clone();
@@ -566,8 +564,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
             : 0;
     output.features.decoder_cos_init =
         DecoderCosines(sae.weights(), init_weights);
-    output.median_decoder_cos_init =
-        MedianOf(output.features.decoder_cos_init);
+    output.median_decoder_cos_init = MedianOf(output.features.decoder_cos_init);
 
     // From here on the SAE works on raw activations.
     sae.mutable_weights() = FoldActivationScale(sae.weights(), scale);
@@ -636,8 +633,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       reference_options.ghost_grads = input.sae_architecture == "relu_l1";
       SaeTrainer reference_trainer(reference.get(), reference_options);
       ConvergenceMonitor reference_monitor(
-          std::max<int64_t>(input.batch_size,
-                            input.reference_train_tokens / 4),
+          std::max<int64_t>(input.batch_size, input.reference_train_tokens / 4),
           input.adaptive_tolerance);
       const auto reference_loss = [&] {
         return reference->Loss(monitor_activations).total;
@@ -647,8 +643,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         if (activation_set.has_value()) {
           batch = activation_set->NextBatch(input.batch_size);
         } else {
-          SAETRACK_ASSIGN_OR_RETURN(batch,
-                                    stream->NextBatch(input.batch_size));
+          SAETRACK_ASSIGN_OR_RETURN(batch, stream->NextBatch(input.batch_size));
         }
         if (!batch.defined() || batch.size(0) < 2) break;
         last_loss = reference_trainer.Step(batch.mul_(scale)).total;
@@ -666,8 +661,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       ReferenceCheck& check = output.reference.emplace();
       check.seed = input.reference_seed;
       check.tokens_trained = reference_trainer.tokens();
-      check.converged = reference_monitor.Plateaued(
-          reference_trainer.tokens(), reference_loss());
+      check.converged = reference_monitor.Plateaued(reference_trainer.tokens(),
+                                                    reference_loss());
       check.held_out_loss = reference_loss();
       check.median_decoder_cos_init =
           MedianOf(DecoderCosines(reference->weights(), reference_init));
@@ -704,14 +699,13 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
             0, 0,
             std::min<int64_t>(eval_contexts.size(0),
                               CeilDiv(input.lm_eval_tokens, context_length)));
-        SAETRACK_ASSIGN_OR_RETURN(
-            const LmEvaluation lm,
-            EvaluateWithSplice(
-                *model, lm_contexts, hook,
-                [&reference](const torch::Tensor& x) {
-                  return reference->Reconstruct(x);
-                },
-                contexts_per_forward));
+        SAETRACK_ASSIGN_OR_RETURN(const LmEvaluation lm,
+                                  EvaluateWithSplice(
+                                      *model, lm_contexts, hook,
+                                      [&reference](const torch::Tensor& x) {
+                                        return reference->Reconstruct(x);
+                                      },
+                                      contexts_per_forward));
         check.loss_recovered = lm.loss_recovered;
       }
     }

@@ -11,14 +11,14 @@
 #include <string>
 #include <vector>
 
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "engine/features/analysis_pass.h"
 #include "engine/lm/gpt2.h"
 #include "engine/lm/lm_trainer.h"
 #include "engine/sae/sae.h"
 #include "engine/training_engine.h"
 #include "format/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 
 namespace saetrack::engine {
 namespace {
@@ -233,8 +233,7 @@ TEST_F(TorchEngineTest, ScalingActivationsChangesNothing) {
   EXPECT_NEAR(scaled->held_out_loss, plain->held_out_loss,
               0.02 * plain->held_out_loss);
   EXPECT_NEAR(scaled->dead_fraction, plain->dead_fraction, 0.02);
-  const SaeWeights a =
-      *SaeFromSafetensors(plain->sae_safetensors, torch::kCPU);
+  const SaeWeights a = *SaeFromSafetensors(plain->sae_safetensors, torch::kCPU);
   const SaeWeights b =
       *SaeFromSafetensors(scaled->sae_safetensors, torch::kCPU);
   EXPECT_GT(MedianCos(DecoderCosines(a, b)), 0.99);

@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <map>
 #include <iterator>
+#include <map>
 #include <regex>
 #include <string>
 #include <vector>
@@ -20,12 +20,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "format/json.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 #include "tests/child_process.h"
-#include "format/json.h"
 
 namespace saetrack {
 namespace {

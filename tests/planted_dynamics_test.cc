@@ -33,16 +33,16 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "analysis/dynamics.h"
-#include "gtest/gtest.h"
-#include "engine/lm/activations.h"
 #include "engine/features/analysis_pass.h"
-#include "tests/planted_corpus.h"
+#include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
 #include "engine/lm/lm_trainer.h"
 #include "engine/sae/sae.h"
 #include "engine/training_engine.h"
 #include "format/mapped_file.h"
 #include "format/token_file.h"
+#include "gtest/gtest.h"
+#include "tests/planted_corpus.h"
 
 namespace saetrack::engine {
 namespace {

@@ -73,8 +73,7 @@ struct Trained {
 
 // A relu_l1 SAE (the paper's loss, ghost grads) trained from scratch on the
 // normalised activations for `steps` steps of 256 rows.
-Trained TrainFromScratch(const torch::Tensor& train, uint64_t seed,
-                         int steps) {
+Trained TrainFromScratch(const torch::Tensor& train, uint64_t seed, int steps) {
   Trained out;
   out.init = InitSaeFromScratch(kFeatures, train.narrow(0, 0, 2048), seed);
   SaeSpec spec;

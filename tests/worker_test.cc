@@ -417,8 +417,7 @@ TEST_F(WorkerTest, ReferenceChecksRunAtReferenceCheckpointsAndAreJudged) {
   EXPECT_EQ(calls[2].input.reference_seed, 42u);
   EXPECT_EQ(calls[2].input.reference_train_tokens, calls[0].input.train_tokens);
   EXPECT_DOUBLE_EQ(calls[2].input.reference_lr, calls[0].input.lr);
-  EXPECT_EQ(calls[2].input.reference_warmup_steps,
-            calls[0].input.warmup_steps);
+  EXPECT_EQ(calls[2].input.reference_warmup_steps, calls[0].input.warmup_steps);
 
   auto metrics = client_->GetCheckpointMetrics(job_id, 1);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -452,6 +451,19 @@ TEST_F(WorkerTest, ReferenceChecksRunAtReferenceCheckpointsAndAreJudged) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(WorkerTest, GhostGradsLaterReachEveryLaterSae) {
+  SubmitJob([](v1::JobSpec* spec) {
+    spec->mutable_sae()->set_ghost_grads_later(true);
+  });
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 3);
+  std::vector<FakeEngine::Call> calls = engine.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  for (const FakeEngine::Call& call : calls) {
+    EXPECT_TRUE(call.input.ghost_grads);
+  }
+}
+
 TEST_F(WorkerTest, ReluL1DefaultsGhostGradsForTheFirstSaeAndLmEvaluation) {
   const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
     spec->mutable_schedule()->set_lm_eval_tokens(0);  // Skip it.
@@ -461,7 +473,7 @@ TEST_F(WorkerTest, ReluL1DefaultsGhostGradsForTheFirstSaeAndLmEvaluation) {
   std::vector<FakeEngine::Call> calls = engine.calls();
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_TRUE(calls[0].input.ghost_grads);
-  EXPECT_FALSE(calls[1].input.ghost_grads);
+  EXPECT_FALSE(calls[1].input.ghost_grads);  // the paper's later SAEs
   EXPECT_EQ(calls[0].input.lm_eval_tokens, 0);
   auto metrics = client_->GetCheckpointMetrics(job_id, 1);
   ASSERT_TRUE(metrics.ok()) << metrics.status();

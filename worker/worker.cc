@@ -21,9 +21,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "format/crc32c.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "format/crc32c.h"
 #include "worker/internal/metrics_http_server.h"
 
 namespace saetrack::worker {
@@ -80,8 +80,8 @@ bool IsReferenceCheckpoint(int chain_index, int chain_length, int count) {
   count = std::min(count, chain_length);
   if (count == 1) return chain_index == 0;
   for (int i = 0; i < count; ++i) {
-    const int position = static_cast<int>(std::lround(
-        static_cast<double>(i) * (chain_length - 1) / (count - 1)));
+    const int position = static_cast<int>(
+        std::lround(static_cast<double>(i) * (chain_length - 1) / (count - 1)));
     if (position == chain_index) return true;
   }
   return false;
@@ -120,10 +120,12 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
   if (sae.aux_coefficient() > 0) in.aux_coefficient = sae.aux_coefficient();
   in.dead_window_tokens = sae.dead_window_tokens();
   // Ghost grads revive features that die while the first SAE trains from
-  // scratch; later SAEs start from a trained dictionary and do without them,
-  // and topk revives its latents with AuxK instead.
-  in.ghost_grads = first && in.sae_architecture == "relu_l1" &&
-                   (!sae.has_ghost_grads() || sae.ghost_grads());
+  // scratch; later SAEs start from a trained dictionary and (the paper's
+  // recipe) do without them unless ghost_grads_later; topk revives its
+  // latents with AuxK instead.
+  in.ghost_grads = in.sae_architecture == "relu_l1" &&
+                   (first ? (!sae.has_ghost_grads() || sae.ghost_grads())
+                          : sae.ghost_grads_later());
   // The adaptive budget only cuts later SAEs short: the first one must reach
   // the FVU that every later SAE starts from.
   in.adaptive_window_tokens =
@@ -134,11 +136,11 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
   if (spec.schedule().has_lm_eval_tokens()) {
     in.lm_eval_tokens = spec.schedule().lm_eval_tokens();
   }
-  in.reference_check = IsReferenceCheckpoint(
-      task.chain_index(), spec.model().checkpoints_size(),
-      spec.schedule().has_reference_checkpoints()
-          ? spec.schedule().reference_checkpoints()
-          : kDefaultReferenceCheckpoints);
+  in.reference_check =
+      IsReferenceCheckpoint(task.chain_index(), spec.model().checkpoints_size(),
+                            spec.schedule().has_reference_checkpoints()
+                                ? spec.schedule().reference_checkpoints()
+                                : kDefaultReferenceCheckpoints);
   in.reference_seed = spec.sae().seed() + 1;
   in.reference_lr = spec.sae().lr_first();
   in.reference_warmup_steps = spec.sae().warmup_steps_first();

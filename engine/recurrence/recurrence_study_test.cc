@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/internal/reference_math.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "engine/internal/reference_math.h"
 
 namespace saetrack::engine {
 namespace {

@@ -59,8 +59,8 @@ SaeLossTerms ReluL1Sae::LossTerms(const SaeWeights& weights,
   SaeLossTerms terms;
   terms.reconstruction = PaperReconstructionError(x_hat, x);
   // f >= 0, so |f_bj| = f_bj.
-  terms.sparsity = spec().l1_coefficient *
-                   torch::mv(f, weights.W_dec.norm(2, 1)).mean();
+  terms.sparsity =
+      spec().l1_coefficient * torch::mv(f, weights.W_dec.norm(2, 1)).mean();
   if (context.ghost_grads && context.dead.defined()) {
     terms.auxiliary = GhostGradLoss(weights, x, x_hat, pre, context.dead);
   }
@@ -98,13 +98,14 @@ SaeLoss ReluL1Sae::LossAndGradients(const torch::Tensor& x,
   // in place.
   const torch::Tensor d_x_hat = error.div_(token_norms).mul_(2.0 / elements);
   // The L1 term's row norms: d/dW_dec[j] = l1 / n * sum_b f_bj * unit row j.
-  gradients->W_dec = Matmul(f.t(), d_x_hat, p).add_(
-      w.W_dec * (feature_sums * (l1 / batch) / row_norms.clamp_min(kTiny))
-                    .unsqueeze(1));
+  gradients->W_dec = Matmul(f.t(), d_x_hat, p)
+                         .add_(w.W_dec * (feature_sums * (l1 / batch) /
+                                          row_norms.clamp_min(kTiny))
+                                             .unsqueeze(1));
   // d loss / d f = d_x_hat W_dec^T + l1 / n * ||W_dec[j]||, then through the
   // ReLU: zero where f == 0 (the subgradient 0 at the kink, as autograd).
-  torch::Tensor d_pre =
-      Matmul(d_x_hat, w.W_dec.t(), p).add_(row_norms.unsqueeze(0) * (l1 / batch));
+  torch::Tensor d_pre = Matmul(d_x_hat, w.W_dec.t(), p)
+                            .add_(row_norms.unsqueeze(0) * (l1 / batch));
   d_pre = at::threshold_backward(d_pre, f, 0);
   gradients->W_enc = Matmul(x_centred.t(), d_pre, p);
   gradients->b_enc = d_pre.sum(0);

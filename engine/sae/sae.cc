@@ -8,8 +8,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/training_engine.h"
 #include "base/status_macros.h"
+#include "engine/training_engine.h"
 #include "format/safetensors.h"
 
 namespace saetrack::engine {
@@ -347,8 +347,7 @@ SaeWeights UnfoldActivationScale(const SaeWeights& weights, double scale) {
 
 double ActivationScaleOf(const SaeWeights& weights) {
   torch::NoGradGuard no_grad;
-  const double median_norm =
-      weights.W_dec.norm(2, 1).median().item<double>();
+  const double median_norm = weights.W_dec.norm(2, 1).median().item<double>();
   return median_norm > kTiny && std::isfinite(median_norm) ? 1.0 / median_norm
                                                            : 1.0;
 }

@@ -10,8 +10,9 @@
 //
 // and is trained on a reconstruction error plus the architecture's own terms:
 // relu_l1 on the paper's (PaperReconstructionError), topk on the batch's
-// fraction of variance unexplained (NormalisedReconstructionError). An architecture is one class (relu_l1_sae.h,
-// topk_sae.h) registered by name in MakeSae; adding one touches nothing else.
+// fraction of variance unexplained (NormalisedReconstructionError). An
+// architecture is one class (relu_l1_sae.h, topk_sae.h) registered by name in
+// MakeSae; adding one touches nothing else.
 #ifndef SAETRACK_ENGINE_SAE_SAE_H_
 #define SAETRACK_ENGINE_SAE_SAE_H_
 

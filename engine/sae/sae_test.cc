@@ -7,14 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "engine/internal/reference_math.h"
 #include "engine/sae/relu_l1_sae.h"
 #include "engine/sae/sae_trainer.h"
 #include "engine/sae/topk_sae.h"
 #include "engine/training_engine.h"
 #include "format/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 
 namespace saetrack::engine {
 namespace {
@@ -227,8 +227,7 @@ TEST(SaeTest, GhostGradsReachOnlyDeadFeatures) {
   EXPECT_GT(loss.auxiliary, 0);
   // The ghost term is rescaled element by element to the size of the
   // reconstruction error, so its value is the reconstruction error's.
-  EXPECT_NEAR(loss.auxiliary, loss.reconstruction,
-              1e-4 * loss.reconstruction);
+  EXPECT_NEAR(loss.auxiliary, loss.reconstruction, 1e-4 * loss.reconstruction);
   EXPECT_GT(ghost.W_enc.narrow(1, 0, 4).abs().max().item<double>(), 0);
   // Live features' encoder columns see the same gradient as without it.
   EXPECT_TRUE(torch::allclose(ghost.W_enc.narrow(1, 4, 12),

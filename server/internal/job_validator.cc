@@ -363,6 +363,11 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
           "spec.sae.ghost_grads: true applies to architecture 'relu_l1' only "
           "(topk revives dead latents with the AuxK loss)");
     }
+    if (sae->ghost_grads_later()) {
+      return absl::InvalidArgumentError(
+          "spec.sae.ghost_grads_later: true applies to architecture 'relu_l1' "
+          "only (topk revives dead latents with the AuxK loss)");
+    }
     // k and aux_k are checked against d_sae once it is known (below).
     if (sae->k() < 0) {
       return absl::InvalidArgumentError(

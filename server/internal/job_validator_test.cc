@@ -459,6 +459,15 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.sae.ghost_grads: true applies to "
                                   "architecture 'relu_l1' only"},
+                                 {"TopkWithGhostGradsLater",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_architecture("topk");
+                                    s->mutable_sae()->set_ghost_grads_later(
+                                        true);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.ghost_grads_later: true applies "
+                                  "to architecture 'relu_l1' only"},
                                  {"ReluL1WithK",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_sae()->set_k(16);

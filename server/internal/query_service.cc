@@ -12,12 +12,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "analysis/quality.h"
-#include "proto/saelens_config.h"
-#include "server/internal/chunked_writer.h"
 #include "format/saelens.h"
 #include "format/safetensors.h"
 #include "format/token_file.h"
 #include "format/token_split.h"
+#include "proto/saelens_config.h"
+#include "server/internal/chunked_writer.h"
 
 namespace saetrack::server {
 namespace {

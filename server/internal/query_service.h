@@ -7,11 +7,11 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "format/tokenizer.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/result_store.h"
 #include "server/internal/task_scheduler.h"
-#include "format/tokenizer.h"
 
 namespace saetrack::server {
 
