@@ -124,20 +124,23 @@ absl::StatusOr<DictionaryMatch> MatchDictionaries(const std::vector<float>& a,
   }
   const int n = static_cast<int>(rows.size() / d);
   const int m = static_cast<int>(columns.size() / d);
-  std::vector<double> similarity(static_cast<size_t>(n) * m);
-  for (int i = 0; i < n; ++i) {
-    for (int j = 0; j < m; ++j) {
-      double dot = 0;
-      const double* x = &rows[static_cast<size_t>(i) * d];
-      const double* y = &columns[static_cast<size_t>(j) * d];
-      for (int k = 0; k < d; ++k) dot += x[k] * y[k];
-      similarity[static_cast<size_t>(i) * m + j] = dot;
-    }
-  }
+  const auto cosine = [&](int i, int j) {
+    double dot = 0;
+    const double* x = &rows[static_cast<size_t>(i) * d];
+    const double* y = &columns[static_cast<size_t>(j) * d];
+    for (int k = 0; k < d; ++k) dot += x[k] * y[k];
+    return dot;
+  };
   DictionaryMatch match;
   match.matched = n;
   match.cosines.resize(n);
   if (hungarian) {
+    std::vector<double> similarity(static_cast<size_t>(n) * m);
+    for (int i = 0; i < n; ++i) {
+      for (int j = 0; j < m; ++j) {
+        similarity[static_cast<size_t>(i) * m + j] = cosine(i, j);
+      }
+    }
     absl::StatusOr<std::vector<int>> assignment =
         MaxWeightAssignment(similarity, n, m);
     if (!assignment.ok()) return assignment.status();
@@ -146,10 +149,12 @@ absl::StatusOr<DictionaryMatch> MatchDictionaries(const std::vector<float>& a,
           similarity[static_cast<size_t>(i) * m + (*assignment)[i]];
     }
   } else {
+    // Row by row: a large dictionary's n x m matrix would not fit.
     match.method = "best";
     for (int i = 0; i < n; ++i) {
-      const double* row = &similarity[static_cast<size_t>(i) * m];
-      match.cosines[i] = *std::max_element(row, row + m);
+      double best = -1;
+      for (int j = 0; j < m; ++j) best = std::max(best, cosine(i, j));
+      match.cosines[i] = best;
     }
   }
   match.median_cosine = Quantile(match.cosines, 0.5).value_or(0);
