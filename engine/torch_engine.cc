@@ -408,6 +408,32 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     const double scale = ActivationScale(sample);
     output.activation_scale = scale;
     const torch::Tensor eval_normalised = eval_activations * scale;
+    // The next training batch in normalised coordinates, from the activation
+    // set or the stream; undefined once the stream ends (the last batch may
+    // be smaller, and one row has no batch variance).
+    const auto next_batch = [&]() -> absl::StatusOr<torch::Tensor> {
+      torch::Tensor batch;
+      if (activation_set.has_value()) {
+        batch = activation_set->NextBatch(input.batch_size);
+      } else {
+        SAETRACK_ASSIGN_OR_RETURN(batch, stream->NextBatch(input.batch_size));
+      }
+      if (!batch.defined() || batch.size(0) < 2) return torch::Tensor();
+      return batch.mul_(scale);
+    };
+    // The LM with `sae` (on raw activations) spliced in at the hook, on a
+    // prefix of the held-out contexts.
+    const auto splice_evaluation =
+        [&](const Sae& spliced) -> absl::StatusOr<LmEvaluation> {
+      const torch::Tensor lm_contexts = eval_contexts.narrow(
+          0, 0,
+          std::min<int64_t>(eval_contexts.size(0),
+                            CeilDiv(input.lm_eval_tokens, context_length)));
+      return EvaluateWithSplice(
+          *model, lm_contexts, hook,
+          [&spliced](const torch::Tensor& x) { return spliced.Reconstruct(x); },
+          contexts_per_forward);
+    };
 
     // The SAE, in normalised coordinates: from the previous one of the chain
     // (stored folded into its own checkpoint's raw coordinates), or from
@@ -520,15 +546,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         NextMultiple(trainer.tokens(), input.checkpoint_every_tokens);
     double last_loss = 0;
     while (trainer.tokens() < input.train_tokens) {
-      torch::Tensor batch;
-      if (activation_set.has_value()) {
-        batch = activation_set->NextBatch(input.batch_size);
-      } else {
-        SAETRACK_ASSIGN_OR_RETURN(batch, stream->NextBatch(input.batch_size));
-      }
-      // The last batch may be smaller; one row has no batch variance.
-      if (!batch.defined() || batch.size(0) < 2) break;
-      last_loss = trainer.Step(batch.mul_(scale)).total;
+      SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch, next_batch());
+      if (!batch.defined()) break;
+      last_loss = trainer.Step(batch).total;
       if (!state_path.empty() && input.checkpoint_every_tokens > 0 &&
           trainer.tokens() >= next_save) {
         SAETRACK_RETURN_IF_ERROR(
@@ -582,16 +602,7 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       output.features.decoder_cos_prev = output.features.decoder_cos_init;
     }
     if (input.lm_eval_tokens > 0) {
-      const torch::Tensor lm_contexts = eval_contexts.narrow(
-          0, 0,
-          std::min<int64_t>(eval_contexts.size(0),
-                            CeilDiv(input.lm_eval_tokens, context_length)));
-      SAETRACK_ASSIGN_OR_RETURN(output.lm, EvaluateWithSplice(
-                                               *model, lm_contexts, hook,
-                                               [&sae](const torch::Tensor& x) {
-                                                 return sae.Reconstruct(x);
-                                               },
-                                               contexts_per_forward));
+      SAETRACK_ASSIGN_OR_RETURN(output.lm, splice_evaluation(sae));
     }
     if (input.reference_check) {
       // The independent SAE: from scratch with another seed, the first SAE's
@@ -639,14 +650,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
         return reference->Loss(monitor_activations).total;
       };
       while (reference_trainer.tokens() < input.reference_train_tokens) {
-        torch::Tensor batch;
-        if (activation_set.has_value()) {
-          batch = activation_set->NextBatch(input.batch_size);
-        } else {
-          SAETRACK_ASSIGN_OR_RETURN(batch, stream->NextBatch(input.batch_size));
-        }
-        if (!batch.defined() || batch.size(0) < 2) break;
-        last_loss = reference_trainer.Step(batch.mul_(scale)).total;
+        SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch, next_batch());
+        if (!batch.defined()) break;
+        last_loss = reference_trainer.Step(batch).total;
         if (reference_monitor.Due(reference_trainer.tokens())) {
           reference_monitor.Plateaued(reference_trainer.tokens(),
                                       reference_loss());
@@ -695,17 +701,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       check.l0 = reference_evaluation.l0;
       check.dead_fraction = reference_evaluation.dead_fraction;
       if (input.lm_eval_tokens > 0) {
-        const torch::Tensor lm_contexts = eval_contexts.narrow(
-            0, 0,
-            std::min<int64_t>(eval_contexts.size(0),
-                              CeilDiv(input.lm_eval_tokens, context_length)));
         SAETRACK_ASSIGN_OR_RETURN(const LmEvaluation lm,
-                                  EvaluateWithSplice(
-                                      *model, lm_contexts, hook,
-                                      [&reference](const torch::Tensor& x) {
-                                        return reference->Reconstruct(x);
-                                      },
-                                      contexts_per_forward));
+                                  splice_evaluation(*reference));
         check.loss_recovered = lm.loss_recovered;
       }
     }
