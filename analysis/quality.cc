@@ -8,6 +8,57 @@
 #include "absl/strings/str_format.h"
 
 namespace saetrack::analysis {
+namespace {
+
+// "262,144" -> "262k", "5,000,000" -> "5.0M".
+std::string Tokens(int64_t tokens) {
+  if (tokens >= 1'000'000) return absl::StrFormat("%.1fM", tokens / 1e6);
+  if (tokens >= 10'000) return absl::StrFormat("%.0fk", tokens / 1e3);
+  return absl::StrCat(tokens);
+}
+
+QualityVerdict SpeedupVerdict(int64_t step, const RecurrenceSpeedup& s,
+                              const QualityThresholds& thresholds) {
+  QualityVerdict v{"recurrence speed-up", step, false, ""};
+  const double same = s.Speedup(s.same_lr);
+  v.passed = same >= thresholds.min_speedup;
+  const auto arm_text = [&](const SpeedupArm& arm) {
+    if (!arm.tokens.has_value()) {
+      return absl::StrCat(
+          "did not get there within ",
+          Tokens(s.scratch_curve.empty() ? s.scratch_tokens
+                                         : s.scratch_curve.back().first),
+          " tokens");
+    }
+    return absl::StrFormat("took %s tokens (L0 %.1f), %.1fx fewer",
+                           Tokens(*arm.tokens), arm.l0, s.Speedup(arm));
+  };
+  const std::string numbers = absl::StrFormat(
+      "to come within %.0f%% of the independent SAE's final loss (%.4g; it "
+      "took %s tokens, L0 %.1f) the previous SAE with the same schedule %s; "
+      "at the paper's lr/10 it %s",
+      100 * s.tolerance, s.scratch_loss, Tokens(s.scratch_tokens), s.scratch_l0,
+      arm_text(s.same_lr), arm_text(s.slow_lr));
+  if (v.passed) {
+    v.verdict = absl::StrFormat(
+        "recurrent initialisation converges >= %.0fx faster, as the paper "
+        "says: %s",
+        thresholds.min_speedup, numbers);
+  } else if (same > 1) {
+    v.verdict = absl::StrFormat(
+        "recurrent initialisation helps, but less than the paper's >= %.0fx: "
+        "%s",
+        thresholds.min_speedup, numbers);
+  } else {
+    v.verdict = absl::StrCat(
+        "recurrent initialisation does not converge faster than training "
+        "from scratch here: ",
+        numbers);
+  }
+  return v;
+}
+
+}  // namespace
 
 std::vector<QualityVerdict> QualityVerdicts(
     const std::vector<ReferencePoint>& points,
@@ -85,6 +136,9 @@ std::vector<QualityVerdict> QualityVerdicts(
             numbers);
       }
       out.push_back(std::move(c));
+    }
+    if (p.speedup.has_value()) {
+      out.push_back(SpeedupVerdict(p.step, *p.speedup, thresholds));
     }
   }
   return out;

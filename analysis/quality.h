@@ -7,8 +7,11 @@
 #define SAETRACK_ANALYSIS_QUALITY_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "analysis/speedup.h"
 
 namespace saetrack::analysis {
 
@@ -31,11 +34,14 @@ struct ReferencePoint {
   double match_median = 0;
   double match_above_0_9 = 0;
   double random_median = 0;
+  // The speed-up of recurrent initialisation measured here (later reference
+  // checkpoints only; the curves are not needed).
+  std::optional<RecurrenceSpeedup> speedup;
 };
 
 struct QualityVerdict {
   std::string check;  // "seed stability", "distance from initialisation",
-                      // "chain vs independent"
+                      // "chain vs independent", "recurrence speed-up"
   int64_t step = 0;
   bool passed = false;
   std::string verdict;
@@ -50,11 +56,15 @@ struct QualityThresholds {
   // The chain keeps up when its held-out loss is within this fraction of the
   // independent SAE's.
   double loss_tolerance = 0.05;
+  // The paper's claim: recurrent initialisation needs at least this many
+  // times fewer tokens (with the from-scratch schedule).
+  double min_speedup = 20;
 };
 
 // Seed stability at the chain's first checkpoint (both SAEs from scratch),
 // distance from initialisation of every from-scratch SAE, chain vs
-// independent at every later reference checkpoint; in `points` order.
+// independent and the recurrence speed-up (where measured) at every later
+// reference checkpoint; in `points` order.
 std::vector<QualityVerdict> QualityVerdicts(
     const std::vector<ReferencePoint>& points,
     const QualityThresholds& thresholds = {});

@@ -78,5 +78,55 @@ TEST(QualityTest, ChainBehindIndependentIsUnderTrained) {
   EXPECT_THAT(v[1].verdict, HasSubstr("keeps up"));
 }
 
+// The speed-up verdict: passed at >= 20x with the from-scratch schedule;
+// every arm's tokens, ratio and L0 (or "did not get there") in the text.
+TEST(QualityTest, SpeedupVerdictStatesBothArms) {
+  ReferencePoint p;
+  p.step = 512;
+  p.chain_index = 5;
+  p.chain_loss = 1.0;
+  p.reference_loss = 1.0;
+  RecurrenceSpeedup& s = p.speedup.emplace(
+      SpeedupTarget({{0, 9.0}, {5'000'000, 0.5}}, 6.2, 0.02, 256));
+  s.scratch_tokens = 2'000'000;
+  s.same_lr.tokens = 250'000;
+  s.same_lr.l0 = 7.5;
+  const std::vector<QualityVerdict> v = QualityVerdicts({p});
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[2].check, "recurrence speed-up");
+  EXPECT_EQ(v[2].step, 512);
+  EXPECT_FALSE(v[2].passed);
+  EXPECT_THAT(v[2].verdict, HasSubstr("helps, but less than the paper's"));
+  EXPECT_THAT(v[2].verdict, HasSubstr("within 2%"));
+  EXPECT_THAT(v[2].verdict, HasSubstr("it took 2.0M tokens, L0 6.2"));
+  EXPECT_THAT(v[2].verdict, HasSubstr("took 250k tokens (L0 7.5), 8.0x fewer"));
+  EXPECT_THAT(v[2].verdict,
+              HasSubstr("lr/10 it did not get there within 5.0M tokens"));
+
+  s.same_lr.tokens = 50'000;  // 40x
+  s.slow_lr.tokens = 1'000'000;
+  const std::vector<QualityVerdict> w = QualityVerdicts({p});
+  EXPECT_TRUE(w[2].passed);
+  EXPECT_THAT(w[2].verdict, HasSubstr("as the paper says"));
+  EXPECT_THAT(w[2].verdict, HasSubstr("40.0x fewer"));
+  EXPECT_THAT(w[2].verdict, HasSubstr("2.0x fewer"));
+
+  s.same_lr.tokens.reset();
+  const std::vector<QualityVerdict> x = QualityVerdicts({p});
+  EXPECT_FALSE(x[2].passed);
+  EXPECT_THAT(x[2].verdict, HasSubstr("does not converge faster"));
+}
+
+TEST(QualityTest, SpeedupTargetIsTheFinalLossPlusTolerance) {
+  const RecurrenceSpeedup s = SpeedupTarget(
+      {{0, 4.0}, {256, 1.0}, {512, 0.99}, {1024, 0.98}}, 3.0, 0.02, 256);
+  EXPECT_DOUBLE_EQ(s.scratch_loss, 0.98);
+  EXPECT_DOUBLE_EQ(s.target_loss, 0.98 * 1.02);
+  // 0.99 <= 0.9996: the first point within 2% of the final loss.
+  EXPECT_EQ(s.scratch_tokens, 512);
+  EXPECT_EQ(FirstAtOrBelow(s.scratch_curve, 0.5), std::nullopt);
+  EXPECT_EQ(FirstAtOrBelow(s.scratch_curve, 4.0), 0);
+}
+
 }  // namespace
 }  // namespace saetrack::analysis

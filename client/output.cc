@@ -524,6 +524,28 @@ std::string FormatQualityChecks(const v1::GetQualityChecksResponse& checks) {
         r.converged() ? "yes" : "no", r.match_median_cosine(),
         r.random_median_cosine(), 100 * r.match_fraction_above_0_9());
   }
+  bool speedup_header = false;
+  for (const v1::CheckpointMetrics& m : checks.checkpoints()) {
+    if (!m.reference().has_speedup()) continue;
+    const v1::RecurrenceSpeedup& s = m.reference().speedup();
+    if (!speedup_header) {
+      absl::StrAppendFormat(
+          &out,
+          "\nrecurrence speed-up: tokens to within %.0f%% of the independent "
+          "SAE's final loss\n%8s %10s %7s  %-24s %-24s\n",
+          100 * s.tolerance(), "step", "scratch", "L0", "previous SAE, same lr",
+          "previous SAE, lr/10");
+      speedup_header = true;
+    }
+    const auto arm = [](const v1::SpeedupArm& a) {
+      if (!a.has_tokens()) return std::string("never");
+      return absl::StrFormat("%d  %.1fx  L0 %.1f", a.tokens(), a.speedup(),
+                             a.l0());
+    };
+    absl::StrAppendFormat(&out, "%8d %10d %7.1f  %-24s %-24s\n", m.step(),
+                          s.scratch_tokens(), s.scratch_l0(), arm(s.same_lr()),
+                          arm(s.slow_lr()));
+  }
   out += "\n";
   for (const v1::QualityVerdict& v : checks.verdicts()) {
     absl::StrAppendFormat(&out, "%s  %s at step %d: %s\n",

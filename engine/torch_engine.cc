@@ -22,12 +22,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "analysis/matching.h"
+#include "analysis/speedup.h"
 #include "base/status_macros.h"
 #include "engine/eval/lm_evaluation.h"
 #include "engine/features/analysis_pass.h"
 #include "engine/lm/activation_stream.h"
 #include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
+#include "engine/recurrence/recurrence_study.h"
 #include "engine/sae/sae.h"
 #include "engine/sae/sae_trainer.h"
 #include "engine/training_engine.h"
@@ -606,12 +608,14 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     }
     if (input.reference_check) {
       // The independent SAE: from scratch with another seed, the first SAE's
-      // recipe, the same activations and normalisation, a fresh order.
-      torch::Tensor reference_sample;
-      if (activation_set.has_value()) {
-        activation_set->Reseed(input.reference_seed ^ 0x5AE7AC4ULL);
-        reference_sample = activation_set->Sample(kGeometricMedianSample);
-      } else {
+      // recipe, the same activations and normalisation, a fresh order. The
+      // recurrent arms of the speed-up measurement see the same batches again
+      // from the first.
+      const auto start_reference_batches = [&]() -> absl::Status {
+        if (activation_set.has_value()) {
+          activation_set->Reseed(input.reference_seed ^ 0x5AE7AC4ULL);
+          return absl::OkStatus();
+        }
         ActivationStreamOptions options = stream_options;
         options.seed = input.reference_seed ^ 0x5AE7AC4ULL;
         SAETRACK_ASSIGN_OR_RETURN(
@@ -625,6 +629,13 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                         input.reference_seed),
                     context_length, hook, contexts_per_forward, device_),
                 options));
+        return absl::OkStatus();
+      };
+      SAETRACK_RETURN_IF_ERROR(start_reference_batches());
+      torch::Tensor reference_sample;
+      if (activation_set.has_value()) {
+        reference_sample = activation_set->Sample(kGeometricMedianSample);
+      } else {
         SAETRACK_ASSIGN_OR_RETURN(reference_sample,
                                   stream->Peek(kGeometricMedianSample));
       }
@@ -633,42 +644,69 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       SAETRACK_ASSIGN_OR_RETURN(
           std::unique_ptr<Sae> reference,
           MakeSae(spec, reference_init.Clone(), precision_));
-      SaeTrainerOptions reference_options = trainer_options;
-      reference_options.lr = input.reference_lr;
-      reference_options.warmup_steps = input.reference_warmup_steps;
-      reference_options.dead_window_tokens =
+      ArmOptions reference_arm;
+      reference_arm.trainer = trainer_options;
+      reference_arm.trainer.lr = input.reference_lr;
+      reference_arm.trainer.warmup_steps = input.reference_warmup_steps;
+      reference_arm.trainer.dead_window_tokens =
           input.dead_window_tokens > 0
               ? input.dead_window_tokens
               : std::max<int64_t>(input.batch_size,
                                   input.reference_train_tokens / 10);
-      reference_options.ghost_grads = input.sae_architecture == "relu_l1";
-      SaeTrainer reference_trainer(reference.get(), reference_options);
+      reference_arm.trainer.ghost_grads = input.sae_architecture == "relu_l1";
+      reference_arm.batch_size = input.batch_size;
+      reference_arm.max_tokens = input.reference_train_tokens;
       ConvergenceMonitor reference_monitor(
           std::max<int64_t>(input.batch_size, input.reference_train_tokens / 4),
           input.adaptive_tolerance);
       const auto reference_loss = [&] {
         return reference->Loss(monitor_activations).total;
       };
-      while (reference_trainer.tokens() < input.reference_train_tokens) {
-        SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch, next_batch());
-        if (!batch.defined()) break;
-        last_loss = reference_trainer.Step(batch).total;
-        if (reference_monitor.Due(reference_trainer.tokens())) {
-          reference_monitor.Plateaued(reference_trainer.tokens(),
-                                      reference_loss());
-        }
-        if (reference_trainer.steps() % kProgressEverySteps == 0 && progress &&
-            !progress(trainer.tokens(), last_loss)) {
+      // Progress (the chain's tokens, which do not move) and cancellation.
+      const auto keep_going = [&](const SaeTrainer& t,
+                                  const SaeLoss& loss) -> absl::Status {
+        if (t.steps() % kProgressEverySteps == 0 && progress &&
+            !progress(trainer.tokens(), loss.total)) {
           return absl::CancelledError(
               absl::StrCat("reference SAE training cancelled after ",
-                           reference_trainer.tokens(), " tokens"));
+                           t.tokens(), " tokens"));
+        }
+        return absl::OkStatus();
+      };
+      SAETRACK_ASSIGN_OR_RETURN(
+          const ArmRun reference_run,
+          TrainArm(*reference, reference_arm, next_batch, monitor_activations,
+                   [&](const SaeTrainer& t, const SaeLoss& loss) {
+                     if (reference_monitor.Due(t.tokens())) {
+                       reference_monitor.Plateaued(t.tokens(),
+                                                   reference_loss());
+                     }
+                     return keep_going(t, loss);
+                   }));
+      // The speed-up of recurrent initialisation (DESIGN.md §3): the chain's
+      // initialisation trained with the independent SAE's schedule and
+      // batches, and again at a tenth of its learning rate.
+      std::optional<analysis::RecurrenceSpeedup> speedup;
+      if (input.init_sae_safetensors.has_value()) {
+        speedup =
+            analysis::SpeedupTarget(reference_run.curve, reference_run.l0,
+                                    input.speedup_tolerance, input.batch_size);
+        for (const auto& [arm, lr] :
+             {std::pair{&speedup->same_lr, input.reference_lr},
+              std::pair{&speedup->slow_lr, input.reference_lr / 10}}) {
+          SAETRACK_RETURN_IF_ERROR(start_reference_batches());
+          SAETRACK_ASSIGN_OR_RETURN(
+              *arm, TrainRecurrentArm(spec, precision_, init_weights,
+                                      reference_arm, lr, *speedup, next_batch,
+                                      monitor_activations, keep_going));
         }
       }
       ReferenceCheck& check = output.reference.emplace();
       check.seed = input.reference_seed;
-      check.tokens_trained = reference_trainer.tokens();
-      check.converged = reference_monitor.Plateaued(reference_trainer.tokens(),
-                                                    reference_loss());
+      check.tokens_trained = reference_run.tokens;
+      check.converged =
+          reference_monitor.Plateaued(reference_run.tokens, reference_loss());
+      check.speedup = std::move(speedup);
       check.held_out_loss = reference_loss();
       check.median_decoder_cos_init =
           MedianOf(DecoderCosines(reference->weights(), reference_init));

@@ -308,11 +308,65 @@ TEST_F(TorchEngineTest, ReferenceCheckTrainsAnIndependentSae) {
   // The chain's own numbers are reported beside it.
   EXPECT_LT(output->median_decoder_cos_init, 1);
   EXPECT_GT(output->held_out_loss, 0);
+  // From scratch there is nothing to measure a speed-up from.
+  EXPECT_FALSE(r.speedup.has_value());
 
   input.reference_check = false;
   output = engine->Train(input, nullptr);
   ASSERT_TRUE(output.ok()) << output.status();
   EXPECT_FALSE(output->reference.has_value());
+}
+
+// At a later checkpoint the trust check also measures the speed-up of
+// recurrent initialisation: the task's initial SAE trained with the
+// independent SAE's schedule and batches, and at a tenth of its lr, against
+// the independent SAE's final loss. Here the initial SAE was already trained
+// on this very checkpoint, so it starts near the target and gets there
+// first; the same holds when the activations are streamed.
+TEST_F(TorchEngineTest, ReferenceCheckMeasuresTheRecurrenceSpeedup) {
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  TrainInput input = BaseInput();
+  input.lm_eval_tokens = 0;
+  input.train_tokens = 32 * 1024;
+  absl::StatusOr<TrainOutput> first = engine->Train(input, nullptr);
+  ASSERT_TRUE(first.ok()) << first.status();
+
+  input.init_sae_safetensors = first->sae_safetensors;
+  input.train_tokens = 4 * 1024;
+  input.reference_check = true;
+  input.reference_lr = 3e-3;
+  input.reference_warmup_steps = 5;
+  input.reference_train_tokens = 32 * 1024;
+  input.speedup_tolerance = 0.05;
+  for (const int64_t set_bytes : {int64_t{1} << 30, int64_t{0}}) {
+    SCOPED_TRACE(set_bytes == 0 ? "streamed" : "in memory");
+    input.max_activation_set_bytes = set_bytes;
+    absl::StatusOr<TrainOutput> output = engine->Train(input, nullptr);
+    ASSERT_TRUE(output.ok()) << output.status();
+    ASSERT_TRUE(output->reference.has_value());
+    ASSERT_TRUE(output->reference->speedup.has_value());
+    const analysis::RecurrenceSpeedup& s = *output->reference->speedup;
+    EXPECT_EQ(s.tolerance, 0.05);
+    EXPECT_DOUBLE_EQ(s.scratch_loss, s.scratch_curve.back().second);
+    EXPECT_DOUBLE_EQ(s.target_loss, s.scratch_loss * 1.05);
+    EXPECT_EQ(s.scratch_curve.front().first, 0);
+    EXPECT_EQ(s.scratch_curve.back().first, 32 * 1024);
+    EXPECT_GT(s.scratch_curve.size(), 10u);
+    EXPECT_NEAR(s.scratch_loss, output->reference->held_out_loss,
+                1e-6 * s.scratch_loss);
+    EXPECT_EQ(s.same_lr.lr, 3e-3);
+    EXPECT_DOUBLE_EQ(s.slow_lr.lr, 3e-4);
+    for (const analysis::SpeedupArm* arm : {&s.same_lr, &s.slow_lr}) {
+      // A trained SAE starts far below a random one's loss.
+      EXPECT_LT(arm->init_loss, 0.5 * s.scratch_curve.front().second);
+      ASSERT_TRUE(arm->tokens.has_value());
+      EXPECT_LT(*arm->tokens, s.scratch_tokens);
+      EXPECT_EQ(arm->curve.back().first, *arm->tokens);
+      EXPECT_LE(arm->curve.back().second, s.target_loss);
+      EXPECT_GT(arm->l0, 0);
+      EXPECT_GT(s.Speedup(*arm), 1);
+    }
+  }
 }
 
 TEST_F(TorchEngineTest, ReportsLmEvaluationAndDensity) {

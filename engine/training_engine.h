@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "analysis/speedup.h"
 
 namespace saetrack::engine {
 
@@ -93,12 +94,18 @@ struct TrainInput {
   // train an independent SAE from scratch on the same activations with
   // reference_seed and the first SAE's recipe (reference_lr,
   // reference_warmup_steps, reference_train_tokens; ghost grads for relu_l1),
-  // and compare the two (TrainOutput.reference).
+  // and compare the two (TrainOutput.reference). With init_sae_safetensors
+  // it also measures the speed-up of recurrent initialisation against that
+  // independent SAE (ReferenceCheck.speedup): the initial SAE trained with
+  // the same recipe and batches until it comes within speedup_tolerance of
+  // the independent SAE's final held-out total loss, and again at a tenth of
+  // reference_lr.
   bool reference_check = false;
   uint64_t reference_seed = 1;
   double reference_lr = 4e-4;
   int reference_warmup_steps = 5000;
   int64_t reference_train_tokens = 300'000'000;
+  double speedup_tolerance = 0.02;
 
   // SAE weights of the previous checkpoint (safetensors bytes as produced in
   // TrainOutput::sae_safetensors). Absent: train from scratch (Kaiming-uniform,
@@ -164,6 +171,9 @@ struct ReferenceCheck {
   // level a match must beat to mean anything.
   double random_median_cosine = 0;
   double random_fraction_above_0_9 = 0;
+  // The speed-up of recurrent initialisation at this checkpoint; absent at
+  // the chain's first checkpoint (nothing to initialise from).
+  std::optional<analysis::RecurrenceSpeedup> speedup;
 };
 
 struct TrainOutput {

@@ -145,9 +145,41 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
   in.reference_lr = spec.sae().lr_first();
   in.reference_warmup_steps = spec.sae().warmup_steps_first();
   in.reference_train_tokens = spec.schedule().tokens_first();
+  if (spec.schedule().has_speedup_tolerance()) {
+    in.speedup_tolerance = spec.schedule().speedup_tolerance();
+  }
   in.state_dir = TaskStateDir(options, leased);
   in.checkpoint_every_tokens = options.checkpoint_every_tokens;
   return in;
+}
+
+void SetCurve(const analysis::LossCurve& curve,
+              google::protobuf::RepeatedPtrField<v1::LossPoint>* out) {
+  for (const auto& [tokens, loss] : curve) {
+    v1::LossPoint* point = out->Add();
+    point->set_tokens(tokens);
+    point->set_loss(loss);
+  }
+}
+
+void SetSpeedup(const analysis::RecurrenceSpeedup& s,
+                v1::RecurrenceSpeedup* out) {
+  out->set_tolerance(s.tolerance);
+  out->set_scratch_loss(s.scratch_loss);
+  out->set_target_loss(s.target_loss);
+  out->set_scratch_tokens(s.scratch_tokens);
+  out->set_scratch_l0(s.scratch_l0);
+  SetCurve(s.scratch_curve, out->mutable_scratch_curve());
+  for (const auto& [arm, arm_out] :
+       {std::pair{&s.same_lr, out->mutable_same_lr()},
+        std::pair{&s.slow_lr, out->mutable_slow_lr()}}) {
+    arm_out->set_lr(arm->lr);
+    arm_out->set_init_loss(arm->init_loss);
+    if (arm->tokens.has_value()) arm_out->set_tokens(*arm->tokens);
+    arm_out->set_speedup(s.Speedup(*arm));
+    arm_out->set_l0(arm->l0);
+    SetCurve(arm->curve, arm_out->mutable_curve());
+  }
 }
 
 std::string SerializeStats(const engine::FeatureStats& stats) {
@@ -750,6 +782,8 @@ class GrpcWorker final : public Worker {
       check->set_match_fraction_above_0_7(r.match_fraction_above_0_7);
       check->set_random_median_cosine(r.random_median_cosine);
       check->set_random_fraction_above_0_9(r.random_fraction_above_0_9);
+      if (r.speedup.has_value())
+        SetSpeedup(*r.speedup, check->mutable_speedup());
     }
     m->set_sae_architecture(in.sae_architecture);
     if (in.sae_architecture == "topk") m->set_k(in.k);

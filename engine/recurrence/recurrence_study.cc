@@ -15,59 +15,72 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "engine/sae/sae_trainer.h"
 #include "base/status_macros.h"
 
 namespace saetrack::engine {
 namespace {
 
-// Rows of `train` whose geometric median initialises the scratch SAE's b_dec
-// (as the worker's kGeometricMedianSample).
+// Rows of `train` whose geometric median initialises the from-scratch SAE's
+// b_dec (as the engine's).
 constexpr int64_t kGeometricMedianSample = 4096;
-
-using Curve = std::vector<std::pair<int64_t, double>>;
 
 absl::Status InvalidOption(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(
-      absl::StrCat("TokensToFvuOptions.", field, " ", what));
+      absl::StrCat("SpeedupOptions.", field, " ", what));
 }
 
-absl::Status CheckLearningRate(absl::string_view field, double lr) {
-  if (!std::isfinite(lr) || lr <= 0) {
-    return InvalidOption(field, absl::StrCat(lr, " must be finite and > 0"));
+absl::Status ValidateArm(const ArmOptions& options) {
+  if (options.batch_size < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ArmOptions.batch_size ", options.batch_size, " must be >= 2"));
+  }
+  if (options.max_tokens <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ArmOptions.max_tokens ", options.max_tokens, " must be > 0"));
+  }
+  if (options.points_per_octave < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ArmOptions.points_per_octave ", options.points_per_octave,
+                     " must be >= 1"));
   }
   return absl::OkStatus();
 }
 
-absl::Status ValidateOptions(const TokensToFvuOptions& options) {
+absl::Status ValidateOptions(const SpeedupOptions& options) {
   if (options.d_sae <= 0) {
     return InvalidOption("d_sae", absl::StrCat(options.d_sae, " must be > 0"));
   }
   // One row has no batch variance, so the normalised loss is undefined.
-  if (options.batch_size < 2) {
-    return InvalidOption("batch_size",
-                         absl::StrCat(options.batch_size, " must be >= 2"));
+  if (options.arm.batch_size < 2) {
+    return InvalidOption("arm.batch_size",
+                         absl::StrCat(options.arm.batch_size, " must be >= 2"));
   }
-  SAETRACK_RETURN_IF_ERROR(CheckLearningRate("lr_scratch", options.lr_scratch));
-  SAETRACK_RETURN_IF_ERROR(
-      CheckLearningRate("lr_recurrent", options.lr_recurrent));
-  if (options.warmup_scratch < 0) {
-    return InvalidOption("warmup_scratch",
-                         absl::StrCat(options.warmup_scratch, " must be >= 0"));
+  if (options.arm.max_tokens <= 0) {
+    return InvalidOption("arm.max_tokens",
+                         absl::StrCat(options.arm.max_tokens, " must be > 0"));
   }
-  if (options.warmup_recurrent < 0) {
+  if (options.arm.points_per_octave < 1) {
     return InvalidOption(
-        "warmup_recurrent",
-        absl::StrCat(options.warmup_recurrent, " must be >= 0"));
+        "arm.points_per_octave",
+        absl::StrCat(options.arm.points_per_octave, " must be >= 1"));
   }
-  if (options.scratch_tokens <= 0) {
-    return InvalidOption("scratch_tokens",
-                         absl::StrCat(options.scratch_tokens, " must be > 0"));
+  const double lr = options.arm.trainer.lr;
+  if (!std::isfinite(lr) || lr <= 0) {
+    return InvalidOption("arm.trainer.lr",
+                         absl::StrCat(lr, " must be finite and > 0"));
   }
-  if (options.eval_every_tokens <= 0) {
+  if (options.arm.trainer.warmup_steps < 0) {
     return InvalidOption(
-        "eval_every_tokens",
-        absl::StrCat(options.eval_every_tokens, " must be > 0"));
+        "arm.trainer.warmup_steps",
+        absl::StrCat(options.arm.trainer.warmup_steps, " must be >= 0"));
+  }
+  if (!(options.tolerance >= 0 && options.tolerance < 1)) {
+    return InvalidOption("tolerance",
+                         absl::StrCat(options.tolerance, " must be in [0, 1)"));
+  }
+  if (!(options.slow_lr_factor > 0 && options.slow_lr_factor <= 1)) {
+    return InvalidOption("slow_lr_factor", absl::StrCat(options.slow_lr_factor,
+                                                        " must be in (0, 1]"));
   }
   return absl::OkStatus();
 }
@@ -97,110 +110,61 @@ absl::StatusOr<std::unique_ptr<Sae>> MakeStudySae(const SaeSpec& spec,
   absl::StatusOr<std::unique_ptr<Sae>> sae = MakeSae(spec, std::move(weights));
   if (!sae.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("TokensToFvuOptions.spec.",
+        absl::StrCat("SpeedupOptions.spec.",
                      absl::StripPrefix(sae.status().message(), "SaeSpec.")));
   }
   return sae;
 }
 
 // The rows of `data` in order, wrapping around at the end.
-class RowCursor {
- public:
-  explicit RowCursor(const torch::Tensor& data) : data_(data) {}
-
-  torch::Tensor Next(int64_t rows) {
-    const int64_t n = data_.size(0);
+NextBatchFn RowsInOrder(const torch::Tensor& data, int batch_size) {
+  auto position = std::make_shared<int64_t>(0);
+  return [data, batch_size, position]() -> absl::StatusOr<torch::Tensor> {
+    const int64_t n = data.size(0);
+    int64_t rows = batch_size;
     std::vector<torch::Tensor> parts;
     while (rows > 0) {
-      const int64_t take = std::min(rows, n - position_);
-      parts.push_back(data_.narrow(0, position_, take));
-      position_ = (position_ + take) % n;
+      const int64_t take = std::min(rows, n - *position);
+      parts.push_back(data.narrow(0, *position, take));
+      *position = (*position + take) % n;
       rows -= take;
     }
     return parts.size() == 1 ? parts[0] : torch::cat(parts);
-  }
-
- private:
-  torch::Tensor data_;
-  int64_t position_ = 0;
-};
-
-struct TrainRun {
-  Curve curve;
-  double final_l0 = 0;
-};
-
-// Trains `sae` on `train` for up to options.scratch_tokens tokens. With a
-// `held_out` set it records the held-out FVU at 0, at every multiple of
-// eval_every_tokens (at the first step past it when batches do not divide
-// it) and at the end, stops at the first evaluation at or below `stop_fvu`
-// when that is given, and measures the final L0; with none (nullptr) it only
-// trains.
-TrainRun Train(Sae& sae, const SaeTrainerOptions& trainer_options,
-               const torch::Tensor& train, const torch::Tensor* held_out,
-               const TokensToFvuOptions& options,
-               std::optional<double> stop_fvu) {
-  TrainRun run;
-  SaeTrainer trainer(&sae, trainer_options);
-  RowCursor cursor(train);
-  if (held_out != nullptr) {
-    run.curve.emplace_back(0, HeldOutFvu(sae, *held_out));
-  }
-  const auto reached = [&] {
-    return stop_fvu.has_value() && !run.curve.empty() &&
-           run.curve.back().second <= *stop_fvu;
   };
-  int64_t next_eval = options.eval_every_tokens;
-  while (!reached()) {
-    const int64_t rows = std::min<int64_t>(
-        options.batch_size, options.scratch_tokens - trainer.tokens());
-    // A last batch of one row has no batch variance; the budget is spent.
-    if (rows < 2) break;
-    trainer.Step(cursor.Next(rows));
-    const bool last = trainer.tokens() + 2 > options.scratch_tokens;
-    if (held_out != nullptr && (trainer.tokens() >= next_eval || last)) {
-      run.curve.emplace_back(trainer.tokens(), HeldOutFvu(sae, *held_out));
-      next_eval = (trainer.tokens() / options.eval_every_tokens + 1) *
-                  options.eval_every_tokens;
-    }
-  }
-  if (held_out != nullptr) run.final_l0 = EvaluateSae(sae, *held_out).l0;
-  return run;
 }
 
-std::optional<int64_t> FirstAtOrBelow(const Curve& curve, double target) {
-  for (const auto& [tokens, fvu] : curve) {
-    if (fvu <= target) return tokens;
-  }
-  return std::nullopt;
-}
-
-SaeTrainerOptions ScratchTrainerOptions(const TokensToFvuOptions& options) {
-  SaeTrainerOptions trainer_options;
-  trainer_options.lr = options.lr_scratch;
-  trainer_options.warmup_steps = options.warmup_scratch;
-  return trainer_options;
-}
-
-absl::StatusOr<TrainRun> TrainScratch(const torch::Tensor& train,
-                                      const torch::Tensor* held_out,
-                                      const TokensToFvuOptions& options,
-                                      SaeWeights* weights) {
+absl::StatusOr<SaeWeights> TrainScratchOrThrow(const torch::Tensor& train,
+                                               const torch::Tensor* held_out,
+                                               const SpeedupOptions& options,
+                                               ArmRun* run) {
   const torch::Tensor sample = train.narrow(
       0, 0, std::min<int64_t>(train.size(0), kGeometricMedianSample));
   SAETRACK_ASSIGN_OR_RETURN(
       std::unique_ptr<Sae> sae,
       MakeStudySae(options.spec,
                    InitSaeFromScratch(options.d_sae, sample, options.seed)));
-  TrainRun run = Train(*sae, ScratchTrainerOptions(options), train, held_out,
-                       options, std::nullopt);
-  *weights = sae->weights().Clone();
-  return run;
+  if (held_out == nullptr) {
+    SaeTrainer trainer(sae.get(), options.arm.trainer);
+    const NextBatchFn next = RowsInOrder(train, options.arm.batch_size);
+    while (trainer.tokens() + 2 <= options.arm.max_tokens) {
+      SAETRACK_ASSIGN_OR_RETURN(torch::Tensor batch, next());
+      const int64_t left = options.arm.max_tokens - trainer.tokens();
+      if (batch.size(0) > left) batch = batch.narrow(0, 0, left);
+      trainer.Step(batch);
+    }
+  } else {
+    SAETRACK_ASSIGN_OR_RETURN(
+        *run,
+        TrainArm(*sae, options.arm, RowsInOrder(train, options.arm.batch_size),
+                 *held_out, nullptr));
+  }
+  return sae->weights().Clone();
 }
 
-absl::StatusOr<TokensToFvuResult> MeasureOrThrow(
-    const SaeWeights& prev_sae, const torch::Tensor& train_in,
-    const torch::Tensor& held_out_in, const TokensToFvuOptions& options) {
+absl::StatusOr<SpeedupStudy> MeasureOrThrow(const SaeWeights& prev_sae,
+                                            const torch::Tensor& train_in,
+                                            const torch::Tensor& held_out_in,
+                                            const SpeedupOptions& options) {
   SAETRACK_RETURN_IF_ERROR(ValidateOptions(options));
   SAETRACK_RETURN_IF_ERROR(ValidateActivations(train_in, held_out_in));
   if (!prev_sae.W_enc.defined() || prev_sae.d_in() != train_in.size(1)) {
@@ -218,101 +182,169 @@ absl::StatusOr<TokensToFvuResult> MeasureOrThrow(
   const torch::Tensor held_out =
       held_out_in.to(train.device(), torch::kFloat32);
 
-  TokensToFvuResult result;
-  result.batch_tokens = options.batch_size;
+  SpeedupStudy study;
+  ArmRun scratch;
   SAETRACK_ASSIGN_OR_RETURN(
-      const TrainRun scratch,
-      TrainScratch(train, &held_out, options, &result.scratch_sae));
-  result.scratch_curve = scratch.curve;
-  result.scratch_init_fvu = scratch.curve.front().second;
-  result.scratch_l0 = scratch.final_l0;
-  result.target_fvu = scratch.curve.back().second;
-  // The final point is at or below the target by definition, so this is set.
-  result.scratch_tokens = *FirstAtOrBelow(scratch.curve, result.target_fvu);
+      study.scratch_sae,
+      TrainScratchOrThrow(train, &held_out, options, &scratch));
+  study.speedup = analysis::SpeedupTarget(
+      scratch.curve, scratch.l0, options.tolerance, options.arm.batch_size);
 
   SaeWeights init = prev_sae.Clone();
   for (torch::Tensor* tensor :
        {&init.W_enc, &init.b_enc, &init.W_dec, &init.b_dec}) {
     *tensor = tensor->to(train.device(), torch::kFloat32);
   }
-  SAETRACK_ASSIGN_OR_RETURN(std::unique_ptr<Sae> recurrent,
-                            MakeStudySae(options.spec, std::move(init)));
-  SaeTrainerOptions recurrent_options;
-  recurrent_options.lr = options.lr_recurrent;
-  recurrent_options.warmup_steps = options.warmup_recurrent;
-  const TrainRun run = Train(
-      *recurrent, recurrent_options, train, &held_out, options,
-      options.full_recurrent_curve ? std::nullopt
-                                   : std::optional<double>(result.target_fvu));
-  result.recurrent_curve = run.curve;
-  result.recurrent_init_fvu = run.curve.front().second;
-  result.recurrent_l0 = run.final_l0;
-  result.recurrent_tokens = FirstAtOrBelow(run.curve, result.target_fvu);
-  return result;
+  const double lr = options.arm.trainer.lr;
+  for (const auto& [arm, arm_lr] :
+       {std::pair{&study.speedup.same_lr, lr},
+        std::pair{&study.speedup.slow_lr, lr * options.slow_lr_factor}}) {
+    SAETRACK_ASSIGN_OR_RETURN(
+        *arm, TrainRecurrentArm(options.spec, MatmulPrecision::kFp32, init,
+                                options.arm, arm_lr, study.speedup,
+                                RowsInOrder(train, options.arm.batch_size),
+                                held_out, nullptr));
+  }
+  return study;
+}
+
+format::JsonValue CurveJson(const analysis::LossCurve& curve) {
+  using format::JsonValue;
+  JsonValue::Array points;
+  for (const auto& [tokens, loss] : curve) {
+    points.push_back(JsonValue::MakeArray(
+        {JsonValue::Integer(tokens), JsonValue::Number(loss)}));
+  }
+  return JsonValue::MakeArray(std::move(points));
 }
 
 }  // namespace
 
-double TokensToFvuResult::speedup() const {
-  if (!recurrent_tokens.has_value()) return 0;
-  return static_cast<double>(scratch_tokens) /
-         static_cast<double>(
-             std::max<int64_t>({*recurrent_tokens, batch_tokens, 1}));
+int64_t NextEvaluationPoint(int64_t tokens, int64_t first,
+                            int points_per_octave) {
+  first = std::max<int64_t>(1, first);
+  if (tokens < first) return first;
+  // The point index i with first * 2^(i / points_per_octave) > tokens.
+  const double octaves =
+      std::log2(static_cast<double>(tokens) / static_cast<double>(first));
+  int64_t i = static_cast<int64_t>(std::floor(octaves * points_per_octave));
+  for (;; ++i) {
+    const int64_t point = static_cast<int64_t>(
+        std::ceil(static_cast<double>(first) *
+                  std::exp2(static_cast<double>(i) / points_per_octave)));
+    if (point > tokens) return point;
+  }
 }
 
-absl::StatusOr<SaeWeights> TrainSaeFromScratch(
-    const torch::Tensor& train, const TokensToFvuOptions& options) {
+absl::StatusOr<ArmRun> TrainArm(Sae& sae, const ArmOptions& options,
+                                const NextBatchFn& next_batch,
+                                const torch::Tensor& held_out,
+                                const AfterStepFn& after_step) {
+  SAETRACK_RETURN_IF_ERROR(ValidateArm(options));
+  ArmRun run;
+  SaeTrainer trainer(&sae, options.trainer);
+  const auto evaluate = [&] {
+    run.curve.emplace_back(trainer.tokens(), sae.Loss(held_out).total);
+    if (options.stop_loss.has_value() && !run.reached.has_value() &&
+        run.curve.back().second <= *options.stop_loss) {
+      run.reached = trainer.tokens();
+    }
+  };
+  evaluate();
+  int64_t next_eval =
+      NextEvaluationPoint(0, options.batch_size, options.points_per_octave);
+  while (!run.reached.has_value() &&
+         trainer.tokens() + 2 <= options.max_tokens) {
+    SAETRACK_ASSIGN_OR_RETURN(torch::Tensor batch, next_batch());
+    // A last batch of one row has no batch variance; the data is spent.
+    if (!batch.defined() || batch.size(0) < 2) break;
+    const int64_t left = options.max_tokens - trainer.tokens();
+    if (batch.size(0) > left) batch = batch.narrow(0, 0, left);
+    const SaeLoss loss = trainer.Step(batch);
+    if (after_step) SAETRACK_RETURN_IF_ERROR(after_step(trainer, loss));
+    if (trainer.tokens() >= next_eval) {
+      evaluate();
+      next_eval = NextEvaluationPoint(trainer.tokens(), options.batch_size,
+                                      options.points_per_octave);
+    }
+  }
+  if (run.curve.back().first != trainer.tokens()) evaluate();
+  run.tokens = trainer.tokens();
+  run.l0 = EvaluateSae(sae, held_out).l0;
+  return run;
+}
+
+absl::StatusOr<analysis::SpeedupArm> TrainRecurrentArm(
+    const SaeSpec& spec, MatmulPrecision precision, const SaeWeights& init,
+    const ArmOptions& scratch_options, double lr,
+    const analysis::RecurrenceSpeedup& target, const NextBatchFn& next_batch,
+    const torch::Tensor& held_out, const AfterStepFn& after_step) {
+  SAETRACK_ASSIGN_OR_RETURN(std::unique_ptr<Sae> sae,
+                            MakeSae(spec, init.Clone(), precision));
+  ArmOptions options = scratch_options;
+  options.trainer.lr = lr;
+  options.stop_loss = target.target_loss;
+  SAETRACK_ASSIGN_OR_RETURN(
+      const ArmRun run,
+      TrainArm(*sae, options, next_batch, held_out, after_step));
+  analysis::SpeedupArm arm;
+  arm.lr = lr;
+  arm.init_loss = run.curve.front().second;
+  arm.tokens = run.reached;
+  arm.l0 = run.l0;
+  arm.curve = run.curve;
+  return arm;
+}
+
+absl::StatusOr<SpeedupStudy> MeasureSpeedup(const SaeWeights& prev_sae,
+                                            const torch::Tensor& train,
+                                            const torch::Tensor& held_out,
+                                            const SpeedupOptions& options) {
+  // LibTorch reports failures (out of memory, device mismatches) by
+  // throwing; this is an engine boundary, so they become a status.
+  try {
+    return MeasureOrThrow(prev_sae, train, held_out, options);
+  } catch (const std::exception& error) {
+    return absl::InternalError(absl::StrCat("MeasureSpeedup: ", error.what()));
+  }
+}
+
+absl::StatusOr<SaeWeights> TrainSaeFromScratch(const torch::Tensor& train,
+                                               const SpeedupOptions& options) {
   try {
     SAETRACK_RETURN_IF_ERROR(ValidateOptions(options));
     SAETRACK_RETURN_IF_ERROR(ValidateActivations(train, train));
-    SaeWeights weights;
-    SAETRACK_RETURN_IF_ERROR(TrainScratch(train.to(torch::kFloat32),
-                                          /*held_out=*/nullptr, options,
-                                          &weights)
-                                 .status());
-    return weights;
+    return TrainScratchOrThrow(train.to(torch::kFloat32), /*held_out=*/nullptr,
+                               options, nullptr);
   } catch (const std::exception& error) {
     return absl::InternalError(
         absl::StrCat("TrainSaeFromScratch: ", error.what()));
   }
 }
 
-absl::StatusOr<TokensToFvuResult> MeasureTokensToFvu(
-    const SaeWeights& prev_sae, const torch::Tensor& train,
-    const torch::Tensor& held_out, const TokensToFvuOptions& options) {
-  // LibTorch reports failures (out of memory, device mismatches) by
-  // throwing; this is an engine boundary, so they become a status.
-  try {
-    return MeasureOrThrow(prev_sae, train, held_out, options);
-  } catch (const std::exception& error) {
-    return absl::InternalError(
-        absl::StrCat("MeasureTokensToFvu: ", error.what()));
-  }
-}
-
-format::JsonValue::Object TokensToFvuJsonMembers(const TokensToFvuResult& r) {
+format::JsonValue::Object SpeedupJsonMembers(
+    const analysis::RecurrenceSpeedup& s) {
   using format::JsonValue;
-  const auto curve = [](const std::vector<std::pair<int64_t, double>>& c) {
-    JsonValue::Array points;
-    for (const auto& [tokens, fvu] : c) {
-      points.push_back(JsonValue::MakeArray(
-          {JsonValue::Integer(tokens), JsonValue::Number(fvu)}));
-    }
-    return JsonValue::MakeArray(std::move(points));
+  const auto arm = [&s](const analysis::SpeedupArm& a) {
+    return JsonValue::MakeObject({
+        {"lr", JsonValue::Number(a.lr)},
+        {"init_loss", JsonValue::Number(a.init_loss)},
+        {"tokens",
+         a.tokens.has_value() ? JsonValue::Integer(*a.tokens) : JsonValue()},
+        {"speedup", JsonValue::Number(s.Speedup(a))},
+        {"l0", JsonValue::Number(a.l0)},
+        {"curve", CurveJson(a.curve)},
+    });
   };
   return {
-      {"target_fvu", JsonValue::Number(r.target_fvu)},
-      {"scratch_tokens", JsonValue::Integer(r.scratch_tokens)},
-      {"recurrent_tokens", r.recurrent_tokens.has_value()
-                               ? JsonValue::Integer(*r.recurrent_tokens)
-                               : JsonValue()},
-      {"speedup", JsonValue::Number(r.speedup())},
-      {"scratch_init_fvu", JsonValue::Number(r.scratch_init_fvu)},
-      {"recurrent_init_fvu", JsonValue::Number(r.recurrent_init_fvu)},
-      {"scratch_l0", JsonValue::Number(r.scratch_l0)},
-      {"recurrent_l0", JsonValue::Number(r.recurrent_l0)},
-      {"scratch_curve", curve(r.scratch_curve)},
-      {"recurrent_curve", curve(r.recurrent_curve)},
+      {"tolerance", JsonValue::Number(s.tolerance)},
+      {"scratch_loss", JsonValue::Number(s.scratch_loss)},
+      {"target_loss", JsonValue::Number(s.target_loss)},
+      {"scratch_tokens", JsonValue::Integer(s.scratch_tokens)},
+      {"scratch_l0", JsonValue::Number(s.scratch_l0)},
+      {"scratch_curve", CurveJson(s.scratch_curve)},
+      {"same_lr", arm(s.same_lr)},
+      {"slow_lr", arm(s.slow_lr)},
   };
 }
 

@@ -1,117 +1,132 @@
 // The convergence claim of SAE-Track's recurrent initialisation (DESIGN.md
-// §3, §9): an SAE initialised from the previous checkpoint's SAE reaches the
-// held-out FVU of a from-scratch SAE on far fewer tokens (the paper: >= 20x
-// fewer). MeasureTokensToFvu trains both SAEs on the same activations of one
-// checkpoint, records their held-out FVU curves and says how many tokens each
-// needed to reach the from-scratch SAE's final FVU.
+// §3, §9), measured fairly: an SAE initialised from the previous checkpoint's
+// SAE and an SAE trained from scratch are trained on the same checkpoint with
+// the same schedule (learning rate, warm-up, dead-feature handling / AuxK),
+// the same batches in the same order and the same budget; the speed-up is the
+// ratio of the tokens each needs to come within a tolerance (2%) of the
+// from-scratch SAE's final held-out total loss. A second recurrent arm uses
+// the paper's lr/10 for later SAEs and is reported separately.
 //
-// Both runs see the same training rows in the same order, with the same
-// architecture, batch size and sparsity penalty; they differ only in their
-// initialisation and in their learning-rate schedule (the paper's: the later
-// SAE uses a tenth of the first one's learning rate and a short warm-up).
+// TrainArm is the one training loop of such a measurement: the engine's trust
+// checks (torch_engine.cc, at the job's reference checkpoints) and
+// recurrent_init_bench both train their arms with it. MeasureSpeedup is the
+// whole measurement on activations held in memory.
 #ifndef SAETRACK_ENGINE_RECURRENCE_RECURRENCE_STUDY_H_
 #define SAETRACK_ENGINE_RECURRENCE_RECURRENCE_STUDY_H_
 
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
-#include <utility>
-#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "analysis/speedup.h"
 #include "engine/sae/sae.h"
+#include "engine/sae/sae_trainer.h"
 #include "format/json.h"
 
 namespace saetrack::engine {
 
-struct TokensToFvuOptions {
-  SaeSpec spec;  // architecture, l1_coefficient / k
+// The next training batch [rows >= 2, d_in]; an undefined tensor when the
+// data is exhausted.
+using NextBatchFn = std::function<absl::StatusOr<torch::Tensor>()>;
+// Called after every step (with the loss of that step); an error stops
+// training and is returned (cancellation). May be empty.
+using AfterStepFn =
+    std::function<absl::Status(const SaeTrainer&, const SaeLoss&)>;
+
+struct ArmOptions {
+  SaeTrainerOptions trainer;
+  int batch_size = 4096;
+  int64_t max_tokens = 0;
+  // Held-out total loss at 0 and at log-spaced token counts: the first after
+  // one batch, then points_per_octave per doubling, and at the end. The
+  // relative resolution of a token count is 2^(1/points_per_octave) on every
+  // arm alike.
+  int points_per_octave = 4;
+  // Stop at the first evaluation at or below this loss.
+  std::optional<double> stop_loss;
+};
+
+struct ArmRun {
+  analysis::LossCurve curve;
+  int64_t tokens = 0;
+  // The first curve point at or below options.stop_loss.
+  std::optional<int64_t> reached;
+  // Held-out L0 where training stopped.
+  double l0 = 0;
+};
+
+// The smallest log-spaced evaluation point above `tokens` (see ArmOptions).
+int64_t NextEvaluationPoint(int64_t tokens, int64_t first,
+                            int points_per_octave);
+
+// Trains `sae` on batches from `next_batch` until options.max_tokens, the
+// stop loss or the end of the data, measuring the held-out total loss of
+// `held_out` (normalised coordinates, as the batches) along the way.
+// Errors: `after_step`'s; kInvalidArgument for max_tokens <= 0,
+// batch_size < 2 or points_per_octave < 1.
+absl::StatusOr<ArmRun> TrainArm(Sae& sae, const ArmOptions& options,
+                                const NextBatchFn& next_batch,
+                                const torch::Tensor& held_out,
+                                const AfterStepFn& after_step);
+
+// One recurrent arm against `target` (analysis::SpeedupTarget of the
+// from-scratch arm): a fresh SAE of `spec` from `init`, trained with
+// `scratch_options` (the from-scratch arm's, including its budget) at `lr`,
+// stopping at the target. `next_batch` must give the from-scratch arm's
+// batches again, from the first.
+absl::StatusOr<analysis::SpeedupArm> TrainRecurrentArm(
+    const SaeSpec& spec, MatmulPrecision precision, const SaeWeights& init,
+    const ArmOptions& scratch_options, double lr,
+    const analysis::RecurrenceSpeedup& target, const NextBatchFn& next_batch,
+    const torch::Tensor& held_out, const AfterStepFn& after_step);
+
+struct SpeedupOptions {
+  SaeSpec spec;
   int64_t d_sae = 0;
-  int batch_size = 1024;
-  // The from-scratch SAE.
-  double lr_scratch = 4e-4;
-  int warmup_scratch = 100;
-  // The recurrently initialised SAE (the paper: a tenth of the first lr).
-  double lr_recurrent = 4e-5;
-  int warmup_recurrent = 10;
-  // Token budget of the from-scratch SAE; the recurrent SAE gets at most the
-  // same.
-  int64_t scratch_tokens = 0;
-  // Held-out FVU is measured on both curves at every multiple of this (and
-  // at 0 and at the end); it bounds the resolution of the token counts.
-  int64_t eval_every_tokens = 0;
+  // Both arms' schedule, batch size and budget (trainer.lr is the
+  // from-scratch and same-lr arms' learning rate).
+  ArmOptions arm;
+  double tolerance = 0.02;
+  // The second recurrent arm's learning rate is trainer.lr times this.
+  double slow_lr_factor = 0.1;
   // Seed of the from-scratch initialisation.
   uint64_t seed = 0;
-  // When false (the default) the recurrent SAE stops training at the first
-  // evaluation that reaches the target, which is all the measurement needs
-  // and halves its cost; when true it trains the whole scratch budget, so
-  // that recurrent_curve covers the same range as scratch_curve.
-  bool full_recurrent_curve = false;
 };
 
-struct TokensToFvuResult {
-  // Held-out FVU of the from-scratch SAE after scratch_tokens (its final
-  // value): the target both curves are measured against.
-  double target_fvu = 0;
-  // Tokens the from-scratch SAE needed to first reach target_fvu on its curve:
-  // options.scratch_tokens, or less when an earlier evaluation already was at
-  // or below its final value.
-  int64_t scratch_tokens = 0;
-  // The first evaluation point at which the recurrent SAE's held-out FVU is
-  // <= target_fvu (0 when its initial FVU already is); nullopt when it never
-  // got there within options.scratch_tokens.
-  std::optional<int64_t> recurrent_tokens;
-  // Held-out FVU of each SAE before any training on this checkpoint.
-  double recurrent_init_fvu = 0;
-  double scratch_init_fvu = 0;
-  // Held-out L0 (mean active features per token) of the from-scratch SAE at
-  // the end and of the recurrent SAE where it stopped: reaching the FVU with a
-  // much denser code would not be the same achievement.
-  double scratch_l0 = 0;
-  double recurrent_l0 = 0;
-  // (tokens trained, held-out FVU), starting at (0, init FVU).
-  std::vector<std::pair<int64_t, double>> scratch_curve;
-  std::vector<std::pair<int64_t, double>> recurrent_curve;
-  // Tokens per training batch (options.batch_size): the finest unit of
-  // training, used by speedup() when the recurrent SAE needed none.
-  int64_t batch_tokens = 0;
-  // The from-scratch SAE's final weights (on the device of the activations),
-  // for the caller to use as prev_sae of the next checkpoint.
+struct SpeedupStudy {
+  analysis::RecurrenceSpeedup speedup;
+  // The from-scratch SAE's final weights, for the caller to use as the
+  // previous SAE of the next checkpoint.
   SaeWeights scratch_sae;
-
-  // scratch_tokens / max(recurrent_tokens, batch_tokens); 0 when the
-  // recurrent SAE never reached the target (recurrent_tokens is nullopt).
-  double speedup() const;
 };
 
-// Trains a from-scratch SAE (InitSaeFromScratch on the first rows of `train`,
-// lr_scratch, warmup_scratch) for options.scratch_tokens tokens on `train`
-// [n, d_in] (rows consumed in order, wrapping around) and returns its
-// weights. Errors: as MeasureTokensToFvu.
-absl::StatusOr<SaeWeights> TrainSaeFromScratch(
-    const torch::Tensor& train, const TokensToFvuOptions& options);
-
-// Measures tokens-to-FVU on one checkpoint. `prev_sae`: the SAE trained on
-// the previous checkpoint; `train` / `held_out`: float activations [n, d_in]
-// of the checkpoint under study (on one device; train rows are consumed in
-// order, wrapping around). The from-scratch SAE starts from
-// InitSaeFromScratch on a sample of `train`; the recurrent one from a copy of
-// prev_sae's weights (moved to train's device) with a fresh optimiser.
-// Errors: kInvalidArgument naming the TokensToFvuOptions field (batch_size <
-// 2, d_sae, scratch_tokens or eval_every_tokens <= 0, learning rates not
-// finite and > 0, negative warm-up, a bad spec) or the argument (tensors not
-// 2-D, fewer than 2 train rows, empty held_out, d_in or d_sae not matching
+// The whole measurement on one checkpoint: `train` [n >= 2, d_in] is
+// consumed in order, wrapping around (the same rows in the same order for
+// every arm), `held_out` [m >= 1, d_in] gives the curves; both in the
+// coordinates the SAEs work in (the job's: normalised). `prev_sae`: the
+// previous checkpoint's SAE in those coordinates. Errors: kInvalidArgument
+// naming the SpeedupOptions field (d_sae, batch size, budget, learning rate,
+// tolerance, factor, a bad spec) or the argument (shapes, widths not matching
 // prev_sae); kInternal for LibTorch failures.
-absl::StatusOr<TokensToFvuResult> MeasureTokensToFvu(
-    const SaeWeights& prev_sae, const torch::Tensor& train,
-    const torch::Tensor& held_out, const TokensToFvuOptions& options);
+absl::StatusOr<SpeedupStudy> MeasureSpeedup(const SaeWeights& prev_sae,
+                                            const torch::Tensor& train,
+                                            const torch::Tensor& held_out,
+                                            const SpeedupOptions& options);
 
-// `result` as JSON members (target_fvu, scratch_tokens, recurrent_tokens
-// (null for never), speedup, the initial FVUs, the L0s and both curves as
-// [tokens, fvu] pairs), for callers to add their own members to.
-format::JsonValue::Object TokensToFvuJsonMembers(
-    const TokensToFvuResult& result);
+// The from-scratch SAE of MeasureSpeedup alone (no curve), e.g. for the
+// first checkpoint of a chain. Errors: as MeasureSpeedup.
+absl::StatusOr<SaeWeights> TrainSaeFromScratch(const torch::Tensor& train,
+                                               const SpeedupOptions& options);
+
+// `speedup` as JSON members (tolerance, target, the from-scratch tokens and
+// L0, per arm lr, tokens (null: never), speed-up, L0 and curves as
+// [tokens, loss] pairs), for callers to add their own members to.
+format::JsonValue::Object SpeedupJsonMembers(
+    const analysis::RecurrenceSpeedup& speedup);
 
 }  // namespace saetrack::engine
 

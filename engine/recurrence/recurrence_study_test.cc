@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,148 +45,201 @@ TwoCheckpoints MakeCheckpoints() {
           reference::SparseCombinations(after, 2048, 5)};
 }
 
-TokensToFvuOptions SmallOptions() {
-  TokensToFvuOptions options;
+SpeedupOptions SmallOptions() {
+  SpeedupOptions options;
   options.spec.architecture = "relu_l1";
   options.spec.l1_coefficient = 3e-3;
   options.d_sae = 128;
-  options.batch_size = 256;
-  options.lr_scratch = 3e-3;
-  options.warmup_scratch = 10;
-  options.lr_recurrent = 3e-4;
-  options.warmup_recurrent = 2;
-  options.scratch_tokens = 256 * 240;
-  options.eval_every_tokens = 256 * 4;
+  options.arm.batch_size = 256;
+  options.arm.max_tokens = 256 * 240;
+  options.arm.trainer.lr = 3e-3;
+  options.arm.trainer.warmup_steps = 10;
+  options.arm.trainer.dead_window_tokens = 8192;
+  options.arm.trainer.ghost_grads = true;
   options.seed = 7;
   return options;
 }
 
-// Number of points that rise above the running minimum by more than `slack`
-// (relative): a loose notion of "monotone".
-int Rises(const std::vector<std::pair<int64_t, double>>& curve, double slack) {
+// Points above the running minimum by more than `slack` (relative): a loose
+// notion of "monotone".
+int Rises(const analysis::LossCurve& curve, double slack) {
   int rises = 0;
   double best = curve.front().second;
-  for (const auto& [tokens, fvu] : curve) {
-    if (fvu > best * (1 + slack)) ++rises;
-    best = std::min(best, fvu);
+  for (const auto& [tokens, loss] : curve) {
+    if (loss > best * (1 + slack)) ++rises;
+    best = std::min(best, loss);
   }
   return rises;
 }
 
 TEST(RecurrenceStudyTest, RecurrentInitialisationConvergesFaster) {
   const TwoCheckpoints data = MakeCheckpoints();
-  const TokensToFvuOptions options = SmallOptions();
+  const SpeedupOptions options = SmallOptions();
   const absl::StatusOr<SaeWeights> prev =
       TrainSaeFromScratch(data.previous_train, options);
   ASSERT_TRUE(prev.ok()) << prev.status();
-  TokensToFvuOptions full = options;
-  full.full_recurrent_curve = true;
-  const absl::StatusOr<TokensToFvuResult> result =
-      MeasureTokensToFvu(*prev, data.train, data.held_out, full);
-  ASSERT_TRUE(result.ok()) << result.status();
+  const absl::StatusOr<SpeedupStudy> study =
+      MeasureSpeedup(*prev, data.train, data.held_out, options);
+  ASSERT_TRUE(study.ok()) << study.status();
+  const analysis::RecurrenceSpeedup& s = study->speedup;
 
-  // The scratch SAE learns something real, starting far from it.
-  EXPECT_LT(result->target_fvu, 0.3);
-  EXPECT_GT(result->scratch_init_fvu, 0.9);
-  EXPECT_GT(result->scratch_l0, 0);
-  EXPECT_LT(result->scratch_l0, options.d_sae / 2);
-  // The previous SAE is already close on the drifted data and gets to the
-  // target well before the scratch SAE.
-  EXPECT_LT(result->recurrent_init_fvu, result->scratch_init_fvu / 2);
-  ASSERT_TRUE(result->recurrent_tokens.has_value());
-  EXPECT_LT(*result->recurrent_tokens, result->scratch_tokens);
-  EXPECT_GT(result->speedup(), 1.0);
-  EXPECT_GT(result->recurrent_l0, 0);
+  EXPECT_DOUBLE_EQ(s.tolerance, 0.02);
+  EXPECT_DOUBLE_EQ(s.scratch_loss, s.scratch_curve.back().second);
+  EXPECT_DOUBLE_EQ(s.target_loss, s.scratch_loss * 1.02);
+  EXPECT_EQ(s.scratch_curve.front().first, 0);
+  EXPECT_EQ(s.scratch_curve.back().first, options.arm.max_tokens);
+  EXPECT_LT(s.scratch_curve.back().second,
+            0.5 * s.scratch_curve.front().second);
+  EXPECT_LE(Rises(s.scratch_curve, 0.05),
+            static_cast<int>(s.scratch_curve.size()) / 10);
+  EXPECT_LE(s.scratch_tokens, options.arm.max_tokens);
+  EXPECT_GT(s.scratch_l0, 0);
+  EXPECT_LT(s.scratch_l0, options.d_sae / 2);
+  EXPECT_EQ(s.batch_tokens, 256);
 
-  // Curves: from 0 to the budget, on the evaluation grid, mostly falling.
-  for (const auto* curve : {&result->scratch_curve, &result->recurrent_curve}) {
-    ASSERT_GE(curve->size(), 3u);
-    EXPECT_EQ(curve->front().first, 0);
-    EXPECT_EQ(curve->back().first, options.scratch_tokens);
-    EXPECT_LT(curve->back().second, curve->front().second);
-    EXPECT_LE(Rises(*curve, 0.05), static_cast<int>(curve->size()) / 10);
+  // The previous checkpoint's SAE starts much nearer, and with the same
+  // schedule gets there in fewer tokens; it stops at its first evaluation at
+  // or below the target.
+  const analysis::SpeedupArm& same = s.same_lr;
+  EXPECT_EQ(same.lr, 3e-3);
+  EXPECT_LT(same.init_loss, 0.5 * s.scratch_curve.front().second);
+  ASSERT_TRUE(same.tokens.has_value());
+  EXPECT_LT(*same.tokens, s.scratch_tokens);
+  EXPECT_GT(s.Speedup(same), 1);
+  EXPECT_EQ(same.curve.back().first, *same.tokens);
+  EXPECT_LE(same.curve.back().second, s.target_loss);
+  for (size_t i = 0; i + 1 < same.curve.size(); ++i) {
+    EXPECT_GT(same.curve[i].second, s.target_loss);
   }
-  EXPECT_EQ(result->scratch_curve.size(),
-            static_cast<size_t>(
-                options.scratch_tokens / options.eval_every_tokens + 1));
-  EXPECT_DOUBLE_EQ(result->scratch_curve.back().second, result->target_fvu);
-  EXPECT_EQ(result->scratch_curve.front().second, result->scratch_init_fvu);
-  EXPECT_EQ(result->recurrent_curve.front().second, result->recurrent_init_fvu);
-  EXPECT_EQ(result->scratch_sae.d_sae(), options.d_sae);
+  EXPECT_GT(same.l0, 0);
+  EXPECT_DOUBLE_EQ(s.slow_lr.lr, 3e-4);
+  EXPECT_EQ(study->scratch_sae.d_sae(), options.d_sae);
 }
 
-TEST(RecurrenceStudyTest, StopsTheRecurrentRunAtTheTarget) {
+// Fairness: an arm started from exactly the from-scratch initialisation
+// retraces the from-scratch curve point for point -- same schedule, dead
+// handling, batches and order -- so its speed-up is exactly 1.
+TEST(RecurrenceStudyTest, TheSameStartGivesTheSameCurve) {
   const TwoCheckpoints data = MakeCheckpoints();
-  TokensToFvuOptions options = SmallOptions();
-  options.scratch_tokens = 256 * 60;
-  const absl::StatusOr<SaeWeights> prev =
-      TrainSaeFromScratch(data.previous_train, options);
-  ASSERT_TRUE(prev.ok()) << prev.status();
-  const absl::StatusOr<TokensToFvuResult> result =
-      MeasureTokensToFvu(*prev, data.train, data.held_out, options);
-  ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_TRUE(result->recurrent_tokens.has_value());
-  EXPECT_EQ(result->recurrent_curve.back().first, *result->recurrent_tokens);
-  EXPECT_LE(result->recurrent_curve.back().second, result->target_fvu);
-  for (size_t i = 0; i + 1 < result->recurrent_curve.size(); ++i) {
-    EXPECT_GT(result->recurrent_curve[i].second, result->target_fvu);
+  const SpeedupOptions options = SmallOptions();
+  const SaeWeights scratch_init = InitSaeFromScratch(
+      options.d_sae, data.train.narrow(0, 0, 4096), options.seed);
+  const absl::StatusOr<SpeedupStudy> study =
+      MeasureSpeedup(scratch_init, data.train, data.held_out, options);
+  ASSERT_TRUE(study.ok()) << study.status();
+  const analysis::RecurrenceSpeedup& s = study->speedup;
+  ASSERT_TRUE(s.same_lr.tokens.has_value());
+  EXPECT_EQ(*s.same_lr.tokens, s.scratch_tokens);
+  EXPECT_DOUBLE_EQ(s.Speedup(s.same_lr), 1);
+  ASSERT_LE(s.same_lr.curve.size(), s.scratch_curve.size());
+  for (size_t i = 0; i < s.same_lr.curve.size(); ++i) {
+    EXPECT_EQ(s.same_lr.curve[i].first, s.scratch_curve[i].first);
+    EXPECT_NEAR(s.same_lr.curve[i].second, s.scratch_curve[i].second,
+                1e-5 * s.scratch_curve[i].second);
   }
+  // A tenth of the lr from the same start is slower, or never gets there.
+  if (s.slow_lr.tokens.has_value()) {
+    EXPECT_GT(*s.slow_lr.tokens, s.scratch_tokens);
+  }
+}
+
+TEST(RecurrenceStudyTest, EvaluationPointsAreLogSpaced) {
+  std::vector<int64_t> points;
+  for (int64_t t = 0; t < 1024;) {
+    t = NextEvaluationPoint(t, 256, 4);
+    points.push_back(t);
+  }
+  EXPECT_EQ(points, (std::vector<int64_t>{256, 305, 363, 431, 512, 609, 725,
+                                          862, 1024}));
+  EXPECT_EQ(NextEvaluationPoint(300, 256, 4), 305);
+  EXPECT_EQ(NextEvaluationPoint(305, 256, 4), 363);
+  EXPECT_EQ(NextEvaluationPoint(0, 100, 1), 100);
+  EXPECT_EQ(NextEvaluationPoint(100, 100, 1), 200);
 }
 
 TEST(RecurrenceStudyTest, SpeedupCountsAtLeastOneBatch) {
-  TokensToFvuResult result;
-  result.scratch_tokens = 10240;
-  result.batch_tokens = 256;
-  EXPECT_EQ(result.speedup(), 0);  // never reached
-  result.recurrent_tokens = 0;
-  EXPECT_DOUBLE_EQ(result.speedup(), 40);
-  result.recurrent_tokens = 1024;
-  EXPECT_DOUBLE_EQ(result.speedup(), 10);
+  analysis::RecurrenceSpeedup s;
+  s.scratch_tokens = 40960;
+  s.batch_tokens = 1024;
+  analysis::SpeedupArm arm;
+  EXPECT_EQ(s.Speedup(arm), 0);  // never reached
+  arm.tokens = 0;                // already at the target before training
+  EXPECT_DOUBLE_EQ(s.Speedup(arm), 40);
+  arm.tokens = 4096;
+  EXPECT_DOUBLE_EQ(s.Speedup(arm), 10);
+}
+
+TEST(RecurrenceStudyTest, TrainArmStopsOnAnAfterStepError) {
+  const TwoCheckpoints data = MakeCheckpoints();
+  const SpeedupOptions options = SmallOptions();
+  absl::StatusOr<std::unique_ptr<Sae>> sae = MakeSae(
+      options.spec,
+      InitSaeFromScratch(options.d_sae, data.train.narrow(0, 0, 1024), 1));
+  ASSERT_TRUE(sae.ok());
+  int steps = 0;
+  const absl::StatusOr<ArmRun> run = TrainArm(
+      **sae, options.arm,
+      [&]() -> absl::StatusOr<torch::Tensor> {
+        return data.train.narrow(0, 0, 256);
+      },
+      data.held_out,
+      [&](const SaeTrainer& trainer, const SaeLoss&) {
+        ++steps;
+        return trainer.steps() == 3 ? absl::CancelledError("stop")
+                                    : absl::OkStatus();
+      });
+  EXPECT_EQ(run.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(steps, 3);
 }
 
 TEST(RecurrenceStudyTest, RejectsBadOptions) {
   const torch::Tensor train = torch::randn({64, 8});
   const torch::Tensor held_out = torch::randn({16, 8});
-  TokensToFvuOptions base;
+  SpeedupOptions base;
   base.d_sae = 16;
-  base.batch_size = 16;
-  base.scratch_tokens = 128;
-  base.eval_every_tokens = 32;
+  base.arm.batch_size = 16;
+  base.arm.max_tokens = 128;
   const SaeWeights prev = InitSaeFromScratch(16, train, 1);
 
-  const auto expect_invalid = [&](const TokensToFvuOptions& options,
+  const auto expect_invalid = [&](const SpeedupOptions& options,
                                   const std::string& field) {
-    const absl::StatusOr<TokensToFvuResult> result =
-        MeasureTokensToFvu(prev, train, held_out, options);
+    const absl::StatusOr<SpeedupStudy> result =
+        MeasureSpeedup(prev, train, held_out, options);
     ASSERT_FALSE(result.ok()) << field;
     EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(result.status().message(), HasSubstr(field));
   };
-  TokensToFvuOptions options = base;
-  options.batch_size = 1;
-  expect_invalid(options, "TokensToFvuOptions.batch_size");
+  SpeedupOptions options = base;
+  options.arm.batch_size = 1;
+  expect_invalid(options, "SpeedupOptions.arm.batch_size");
   options = base;
-  options.scratch_tokens = 0;
-  expect_invalid(options, "TokensToFvuOptions.scratch_tokens");
+  options.arm.max_tokens = 0;
+  expect_invalid(options, "SpeedupOptions.arm.max_tokens");
   options = base;
-  options.eval_every_tokens = -5;
-  expect_invalid(options, "TokensToFvuOptions.eval_every_tokens");
+  options.arm.points_per_octave = 0;
+  expect_invalid(options, "SpeedupOptions.arm.points_per_octave");
   options = base;
-  options.lr_recurrent = 0;
-  expect_invalid(options, "TokensToFvuOptions.lr_recurrent");
+  options.arm.trainer.lr = 0;
+  expect_invalid(options, "SpeedupOptions.arm.trainer.lr");
   options = base;
-  options.warmup_scratch = -1;
-  expect_invalid(options, "TokensToFvuOptions.warmup_scratch");
+  options.arm.trainer.warmup_steps = -1;
+  expect_invalid(options, "SpeedupOptions.arm.trainer.warmup_steps");
+  options = base;
+  options.tolerance = 1.5;
+  expect_invalid(options, "SpeedupOptions.tolerance");
+  options = base;
+  options.slow_lr_factor = 0;
+  expect_invalid(options, "SpeedupOptions.slow_lr_factor");
   options = base;
   options.d_sae = 32;  // prev_sae has 16
-  expect_invalid(options, "TokensToFvuOptions.d_sae");
+  expect_invalid(options, "SpeedupOptions.d_sae");
   options = base;
   options.spec.architecture = "topk";
   options.spec.k = 0;
-  expect_invalid(options, "TokensToFvuOptions.spec.k");
+  expect_invalid(options, "SpeedupOptions.spec.k");
 
-  const absl::StatusOr<TokensToFvuResult> wrong_width = MeasureTokensToFvu(
-      prev, torch::randn({64, 4}), torch::randn({16, 4}), base);
+  const absl::StatusOr<SpeedupStudy> wrong_width =
+      MeasureSpeedup(prev, torch::randn({64, 4}), torch::randn({16, 4}), base);
   EXPECT_EQ(wrong_width.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(TrainSaeFromScratch(train, options).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -45,6 +45,8 @@ constexpr int64_t kDefaultLmEvalTokens = 8192;
 // Trust checks at this many checkpoints of the chain.
 constexpr int32_t kDefaultReferenceCheckpoints = 3;
 constexpr int32_t kMaxReferenceCheckpoints = 16;
+constexpr double kDefaultSpeedupTolerance = 0.02;
+constexpr double kMaxSpeedupTolerance = 0.5;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 constexpr int64_t kDefaultAnalysisTokens = 65536;
@@ -467,6 +469,14 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         "spec.schedule.reference_checkpoints: ",
         schedule->reference_checkpoints(), " out of range [0, ",
         kMaxReferenceCheckpoints, "] (0 turns the trust checks off)"));
+  }
+  if (!schedule->has_speedup_tolerance()) {
+    schedule->set_speedup_tolerance(kDefaultSpeedupTolerance);
+  } else if (!(schedule->speedup_tolerance() > 0 &&
+               schedule->speedup_tolerance() <= kMaxSpeedupTolerance)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.schedule.speedup_tolerance: ", schedule->speedup_tolerance(),
+        " out of range (0, ", kMaxSpeedupTolerance, "]"));
   }
 
   v1::AnalysisConfig* analysis = out.mutable_analysis();

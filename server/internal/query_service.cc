@@ -471,6 +471,27 @@ absl::Status QueryServiceImpl::DoGetQualityChecks(
     p.match_median = r.match_median_cosine();
     p.match_above_0_9 = r.match_fraction_above_0_9();
     p.random_median = r.random_median_cosine();
+    if (r.has_speedup()) {
+      const v1::RecurrenceSpeedup& in = r.speedup();
+      analysis::RecurrenceSpeedup& s = p.speedup.emplace();
+      s.tolerance = in.tolerance();
+      s.scratch_loss = in.scratch_loss();
+      s.target_loss = in.target_loss();
+      s.scratch_tokens = in.scratch_tokens();
+      s.scratch_l0 = in.scratch_l0();
+      s.batch_tokens = std::max(1, job->spec().sae().batch_size());
+      if (in.scratch_curve_size() > 0) {
+        const v1::LossPoint& last = *in.scratch_curve().rbegin();
+        s.scratch_curve.emplace_back(last.tokens(), last.loss());
+      }
+      for (const auto& [arm, arm_in] : {std::pair{&s.same_lr, &in.same_lr()},
+                                        std::pair{&s.slow_lr, &in.slow_lr()}}) {
+        arm->lr = arm_in->lr();
+        arm->init_loss = arm_in->init_loss();
+        if (arm_in->has_tokens()) arm->tokens = arm_in->tokens();
+        arm->l0 = arm_in->l0();
+      }
+    }
     *response->add_checkpoints() = std::move(m);
   }
   for (const analysis::QualityVerdict& v : analysis::QualityVerdicts(points)) {
