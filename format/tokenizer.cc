@@ -9,10 +9,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <optional>
 #include <queue>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -826,6 +828,176 @@ std::optional<uint32_t> Tokenizer::TokenToId(std::string_view token) const {
   const auto it = vocab_.find(std::string(token));
   if (it == vocab_.end()) return std::nullopt;
   return it->second;
+}
+
+absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
+                                              const BpeTrainOptions& options) {
+  if (options.vocab_size < 257 || options.vocab_size > (1u << 24)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("BpeTrainOptions.vocab_size ", options.vocab_size,
+                     " out of range [257, 2^24]"));
+  }
+  if (options.min_frequency < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("BpeTrainOptions.min_frequency ", options.min_frequency,
+                     " must be >= 1"));
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const std::optional<std::string> normalised,
+                            NormalizeNfc(corpus, 0));
+  const std::string_view text =
+      normalised.has_value() ? std::string_view(*normalised) : corpus;
+
+  // Distinct words and their counts, in first-occurrence order.
+  std::unordered_map<std::string, int64_t> index;
+  std::vector<std::vector<uint32_t>> words;
+  std::vector<int64_t> counts;
+  SplitGpt2Words(text, [&](std::string_view word) {
+    auto [it, inserted] = index.try_emplace(std::string(word), words.size());
+    if (inserted) {
+      std::vector<uint32_t> symbols;
+      symbols.reserve(word.size());
+      for (unsigned char b : word) symbols.push_back(b);
+      words.push_back(std::move(symbols));
+      counts.push_back(0);
+    }
+    ++counts[it->second];
+  });
+
+  // Symbol spellings (bytes) by id; the byte symbols first.
+  // Two merges can spell the same token ("ab c" and "a bc"): the second
+  // reuses the first one's id, so the vocabulary has no duplicate.
+  std::vector<std::string> spelling;
+  std::unordered_map<std::string, uint32_t> spelling_ids;
+  for (int b = 0; b < 256; ++b) {
+    spelling.emplace_back(1, static_cast<char>(b));
+    spelling_ids.emplace(spelling.back(), b);
+  }
+  const auto key = [](uint32_t a, uint32_t b) {
+    return (static_cast<uint64_t>(a) << 32) | b;
+  };
+  std::unordered_map<uint64_t, int64_t> pair_counts;
+  std::unordered_map<uint64_t, std::vector<uint32_t>> pair_words;
+  const auto add_pairs = [&](uint32_t w, int64_t sign) {
+    const std::vector<uint32_t>& symbols = words[w];
+    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+      const uint64_t k = key(symbols[i], symbols[i + 1]);
+      pair_counts[k] += sign * counts[w];
+      if (sign > 0) pair_words[k].push_back(w);
+    }
+  };
+  for (uint32_t w = 0; w < words.size(); ++w) add_pairs(w, +1);
+
+  std::vector<std::pair<uint32_t, uint32_t>> merges;
+  // The last id is <|endoftext|>.
+  while (spelling.size() + 1 < options.vocab_size) {
+    uint64_t best = 0;
+    int64_t best_count = 0;
+    std::string best_spelling;
+    for (const auto& [k, count] : pair_counts) {
+      if (count < options.min_frequency || count < best_count) continue;
+      const uint32_t a = static_cast<uint32_t>(k >> 32);
+      const uint32_t b = static_cast<uint32_t>(k);
+      std::string merged = spelling[a] + spelling[b];
+      if (count > best_count || merged < best_spelling ||
+          (merged == best_spelling && a < static_cast<uint32_t>(best >> 32))) {
+        best = k;
+        best_count = count;
+        best_spelling = std::move(merged);
+      }
+    }
+    if (best_count == 0) break;
+    const uint32_t a = static_cast<uint32_t>(best >> 32);
+    const uint32_t b = static_cast<uint32_t>(best);
+    const auto [named, is_new] = spelling_ids.try_emplace(
+        best_spelling, static_cast<uint32_t>(spelling.size()));
+    const uint32_t merged_id = named->second;
+    if (is_new) spelling.push_back(best_spelling);
+    merges.emplace_back(a, b);
+    // Re-spell every word holding the pair (the list may name a word more
+    // than once, or words that no longer hold it).
+    std::vector<uint32_t> holders = std::move(pair_words[best]);
+    pair_words.erase(best);
+    std::sort(holders.begin(), holders.end());
+    holders.erase(std::unique(holders.begin(), holders.end()), holders.end());
+    for (uint32_t w : holders) {
+      std::vector<uint32_t>& symbols = words[w];
+      bool holds = false;
+      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+        if (symbols[i] == a && symbols[i + 1] == b) holds = true;
+      }
+      if (!holds) continue;
+      add_pairs(w, -1);
+      std::vector<uint32_t> merged;
+      merged.reserve(symbols.size());
+      for (size_t i = 0; i < symbols.size(); ++i) {
+        if (i + 1 < symbols.size() && symbols[i] == a && symbols[i + 1] == b) {
+          merged.push_back(merged_id);
+          ++i;
+        } else {
+          merged.push_back(symbols[i]);
+        }
+      }
+      symbols = std::move(merged);
+      add_pairs(w, +1);
+    }
+    pair_counts.erase(best);
+    for (auto it = pair_counts.begin(); it != pair_counts.end();) {
+      it = it->second <= 0 ? pair_counts.erase(it) : std::next(it);
+    }
+  }
+
+  // tokenizer.json, as Hugging Face writes it.
+  using format::JsonValue;
+  JsonValue::Object vocab;
+  for (uint32_t id = 0; id < spelling.size(); ++id) {
+    vocab.emplace_back(ByteLevelSpelling(spelling[id]), JsonValue::Integer(id));
+  }
+  JsonValue::Array merge_values;
+  for (const auto& [a, b] : merges) {
+    merge_values.push_back(JsonValue::String(absl::StrCat(
+        ByteLevelSpelling(spelling[a]), " ", ByteLevelSpelling(spelling[b]))));
+  }
+  const auto byte_level = [] {
+    return JsonValue::MakeObject({
+        {"type", JsonValue::String("ByteLevel")},
+        {"add_prefix_space", JsonValue::Bool(false)},
+        {"trim_offsets", JsonValue::Bool(true)},
+        {"use_regex", JsonValue::Bool(true)},
+    });
+  };
+  const uint32_t eos_id = static_cast<uint32_t>(spelling.size());
+  const JsonValue json = JsonValue::MakeObject({
+      {"version", JsonValue::String("1.0")},
+      {"truncation", JsonValue()},
+      {"padding", JsonValue()},
+      {"added_tokens", JsonValue::MakeArray({JsonValue::MakeObject({
+                           {"id", JsonValue::Integer(eos_id)},
+                           {"content", JsonValue::String("<|endoftext|>")},
+                           {"single_word", JsonValue::Bool(false)},
+                           {"lstrip", JsonValue::Bool(false)},
+                           {"rstrip", JsonValue::Bool(false)},
+                           {"normalized", JsonValue::Bool(false)},
+                           {"special", JsonValue::Bool(true)},
+                       })})},
+      {"normalizer",
+       JsonValue::MakeObject({{"type", JsonValue::String("NFC")}})},
+      {"pre_tokenizer", byte_level()},
+      {"post_processor", byte_level()},
+      {"decoder", byte_level()},
+      {"model", JsonValue::MakeObject({
+                    {"type", JsonValue::String("BPE")},
+                    {"dropout", JsonValue()},
+                    {"unk_token", JsonValue()},
+                    {"continuing_subword_prefix", JsonValue()},
+                    {"end_of_word_suffix", JsonValue()},
+                    {"fuse_unk", JsonValue::Bool(false)},
+                    {"byte_fallback", JsonValue::Bool(false)},
+                    {"ignore_merges", JsonValue::Bool(false)},
+                    {"vocab", JsonValue::MakeObject(std::move(vocab))},
+                    {"merges", JsonValue::MakeArray(std::move(merge_values))},
+                })},
+  });
+  return format::SerializeJson(json);
 }
 
 }  // namespace saetrack::format

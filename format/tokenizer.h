@@ -96,6 +96,9 @@ class Tokenizer {
   // Largest id of the vocab and the added tokens, plus one.
   uint32_t vocab_size() const { return vocab_size_; }
 
+  // Number of BPE merges.
+  size_t merge_count() const { return merges_.size(); }
+
   // The id of an added token's content (e.g. "<|endoftext|>") or of a model
   // token in its byte-level spelling (e.g. "\u0120world" for " world"), or
   // nullopt.
@@ -152,6 +155,29 @@ class Tokenizer {
   std::vector<bool> has_token_;
   uint32_t vocab_size_ = 0;
 };
+
+struct BpeTrainOptions {
+  // Ids in the trained vocabulary (vocab_size of them): the 256 byte-level
+  // symbols (ids 0..255, in byte order), the tokens of the learnt merges in
+  // merge order, then <|endoftext|> (the last id).
+  // Training stops earlier when no pair occurs min_frequency times.
+  uint32_t vocab_size = 4096;
+  int64_t min_frequency = 2;
+};
+
+// Learns byte-level BPE merges on `corpus` (NFC-normalised, split with the
+// GPT-2 pattern as Tokenizer::Encode splits, each distinct word weighted by
+// its count): repeatedly merges the most frequent adjacent pair of symbols
+// (ties: the pair whose merged spelling sorts first, then the left symbol;
+// a merge whose spelling is already a token reuses its id). Returns a standard
+// tokenizer.json text (normalizer NFC, ByteLevel pre-tokenizer / post-processor
+// / decoder, BPE model with vocab and "a b" merges in rank order, <|endoftext|>
+// as a special added token) that Tokenizer::FromJson and Hugging Face's
+// `tokenizers` load and encode identically. Deterministic. Errors:
+// kInvalidArgument for vocab_size < 257 or > 2^24, or min_frequency < 1;
+// kInternal when ICU's normaliser fails.
+absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
+                                              const BpeTrainOptions& options);
 
 }  // namespace saetrack::format
 

@@ -5,7 +5,9 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -25,6 +27,13 @@
 #endif
 #ifndef SAETRACK_TINY_SHAKESPEARE
 #error "SAETRACK_TINY_SHAKESPEARE must name deploy/demo/tinyshakespeare.txt"
+#endif
+#ifndef SAETRACK_SHAKESPEARE_BPE
+#error "SAETRACK_SHAKESPEARE_BPE must name testdata/shakespeare-bpe-4096.json"
+#endif
+#ifndef SAETRACK_SHAKESPEARE_BPE_GOLDEN
+#error \
+    "SAETRACK_SHAKESPEARE_BPE_GOLDEN must name testdata/shakespeare_bpe_golden.json"
 #endif
 
 namespace saetrack::format {
@@ -458,6 +467,193 @@ TEST(UnicodeTest, DecodeUtf8RejectsMalformedSequences) {
   EXPECT_EQ(internal::DecodeUtf8("\xF4\x90\x80\x80", 4, &cp), 0);  // > 10FFFF
   EXPECT_EQ(internal::DecodeUtf8("\xE4\xB8", 2, &cp), 0);          // truncated
   EXPECT_EQ(internal::DecodeUtf8("\x80", 1, &cp), 0);  // lone continuation
+}
+
+// ---------------------------------------------------------------------------
+// TrainByteLevelBpe.
+
+// Trains on `corpus` and loads the result.
+Tokenizer TrainOk(std::string_view corpus, uint32_t vocab_size,
+                  int64_t min_frequency = 2) {
+  BpeTrainOptions options;
+  options.vocab_size = vocab_size;
+  options.min_frequency = min_frequency;
+  absl::StatusOr<std::string> json = TrainByteLevelBpe(corpus, options);
+  EXPECT_TRUE(json.ok()) << json.status();
+  absl::StatusOr<Tokenizer> tokenizer =
+      Tokenizer::FromJson(json.value_or("{}"), "trained");
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  return *std::move(tokenizer);
+}
+
+std::vector<uint32_t> Ids(const Tokenizer& tokenizer, std::string_view text) {
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer.Encode(text);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  return ids.value_or(std::vector<uint32_t>{});
+}
+
+// Words "aab" x1, " aab" x2, " ab" x1: pair counts (a,b) 4, (a,a) 3,
+// (" ",a) 3, so "ab" first; then (a,ab) 3 -> "aab"; then (" ",aab) 2 ->
+// " aab"; (" ",ab) occurs once, below min_frequency 2.
+TEST(BpeTrainerTest, MergesTheMostFrequentPairFirst) {
+  const Tokenizer tokenizer = TrainOk("aab aab aab ab", 4096);
+  EXPECT_EQ(tokenizer.merge_count(), 3u);
+  EXPECT_EQ(tokenizer.vocab_size(), 256u + 3 + 1);
+  EXPECT_EQ(tokenizer.TokenToId("ab"), 256u);
+  EXPECT_EQ(tokenizer.TokenToId("aab"), 257u);
+  EXPECT_EQ(tokenizer.TokenToId("\u0120aab"), 258u);
+  EXPECT_EQ(tokenizer.TokenToId("<|endoftext|>"), 259u);
+  EXPECT_THAT(Ids(tokenizer, "aab ab aab<|endoftext|>"),
+              ElementsAre(257, 32, 256, 258, 259));
+  // Ids 0..255 are the bytes in byte order.
+  EXPECT_THAT(Ids(tokenizer, "\x01z\xff"), ElementsAre(1, 'z', 255));
+}
+
+// Equal counts: the pair whose merged spelling sorts first wins, every time.
+TEST(BpeTrainerTest, TiesGoToTheSmallestSpelling) {
+  // Words "xy", " xy", " yz" x2: (x,y) 2, (" ",y) 2, (y,z) 2, (" ",x) 1.
+  // " y" < "xy" < "yz"; then (" y",z) 2 gives " yz" < "xy"; then "xy".
+  const Tokenizer tokenizer = TrainOk("xy xy yz yz", 4096);
+  EXPECT_EQ(tokenizer.merge_count(), 3u);
+  EXPECT_EQ(tokenizer.TokenToId("\u0120y"), 256u);
+  EXPECT_EQ(tokenizer.TokenToId("\u0120yz"), 257u);
+  EXPECT_EQ(tokenizer.TokenToId("xy"), 258u);
+  EXPECT_THAT(Ids(tokenizer, "xy yz"), ElementsAre(258, 257));
+}
+
+TEST(BpeTrainerTest, VocabSizeCapsTheMerges) {
+  const Tokenizer tokenizer = TrainOk("aab aab aab ab", 258);
+  EXPECT_EQ(tokenizer.merge_count(), 1u);
+  EXPECT_EQ(tokenizer.vocab_size(), 258u);
+  EXPECT_EQ(tokenizer.TokenToId("<|endoftext|>"), 257u);
+  // min_frequency 1 also merges pairs seen once.
+  EXPECT_EQ(TrainOk("aab aab aab ab", 4096, 1).merge_count(), 4u);
+}
+
+TEST(BpeTrainerTest, BadOptionsNameTheField) {
+  BpeTrainOptions options;
+  options.vocab_size = 256;
+  absl::StatusOr<std::string> json = TrainByteLevelBpe("ab ab", options);
+  EXPECT_EQ(json.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(json.status().message(), HasSubstr("vocab_size"));
+  options.vocab_size = 300;
+  options.min_frequency = 0;
+  json = TrainByteLevelBpe("ab ab", options);
+  EXPECT_EQ(json.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(json.status().message(), HasSubstr("min_frequency"));
+}
+
+TEST(BpeTrainerTest, EmptyCorpusGivesTheByteVocabulary) {
+  const Tokenizer tokenizer = TrainOk("", 4096);
+  EXPECT_EQ(tokenizer.merge_count(), 0u);
+  EXPECT_EQ(tokenizer.vocab_size(), 257u);
+}
+
+// The committed testdata/shakespeare-bpe-4096.json is what TrainByteLevelBpe
+// learns on Tiny Shakespeare at 4096 ids, and Hugging Face's `tokenizers`
+// (npm 0.23.2, testdata/make_tokenizer_golden.js) encodes with it exactly
+// as saetrack does.
+class ShakespeareBpeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> corpus =
+        ReadFileToString(SAETRACK_TINY_SHAKESPEARE);
+    ASSERT_TRUE(corpus.ok()) << corpus.status();
+    corpus_ = new std::string(*std::move(corpus));
+    BpeTrainOptions options;
+    options.vocab_size = 4096;
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<std::string> json = TrainByteLevelBpe(*corpus_, options);
+    ASSERT_TRUE(json.ok()) << json.status();
+    std::cout << "learnt 4096 ids on " << corpus_->size() << " bytes in "
+              << std::chrono::duration<double>(
+                     std::chrono::steady_clock::now() - start)
+                     .count()
+              << " s\n";
+    json_ = new std::string(*std::move(json));
+  }
+  static void TearDownTestSuite() {
+    delete corpus_;
+    delete json_;
+  }
+  static std::string* corpus_;
+  static std::string* json_;
+};
+std::string* ShakespeareBpeTest::corpus_ = nullptr;
+std::string* ShakespeareBpeTest::json_ = nullptr;
+
+TEST_F(ShakespeareBpeTest, MatchesTheCommittedTokenizer) {
+  absl::StatusOr<std::string> committed =
+      ReadFileToString(SAETRACK_SHAKESPEARE_BPE);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  // Regenerate with: saetrack-tokenize --learn_bpe --vocab_size 4096
+  //   --in deploy/demo/tinyshakespeare.txt --out <that file>
+  EXPECT_TRUE(*committed == *json_)
+      << "TrainByteLevelBpe no longer learns " << SAETRACK_SHAKESPEARE_BPE;
+}
+
+TEST_F(ShakespeareBpeTest, VocabularyHasOneIdPerTokenAndNoHoles) {
+  absl::StatusOr<JsonValue> parsed = ParseJson(*json_, "learnt");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const JsonValue* model = parsed->Find("model");
+  ASSERT_NE(model, nullptr);
+  const JsonValue* vocab = model->Find("vocab");
+  ASSERT_TRUE(vocab != nullptr && vocab->is_object());
+  std::set<std::string> names;
+  std::set<int64_t> ids;
+  for (const auto& [name, id] : vocab->members()) {
+    EXPECT_TRUE(names.insert(name).second) << "duplicate token " << name;
+    EXPECT_TRUE(ids.insert(id.AsInt64().value_or(-1)).second);
+  }
+  // Ids 0..4094, then <|endoftext|> as the added token 4095.
+  ASSERT_EQ(ids.size(), 4095u);
+  EXPECT_EQ(*ids.begin(), 0);
+  EXPECT_EQ(*ids.rbegin(), 4094);
+}
+
+TEST_F(ShakespeareBpeTest, CommonWordsAndNamesAreSingleTokens) {
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(*json_, "learnt");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ(tokenizer->vocab_size(), 4096u);
+  EXPECT_EQ(tokenizer->TokenToId("<|endoftext|>"), 4095u);
+  for (const char* word : {" the", " and", " thou", " king", " love", " Romeo",
+                           "ROMEO", "GLOUCESTER", "MENENIUS"}) {
+    EXPECT_EQ(Ids(*tokenizer, word).size(), 1u) << "\"" << word << "\"";
+  }
+  const std::vector<uint32_t> ids = Ids(*tokenizer, *corpus_);
+  // Byte-level BPE at 4k ids on English: about 3.5 bytes a token.
+  EXPECT_GT(static_cast<double>(corpus_->size()) / ids.size(), 3.0);
+  absl::StatusOr<std::string> decoded = tokenizer->Decode(ids);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_TRUE(*decoded == *corpus_) << "decode(encode(x)) differs from x";
+}
+
+TEST_F(ShakespeareBpeTest, HuggingFaceEncodesIdentically) {
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(*json_, "learnt");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  absl::StatusOr<std::string> text =
+      ReadFileToString(SAETRACK_SHAKESPEARE_BPE_GOLDEN);
+  ASSERT_TRUE(text.ok()) << text.status();
+  absl::StatusOr<JsonValue> golden =
+      ParseJson(*text, SAETRACK_SHAKESPEARE_BPE_GOLDEN);
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  ASSERT_TRUE(golden->is_array());
+  size_t checked = 0;
+  for (const JsonValue& entry : golden->array()) {
+    const JsonValue* input = entry.Find("text");
+    const JsonValue* ids = entry.Find("ids");
+    ASSERT_TRUE(input != nullptr && input->is_string());
+    ASSERT_TRUE(ids != nullptr && ids->is_array());
+    std::vector<uint32_t> expected;
+    for (const JsonValue& id : ids->array()) {
+      expected.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
+    }
+    EXPECT_EQ(Ids(*tokenizer, input->string_value()), expected)
+        << "text: " << JsonQuote(input->string_value());
+    checked += expected.size();
+  }
+  // The corner cases and a long stretch of the corpus itself.
+  EXPECT_GT(checked, 10000u);
 }
 
 }  // namespace

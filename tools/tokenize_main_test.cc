@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/mapped_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "format/mapped_file.h"
 
 #ifndef SAETRACK_TOKENIZE_BINARY
 #error "SAETRACK_TOKENIZE_BINARY must name the saetrack-tokenize binary"
@@ -120,6 +120,44 @@ TEST_F(TokenizeMainTest, BadFlagsAreUsageErrors) {
   EXPECT_THAT(stderr_, HasSubstr("unknown flag --bogus"));
   EXPECT_EQ(Run("--in x --out y"), 2);
   EXPECT_THAT(stderr_, HasSubstr("--tokenizer is required"));
+  EXPECT_FALSE(OutputExists());
+}
+
+// Learns a vocabulary, then encodes with it.
+TEST_F(TokenizeMainTest, LearnBpeWritesATokenizerTheEncoderLoads) {
+  ASSERT_TRUE(WriteFileAtomically(dir_ + "/corpus.txt", "aab aab aab ab").ok());
+  const std::string learnt = dir_ + "/learnt.json";
+  ASSERT_EQ(Run("--learn_bpe --vocab_size 300 --in '" + dir_ +
+                "/corpus.txt' --out '" + learnt + "'"),
+            0)
+      << stderr_;
+  // "ab", "aab", " aab" (see BpeTrainerTest), then <|endoftext|> as id 259.
+  EXPECT_THAT(stdout_, StartsWith("learnt 3 merges in "));
+  EXPECT_THAT(stdout_, HasSubstr("; vocabulary 260 ids; " + dir_ +
+                                 "/corpus.txt: 14 bytes -> 5 tokens (2.80 "
+                                 "bytes/token); wrote " +
+                                 learnt + "\n"));
+  ASSERT_TRUE(WriteFileAtomically(dir_ + "/in.txt", "aab ab").ok());
+  ASSERT_EQ(Run("--tokenizer '" + learnt + "' --in '" + dir_ +
+                "/in.txt' --out '" + dir_ + "/out.bin' --append_eos"),
+            0)
+      << stderr_;
+  EXPECT_THAT(ReadIds(2), ElementsAre(257, 32, 256, 259));
+}
+
+TEST_F(TokenizeMainTest, LearnBpeBadFlagsAreUsageErrors) {
+  const std::string io =
+      " --in '" + dir_ + "/in.txt' --out '" + dir_ + "/out.bin'";
+  EXPECT_EQ(Run("--learn_bpe --vocab_size 256" + io), 2);
+  EXPECT_THAT(stderr_, HasSubstr("invalid value \"256\" for --vocab_size"));
+  EXPECT_EQ(Run("--learn_bpe --min_frequency 0" + io), 2);
+  EXPECT_THAT(stderr_, HasSubstr("invalid value \"0\" for --min_frequency"));
+  EXPECT_EQ(Run("--learn_bpe --tokenizer t.json" + io), 2);
+  EXPECT_THAT(stderr_, HasSubstr("--tokenizer and --learn_bpe"));
+  EXPECT_EQ(Run("--learn_bpe --in '" + dir_ + "/missing.txt' --out '" + dir_ +
+                "/out.bin'"),
+            1);
+  EXPECT_THAT(stderr_, HasSubstr(dir_ + "/missing.txt"));
   EXPECT_FALSE(OutputExists());
 }
 

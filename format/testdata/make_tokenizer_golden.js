@@ -5,6 +5,11 @@
 // every corner of saetrack's Tokenizer; format/tokenizer_test.cc's
 // TokenizerGoldenTest compares against them exactly.
 //
+// Also writes shakespeare_bpe_golden.json: the same strings and every 16th
+// paragraph of Tiny Shakespeare, encoded with shakespeare-bpe-4096.json (the
+// tokenizer saetrack-tokenize --learn_bpe learns on Tiny Shakespeare);
+// ShakespeareBpeTest checks that saetrack encodes them identically.
+//
 //   cd format/testdata && npm ci && node make_tokenizer_golden.js
 //
 // Pythia's normalizer is NFC: strings NFC changes (decomposed accents, the
@@ -71,18 +76,31 @@ const TEXTS = [
   'zero\u200bwidth\u200cjoiner\u200dmark\ufeffbom',
 ];
 
-async function main() {
-  const tokenizer =
-      await Tokenizer.fromFile(path.join(__dirname, 'pythia-20b-tokenizer.json'));
+// compact: one case a line (for long cases), else one id a line.
+async function writeGolden(tokenizerFile, texts, outFile, compact) {
+  const tokenizer = await Tokenizer.fromFile(path.join(__dirname, tokenizerFile));
   const golden = [];
-  for (const text of TEXTS) {
+  for (const text of texts) {
     const encoding = await tokenizer.encode(text);
-    // What the ids decode back to: the text after Pythia's NFC normalizer.
+    // What the ids decode back to: the text after the NFC normalizer.
     golden.push({ text, nfc: text.normalize('NFC'), ids: Array.from(encoding.getIds()) });
   }
-  const out = path.join(__dirname, 'pythia_tokenizer_golden.json');
-  fs.writeFileSync(out, JSON.stringify(golden, null, 1) + '\n');
+  const out = path.join(__dirname, outFile);
+  const json = compact
+      ? '[\n' + golden.map((c) => JSON.stringify(c)).join(',\n') + '\n]'
+      : JSON.stringify(golden, null, 1);
+  fs.writeFileSync(out, json + '\n');
   console.log(`wrote ${golden.length} cases to ${out}`);
+}
+
+async function main() {
+  await writeGolden('pythia-20b-tokenizer.json', TEXTS, 'pythia_tokenizer_golden.json',
+                    false);
+  const shakespeare = fs.readFileSync(
+      path.join(__dirname, '..', '..', 'deploy', 'demo', 'tinyshakespeare.txt'), 'utf8');
+  const paragraphs = shakespeare.split('\n\n').filter((_, i) => i % 16 === 0);
+  await writeGolden('shakespeare-bpe-4096.json', TEXTS.concat(paragraphs),
+                    'shakespeare_bpe_golden.json', true);
 }
 
 main().catch((error) => {
