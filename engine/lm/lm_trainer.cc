@@ -12,21 +12,24 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "engine/lm/gpt_neox.h"
 #include "format/crc32c.h"
-#include "base/status_macros.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
+#include "format/token_split.h"
+#include "format/tokenizer.h"
 
 namespace saetrack::engine {
 namespace {
 
 using format::JsonValue;
 
-constexpr int kByteVocab = 256;
 // Pythia's AdamW settings.
 constexpr double kAdamBeta1 = 0.9;
 constexpr double kAdamBeta2 = 0.95;
@@ -83,14 +86,21 @@ absl::Status ValidateOptions(const TinyLmOptions& options) {
   if (!std::isfinite(options.lr) || options.lr <= 0) {
     return invalid("lr", "must be finite and positive");
   }
+  if (!(options.warmup_fraction >= 0 && options.warmup_fraction <= 1)) {
+    return invalid("warmup_fraction", "must be in [0, 1]");
+  }
+  if (options.eval_contexts <= 0) {
+    return invalid("eval_contexts", "must be positive");
+  }
   if (options.threads < 0) return invalid("threads", "must be >= 0");
   return absl::OkStatus();
 }
 
-format::ModelConfig TinyConfig(const TinyLmOptions& options) {
+format::ModelConfig TinyConfig(const TinyLmOptions& options,
+                               uint32_t vocab_size) {
   format::ModelConfig config;
   config.architecture = "gpt_neox";
-  config.vocab_size = kByteVocab;
+  config.vocab_size = static_cast<int>(vocab_size);
   config.hidden_size = options.d_model;
   config.num_hidden_layers = options.layers;
   config.num_attention_heads = options.heads;
@@ -106,21 +116,51 @@ format::ModelConfig TinyConfig(const TinyLmOptions& options) {
 }
 
 // Everything that determines the checkpoints, recorded in .complete.
-std::string CacheKey(const TinyLmOptions& options, std::string_view corpus) {
+std::string CacheKey(const TinyLmOptions& options, std::string_view corpus,
+                     std::string_view tokenizer_json) {
   return absl::StrFormat(
-      "corpus_bytes=%d corpus_crc32c=%08x steps=%s d_model=%d layers=%d "
-      "heads=%d ctx=%d batch=%d lr=%.17g seed=%d threads=%d\n",
-      corpus.size(), format::Crc32c(corpus),
+      "corpus_bytes=%d corpus_crc32c=%08x tokenizer_crc32c=%08x steps=%s "
+      "d_model=%d layers=%d heads=%d ctx=%d batch=%d lr=%.17g "
+      "warmup_fraction=%.17g eval_contexts=%d seed=%d threads=%d\n",
+      corpus.size(), format::Crc32c(corpus), format::Crc32c(tokenizer_json),
       absl::StrJoin(options.checkpoint_steps, ","), options.d_model,
       options.layers, options.heads, options.context_length, options.batch_size,
-      options.lr, options.seed, options.threads);
+      options.lr, options.warmup_fraction, options.eval_contexts, options.seed,
+      options.threads);
+}
+
+// losses.tsv, written with the checkpoints.
+std::string LossesTsv(const std::vector<std::pair<int64_t, double>>& losses) {
+  std::string out;
+  for (const auto& [step, loss] : losses) {
+    absl::StrAppendFormat(&out, "%d\t%.9g\n", step, loss);
+  }
+  return out;
+}
+
+std::vector<std::pair<int64_t, double>> ParseLossesTsv(
+    const std::string& text) {
+  std::vector<std::pair<int64_t, double>> losses;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    const std::vector<absl::string_view> fields = absl::StrSplit(line, '\t');
+    int64_t step = 0;
+    double loss = 0;
+    if (fields.size() == 2 && absl::SimpleAtoi(fields[0], &step) &&
+        absl::SimpleAtod(fields[1], &loss)) {
+      losses.emplace_back(step, loss);
+    }
+  }
+  return losses;
 }
 
 bool IsCached(const TinyLmOptions& options, const std::string& key) {
   absl::StatusOr<std::string> marker =
       format::ReadFileToString(options.out_dir + "/.complete");
   if (!marker.ok() || *marker != key) return false;
-  if (!FileExists(options.out_dir + "/tokens.u16")) return false;
+  if (!FileExists(options.out_dir + "/tokens.u16") ||
+      !FileExists(options.out_dir + "/losses.tsv")) {
+    return false;
+  }
   for (int64_t step : options.checkpoint_steps) {
     const std::string dir = CheckpointDir(options, step);
     if (!FileExists(dir + "/config.json") ||
@@ -131,11 +171,14 @@ bool IsCached(const TinyLmOptions& options, const std::string& key) {
   return true;
 }
 
-// Peak lr after a linear warm-up over the first 10% of steps, then a cosine
-// decay to kFinalLrFraction of the peak at the last step.
+// Peak lr after a linear warm-up over the first warmup_fraction of the
+// steps, then a cosine decay to kFinalLrFraction of the peak at the last
+// step.
 double LearningRate(const TinyLmOptions& options, int64_t step,
                     int64_t total_steps) {
-  const int64_t warmup = std::max<int64_t>(1, total_steps / 10);
+  const int64_t warmup = std::max<int64_t>(
+      1, static_cast<int64_t>(std::llround(options.warmup_fraction *
+                                           static_cast<double>(total_steps))));
   if (step <= warmup) {
     return options.lr * static_cast<double>(step) / static_cast<double>(warmup);
   }
@@ -188,7 +231,24 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
     const TinyLmOptions& options,
     const std::function<void(const std::string&)>& log) {
   SAETRACK_RETURN_IF_ERROR(ValidateOptions(options));
-  const format::ModelConfig config = TinyConfig(options);
+  std::string tokenizer_json = ByteLevelTokenizerJson();
+  if (!options.tokenizer_path.empty()) {
+    SAETRACK_ASSIGN_OR_RETURN(tokenizer_json,
+                              format::ReadFileToString(options.tokenizer_path));
+  }
+  const std::string tokenizer_origin = options.tokenizer_path.empty()
+                                           ? std::string("byte-level")
+                                           : options.tokenizer_path;
+  SAETRACK_ASSIGN_OR_RETURN(
+      const format::Tokenizer tokenizer,
+      format::Tokenizer::FromJson(tokenizer_json, tokenizer_origin));
+  if (tokenizer.vocab_size() > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tokenizer ", tokenizer_origin, " has ", tokenizer.vocab_size(),
+        " ids; tokens.u16 holds at most 65536"));
+  }
+  const format::ModelConfig config =
+      TinyConfig(options, tokenizer.vocab_size());
   const std::string config_json = GptNeoxConfigJson(config);
   // The same checks every job's config goes through (e.g. an odd number of
   // rotary dimensions for this head size).
@@ -197,46 +257,57 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
 
   SAETRACK_ASSIGN_OR_RETURN(const format::MappedFile corpus,
                             format::MappedFile::Open(options.corpus_path));
-  const int64_t num_tokens = static_cast<int64_t>(corpus.size());
-  if (num_tokens < options.context_length + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--corpus ", options.corpus_path, " has ", num_tokens,
-        " bytes; need at least --ctx + 1 = ", options.context_length + 1));
-  }
-  const std::string key = CacheKey(options, corpus.data());
+  const std::string key = CacheKey(options, corpus.data(), tokenizer_json);
   TinyLmResult result;
+  result.vocab_size = tokenizer.vocab_size();
   const std::string tokenizer_path = options.out_dir + "/tokenizer.json";
+  const std::string losses_path = options.out_dir + "/losses.tsv";
   if (IsCached(options, key)) {
     result.cached = true;
-    // Caches written before the tokenizer was part of the output get it now.
-    if (!FileExists(tokenizer_path)) {
-      SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
-          tokenizer_path, ByteLevelTokenizerJson()));
-    }
+    SAETRACK_ASSIGN_OR_RETURN(const std::string losses,
+                              format::ReadFileToString(losses_path));
+    result.losses = ParseLossesTsv(losses);
     return result;
   }
+
+  std::vector<uint32_t> ids;
+  if (options.tokenizer_path.empty()) {
+    ids.assign(corpus.data().begin(), corpus.data().end());
+    for (uint32_t& id : ids) id &= 0xFF;  // char may be signed
+  } else {
+    SAETRACK_ASSIGN_OR_RETURN(ids, tokenizer.Encode(corpus.data()));
+  }
+  const int64_t num_tokens = static_cast<int64_t>(ids.size());
+  const int window = options.context_length + 1;
+  if (num_tokens < 2 * window) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--corpus ", options.corpus_path, " has ", num_tokens,
+                     " tokens; need at least 2 * (--ctx + 1) = ", 2 * window));
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const format::TokenSplit split,
+                            format::SplitTokens(num_tokens, window));
+  result.train_tokens = split.train_end;
+  result.heldout_tokens = split.num_tokens - split.eval_begin;
 
   // Invalidate any previous run before rewriting its files.
   ::unlink((options.out_dir + "/.complete").c_str());
   SAETRACK_RETURN_IF_ERROR(MakeDirs(options.out_dir + "/checkpoints"));
   std::string token_bytes;
-  token_bytes.reserve(2 * corpus.size());
-  for (const char byte : corpus.data()) {
-    token_bytes.push_back(byte);  // low byte of the little-endian uint16
-    token_bytes.push_back('\0');
+  token_bytes.reserve(2 * ids.size());
+  for (const uint32_t id : ids) {
+    token_bytes.push_back(static_cast<char>(id & 0xFF));
+    token_bytes.push_back(static_cast<char>(id >> 8));
   }
   SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
       options.out_dir + "/tokens.u16", token_bytes));
   SAETRACK_RETURN_IF_ERROR(
-      format::WriteFileAtomically(tokenizer_path, ByteLevelTokenizerJson()));
+      format::WriteFileAtomically(tokenizer_path, tokenizer_json));
 
   if (options.threads > 0) torch::set_num_threads(options.threads);
   torch::Tensor tokens = torch::empty({num_tokens}, torch::kInt64);
   {
     int64_t* data = tokens.data_ptr<int64_t>();
-    for (int64_t i = 0; i < num_tokens; ++i) {
-      data[i] = static_cast<unsigned char>(corpus.data()[i]);
-    }
+    for (int64_t i = 0; i < num_tokens; ++i) data[i] = ids[i];
   }
 
   const torch::Device device(torch::kCPU);
@@ -251,26 +322,30 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
                                     .betas({kAdamBeta1, kAdamBeta2})
                                     .weight_decay(kWeightDecay));
 
+  // Training contexts from the first 90% only.
   std::mt19937_64 rng(options.seed);
   const uint64_t positions =
-      static_cast<uint64_t>(num_tokens - options.context_length);
+      static_cast<uint64_t>(split.train_end - window + 1);
+  const auto contexts = [&](const std::vector<int64_t>& starts) {
+    torch::Tensor offsets = torch::arange(window, torch::kInt64);
+    torch::Tensor index =
+        torch::tensor(starts, torch::kInt64).unsqueeze(1) + offsets;
+    torch::Tensor batch = tokens.index_select(0, index.flatten())
+                              .view({static_cast<int64_t>(starts.size()), -1});
+    return std::make_pair(batch.narrow(1, 0, options.context_length),
+                          batch.narrow(1, 1, options.context_length));
+  };
   auto sample_batch = [&]() {
     std::vector<int64_t> starts(options.batch_size);
     for (int64_t& start : starts)
       start = static_cast<int64_t>(rng() % positions);
-    torch::Tensor offsets =
-        torch::arange(options.context_length + 1, torch::kInt64);
-    torch::Tensor index =
-        torch::tensor(starts, torch::kInt64).unsqueeze(1) + offsets;
-    torch::Tensor window =
-        tokens.index_select(0, index.flatten()).view({options.batch_size, -1});
-    return std::make_pair(window.narrow(1, 0, options.context_length),
-                          window.narrow(1, 1, options.context_length));
+    return contexts(starts);
   };
+  const int64_t vocab = config.vocab_size;
   auto loss_of = [&](const torch::Tensor& inputs,
                      const torch::Tensor& targets) {
     return torch::nn::functional::cross_entropy(
-        model.Logits(inputs).reshape({-1, kByteVocab}), targets.reshape({-1}));
+        model.Logits(inputs).reshape({-1, vocab}), targets.reshape({-1}));
   };
 
   const std::set<int64_t> save_steps(options.checkpoint_steps.begin(),
@@ -280,15 +355,30 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
     SAETRACK_RETURN_IF_ERROR(
         model.SaveHuggingFace(CheckpointDir(options, step), config_json));
     result.losses.emplace_back(step, loss);
-    if (log) log(absl::StrFormat("step %d loss %.4f", step, loss));
+    if (log) {
+      log(absl::StrFormat(
+          "step %d held-out loss %.4f lr %.3g", step, loss,
+          step == 0 ? 0.0 : LearningRate(options, step, total_steps)));
+    }
     return absl::OkStatus();
   };
-  // Checkpoint losses are measured on one fixed batch, so that they compare
-  // across checkpoints (training-batch losses are noisy).
-  const std::pair<torch::Tensor, torch::Tensor> eval_batch = sample_batch();
+  // Checkpoint losses are measured on fixed held-out contexts (the job's
+  // held-out part), so that they compare across checkpoints.
+  const std::vector<int64_t> eval_starts =
+      format::HeldOutContexts(split, window, options.eval_contexts);
   auto eval_loss = [&]() {
     torch::NoGradGuard no_grad;
-    return loss_of(eval_batch.first, eval_batch.second).item<double>();
+    double sum = 0;
+    constexpr size_t kChunk = 64;
+    for (size_t begin = 0; begin < eval_starts.size(); begin += kChunk) {
+      const std::vector<int64_t> chunk(
+          eval_starts.begin() + begin,
+          eval_starts.begin() + std::min(eval_starts.size(), begin + kChunk));
+      auto [inputs, targets] = contexts(chunk);
+      sum += loss_of(inputs, targets).item<double>() *
+             static_cast<double>(chunk.size());
+    }
+    return sum / static_cast<double>(eval_starts.size());
   };
   try {
     if (save_steps.count(0) > 0) SAETRACK_RETURN_IF_ERROR(save(0, eval_loss()));
@@ -310,6 +400,8 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", error.what_without_backtrace()));
   }
+  SAETRACK_RETURN_IF_ERROR(
+      format::WriteFileAtomically(losses_path, LossesTsv(result.losses)));
   SAETRACK_RETURN_IF_ERROR(
       format::WriteFileAtomically(options.out_dir + "/.complete", key));
   return result;

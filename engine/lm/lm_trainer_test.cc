@@ -1,17 +1,18 @@
 #include "engine/lm/lm_trainer.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
 
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "engine/lm/gpt_neox.h"
 #include "format/mapped_file.h"
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "format/tokenizer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 
 namespace saetrack::engine {
 namespace {
@@ -71,8 +72,15 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
   EXPECT_NEAR(result->losses[0].second, 5.55, 0.2);
   EXPECT_LT(result->losses[2].second, result->losses[0].second - 1.0);
   ASSERT_EQ(lines.size(), 3u);
-  EXPECT_THAT(lines[1],
-              ::testing::MatchesRegex("step 4 loss [0-9]+\\.[0-9]{4}"));
+  EXPECT_THAT(lines[1], ::testing::MatchesRegex(
+                            "step 4 held-out loss [0-9]+\\.[0-9]{4} lr .*"));
+  // The split a job makes: 90% to train on, the rest held out.
+  EXPECT_EQ(result->vocab_size, 256u);
+  EXPECT_EQ(result->train_tokens + result->heldout_tokens,
+            static_cast<int64_t>(Read(corpus_).size()));
+  EXPECT_NEAR(static_cast<double>(result->heldout_tokens) /
+                  static_cast<double>(Read(corpus_).size()),
+              0.1, 1e-3);
 
   // tokens.u16: every corpus byte as a little-endian uint16.
   const std::string corpus = Read(corpus_);
@@ -123,6 +131,71 @@ TEST_F(LmTrainerTest, WritesHuggingFaceCheckpoints) {
   }
 }
 
+// Pythia's schedule shape: linear warm-up, then cosine decay to 10%.
+TEST_F(LmTrainerTest, WarmsUpThenDecaysToATenthOfThePeak) {
+  TinyLmOptions options = Options("schedule");
+  options.warmup_fraction = 0.25;  // 4 of 16 steps
+  options.checkpoint_steps = {1, 4, 16};
+  std::vector<std::string> lines;
+  ASSERT_TRUE(TrainTinyLm(options, [&](const std::string& line) {
+                lines.push_back(line);
+              }).ok());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_THAT(lines[0], ::testing::EndsWith(" lr 0.0025"));  // 1/4 of 1e-2
+  EXPECT_THAT(lines[1], ::testing::EndsWith(" lr 0.01"));
+  EXPECT_THAT(lines[2], ::testing::EndsWith(" lr 0.001"));
+  options.warmup_fraction = 1.5;
+  absl::Status status = TrainTinyLm(options, nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--warmup_fraction"));
+}
+
+// With a BPE tokenizer.json: its vocabulary sizes the model, tokens.u16
+// holds its ids, and the tokenizer travels with the checkpoints.
+TEST_F(LmTrainerTest, TrainsWithABpeTokenizer) {
+  format::BpeTrainOptions bpe;
+  bpe.vocab_size = 270;
+  absl::StatusOr<std::string> json =
+      format::TrainByteLevelBpe(Read(corpus_), bpe);
+  ASSERT_TRUE(json.ok()) << json.status();
+  const std::string tokenizer_path = dir_ + "/bpe.json";
+  ASSERT_TRUE(format::WriteFileAtomically(tokenizer_path, *json).ok());
+  TinyLmOptions options = Options("bpe");
+  options.tokenizer_path = tokenizer_path;
+  absl::StatusOr<TinyLmResult> result = TrainTinyLm(options, nullptr);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->vocab_size, 270u);
+  // The initial loss is near ln(270) = 5.60.
+  EXPECT_NEAR(result->losses[0].second, 5.60, 0.2);
+
+  absl::StatusOr<format::Tokenizer> tokenizer =
+      format::Tokenizer::FromJson(*json, "bpe");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  absl::StatusOr<std::vector<uint32_t>> ids = tokenizer->Encode(Read(corpus_));
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  const std::string tokens = Read(dir_ + "/bpe/tokens.u16");
+  ASSERT_EQ(tokens.size(), 2 * ids->size());
+  for (size_t i : {size_t{0}, size_t{7}, ids->size() - 1}) {
+    const uint32_t id = static_cast<unsigned char>(tokens[2 * i]) |
+                        static_cast<unsigned char>(tokens[2 * i + 1]) << 8;
+    EXPECT_EQ(id, (*ids)[i]) << i;
+  }
+  EXPECT_GT(*std::max_element(ids->begin(), ids->end()), 255u);
+  EXPECT_EQ(Read(dir_ + "/bpe/tokenizer.json"), *json);
+  absl::StatusOr<format::ModelConfig> config =
+      format::LoadModelConfig(dir_ + "/bpe/checkpoints/step-16");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->vocab_size, 270);
+  EXPECT_TRUE(
+      GptNeoxModel::Load(dir_ + "/bpe/checkpoints/step-16", torch::kCPU).ok());
+
+  // A missing tokenizer is named.
+  options.tokenizer_path = dir_ + "/missing.json";
+  absl::Status status = TrainTinyLm(options, nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("missing.json"));
+}
+
 TEST(ByteLevelTokenizerTest, EveryByteIsItsOwnIdAndDecodesBack) {
   absl::StatusOr<format::Tokenizer> tokenizer =
       format::Tokenizer::FromJson(ByteLevelTokenizerJson(), "byte-level");
@@ -158,6 +231,12 @@ TEST_F(LmTrainerTest, DeterministicAndCached) {
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->cached);
   EXPECT_TRUE(lines.empty());
+  // The losses come back from losses.tsv.
+  absl::StatusOr<TinyLmResult> first = TrainTinyLm(Options("b"), nullptr);
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(again->losses.size(), 3u);
+  EXPECT_EQ(again->losses[2].first, 16);
+  EXPECT_NEAR(again->losses[2].second, first->losses[2].second, 1e-6);
 
   // Another seed is another model, trained afresh into the same directory.
   TinyLmOptions other = Options("a");
@@ -185,7 +264,7 @@ TEST_F(LmTrainerTest, InvalidOptionsNameTheFlag) {
   options.context_length = 100'000;
   status = TrainTinyLm(options, nullptr).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(status.message()), HasSubstr("--ctx + 1"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("2 * (--ctx + 1)"));
 
   options = Options("x");
   options.corpus_path = dir_ + "/missing.txt";
