@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's demo command. On a fresh Debian machine, with nothing
-# downloaded: installs the dependencies, builds saetrack, trains a tiny
-# GPT-NeoX on the bundled Tiny Shakespeare (cached in <data>/lm), starts a
+# downloaded: installs the dependencies, builds saetrack, learns a BPE
+# vocabulary on the bundled Tiny Shakespeare, trains a small GPT-NeoX on it
+# (4 layers, d_model 128; cached in <data>/lm), starts a
 # coordinator and a worker on loopback, submits the demo job, waits for it
 # with a progress line and prints what the chain of SAEs found. The processes
 # it started are stopped at the end; the data directory stays so the results
@@ -14,8 +15,9 @@ usage() {
   cat <<'TXT'
 Usage: deploy/demo.sh [--quick] [--bin DIR] [--data DIR]
 
-Trains a tiny GPT-NeoX on Tiny Shakespeare, tracks its features with a chain
-of SAEs over its checkpoints and prints the report.
+Learns a 4,096-token BPE vocabulary on Tiny Shakespeare, trains a small
+GPT-NeoX on it (4 layers, d_model 128, Pythia's schedule shape), tracks its
+features with a chain of SAEs over its checkpoints and prints the report.
 
   --quick     the shortened demo (LM checkpoints up to step 64, smaller SAEs,
               fewer tokens: deploy/jobs/demo-job-quick.json); about a minute
@@ -54,7 +56,7 @@ if [ -z "$bin" ]; then
   step "Building (Release, build/)"
   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build -j"$threads" --target saetrack-coordinator \
-    saetrack-worker saetrack saetrack-tinylm 2>&1 |
+    saetrack-worker saetrack saetrack-tinylm saetrack-tokenize 2>&1 |
     grep -E "error|warning: unused|Linking" || true
   bin="$root/build/bin"
 fi
@@ -65,10 +67,16 @@ mkdir -p "$data"
 sed "s#\.\./\.\./demo-data/#$data/#g" "$job_file" >"$data/job.json"
 lm_steps=$(grep -o '"step": *[0-9]*' "$job_file" | grep -o '[0-9]*$' | paste -sd,)
 
-step "Training the tiny GPT-NeoX on Tiny Shakespeare (cached)"
+step "Learning a BPE vocabulary on Tiny Shakespeare"
+"$bin/saetrack-tokenize" --learn_bpe --vocab_size 4096 \
+  --in deploy/demo/tinyshakespeare.txt --out "$data/bpe-4096.json"
+
+step "Training the small GPT-NeoX on Tiny Shakespeare (cached)"
+echo "(held-out loss: mean cross-entropy per token on the last 10% of the"
+echo " corpus, which the model never trains on; ln 4096 = 8.32 at random)"
 "$bin/saetrack-tinylm" --corpus deploy/demo/tinyshakespeare.txt \
-  --out "$data/lm" --steps "$lm_steps" \
-  --d_model 64 --layers 2 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1 \
+  --tokenizer "$data/bpe-4096.json" --out "$data/lm" --steps "$lm_steps" \
+  --d_model 128 --layers 4 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1 \
   --threads "$threads"
 
 step "Starting a coordinator and a worker"

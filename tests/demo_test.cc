@@ -9,10 +9,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <iterator>
 #include <map>
 #include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -36,7 +38,7 @@ using ::testing::HasSubstr;
 
 // The quick job (deploy/jobs/demo-job-quick.json).
 const std::vector<int64_t> kSteps = {0, 1, 2, 4, 8, 16, 32, 64};
-constexpr int kDSae = 256;  // expansion 4 x d_model 64
+constexpr int kDSae = 512;  // expansion 4 x d_model 128
 
 template <typename Message>
 Message FromJson(const std::string& json) {
@@ -89,7 +91,8 @@ CommandResult* DemoTest::run_ = nullptr;
 
 TEST_F(DemoTest, ReportHasEverySectionInOrder) {
   const std::vector<std::string> titles = {
-      "Training the tiny GPT-NeoX on Tiny Shakespeare",
+      "Learning a BPE vocabulary on Tiny Shakespeare",
+      "Training the small GPT-NeoX on Tiny Shakespeare",
       "Starting a coordinator and a worker",
       "Submitting deploy/jobs/demo-job-quick.json and waiting",
       "Per-checkpoint SAE metrics (job-000001, layer 1)",
@@ -112,6 +115,30 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
   EXPECT_THAT(Section("Submitting"), HasSubstr("job-000001 succeeded"));
   EXPECT_THAT(Section("Done"),
               HasSubstr("saetrack drift job-000001 --layer 1"));
+}
+
+// The vocabulary is learnt on the corpus, and the LM's held-out loss per
+// checkpoint starts at ln(4096) and falls.
+TEST_F(DemoTest, LearnsAVocabularyAndReportsHeldOutLoss) {
+  EXPECT_THAT(Section("Learning a BPE vocabulary"),
+              HasSubstr("vocabulary 4096 ids; deploy/demo/tinyshakespeare.txt: "
+                        "1115394 bytes -> 344096 tokens"));
+  const std::string lm = Section("Training the small GPT-NeoX");
+  std::vector<std::pair<int, double>> losses;
+  for (absl::string_view line : absl::StrSplit(lm, '\n')) {
+    int step = 0;
+    double loss = 0;
+    const std::string text(line);
+    if (std::sscanf(text.c_str(), "step %d held-out loss %lf", &step, &loss) ==
+        2) {
+      losses.emplace_back(step, loss);
+    }
+  }
+  ASSERT_EQ(losses.size(), 8u) << lm;  // steps 0, 1, 2, 4, ..., 64
+  EXPECT_EQ(losses.front().first, 0);
+  EXPECT_NEAR(losses.front().second, std::log(4096.0), 0.1);
+  EXPECT_EQ(losses.back().first, 64);
+  EXPECT_LT(losses.back().second, losses.front().second - 2.0) << lm;
 }
 
 // The trust checks of the three reference checkpoints: both SAEs' rows and
@@ -345,7 +372,9 @@ TEST(BinariesHelpTest, EveryBinaryListsItsFlags) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
       {"saetrack-coordinator", {"--data_dir", "--listen", "--metrics_listen"}},
       {"saetrack-worker", {"--coordinator", "--device", "--state_dir"}},
-      {"saetrack-tinylm", {"--corpus", "--steps"}},
+      {"saetrack-tinylm",
+       {"--corpus", "--steps", "--tokenizer", "--warmup_fraction"}},
+      {"saetrack-tokenize", {"--tokenizer", "--learn_bpe", "--vocab_size"}},
       {"saetrack", {"drift JOB_ID", "--coordinator"}},
   };
   int calls = 0;
