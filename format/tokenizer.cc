@@ -877,46 +877,75 @@ absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
   };
   std::unordered_map<uint64_t, int64_t> pair_counts;
   std::unordered_map<uint64_t, std::vector<uint32_t>> pair_words;
+  std::vector<uint64_t> touched;  // pairs whose count changed
   const auto add_pairs = [&](uint32_t w, int64_t sign) {
     const std::vector<uint32_t>& symbols = words[w];
     for (size_t i = 0; i + 1 < symbols.size(); ++i) {
       const uint64_t k = key(symbols[i], symbols[i + 1]);
       pair_counts[k] += sign * counts[w];
+      touched.push_back(k);
       if (sign > 0) pair_words[k].push_back(w);
     }
   };
   for (uint32_t w = 0; w < words.size(); ++w) add_pairs(w, +1);
 
-  std::vector<std::pair<uint32_t, uint32_t>> merges;
-  // The last id is <|endoftext|>.
-  while (spelling.size() + 1 < options.vocab_size) {
-    uint64_t best = 0;
-    int64_t best_count = 0;
-    std::string best_spelling;
-    for (const auto& [k, count] : pair_counts) {
-      if (count < options.min_frequency || count < best_count) continue;
+  // Candidates by count, then smallest merged spelling, then left symbol.
+  // An entry is current while its count is the pair's count; every change
+  // of a count pushes a new entry, and stale ones are skipped when popped.
+  struct Candidate {
+    int64_t count;
+    std::string spelling;
+    uint32_t a;
+    uint32_t b;
+  };
+  const auto lower_priority = [](const Candidate& x, const Candidate& y) {
+    if (x.count != y.count) return x.count < y.count;
+    if (x.spelling != y.spelling) return x.spelling > y.spelling;
+    return x.a > y.a;
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>,
+                      decltype(lower_priority)>
+      candidates(lower_priority);
+  const auto push_touched = [&] {
+    std::sort(touched.begin(), touched.end());
+    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+    for (const uint64_t k : touched) {
+      const auto it = pair_counts.find(k);
+      if (it == pair_counts.end()) continue;
+      if (it->second <= 0) {
+        pair_counts.erase(it);
+        continue;
+      }
+      if (it->second < options.min_frequency) continue;
       const uint32_t a = static_cast<uint32_t>(k >> 32);
       const uint32_t b = static_cast<uint32_t>(k);
-      std::string merged = spelling[a] + spelling[b];
-      if (count > best_count || merged < best_spelling ||
-          (merged == best_spelling && a < static_cast<uint32_t>(best >> 32))) {
-        best = k;
-        best_count = count;
-        best_spelling = std::move(merged);
-      }
+      candidates.push({it->second, spelling[a] + spelling[b], a, b});
     }
-    if (best_count == 0) break;
-    const uint32_t a = static_cast<uint32_t>(best >> 32);
-    const uint32_t b = static_cast<uint32_t>(best);
+    touched.clear();
+  };
+  push_touched();
+
+  std::vector<std::pair<uint32_t, uint32_t>> merges;
+  // The last id is <|endoftext|>.
+  while (spelling.size() + 1 < options.vocab_size && !candidates.empty()) {
+    Candidate best = candidates.top();
+    candidates.pop();
+    const uint64_t best_key = key(best.a, best.b);
+    const auto current = pair_counts.find(best_key);
+    if (current == pair_counts.end() || current->second != best.count) {
+      continue;  // stale
+    }
+    const uint32_t a = best.a;
+    const uint32_t b = best.b;
     const auto [named, is_new] = spelling_ids.try_emplace(
-        best_spelling, static_cast<uint32_t>(spelling.size()));
+        best.spelling, static_cast<uint32_t>(spelling.size()));
     const uint32_t merged_id = named->second;
-    if (is_new) spelling.push_back(best_spelling);
+    if (is_new) spelling.push_back(best.spelling);
     merges.emplace_back(a, b);
     // Re-spell every word holding the pair (the list may name a word more
     // than once, or words that no longer hold it).
-    std::vector<uint32_t> holders = std::move(pair_words[best]);
-    pair_words.erase(best);
+    std::vector<uint32_t> holders = std::move(pair_words[best_key]);
+    pair_words.erase(best_key);
     std::sort(holders.begin(), holders.end());
     holders.erase(std::unique(holders.begin(), holders.end()), holders.end());
     for (uint32_t w : holders) {
@@ -940,10 +969,8 @@ absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
       symbols = std::move(merged);
       add_pairs(w, +1);
     }
-    pair_counts.erase(best);
-    for (auto it = pair_counts.begin(); it != pair_counts.end();) {
-      it = it->second <= 0 ? pair_counts.erase(it) : std::next(it);
-    }
+    pair_counts.erase(best_key);
+    push_touched();
   }
 
   // tokenizer.json, as Hugging Face writes it.
