@@ -1091,6 +1091,25 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "vs 0\n");
 }
 
+TEST_F(CliQueryTest, DriftShowsTheTokenControlledProgressBesideThePapers) {
+  SetDrift();
+  v1::DriftSummary& d = coordinator_->drift;
+  d.mutable_kinds(0)->set_final_progress_q50(0.41);
+  d.mutable_kinds(0)->set_final_progress_token_controlled_q50(0.012);
+  d.mutable_kinds(1)->set_final_progress_q50(0.3);
+  d.mutable_kinds(1)->set_final_progress_token_controlled_q50(0.2);
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr("dead               26       0               -       "
+                        "          -\n"
+                        "progress at step 256 (median P act): random-position "
+                        "baseline / same-token baseline\n"
+                        "token-level     0.410 / 0.012\n"
+                        "concept-level   0.300 / 0.200\n"
+                        "against the paper:\n"));
+}
+
 TEST_F(CliQueryTest, DriftSaysPlainlyWhereAFindingDoesNotReproduce) {
   SetDrift();
   v1::DriftSummary& d = coordinator_->drift;

@@ -255,7 +255,8 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
       absl::StrFormat("%5s %8s %10s %10s %10s %9s %9s %8s %8s %8s\n", "chain",
                       "step", "frequency", "mean act", "max act", "cos prev",
                       "cos final", "P act", "P feat", "|w_enc|"));
-  std::vector<std::optional<double>> cos_final, progress;
+  std::vector<std::optional<double>> cos_final, progress, token_controlled;
+  bool any_token_controlled = false;
   bool all_analysed = true;
   for (const v1::FeaturePoint& p : history.points()) {
     all_analysed = all_analysed && p.analysed();
@@ -275,6 +276,12 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
     progress.push_back(p.has_progress_activation()
                            ? std::optional<double>(p.progress_activation())
                            : std::nullopt);
+    token_controlled.push_back(
+        p.has_progress_token_controlled()
+            ? std::optional<double>(p.progress_token_controlled())
+            : std::nullopt);
+    any_token_controlled =
+        any_token_controlled || p.has_progress_token_controlled();
   }
   if (!all_analysed) {
     absl::StrAppend(&text,
@@ -283,6 +290,10 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
   }
   absl::StrAppend(&text, SparklineRow("cos final", cos_final),
                   SparklineRow("P act", progress));
+  // P act with the same-token baseline instead of random positions.
+  if (any_token_controlled) {
+    absl::StrAppend(&text, SparklineRow("P tok", token_controlled));
+  }
 
   const int n = history.points_size();
   if (contexts && n > 0) {
@@ -431,6 +442,31 @@ std::string FormatDriftSummary(const v1::DriftSummary& drift) {
             k.formed(),
             formed ? absl::StrFormat("%.1f", k.mean_formation_step()) : "-",
             formed ? absl::StrFormat("%.0f", k.median_formation_step()) : "-"));
+  }
+  // The progress measure with the token-controlled baseline beside the
+  // paper's, where the workers measured it.
+  const bool token_controlled = std::any_of(
+      drift.kinds().begin(), drift.kinds().end(), [](const v1::KindSummary& k) {
+        return k.has_final_progress_token_controlled_q50();
+      });
+  if (token_controlled && drift.checkpoints_size() > 0) {
+    absl::StrAppend(
+        &text,
+        absl::StrFormat("progress at step %d (median P act): random-position "
+                        "baseline / same-token baseline\n",
+                        drift.checkpoints().rbegin()->step()));
+    for (const v1::KindSummary& k : drift.kinds()) {
+      if (!k.has_final_progress_q50() &&
+          !k.has_final_progress_token_controlled_q50()) {
+        continue;
+      }
+      absl::StrAppend(
+          &text, absl::StrFormat(
+                     "%-13s %7s / %s\n", KindName(k.kind()),
+                     Fixed3(k.has_final_progress_q50(), k.final_progress_q50()),
+                     Fixed3(k.has_final_progress_token_controlled_q50(),
+                            k.final_progress_token_controlled_q50())));
+    }
   }
   absl::StrAppend(&text, "against the paper:\n");
   for (const analysis::Finding& finding :

@@ -281,6 +281,8 @@ struct AnalysisOutput {
   std::vector<float> progress_feature;
   double activation_baseline = 0;
   double feature_baseline = 0;
+  // Token-controlled P_i in activation space (feature_analysis.h).
+  std::vector<float> progress_token_controlled;
 };
 
 class SaeTrainingEngine {

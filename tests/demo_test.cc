@@ -234,6 +234,17 @@ TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
   }
   EXPECT_EQ(kinds, 3) << section;
   EXPECT_EQ(total, kDSae) << section;
+  // The progress measure with the token-controlled baseline beside the
+  // paper's: token identity explains less of a token-level feature's top
+  // contexts once the baseline holds the same tokens.
+  std::smatch progress;
+  ASSERT_TRUE(std::regex_search(
+      section, progress,
+      std::regex(R"(progress at step 64 \(median P act\): random-position )"
+                 R"(baseline / same-token baseline\ntoken-level\s+)"
+                 R"((-?[0-9.]+) / (-?[0-9.]+)\n)")))
+      << section;
+  EXPECT_LT(std::stod(progress[2]), std::stod(progress[1])) << section;
   // One drift row per checkpoint, the last one at cos 1 to itself.
   EXPECT_TRUE(std::regex_search(
       section, std::regex(R"(\n\s+7\s+64\s+1\.000\s+1\.000\s+1\.000)")))

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -69,6 +70,9 @@ class FakeEngine final : public engine::SaeTrainingEngine {
       out.max_activation.push_back(3.0f);
       out.progress_activation.push_back(0.1f * i);
       out.progress_feature.push_back(0.05f * i);
+      // NaN for feature 0: stored as absent.
+      out.progress_token_controlled.push_back(i == 0 ? std::nanf("")
+                                                     : 0.02f * i);
       for (int j = 0; j < input.top_k; ++j) {
         out.top_positions.push_back(10 * i + j);
         out.top_values.push_back(3.0f - j);
@@ -595,10 +599,16 @@ TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
   for (const v1::FeaturePoint& point : history->points()) {
     EXPECT_TRUE(point.analysed());
     EXPECT_FLOAT_EQ(point.progress_activation(), 0.4f);
+    EXPECT_FLOAT_EQ(point.progress_token_controlled(), 0.08f);
     ASSERT_EQ(point.contexts_size(), 3);
     EXPECT_EQ(point.contexts(2).position(), 42);
     EXPECT_EQ(point.contexts(2).token(), 7);
   }
+  request.set_feature_id(0);
+  history = client_->GetFeatureHistory(request);
+  ASSERT_TRUE(history.ok()) << history.status();
+  ASSERT_EQ(history->points_size(), 3);
+  EXPECT_FALSE(history->points(0).has_progress_token_controlled());
   // ...but the fake engine's SAE bytes are no safetensors: the summary
   // fails the job with an error naming them, instead of storing nonsense.
   ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_FAILED));

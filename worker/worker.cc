@@ -604,6 +604,9 @@ class GrpcWorker final : public Worker {
                                           output->progress_feature.end());
     block.set_activation_baseline(output->activation_baseline);
     block.set_feature_baseline(output->feature_baseline);
+    block.mutable_progress_token_controlled()->Add(
+        output->progress_token_controlled.begin(),
+        output->progress_token_controlled.end());
     absl::Status stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_ANALYSIS,
                                  block.SerializeAsString());
     if (stored.ok()) {

@@ -7,11 +7,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "engine/lm/activations.h"
+#include "base/status_macros.h"
 #include "engine/features/feature_analysis.h"
+#include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
 #include "engine/sae/sae.h"
-#include "base/status_macros.h"
 #include "format/token_file.h"
 
 namespace saetrack::engine {
@@ -131,10 +131,13 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
   const torch::Tensor random =
       torch::randint(n, {std::min<int64_t>(input.random_positions, n)},
                      generator, torch::kLong);
+  const torch::Tensor same_token =
+      SameTokenPositions(reference, flat_tokens, input.seed);
   const ProgressMeasure progress =
-      MeasureProgress(*sae, activations, reference, random);
+      MeasureProgress(*sae, activations, reference, random, same_token);
   out.progress_activation = progress.activation_space;
   out.progress_feature = progress.feature_space;
+  out.progress_token_controlled = progress.token_controlled;
   out.activation_baseline = progress.activation_baseline;
   out.feature_baseline = progress.feature_baseline;
   return out;

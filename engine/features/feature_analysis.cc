@@ -74,10 +74,44 @@ torch::Tensor GroupMeanPairwiseCosine(const torch::Tensor& vectors,
                       torch::full_like(pairs, std::nan("")));
 }
 
+torch::Tensor SameTokenPositions(const torch::Tensor& positions,
+                                 const torch::Tensor& tokens, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor flat_tokens = tokens.to(torch::kCPU, torch::kLong);
+  const torch::Tensor p = positions.to(torch::kCPU, torch::kLong);
+  const int64_t vocab =
+      flat_tokens.numel() == 0 ? 1 : flat_tokens.max().item<int64_t>() + 1;
+  // Positions grouped by token: order[offsets[t] .. offsets[t] + counts[t]).
+  const torch::Tensor order = flat_tokens.argsort();
+  const torch::Tensor counts = torch::bincount(flat_tokens, {}, vocab);
+  const torch::Tensor offsets = counts.cumsum(0) - counts;
+  const torch::Tensor valid_in = p >= 0;
+  const torch::Tensor token = flat_tokens.index({p.clamp_min(0)});
+  const torch::Tensor c = counts.index({token});
+  const torch::Tensor start = offsets.index({token});
+  at::Generator generator = at::detail::createCPUGenerator(seed ^ 0x70C);
+  // One draw among the c - 1 other positions: r in [0, c - 1), skipping the
+  // position's own rank.
+  const torch::Tensor others = (c - 1).clamp_min(1);
+  const torch::Tensor r =
+      (torch::rand(p.sizes(), generator, torch::kDouble) * others)
+          .floor()
+          .to(torch::kLong)
+          .clamp_max(others - 1);
+  const torch::Tensor inverse = torch::empty_like(order);
+  inverse.index_put_({order}, torch::arange(order.numel(), torch::kLong));
+  const torch::Tensor own_rank = inverse.index({p.clamp_min(0)}) - start;
+  const torch::Tensor rank = torch::where(r >= own_rank, r + 1, r);
+  const torch::Tensor drawn =
+      order.index({(start + rank).clamp_max(order.numel() - 1)});
+  return torch::where(valid_in & (c > 1), drawn, torch::full_like(p, -1));
+}
+
 ProgressMeasure MeasureProgress(const Sae& sae,
                                 const torch::Tensor& activations,
                                 const torch::Tensor& positions,
-                                const torch::Tensor& random_positions) {
+                                const torch::Tensor& random_positions,
+                                const torch::Tensor& same_token_positions) {
   torch::NoGradGuard no_grad;
   const auto device = activations.device();
   const int64_t d_sae = positions.size(0);
@@ -95,22 +129,37 @@ ProgressMeasure MeasureProgress(const Sae& sae,
   }
   const int64_t width = std::max(activations.size(1), sae.d_sae());
   const int64_t chunk = std::max<int64_t>(1, kMaxElements / (k * width));
-  std::vector<torch::Tensor> activation_parts, feature_parts;
+  const bool token_controlled = same_token_positions.defined();
+  std::vector<torch::Tensor> activation_parts, feature_parts, controlled_parts;
   for (int64_t start = 0; start < d_sae; start += chunk) {
     const int64_t rows = std::min(chunk, d_sae - start);
     const torch::Tensor p = positions.narrow(0, start, rows).to(device);
     const torch::Tensor valid = p >= 0;
     const torch::Tensor flat = p.clamp_min(0).reshape({-1});
     const torch::Tensor x = activations.index_select(0, flat);
-    activation_parts.push_back(GroupMeanPairwiseCosine(
-        x.reshape({rows, k, activations.size(1)}), valid));
+    const torch::Tensor top_cosine = GroupMeanPairwiseCosine(
+        x.reshape({rows, k, activations.size(1)}), valid);
+    activation_parts.push_back(top_cosine);
     feature_parts.push_back(GroupMeanPairwiseCosine(
         sae.Encode(x).reshape({rows, k, sae.d_sae()}), valid));
+    if (token_controlled) {
+      const torch::Tensor q =
+          same_token_positions.narrow(0, start, rows).to(device);
+      const torch::Tensor matched =
+          activations.index_select(0, q.clamp_min(0).reshape({-1}));
+      controlled_parts.push_back(
+          top_cosine -
+          GroupMeanPairwiseCosine(
+              matched.reshape({rows, k, activations.size(1)}), q >= 0));
+    }
   }
   result.activation_space =
       ToVector(torch::cat(activation_parts) - result.activation_baseline);
   result.feature_space =
       ToVector(torch::cat(feature_parts) - result.feature_baseline);
+  if (token_controlled) {
+    result.token_controlled = ToVector(torch::cat(controlled_parts));
+  }
   return result;
 }
 

@@ -34,20 +34,35 @@ TopActivations TopActivatingPositions(const Sae& sae,
 // taken from the checkpoint's activations (activation space) or from the
 // checkpoint's SAE codes (feature space). Features with fewer than two
 // positions get NaN.
+//
+// With `same_token_positions` (as SameTokenPositions returns), also the
+// token-controlled measure in activation space: the mean pairwise cosine at
+// the top positions minus that at positions holding the same tokens (one
+// per top position) elsewhere in the analysis set. It is near 0 for a
+// feature whose top contexts are alike only because they hold the same
+// token, and positive when they share more than the token.
 struct ProgressMeasure {
   std::vector<float> activation_space;  // per feature
   std::vector<float> feature_space;     // per feature
+  std::vector<float> token_controlled;  // per feature; empty without them
   double activation_baseline = 0;       // random-position mean cosine
   double feature_baseline = 0;
 };
 
 // `positions` [d_sae, k] as TopActivatingPositions returns (usually chosen
 // with the final SAE, then measured at every checkpoint); `random_positions`
-// [r >= 2] int64.
-ProgressMeasure MeasureProgress(const Sae& sae,
-                                const torch::Tensor& activations,
-                                const torch::Tensor& positions,
-                                const torch::Tensor& random_positions);
+// [r >= 2] int64; `same_token_positions` undefined or [d_sae, k].
+ProgressMeasure MeasureProgress(
+    const Sae& sae, const torch::Tensor& activations,
+    const torch::Tensor& positions, const torch::Tensor& random_positions,
+    const torch::Tensor& same_token_positions = torch::Tensor());
+
+// For each entry of `positions` [d_sae, k] (-1: none), a position drawn
+// uniformly (deterministically from `seed`) among the other positions of
+// `tokens` [n] that hold the same token; -1 where the position is -1 or its
+// token occurs only there.
+torch::Tensor SameTokenPositions(const torch::Tensor& positions,
+                                 const torch::Tensor& tokens, uint64_t seed);
 
 // Mean pairwise cosine of each group of rows: vectors [g, k, d] with `valid`
 // [g, k] bool; groups with fewer than two valid rows get NaN. Zero vectors

@@ -86,6 +86,11 @@ absl::Status ResultStore::AddAnalysis(const std::string& job_id, int32_t layer,
     if (std::isfinite(block.progress_feature(i))) {
       point.set_progress_feature(block.progress_feature(i));
     }
+    point.clear_progress_token_controlled();
+    if (i < block.progress_token_controlled_size() &&
+        std::isfinite(block.progress_token_controlled(i))) {
+      point.set_progress_token_controlled(block.progress_token_controlled(i));
+    }
     point.clear_contexts();
     point.SerializeToString(&value);
     batch->Put(Column::kFeatureHistory, key, value);

@@ -142,13 +142,16 @@ absl::Status Summariser::Run(const SummaryWork& work) {
   // Per checkpoint (step order), values over live features.
   std::vector<std::vector<double>> cos_final(num_checkpoints),
       cos_previous(num_checkpoints), progress_act(num_checkpoints),
-      progress_feat(num_checkpoints);
+      progress_feat(num_checkpoints), progress_token(num_checkpoints);
   std::vector<int> formed_by(num_checkpoints, 0);
   std::vector<int32_t> chain_of_step(num_checkpoints, 0);
   struct KindTally {
     int count = 0;
     std::vector<double> formation_steps;
     std::vector<double> formation_chain;
+    // At the final checkpoint, where defined.
+    std::vector<double> final_progress;
+    std::vector<double> final_token_controlled;
   };
   std::map<v1::FeatureKind, KindTally> kinds;
   for (v1::FeatureKind kind :
@@ -175,7 +178,8 @@ absl::Status Summariser::Run(const SummaryWork& work) {
       ordered.push_back(it->second);
     }
     const analysis::Trajectory2d& trajectory = (*trajectories)[i];
-    std::vector<double> act(num_checkpoints), feat(num_checkpoints);
+    std::vector<double> act(num_checkpoints), feat(num_checkpoints),
+        token_controlled(num_checkpoints);
     for (int t = 0; t < num_checkpoints; ++t) {
       v1::FeaturePoint& p = *ordered[t];
       p.set_decoder_cos_final(drift->cos_to_final[t][i]);
@@ -183,6 +187,9 @@ absl::Status Summariser::Run(const SummaryWork& work) {
       p.set_pca_y(trajectory.points[t].second);
       act[t] = p.has_progress_activation() ? p.progress_activation() : kNaN;
       feat[t] = p.has_progress_feature() ? p.progress_feature() : kNaN;
+      token_controlled[t] = p.has_progress_token_controlled()
+                                ? p.progress_token_controlled()
+                                : kNaN;
       chain_of_step[t] = p.chain_index();
     }
 
@@ -237,6 +244,10 @@ absl::Status Summariser::Run(const SummaryWork& work) {
 
     KindTally& tally = kinds[summary.kind()];
     ++tally.count;
+    if (std::isfinite(act.back())) tally.final_progress.push_back(act.back());
+    if (std::isfinite(token_controlled.back())) {
+      tally.final_token_controlled.push_back(token_controlled.back());
+    }
     if (formed.has_value()) {
       tally.formation_steps.push_back(static_cast<double>(steps[*formed]));
       tally.formation_chain.push_back(chain_of_step[*formed]);
@@ -247,6 +258,9 @@ absl::Status Summariser::Run(const SummaryWork& work) {
         if (t > 0) cos_previous[t].push_back(drift->cos_to_previous[t][i]);
         if (std::isfinite(act[t])) progress_act[t].push_back(act[t]);
         if (std::isfinite(feat[t])) progress_feat[t].push_back(feat[t]);
+        if (std::isfinite(token_controlled[t])) {
+          progress_token[t].push_back(token_controlled[t]);
+        }
         if (formed.has_value() && *formed <= t) ++formed_by[t];
       }
     }
@@ -282,6 +296,9 @@ absl::Status Summariser::Run(const SummaryWork& work) {
     if (t > 0) *c->mutable_cos_to_previous() = QuantilesOf(cos_previous[t]);
     *c->mutable_progress_activation() = QuantilesOf(progress_act[t]);
     *c->mutable_progress_feature() = QuantilesOf(progress_feat[t]);
+    if (!progress_token[t].empty()) {
+      *c->mutable_progress_token_controlled() = QuantilesOf(progress_token[t]);
+    }
     c->set_formed(formed_by[t]);
   }
   if (num_checkpoints >= analysis::kMinPhaseCheckpoints &&
@@ -296,6 +313,13 @@ absl::Status Summariser::Run(const SummaryWork& work) {
     k->set_kind(kind);
     k->set_count(tally.count);
     k->set_formed(static_cast<int32_t>(tally.formation_steps.size()));
+    if (!tally.final_progress.empty()) {
+      k->set_final_progress_q50(Median(tally.final_progress));
+    }
+    if (!tally.final_token_controlled.empty()) {
+      k->set_final_progress_token_controlled_q50(
+          Median(tally.final_token_controlled));
+    }
     if (!tally.formation_steps.empty()) {
       const double n = static_cast<double>(tally.formation_steps.size());
       k->set_mean_formation_step(std::accumulate(tally.formation_steps.begin(),

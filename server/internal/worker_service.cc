@@ -8,8 +8,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/internal/chunked_writer.h"
 #include "format/crc32c.h"
+#include "server/internal/chunked_writer.h"
 
 namespace saetrack::server {
 namespace {
@@ -392,6 +392,13 @@ absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
                     kTop),
         CheckLength("top_tokens", block.top_tokens_size(), top, kArtifact,
                     kTop)}) {
+    if (!s.ok()) return s;
+  }
+  // Optional: absent from workers that do not measure it.
+  if (block.progress_token_controlled_size() != 0) {
+    absl::Status s =
+        CheckLength("progress_token_controlled",
+                    block.progress_token_controlled_size(), d_sae, kArtifact);
     if (!s.ok()) return s;
   }
   for (int j = 0; j < top; ++j) {
