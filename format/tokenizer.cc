@@ -973,16 +973,22 @@ absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
     push_touched();
   }
 
-  // tokenizer.json, as Hugging Face writes it.
-  using format::JsonValue;
+  return ByteLevelBpeJson(spelling, merges, /*nfc=*/true,
+                          /*end_of_text=*/true);
+}
+
+std::string ByteLevelBpeJson(
+    const std::vector<std::string>& tokens,
+    const std::vector<std::pair<uint32_t, uint32_t>>& merges, bool nfc,
+    bool end_of_text) {
   JsonValue::Object vocab;
-  for (uint32_t id = 0; id < spelling.size(); ++id) {
-    vocab.emplace_back(ByteLevelSpelling(spelling[id]), JsonValue::Integer(id));
+  for (uint32_t id = 0; id < tokens.size(); ++id) {
+    vocab.emplace_back(ByteLevelSpelling(tokens[id]), JsonValue::Integer(id));
   }
   JsonValue::Array merge_values;
   for (const auto& [a, b] : merges) {
     merge_values.push_back(JsonValue::String(absl::StrCat(
-        ByteLevelSpelling(spelling[a]), " ", ByteLevelSpelling(spelling[b]))));
+        ByteLevelSpelling(tokens[a]), " ", ByteLevelSpelling(tokens[b]))));
   }
   const auto byte_level = [] {
     return JsonValue::MakeObject({
@@ -992,22 +998,26 @@ absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
         {"use_regex", JsonValue::Bool(true)},
     });
   };
-  const uint32_t eos_id = static_cast<uint32_t>(spelling.size());
+  JsonValue::Array added_tokens;
+  if (end_of_text) {
+    added_tokens.push_back(JsonValue::MakeObject({
+        {"id", JsonValue::Integer(static_cast<int64_t>(tokens.size()))},
+        {"content", JsonValue::String("<|endoftext|>")},
+        {"single_word", JsonValue::Bool(false)},
+        {"lstrip", JsonValue::Bool(false)},
+        {"rstrip", JsonValue::Bool(false)},
+        {"normalized", JsonValue::Bool(false)},
+        {"special", JsonValue::Bool(true)},
+    }));
+  }
   const JsonValue json = JsonValue::MakeObject({
       {"version", JsonValue::String("1.0")},
       {"truncation", JsonValue()},
       {"padding", JsonValue()},
-      {"added_tokens", JsonValue::MakeArray({JsonValue::MakeObject({
-                           {"id", JsonValue::Integer(eos_id)},
-                           {"content", JsonValue::String("<|endoftext|>")},
-                           {"single_word", JsonValue::Bool(false)},
-                           {"lstrip", JsonValue::Bool(false)},
-                           {"rstrip", JsonValue::Bool(false)},
-                           {"normalized", JsonValue::Bool(false)},
-                           {"special", JsonValue::Bool(true)},
-                       })})},
+      {"added_tokens", JsonValue::MakeArray(std::move(added_tokens))},
       {"normalizer",
-       JsonValue::MakeObject({{"type", JsonValue::String("NFC")}})},
+       nfc ? JsonValue::MakeObject({{"type", JsonValue::String("NFC")}})
+           : JsonValue()},
       {"pre_tokenizer", byte_level()},
       {"post_processor", byte_level()},
       {"decoder", byte_level()},
@@ -1024,7 +1034,7 @@ absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
                     {"merges", JsonValue::MakeArray(std::move(merge_values))},
                 })},
   });
-  return format::SerializeJson(json);
+  return SerializeJson(json);
 }
 
 }  // namespace saetrack::format

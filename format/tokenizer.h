@@ -49,6 +49,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -178,6 +179,17 @@ struct BpeTrainOptions {
 // kInternal when ICU's normaliser fails.
 absl::StatusOr<std::string> TrainByteLevelBpe(std::string_view corpus,
                                               const BpeTrainOptions& options);
+
+// The tokenizer.json of a byte-level BPE, as Hugging Face writes it:
+// `tokens` are the bytes of ids 0..n-1 (written in GPT-2's byte-level
+// spelling), `merges` pairs of ids in rank order; the ByteLevel
+// pre-tokenizer, post-processor and decoder without a prefix space; an NFC
+// normalizer when `nfc` (else none); with `end_of_text`, "<|endoftext|>" as
+// a special added token with id n.
+std::string ByteLevelBpeJson(
+    const std::vector<std::string>& tokens,
+    const std::vector<std::pair<uint32_t, uint32_t>>& merges, bool nfc,
+    bool end_of_text);
 
 }  // namespace saetrack::format
 

@@ -49,6 +49,47 @@ constexpr uint32_t kEndOfText = 0;            // added token "<|endoftext|>"
 constexpr uint32_t kTwoSpaces = 50276;        // added token "  "
 constexpr uint32_t kPythiaVocabSize = 50277;  // largest added id 50276, + 1
 
+// A case of a golden file written by testdata/make_tokenizer_golden.js:
+// the text, its NFC form and Hugging Face's ids for it.
+struct GoldenCase {
+  std::string text;
+  std::string nfc;
+  std::vector<uint32_t> ids;
+};
+
+// The cases of golden file `path`; a test failure (and no cases) when it
+// cannot be read or has the wrong shape.
+std::vector<GoldenCase> ReadGolden(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    ADD_FAILURE() << text.status();
+    return {};
+  }
+  absl::StatusOr<JsonValue> golden = ParseJson(*text, path);
+  if (!golden.ok() || !golden->is_array()) {
+    ADD_FAILURE() << path << ": not a JSON array: " << golden.status();
+    return {};
+  }
+  std::vector<GoldenCase> cases;
+  for (const JsonValue& entry : golden->array()) {
+    const JsonValue* input = entry.Find("text");
+    const JsonValue* nfc = entry.Find("nfc");
+    const JsonValue* ids = entry.Find("ids");
+    if (input == nullptr || !input->is_string() || nfc == nullptr ||
+        !nfc->is_string() || ids == nullptr || !ids->is_array()) {
+      ADD_FAILURE() << path << ": a case without text, nfc or ids";
+      return {};
+    }
+    GoldenCase& c = cases.emplace_back();
+    c.text = input->string_value();
+    c.nfc = nfc->string_value();
+    for (const JsonValue& id : ids->array()) {
+      c.ids.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
+    }
+  }
+  return cases;
+}
+
 // One Pythia tokenizer for the whole suite: loading parses 2.4 MB of JSON.
 class PythiaTokenizerTest : public ::testing::Test {
  protected:
@@ -198,32 +239,15 @@ TEST_F(PythiaTokenizerTest, TinyShakespeareRoundTrips) {
 // Compares with the ids of Hugging Face's own library (committed; made by
 // testdata/make_tokenizer_golden.js with the npm `tokenizers` 0.23.2).
 TEST_F(PythiaTokenizerTest, TokenizerGoldenTest) {
-  absl::StatusOr<std::string> text =
-      ReadFileToString(SAETRACK_TOKENIZER_GOLDEN);
-  ASSERT_TRUE(text.ok()) << text.status();
-  absl::StatusOr<JsonValue> golden =
-      ParseJson(*text, SAETRACK_TOKENIZER_GOLDEN);
-  ASSERT_TRUE(golden.ok()) << golden.status();
-  ASSERT_TRUE(golden->is_array());
-  ASSERT_FALSE(golden->array().empty());
-  for (const JsonValue& entry : golden->array()) {
-    const JsonValue* input = entry.Find("text");
-    const JsonValue* ids = entry.Find("ids");
-    ASSERT_TRUE(input != nullptr && input->is_string());
-    ASSERT_TRUE(ids != nullptr && ids->is_array());
-    std::vector<uint32_t> expected;
-    for (const JsonValue& id : ids->array()) {
-      expected.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
-    }
-    const JsonValue* nfc = entry.Find("nfc");
-    ASSERT_TRUE(nfc != nullptr && nfc->is_string());
-    const std::vector<uint32_t> actual = EncodeOk(input->string_value());
-    EXPECT_EQ(actual, expected) << "text: " << JsonQuote(input->string_value());
+  const std::vector<GoldenCase> golden = ReadGolden(SAETRACK_TOKENIZER_GOLDEN);
+  ASSERT_FALSE(golden.empty());
+  for (const GoldenCase& entry : golden) {
+    const std::vector<uint32_t> actual = EncodeOk(entry.text);
+    EXPECT_EQ(actual, entry.ids) << "text: " << JsonQuote(entry.text);
     // The ids decode to the text as NFC normalised it.
     absl::StatusOr<std::string> decoded = tokenizer_->Decode(actual);
     ASSERT_TRUE(decoded.ok()) << decoded.status();
-    EXPECT_EQ(*decoded, nfc->string_value())
-        << "text: " << JsonQuote(input->string_value());
+    EXPECT_EQ(*decoded, entry.nfc) << "text: " << JsonQuote(entry.text);
   }
 }
 
@@ -631,26 +655,11 @@ TEST_F(ShakespeareBpeTest, CommonWordsAndNamesAreSingleTokens) {
 TEST_F(ShakespeareBpeTest, HuggingFaceEncodesIdentically) {
   absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(*json_, "learnt");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  absl::StatusOr<std::string> text =
-      ReadFileToString(SAETRACK_SHAKESPEARE_BPE_GOLDEN);
-  ASSERT_TRUE(text.ok()) << text.status();
-  absl::StatusOr<JsonValue> golden =
-      ParseJson(*text, SAETRACK_SHAKESPEARE_BPE_GOLDEN);
-  ASSERT_TRUE(golden.ok()) << golden.status();
-  ASSERT_TRUE(golden->is_array());
   size_t checked = 0;
-  for (const JsonValue& entry : golden->array()) {
-    const JsonValue* input = entry.Find("text");
-    const JsonValue* ids = entry.Find("ids");
-    ASSERT_TRUE(input != nullptr && input->is_string());
-    ASSERT_TRUE(ids != nullptr && ids->is_array());
-    std::vector<uint32_t> expected;
-    for (const JsonValue& id : ids->array()) {
-      expected.push_back(static_cast<uint32_t>(id.AsInt64().value_or(-1)));
-    }
-    EXPECT_EQ(Ids(*tokenizer, input->string_value()), expected)
-        << "text: " << JsonQuote(input->string_value());
-    checked += expected.size();
+  for (const GoldenCase& entry : ReadGolden(SAETRACK_SHAKESPEARE_BPE_GOLDEN)) {
+    EXPECT_EQ(Ids(*tokenizer, entry.text), entry.ids)
+        << "text: " << JsonQuote(entry.text);
+    checked += entry.ids.size();
   }
   // The corner cases and a long stretch of the corpus itself.
   EXPECT_GT(checked, 10000u);

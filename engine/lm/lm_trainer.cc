@@ -408,59 +408,11 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
 }
 
 std::string ByteLevelTokenizerJson() {
-  using format::JsonValue;
-  // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the
-  // others for U+0100 onwards in byte order.
-  const auto printable = [](int b) {
-    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
-           (b >= 0xAE && b <= 0xFF);
-  };
-  const auto utf8 = [](int code_point) {
-    std::string out;
-    if (code_point < 0x80) {
-      out.push_back(static_cast<char>(code_point));
-    } else {
-      out.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
-      out.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
-    }
-    return out;
-  };
-  JsonValue::Object vocab;
-  int next_extra = 0;
-  for (int b = 0; b < 256; ++b) {
-    const int code_point = printable(b) ? b : 256 + next_extra++;
-    vocab.emplace_back(utf8(code_point), JsonValue::Integer(b));
-  }
-  const auto byte_level = [] {
-    return JsonValue::MakeObject({
-        {"type", JsonValue::String("ByteLevel")},
-        {"add_prefix_space", JsonValue::Bool(false)},
-        {"trim_offsets", JsonValue::Bool(true)},
-        {"use_regex", JsonValue::Bool(true)},
-    });
-  };
-  const JsonValue tokenizer = JsonValue::MakeObject({
-      {"version", JsonValue::String("1.0")},
-      {"truncation", JsonValue()},
-      {"padding", JsonValue()},
-      {"added_tokens", JsonValue::MakeArray({})},
-      {"normalizer", JsonValue()},
-      {"pre_tokenizer", byte_level()},
-      {"post_processor", byte_level()},
-      {"decoder", byte_level()},
-      {"model", JsonValue::MakeObject({
-                    {"type", JsonValue::String("BPE")},
-                    {"dropout", JsonValue()},
-                    {"unk_token", JsonValue()},
-                    {"continuing_subword_prefix", JsonValue()},
-                    {"end_of_word_suffix", JsonValue()},
-                    {"fuse_unk", JsonValue::Bool(false)},
-                    {"byte_fallback", JsonValue::Bool(false)},
-                    {"vocab", JsonValue::MakeObject(std::move(vocab))},
-                    {"merges", JsonValue::MakeArray({})},
-                })},
-  });
-  return format::SerializeJson(tokenizer) + "\n";
+  std::vector<std::string> bytes;
+  for (int b = 0; b < 256; ++b) bytes.emplace_back(1, static_cast<char>(b));
+  return format::ByteLevelBpeJson(bytes, {}, /*nfc=*/false,
+                                  /*end_of_text=*/false) +
+         "\n";
 }
 
 }  // namespace saetrack::engine
