@@ -1,6 +1,9 @@
 #include "analysis/findings.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -160,6 +163,90 @@ Finding FormationFinding(const std::optional<KindFormation>& token_level,
 std::vector<Finding> PaperFindings(const FindingsInput& input) {
   return {DriftFinding(input.drift), PhasesFinding(input.phases),
           FormationFinding(input.token_level, input.concept_level)};
+}
+
+std::optional<Spread> SpreadOf(
+    const std::vector<std::optional<double>>& values) {
+  std::vector<double> finite;
+  for (const std::optional<double>& v : values) {
+    if (v.has_value() && std::isfinite(*v)) finite.push_back(*v);
+  }
+  if (finite.empty()) return std::nullopt;
+  std::sort(finite.begin(), finite.end());
+  const size_t n = finite.size();
+  Spread spread;
+  spread.runs = static_cast<int>(n);
+  spread.median =
+      n % 2 == 1 ? finite[n / 2] : (finite[n / 2 - 1] + finite[n / 2]) / 2;
+  spread.min = finite.front();
+  spread.max = finite.back();
+  return spread;
+}
+
+std::string DescribeVerdicts(const std::vector<Verdict>& verdicts) {
+  if (verdicts.empty()) return "";
+  const auto words = [](Verdict v) -> const char* {
+    switch (v) {
+      case Verdict::kReproduces:
+        return "reproduces";
+      case Verdict::kReproducesWeakly:
+        return "reproduces only weakly";
+      case Verdict::kDoesNotReproduce:
+        return "does NOT reproduce";
+      case Verdict::kNotMeasured:
+        break;
+    }
+    return "not measured";
+  };
+  std::vector<std::pair<int, Verdict>> counts;
+  for (Verdict v : {Verdict::kReproduces, Verdict::kReproducesWeakly,
+                    Verdict::kDoesNotReproduce, Verdict::kNotMeasured}) {
+    const int n =
+        static_cast<int>(std::count(verdicts.begin(), verdicts.end(), v));
+    if (n > 0) counts.emplace_back(n, v);
+  }
+  // Most frequent first; ties in the order above.
+  std::stable_sort(counts.begin(), counts.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string text;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (i == 0) {
+      absl::StrAppend(&text, words(counts[i].second), " in ", counts[i].first,
+                      " of ", verdicts.size(),
+                      verdicts.size() == 1 ? " run" : " runs");
+    } else {
+      absl::StrAppend(&text, ", ", words(counts[i].second), " in ",
+                      counts[i].first);
+    }
+  }
+  return text;
+}
+
+Finding DriftAgainstNoise(int64_t step, double cos_to_final,
+                          double two_sae_match, double random_match) {
+  Finding finding;
+  const std::string numbers = absl::StrFormat(
+      "the median cos to the final direction (%.3f) against two SAEs "
+      "trained on that checkpoint (%.3f; two random dictionaries %.3f)",
+      cos_to_final, two_sae_match, random_match);
+  if (!std::isfinite(cos_to_final) || !std::isfinite(two_sae_match)) {
+    finding.verdict = Verdict::kNotMeasured;
+    finding.sentence =
+        absl::StrCat("drift vs noise at step ", step, ": not measured");
+  } else if (cos_to_final < two_sae_match - kDriftNoiseMargin) {
+    finding.verdict = Verdict::kReproduces;
+    finding.sentence = absl::StrCat("drift vs noise at step ", step,
+                                    ": signal, ", numbers);
+  } else if (cos_to_final >= two_sae_match) {
+    finding.verdict = Verdict::kDoesNotReproduce;
+    finding.sentence = absl::StrCat("drift vs noise at step ", step,
+                                    ": within the noise, ", numbers);
+  } else {
+    finding.verdict = Verdict::kReproducesWeakly;
+    finding.sentence = absl::StrCat("drift vs noise at step ", step,
+                                    ": barely above the noise, ", numbers);
+  }
+  return finding;
 }
 
 }  // namespace saetrack::analysis

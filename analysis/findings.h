@@ -104,6 +104,38 @@ struct FindingsInput {
 // The three findings in order: drift, phases, formation.
 std::vector<Finding> PaperFindings(const FindingsInput& input);
 
+// --- Findings over replicate runs (seeds of a chain at one layer) ---
+
+// A number over runs: its median and range over the present, finite values.
+struct Spread {
+  int runs = 0;
+  double median = 0;
+  double min = 0;
+  double max = 0;
+};
+
+// nullopt when no value is present and finite.
+std::optional<Spread> SpreadOf(const std::vector<std::optional<double>>& values);
+
+// One finding's verdicts over runs in words, most frequent first, e.g.
+// "reproduces in 2 of 2 runs" or "reproduces only weakly in 1 of 2 runs,
+// does NOT reproduce in 1". Empty for no runs.
+std::string DescribeVerdicts(const std::vector<Verdict>& verdicts);
+
+// Drift is signal only where it exceeds what separates two SAEs trained on
+// the same checkpoint: at step t, the median cos between a feature's decoder
+// and its final direction beside the median matched cos of two SAEs of
+// step t (seed stability at the chain's first checkpoint, chain vs
+// independent later) and of two random dictionaries.
+inline constexpr double kDriftNoiseMargin = 0.05;
+
+// Reproduces ("signal") when cos_to_final is below two_sae_match by more
+// than kDriftNoiseMargin, does not ("within the noise") when it is at or
+// above two_sae_match, only weakly in between. The sentence starts
+// "drift vs noise at step t: ".
+Finding DriftAgainstNoise(int64_t step, double cos_to_final,
+                          double two_sae_match, double random_match);
+
 }  // namespace saetrack::analysis
 
 #endif  // SAETRACK_ANALYSIS_FINDINGS_H_

@@ -1,5 +1,6 @@
 #include "analysis/findings.h"
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -257,6 +258,63 @@ TEST(PaperFindingsTest, ThreeFindingsInOrder) {
   EXPECT_THAT(findings[0].sentence, StartsWith("drift: "));
   EXPECT_THAT(findings[1].sentence, StartsWith("phases: "));
   EXPECT_THAT(findings[2].sentence, StartsWith("formation: "));
+}
+
+// --- over runs ---------------------------------------------------------------
+
+TEST(SpreadTest, MedianAndRangeOverPresentFiniteValues) {
+  EXPECT_FALSE(SpreadOf({}).has_value());
+  EXPECT_FALSE(SpreadOf({std::nullopt, std::nan("")}).has_value());
+  const std::optional<Spread> odd = SpreadOf({3.0, std::nullopt, 1.0, 2.0});
+  ASSERT_TRUE(odd.has_value());
+  EXPECT_EQ(odd->runs, 3);
+  EXPECT_DOUBLE_EQ(odd->median, 2.0);
+  EXPECT_DOUBLE_EQ(odd->min, 1.0);
+  EXPECT_DOUBLE_EQ(odd->max, 3.0);
+  const std::optional<Spread> even = SpreadOf({0.5, 0.1});
+  ASSERT_TRUE(even.has_value());
+  EXPECT_EQ(even->runs, 2);
+  EXPECT_DOUBLE_EQ(even->median, 0.3);
+  EXPECT_DOUBLE_EQ(even->min, 0.1);
+}
+
+TEST(DescribeVerdictsTest, CountsMostFrequentFirst) {
+  EXPECT_EQ(DescribeVerdicts({}), "");
+  EXPECT_EQ(DescribeVerdicts({Verdict::kReproduces}), "reproduces in 1 of 1 run");
+  EXPECT_EQ(DescribeVerdicts({Verdict::kReproduces, Verdict::kReproduces}),
+            "reproduces in 2 of 2 runs");
+  EXPECT_EQ(DescribeVerdicts({Verdict::kDoesNotReproduce,
+                              Verdict::kReproducesWeakly,
+                              Verdict::kDoesNotReproduce}),
+            "does NOT reproduce in 2 of 3 runs, reproduces only weakly in 1");
+  // A tie keeps the order reproduces, weakly, not, not measured.
+  EXPECT_EQ(
+      DescribeVerdicts({Verdict::kNotMeasured, Verdict::kReproducesWeakly}),
+      "reproduces only weakly in 1 of 2 runs, not measured in 1");
+}
+
+TEST(DriftAgainstNoiseTest, SignalOnlyBeyondTheTwoSaeMatch) {
+  const Finding signal = DriftAgainstNoise(0, 0.093, 0.970, 0.254);
+  EXPECT_EQ(signal.verdict, Verdict::kReproduces);
+  EXPECT_EQ(signal.sentence,
+            "drift vs noise at step 0: signal, the median cos to the final "
+            "direction (0.093) against two SAEs trained on that checkpoint "
+            "(0.970; two random dictionaries 0.254)");
+  // At or above the match two SAEs of the same checkpoint reach, the drift
+  // is no larger than the noise of training.
+  EXPECT_EQ(DriftAgainstNoise(512, 0.818, 0.656, 0.254).verdict,
+            Verdict::kDoesNotReproduce);
+  EXPECT_THAT(DriftAgainstNoise(512, 0.818, 0.656, 0.254).sentence,
+              HasSubstr("within the noise"));
+  EXPECT_EQ(DriftAgainstNoise(64, 0.656, 0.656, 0.254).verdict,
+            Verdict::kDoesNotReproduce);
+  // Within the margin below it: only weakly.
+  EXPECT_EQ(DriftAgainstNoise(64, 0.62, 0.656, 0.254).verdict,
+            Verdict::kReproducesWeakly);
+  EXPECT_EQ(DriftAgainstNoise(64, 0.60, 0.656, 0.254).verdict,
+            Verdict::kReproduces);
+  EXPECT_EQ(DriftAgainstNoise(64, std::nan(""), 0.656, 0.254).verdict,
+            Verdict::kNotMeasured);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@ int Cli::Run() {
   if (inv_.command == "feature") return Feature();
   if (inv_.command == "features") return Features();
   if (inv_.command == "drift") return Drift();
+  if (inv_.command == "findings") return Findings();
   if (inv_.command == "export") return Export();
   if (inv_.command == "admin") return Admin();
   return Usage(inv_.command.empty()

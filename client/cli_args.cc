@@ -107,6 +107,20 @@ Commands:
                            converging to the final direction, the fast-slow-
                            fast phases, concept-level features forming after
                            token-level ones) reproduces, with the numbers.
+  findings JOB_ID [JOB_ID...] --layer L
+                           The paper's findings over replicate runs (the same
+                           job submitted with different sae.seed): per
+                           reference checkpoint the median cos to the final
+                           decoder beside what two SAEs of that checkpoint
+                           share (seed stability, chain vs independent) and
+                           two random dictionaries, the speed-ups, the phase
+                           fit (segments, breakpoints as steps), formation
+                           steps and the final progress measure per kind with
+                           both baselines; a column per job, then the median
+                           and range. Then each finding's verdicts counted
+                           over the runs (drift, phases, formation, drift vs
+                           the noise of SAE training) and the speed-up over
+                           every measured link.
   export JOB_ID --layer L [--step S] --out DIR
                            Write the SAE of checkpoint step S in SAELens's
                            layout: DIR/cfg.json and DIR/sae_weights.safetensors
@@ -144,7 +158,8 @@ namespace {
 // The commands, one CLI11 subcommand each (Cli::Run dispatches on the name).
 constexpr const char* kCommands[] = {
     "submit",  "status",  "list",     "watch", "cancel", "metrics",
-    "quality", "feature", "features", "drift", "export", "admin",
+    "quality", "feature", "features", "drift", "findings", "export",
+    "admin",
 };
 
 // A flag's value that fails its check, thrown from the flag's CLI11 callback

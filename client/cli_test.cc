@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -200,6 +202,7 @@ struct FakeCoordinator {
   v1::ListFeaturesResponse features;
   v1::ListFeaturesRequest features_request;
   v1::DriftSummary drift;
+  v1::GetQualityChecksResponse quality;
   absl::Status query_status;
   // What ExportSae answers; unset: kUnimplemented, as an older coordinator.
   std::optional<absl::StatusOr<ExportedSae>> exported;
@@ -266,6 +269,12 @@ class FakeClient final : public SaetrackClient {
     c_->calls.push_back(absl::StrCat("GetDriftSummary ", job_id, " ", layer));
     if (!c_->query_status.ok()) return c_->query_status;
     return c_->drift;
+  }
+  absl::StatusOr<v1::GetQualityChecksResponse> GetQualityChecks(
+      const std::string& job_id, int layer) override {
+    c_->calls.push_back(absl::StrCat("GetQualityChecks ", job_id, " ", layer));
+    if (!c_->query_status.ok()) return c_->query_status;
+    return c_->quality;
   }
   absl::StatusOr<ExportedSae> ExportSae(const std::string& job_id, int layer,
                                         std::optional<int64_t> step) override {
@@ -1089,6 +1098,124 @@ TEST_F(CliQueryTest, DriftPrintsQuantilesPhasesAndKinds) {
       "  formation: reproduces, concept-level features form later: mean "
       "formation step 120.2 (concept-level) vs 3.5 (token-level), medians 64 "
       "vs 0\n");
+}
+
+// Trust checks at steps 0 and 256 of SetDrift's chain: seed stability
+// `seed_match` at step 0, chain vs independent `late_match` at step 256
+// with speed-ups `same` and `slow`.
+v1::GetQualityChecksResponse QualityAt0And256(double seed_match,
+                                              double late_match, double same,
+                                              double slow) {
+  v1::GetQualityChecksResponse q;
+  for (const auto& [step, match] :
+       {std::pair<int64_t, double>{0, seed_match}, {256, late_match}}) {
+    v1::CheckpointMetrics* m = q.add_checkpoints();
+    m->set_step(step);
+    m->set_chain_index(step == 0 ? 0 : 3);
+    m->set_median_decoder_cos_init(step == 0 ? 0.17 : 0.99);
+    v1::ReferenceCheck* r = m->mutable_reference();
+    r->set_seed(2);
+    r->set_match_median_cosine(match);
+    r->set_random_median_cosine(0.25);
+    if (step > 0) {
+      r->mutable_speedup()->mutable_same_lr()->set_speedup(same);
+      r->mutable_speedup()->mutable_slow_lr()->set_speedup(slow);
+    }
+  }
+  return q;
+}
+
+TEST_F(CliQueryTest, FindingsOverRunsGiveEachNumberItsRange) {
+  SetDrift();
+  internal::FindingsRun a;
+  a.job_id = "job-000001";
+  a.seed = 1;
+  a.layer = 1;
+  a.drift = coordinator_->drift;
+  a.quality = QualityAt0And256(0.97, 0.66, 600, 0.5);
+  internal::FindingsRun b = a;
+  b.job_id = "job-000002";
+  b.seed = 2;
+  // The second seed: step 0 drifts less, only two segments win, formation
+  // in the same order, a smaller speed-up.
+  b.drift.mutable_checkpoints(0)->mutable_cos_to_final()->set_q50(0.35);
+  b.drift.mutable_phases()->set_segments(2);
+  b.drift.mutable_phases()->set_bic2(-61);
+  b.quality = QualityAt0And256(0.95, 0.60, 40, 0.1);
+  const std::string text = internal::FormatFindingsOverRuns({a, b});
+  EXPECT_THAT(text, StartsWith("findings over 2 runs at layer 1: job-000001 "
+                               "(seed 1) job-000002 (seed 2)\n"));
+  EXPECT_THAT(text, HasSubstr("\ndrift: median cos to final at step 0        "
+                              "     0.250       0.350     0.300  0.250 - "
+                              "0.350\n"));
+  EXPECT_THAT(text, HasSubstr("\n  two SAEs of step 0 (matched cos)          "
+                              "     0.970       0.950     0.960  0.950 - "
+                              "0.970\n"));
+  EXPECT_THAT(text, HasSubstr("\nspeed-up at step 256, same lr             "
+                              "      600.0x       40.0x    320.0x  40.0x - "
+                              "600.0x\n"));
+  EXPECT_THAT(text, HasSubstr("\nphases: segments chosen by BIC            "
+                              "           3           2       2.5  2 - 3\n"));
+  // The second breakpoint exists only where three segments won.
+  EXPECT_THAT(text, HasSubstr("\nphases: second breakpoint (step)          "
+                              "       127.4           -     127.4  127.4 - "
+                              "127.4\n"));
+  EXPECT_THAT(text, HasSubstr("verdicts over the runs:\n"
+                              "  drift: reproduces in 2 of 2 runs\n"
+                              "  phases: does NOT reproduce in 2 of 2 runs\n"
+                              "  formation: reproduces in 2 of 2 runs\n"));
+  // Step 0 drifts far beyond what two seeds disagree by. At the final
+  // checkpoint cos to final is 1 by definition: no drift row or verdict
+  // there, only what two SAEs of it share.
+  EXPECT_THAT(text, HasSubstr("  drift vs noise at step 0: reproduces in 2 of "
+                              "2 runs\n"
+                              "  speed-up, same lr:"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("at step 256\n")));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("cos to final at step 256")));
+  EXPECT_THAT(text, HasSubstr("\n  two SAEs of step 256 (matched cos)        "
+                              "     0.660       0.600     0.630  0.600 - "
+                              "0.660\n"));
+  EXPECT_THAT(text, HasSubstr("  speed-up, same lr: median 320.0x over 2 links "
+                              "(range 40.0x - 600.0x); >= 20x (the paper's) "
+                              "at 2, slower than from scratch at 0\n"));
+  EXPECT_THAT(text, HasSubstr("  speed-up, lr/10: median 0.3x over 2 links "
+                              "(range 0.1x - 0.5x); >= 20x (the paper's) at "
+                              "0, slower than from scratch at 2\n"));
+
+  const nlohmann::json json =
+      nlohmann::json::parse(internal::FindingsOverRunsJson({a, b}));
+  EXPECT_EQ(json["layer"], 1);
+  EXPECT_EQ(json["runs"][1]["seed"], 2);
+  const nlohmann::json& first = json["measures"][0];
+  EXPECT_EQ(first["name"], "drift: median cos to final at step 0");
+  EXPECT_DOUBLE_EQ(first["values"][1].get<double>(), 0.35);
+  EXPECT_DOUBLE_EQ(first["min"].get<double>(), 0.25);
+  EXPECT_EQ(json["measures"][1]["name"], "two SAEs of step 0 (matched cos)");
+  EXPECT_EQ(json["verdicts"][1]["finding"], "phases");
+  EXPECT_EQ(json["verdicts"][1]["per_run"][0], "does_not_reproduce");
+}
+
+TEST_F(CliQueryTest, FindingsAsksEveryJobAndNamesBadInput) {
+  SetDrift();
+  coordinator_->quality = QualityAt0And256(0.97, 0.66, 600, 0.5);
+  Result r = Run({"findings", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("GetJob job-000007", "GetDriftSummary job-000007 1",
+                          "GetQualityChecks job-000007 1"));
+  EXPECT_THAT(r.out, HasSubstr("findings over 1 run at layer 1"));
+  EXPECT_THAT(r.out, HasSubstr("drift: reproduces in 1 of 1 run\n"));
+  r = Run({"findings", "job-000007", "job-000099", "--layer", "1"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err, "saetrack: NOT_FOUND: job job-000099: not found\n");
+  EXPECT_EQ(r.out, "");
+  r = Run({"findings", "--layer", "1"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_EQ(r.err, "saetrack: findings needs at least one job id (see "
+                   "saetrack --help)\n");
+  r = Run({"findings", "job-000007"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_EQ(r.err, "saetrack: findings needs --layer (see saetrack --help)\n");
 }
 
 TEST_F(CliQueryTest, DriftShowsTheTokenControlledProgressBesideThePapers) {

@@ -13,7 +13,7 @@ root=$(pwd)
 
 usage() {
   cat <<'TXT'
-Usage: deploy/demo.sh [--quick] [--bin DIR] [--data DIR]
+Usage: deploy/demo.sh [--quick] [--seeds N] [--bin DIR] [--data DIR]
 
 Learns a 4,096-token BPE vocabulary on Tiny Shakespeare, trains a small
 GPT-NeoX on it (4 layers, d_model 128, Pythia's schedule shape), tracks its
@@ -21,6 +21,9 @@ features with a chain of SAEs over its checkpoints and prints the report.
 
   --quick     the shortened demo (LM checkpoints up to step 64, smaller SAEs,
               fewer tokens: deploy/jobs/demo-job-quick.json); about a minute
+  --seeds N   run the job N times with SAE seeds 1, 11, 21, ... (default 1) and
+              report each finding with its median and range over the seeds
+              (saetrack findings); N times the SAE training time
   --bin DIR   use the saetrack binaries already built in DIR; skips
               installing and building
   --data DIR  data directory (default: demo-data, demo-data-quick with
@@ -30,11 +33,18 @@ TXT
 
 job_file=deploy/jobs/demo-job.json
 quick=
+seeds=1
 bin=
 data=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) job_file=deploy/jobs/demo-job-quick.json quick=1 ;;
+    --seeds)
+      seeds=${2:?--seeds needs a number}
+      case "$seeds" in
+        ''|*[!0-9]*|0) echo "demo.sh: --seeds '$seeds' is not a positive number" >&2; exit 2 ;;
+      esac
+      shift ;;
     --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd); shift ;;
     --data) mkdir -p "${2:?--data needs a directory}"; data=$(cd "$2" && pwd); shift ;;
     -h|--help) usage; exit 0 ;;
@@ -106,14 +116,33 @@ worker_pid=$!
 echo "coordinator on $addr (metrics: http://127.0.0.1:$metrics_port/metrics), worker pid $worker_pid"
 echo "pids: coordinator $coordinator_pid worker $worker_pid"
 
-step "Submitting $job_file and waiting"
 cli=("$bin/saetrack" --coordinator "$addr")
-"${cli[@]}" submit "$data/job.json" --wait
-job=$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)
+# One job per SAE seed, the same everything else; the report's sections are
+# the first seed's, the findings at the end are over all of them.
+jobs=()
+for k in $(seq "$seeds"); do
+  # Seeds 1, 11, 21, ...: a job's independent reference SAEs use seed + 1,
+  # which must not be another job's chain.
+  seed=$((1 + 10 * (k - 1)))
+  step "Submitting $job_file (SAE seed $seed) and waiting"
+  sed "s/\"seed\": *1\b/\"seed\": $seed/" "$data/job.json" >"$data/job-seed$seed.json"
+  "${cli[@]}" submit "$data/job-seed$seed.json" --wait
+  jobs+=("$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)")
+done
+job=${jobs[0]}
 
-step "Per-checkpoint SAE metrics ($job, layer 1)"
-"${cli[@]}" metrics "$job" --layer 1
-cat <<TXT
+# Every hooked layer of the job (an early and a middle one): the worker ran
+# the LM once per checkpoint for both.
+layers=$(grep -o '"layer": *[0-9]*' "$job_file" | grep -o '[0-9]*$' | paste -sd' ')
+first_layer=${layers%% *}
+# The reading notes under a section, once (after the first layer's).
+explain() {
+  if [ "$layer" = "$first_layer" ]; then cat; else cat >/dev/null; fi
+}
+for layer in $layers; do
+step "Per-checkpoint SAE metrics ($job, layer $layer)"
+"${cli[@]}" metrics "$job" --layer "$layer"
+explain <<TXT
 
 Reading it: chain 0 is the SAE trained from scratch on step 0; every later SAE
 starts from the previous one (recurrent initialisation) and trains on far fewer
@@ -122,9 +151,9 @@ activations, "FVU" the FVU after training; "cos prev" is the median cosine
 between a feature's decoder direction and its direction one checkpoint earlier.
 TXT
 
-step "Trust checks ($job, layer 1)"
-"${cli[@]}" quality "$job" --layer 1
-cat <<TXT
+step "Trust checks ($job, layer $layer)"
+"${cli[@]}" quality "$job" --layer "$layer"
+explain <<TXT
 
 Reading it: at three checkpoints (the first, the middle and the last) an
 independent SAE was trained from scratch beside the chain's, with another
@@ -140,32 +169,47 @@ SAE's schedule and batches ("same lr") and with a tenth of its learning rate
 SAE's final loss ("scratch": the tokens the independent SAE itself needed).
 TXT
 
-step "Decoder drift and phases ($job, layer 1)"
-"${cli[@]}" drift "$job" --layer 1
-cat <<TXT
+step "Decoder drift and phases ($job, layer $layer)"
+"${cli[@]}" drift "$job" --layer "$layer"
+explain <<TXT
 
 Reading it: "final" is cos(d_i(t), d_i(T)) between a feature's decoder
 direction at a checkpoint and at the final one, as quantiles over the live
-features; the phase fit splits the median curve (against log(step + 1)) into
-three straight segments. "formed" counts features whose progress measure has
+features; the phase fit splits the median curve (against log(step + 1)) into one to
+three straight segments, as many as BIC selects. "formed" counts features whose progress measure has
 reached half its final value (token-level and concept-level counts below).
 TXT
+done
 
-step "Most frequent token-level and concept-level features"
-"${cli[@]}" features "$job" --layer 1 --kind token --order frequency --limit 5
-"${cli[@]}" features "$job" --layer 1 --kind concept --order frequency --limit 5
+for layer in $layers; do
+step "Findings over ${#jobs[@]} SAE seed(s) (layer $layer)"
+"${cli[@]}" findings "${jobs[@]}" --layer "$layer"
+explain <<TXT
+
+Reading it: one column per seed's job, then the median and the range over
+them. "two SAEs of step t" is what two SAEs trained on the same checkpoint
+share (seed stability at the first, chain vs independent later): a feature's
+drift to its final direction counts as signal only where its cos to final is
+clearly below that level ("drift vs noise"). Where a verdict differs between
+seeds, the finding does not hold up.
+TXT
+done
+
+step "Most frequent token-level and concept-level features (layer $first_layer)"
+"${cli[@]}" features "$job" --layer $first_layer --kind token --order frequency --limit 5
+"${cli[@]}" features "$job" --layer $first_layer --kind concept --order frequency --limit 5
 
 # Three example features: the most frequent token-level one, the most
 # frequent concept-level one, and the concept-level one that drifted most.
 pick() {
-  "${cli[@]}" features "$job" --layer 1 "$@" --limit 1 --json |
+  "${cli[@]}" features "$job" --layer $first_layer "$@" --limit 1 --json |
     sed -n 's/.*"feature_id": \([0-9]*\).*/\1/p' | head -1
 }
 for id in $(pick --kind token --order frequency) \
           $(pick --kind concept --order frequency) \
           $(pick --kind concept --order drift); do
   step "Feature $id across the checkpoints"
-  "${cli[@]}" feature "$job" --layer 1 --feature "$id" --contexts
+  "${cli[@]}" feature "$job" --layer $first_layer --feature "$id" --contexts
 done
 
 cleanup
@@ -175,9 +219,9 @@ cat <<TXT
 The results stay in $data/coordinator. To query them again:
   $bin/saetrack-coordinator --data_dir $data/coordinator --listen 127.0.0.1:7070 &
   $bin/saetrack status $job
-  $bin/saetrack metrics $job --layer 1
-  $bin/saetrack drift $job --layer 1
-  $bin/saetrack features $job --layer 1 --kind concept --order formation
-  $bin/saetrack feature $job --layer 1 --feature 5 --contexts --json
-  $bin/saetrack quality $job --layer 1
+  $bin/saetrack metrics $job --layer $first_layer
+  $bin/saetrack drift $job --layer $first_layer
+  $bin/saetrack features $job --layer $first_layer --kind concept --order formation
+  $bin/saetrack feature $job --layer $first_layer --feature 5 --contexts --json
+  $bin/saetrack quality $job --layer $first_layer
 TXT

@@ -26,6 +26,7 @@
 #include "base/status_macros.h"
 #include "engine/eval/lm_evaluation.h"
 #include "engine/features/analysis_pass.h"
+#include "engine/lm/activation_cache.h"
 #include "engine/lm/activation_stream.h"
 #include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
@@ -280,11 +281,14 @@ double MedianOf(std::vector<float> values) {
 
 class TorchSaeTrainingEngine : public SaeTrainingEngine {
  public:
-  TorchSaeTrainingEngine(torch::Device device, MatmulPrecision precision)
-      : device_(device), precision_(precision) {}
+  TorchSaeTrainingEngine(torch::Device device, MatmulPrecision precision,
+                         int64_t shared_activation_bytes)
+      : device_(device),
+        precision_(precision),
+        shared_(shared_activation_bytes) {}
 
   absl::StatusOr<AnalysisOutput> Analyse(const AnalysisInput& input) override {
-    return AnalyseCheckpoint(input, device_);
+    return AnalyseCheckpoint(input, device_, &shared_);
   }
 
   absl::StatusOr<TrainOutput> Train(const TrainInput& input,
@@ -356,8 +360,17 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     SAETRACK_ASSIGN_OR_RETURN(
         const torch::Tensor eval_contexts,
         GatherContexts(tokens, eval_starts, context_length, config.vocab_size));
-    const torch::Tensor eval_activations = CollectActivations(
-        *model, eval_contexts, hook, contexts_per_forward, device_);
+    SAETRACK_ASSIGN_OR_RETURN(
+        const std::vector<HookPoint> job_hooks,
+        ParseJobHooks(input.job_hooks, config.num_hidden_layers,
+                      "TrainInput.job_hooks"));
+    const std::string scope =
+        ActivationScope(input.model_dir, input.tokens_path, input.token_dtype,
+                        input.context_length);
+    const int64_t hits_before = shared_.hits();
+    const torch::Tensor eval_activations = shared_.Take(
+        scope, absl::StrCat("heldout:", eval_starts.size()), *model,
+        eval_contexts, hook, job_hooks, contexts_per_forward, device_);
 
     // Training activations: a small corpus once, in memory, reused over
     // epochs; a large one streamed through a shuffling buffer.
@@ -386,9 +399,15 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
                          DistinctTrainContexts(*split, context_length,
                                                distinct_contexts, input.seed),
                          context_length, config.vocab_size));
-      activation_set.emplace(CollectActivations(*model, contexts, hook,
-                                                contexts_per_forward, device_),
-                             input.seed ^ 0x5AE7AC4ULL);
+      // The contexts depend on the seed and the budget, not on the hook:
+      // every hook of this checkpoint's tasks trains on the same ones.
+      activation_set.emplace(
+          shared_.Take(scope,
+                       absl::StrCat("train:", distinct_contexts, ":",
+                                    input.seed),
+                       *model, contexts, hook, job_hooks, contexts_per_forward,
+                       device_),
+          input.seed ^ 0x5AE7AC4ULL);
       sample = activation_set->Sample(kScaleSample);
       output.distinct_tokens = activation_set->rows();
     } else {
@@ -406,6 +425,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       output.distinct_tokens =
           std::min(wanted_contexts * context_length, split->train_end);
     }
+    output.shared_activation_sets =
+        static_cast<int>(shared_.hits() - hits_before);
     // The SAE trains on s·x with E||s·x|| = sqrt(d_in) (DESIGN.md §3).
     const double scale = ActivationScale(sample);
     output.activation_scale = scale;
@@ -813,6 +834,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
 
   torch::Device device_;
   MatmulPrecision precision_;
+  // The other hooks' activations of the checkpoint last worked on.
+  ActivationCache shared_;
 };
 
 absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
@@ -860,7 +883,8 @@ absl::StatusOr<std::unique_ptr<SaeTrainingEngine>> NewTorchEngine(
   }
   if (options.threads > 0) torch::set_num_threads(options.threads);
   return std::unique_ptr<SaeTrainingEngine>(
-      std::make_unique<TorchSaeTrainingEngine>(device, precision));
+      std::make_unique<TorchSaeTrainingEngine>(
+          device, precision, options.shared_activation_bytes));
 }
 
 }  // namespace saetrack::engine

@@ -533,7 +533,7 @@ TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
   input.sae_safetensors = last->sae_safetensors;
   input.top_k = 8;
   absl::StatusOr<AnalysisOutput> final_pass =
-      AnalyseCheckpoint(input, torch::kCPU);
+      AnalyseCheckpoint(input, torch::kCPU, nullptr);
   ASSERT_TRUE(final_pass.ok()) << final_pass.status();
   EXPECT_EQ(final_pass->analysis_positions, 2048);
   EXPECT_EQ(final_pass->d_sae, 128);
@@ -570,17 +570,17 @@ TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
   input.sae_safetensors = first->sae_safetensors;
   input.reference_positions = final_pass->top_positions;
   absl::StatusOr<AnalysisOutput> earlier =
-      AnalyseCheckpoint(input, torch::kCPU);
+      AnalyseCheckpoint(input, torch::kCPU, nullptr);
   ASSERT_TRUE(earlier.ok()) << earlier.status();
   EXPECT_EQ(earlier->reference_positions, final_pass->top_positions);
   EXPECT_EQ(earlier->progress_activation.size(), 128u);
 
   input.reference_positions.pop_back();
-  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU).status()),
+  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU, nullptr).status()),
               HasSubstr("AnalysisInput.reference_positions has 1023 entries"));
   input.reference_positions.clear();
   input.top_k = 1;
-  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU).status()),
+  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU, nullptr).status()),
               HasSubstr("AnalysisInput.top_k"));
 }
 
@@ -593,6 +593,50 @@ TEST_F(TorchEngineTest, DeterministicForSeed) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->sae_safetensors, b->sae_safetensors);
   EXPECT_EQ(a->fvu, b->fvu);
+}
+
+TEST_F(TorchEngineTest, HooksOfACheckpointShareOneForwardPass) {
+  // Each hook trained alone, on its own engine.
+  TrainInput early = BaseInput();
+  early.layer = 0;
+  early.train_tokens = 4096;
+  TrainInput middle = early;
+  middle.layer = 1;
+  middle.site = "mlp_out";
+  absl::StatusOr<TrainOutput> early_alone = NewEngine()->Train(early, nullptr);
+  absl::StatusOr<TrainOutput> middle_alone =
+      NewEngine()->Train(middle, nullptr);
+  ASSERT_TRUE(early_alone.ok()) << early_alone.status();
+  ASSERT_TRUE(middle_alone.ok()) << middle_alone.status();
+  EXPECT_EQ(early_alone->shared_activation_sets, 0);
+
+  // The same two tasks of one job on one engine: the first runs the LM for
+  // both hooks, the second trains on the kept activations and gets exactly
+  // the SAE it gets alone.
+  early.job_hooks = {{0, "resid_pre"}, {1, "mlp_out"}};
+  middle.job_hooks = early.job_hooks;
+  std::unique_ptr<SaeTrainingEngine> engine = NewEngine();
+  absl::StatusOr<TrainOutput> early_shared = engine->Train(early, nullptr);
+  absl::StatusOr<TrainOutput> middle_shared = engine->Train(middle, nullptr);
+  ASSERT_TRUE(early_shared.ok()) << early_shared.status();
+  ASSERT_TRUE(middle_shared.ok()) << middle_shared.status();
+  EXPECT_EQ(early_shared->shared_activation_sets, 0);
+  EXPECT_EQ(middle_shared->shared_activation_sets, 2);
+  EXPECT_EQ(early_shared->sae_safetensors, early_alone->sae_safetensors);
+  EXPECT_EQ(middle_shared->sae_safetensors, middle_alone->sae_safetensors);
+  EXPECT_EQ(middle_shared->fvu, middle_alone->fvu);
+
+  // The next checkpoint's tasks do not reuse the last one's activations.
+  TrainInput next = NextInput(middle, *middle_shared);
+  absl::StatusOr<TrainOutput> next_out = engine->Train(next, nullptr);
+  ASSERT_TRUE(next_out.ok()) << next_out.status();
+  EXPECT_EQ(next_out->shared_activation_sets, 0);
+
+  // A hook the model does not have is named.
+  TrainInput bad = early;
+  bad.job_hooks = {{0, "resid_pre"}, {2, "resid_pre"}};
+  EXPECT_THAT(Message(engine->Train(bad, nullptr).status()),
+              HasSubstr("TrainInput.job_hooks[1]: layer 2 is out of range"));
 }
 
 TEST_F(TorchEngineTest, EveryHookSiteTrains) {

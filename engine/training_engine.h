@@ -30,6 +30,14 @@ struct TrainInput {
   int layer = 0;
   // "resid_pre" (default), "resid_post", "attn_out", "mlp_out".
   std::string site = "resid_pre";
+  // Every hook (layer, site) of the job. When it names hooks besides this
+  // one, the checkpoint's activations are collected at all of them in one
+  // forward pass (stopping after the deepest) and the others' are kept for
+  // the next Train or Analyse calls on this engine for the same checkpoint
+  // (engine/lm/activation_cache.h): a job with several hooks runs the LM
+  // once per checkpoint. Streamed training sets (beyond
+  // max_activation_set_bytes) are not shared.
+  std::vector<std::pair<int, std::string>> job_hooks;
 
   // --- data ---
   // Flat little-endian token file; "uint16" or "uint32".
@@ -221,6 +229,10 @@ struct TrainOutput {
   // Tokens already trained in the saved state training resumed from (0 when
   // it started from the beginning).
   int64_t resumed_from_tokens = 0;
+  // Activation sets (held-out, training) taken from the forward pass of
+  // another hook's task of this checkpoint (TrainInput.job_hooks) instead of
+  // running the LM: 0, 1 or 2.
+  int shared_activation_sets = 0;
   FeatureStats features;
 };
 
@@ -237,6 +249,9 @@ struct AnalysisInput {
   std::string architecture = "gpt_neox";
   int layer = 0;
   std::string site = "resid_pre";
+  // As TrainInput.job_hooks: the analysis set's activations are shared
+  // between the hooks of one checkpoint.
+  std::vector<std::pair<int, std::string>> job_hooks;
   std::string tokens_path;
   std::string token_dtype = "uint16";
   int context_length = 128;
@@ -316,6 +331,9 @@ struct EngineOptions {
   // fp32 accumulation and master weights), or "auto" (bf16 on CUDA, fp32 on
   // CPU).
   std::string matmul_precision = "auto";
+  // Activations of other hooks of the current checkpoint kept for their
+  // tasks (TrainInput.job_hooks), at most this many bytes.
+  int64_t shared_activation_bytes = int64_t{2} << 30;
 };
 
 // The LibTorch engine.

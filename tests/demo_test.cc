@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iterator>
 #include <map>
 #include <regex>
@@ -35,10 +36,13 @@ namespace {
 using testing::ChildProcess;
 using testing::CommandResult;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // The quick job (deploy/jobs/demo-job-quick.json).
 const std::vector<int64_t> kSteps = {0, 1, 2, 4, 8, 16, 32, 64};
 constexpr int kDSae = 512;  // expansion 4 x d_model 128
+// The hooked layers: an early and a middle one of the 4-layer LM.
+constexpr int kLayers[] = {1, 2};
 
 template <typename Message>
 Message FromJson(const std::string& json) {
@@ -56,7 +60,8 @@ class DemoTest : public ::testing::Test {
     data_ = new std::string(testing::MakeTempDir("demo"));
     auto result =
         testing::RunCommand({"/bin/bash", SAETRACK_DEMO_SCRIPT, "--quick",
-                             "--bin", SAETRACK_BIN_DIR, "--data", *data_},
+                             "--seeds", "2", "--bin", SAETRACK_BIN_DIR,
+                             "--data", *data_},
                             *data_ + "/demo", absl::Minutes(10));
     ASSERT_TRUE(result.ok()) << result.status();
     run_ = new CommandResult(*result);
@@ -94,11 +99,17 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
       "Learning a BPE vocabulary on Tiny Shakespeare",
       "Training the small GPT-NeoX on Tiny Shakespeare",
       "Starting a coordinator and a worker",
-      "Submitting deploy/jobs/demo-job-quick.json and waiting",
+      "Submitting deploy/jobs/demo-job-quick.json (SAE seed 1) and waiting",
+      "Submitting deploy/jobs/demo-job-quick.json (SAE seed 11) and waiting",
       "Per-checkpoint SAE metrics (job-000001, layer 1)",
       "Trust checks (job-000001, layer 1)",
       "Decoder drift and phases (job-000001, layer 1)",
-      "Most frequent token-level and concept-level features",
+      "Per-checkpoint SAE metrics (job-000001, layer 2)",
+      "Trust checks (job-000001, layer 2)",
+      "Decoder drift and phases (job-000001, layer 2)",
+      "Findings over 2 SAE seed(s) (layer 1)",
+      "Findings over 2 SAE seed(s) (layer 2)",
+      "Most frequent token-level and concept-level features (layer 1)",
       "Feature ",
       "Feature ",
       "Feature ",
@@ -112,7 +123,11 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
         << run_->out;
     at = found + 1;
   }
-  EXPECT_THAT(Section("Submitting"), HasSubstr("job-000001 succeeded"));
+  EXPECT_THAT(Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 1)"),
+              HasSubstr("job-000001 succeeded"));
+  EXPECT_THAT(
+      Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 11)"),
+      HasSubstr("job-000002 succeeded"));
   EXPECT_THAT(Section("Done"),
               HasSubstr("saetrack drift job-000001 --layer 1"));
 }
@@ -144,7 +159,11 @@ TEST_F(DemoTest, LearnsAVocabularyAndReportsHeldOutLoss) {
 // The trust checks of the three reference checkpoints: both SAEs' rows and
 // a verdict per check, each "ok" or "FAIL" with its numbers.
 TEST_F(DemoTest, TrustChecksJudgeThreeReferenceCheckpoints) {
-  const std::string section = Section("Trust checks");
+  for (int layer : kLayers) {
+  SCOPED_TRACE(absl::StrCat("layer ", layer));
+  const std::string section =
+      Section(absl::StrCat("Trust checks (job-000001, layer ", layer, ")"));
+  ASSERT_FALSE(section.empty());
   const std::regex seed_row(R"(\n\s+seed 2\s)");
   EXPECT_EQ(std::distance(
                 std::sregex_iterator(section.begin(), section.end(), seed_row),
@@ -191,10 +210,14 @@ TEST_F(DemoTest, TrustChecksJudgeThreeReferenceCheckpoints) {
   ASSERT_EQ(steps.size(), 2u) << section;
   EXPECT_LT(steps[0], steps[1]);
   EXPECT_EQ(steps[1], kSteps.back());
+  }
 }
 
 TEST_F(DemoTest, MetricsHaveOneRowPerCheckpointInChainOrder) {
-  const std::string section = Section("Per-checkpoint SAE metrics");
+  for (int layer : kLayers) {
+  SCOPED_TRACE(absl::StrCat("layer ", layer));
+  const std::string section = Section(
+      absl::StrCat("Per-checkpoint SAE metrics (job-000001, layer ", layer, ")"));
   // chain step tokens FVU init-FVU ...
   const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+([0-9.]+))");
   std::vector<int64_t> steps;
@@ -210,10 +233,14 @@ TEST_F(DemoTest, MetricsHaveOneRowPerCheckpointInChainOrder) {
     EXPECT_LT(fvu, 1) << it->str();
   }
   EXPECT_EQ(steps, kSteps) << section;
+  }
 }
 
 TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
-  const std::string section = Section("Decoder drift and phases");
+  for (int layer : kLayers) {
+  SCOPED_TRACE(absl::StrCat("layer ", layer));
+  const std::string section = Section(
+      absl::StrCat("Decoder drift and phases (job-000001, layer ", layer, ")"));
   for (const std::string finding : {"drift", "phases", "formation"}) {
     EXPECT_TRUE(std::regex_search(
         section, std::regex("\n  " + finding +
@@ -249,6 +276,80 @@ TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
   EXPECT_TRUE(std::regex_search(
       section, std::regex(R"(\n\s+7\s+64\s+1\.000\s+1\.000\s+1\.000)")))
       << section;
+  }
+}
+
+// Each finding over the two seeds' jobs, per layer: a column per job, the
+// median and range, drift beside the level two SAEs of a checkpoint share,
+// the token-controlled baseline, and the verdicts counted over the seeds.
+TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
+  for (int layer : kLayers) {
+    SCOPED_TRACE(absl::StrCat("layer ", layer));
+    const std::string section =
+        Section(absl::StrCat("Findings over 2 SAE seed(s) (layer ", layer, ")"));
+    ASSERT_FALSE(section.empty());
+    EXPECT_THAT(section,
+                HasSubstr(absl::StrCat("findings over 2 runs at layer ", layer,
+                                       ": job-000001 (seed 1) job-000002 "
+                                       "(seed 11)\n")));
+    // A number, its two values and their median and range, consistent.
+    const std::string cos = R"((-?[0-9]\.[0-9]{3}))";
+    const auto row = [&](const std::string& name) {
+      return std::regex("\n" + name + R"(\s+)" + cos + R"(\s+)" + cos +
+                        R"(\s+)" + cos + "  " + cos + " - " + cos + "\n");
+    };
+    for (const std::string name :
+         {"drift: median cos to final at step 0",
+          "  two SAEs of step 0 \\(matched cos\\)",
+          "  two random dictionaries", "  final P, same-token baseline"}) {
+      std::smatch m;
+      ASSERT_TRUE(std::regex_search(section, m, row(name)))
+          << name << "\n" << section;
+      const double a = std::stod(m[1]), b = std::stod(m[2]);
+      EXPECT_NEAR(std::stod(m[3]), (a + b) / 2, 0.0011) << m.str();
+      EXPECT_NEAR(std::stod(m[4]), std::min(a, b), 0.0005) << m.str();
+      EXPECT_NEAR(std::stod(m[5]), std::max(a, b), 0.0005) << m.str();
+    }
+    // Drift vs noise at the first and middle reference checkpoints (not at
+    // the final one, its own final direction).
+    for (const std::string finding :
+         {"drift", "phases", "formation", "drift vs noise at step 0",
+          "drift vs noise at step [1-9][0-9]*"}) {
+      EXPECT_TRUE(std::regex_search(
+          section,
+          std::regex("\n  " + finding +
+                     ": (reproduces|reproduces only weakly|does NOT "
+                     "reproduce|not measured) in [12] of 2 runs")))
+          << finding << "\n"
+          << section;
+    }
+    EXPECT_THAT(section, Not(HasSubstr("drift vs noise at step 64")));
+    // Two later reference checkpoints per job: four links.
+    EXPECT_TRUE(std::regex_search(
+        section, std::regex(R"(\n  speed-up, same lr: median [0-9.]+x over )"
+                            R"(4 links \(range [0-9.]+x - [0-9.]+x\))")))
+        << section;
+  }
+}
+
+// Both hooks of a checkpoint from one forward pass: the worker trained the
+// second hook's SAE of every checkpoint on activations kept from the
+// first's.
+TEST_F(DemoTest, TheSecondHookReusesTheFirstHooksForwardPass) {
+  std::ifstream log(*data_ + "/worker.log");
+  ASSERT_TRUE(log.good());
+  int shared = 0, trained = 0;
+  for (std::string line; std::getline(log, line);) {
+    if (line.find(": done in ") == std::string::npos) continue;
+    ++trained;
+    if (line.find("activations from another hook's forward pass") !=
+        std::string::npos) {
+      ++shared;
+    }
+  }
+  // Two jobs, two hooks, eight checkpoints.
+  EXPECT_EQ(trained, 2 * 2 * 8);
+  EXPECT_EQ(shared, 2 * 8);
 }
 
 TEST_F(DemoTest, ExampleFeaturesShowContextsAtFirstMiddleAndFinal) {

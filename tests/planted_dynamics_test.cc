@@ -184,7 +184,7 @@ absl::StatusOr<std::vector<AnalysisOutput>> AnalyseChain(
     input.sae_safetensors = saes[i];
     if (n > 0) input.reference_positions = analyses.back().top_positions;
     absl::StatusOr<AnalysisOutput> output =
-        AnalyseCheckpoint(input, torch::kCPU);
+        AnalyseCheckpoint(input, torch::kCPU, nullptr);
     if (!output.ok()) return output.status();
     analyses[i] = *std::move(output);
   }

@@ -14,8 +14,11 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -87,6 +90,17 @@ bool IsReferenceCheckpoint(int chain_index, int chain_length, int count) {
   return false;
 }
 
+// Every hook of the job, so that the engine runs the LM once per checkpoint
+// for all of them (TrainInput.job_hooks).
+std::vector<std::pair<int, std::string>> JobHooks(const v1::JobSpec& spec) {
+  std::vector<std::pair<int, std::string>> hooks;
+  for (const v1::HookPoint& hook : spec.hooks()) {
+    hooks.emplace_back(hook.layer(),
+                       hook.site().empty() ? "resid_pre" : hook.site());
+  }
+  return hooks;
+}
+
 engine::TrainInput ToTrainInput(const v1::Task& leased,
                                 const WorkerOptions& options) {
   const v1::TrainSaeTask& task = leased.train();
@@ -97,6 +111,7 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
   in.architecture = spec.model().architecture();
   in.layer = task.hook().layer();
   in.site = task.hook().site();
+  in.job_hooks = JobHooks(spec);
   in.tokens_path = spec.data().tokens_path();
   in.token_dtype = spec.data().token_dtype();
   in.context_length = spec.data().context_length();
@@ -245,7 +260,15 @@ struct WorkerMetrics {
                             "last task (chain affinity) or downloaded.")
                       .Register(registry)),
         init_from_memory(init_saes.Add({{"source", "memory"}})),
-        init_downloaded(init_saes.Add({{"source", "download"}})) {}
+        init_downloaded(init_saes.Add({{"source", "download"}})),
+        shared_activation_sets(
+            prometheus::BuildCounter()
+                .Name("saetrack_worker_shared_activation_sets_total")
+                .Help("Activation sets (held-out, training) a training task "
+                      "took from the forward pass of another hook's task of "
+                      "the same checkpoint instead of running the LM.")
+                .Register(registry)
+                .Add({})) {}
 
   prometheus::Family<prometheus::Counter>& tasks;
   prometheus::Counter& succeeded;
@@ -260,6 +283,7 @@ struct WorkerMetrics {
   prometheus::Family<prometheus::Counter>& init_saes;
   prometheus::Counter& init_from_memory;
   prometheus::Counter& init_downloaded;
+  prometheus::Counter& shared_activation_sets;
 };
 
 class GrpcWorker final : public Worker {
@@ -534,6 +558,7 @@ class GrpcWorker final : public Worker {
     input.architecture = spec.model().architecture();
     input.layer = analyse.hook().layer();
     input.site = analyse.hook().site();
+    input.job_hooks = JobHooks(spec);
     input.tokens_path = spec.data().tokens_path();
     input.token_dtype = spec.data().token_dtype();
     input.context_length = spec.data().context_length();
@@ -720,13 +745,17 @@ class GrpcWorker final : public Worker {
       }
     }
     metrics_.succeeded.Increment();
+    metrics_.shared_activation_sets.Increment(output->shared_activation_sets);
     Log(absl::StrFormat(
         "%s: done in %.1f s: FVU %.4f (init %.4f), L0 %.1f, "
-        "dead %.1f%%, %.1f epochs of %d tokens, cos to init %.3f, %s",
+        "dead %.1f%%, %.1f epochs of %d tokens, cos to init %.3f, %s%s",
         what, output->wall_time_s, output->fvu, output->init_fvu, output->l0,
         100 * output->dead_fraction, output->epochs, output->distinct_tokens,
         output->median_decoder_cos_init,
-        output->converged ? "converged" : "NOT converged"));
+        output->converged ? "converged" : "NOT converged",
+        output->shared_activation_sets > 0
+            ? "; activations from another hook's forward pass"
+            : ""));
   }
 
   absl::Status Complete(const v1::Task& task, const engine::TrainInput& in,

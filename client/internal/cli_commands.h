@@ -1,7 +1,8 @@
 // What the files of the `saetrack` CLI share (client/cli*.cc): the parsed
 // command line, its parser (CLI11, in cli_args.cc), and class Cli, whose
 // commands are defined one command group per file: cli.cc (dispatch),
-// cli_jobs.cc, cli_queries.cc, cli_export.cc, cli_admin.cc.
+// cli_jobs.cc, cli_queries.cc, cli_findings.cc, cli_export.cc,
+// cli_admin.cc.
 #ifndef SAETRACK_CLIENT_INTERNAL_CLI_COMMANDS_H_
 #define SAETRACK_CLIENT_INTERNAL_CLI_COMMANDS_H_
 
@@ -62,6 +63,22 @@ struct Invocation {
   std::string page_token;
 };
 
+// One replicate run of `saetrack findings`: a job's answers at one layer.
+struct FindingsRun {
+  std::string job_id;
+  uint64_t seed = 0;
+  int layer = 0;
+  v1::DriftSummary drift;
+  v1::GetQualityChecksResponse quality;
+};
+
+// What `saetrack findings` prints: one row per measured number (a column
+// per run, then the median and range over the runs), then each finding's
+// verdicts counted over the runs and the speed-ups over every measured
+// link. With --json, the same as one object (FindingsOverRunsJson).
+std::string FormatFindingsOverRuns(const std::vector<FindingsRun>& runs);
+std::string FindingsOverRunsJson(const std::vector<FindingsRun>& runs);
+
 // The --help text.
 std::string UsageText();
 
@@ -116,6 +133,7 @@ class Cli {
   int Feature();
   int Features();
   int Drift();
+  int Findings();
 
   // Writes the SAE as QueryService.ExportSae streams it; through
   // DownloadSae and a cfg.json of its own (ExportLocally) when the

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/features/feature_analysis.h"
+#include "engine/lm/activation_cache.h"
 #include "engine/lm/activations.h"
 #include "engine/lm/language_model.h"
 #include "engine/sae/sae.h"
@@ -32,7 +33,8 @@ std::vector<T> ToVector(const torch::Tensor& t) {
 }
 
 absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
-                                              const torch::Device& device) {
+                                              const torch::Device& device,
+                                              ActivationCache* cache) {
   if (input.top_k < 2) return InvalidField("top_k", "must be at least 2");
   if (input.random_positions < 2) {
     return InvalidField("random_positions", "must be at least 2");
@@ -91,9 +93,23 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
       GatherContexts(
           tokens, HeldOutContexts(*split, input.context_length, num_contexts),
           input.context_length, model->config().vocab_size));
-  const torch::Tensor activations = CollectActivations(
-      *model, contexts, HookPoint{input.layer, site},
-      std::max<int64_t>(1, kTokensPerForward / input.context_length), device);
+  SAETRACK_ASSIGN_OR_RETURN(
+      const std::vector<HookPoint> job_hooks,
+      ParseJobHooks(input.job_hooks, model->num_layers(),
+                    "AnalysisInput.job_hooks"));
+  const HookPoint hook{input.layer, site};
+  const int64_t contexts_per_forward =
+      std::max<int64_t>(1, kTokensPerForward / input.context_length);
+  const torch::Tensor activations =
+      cache != nullptr
+          ? cache->Take(ActivationScope(input.model_dir, input.tokens_path,
+                                        input.token_dtype,
+                                        input.context_length),
+                        absl::StrCat("heldout:", num_contexts), *model,
+                        contexts, hook, job_hooks, contexts_per_forward,
+                        device)
+          : CollectActivations(*model, contexts, hook, contexts_per_forward,
+                               device);
   const int64_t n = activations.size(0);
 
   AnalysisOutput out;
@@ -146,9 +162,10 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
 }  // namespace
 
 absl::StatusOr<AnalysisOutput> AnalyseCheckpoint(const AnalysisInput& input,
-                                                 const torch::Device& device) {
+                                                 const torch::Device& device,
+                                                 ActivationCache* cache) {
   try {
-    return AnalyseOrThrow(input, device);
+    return AnalyseOrThrow(input, device, cache);
   } catch (const c10::Error& error) {
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", error.what_without_backtrace()));

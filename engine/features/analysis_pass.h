@@ -17,14 +17,18 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/lm/activation_cache.h"
 #include "engine/training_engine.h"
 
 namespace saetrack::engine {
 
 // Errors: kInvalidArgument naming the AnalysisInput field; kNotFound /
 // kDataLoss for missing or malformed files. Never throws.
+// Activations are taken from `cache` (and the other input.job_hooks' kept
+// there) when it is not null.
 absl::StatusOr<AnalysisOutput> AnalyseCheckpoint(const AnalysisInput& input,
-                                                 const torch::Device& device);
+                                                 const torch::Device& device,
+                                                 ActivationCache* cache);
 
 }  // namespace saetrack::engine
 

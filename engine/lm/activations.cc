@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/lm/activation_cache.h"
 
 namespace saetrack::engine {
 
@@ -33,19 +34,8 @@ torch::Tensor CollectActivations(const LanguageModel& model,
                                  const HookPoint& hook,
                                  int64_t contexts_per_forward,
                                  const torch::Device& device) {
-  // NoGradGuard rather than InferenceMode: the result feeds the SAE
-  // trainer's autograd graph, which refuses inference tensors.
-  torch::NoGradGuard no_grad;
-  const int64_t n = contexts.size(0);
-  const int64_t hidden = model.d_model();
-  std::vector<torch::Tensor> chunks;
-  for (int64_t start = 0; start < n; start += contexts_per_forward) {
-    const torch::Tensor batch =
-        contexts.narrow(0, start, std::min(contexts_per_forward, n - start))
-            .to(device);
-    chunks.push_back(model.RunToHooks(batch, {hook})[0].reshape({-1, hidden}));
-  }
-  return torch::cat(chunks);
+  return CollectActivationsAt(model, contexts, {hook}, contexts_per_forward,
+                              device)[0];
 }
 
 ActivationSource ContextActivationSource(

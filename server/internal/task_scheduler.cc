@@ -530,7 +530,12 @@ const TaskRecord* TaskScheduler::PickLocked(
     const std::string& worker_id) const {
   const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
   const TaskRecord* first = nullptr;
+  const TaskRecord* chained = nullptr;
   int32_t first_priority = 0;
+  const WorkerInfo* last = nullptr;
+  if (auto it = workers_.find(worker_id); it != workers_.end()) {
+    last = &it->second;
+  }
   for (const auto& [order, seq] : active_jobs_) {
     const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
     const v1::JobSpec& spec = entry.job.spec();
@@ -548,9 +553,17 @@ const TaskRecord* TaskScheduler::PickLocked(
       const TaskRecord* task =
           RunnableInHookLocked(entry, h, now_ms, &previous);
       if (task == nullptr) continue;
-      if (!worker_id.empty() && previous != nullptr &&
-          previous->worker_id() == worker_id) {
+      // Another hook of the checkpoint this worker just worked on: its
+      // activations are kept there (one LM forward pass per checkpoint).
+      if (last != nullptr && task->job_id() == last->last_job_id &&
+          task->checkpoint_index() == last->last_checkpoint_index &&
+          task->kind() == last->last_kind) {
         return task;
+      }
+      // The next link of a chain this worker trained the previous one of.
+      if (chained == nullptr && !worker_id.empty() && previous != nullptr &&
+          previous->worker_id() == worker_id) {
+        chained = task;
       }
       if (first == nullptr) {
         first = task;
@@ -558,7 +571,7 @@ const TaskRecord* TaskScheduler::PickLocked(
       }
     }
   }
-  return first;
+  return chained != nullptr ? chained : first;
 }
 
 absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
@@ -584,6 +597,11 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
   leases_.Grant(task.task_id(), task.lease_epoch(),
                 clock_->Now() + options_.lease_ttl);
   metrics_->LeaseGranted();
+  if (auto it = workers_.find(worker_id); it != workers_.end()) {
+    it->second.last_job_id = task.job_id();
+    it->second.last_checkpoint_index = task.checkpoint_index();
+    it->second.last_kind = task.kind();
+  }
 
   const v1::JobSpec& spec = entry.job.spec();
   v1::Task out;

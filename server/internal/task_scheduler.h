@@ -319,6 +319,12 @@ class TaskScheduler {
   struct WorkerInfo {
     std::string device;
     int64_t memory_bytes = 0;
+    // The last task granted to the worker: its engine keeps the other
+    // hooks' activations of that checkpoint, so the scheduler hands it the
+    // other hooks of the same checkpoint first.
+    std::string last_job_id;
+    int32_t last_checkpoint_index = -1;
+    TaskKind last_kind = TASK_KIND_TRAIN;
   };
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
   // Summary tasks handed out by TakeSummary and not yet finished.

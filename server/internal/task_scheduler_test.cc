@@ -4,6 +4,8 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -211,6 +213,31 @@ TEST_F(TaskSchedulerTest, ChainAffinityPrefersTheWorkerWithThePreviousSae) {
   std::optional<v1::Task> a1 = LeaseNow("a");
   ASSERT_TRUE(a1.has_value());
   EXPECT_EQ(a1->job_id(), j1);
+}
+
+TEST_F(TaskSchedulerTest, AWorkerGetsTheOtherHooksOfItsCheckpointFirst) {
+  // Two hooks, three checkpoints, one worker: it keeps the other hook's
+  // activations of the checkpoint it just trained, so it gets that hook's
+  // task before the next link of its own chain.
+  const std::string job = Create(Spec(3, 2));
+  absl::StatusOr<std::string> worker = scheduler_->RegisterWorker("cpu");
+  ASSERT_TRUE(worker.ok());
+  std::vector<std::pair<int, int>> order;  // (checkpoint, layer)
+  while (std::optional<v1::Task> t = LeaseNow(*worker)) {
+    if (!t->has_train()) break;
+    order.emplace_back(t->train().checkpoint_index(), t->train().hook().layer());
+    ASSERT_TRUE(scheduler_->Complete(t->task_id(), t->lease_epoch(), {}, 1).ok());
+  }
+  EXPECT_EQ(order, (std::vector<std::pair<int, int>>{
+                       {0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {2, 1}}));
+  // Two workers still train both chains in parallel.
+  Create(Spec(2, 2));
+  absl::StatusOr<std::string> other = scheduler_->RegisterWorker("cpu");
+  ASSERT_TRUE(other.ok());
+  std::optional<v1::Task> a = LeaseNow(*worker);
+  std::optional<v1::Task> b = LeaseNow(*other);
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a->train().hook().layer(), b->train().hook().layer());
 }
 
 TEST_F(TaskSchedulerTest, RetryableFailureRequeuesFatalFailsTheJob) {
