@@ -183,20 +183,21 @@ std::optional<Spread> SpreadOf(
   return spread;
 }
 
-std::string DescribeVerdicts(const std::vector<Verdict>& verdicts) {
+std::string DescribeVerdicts(const std::vector<Verdict>& verdicts,
+                             const VerdictWords& names) {
   if (verdicts.empty()) return "";
-  const auto words = [](Verdict v) -> const char* {
+  const auto words = [&names](Verdict v) -> const char* {
     switch (v) {
       case Verdict::kReproduces:
-        return "reproduces";
+        return names.reproduces;
       case Verdict::kReproducesWeakly:
-        return "reproduces only weakly";
+        return names.weakly;
       case Verdict::kDoesNotReproduce:
-        return "does NOT reproduce";
+        return names.does_not;
       case Verdict::kNotMeasured:
         break;
     }
-    return "not measured";
+    return names.not_measured;
   };
   std::vector<std::pair<int, Verdict>> counts;
   for (Verdict v : {Verdict::kReproduces, Verdict::kReproducesWeakly,

@@ -117,10 +117,19 @@ struct Spread {
 // nullopt when no value is present and finite.
 std::optional<Spread> SpreadOf(const std::vector<std::optional<double>>& values);
 
+// The words for each verdict.
+struct VerdictWords {
+  const char* reproduces = "reproduces";
+  const char* weakly = "reproduces only weakly";
+  const char* does_not = "does NOT reproduce";
+  const char* not_measured = "not measured";
+};
+
 // One finding's verdicts over runs in words, most frequent first, e.g.
 // "reproduces in 2 of 2 runs" or "reproduces only weakly in 1 of 2 runs,
 // does NOT reproduce in 1". Empty for no runs.
-std::string DescribeVerdicts(const std::vector<Verdict>& verdicts);
+std::string DescribeVerdicts(const std::vector<Verdict>& verdicts,
+                             const VerdictWords& words = {});
 
 // Drift is signal only where it exceeds what separates two SAEs trained on
 // the same checkpoint: at step t, the median cos between a feature's decoder
@@ -128,6 +137,10 @@ std::string DescribeVerdicts(const std::vector<Verdict>& verdicts);
 // step t (seed stability at the chain's first checkpoint, chain vs
 // independent later) and of two random dictionaries.
 inline constexpr double kDriftNoiseMargin = 0.05;
+
+// DriftAgainstNoise's verdicts in words.
+inline constexpr VerdictWords kNoiseWords = {
+    "signal", "barely above the noise", "within the noise", "not measured"};
 
 // Reproduces ("signal") when cos_to_final is below two_sae_match by more
 // than kDriftNoiseMargin, does not ("within the noise") when it is at or

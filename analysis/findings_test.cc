@@ -290,7 +290,9 @@ TEST(DescribeVerdictsTest, CountsMostFrequentFirst) {
   // A tie keeps the order reproduces, weakly, not, not measured.
   EXPECT_EQ(
       DescribeVerdicts({Verdict::kNotMeasured, Verdict::kReproducesWeakly}),
-      "reproduces only weakly in 1 of 2 runs, not measured in 1");
+      "reproduces only weakly in 1 of 2 runs, not measured in 1");  EXPECT_EQ(DescribeVerdicts({Verdict::kDoesNotReproduce, Verdict::kReproduces},
+                             kNoiseWords),
+            "signal in 1 of 2 runs, within the noise in 1");
 }
 
 TEST(DriftAgainstNoiseTest, SignalOnlyBeyondTheTwoSaeMatch) {

@@ -1167,7 +1167,7 @@ TEST_F(CliQueryTest, FindingsOverRunsGiveEachNumberItsRange) {
   // Step 0 drifts far beyond what two seeds disagree by. At the final
   // checkpoint cos to final is 1 by definition: no drift row or verdict
   // there, only what two SAEs of it share.
-  EXPECT_THAT(text, HasSubstr("  drift vs noise at step 0: reproduces in 2 of "
+  EXPECT_THAT(text, HasSubstr("  drift vs noise at step 0: signal in 2 of "
                               "2 runs\n"
                               "  speed-up, same lr:"));
   EXPECT_THAT(text, ::testing::Not(HasSubstr("at step 256\n")));
@@ -1175,12 +1175,23 @@ TEST_F(CliQueryTest, FindingsOverRunsGiveEachNumberItsRange) {
   EXPECT_THAT(text, HasSubstr("\n  two SAEs of step 256 (matched cos)        "
                               "     0.660       0.600     0.630  0.600 - "
                               "0.660\n"));
-  EXPECT_THAT(text, HasSubstr("  speed-up, same lr: median 320.0x over 2 links "
+  EXPECT_THAT(text, HasSubstr("  speed-up, same lr: median 320.0x over the 2 "
+                              "of 2 links that reached the from-scratch loss "
                               "(range 40.0x - 600.0x); >= 20x (the paper's) "
                               "at 2, slower than from scratch at 0\n"));
-  EXPECT_THAT(text, HasSubstr("  speed-up, lr/10: median 0.3x over 2 links "
+  EXPECT_THAT(text, HasSubstr("  speed-up, lr/10: median 0.3x over the 2 of 2 "
+                              "links that reached the from-scratch loss "
                               "(range 0.1x - 0.5x); >= 20x (the paper's) at "
                               "0, slower than from scratch at 2\n"));
+  // An arm that never got there counts as never, not as a speed-up of 0.
+  b.quality = QualityAt0And256(0.95, 0.60, 0, 0);
+  EXPECT_THAT(internal::FormatFindingsOverRuns({a, b}),
+              HasSubstr("  speed-up, same lr: median 600.0x over the 1 of 2 "
+                        "links that reached the from-scratch loss"));
+  a.quality = b.quality;
+  EXPECT_THAT(internal::FormatFindingsOverRuns({a, b}),
+              HasSubstr("  speed-up, lr/10: never reached the from-scratch "
+                        "loss on any of 2 links\n"));
 
   const nlohmann::json json =
       nlohmann::json::parse(internal::FindingsOverRunsJson({a, b}));

@@ -310,11 +310,7 @@ TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
       EXPECT_NEAR(std::stod(m[4]), std::min(a, b), 0.0005) << m.str();
       EXPECT_NEAR(std::stod(m[5]), std::max(a, b), 0.0005) << m.str();
     }
-    // Drift vs noise at the first and middle reference checkpoints (not at
-    // the final one, its own final direction).
-    for (const std::string finding :
-         {"drift", "phases", "formation", "drift vs noise at step 0",
-          "drift vs noise at step [1-9][0-9]*"}) {
+    for (const std::string finding : {"drift", "phases", "formation"}) {
       EXPECT_TRUE(std::regex_search(
           section,
           std::regex("\n  " + finding +
@@ -323,11 +319,24 @@ TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
           << finding << "\n"
           << section;
     }
+    // Drift vs noise at the first and middle reference checkpoints (not at
+    // the final one, its own final direction).
+    for (const std::string step : {"0", "[1-9][0-9]*"}) {
+      EXPECT_TRUE(std::regex_search(
+          section, std::regex("\n  drift vs noise at step " + step +
+                              ": (signal|barely above the noise|within the "
+                              "noise|not measured) in [12] of 2 runs")))
+          << step << "\n"
+          << section;
+    }
     EXPECT_THAT(section, Not(HasSubstr("drift vs noise at step 64")));
     // Two later reference checkpoints per job: four links.
     EXPECT_TRUE(std::regex_search(
-        section, std::regex(R"(\n  speed-up, same lr: median [0-9.]+x over )"
-                            R"(4 links \(range [0-9.]+x - [0-9.]+x\))")))
+        section,
+        std::regex(R"(\n  speed-up, same lr: (median [0-9.]+x over the [1-4] )"
+                   R"(of 4 links that reached the from-scratch loss \(range )"
+                   R"([0-9.]+x - [0-9.]+x\)|never reached the from-scratch )"
+                   R"(loss on any of 4 links))")))
         << section;
   }
 }
