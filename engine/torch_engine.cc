@@ -279,6 +279,19 @@ double MedianOf(std::vector<float> values) {
   return values[values.size() / 2];
 }
 
+// A training step whose loss is NaN or infinite has diverged: the SAE
+// would be stored as NaN and the next checkpoint's initialised from it.
+absl::Status CheckFinite(const SaeLoss& loss, const SaeTrainer& trainer,
+                         const TrainInput& input, const char* which) {
+  if (std::isfinite(loss.total)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "TrainInput.lr: training %s diverged at step %d (%d tokens): loss "
+      "%g = reconstruction %g + sparsity %g + auxiliary %g; lr %g, "
+      "l1_coefficient %g; nothing is stored",
+      which, trainer.steps(), trainer.tokens(), loss.total, loss.reconstruction,
+      loss.sparsity, loss.auxiliary, input.lr, input.l1_coefficient));
+}
+
 class TorchSaeTrainingEngine : public SaeTrainingEngine {
  public:
   TorchSaeTrainingEngine(torch::Device device, MatmulPrecision precision,
@@ -371,6 +384,13 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     const torch::Tensor eval_activations = shared_.Take(
         scope, absl::StrCat("heldout:", eval_starts.size()), *model,
         eval_contexts, hook, job_hooks, contexts_per_forward, device_);
+    if (!torch::isfinite(eval_activations).all().item<bool>()) {
+      return absl::DataLossError(absl::StrCat(
+          input.model_dir, ": the activations at layer ", input.layer, " ",
+          input.site,
+          " are NaN or infinite on held-out tokens (weights too large for "
+          "float32?); nothing is trained on them"));
+    }
 
     // Training activations: a small corpus once, in memory, reused over
     // epochs; a large one streamed through a shuffling buffer.
@@ -402,11 +422,9 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       // The contexts depend on the seed and the budget, not on the hook:
       // every hook of this checkpoint's tasks trains on the same ones.
       activation_set.emplace(
-          shared_.Take(scope,
-                       absl::StrCat("train:", distinct_contexts, ":",
-                                    input.seed),
-                       *model, contexts, hook, job_hooks, contexts_per_forward,
-                       device_),
+          shared_.Take(
+              scope, absl::StrCat("train:", distinct_contexts, ":", input.seed),
+              *model, contexts, hook, job_hooks, contexts_per_forward, device_),
           input.seed ^ 0x5AE7AC4ULL);
       sample = activation_set->Sample(kScaleSample);
       output.distinct_tokens = activation_set->rows();
@@ -571,7 +589,10 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
     while (trainer.tokens() < input.train_tokens) {
       SAETRACK_ASSIGN_OR_RETURN(const torch::Tensor batch, next_batch());
       if (!batch.defined()) break;
-      last_loss = trainer.Step(batch).total;
+      const SaeLoss step_loss = trainer.Step(batch);
+      last_loss = step_loss.total;
+      SAETRACK_RETURN_IF_ERROR(
+          CheckFinite(step_loss, trainer, input, "the chain's SAE"));
       if (!state_path.empty() && input.checkpoint_every_tokens > 0 &&
           trainer.tokens() >= next_save) {
         SAETRACK_RETURN_IF_ERROR(
@@ -686,6 +707,8 @@ class TorchSaeTrainingEngine : public SaeTrainingEngine {
       // Progress (the chain's tokens, which do not move) and cancellation.
       const auto keep_going = [&](const SaeTrainer& t,
                                   const SaeLoss& loss) -> absl::Status {
+        SAETRACK_RETURN_IF_ERROR(
+            CheckFinite(loss, t, input, "the independent reference SAE"));
         if (t.steps() % kProgressEverySteps == 0 && progress &&
             !progress(trainer.tokens(), loss.total)) {
           return absl::CancelledError(

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -202,6 +203,34 @@ std::string ScaledCheckpoint(const std::string& from, const std::string& to,
   std::ofstream(to + "/model.safetensors", std::ios::binary)
       << writer.Serialize();
   return to;
+}
+
+// A checkpoint with NaN weights fails its task naming the tensor; nothing
+// is trained on it.
+TEST_F(TorchEngineTest, NanWeightsAreRefusedNamingTheTensor) {
+  TrainInput input = BaseInput();
+  input.model_dir = ScaledCheckpoint(Checkpoint(16), *dir_ + "/nan-ckpt",
+                                     std::numeric_limits<float>::quiet_NaN());
+  absl::StatusOr<TrainOutput> out = NewEngine()->Train(input, nullptr);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(Message(out.status()),
+              HasSubstr("nan-ckpt: tensor \"gpt_neox.embed_in.weight\""));
+  EXPECT_THAT(Message(out.status()),
+              HasSubstr("NaN or infinite value(s), the first at element 0"));
+}
+
+// A learning rate no SAE survives: training stops at the first non-finite
+// loss, saying which terms and which settings; nothing is returned to store.
+TEST_F(TorchEngineTest, DivergedTrainingFailsInsteadOfStoringNan) {
+  TrainInput input = BaseInput();
+  input.lr = 1e30;
+  input.warmup_steps = 1;
+  absl::StatusOr<TrainOutput> out = NewEngine()->Train(input, nullptr);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(out.status()),
+              HasSubstr("TrainInput.lr: training the chain's SAE diverged at "
+                        "step "));
+  EXPECT_THAT(Message(out.status()), HasSubstr("lr 1e+30"));
 }
 
 double MedianCos(std::vector<float> cosines) {

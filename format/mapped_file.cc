@@ -30,6 +30,7 @@ class FdCloser {
   ~FdCloser() {
     if (fd_ >= 0) ::close(fd_);
   }
+  void Release() { fd_ = -1; }
 
  private:
   int fd_;
@@ -37,8 +38,10 @@ class FdCloser {
 
 }  // namespace
 
-absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+absl::StatusOr<ReadOnlyFile> ReadOnlyFile::Open(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+  // writer, forever; it is refused below instead.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoError(errno, "cannot open", path);
   FdCloser closer(fd);
   struct stat info;
@@ -47,9 +50,68 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     return absl::FailedPreconditionError(
         absl::StrCat(path, " is a directory, expected a file"));
   }
-  const size_t size = static_cast<size_t>(info.st_size);
+  if (!S_ISREG(info.st_mode)) {
+    const char* what = S_ISFIFO(info.st_mode)   ? "a FIFO"
+                       : S_ISSOCK(info.st_mode) ? "a socket"
+                       : S_ISCHR(info.st_mode)  ? "a character device"
+                       : S_ISBLK(info.st_mode)  ? "a block device"
+                                                : "not a regular file";
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is ", what, ", expected a regular file"));
+  }
+  closer.Release();
+  return ReadOnlyFile(path, fd, static_cast<int64_t>(info.st_size));
+}
+
+ReadOnlyFile::ReadOnlyFile(ReadOnlyFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      size_(std::exchange(other.size_, 0)) {}
+
+ReadOnlyFile& ReadOnlyFile::operator=(ReadOnlyFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+ReadOnlyFile::~ReadOnlyFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status ReadOnlyFile::ReadAt(int64_t offset, size_t n, char* out) const {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t got =
+        ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return ErrnoError(errno, "cannot read", path_);
+    }
+    if (got == 0) {
+      struct stat info;
+      const int64_t now = ::fstat(fd_, &info) == 0
+                              ? static_cast<int64_t>(info.st_size)
+                              : static_cast<int64_t>(offset + done);
+      return absl::DataLossError(absl::StrCat(
+          path_, ": the file ends at byte ", now, ", before byte ", offset + n,
+          " (it was ", size_,
+          " bytes when opened: truncated or replaced while in use)"));
+    }
+    done += static_cast<size_t>(got);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
+  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(path);
+  if (!file.ok()) return file.status();
+  const size_t size = static_cast<size_t>(file->size());
   if (size == 0) return MappedFile(path, nullptr, 0);
-  void* address = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  void* address = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, file->fd(), 0);
   if (address == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
   return MappedFile(path, address, size);
 }

@@ -4,6 +4,7 @@
 #define SAETRACK_FORMAT_MAPPED_FILE_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,7 +21,10 @@ class MappedFile {
  public:
   // Maps `path`. Errors: kNotFound naming the path when it does not exist,
   // another code from errno (kPermissionDenied, ...) naming the path, or
-  // kFailedPrecondition for a directory. An empty file maps to an empty view.
+  // kFailedPrecondition for a directory, FIFO, socket or device (opened
+  // without blocking). An empty file maps to an empty view. A file that
+  // shrinks while mapped raises SIGBUS on access: inputs that may change
+  // under a long-running process are read with ReadOnlyFile instead.
   static absl::StatusOr<MappedFile> Open(const std::string& path);
 
   MappedFile(MappedFile&& other) noexcept;
@@ -42,6 +46,39 @@ class MappedFile {
   std::string path_;
   void* address_ = nullptr;  // nullptr for an empty file
   size_t size_ = 0;
+};
+
+// A regular file opened for reading, read with pread(): unlike a mapping, a
+// file truncated while it is read gives an error, never SIGBUS. Move-only;
+// thread-safe for concurrent reads.
+class ReadOnlyFile {
+ public:
+  // Opens `path` without blocking (a FIFO would wait for a writer) and
+  // checks that it is a regular file. Errors as MappedFile::Open, and
+  // kFailedPrecondition naming a FIFO, socket or device.
+  static absl::StatusOr<ReadOnlyFile> Open(const std::string& path);
+  ReadOnlyFile(ReadOnlyFile&& other) noexcept;
+  ReadOnlyFile& operator=(ReadOnlyFile&& other) noexcept;
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  ~ReadOnlyFile();
+
+  // The size when opened.
+  int64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+
+  // Reads `n` bytes at `offset` into `out`. Errors: kDataLoss naming the
+  // path and the byte where the file now ends when it ends before
+  // offset + n (it shrank since Open); errno errors naming the path.
+  absl::Status ReadAt(int64_t offset, size_t n, char* out) const;
+
+ private:
+  ReadOnlyFile(std::string path, int fd, int64_t size)
+      : path_(std::move(path)), fd_(fd), size_(size) {}
+  std::string path_;
+  int fd_ = -1;
+  int64_t size_ = 0;
 };
 
 // Reads the whole of `path`. Errors as MappedFile::Open.

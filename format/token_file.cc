@@ -1,6 +1,8 @@
 #include "format/token_file.h"
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/absl_compat.h"
@@ -17,7 +19,7 @@ absl::StatusOr<TokenDtype> ParseTokenDtype(std::string_view name) {
 
 absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path,
                                           TokenDtype dtype) {
-  SAETRACK_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
+  SAETRACK_ASSIGN_OR_RETURN(ReadOnlyFile file, ReadOnlyFile::Open(path));
   const int element_size = dtype == TokenDtype::kUint16 ? 2 : 4;
   if (file.size() % element_size != 0) {
     return absl::DataLossError(absl::StrCat(
@@ -29,15 +31,43 @@ absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path,
   return TokenFile(std::move(file), element_size);
 }
 
+absl::Status TokenFile::Read(int64_t begin, int64_t count,
+                             uint32_t* out) const {
+  if (count <= 0) return absl::OkStatus();
+  std::vector<unsigned char> bytes(static_cast<size_t>(count) * element_size_);
+  SAETRACK_RETURN_IF_ERROR(file_.ReadAt(begin * element_size_, bytes.size(),
+                                        reinterpret_cast<char*>(bytes.data())));
+  const unsigned char* p = bytes.data();
+  for (int64_t i = 0; i < count; ++i, p += element_size_) {
+    out[i] = element_size_ == 2
+                 ? p[0] | (uint32_t{p[1]} << 8)
+                 : p[0] | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) |
+                       (uint32_t{p[3]} << 24);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TokenFile::ReadChecked(int64_t begin, int64_t count,
+                                    int64_t vocab_size, uint32_t* out) const {
+  SAETRACK_RETURN_IF_ERROR(Read(begin, count, out));
+  for (int64_t i = 0; i < count; ++i) {
+    if (out[i] >= vocab_size) {
+      const int64_t index = begin + i;
+      return absl::InvalidArgumentError(absl::StrCat(
+          path(), ": token id ", out[i], " at byte ", index * element_size_,
+          " (token ", index, ") is >= the model's vocab_size ", vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TokenFile::CheckVocab(int64_t vocab_size, int64_t begin,
                                    int64_t count) const {
-  for (int64_t i = begin; i < begin + count; ++i) {
-    const uint32_t token = (*this)[i];
-    if (token >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path(), ": token id ", token, " at byte ", i * element_size_,
-          " (token ", i, ") is >= the model's vocab_size ", vocab_size));
-    }
+  constexpr int64_t kChunk = int64_t{1} << 18;
+  std::vector<uint32_t> ids(static_cast<size_t>(std::min(count, kChunk)));
+  for (int64_t at = begin; at < begin + count; at += kChunk) {
+    const int64_t n = std::min(kChunk, begin + count - at);
+    SAETRACK_RETURN_IF_ERROR(ReadChecked(at, n, vocab_size, ids.data()));
   }
   return absl::OkStatus();
 }

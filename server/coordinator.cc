@@ -109,7 +109,7 @@ class CoordinatorImpl final : public Coordinator {
   explicit CoordinatorImpl(const CoordinatorOptions& options)
       : options_(options),
         clock_(options.clock != nullptr ? options.clock : &system_clock_),
-        validator_(options.data_roots) {}
+        validator_(options.data_roots, options.max_artifact_bytes) {}
 
   ~CoordinatorImpl() override { Shutdown(); }
 

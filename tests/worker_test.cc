@@ -315,6 +315,69 @@ TEST_F(WorkerTest, TrainsTheChainInOrderAndStoresEveryResult) {
   EXPECT_NEAR(history->points(1).decoder_cos_prev(), 0.9, 1e-6);
 }
 
+// A result is stored however long it takes to get to the coordinator, and
+// through a coordinator restart that loses the staged uploads: nothing is
+// trained twice, nothing is lost.
+TEST_F(WorkerTest, ALeaseLivesUntilItsResultIsCommitted) {
+  // A short lease: 600 ms, heartbeats every 200 ms.
+  const int port = coordinator_->port();
+  const auto start_coordinator = [&] {
+    CoordinatorOptions options;
+    options.data_dir = dir_ + "/data";
+    options.listen_address = absl::StrCat("127.0.0.1:", port);
+    options.metrics_listen_address = "";
+    options.lease_ttl_ms = 600;
+    auto coordinator = Coordinator::Start(options);
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = *std::move(coordinator);
+  };
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  start_coordinator();
+  const std::string job_id = SubmitJob();
+
+  FakeEngine engine;
+  int completes = 0;
+  WorkerOptions options;
+  options.coordinator = address_;
+  options.max_tasks = 3;
+  options.chunk_bytes = 1024;
+  options.lease_wait = absl::Milliseconds(200);
+  options.retry_backoff = absl::Milliseconds(100);
+  options.before_complete_for_testing = [&] {
+    ++completes;
+    if (completes == 1) {
+      // Three lease TTLs between the uploads and CompleteTask (a slow link):
+      // the heartbeat keeps the lease.
+      absl::SleepFor(absl::Milliseconds(1800));
+    } else if (completes == 2) {
+      // The coordinator restarts with the second SAE's uploads staged: it
+      // lost them, CompleteTask fails, the worker sends them again.
+      coordinator_->Shutdown();
+      coordinator_.reset();
+      start_coordinator();
+    }
+  };
+  auto worker = Worker::Create(options, std::make_unique<Borrowed>(&engine));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE((*worker)->Run().ok());
+
+  // Each SAE trained once; the second one's completion was tried twice.
+  EXPECT_EQ(engine.calls().size(), 3u);
+  EXPECT_EQ(completes, 4);
+  ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_SUCCEEDED));
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->progress().tasks_done(), 3);
+  // Each attempt is one lease: no task was leased again.
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->checkpoints_size(), 3);
+  EXPECT_EQ(metrics->checkpoints(1).step(), 10);
+  EXPECT_EQ(client_->DownloadSae(job_id, 1, 10).value_or(""),
+            engine.calls()[1].output_bytes);
+}
+
 // Trains until its progress callback says stop.
 class BlockingEngine final : public engine::SaeTrainingEngine {
  public:

@@ -50,6 +50,28 @@ std::string DefaultName() {
   return absl::StrCat(host, ":", getpid());
 }
 
+// Faults on the way to storing a result that lose nothing and may pass: the
+// coordinator unreachable or restarting, a deadline, a corrupted chunk, or
+// staged uploads it no longer has (FAILED_PRECONDITION). Not ABORTED (the
+// lease went to someone else) nor a refusal of the result itself.
+bool IsTransientCommitError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kInternal:
+      return true;
+    default:
+      return false;
+  }
+}
+
+constexpr absl::Duration kCommitBackoffMax = absl::Seconds(30);
+
 // Errors that will not go away when another worker retries the task.
 bool IsRetryable(const absl::Status& status) {
   switch (status.code()) {
@@ -212,6 +234,31 @@ std::string SerializeStats(const engine::FeatureStats& stats) {
   return block.SerializeAsString();
 }
 
+// The analysis pass's output as the block the coordinator stores.
+v1::FeatureAnalysisBlock AnalysisBlock(const engine::AnalysisOutput& out) {
+  v1::FeatureAnalysisBlock block;
+  block.set_analysis_positions(out.analysis_positions);
+  block.set_top_k(out.top_k);
+  block.mutable_frequency()->Add(out.frequency.begin(), out.frequency.end());
+  block.mutable_mean_activation()->Add(out.mean_activation.begin(),
+                                       out.mean_activation.end());
+  block.mutable_max_activation()->Add(out.max_activation.begin(),
+                                      out.max_activation.end());
+  for (int64_t p : out.top_positions) block.add_top_positions(p);
+  block.mutable_top_values()->Add(out.top_values.begin(), out.top_values.end());
+  for (int64_t t : out.top_tokens) block.add_top_tokens(t);
+  block.mutable_progress_activation()->Add(out.progress_activation.begin(),
+                                           out.progress_activation.end());
+  block.mutable_progress_feature()->Add(out.progress_feature.begin(),
+                                        out.progress_feature.end());
+  block.set_activation_baseline(out.activation_baseline);
+  block.set_feature_baseline(out.feature_baseline);
+  block.mutable_progress_token_controlled()->Add(
+      out.progress_token_controlled.begin(),
+      out.progress_token_controlled.end());
+  return block;
+}
+
 // Prometheus metrics of one worker. Thread-safe (prometheus-cpp metrics are).
 struct WorkerMetrics {
   explicit WorkerMetrics(prometheus::Registry& registry)
@@ -268,6 +315,14 @@ struct WorkerMetrics {
                       "took from the forward pass of another hook's task of "
                       "the same checkpoint instead of running the LM.")
                 .Register(registry)
+                .Add({})),
+        commit_retries(
+            prometheus::BuildCounter()
+                .Name("saetrack_worker_commit_retries_total")
+                .Help("Times a trained result was sent again after a fault "
+                      "on the way to the coordinator (unreachable, restarted, "
+                      "deadline, staged upload lost).")
+                .Register(registry)
                 .Add({})) {}
 
   prometheus::Family<prometheus::Counter>& tasks;
@@ -284,6 +339,7 @@ struct WorkerMetrics {
   prometheus::Counter& init_from_memory;
   prometheus::Counter& init_downloaded;
   prometheus::Counter& shared_activation_sets;
+  prometheus::Counter& commit_retries;
 };
 
 class GrpcWorker final : public Worker {
@@ -443,7 +499,13 @@ class GrpcWorker final : public Worker {
   absl::Status Upload(const v1::Task& task, v1::ArtifactKind kind,
                       const std::string& bytes) {
     v1::UploadArtifactResponse response;
-    auto context = NewContext(kCallTimeout);
+    // A large artifact on a slow link takes its time; the heartbeat keeps
+    // the lease meanwhile.
+    auto context =
+        NewContext(kCallTimeout +
+                   absl::Seconds(static_cast<double>(bytes.size()) /
+                                 std::max<int64_t>(
+                                     1, options_.min_upload_bytes_per_second)));
     auto writer = stub_->UploadArtifact(context.get(), &response);
     const int64_t total = static_cast<int64_t>(bytes.size());
     int64_t offset = 0;
@@ -466,6 +528,43 @@ class GrpcWorker final : public Worker {
     } while (offset < total);
     writer->WritesDone();
     return FromGrpcStatus(writer->Finish());
+  }
+
+  // Uploads `artifacts` and completes the task with `complete`, while the
+  // caller's heartbeat keeps the lease. Faults that lose nothing
+  // (IsTransientCommitError) are retried with capped exponential back-off,
+  // every artifact sent again (the coordinator may have lost what it had
+  // staged), until the result is stored, the lease is lost, the worker
+  // stops, or options_.commit_timeout passes.
+  absl::Status Commit(
+      const v1::Task& task, const std::string& what,
+      const std::vector<std::pair<v1::ArtifactKind, const std::string*>>&
+          artifacts,
+      const std::function<absl::Status()>& complete,
+      const std::atomic<bool>& lost) {
+    const absl::Time give_up = absl::Now() + options_.commit_timeout;
+    absl::Duration backoff = options_.retry_backoff;
+    for (int attempt = 1;; ++attempt) {
+      absl::Status status;
+      for (const auto& [kind, bytes] : artifacts) {
+        status = Upload(task, kind, *bytes);
+        if (!status.ok()) break;
+      }
+      if (status.ok()) status = complete();
+      if (status.ok() || !IsTransientCommitError(status) || lost.load() ||
+          stopped_.load() || absl::Now() + backoff > give_up) {
+        return status;
+      }
+      metrics_.commit_retries.Increment();
+      Log(absl::StrCat(what, ": storing the result failed (attempt ", attempt,
+                       "): ", status.ToString(), "; sending it again in ",
+                       absl::FormatDuration(backoff)));
+      {
+        absl::MutexLock lock(&mu_);
+        if (!stopped_.load()) stop_cv_.WaitWithTimeout(&mu_, backoff);
+      }
+      backoff = std::min(backoff * 2, kCommitBackoffMax);
+    }
   }
 
   // Heartbeats the lease of `task` until `done`; sets `lost` when the
@@ -506,8 +605,10 @@ class GrpcWorker final : public Worker {
 
   // Runs `body` with the lease of `task` heartbeated; returns false (after
   // handing a stopped task back) when the task was abandoned.
+  // `committed` is the body's result of storing the task's result.
   bool WithHeartbeat(
       const v1::Task& task, const std::string& what,
+      const absl::Status* committed,
       const std::function<void(std::atomic<int64_t>&, std::atomic<double>&,
                                std::atomic<bool>&)>& body) {
     metrics_.busy.Set(1);
@@ -525,7 +626,8 @@ class GrpcWorker final : public Worker {
     }
     heartbeat.join();
     metrics_.busy.Set(0);
-    if (!lost.load() && !stopped_.load()) return true;
+    // A stored result is kept whatever happened after it.
+    if (committed->ok() || (!lost.load() && !stopped_.load())) return true;
     Log(absl::StrCat(what, ": abandoned (",
                      lost.load() ? "lease lost or job cancelled" : "stopping",
                      ")"));
@@ -572,9 +674,11 @@ class GrpcWorker final : public Worker {
 
     absl::StatusOr<engine::AnalysisOutput> output =
         absl::InternalError("analysis did not run");
+    absl::Status stored = absl::InternalError("result not sent");
     const bool kept = WithHeartbeat(
-        task, what,
-        [&](std::atomic<int64_t>&, std::atomic<double>&, std::atomic<bool>&) {
+        task, what, &stored,
+        [&](std::atomic<int64_t>&, std::atomic<double>&,
+            std::atomic<bool>& lost) {
           if (last_sae_.has_value() && last_sae_->job_id == task.job_id() &&
               last_sae_->layer == input.layer && last_sae_->step == step) {
             input.sae_safetensors = last_sae_->safetensors;
@@ -603,46 +707,27 @@ class GrpcWorker final : public Worker {
                                              reference.top_positions().end());
           }
           output = engine_->Analyse(input);
+          if (!output.ok() || lost.load()) return;
+          const std::string bytes = AnalysisBlock(*output).SerializeAsString();
+          stored = Commit(
+              task, what, {{v1::ARTIFACT_KIND_FEATURE_ANALYSIS, &bytes}},
+              [&] {
+                v1::CompleteTaskRequest request;
+                request.set_worker_id(worker_id_);
+                request.set_task_id(task.task_id());
+                request.set_lease_epoch(task.lease_epoch());
+                v1::CompleteTaskResponse response;
+                auto context = NewContext(kCallTimeout);
+                return FromGrpcStatus(
+                    stub_->CompleteTask(context.get(), request, &response));
+              },
+              lost);
         });
     if (!kept) return;
     if (!output.ok()) {
       Log(absl::StrCat(what, ": failed: ", output.status().ToString()));
       Fail(task, output.status());
       return;
-    }
-    v1::FeatureAnalysisBlock block;
-    block.set_analysis_positions(output->analysis_positions);
-    block.set_top_k(output->top_k);
-    block.mutable_frequency()->Add(output->frequency.begin(),
-                                   output->frequency.end());
-    block.mutable_mean_activation()->Add(output->mean_activation.begin(),
-                                         output->mean_activation.end());
-    block.mutable_max_activation()->Add(output->max_activation.begin(),
-                                        output->max_activation.end());
-    for (int64_t p : output->top_positions) block.add_top_positions(p);
-    block.mutable_top_values()->Add(output->top_values.begin(),
-                                    output->top_values.end());
-    for (int64_t t : output->top_tokens) block.add_top_tokens(t);
-    block.mutable_progress_activation()->Add(
-        output->progress_activation.begin(), output->progress_activation.end());
-    block.mutable_progress_feature()->Add(output->progress_feature.begin(),
-                                          output->progress_feature.end());
-    block.set_activation_baseline(output->activation_baseline);
-    block.set_feature_baseline(output->feature_baseline);
-    block.mutable_progress_token_controlled()->Add(
-        output->progress_token_controlled.begin(),
-        output->progress_token_controlled.end());
-    absl::Status stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_ANALYSIS,
-                                 block.SerializeAsString());
-    if (stored.ok()) {
-      v1::CompleteTaskRequest request;
-      request.set_worker_id(worker_id_);
-      request.set_task_id(task.task_id());
-      request.set_lease_epoch(task.lease_epoch());
-      v1::CompleteTaskResponse response;
-      auto context = NewContext(kCallTimeout);
-      stored = FromGrpcStatus(
-          stub_->CompleteTask(context.get(), request, &response));
     }
     if (!stored.ok()) {
       Log(absl::StrCat(what, ": result not stored: ", stored.ToString()));
@@ -673,8 +758,9 @@ class GrpcWorker final : public Worker {
     // A StatusOr cannot hold an OK status without a value.
     absl::StatusOr<engine::TrainOutput> output =
         absl::InternalError("training did not run");
+    absl::Status stored = absl::InternalError("result not sent");
     const bool kept = WithHeartbeat(
-        task, what,
+        task, what, &stored,
         [&](std::atomic<int64_t>& tokens, std::atomic<double>& loss,
             std::atomic<bool>& lost) {
           if (train.has_init_from()) {
@@ -709,6 +795,21 @@ class GrpcWorker final : public Worker {
               metrics_.tokens_per_second.Set(tokens_done / seconds);
             return !lost.load() && !stopped_.load();
           });
+          if (!output.ok() || lost.load()) return;
+          // Stored under the same heartbeat: the lease lives until the
+          // result is committed, however long the upload takes.
+          const std::string stats = SerializeStats(output->features);
+          stored = Commit(
+              task, what,
+              {{v1::ARTIFACT_KIND_SAE_WEIGHTS, &output->sae_safetensors},
+               {v1::ARTIFACT_KIND_FEATURE_STATS, &stats}},
+              [&] {
+                if (options_.before_complete_for_testing) {
+                  options_.before_complete_for_testing();
+                }
+                return Complete(task, input, *output);
+              },
+              lost);
         });
     if (!kept) return;
     if (!output.ok()) {
@@ -718,13 +819,6 @@ class GrpcWorker final : public Worker {
     }
     metrics_.fvu.Set(output->fvu);
     metrics_.l0.Set(output->l0);
-    absl::Status stored =
-        Upload(task, v1::ARTIFACT_KIND_SAE_WEIGHTS, output->sae_safetensors);
-    if (stored.ok()) {
-      stored = Upload(task, v1::ARTIFACT_KIND_FEATURE_STATS,
-                      SerializeStats(output->features));
-    }
-    if (stored.ok()) stored = Complete(task, input, *output);
     if (!stored.ok()) {
       // ABORTED: our lease went stale and the task is someone else's now.
       Log(absl::StrCat(what, ": result not stored: ", stored.ToString()));

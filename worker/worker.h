@@ -5,6 +5,7 @@
 #define SAETRACK_WORKER_WORKER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -45,6 +46,19 @@ struct WorkerOptions {
   // whose spec.min_worker_memory_bytes fit. 0: the machine's physical memory
   // for cpu, unreported (any job) for cuda.
   int64_t memory_bytes = 0;
+
+  // How long a trained result is retried (upload and CompleteTask, capped
+  // exponential back-off from retry_backoff to 30 s) through faults that
+  // lose nothing — the coordinator unreachable or restarting, a deadline,
+  // staged uploads lost — before the worker gives it up. The lease is
+  // heartbeated all along, so it does not expire while the result is sent.
+  absl::Duration commit_timeout = absl::Minutes(15);
+  // Slowest upload rate allowed: an upload's deadline is 30 s plus its
+  // bytes at this rate.
+  int64_t min_upload_bytes_per_second = 1 << 20;
+  // Called before every CompleteTask of a trained SAE (tests inject faults
+  // there, e.g. a coordinator restart between upload and completion).
+  std::function<void()> before_complete_for_testing;
 
   // --- performance ---
   // Bytes per artifact chunk.

@@ -4,6 +4,7 @@
 #include <memory>
 #include <random>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -19,11 +20,12 @@ absl::StatusOr<torch::Tensor> GatherContexts(const format::TokenFile& tokens,
   torch::Tensor out = torch::empty(
       {static_cast<int64_t>(starts.size()), context_length}, torch::kInt64);
   int64_t* data = out.data_ptr<int64_t>();
+  std::vector<uint32_t> ids(context_length);
   for (size_t row = 0; row < starts.size(); ++row) {
-    SAETRACK_RETURN_IF_ERROR(
-        tokens.CheckVocab(vocab_size, starts[row], context_length));
+    SAETRACK_RETURN_IF_ERROR(tokens.ReadChecked(starts[row], context_length,
+                                                vocab_size, ids.data()));
     for (int i = 0; i < context_length; ++i) {
-      data[row * context_length + i] = tokens[starts[row] + i];
+      data[row * context_length + i] = ids[i];
     }
   }
   return out;

@@ -10,6 +10,8 @@ namespace {
 
 using storage::Column;
 
+constexpr char kWorkerPrefix[] = "worker/";
+
 absl::StatusOr<int64_t> ReadCounter(const storage::KvStore& store,
                                     const std::string& name,
                                     int64_t default_value) {
@@ -61,6 +63,21 @@ absl::StatusOr<JobStore::Snapshot> JobStore::LoadAll() const {
   seq = ReadCounter(*store_, kNextWorkerSeq, 1);
   if (!seq.ok()) return seq.status();
   snapshot.next_worker_seq = *seq;
+  s = store_->Scan(
+      Column::kMeta, kWorkerPrefix, "",
+      [&](std::string_view key, std::string_view value) {
+        WorkerRecord worker;
+        if (!worker.ParseFromArray(value.data(),
+                                   static_cast<int>(value.size()))) {
+          parse_error = absl::DataLossError(absl::StrCat(
+              "worker record '", std::string(key), "' is corrupt"));
+          return false;
+        }
+        snapshot.workers.push_back(std::move(worker));
+        return true;
+      });
+  if (!s.ok()) return s;
+  if (!parse_error.ok()) return parse_error;
   return snapshot;
 }
 
@@ -95,6 +112,12 @@ void JobStore::PutRequest(const std::string& request_id,
                           const IdempotencyRecord& record,
                           storage::WriteBatch* batch) {
   batch->Put(Column::kIdempotency, request_id, record.SerializeAsString());
+}
+
+void JobStore::PutWorker(const WorkerRecord& worker,
+                         storage::WriteBatch* batch) {
+  batch->Put(Column::kMeta, absl::StrCat(kWorkerPrefix, worker.worker_id()),
+             worker.SerializeAsString());
 }
 
 void JobStore::PutCounter(std::string_view name, int64_t value,

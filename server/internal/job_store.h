@@ -31,6 +31,7 @@ class JobStore {
     std::vector<TaskRecord> tasks;  // Grouped by job, chain order.
     int64_t next_job_seq = 1;
     int64_t next_worker_seq = 1;
+    std::vector<WorkerRecord> workers;  // In worker id order.
   };
   // Everything needed to rebuild the scheduler after a restart. Errors:
   // storage errors; kDataLoss for a record that does not parse.
@@ -47,6 +48,7 @@ class JobStore {
                          storage::WriteBatch* batch);
   static void PutCounter(std::string_view name, int64_t value,
                          storage::WriteBatch* batch);
+  static void PutWorker(const WorkerRecord& worker, storage::WriteBatch* batch);
 
   storage::KvStore* kv() const { return store_; }
 

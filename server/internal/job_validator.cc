@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <system_error>
 
@@ -47,6 +48,13 @@ constexpr int32_t kDefaultReferenceCheckpoints = 3;
 constexpr int32_t kMaxReferenceCheckpoints = 16;
 constexpr double kDefaultSpeedupTolerance = 0.02;
 constexpr double kMaxSpeedupTolerance = 0.5;
+// Adam's step size and the sparsity coefficients beyond which training only
+// diverges (the loss overflows float32).
+constexpr double kMaxLr = 1.0;
+constexpr double kMaxL1Coefficient = 1e4;
+// Rows per SAE training batch (a batch of 2^20 rows at d_sae 2^16 is
+// already 256 GiB of codes).
+constexpr int kMaxBatchSize = 1 << 20;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 constexpr int64_t kDefaultAnalysisTokens = 65536;
@@ -128,9 +136,12 @@ absl::Status PositiveOrDefault(const std::string& field, T value,
 }
 
 // Checks a finite, non-negative-or-unset double; 0 becomes `default_value`.
+// `max`: the largest value the engine can train with (beyond it every
+// step diverges or overflows float32).
 absl::Status FiniteOrDefault(const std::string& field, double value,
                              double default_value, const char* range,
-                             double* out) {
+                             double* out,
+                             double max = std::numeric_limits<double>::max()) {
   if (!std::isfinite(value)) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": ", value, " is not finite"));
@@ -138,6 +149,10 @@ absl::Status FiniteOrDefault(const std::string& field, double value,
   if (value < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": ", value, " out of range (must be ", range, ")"));
+  }
+  if (value > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value, " out of range (at most ", max, ")"));
   }
   *out = value == 0 ? default_value : value;
   return absl::OkStatus();
@@ -161,7 +176,16 @@ bool IsUnder(const std::filesystem::path& path,
 
 }  // namespace
 
-JobValidator::JobValidator(const std::vector<std::string>& data_roots) {
+int64_t JobValidator::SaeBytes(int64_t d_in, int64_t d_sae) {
+  // The safetensors header of four tensors with their names, shapes and
+  // offsets and the metadata the worker adds stays under 1 KiB.
+  constexpr int64_t kHeaderBytes = 1024;
+  return 4 * (2 * d_in * d_sae + d_sae + d_in) + kHeaderBytes;
+}
+
+JobValidator::JobValidator(const std::vector<std::string>& data_roots,
+                           int64_t max_artifact_bytes)
+    : max_artifact_bytes_(std::min(max_artifact_bytes, kMaxSaeBytes)) {
   for (const std::string& root : data_roots) {
     if (root.empty()) continue;
     std::error_code ec;
@@ -313,21 +337,21 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     sae->set_expansion_factor(kDefaultExpansionFactor);
   }
   double value = 0;
-  if (absl::Status s =
-          FiniteOrDefault("spec.sae.l1_coefficient", sae->l1_coefficient(),
-                          kDefaultL1Coefficient, ">= 0", &value);
+  if (absl::Status s = FiniteOrDefault(
+          "spec.sae.l1_coefficient", sae->l1_coefficient(),
+          kDefaultL1Coefficient, ">= 0", &value, kMaxL1Coefficient);
       !s.ok()) {
     return s;
   }
   sae->set_l1_coefficient(value);
   if (absl::Status s = FiniteOrDefault("spec.sae.lr_first", sae->lr_first(),
-                                       kDefaultLrFirst, "> 0", &value);
+                                       kDefaultLrFirst, "> 0", &value, kMaxLr);
       !s.ok()) {
     return s;
   }
   sae->set_lr_first(value);
   if (absl::Status s = FiniteOrDefault("spec.sae.lr_later", sae->lr_later(),
-                                       kDefaultLrLater, "> 0", &value);
+                                       kDefaultLrLater, "> 0", &value, kMaxLr);
       !s.ok()) {
     return s;
   }
@@ -352,6 +376,11 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
                                  kDefaultBatchSize, &int_value);
       !s.ok()) {
     return s;
+  }
+  if (int_value > kMaxBatchSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.sae.batch_size: ", int_value,
+                     " out of range (at most ", kMaxBatchSize, ")"));
   }
   sae->set_batch_size(int_value);
 
@@ -380,9 +409,9 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
       return absl::InvalidArgumentError(
           absl::StrCat("spec.sae.aux_k: ", sae->aux_k(), " must be >= 0"));
     }
-    if (absl::Status s =
-            FiniteOrDefault("spec.sae.aux_coefficient", sae->aux_coefficient(),
-                            kDefaultAuxCoefficient, ">= 0", &value);
+    if (absl::Status s = FiniteOrDefault(
+            "spec.sae.aux_coefficient", sae->aux_coefficient(),
+            kDefaultAuxCoefficient, ">= 0", &value, kMaxL1Coefficient);
         !s.ok()) {
       return s;
     }
@@ -620,6 +649,17 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     return absl::InvalidArgumentError(absl::StrCat(
         sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
         "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
+  }
+  // An SAE that could never be uploaded or stored fails only after its
+  // first task trained for hours: refuse it now.
+  const int64_t sae_bytes = SaeBytes(first_config.hidden_size, d_sae);
+  if (sae_bytes > max_artifact_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
+        "an SAE of d_sae ", d_sae, " at hidden_size ", first_config.hidden_size,
+        " is ", sae_bytes, " bytes, more than the coordinator stores (",
+        max_artifact_bytes_,
+        " bytes, its --max_artifact_bytes or one stored value)"));
   }
   sae->set_d_sae(static_cast<int32_t>(d_sae));
   if (out.min_worker_memory_bytes() == 0) {

@@ -2,6 +2,7 @@
 #ifndef SAETRACK_SERVER_INTERNAL_JOB_VALIDATOR_H_
 #define SAETRACK_SERVER_INTERNAL_JOB_VALIDATOR_H_
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -18,7 +19,19 @@ class JobValidator {
  public:
   // `data_roots`: when non-empty, every path of a job must lie under one of
   // them (compared after resolving symlinks).
-  explicit JobValidator(const std::vector<std::string>& data_roots);
+  // `max_artifact_bytes`: the largest upload the coordinator accepts (its
+  // --max_artifact_bytes); a job whose SAE weights could never be uploaded
+  // is refused at submission.
+  explicit JobValidator(const std::vector<std::string>& data_roots,
+                        int64_t max_artifact_bytes = kMaxSaeBytes);
+
+  // The largest SAE weights one stored value can hold (RocksDB's limit on a
+  // value is 4 GiB - 1).
+  static constexpr int64_t kMaxSaeBytes = (int64_t{4} << 30) - 1;
+
+  // Bytes of an SAE's safetensors upload (W_enc, b_enc, W_dec, b_dec in
+  // fp32, plus the header).
+  static int64_t SaeBytes(int64_t d_in, int64_t d_sae);
 
   // Returns `spec` with every unset field given its DESIGN §3 default and
   // sae.d_sae computed (expansion_factor * hidden_size unless set), so that
@@ -38,6 +51,7 @@ class JobValidator {
                          PathKind kind) const;
 
   std::vector<std::filesystem::path> data_roots_;  // Canonical.
+  int64_t max_artifact_bytes_;
 };
 
 }  // namespace saetrack::server

@@ -1,5 +1,7 @@
 #include "server/internal/job_validator.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -171,6 +173,58 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   absl::StatusCode::kNotFound,
                                   "spec.model.checkpoints[1].path: '/x' does "
                                   "not exist"},
+                                 {"LearningRateNoSaeSurvives",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_lr_first(1e308);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.lr_first: 1e+308 out of range (at "
+                                  "most 1)"},
+                                 {"L1CoefficientOverflows",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_l1_coefficient(1e308);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.l1_coefficient: 1e+308 out of "
+                                  "range (at most 10000)"},
+                                 {"BatchNoWorkerHolds",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_sae()->set_batch_size(
+                                        2147483647);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.batch_size: 2147483647 out of "
+                                  "range (at most 1048576)"},
+                                 {"SaeLargerThanOneStoredValue",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    // 2 * 64 * 2^23 floats: 4 GiB.
+                                    s->mutable_sae()->set_d_sae(1 << 23);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.sae.d_sae: an SAE of d_sae 8388608 at "
+                                  "hidden_size 64 is 4328523008 bytes, more "
+                                  "than the coordinator stores (4294967295 "
+                                  "bytes"},
+                                 {"FifoTokenFile",
+                                  [](v1::JobSpec* s, const std::string& dir) {
+                                    const std::string fifo = dir + "/fifo.u16";
+                                    ::mkfifo(fifo.c_str(), 0600);
+                                    s->mutable_data()->set_tokens_path(fifo);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "fifo.u16' is not a regular file"},
+                                 {"FifoConfigJson",
+                                  [](v1::JobSpec* s, const std::string& dir) {
+                                    const std::string ckpt = dir + "/fifo-ckpt";
+                                    std::filesystem::create_directories(ckpt);
+                                    ::mkfifo((ckpt + "/config.json").c_str(),
+                                             0600);
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path(ckpt);
+                                  },
+                                  absl::StatusCode::kFailedPrecondition,
+                                  "spec.model.checkpoints[1].path: "},
                                  {"LayerOutOfRange",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_hooks(0)->set_layer(7);
@@ -577,6 +631,22 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
 
 // GPT-2 checkpoints (GPT2Config field names) are accepted, the architecture
 // filled in from config.json, and the layer range read from n_layer.
+// The coordinator's --max_artifact_bytes bounds the SAE a job may have.
+TEST(JobValidatorTest, RefusesAnSaeBeyondTheArtifactLimit) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  spec.mutable_sae()->set_d_sae(4096);  // 2 * 64 * 4096 floats: 2 MiB
+  EXPECT_TRUE(JobValidator({}, int64_t{4} << 20).Validate(spec).ok());
+  absl::StatusOr<v1::JobSpec> out =
+      JobValidator({}, int64_t{1} << 20).Validate(spec);
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("spec.sae.d_sae: an SAE of d_sae 4096 at hidden_size "
+                        "64 is 2114816 bytes, more than the coordinator stores "
+                        "(1048576 bytes"));
+  EXPECT_EQ(JobValidator::SaeBytes(64, 4096), 4 * (2 * 64 * 4096 + 4096 + 64) + 1024);
+}
+
 TEST(JobValidatorTest, AcceptsGpt2) {
   TempDir dir;
   for (const char* name : {"/gpt2-0", "/gpt2-10"}) {

@@ -206,13 +206,17 @@ absl::Status QueryServiceImpl::FillContexts(const v1::JobSpec& spec, int before,
       }
       const int first = std::max(0, offset - before);
       const int last = std::min(context_length - 1, offset + after);
-      std::vector<uint32_t> ids;
-      for (int i = first; i <= last; ++i) {
-        const int64_t index = starts[row] + i;
-        if (index >= tokens->size()) break;
-        ids.push_back((*tokens)[index]);
-        context.add_window(static_cast<int32_t>(ids.back()));
+      const int64_t window_begin = starts[row] + first;
+      const int64_t window_end =
+          std::min<int64_t>(starts[row] + last + 1, tokens->size());
+      std::vector<uint32_t> ids(
+          static_cast<size_t>(std::max<int64_t>(0, window_end - window_begin)));
+      if (absl::Status read = tokens->Read(
+              window_begin, static_cast<int64_t>(ids.size()), ids.data());
+          !read.ok()) {
+        return read;
       }
+      for (uint32_t id : ids) context.add_window(static_cast<int32_t>(id));
       context.set_focus(offset - first);
       if (tokenizer != nullptr &&
           offset - first < static_cast<int>(ids.size())) {

@@ -150,6 +150,11 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
     }
     s.next_job_seq_ = snapshot->next_job_seq;
     s.next_worker_seq_ = snapshot->next_worker_seq;
+    for (const WorkerRecord& worker : snapshot->workers) {
+      s.workers_[worker.worker_id()] =
+          WorkerInfo{worker.device(), worker.memory_bytes()};
+      s.workers_[worker.worker_id()].registered_ms = worker.registered_ms();
+    }
   }
   if (options.expiry_check_interval > absl::ZeroDuration()) {
     scheduler->expiry_thread_ =
@@ -476,17 +481,27 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
     const std::string& device, int64_t memory_bytes) {
   absl::MutexLock lock(&mu_);
   const int64_t seq = next_worker_seq_;
+  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
   storage::WriteBatch batch;
   JobStore::PutCounter(JobStore::kNextWorkerSeq, seq + 1, &batch);
-  // Not synced: losing a counter update on a crash would only reuse ids of
-  // workers that never held a lease across the restart.
-  if (absl::Status s = store_->Write(batch, {.sync = false}); !s.ok()) {
+  // The registration, so that device and memory matching survive a
+  // restart of the coordinator.
+  WorkerRecord record;
+  record.set_worker_id(id);
+  record.set_device(device);
+  record.set_memory_bytes(memory_bytes);
+  record.set_registered_ms(NowMs());
+  record.set_last_seen_ms(record.registered_ms());
+  JobStore::PutWorker(record, &batch);
+  // Synced: a registration lost in a crash would leave its worker matched
+  // without its capabilities after the restart.
+  if (absl::Status s = store_->Write(batch, {.sync = true}); !s.ok()) {
     return s;
   }
   metrics_->BytesWritten(batch.ByteSize());
   next_worker_seq_ = seq + 1;
-  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
   workers_[id] = WorkerInfo{device, memory_bytes};
+  workers_[id].registered_ms = record.registered_ms();
   metrics_->WorkerRegistered();
   return id;
 }
@@ -591,7 +606,18 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
     job.set_update_time_ms(task.update_time_ms());
     changes.jobs.push_back(std::move(job));
   }
-  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
+  storage::WriteBatch batch;
+  if (auto it = workers_.find(worker_id); it != workers_.end()) {
+    // When the worker was last seen, with the lease (no extra write).
+    WorkerRecord record;
+    record.set_worker_id(worker_id);
+    record.set_device(it->second.device);
+    record.set_memory_bytes(it->second.memory_bytes);
+    record.set_registered_ms(it->second.registered_ms);
+    record.set_last_seen_ms(task.update_time_ms());
+    JobStore::PutWorker(record, &batch);
+  }
+  if (absl::Status s = CommitLocked(std::move(batch), changes); !s.ok()) {
     return s;
   }
   leases_.Grant(task.task_id(), task.lease_epoch(),

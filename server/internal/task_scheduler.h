@@ -319,6 +319,7 @@ class TaskScheduler {
   struct WorkerInfo {
     std::string device;
     int64_t memory_bytes = 0;
+    int64_t registered_ms = 0;
     // The last task granted to the worker: its engine keeps the other
     // hooks' activations of that checkpoint, so the scheduler hands it the
     // other hooks of the same checkpoint first.

@@ -144,6 +144,31 @@ TEST_F(TaskSchedulerTest, DeviceRestrictsWhichWorkerGetsTheTask) {
   EXPECT_TRUE(LeaseNow(*gpu).has_value());
 }
 
+// Registrations are stored: after a restart a cpu worker still does not get
+// a cuda job, nor a small one a job that needs more memory.
+TEST_F(TaskSchedulerTest, WorkerRegistrationsSurviveARestart) {
+  absl::StatusOr<std::string> cpu =
+      scheduler_->RegisterWorker("cpu", 4'000'000'000);
+  absl::StatusOr<std::string> gpu = scheduler_->RegisterWorker("cuda");
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  scheduler_ = Open();
+  ASSERT_NE(scheduler_, nullptr);
+  v1::JobSpec spec = Spec(1, 1);
+  spec.set_device("cuda");
+  Create(spec);
+  v1::JobSpec big = Spec(1, 1);
+  big.set_min_worker_memory_bytes(8'000'000'000);
+  Create(big);
+  EXPECT_FALSE(LeaseNow(*cpu).has_value());
+  std::optional<v1::Task> task = LeaseNow(*gpu);
+  ASSERT_TRUE(task.has_value());
+  EXPECT_EQ(task->job_id(), "job-000001");
+  // Ids keep counting where they were.
+  absl::StatusOr<std::string> next = scheduler_->RegisterWorker("cpu");
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, "worker-000003");
+}
+
 TEST_F(TaskSchedulerTest, ExpiredLeaseRequeuesThenFailsTheJob) {
   const std::string job = Create(Spec(2, 1));
   std::optional<v1::Task> first = LeaseNow();

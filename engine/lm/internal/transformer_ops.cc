@@ -53,6 +53,15 @@ absl::StatusOr<torch::Tensor> LoadCheckpointTensor(
   // element type, and the mapping may go away before the model does.
   torch::Tensor tensor = torch::empty(view->shape, torch::dtype(dtype));
   std::memcpy(tensor.data_ptr(), view->bytes.data(), view->bytes.size());
+  // NaN or Inf weights would train SAEs on NaN activations and store them.
+  const torch::Tensor bad = torch::logical_not(torch::isfinite(tensor));
+  if (bad.any().item<bool>()) {
+    const int64_t first = bad.flatten().nonzero()[0].item<int64_t>();
+    return absl::DataLossError(absl::StrCat(
+        dir, ": tensor \"", name, "\" (at byte ", view->file_offset, ") holds ",
+        bad.sum().item<int64_t>(),
+        " NaN or infinite value(s), the first at element ", first));
+  }
   return tensor.to(device, torch::kFloat32);
 }
 
