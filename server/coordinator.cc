@@ -99,6 +99,12 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_artifact_bytes: ", o.max_artifact_bytes, " must be > 0"));
   }
+  if (o.max_staged_bytes < o.max_artifact_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_staged_bytes: ", o.max_staged_bytes,
+        " must be at least max_artifact_bytes ", o.max_artifact_bytes,
+        " (or no artifact of that size could ever be staged)"));
+  }
   return absl::OkStatus();
 }
 
@@ -196,6 +202,7 @@ absl::Status CoordinatorImpl::Init() {
   server::WorkerServiceOptions worker_options;
   worker_options.lease_ttl = scheduler_options.lease_ttl;
   worker_options.max_artifact_bytes = options_.max_artifact_bytes;
+  worker_options.max_staged_bytes = options_.max_staged_bytes;
   job_service_ = std::make_unique<server::JobServiceImpl>(
       &validator_, scheduler_.get(), metrics_.get());
   query_service_ = std::make_unique<server::QueryServiceImpl>(

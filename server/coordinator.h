@@ -46,8 +46,12 @@ struct CoordinatorOptions {
   // per earlier attempt, capped at retry_backoff_max_ms. 0: at once.
   int64_t retry_backoff_ms = 0;
   int64_t retry_backoff_max_ms = 60000;
-  // Largest artifact (SAE weights or feature stats) a worker may upload.
+  // Largest artifact (SAE weights or feature stats) a worker may upload;
+  // jobs whose SAE would be larger are refused at submission.
   int64_t max_artifact_bytes = int64_t{4} << 30;
+  // Uploads held in memory until their CompleteTask, all tasks together;
+  // beyond it uploads get RESOURCE_EXHAUSTED and workers send them later.
+  int64_t max_staged_bytes = int64_t{8} << 30;
   // Source of time for lease deadlines and timestamps. Not owned; must
   // outlive the coordinator. Null: the system clock.
   Clock* clock = nullptr;

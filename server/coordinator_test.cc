@@ -68,8 +68,10 @@ class CoordinatorTest : public testing::Test {
     if (coordinator_) coordinator_->Shutdown();
   }
 
-  void Start(int max_attempts = 3) {
+  void Start(int max_attempts = 3, int64_t max_staged_bytes = int64_t{8}
+                                                             << 30) {
     CoordinatorOptions options;
+    options.max_staged_bytes = max_staged_bytes;
     options.data_dir = data_.path() + "/data";
     options.listen_address = "127.0.0.1:0";
     options.metrics_listen_address = "";
@@ -330,6 +332,10 @@ TEST_F(CoordinatorTest, InvalidJobsAreRefusedAndNothingIsStored) {
        grpc::StatusCode::INVALID_ARGUMENT, "spec.sae.lr_first"},
       {[](v1::JobSpec* s) { s->mutable_hooks(0)->set_site("nope"); },
        grpc::StatusCode::INVALID_ARGUMENT, "spec.hooks[0].site"},
+      // Stored, it would make every ListJobs answer too large to read.
+      {[](v1::JobSpec* s) { s->set_name(std::string(2 << 20, 'n')); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "more than the 1048576 a job spec may have"},
   };
   for (const Case& c : cases) {
     v1::JobSpec spec = MakeSpec(data_.path(), {0, 10});
@@ -371,6 +377,25 @@ TEST_F(CoordinatorTest, SubmissionIsIdempotentByRequestId) {
   EXPECT_EQ(SubmitOk(spec), "job-000002");
   EXPECT_EQ(SubmitOk(spec), "job-000003");
   EXPECT_EQ(ListJobs().jobs_size(), 3);
+}
+
+// Large specs (within the limit) make a ListJobs page end early, with a
+// token for the rest, instead of an answer a client cannot read.
+TEST_F(CoordinatorTest, ListJobsPagesStayReadable) {
+  for (int i = 0; i < 5; ++i) {
+    v1::JobSpec spec = MakeSpec(data_.path(), {0});
+    spec.set_name(std::string(900 << 10, static_cast<char>('a' + i)));
+    SubmitOk(spec);
+  }
+  const v1::ListJobsResponse first = ListJobs(100);
+  ASSERT_EQ(first.jobs_size(), 3);
+  EXPECT_LT(first.ByteSizeLong(), size_t{3} << 20);
+  ASSERT_FALSE(first.next_page_token().empty());
+  const v1::ListJobsResponse rest = ListJobs(100, first.next_page_token());
+  ASSERT_EQ(rest.jobs_size(), 2);
+  EXPECT_EQ(rest.jobs(0).job_id(), "job-000004");
+  EXPECT_EQ(rest.jobs(1).job_id(), "job-000005");
+  EXPECT_TRUE(rest.next_page_token().empty());
 }
 
 TEST_F(CoordinatorTest, GetAndListJobs) {
@@ -569,6 +594,52 @@ TEST_F(CoordinatorTest, ExpiredLeaseIsRequeuedThenFailsTheJob) {
   v1::Job failed = GetJob(job);
   EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
   EXPECT_THAT(failed.error(), HasSubstr("lease expired"));
+}
+
+// Staged uploads are bounded: beyond the staging limit an upload is refused
+// (RESOURCE_EXHAUSTED, the worker sends it later), and uploads of leases
+// that ended are freed instead of held forever.
+TEST_F(CoordinatorTest, StagedUploadsAreBoundedAndFreedWhenTheirLeaseEnds) {
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  Start(/*max_attempts=*/3, /*max_staged_bytes=*/2 << 20);
+  SubmitOk(MakeSpec(data_.path(), {0}, {0, 1}));
+  SubmitOk(MakeSpec(data_.path(), {0}, {0, 1}));
+  const std::string worker = Register();
+  std::vector<v1::Task> tasks;
+  for (int i = 0; i < 3; ++i) {
+    std::optional<v1::Task> t = Lease(worker);
+    ASSERT_TRUE(t.has_value()) << i;
+    tasks.push_back(*t);
+  }
+  const std::string big((1 << 20) - 4096, 'w');
+  ASSERT_TRUE(Upload(tasks[0].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, big,
+                     256 << 10)
+                  .ok());
+  ASSERT_TRUE(Upload(tasks[1].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, big,
+                     256 << 10)
+                  .ok());
+  grpc::Status s = Upload(tasks[2].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                          big, 256 << 10);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("would pass the coordinator's staging limit of "
+                        "2097152 bytes; send it again later"));
+  // Replacing an upload of the same lease and kind does not count twice.
+  EXPECT_TRUE(Upload(tasks[1].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                     big, 256 << 10)
+                  .ok());
+  // The first two leases expire (the third is heartbeated): their uploads
+  // are freed and the third one's fits.
+  clock_.Advance(absl::Milliseconds(kTtlMs / 2));
+  ASSERT_TRUE(Heartbeat(tasks[2], 1).ok());
+  clock_.Advance(absl::Milliseconds(kTtlMs / 2 + 1));
+  EXPECT_TRUE(Upload(tasks[2].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, big,
+                     256 << 10)
+                  .ok());
+  EXPECT_TRUE(Upload(tasks[2].task_id(), 1, v1::ARTIFACT_KIND_FEATURE_STATS,
+                     big, 256 << 10)
+                  .ok());
 }
 
 TEST_F(CoordinatorTest, FailTaskRetriesThenFailsTheJob) {

@@ -41,7 +41,13 @@ ABSL_FLAG(int64_t, retry_backoff_ms, 1000,
           "long, doubled per earlier attempt, before it is leased again.");
 ABSL_FLAG(int64_t, retry_backoff_max_ms, 60000, "Cap of the retry backoff.");
 ABSL_FLAG(int64_t, max_artifact_bytes, int64_t{4} << 30,
-          "Largest artifact a worker may upload.");
+          "Largest artifact a worker may upload; a job whose SAE weights "
+          "would be larger is refused at submission.");
+ABSL_FLAG(int64_t, max_staged_bytes, int64_t{8} << 30,
+          "Uploads held in memory until their CompleteTask, all tasks "
+          "together (at least --max_artifact_bytes); beyond it uploads are "
+          "refused with RESOURCE_EXHAUSTED and workers send them again "
+          "later.");
 
 namespace {
 
@@ -96,6 +102,7 @@ int main(int argc, char** argv) {
   options.retry_backoff_ms = absl::GetFlag(FLAGS_retry_backoff_ms);
   options.retry_backoff_max_ms = absl::GetFlag(FLAGS_retry_backoff_max_ms);
   options.max_artifact_bytes = absl::GetFlag(FLAGS_max_artifact_bytes);
+  options.max_staged_bytes = absl::GetFlag(FLAGS_max_staged_bytes);
 
   // Block the stop signals in every thread (threads inherit the mask) and
   // take them synchronously below.

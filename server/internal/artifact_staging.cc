@@ -38,6 +38,32 @@ void ArtifactStaging::DropTask(const std::string& task_id) {
   }
 }
 
+void ArtifactStaging::DropLease(const std::string& task_id, int64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = staged_.lower_bound(Key{task_id, epoch, 0});
+       it != staged_.end() && std::get<0>(it->first) == task_id &&
+       std::get<1>(it->first) == epoch;) {
+    bytes_ -= static_cast<int64_t>(it->second->size());
+    it = staged_.erase(it);
+  }
+}
+
+int64_t ArtifactStaging::DropStale(
+    const std::function<bool(const std::string&, int64_t)>& stale) {
+  absl::MutexLock lock(&mu_);
+  int64_t freed = 0;
+  for (auto it = staged_.begin(); it != staged_.end();) {
+    if (stale(std::get<0>(it->first), std::get<1>(it->first))) {
+      freed += static_cast<int64_t>(it->second->size());
+      it = staged_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  bytes_ -= freed;
+  return freed;
+}
+
 int64_t ArtifactStaging::bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;

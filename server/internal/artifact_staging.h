@@ -3,6 +3,7 @@
 #define SAETRACK_SERVER_INTERNAL_ARTIFACT_STAGING_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,6 +32,14 @@ class ArtifactStaging {
                                           v1::ArtifactKind kind) const;
   // Forgets everything staged for `task_id`.
   void DropTask(const std::string& task_id);
+  // Forgets what is staged for one lease (task, epoch) of a task.
+  void DropLease(const std::string& task_id, int64_t epoch);
+  // Forgets everything staged for a (task, epoch) for which `stale` is true
+  // (its lease expired, was taken over or its job ended); returns the bytes
+  // freed.
+  int64_t DropStale(
+      const std::function<bool(const std::string& task_id, int64_t epoch)>&
+          stale);
   // Bytes staged in total.
   int64_t bytes() const;
 

@@ -19,6 +19,13 @@ namespace {
 constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxRequestIdBytes = 256;
+// A job spec is a checkpoint list and settings; 1 MiB holds ~10,000
+// checkpoints. Larger ones would make every Lease and ListJobs answer huge
+// (gRPC clients refuse answers over 4 MiB by default).
+constexpr size_t kMaxSpecBytes = size_t{1} << 20;
+// ListJobs answers stay below the 4 MiB a gRPC client accepts by default:
+// a page ends early (with a next_page_token) rather than grow beyond this.
+constexpr size_t kMaxListJobsResponseBytes = size_t{3} << 20;
 
 // Same spec <=> same bytes: the spec as submitted, serialized
 // deterministically.
@@ -175,6 +182,12 @@ absl::Status JobServiceImpl::DoSubmitJob(const v1::SubmitJobRequest& request,
     return absl::InvalidArgumentError(
         absl::StrCat("request_id: longer than ", kMaxRequestIdBytes, " bytes"));
   }
+  if (const size_t bytes = request.spec().ByteSizeLong();
+      bytes > kMaxSpecBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec: ", bytes, " bytes, more than the ", kMaxSpecBytes,
+                     " a job spec may have"));
+  }
   const std::string fingerprint = Fingerprint(request.spec());
   // A retried submission returns the original job without re-validating
   // (its files may have moved since).
@@ -224,10 +237,22 @@ absl::Status JobServiceImpl::DoListJobs(const v1::ListJobsRequest& request,
   absl::StatusOr<TaskScheduler::JobPage> page =
       scheduler_->ListJobs(after, page_size);
   if (!page.ok()) return page.status();
-  for (v1::Job& job : page->jobs) *response->add_jobs() = std::move(job);
-  if (!page->next_after_job_id.empty()) {
-    response->set_next_page_token(
-        absl::WebSafeBase64Escape(page->next_after_job_id));
+  std::string next_after = page->next_after_job_id;
+  size_t bytes = 0;
+  for (v1::Job& job : page->jobs) {
+    // Each repeated entry costs its bytes plus a tag and a length.
+    const size_t job_bytes = job.ByteSizeLong() + 8;
+    if (response->jobs_size() > 0 &&
+        bytes + job_bytes > kMaxListJobsResponseBytes) {
+      // The page ends here; the next one starts after the last job sent.
+      next_after = response->jobs(response->jobs_size() - 1).job_id();
+      break;
+    }
+    bytes += job_bytes;
+    *response->add_jobs() = std::move(job);
+  }
+  if (!next_after.empty()) {
+    response->set_next_page_token(absl::WebSafeBase64Escape(next_after));
   }
   return absl::OkStatus();
 }

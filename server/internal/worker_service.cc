@@ -128,6 +128,9 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
   const absl::Duration wait =
       std::clamp(absl::Milliseconds(request.wait_ms()), absl::ZeroDuration(),
                  options_.max_lease_wait);
+  // Uploads of leases that have ended since are freed here too, so that a
+  // coordinator whose workers stopped uploading does not keep them.
+  DropStaleUploads();
   absl::StatusOr<std::optional<v1::Task>> task = scheduler_->Lease(
       request.worker_id(), wait, [context] { return context->IsCancelled(); });
   metrics_->WorkerSeen(request.worker_id());  // After the long poll too.
@@ -155,6 +158,12 @@ absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
   return absl::OkStatus();
 }
 
+void WorkerServiceImpl::DropStaleUploads() {
+  staging_->DropStale([this](const std::string& id, int64_t epoch) {
+    return !scheduler_->CheckLease(id, epoch).ok();
+  });
+}
+
 absl::Status WorkerServiceImpl::DoUploadArtifact(
     grpc::ServerReader<v1::ArtifactChunk>* reader,
     v1::UploadArtifactResponse* response) {
@@ -177,6 +186,23 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
   if (absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
       !lease.ok()) {
     return lease.status();
+  }
+  // Uploads of leases that ended (expired, taken over, job cancelled or
+  // failed) can never be completed: free them before taking more.
+  DropStaleUploads();
+  // This task's earlier upload of the same kind is replaced, not added to.
+  const std::shared_ptr<const std::string> replaced =
+      staging_->Find(task_id, epoch, kind);
+  const int64_t staged =
+      staging_->bytes() -
+      (replaced != nullptr ? static_cast<int64_t>(replaced->size()) : 0);
+  if (staged + std::max<int64_t>(chunk.total_size(), 0) >
+      options_.max_staged_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "upload of task ", task_id, ": ", staged,
+        " bytes are staged for other tasks and this artifact's ",
+        chunk.total_size(), " would pass the coordinator's staging limit of ",
+        options_.max_staged_bytes, " bytes; send it again later"));
   }
 
   std::string data;
@@ -201,6 +227,13 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
       return absl::ResourceExhaustedError(absl::StrCat(
           "artifact of task ", task_id, " exceeds max_artifact_bytes (",
           options_.max_artifact_bytes, ")"));
+    }
+    if (staged + static_cast<int64_t>(data.size() + chunk.data().size()) >
+        options_.max_staged_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "upload of task ", task_id, " would pass the coordinator's staging "
+          "limit of ", options_.max_staged_bytes, " bytes; send it again "
+          "later"));
     }
     if (data.empty() && chunk.total_size() > 0)
       data.reserve(chunk.total_size());
@@ -346,7 +379,10 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   if (s.ok()) {
     metrics_->TaskCompleted(task_id, epoch, metrics.tokens_trained());
   }
-  if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
+  // Stored, or the lease is someone else's: this lease's uploads are done
+  // with (a refused one stays for a corrected retry until its lease ends;
+  // DropStale frees it then).
+  if (s.ok() || absl::IsAborted(s)) staging_->DropLease(task_id, epoch);
   return s;
 }
 
@@ -418,7 +454,7 @@ absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
   }
   absl::Status s = scheduler_->Complete(task_id, epoch, std::move(batch), 0);
   if (s.ok()) metrics_->TaskCompleted(task_id, epoch, 0);
-  if (s.ok() || absl::IsAborted(s)) staging_->DropTask(task_id);
+  if (s.ok() || absl::IsAborted(s)) staging_->DropLease(task_id, epoch);
   return s;
 }
 

@@ -16,6 +16,10 @@ namespace saetrack::server {
 struct WorkerServiceOptions {
   absl::Duration lease_ttl = absl::Seconds(30);
   int64_t max_artifact_bytes = int64_t{4} << 30;
+  // Uploads waiting for their CompleteTask, all tasks together: beyond this
+  // an upload is refused with RESOURCE_EXHAUSTED (the worker sends it again
+  // later) rather than the coordinator running out of memory.
+  int64_t max_staged_bytes = int64_t{8} << 30;
   // LeaseTask waits at most this long, whatever the worker asks for.
   absl::Duration max_lease_wait = absl::Seconds(10);
   // DownloadSae chunk size.
@@ -59,6 +63,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
                         v1::FailTaskResponse* response) override;
 
  private:
+  // Frees staged uploads whose lease has ended.
+  void DropStaleUploads();
   absl::Status DoRegisterWorker(const v1::RegisterWorkerRequest& request,
                                 v1::RegisterWorkerResponse* response);
   absl::Status DoLeaseTask(grpc::ServerContext* context,
