@@ -10,12 +10,14 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -558,6 +560,65 @@ TEST_F(EndToEndTest, ExportWritesTheSaeInSaelensLayout) {
 }
 
 // Runs last (alphabetically and by declaration): restarts the coordinator.
+// Hostile checkpoints, tried over the real processes: a FIFO for weights is
+// refused at submission (it would hang the worker's open()), a checkpoint
+// with a NaN weight fails its job naming the tensor, nothing of it is
+// stored, and the worker lives on.
+TEST_F(EndToEndTest, YHostileCheckpointsFailCleanlyAndTheWorkerLives) {
+  const std::string good = *dir_ + "/lm/checkpoints/step-" +
+                           std::to_string(kSteps[0]);
+  const auto job_on = [&](const std::string& checkpoint) {
+    return absl::StrCat(R"({
+  "model": {"architecture": "gpt_neox",
+            "checkpoints": [{"step": 0, "path": ")",
+                        checkpoint, R"("}]},
+  "data": {"tokens_path": "lm/tokens.u16", "context_length": 32},
+  "hooks": [{"layer": 1}],
+  "sae": {"expansion_factor": 4, "batch_size": 512},
+  "schedule": {"tokens_first": 20000, "eval_tokens": 4096,
+               "reference_checkpoints": 0},
+  "analysis": {"analysis_tokens": 4096}
+})");
+  };
+  const std::string fifo_dir = *dir_ + "/fifo-ckpt";
+  std::filesystem::create_directories(fifo_dir);
+  std::filesystem::copy_file(good + "/config.json", fifo_dir + "/config.json");
+  ASSERT_EQ(::mkfifo((fifo_dir + "/model.safetensors").c_str(), 0600), 0);
+  WriteJob("fifo.json", job_on(fifo_dir));
+  CommandResult r = Cli({"submit", *dir_ + "/fifo.json"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("spec.model.checkpoints[0].path: '" +
+                               fifo_dir +
+                               "/model.safetensors' is not a regular file"));
+
+  // One NaN in the first tensor of the data section.
+  const std::string nan_dir = *dir_ + "/nan-ckpt";
+  std::filesystem::create_directories(nan_dir);
+  std::filesystem::copy_file(good + "/config.json", nan_dir + "/config.json");
+  std::string weights = testing::ReadFileOrEmpty(good + "/model.safetensors");
+  ASSERT_GT(weights.size(), 16u);
+  uint64_t header = 0;
+  std::memcpy(&header, weights.data(), 8);
+  std::memset(&weights[8 + header], 0xFF, 4);
+  std::ofstream(nan_dir + "/model.safetensors", std::ios::binary) << weights;
+  WriteJob("nan.json", job_on(nan_dir));
+  r = Cli({"submit", *dir_ + "/nan.json", "--wait"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("failed"));
+  EXPECT_THAT(r.err, HasSubstr("holds 1 NaN or infinite value(s), the first "
+                               "at element 0"));
+  EXPECT_THAT(r.err, HasSubstr("nan-ckpt"));
+  const std::string nan_job = "job-000002";
+  CommandResult metrics = Cli({"metrics", nan_job, "--layer", "1", "--json"});
+  ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_EQ(
+      FromJson<v1::GetCheckpointMetricsResponse>(metrics.out).checkpoints_size(),
+      0)
+      << metrics.out;
+  // The worker is still up and serving its metrics.
+  EXPECT_FALSE(worker_->Wait(absl::ZeroDuration()).ok()) << worker_->Stderr();
+}
+
 TEST_F(EndToEndTest, ZRestartOnTheSameDirectoryKeepsEveryAnswer) {
   const std::string metrics_before =
       Cli({"metrics", *job_id_, "--layer", "1", "--json"}).out;

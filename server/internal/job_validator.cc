@@ -88,6 +88,26 @@ int64_t ModelBytes(const std::string& dir) {
   return total;
 }
 
+// Every *.safetensors (and the index) in a checkpoint directory is a
+// regular file.
+absl::Status CheckWeightFiles(const std::string& field,
+                              const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".safetensors" &&
+        name != "model.safetensors.index.json" && name != "config.json") {
+      continue;
+    }
+    std::error_code status_ec;
+    if (!std::filesystem::is_regular_file(entry.status(status_ec))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": '", entry.path().string(), "' is not a regular file"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 const std::vector<std::string>& SupportedModelArchitectures() {
   // The engine's LoadLanguageModel implements exactly these.
   static const auto* v = new std::vector<std::string>{"gpt_neox", "gpt2"};
@@ -590,6 +610,9 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         !s.ok()) {
       return s;
     }
+    // The weights a worker will open: regular files only (a FIFO would
+    // hang the worker's open(), a device feed it garbage).
+    if (absl::Status s = CheckWeightFiles(field, path); !s.ok()) return s;
     absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
     if (!config.ok()) return WithField(field, config.status());
     if (i == 0) {

@@ -223,8 +223,26 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                         ->mutable_checkpoints(1)
                                         ->set_path(ckpt);
                                   },
-                                  absl::StatusCode::kFailedPrecondition,
-                                  "spec.model.checkpoints[1].path: "},
+                                  absl::StatusCode::kInvalidArgument,
+                                  "fifo-ckpt/config.json' is not a regular "
+                                  "file"},
+                                 {"FifoWeights",
+                                  [](v1::JobSpec* s, const std::string& dir) {
+                                    const std::string ckpt = dir + "/fifo-w";
+                                    std::filesystem::create_directories(ckpt);
+                                    std::filesystem::copy_file(
+                                        s->model().checkpoints(0).path() +
+                                            "/config.json",
+                                        ckpt + "/config.json");
+                                    ::mkfifo(
+                                        (ckpt + "/model.safetensors").c_str(),
+                                        0600);
+                                    s->mutable_model()
+                                        ->mutable_checkpoints(1)
+                                        ->set_path(ckpt);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: '"},
                                  {"LayerOutOfRange",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_hooks(0)->set_layer(7);

@@ -230,10 +230,13 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
     }
     if (staged + static_cast<int64_t>(data.size() + chunk.data().size()) >
         options_.max_staged_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "upload of task ", task_id, " would pass the coordinator's staging "
-          "limit of ", options_.max_staged_bytes, " bytes; send it again "
-          "later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("upload of task ", task_id,
+                       " would pass the coordinator's staging "
+                       "limit of ",
+                       options_.max_staged_bytes,
+                       " bytes; send it again "
+                       "later"));
     }
     if (data.empty() && chunk.total_size() > 0)
       data.reserve(chunk.total_size());
