@@ -764,12 +764,55 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
 absl::Status TaskScheduler::Complete(const std::string& task_id, int64_t epoch,
                                      storage::WriteBatch results,
                                      int64_t tokens_trained) {
+  {
+    absl::MutexLock lock(&mu_);
+    ExpireLeasesLocked();
+    if (auto it = tasks_.find(task_id);
+        it != tasks_.end() && it->second.state() == TASK_STATE_SUCCEEDED &&
+        it->second.lease_epoch() == epoch) {
+      // A retry of a completion that was stored (its answer was lost on
+      // the way): acknowledged again, nothing written twice.
+      return absl::OkStatus();
+    }
+    absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
+    if (!live.ok()) return live.status();
+    if (!options_.commit_outside_lock) {
+      return FinishCompleteLocked(task_id, epoch, std::move(results),
+                                  tokens_trained);
+    }
+    if (!committing_.insert(task_id).second) {
+      return absl::UnavailableError(absl::StrCat(
+          "task ", task_id,
+          ": its result is being stored by another call; try again"));
+    }
+  }
+  // The results (nearly all the bytes: SAE weights, feature points) are
+  // written and synced without the scheduler's lock, so leases, heartbeats
+  // and job queries go on meanwhile; the lease cannot expire while it is
+  // being committed. Synced here, so that the small synced write of the
+  // task's state below does not flush them under the lock. A crash in
+  // between leaves them stored but the task RUNNING: its retry overwrites
+  // them with the same keys.
+  const size_t bytes = results.ByteSize();
+  const absl::Status written = store_->Write(results, {.sync = true});
   absl::MutexLock lock(&mu_);
-  ExpireLeasesLocked();
+  committing_.erase(task_id);
+  if (!written.ok()) return written;
+  metrics_->BytesWritten(bytes);
+  // The lease may have ended meanwhile (job cancelled, task failed by its
+  // worker): then the task's state is not touched.
   absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
   if (!live.ok()) return live.status();
+  return FinishCompleteLocked(task_id, epoch, storage::WriteBatch(),
+                              tokens_trained);
+}
+
+absl::Status TaskScheduler::FinishCompleteLocked(const std::string& task_id,
+                                                 int64_t epoch,
+                                                 storage::WriteBatch results,
+                                                 int64_t tokens_trained) {
   const int64_t now_ms = NowMs();
-  TaskRecord task = **live;
+  TaskRecord task = tasks_.at(task_id);
   task.set_state(TASK_STATE_SUCCEEDED);
   task.set_tokens_trained(tokens_trained);
   task.clear_error();
@@ -881,6 +924,8 @@ void TaskScheduler::ExpireLeases() {
 void TaskScheduler::ExpireLeasesLocked() {
   const absl::Time now = clock_->Now();
   for (const std::string& task_id : leases_.ExpiredAt(now)) {
+    // A lease whose result is being written does not expire under it.
+    if (committing_.count(task_id) > 0) continue;
     auto it = tasks_.find(task_id);
     if (it == tasks_.end() || it->second.state() != TASK_STATE_RUNNING) {
       leases_.Release(task_id);

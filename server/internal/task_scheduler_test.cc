@@ -97,9 +97,18 @@ TEST_F(TaskSchedulerTest, ChainRunsInOrderWithInitFromPredecessor) {
   EXPECT_EQ(t1->train().checkpoint_index(), 1);
   EXPECT_EQ(t1->train().init_from().step(), 0);
   EXPECT_EQ(t1->train().init_from().job_id(), job);
-  // Exactly once: completing t0 again is refused.
+  // Exactly once: a retried completion of the same lease (its answer was
+  // lost) is acknowledged and stores nothing again; another epoch's is
+  // refused.
+  storage::WriteBatch again;
+  again.Put(storage::Column::kMeta, "written-twice", "x");
+  EXPECT_TRUE(
+      scheduler_->Complete(t0->task_id(), 1, std::move(again), 100).ok());
+  EXPECT_TRUE(absl::IsNotFound(
+      store_->Get(storage::Column::kMeta, "written-twice").status()));
+  EXPECT_EQ(scheduler_->GetJob(job)->progress().tasks_done(), 1);
   EXPECT_EQ(
-      scheduler_->Complete(t0->task_id(), 1, storage::WriteBatch(), 100).code(),
+      scheduler_->Complete(t0->task_id(), 2, storage::WriteBatch(), 100).code(),
       absl::StatusCode::kAborted);
 }
 
