@@ -207,8 +207,9 @@ std::string DescribeVerdicts(const std::vector<Verdict>& verdicts,
     if (n > 0) counts.emplace_back(n, v);
   }
   // Most frequent first; ties in the order above.
-  std::stable_sort(counts.begin(), counts.end(),
-                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::stable_sort(
+      counts.begin(), counts.end(),
+      [](const auto& a, const auto& b) { return a.first > b.first; });
   std::string text;
   for (size_t i = 0; i < counts.size(); ++i) {
     if (i == 0) {
@@ -236,8 +237,8 @@ Finding DriftAgainstNoise(int64_t step, double cos_to_final,
         absl::StrCat("drift vs noise at step ", step, ": not measured");
   } else if (cos_to_final < two_sae_match - kDriftNoiseMargin) {
     finding.verdict = Verdict::kReproduces;
-    finding.sentence = absl::StrCat("drift vs noise at step ", step,
-                                    ": signal, ", numbers);
+    finding.sentence =
+        absl::StrCat("drift vs noise at step ", step, ": signal, ", numbers);
   } else if (cos_to_final >= two_sae_match) {
     finding.verdict = Verdict::kDoesNotReproduce;
     finding.sentence = absl::StrCat("drift vs noise at step ", step,

@@ -115,7 +115,8 @@ struct Spread {
 };
 
 // nullopt when no value is present and finite.
-std::optional<Spread> SpreadOf(const std::vector<std::optional<double>>& values);
+std::optional<Spread> SpreadOf(
+    const std::vector<std::optional<double>>& values);
 
 // The words for each verdict.
 struct VerdictWords {

@@ -280,17 +280,19 @@ TEST(SpreadTest, MedianAndRangeOverPresentFiniteValues) {
 
 TEST(DescribeVerdictsTest, CountsMostFrequentFirst) {
   EXPECT_EQ(DescribeVerdicts({}), "");
-  EXPECT_EQ(DescribeVerdicts({Verdict::kReproduces}), "reproduces in 1 of 1 run");
+  EXPECT_EQ(DescribeVerdicts({Verdict::kReproduces}),
+            "reproduces in 1 of 1 run");
   EXPECT_EQ(DescribeVerdicts({Verdict::kReproduces, Verdict::kReproduces}),
             "reproduces in 2 of 2 runs");
-  EXPECT_EQ(DescribeVerdicts({Verdict::kDoesNotReproduce,
-                              Verdict::kReproducesWeakly,
-                              Verdict::kDoesNotReproduce}),
-            "does NOT reproduce in 2 of 3 runs, reproduces only weakly in 1");
+  EXPECT_EQ(
+      DescribeVerdicts({Verdict::kDoesNotReproduce, Verdict::kReproducesWeakly,
+                        Verdict::kDoesNotReproduce}),
+      "does NOT reproduce in 2 of 3 runs, reproduces only weakly in 1");
   // A tie keeps the order reproduces, weakly, not, not measured.
   EXPECT_EQ(
       DescribeVerdicts({Verdict::kNotMeasured, Verdict::kReproducesWeakly}),
-      "reproduces only weakly in 1 of 2 runs, not measured in 1");  EXPECT_EQ(DescribeVerdicts({Verdict::kDoesNotReproduce, Verdict::kReproduces},
+      "reproduces only weakly in 1 of 2 runs, not measured in 1");
+  EXPECT_EQ(DescribeVerdicts({Verdict::kDoesNotReproduce, Verdict::kReproduces},
                              kNoiseWords),
             "signal in 1 of 2 runs, within the noise in 1");
 }

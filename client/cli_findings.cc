@@ -276,8 +276,8 @@ std::vector<VerdictLine> VerdictLines(const std::vector<FindingsRun>& runs) {
   for (size_t i = 0; i < lines.size(); ++i) {
     // The paper's three findings, then drift against the noise.
     lines[i].summary = analysis::DescribeVerdicts(
-        lines[i].per_run, i < 3 ? analysis::VerdictWords{}
-                                : analysis::kNoiseWords);
+        lines[i].per_run,
+        i < 3 ? analysis::VerdictWords{} : analysis::kNoiseWords);
   }
   return lines;
 }

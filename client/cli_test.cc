@@ -7,8 +7,6 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
-#include <nlohmann/json.hpp>
-
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -19,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <tuple>
@@ -1222,8 +1221,9 @@ TEST_F(CliQueryTest, FindingsAsksEveryJobAndNamesBadInput) {
   EXPECT_EQ(r.out, "");
   r = Run({"findings", "--layer", "1"});
   EXPECT_EQ(r.code, kExitUsage);
-  EXPECT_EQ(r.err, "saetrack: findings needs at least one job id (see "
-                   "saetrack --help)\n");
+  EXPECT_EQ(r.err,
+            "saetrack: findings needs at least one job id (see "
+            "saetrack --help)\n");
   r = Run({"findings", "job-000007"});
   EXPECT_EQ(r.code, kExitUsage);
   EXPECT_EQ(r.err, "saetrack: findings needs --layer (see saetrack --help)\n");

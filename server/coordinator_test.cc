@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "format/crc32c.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/create_channel.h"
@@ -23,7 +24,6 @@
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/test_fixtures.h"
 #include "server/testing/worker_rpc_testing.h"
-#include "format/crc32c.h"
 
 namespace saetrack {
 namespace {
@@ -68,8 +68,8 @@ class CoordinatorTest : public testing::Test {
     if (coordinator_) coordinator_->Shutdown();
   }
 
-  void Start(int max_attempts = 3, int64_t max_staged_bytes = int64_t{8}
-                                                             << 30) {
+  void Start(int max_attempts = 3,
+             int64_t max_staged_bytes = int64_t{8} << 30) {
     CoordinatorOptions options;
     options.max_staged_bytes = max_staged_bytes;
     options.data_dir = data_.path() + "/data";
@@ -626,8 +626,8 @@ TEST_F(CoordinatorTest, StagedUploadsAreBoundedAndFreedWhenTheirLeaseEnds) {
               HasSubstr("would pass the coordinator's staging limit of "
                         "2097152 bytes; send it again later"));
   // Replacing an upload of the same lease and kind does not count twice.
-  EXPECT_TRUE(Upload(tasks[1].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS,
-                     big, 256 << 10)
+  EXPECT_TRUE(Upload(tasks[1].task_id(), 1, v1::ARTIFACT_KIND_SAE_WEIGHTS, big,
+                     256 << 10)
                   .ok());
   // The first two leases expire (the third is heartbeated): their uploads
   // are freed and the third one's fits.

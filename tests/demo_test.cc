@@ -58,11 +58,10 @@ class DemoTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     data_ = new std::string(testing::MakeTempDir("demo"));
-    auto result =
-        testing::RunCommand({"/bin/bash", SAETRACK_DEMO_SCRIPT, "--quick",
-                             "--seeds", "2", "--bin", SAETRACK_BIN_DIR,
-                             "--data", *data_},
-                            *data_ + "/demo", absl::Minutes(10));
+    auto result = testing::RunCommand(
+        {"/bin/bash", SAETRACK_DEMO_SCRIPT, "--quick", "--seeds", "2", "--bin",
+         SAETRACK_BIN_DIR, "--data", *data_},
+        *data_ + "/demo", absl::Minutes(10));
     ASSERT_TRUE(result.ok()) << result.status();
     run_ = new CommandResult(*result);
   }
@@ -123,8 +122,9 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
         << run_->out;
     at = found + 1;
   }
-  EXPECT_THAT(Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 1)"),
-              HasSubstr("job-000001 succeeded"));
+  EXPECT_THAT(
+      Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 1)"),
+      HasSubstr("job-000001 succeeded"));
   EXPECT_THAT(
       Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 11)"),
       HasSubstr("job-000002 succeeded"));
@@ -160,122 +160,126 @@ TEST_F(DemoTest, LearnsAVocabularyAndReportsHeldOutLoss) {
 // a verdict per check, each "ok" or "FAIL" with its numbers.
 TEST_F(DemoTest, TrustChecksJudgeThreeReferenceCheckpoints) {
   for (int layer : kLayers) {
-  SCOPED_TRACE(absl::StrCat("layer ", layer));
-  const std::string section =
-      Section(absl::StrCat("Trust checks (job-000001, layer ", layer, ")"));
-  ASSERT_FALSE(section.empty());
-  const std::regex seed_row(R"(\n\s+seed 2\s)");
-  EXPECT_EQ(std::distance(
-                std::sregex_iterator(section.begin(), section.end(), seed_row),
-                std::sregex_iterator()),
-            3)
-      << section;
-  const std::regex verdict(
-      R"(\n(ok  |FAIL)  (seed stability|distance from initialisation|chain vs )"
-      R"(independent|recurrence speed-up) at step \d+: .+)");
-  // Seed stability once, distance at all three, chain vs independent and the
-  // speed-up at the later two.
-  EXPECT_EQ(std::distance(
-                std::sregex_iterator(section.begin(), section.end(), verdict),
-                std::sregex_iterator()),
-            8)
-      << section;
-  EXPECT_THAT(section, HasSubstr("random dictionaries"));
+    SCOPED_TRACE(absl::StrCat("layer ", layer));
+    const std::string section =
+        Section(absl::StrCat("Trust checks (job-000001, layer ", layer, ")"));
+    ASSERT_FALSE(section.empty());
+    const std::regex seed_row(R"(\n\s+seed 2\s)");
+    EXPECT_EQ(std::distance(std::sregex_iterator(section.begin(), section.end(),
+                                                 seed_row),
+                            std::sregex_iterator()),
+              3)
+        << section;
+    const std::regex verdict(
+        R"(\n(ok  |FAIL)  (seed stability|distance from initialisation|chain vs )"
+        R"(independent|recurrence speed-up) at step \d+: .+)");
+    // Seed stability once, distance at all three, chain vs independent and the
+    // speed-up at the later two.
+    EXPECT_EQ(std::distance(
+                  std::sregex_iterator(section.begin(), section.end(), verdict),
+                  std::sregex_iterator()),
+              8)
+        << section;
+    EXPECT_THAT(section, HasSubstr("random dictionaries"));
 
-  // The speed-up table: one row per later reference checkpoint, each arm
-  // "never" or its tokens, scratch_tokens / max(tokens, batch) and L0.
-  EXPECT_THAT(section, HasSubstr("recurrence speed-up: tokens to within 2% of "
-                                 "the independent SAE's final loss"));
-  const std::string arm = R"((never|(\d+)  ([0-9.]+)x  L0 [0-9.]+))";
-  const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+([0-9.]+)  )" + arm + R"(\s+)" +
-                       arm + R"((?= *\n))");
-  std::vector<int64_t> steps;
-  for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
-       it != std::sregex_iterator(); ++it) {
-    const std::smatch& m = *it;
-    steps.push_back(std::stoll(m[1]));
-    const int64_t scratch = std::stoll(m[2]);
-    EXPECT_GT(scratch, 0) << m.str();
-    EXPECT_LE(scratch, 131072) << m.str();
-    for (int group : {5, 8}) {
-      if (!m[group].matched) continue;
-      const int64_t tokens = std::stoll(m[group]);
-      EXPECT_LE(tokens, 131072) << m.str();
-      EXPECT_NEAR(std::stod(m[group + 1]),
-                  static_cast<double>(scratch) / std::max<int64_t>(tokens, 256),
-                  0.051)
-          << m.str();
+    // The speed-up table: one row per later reference checkpoint, each arm
+    // "never" or its tokens, scratch_tokens / max(tokens, batch) and L0.
+    EXPECT_THAT(section,
+                HasSubstr("recurrence speed-up: tokens to within 2% of "
+                          "the independent SAE's final loss"));
+    const std::string arm = R"((never|(\d+)  ([0-9.]+)x  L0 [0-9.]+))";
+    const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+([0-9.]+)  )" + arm +
+                         R"(\s+)" + arm + R"((?= *\n))");
+    std::vector<int64_t> steps;
+    for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
+         it != std::sregex_iterator(); ++it) {
+      const std::smatch& m = *it;
+      steps.push_back(std::stoll(m[1]));
+      const int64_t scratch = std::stoll(m[2]);
+      EXPECT_GT(scratch, 0) << m.str();
+      EXPECT_LE(scratch, 131072) << m.str();
+      for (int group : {5, 8}) {
+        if (!m[group].matched) continue;
+        const int64_t tokens = std::stoll(m[group]);
+        EXPECT_LE(tokens, 131072) << m.str();
+        EXPECT_NEAR(
+            std::stod(m[group + 1]),
+            static_cast<double>(scratch) / std::max<int64_t>(tokens, 256),
+            0.051)
+            << m.str();
+      }
     }
-  }
-  ASSERT_EQ(steps.size(), 2u) << section;
-  EXPECT_LT(steps[0], steps[1]);
-  EXPECT_EQ(steps[1], kSteps.back());
+    ASSERT_EQ(steps.size(), 2u) << section;
+    EXPECT_LT(steps[0], steps[1]);
+    EXPECT_EQ(steps[1], kSteps.back());
   }
 }
 
 TEST_F(DemoTest, MetricsHaveOneRowPerCheckpointInChainOrder) {
   for (int layer : kLayers) {
-  SCOPED_TRACE(absl::StrCat("layer ", layer));
-  const std::string section = Section(
-      absl::StrCat("Per-checkpoint SAE metrics (job-000001, layer ", layer, ")"));
-  // chain step tokens FVU init-FVU ...
-  const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+([0-9.]+))");
-  std::vector<int64_t> steps;
-  for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
-       it != std::sregex_iterator(); ++it) {
-    const int chain = std::stoi((*it)[1]);
-    EXPECT_EQ(chain, static_cast<int>(steps.size()));
-    steps.push_back(std::stoll((*it)[2]));
-    // The first SAE trains the first-SAE budget, every later one far fewer.
-    EXPECT_EQ((*it)[3], chain == 0 ? "131.1k" : "16.4k") << it->str();
-    const double fvu = std::stod((*it)[4]);
-    EXPECT_GT(fvu, 0);
-    EXPECT_LT(fvu, 1) << it->str();
-  }
-  EXPECT_EQ(steps, kSteps) << section;
+    SCOPED_TRACE(absl::StrCat("layer ", layer));
+    const std::string section = Section(absl::StrCat(
+        "Per-checkpoint SAE metrics (job-000001, layer ", layer, ")"));
+    // chain step tokens FVU init-FVU ...
+    const std::regex row(
+        R"(\n\s+(\d+)\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+([0-9.]+))");
+    std::vector<int64_t> steps;
+    for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
+         it != std::sregex_iterator(); ++it) {
+      const int chain = std::stoi((*it)[1]);
+      EXPECT_EQ(chain, static_cast<int>(steps.size()));
+      steps.push_back(std::stoll((*it)[2]));
+      // The first SAE trains the first-SAE budget, every later one far fewer.
+      EXPECT_EQ((*it)[3], chain == 0 ? "131.1k" : "16.4k") << it->str();
+      const double fvu = std::stod((*it)[4]);
+      EXPECT_GT(fvu, 0);
+      EXPECT_LT(fvu, 1) << it->str();
+    }
+    EXPECT_EQ(steps, kSteps) << section;
   }
 }
 
 TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
   for (int layer : kLayers) {
-  SCOPED_TRACE(absl::StrCat("layer ", layer));
-  const std::string section = Section(
-      absl::StrCat("Decoder drift and phases (job-000001, layer ", layer, ")"));
-  for (const std::string finding : {"drift", "phases", "formation"}) {
-    EXPECT_TRUE(std::regex_search(
-        section, std::regex("\n  " + finding +
-                            ": (reproduces|does NOT reproduce|not measured)")))
-        << finding << "\n"
+    SCOPED_TRACE(absl::StrCat("layer ", layer));
+    const std::string section = Section(absl::StrCat(
+        "Decoder drift and phases (job-000001, layer ", layer, ")"));
+    for (const std::string finding : {"drift", "phases", "formation"}) {
+      EXPECT_TRUE(std::regex_search(
+          section,
+          std::regex("\n  " + finding +
+                     ": (reproduces|does NOT reproduce|not measured)")))
+          << finding << "\n"
+          << section;
+    }
+    // Kinds: token-level + concept-level + dead = d_sae.
+    const std::regex kind(
+        R"(\n(token-level|concept-level|dead)\s+(\d+)\s+(\d+))");
+    int total = 0;
+    int kinds = 0;
+    for (auto it = std::sregex_iterator(section.begin(), section.end(), kind);
+         it != std::sregex_iterator(); ++it) {
+      total += std::stoi((*it)[2]);
+      EXPECT_LE(std::stoi((*it)[3]), std::stoi((*it)[2])) << it->str();
+      ++kinds;
+    }
+    EXPECT_EQ(kinds, 3) << section;
+    EXPECT_EQ(total, kDSae) << section;
+    // The progress measure with the token-controlled baseline beside the
+    // paper's: token identity explains less of a token-level feature's top
+    // contexts once the baseline holds the same tokens.
+    std::smatch progress;
+    ASSERT_TRUE(std::regex_search(
+        section, progress,
+        std::regex(R"(progress at step 64 \(median P act\): random-position )"
+                   R"(baseline / same-token baseline\ntoken-level\s+)"
+                   R"((-?[0-9.]+) / (-?[0-9.]+)\n)")))
         << section;
-  }
-  // Kinds: token-level + concept-level + dead = d_sae.
-  const std::regex kind(
-      R"(\n(token-level|concept-level|dead)\s+(\d+)\s+(\d+))");
-  int total = 0;
-  int kinds = 0;
-  for (auto it = std::sregex_iterator(section.begin(), section.end(), kind);
-       it != std::sregex_iterator(); ++it) {
-    total += std::stoi((*it)[2]);
-    EXPECT_LE(std::stoi((*it)[3]), std::stoi((*it)[2])) << it->str();
-    ++kinds;
-  }
-  EXPECT_EQ(kinds, 3) << section;
-  EXPECT_EQ(total, kDSae) << section;
-  // The progress measure with the token-controlled baseline beside the
-  // paper's: token identity explains less of a token-level feature's top
-  // contexts once the baseline holds the same tokens.
-  std::smatch progress;
-  ASSERT_TRUE(std::regex_search(
-      section, progress,
-      std::regex(R"(progress at step 64 \(median P act\): random-position )"
-                 R"(baseline / same-token baseline\ntoken-level\s+)"
-                 R"((-?[0-9.]+) / (-?[0-9.]+)\n)")))
-      << section;
-  EXPECT_LT(std::stod(progress[2]), std::stod(progress[1])) << section;
-  // One drift row per checkpoint, the last one at cos 1 to itself.
-  EXPECT_TRUE(std::regex_search(
-      section, std::regex(R"(\n\s+7\s+64\s+1\.000\s+1\.000\s+1\.000)")))
-      << section;
+    EXPECT_LT(std::stod(progress[2]), std::stod(progress[1])) << section;
+    // One drift row per checkpoint, the last one at cos 1 to itself.
+    EXPECT_TRUE(std::regex_search(
+        section, std::regex(R"(\n\s+7\s+64\s+1\.000\s+1\.000\s+1\.000)")))
+        << section;
   }
 }
 
@@ -285,8 +289,8 @@ TEST_F(DemoTest, DriftStatesEachFindingAndCountsEveryFeature) {
 TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
   for (int layer : kLayers) {
     SCOPED_TRACE(absl::StrCat("layer ", layer));
-    const std::string section =
-        Section(absl::StrCat("Findings over 2 SAE seed(s) (layer ", layer, ")"));
+    const std::string section = Section(
+        absl::StrCat("Findings over 2 SAE seed(s) (layer ", layer, ")"));
     ASSERT_FALSE(section.empty());
     EXPECT_THAT(section,
                 HasSubstr(absl::StrCat("findings over 2 runs at layer ", layer,
@@ -300,11 +304,11 @@ TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
     };
     for (const std::string name :
          {"drift: median cos to final at step 0",
-          "  two SAEs of step 0 \\(matched cos\\)",
-          "  two random dictionaries", "  final P, same-token baseline"}) {
+          "  two SAEs of step 0 \\(matched cos\\)", "  two random dictionaries",
+          "  final P, same-token baseline"}) {
       std::smatch m;
-      ASSERT_TRUE(std::regex_search(section, m, row(name)))
-          << name << "\n" << section;
+      ASSERT_TRUE(std::regex_search(section, m, row(name))) << name << "\n"
+                                                            << section;
       const double a = std::stod(m[1]), b = std::stod(m[2]);
       EXPECT_NEAR(std::stod(m[3]), (a + b) / 2, 0.0011) << m.str();
       EXPECT_NEAR(std::stod(m[4]), std::min(a, b), 0.0005) << m.str();
@@ -312,10 +316,9 @@ TEST_F(DemoTest, FindingsOverTwoSeedsHaveRangesAndVerdicts) {
     }
     for (const std::string finding : {"drift", "phases", "formation"}) {
       EXPECT_TRUE(std::regex_search(
-          section,
-          std::regex("\n  " + finding +
-                     ": (reproduces|reproduces only weakly|does NOT "
-                     "reproduce|not measured) in [12] of 2 runs")))
+          section, std::regex("\n  " + finding +
+                              ": (reproduces|reproduces only weakly|does NOT "
+                              "reproduce|not measured) in [12] of 2 runs")))
           << finding << "\n"
           << section;
     }

@@ -565,8 +565,8 @@ TEST_F(EndToEndTest, ExportWritesTheSaeInSaelensLayout) {
 // with a NaN weight fails its job naming the tensor, nothing of it is
 // stored, and the worker lives on.
 TEST_F(EndToEndTest, YHostileCheckpointsFailCleanlyAndTheWorkerLives) {
-  const std::string good = *dir_ + "/lm/checkpoints/step-" +
-                           std::to_string(kSteps[0]);
+  const std::string good =
+      *dir_ + "/lm/checkpoints/step-" + std::to_string(kSteps[0]);
   const auto job_on = [&](const std::string& checkpoint) {
     return absl::StrCat(R"({
   "model": {"architecture": "gpt_neox",
@@ -587,8 +587,7 @@ TEST_F(EndToEndTest, YHostileCheckpointsFailCleanlyAndTheWorkerLives) {
   WriteJob("fifo.json", job_on(fifo_dir));
   CommandResult r = Cli({"submit", *dir_ + "/fifo.json"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("spec.model.checkpoints[0].path: '" +
-                               fifo_dir +
+  EXPECT_THAT(r.err, HasSubstr("spec.model.checkpoints[0].path: '" + fifo_dir +
                                "/model.safetensors' is not a regular file"));
 
   // One NaN in the first tensor of the data section.
@@ -611,9 +610,9 @@ TEST_F(EndToEndTest, YHostileCheckpointsFailCleanlyAndTheWorkerLives) {
   const std::string nan_job = "job-000002";
   CommandResult metrics = Cli({"metrics", nan_job, "--layer", "1", "--json"});
   ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
-  EXPECT_EQ(
-      FromJson<v1::GetCheckpointMetricsResponse>(metrics.out).checkpoints_size(),
-      0)
+  EXPECT_EQ(FromJson<v1::GetCheckpointMetricsResponse>(metrics.out)
+                .checkpoints_size(),
+            0)
       << metrics.out;
   // The worker is still up and serving its metrics.
   EXPECT_FALSE(worker_->Wait(absl::ZeroDuration()).ok()) << worker_->Stderr();

@@ -93,21 +93,19 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
       GatherContexts(
           tokens, HeldOutContexts(*split, input.context_length, num_contexts),
           input.context_length, model->config().vocab_size));
-  SAETRACK_ASSIGN_OR_RETURN(
-      const std::vector<HookPoint> job_hooks,
-      ParseJobHooks(input.job_hooks, model->num_layers(),
-                    "AnalysisInput.job_hooks"));
+  SAETRACK_ASSIGN_OR_RETURN(const std::vector<HookPoint> job_hooks,
+                            ParseJobHooks(input.job_hooks, model->num_layers(),
+                                          "AnalysisInput.job_hooks"));
   const HookPoint hook{input.layer, site};
   const int64_t contexts_per_forward =
       std::max<int64_t>(1, kTokensPerForward / input.context_length);
   const torch::Tensor activations =
       cache != nullptr
-          ? cache->Take(ActivationScope(input.model_dir, input.tokens_path,
-                                        input.token_dtype,
-                                        input.context_length),
-                        absl::StrCat("heldout:", num_contexts), *model,
-                        contexts, hook, job_hooks, contexts_per_forward,
-                        device)
+          ? cache->Take(
+                ActivationScope(input.model_dir, input.tokens_path,
+                                input.token_dtype, input.context_length),
+                absl::StrCat("heldout:", num_contexts), *model, contexts, hook,
+                job_hooks, contexts_per_forward, device)
           : CollectActivations(*model, contexts, hook, contexts_per_forward,
                                device);
   const int64_t n = activations.size(0);

@@ -37,9 +37,8 @@ class ArtifactStaging {
   // Forgets everything staged for a (task, epoch) for which `stale` is true
   // (its lease expired, was taken over or its job ended); returns the bytes
   // freed.
-  int64_t DropStale(
-      const std::function<bool(const std::string& task_id, int64_t epoch)>&
-          stale);
+  int64_t DropStale(const std::function<bool(const std::string& task_id,
+                                             int64_t epoch)>& stale);
   // Bytes staged in total.
   int64_t bytes() const;
 

@@ -662,7 +662,8 @@ TEST(JobValidatorTest, RefusesAnSaeBeyondTheArtifactLimit) {
               HasSubstr("spec.sae.d_sae: an SAE of d_sae 4096 at hidden_size "
                         "64 is 2114816 bytes, more than the coordinator stores "
                         "(1048576 bytes"));
-  EXPECT_EQ(JobValidator::SaeBytes(64, 4096), 4 * (2 * 64 * 4096 + 4096 + 64) + 1024);
+  EXPECT_EQ(JobValidator::SaeBytes(64, 4096),
+            4 * (2 * 64 * 4096 + 4096 + 64) + 1024);
 }
 
 TEST(JobValidatorTest, AcceptsGpt2) {

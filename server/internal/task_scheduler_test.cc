@@ -259,8 +259,10 @@ TEST_F(TaskSchedulerTest, AWorkerGetsTheOtherHooksOfItsCheckpointFirst) {
   std::vector<std::pair<int, int>> order;  // (checkpoint, layer)
   while (std::optional<v1::Task> t = LeaseNow(*worker)) {
     if (!t->has_train()) break;
-    order.emplace_back(t->train().checkpoint_index(), t->train().hook().layer());
-    ASSERT_TRUE(scheduler_->Complete(t->task_id(), t->lease_epoch(), {}, 1).ok());
+    order.emplace_back(t->train().checkpoint_index(),
+                       t->train().hook().layer());
+    ASSERT_TRUE(
+        scheduler_->Complete(t->task_id(), t->lease_epoch(), {}, 1).ok());
   }
   EXPECT_EQ(order, (std::vector<std::pair<int, int>>{
                        {0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {2, 1}}));
