@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -105,6 +106,15 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
         " must be at least max_artifact_bytes ", o.max_artifact_bytes,
         " (or no artifact of that size could ever be staged)"));
   }
+  if (o.max_staged_bytes_per_worker < o.max_artifact_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_staged_bytes_per_worker: ", o.max_staged_bytes_per_worker,
+        " must be at least max_artifact_bytes ", o.max_artifact_bytes));
+  }
+  if (o.sae_part_bytes < 1024 || o.sae_part_bytes > (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sae_part_bytes: ", o.sae_part_bytes, " must be in [1024, 2^31]"));
+  }
   return absl::OkStatus();
 }
 
@@ -137,7 +147,7 @@ class CoordinatorImpl final : public Coordinator {
   std::unique_ptr<server::TaskScheduler> scheduler_;
   std::unique_ptr<server::ResultStore> results_;
   std::unique_ptr<server::Summariser> summariser_;
-  server::ArtifactStaging staging_;
+  std::unique_ptr<server::ArtifactStaging> staging_;
   std::unique_ptr<server::JobServiceImpl> job_service_;
   std::unique_ptr<server::QueryServiceImpl> query_service_;
   std::unique_ptr<server::WorkerServiceImpl> worker_service_;
@@ -193,7 +203,17 @@ absl::Status CoordinatorImpl::Init() {
                                      scheduler_options);
   if (!scheduler.ok()) return scheduler.status();
   scheduler_ = *std::move(scheduler);
-  results_ = std::make_unique<server::ResultStore>(store_.get());
+  results_ = std::make_unique<server::ResultStore>(store_.get(),
+                                                   options_.sae_part_bytes);
+  // Parts of SAEs whose completion never committed (a crash mid-commit).
+  absl::StatusOr<int> cleaned = results_->RecoverSaeParts();
+  if (!cleaned.ok()) return cleaned.status();
+  if (*cleaned > 0) {
+    std::fprintf(stderr,
+                 "saetrack-coordinator: removed the parts of %d SAE(s) whose "
+                 "completion never committed\n",
+                 *cleaned);
+  }
   summariser_ = std::make_unique<server::Summariser>(
       scheduler_.get(), results_.get(), store_.get(),
       server::SummariserOptions());
@@ -203,12 +223,19 @@ absl::Status CoordinatorImpl::Init() {
   worker_options.lease_ttl = scheduler_options.lease_ttl;
   worker_options.max_artifact_bytes = options_.max_artifact_bytes;
   worker_options.max_staged_bytes = options_.max_staged_bytes;
+  worker_options.max_staged_bytes_per_worker =
+      options_.max_staged_bytes_per_worker;
+  absl::StatusOr<std::unique_ptr<server::ArtifactStaging>> staging =
+      server::ArtifactStaging::Open(
+          (std::filesystem::path(options_.data_dir) / "staging").string());
+  if (!staging.ok()) return staging.status();
+  staging_ = *std::move(staging);
   job_service_ = std::make_unique<server::JobServiceImpl>(
       &validator_, scheduler_.get(), metrics_.get());
   query_service_ = std::make_unique<server::QueryServiceImpl>(
       scheduler_.get(), results_.get(), metrics_.get());
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
-      scheduler_.get(), results_.get(), &staging_, metrics_.get(),
+      scheduler_.get(), results_.get(), staging_.get(), metrics_.get(),
       worker_options);
   admin_service_ =
       std::make_unique<server::AdminServiceImpl>(store_.get(), metrics_.get());

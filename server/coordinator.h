@@ -49,9 +49,16 @@ struct CoordinatorOptions {
   // Largest artifact (SAE weights or feature stats) a worker may upload;
   // jobs whose SAE would be larger are refused at submission.
   int64_t max_artifact_bytes = int64_t{4} << 30;
-  // Uploads held in memory until their CompleteTask, all tasks together;
-  // beyond it uploads get RESOURCE_EXHAUSTED and workers send them later.
+  // Uploads staged on disk (in `data_dir`/staging) until their
+  // CompleteTask, all tasks together; beyond it uploads get
+  // RESOURCE_EXHAUSTED and workers send them later.
   int64_t max_staged_bytes = int64_t{8} << 30;
+  // The same for the uploads of one worker's leases.
+  int64_t max_staged_bytes_per_worker = int64_t{5} << 30;
+  // SAE weights larger than this are stored as parts of this size (one
+  // RocksDB value holds less than 4 GiB), written before the synced batch
+  // that publishes them.
+  int64_t sae_part_bytes = int64_t{64} << 20;
   // Source of time for lease deadlines and timestamps. Not owned; must
   // outlive the coordinator. Null: the system clock.
   Clock* clock = nullptr;

@@ -44,10 +44,15 @@ ABSL_FLAG(int64_t, max_artifact_bytes, int64_t{4} << 30,
           "Largest artifact a worker may upload; a job whose SAE weights "
           "would be larger is refused at submission.");
 ABSL_FLAG(int64_t, max_staged_bytes, int64_t{8} << 30,
-          "Uploads held in memory until their CompleteTask, all tasks "
-          "together (at least --max_artifact_bytes); beyond it uploads are "
-          "refused with RESOURCE_EXHAUSTED and workers send them again "
-          "later.");
+          "Uploads staged on disk (DATA_DIR/staging) until their "
+          "CompleteTask, all tasks together (at least --max_artifact_bytes); "
+          "beyond it uploads are refused with RESOURCE_EXHAUSTED and workers "
+          "send them again later.");
+ABSL_FLAG(int64_t, max_staged_bytes_per_worker, int64_t{5} << 30,
+          "The same limit for the uploads of one worker's leases (at least "
+          "--max_artifact_bytes).");
+ABSL_FLAG(int64_t, sae_part_bytes, int64_t{64} << 20,
+          "SAE weights larger than this are stored in parts of this size.");
 
 namespace {
 
@@ -103,6 +108,9 @@ int main(int argc, char** argv) {
   options.retry_backoff_max_ms = absl::GetFlag(FLAGS_retry_backoff_max_ms);
   options.max_artifact_bytes = absl::GetFlag(FLAGS_max_artifact_bytes);
   options.max_staged_bytes = absl::GetFlag(FLAGS_max_staged_bytes);
+  options.max_staged_bytes_per_worker =
+      absl::GetFlag(FLAGS_max_staged_bytes_per_worker);
+  options.sae_part_bytes = absl::GetFlag(FLAGS_sae_part_bytes);
 
   // Block the stop signals in every thread (threads inherit the mask) and
   // take them synchronously below.

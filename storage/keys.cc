@@ -103,6 +103,28 @@ std::string SaeWeightsKey(std::string_view job_id, int32_t layer,
       .Release();
 }
 
+std::string SaeWeightsManifestKey(std::string_view job_id, int32_t layer,
+                                  int64_t step) {
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt64(step)
+      .AddString("manifest")
+      .Release();
+}
+
+std::string SaeWeightsPartKey(std::string_view job_id, int32_t layer,
+                              int64_t step, int64_t lease_epoch, int32_t part) {
+  return KeyBuilder()
+      .AddString(job_id)
+      .AddInt32(layer)
+      .AddInt64(step)
+      .AddString("part")
+      .AddInt64(lease_epoch)
+      .AddInt32(part)
+      .Release();
+}
+
 std::string FeatureHistoryKey(std::string_view job_id, int32_t layer,
                               int32_t feature, int64_t step) {
   return KeyBuilder()

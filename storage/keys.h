@@ -69,6 +69,13 @@ std::string TaskPrefix(std::string_view job_id);
 
 // sae_weights: one SAE per (job, layer, checkpoint step).
 std::string SaeWeightsKey(std::string_view job_id, int32_t layer, int64_t step);
+// An SAE larger than one value: its manifest (in place of SaeWeightsKey)
+// and its parts, keyed by the lease epoch that wrote them so that parts of
+// an attempt that never committed are told apart from the stored ones.
+std::string SaeWeightsManifestKey(std::string_view job_id, int32_t layer,
+                                  int64_t step);
+std::string SaeWeightsPartKey(std::string_view job_id, int32_t layer,
+                              int64_t step, int64_t lease_epoch, int32_t part);
 
 // feature_history: one point per (job, layer, feature, checkpoint step).
 std::string FeatureHistoryKey(std::string_view job_id, int32_t layer,

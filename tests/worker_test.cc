@@ -351,10 +351,17 @@ TEST_F(WorkerTest, ALeaseLivesUntilItsResultIsCommitted) {
       // the heartbeat keeps the lease.
       absl::SleepFor(absl::Milliseconds(1800));
     } else if (completes == 2) {
-      // The coordinator restarts with the second SAE's uploads staged: it
-      // lost them, CompleteTask fails, the worker sends them again.
+      // The coordinator restarts with the second SAE's uploads staged: they
+      // are on disk, and CompleteTask stores them at the first try.
       coordinator_->Shutdown();
       coordinator_.reset();
+      start_coordinator();
+    } else if (completes == 3) {
+      // It restarts and its staging directory is lost with the third SAE's
+      // uploads in it: CompleteTask fails, the worker sends them again.
+      coordinator_->Shutdown();
+      coordinator_.reset();
+      std::filesystem::remove_all(dir_ + "/data/staging");
       start_coordinator();
     }
   };
@@ -362,7 +369,7 @@ TEST_F(WorkerTest, ALeaseLivesUntilItsResultIsCommitted) {
   ASSERT_TRUE(worker.ok()) << worker.status();
   EXPECT_TRUE((*worker)->Run().ok());
 
-  // Each SAE trained once; the second one's completion was tried twice.
+  // Each SAE trained once; only the third one's completion was tried twice.
   EXPECT_EQ(engine.calls().size(), 3u);
   EXPECT_EQ(completes, 4);
   ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_SUCCEEDED));

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -43,6 +44,65 @@ absl::Status WriteChunked(std::string_view all, size_t chunk_bytes,
   } while (offset < all.size());
   return absl::OkStatus();
 }
+
+// Writes an artifact given piece by piece as contiguous chunks of at most
+// `chunk_bytes`, the last (sent by Finish) carrying the size and CRC-32C of
+// the whole.
+template <typename Chunk>
+class ChunkStreamer {
+ public:
+  ChunkStreamer(size_t chunk_bytes, const Chunk& prototype,
+                grpc::ServerWriter<Chunk>* writer, const char* rpc)
+      : chunk_bytes_(chunk_bytes),
+        prototype_(prototype),
+        writer_(writer),
+        rpc_(rpc) {}
+
+  // Sends every full chunk `piece` completes; the rest waits for more.
+  absl::Status Write(std::string_view piece) {
+    while (!piece.empty()) {
+      const size_t take =
+          std::min(piece.size(), chunk_bytes_ - pending_.size());
+      pending_.append(piece.substr(0, take));
+      piece.remove_prefix(take);
+      // A full chunk waits until the next byte (or Finish) shows whether it
+      // is the last.
+      if (!piece.empty() && pending_.size() == chunk_bytes_) {
+        if (absl::Status s = Send(false); !s.ok()) return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Finish() { return Send(true); }
+
+ private:
+  absl::Status Send(bool last) {
+    Chunk chunk = prototype_;
+    chunk.set_offset(offset_);
+    crc_ = format::Crc32c(pending_, crc_);
+    offset_ += static_cast<int64_t>(pending_.size());
+    chunk.set_data(std::move(pending_));
+    pending_.clear();
+    if (last) {
+      chunk.set_last(true);
+      chunk.set_total_size(offset_);
+      chunk.set_crc32c(crc_);
+    }
+    if (!writer_->Write(chunk)) {
+      return absl::CancelledError(
+          absl::StrCat("client went away during ", rpc_));
+    }
+    return absl::OkStatus();
+  }
+
+  const size_t chunk_bytes_;
+  const Chunk prototype_;
+  grpc::ServerWriter<Chunk>* const writer_;
+  const char* const rpc_;
+  std::string pending_;
+  int64_t offset_ = 0;
+  uint32_t crc_ = 0;
+};
 
 }  // namespace saetrack::server
 

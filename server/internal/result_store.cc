@@ -6,6 +6,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "format/crc32c.h"
+#include "server/internal/records.pb.h"
 #include "storage/keys.h"
 
 namespace saetrack::server {
@@ -228,15 +230,215 @@ absl::Status ResultStore::ScanFeatureSummaries(
   return absl::OkStatus();
 }
 
+namespace {
+
+std::string PendingSaeKey(const std::string& job_id, int32_t layer,
+                          int64_t step, int64_t epoch) {
+  return absl::StrCat("pending_sae/", storage::SaeWeightsPartKey(
+                                          job_id, layer, step, epoch, 0));
+}
+
+constexpr char kPendingSaePrefix[] = "pending_sae/";
+
+absl::Status DeleteParts(storage::KvStore* store, const SaeWeightsManifest& m) {
+  storage::WriteBatch batch;
+  for (int32_t i = 0; i < m.parts(); ++i) {
+    batch.Delete(Column::kSaeWeights,
+                 storage::SaeWeightsPartKey(m.job_id(), m.layer(), m.step(),
+                                            m.lease_epoch(), i));
+  }
+  batch.Delete(Column::kMeta,
+               PendingSaeKey(m.job_id(), m.layer(), m.step(), m.lease_epoch()));
+  return store->Write(batch, {});
+}
+
+// The stored manifest of (job, layer, step), nullopt when there is none.
+absl::StatusOr<std::optional<SaeWeightsManifest>> GetManifest(
+    const storage::KvStore* store, const std::string& job_id, int32_t layer,
+    int64_t step) {
+  absl::StatusOr<std::string> bytes = store->Get(
+      Column::kSaeWeights, storage::SaeWeightsManifestKey(job_id, layer, step));
+  if (absl::IsNotFound(bytes.status())) return std::nullopt;
+  if (!bytes.ok()) return bytes.status();
+  SaeWeightsManifest m;
+  if (!m.ParseFromString(*bytes)) {
+    return absl::DataLossError(
+        absl::StrCat("the parts manifest of the SAE of job '", job_id,
+                     "' layer ", layer, " step ", step, " is corrupt"));
+  }
+  return m;
+}
+
+}  // namespace
+
+absl::Status ResultStore::StageSaeWeights(const std::string& job_id,
+                                          int32_t layer, int64_t step,
+                                          int64_t lease_epoch, int64_t size,
+                                          const ReadFn& read,
+                                          storage::WriteBatch* batch) const {
+  if (size <= sae_part_bytes_) {
+    std::string all;
+    if (absl::Status s = read(0, size, &all); !s.ok()) return s;
+    // A smaller SAE replaces a parted one stored before (a job re-run).
+    batch->Delete(Column::kSaeWeights,
+                  storage::SaeWeightsManifestKey(job_id, layer, step));
+    AddSaeWeights(job_id, layer, step, std::move(all), batch);
+    return absl::OkStatus();
+  }
+  SaeWeightsManifest m;
+  m.set_job_id(job_id);
+  m.set_layer(layer);
+  m.set_step(step);
+  m.set_lease_epoch(lease_epoch);
+  m.set_total_bytes(size);
+  m.set_part_bytes(sae_part_bytes_);
+  m.set_parts(
+      static_cast<int32_t>((size + sae_part_bytes_ - 1) / sae_part_bytes_));
+  const std::string pending = PendingSaeKey(job_id, layer, step, lease_epoch);
+  {
+    storage::WriteBatch note;
+    note.Put(Column::kMeta, pending, m.SerializeAsString());
+    if (absl::Status s = store_->Write(note, {}); !s.ok()) return s;
+  }
+  uint32_t crc = 0;
+  std::string part;
+  for (int32_t i = 0; i < m.parts(); ++i) {
+    const int64_t offset = int64_t{i} * sae_part_bytes_;
+    part.clear();
+    if (absl::Status s =
+            read(offset, std::min(sae_part_bytes_, size - offset), &part);
+        !s.ok()) {
+      return s;
+    }
+    crc = format::Crc32c(part, crc);
+    storage::WriteBatch one;
+    one.Put(Column::kSaeWeights,
+            storage::SaeWeightsPartKey(job_id, layer, step, lease_epoch, i),
+            std::move(part));
+    part = std::string();
+    if (absl::Status s = store_->Write(one, {}); !s.ok()) return s;
+  }
+  m.set_crc32c(crc);
+  batch->Delete(Column::kSaeWeights,
+                storage::SaeWeightsKey(job_id, layer, step));
+  batch->Put(Column::kSaeWeights,
+             storage::SaeWeightsManifestKey(job_id, layer, step),
+             m.SerializeAsString());
+  batch->Delete(Column::kMeta, pending);
+  return absl::OkStatus();
+}
+
+absl::Status ResultStore::AbandonSaeParts(const std::string& job_id,
+                                          int32_t layer, int64_t step,
+                                          int64_t lease_epoch) const {
+  absl::StatusOr<std::string> pending = store_->Get(
+      Column::kMeta, PendingSaeKey(job_id, layer, step, lease_epoch));
+  if (absl::IsNotFound(pending.status())) return absl::OkStatus();
+  if (!pending.ok()) return pending.status();
+  SaeWeightsManifest m;
+  if (!m.ParseFromString(*pending)) {
+    return absl::DataLossError("a pending SAE parts record is corrupt");
+  }
+  absl::StatusOr<std::optional<SaeWeightsManifest>> stored =
+      GetManifest(store_, job_id, layer, step);
+  if (!stored.ok()) return stored.status();
+  if (stored->has_value() && (*stored)->lease_epoch() == lease_epoch) {
+    // Committed by this very lease (a retried completion): the parts live.
+    storage::WriteBatch batch;
+    batch.Delete(Column::kMeta,
+                 PendingSaeKey(job_id, layer, step, lease_epoch));
+    return store_->Write(batch, {});
+  }
+  return DeleteParts(store_, m);
+}
+
+absl::StatusOr<int> ResultStore::RecoverSaeParts() const {
+  std::vector<std::string> pending;
+  absl::Status scan =
+      store_->Scan(Column::kMeta, kPendingSaePrefix, "",
+                   [&](std::string_view /*key*/, std::string_view value) {
+                     pending.emplace_back(value);
+                     return true;
+                   });
+  if (!scan.ok()) return scan;
+  int cleaned = 0;
+  for (const std::string& bytes : pending) {
+    SaeWeightsManifest m;
+    if (!m.ParseFromString(bytes)) {
+      return absl::DataLossError("a pending SAE parts record is corrupt");
+    }
+    if (absl::Status s =
+            AbandonSaeParts(m.job_id(), m.layer(), m.step(), m.lease_epoch());
+        !s.ok()) {
+      return s;
+    }
+    ++cleaned;
+  }
+  return cleaned;
+}
+
+absl::StatusOr<int64_t> ResultStore::ReadSaeWeights(
+    const std::string& job_id, int32_t layer, int64_t step,
+    const std::function<absl::Status(std::string_view)>& fn) const {
+  const std::string what = absl::StrCat("the SAE of job '", job_id, "' layer ",
+                                        layer, " step ", step);
+  absl::StatusOr<std::string> value = store_->Get(
+      Column::kSaeWeights, storage::SaeWeightsKey(job_id, layer, step));
+  if (value.ok()) {
+    if (absl::Status s = fn(*value); !s.ok()) return s;
+    return static_cast<int64_t>(value->size());
+  }
+  if (!absl::IsNotFound(value.status())) return value.status();
+  absl::StatusOr<std::optional<SaeWeightsManifest>> m =
+      GetManifest(store_, job_id, layer, step);
+  if (!m.ok()) return m.status();
+  if (!m->has_value()) {
+    return absl::NotFoundError(absl::StrCat("no SAE stored for job '", job_id,
+                                            "' layer ", layer, " step ", step));
+  }
+  const SaeWeightsManifest& manifest = **m;
+  int64_t total = 0;
+  uint32_t crc = 0;
+  for (int32_t i = 0; i < manifest.parts(); ++i) {
+    absl::StatusOr<std::string> part =
+        store_->Get(Column::kSaeWeights,
+                    storage::SaeWeightsPartKey(job_id, layer, step,
+                                               manifest.lease_epoch(), i));
+    if (absl::IsNotFound(part.status())) {
+      return absl::DataLossError(absl::StrCat(what, ": part ", i, " of ",
+                                              manifest.parts(), " is missing"));
+    }
+    if (!part.ok()) return part.status();
+    total += static_cast<int64_t>(part->size());
+    crc = format::Crc32c(*part, crc);
+    if (absl::Status s = fn(*part); !s.ok()) return s;
+  }
+  if (total != manifest.total_bytes() || crc != manifest.crc32c()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": its parts hold ", total, " bytes with CRC-32C ",
+                     crc, ", its manifest says ", manifest.total_bytes(),
+                     " bytes with ", manifest.crc32c()));
+  }
+  return total;
+}
+
 absl::StatusOr<std::string> ResultStore::GetSaeWeights(
     const std::string& job_id, int32_t layer, int64_t step) const {
   absl::StatusOr<std::string> value = store_->Get(
       Column::kSaeWeights, storage::SaeWeightsKey(job_id, layer, step));
-  if (absl::IsNotFound(value.status())) {
-    return absl::NotFoundError(absl::StrCat("no SAE stored for job '", job_id,
-                                            "' layer ", layer, " step ", step));
-  }
-  return value;
+  if (!absl::IsNotFound(value.status())) return value;  // Stored whole.
+  std::string all;
+  absl::StatusOr<int64_t> n =
+      ReadSaeWeights(job_id, layer, step, [&](std::string_view piece) {
+        if (all.empty()) {
+          all = std::string(piece);
+        } else {
+          all.append(piece);
+        }
+        return absl::OkStatus();
+      });
+  if (!n.ok()) return n.status();
+  return all;
 }
 
 namespace {

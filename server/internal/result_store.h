@@ -7,8 +7,10 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "saetrack/v1/query.pb.h"
 #include "saetrack/v1/worker.pb.h"
@@ -20,12 +22,34 @@ namespace saetrack::server {
 // not own the store (which must outlive it). Thread-safe, as the store is.
 class ResultStore {
  public:
-  explicit ResultStore(storage::KvStore* store) : store_(store) {}
+  // SAE weights larger than `sae_part_bytes` are stored in parts.
+  explicit ResultStore(storage::KvStore* store,
+                       int64_t sae_part_bytes = int64_t{64} << 20)
+      : store_(store), sae_part_bytes_(sae_part_bytes) {}
 
-  // Adds the SAE weights of (job, layer, step).
+  // Reads `n` bytes at `offset` of an artifact, appending them to `out`.
+  using ReadFn =
+      std::function<absl::Status(int64_t offset, int64_t n, std::string* out)>;
+  // Adds the SAE weights of (job, layer, step) to `batch`.
   static void AddSaeWeights(const std::string& job_id, int32_t layer,
                             int64_t step, std::string weights,
                             storage::WriteBatch* batch);
+  // Adds the `size` bytes of SAE weights that `read` gives to `batch`: in
+  // one value up to sae_part_bytes; larger ones are written now as parts of
+  // that size (one part in memory at a time, not synced: the synced batch
+  // that completes the task syncs the log they are in) and `batch` gets
+  // their manifest. Call AbandonSaeParts when `batch` is not written.
+  absl::Status StageSaeWeights(const std::string& job_id, int32_t layer,
+                               int64_t step, int64_t lease_epoch, int64_t size,
+                               const ReadFn& read,
+                               storage::WriteBatch* batch) const;
+  // Removes the parts StageSaeWeights wrote for `lease_epoch`, unless the
+  // stored manifest is theirs.
+  absl::Status AbandonSaeParts(const std::string& job_id, int32_t layer,
+                               int64_t step, int64_t lease_epoch) const;
+  // Removes the parts of every attempt that never committed (at start);
+  // returns how many attempts were cleaned.
+  absl::StatusOr<int> RecoverSaeParts() const;
   // Adds one FeaturePoint per feature of `stats`.
   // REQUIRES: the vectors of `stats` have equal lengths (decoder_cos_prev may
   // be empty).
@@ -87,9 +111,16 @@ class ResultStore {
       const std::string& job_id, int32_t layer,
       const std::function<bool(const v1::FeatureSummary&)>& fn) const;
 
-  // Errors: kNotFound naming the SAE when it is not stored.
+  // Errors: kNotFound naming the SAE when it is not stored; kDataLoss when
+  // its parts are missing or do not match their manifest.
   absl::StatusOr<std::string> GetSaeWeights(const std::string& job_id,
                                             int32_t layer, int64_t step) const;
+  // The same bytes passed to `fn` piece by piece (at most sae_part_bytes
+  // each) without holding the whole; returns the total size. Errors as
+  // GetSaeWeights, and `fn`'s.
+  absl::StatusOr<int64_t> ReadSaeWeights(
+      const std::string& job_id, int32_t layer, int64_t step,
+      const std::function<absl::Status(std::string_view piece)>& fn) const;
   // The stored points of one feature, in chain order (one prefix scan).
   absl::StatusOr<std::vector<v1::FeaturePoint>> GetFeatureHistory(
       const std::string& job_id, int32_t layer, int32_t feature) const;
@@ -99,6 +130,7 @@ class ResultStore {
 
  private:
   storage::KvStore* const store_;
+  const int64_t sae_part_bytes_;
 };
 
 }  // namespace saetrack::server

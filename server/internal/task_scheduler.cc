@@ -749,6 +749,7 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
   LeaseInfo info;
   info.job_id = t.job_id();
   info.task_id = t.task_id();
+  info.worker_id = t.worker_id();
   info.layer = t.layer();
   info.step = t.step();
   info.chain_index = t.chain_index();

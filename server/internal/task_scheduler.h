@@ -50,6 +50,8 @@ struct SchedulerOptions {
 struct LeaseInfo {
   std::string job_id;
   std::string task_id;
+  // The worker holding the lease.
+  std::string worker_id;
   int32_t layer = 0;
   int64_t step = 0;
   int32_t chain_index = 0;

@@ -158,6 +158,19 @@ absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
   return absl::OkStatus();
 }
 
+WorkerServiceImpl::CompletionGuard::CompletionGuard(WorkerServiceImpl* service,
+                                                    std::string task_id)
+    : service_(service), task_id_(std::move(task_id)) {
+  absl::MutexLock lock(&service_->completing_mu_);
+  ok_ = service_->completing_.insert(task_id_).second;
+}
+
+WorkerServiceImpl::CompletionGuard::~CompletionGuard() {
+  if (!ok_) return;
+  absl::MutexLock lock(&service_->completing_mu_);
+  service_->completing_.erase(task_id_);
+}
+
 void WorkerServiceImpl::DropStaleUploads() {
   staging_->DropStale([this](const std::string& id, int64_t epoch) {
     return !scheduler_->CheckLease(id, epoch).ok();
@@ -183,29 +196,54 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
     return absl::InvalidArgumentError(
         absl::StrCat("kind: ", kind, " is not a valid artifact kind"));
   }
-  if (absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
-      !lease.ok()) {
-    return lease.status();
-  }
+  absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+  if (!lease.ok()) return lease.status();
   // Uploads of leases that ended (expired, taken over, job cancelled or
   // failed) can never be completed: free them before taking more.
   DropStaleUploads();
   // This task's earlier upload of the same kind is replaced, not added to.
-  const std::shared_ptr<const std::string> replaced =
+  const std::shared_ptr<const ArtifactStaging::Artifact> replaced =
       staging_->Find(task_id, epoch, kind);
-  const int64_t staged =
-      staging_->bytes() -
-      (replaced != nullptr ? static_cast<int64_t>(replaced->size()) : 0);
-  if (staged + std::max<int64_t>(chunk.total_size(), 0) >
-      options_.max_staged_bytes) {
+  const int64_t replaced_bytes = replaced != nullptr ? replaced->size() : 0;
+  const std::string& worker_id = lease->worker_id;
+  // Bytes staged by others (all workers; this worker's other uploads) before
+  // this one adds its own.
+  const auto over_limit = [&](int64_t mine) -> absl::Status {
+    const int64_t total = staging_->bytes() - replaced_bytes;
+    const int64_t worker = staging_->worker_bytes(worker_id) - replaced_bytes;
+    if (total + mine > options_.max_staged_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "upload of task ", task_id, ": ", total,
+          " bytes are staged and this artifact's ", mine,
+          " would pass the coordinator's staging limit of ",
+          options_.max_staged_bytes, " bytes; send it again later"));
+    }
+    if (worker + mine > options_.max_staged_bytes_per_worker) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("upload of task ", task_id, ": worker ", worker_id,
+                       " has ", worker, " bytes staged and this artifact's ",
+                       mine, " would pass the per-worker staging limit of ",
+                       options_.max_staged_bytes_per_worker,
+                       " bytes; complete or fail its other tasks first"));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = over_limit(std::max<int64_t>(chunk.total_size(), 0));
+      !s.ok()) {
+    return s;
+  }
+  if (chunk.total_size() > options_.max_artifact_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "upload of task ", task_id, ": ", staged,
-        " bytes are staged for other tasks and this artifact's ",
-        chunk.total_size(), " would pass the coordinator's staging limit of ",
-        options_.max_staged_bytes, " bytes; send it again later"));
+        "total_size: ", chunk.total_size(), " bytes: the artifact of task ",
+        task_id, " exceeds max_artifact_bytes (", options_.max_artifact_bytes,
+        ")"));
   }
 
-  std::string data;
+  // Chunks stream into a file: memory holds one chunk whatever the size.
+  absl::StatusOr<std::unique_ptr<ArtifactStaging::Writer>> writer =
+      staging_->Begin(task_id, epoch, kind, worker_id);
+  if (!writer.ok()) return writer.status();
+  ArtifactStaging::Writer& out = **writer;
   uint32_t crc = 0;
   while (true) {
     if ((!chunk.task_id().empty() && chunk.task_id() != task_id) ||
@@ -216,41 +254,35 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
           "chunk at offset ", chunk.offset(),
           " names a different task, epoch or kind than the first chunk"));
     }
-    if (chunk.offset() != static_cast<int64_t>(data.size())) {
+    if (chunk.offset() != out.size()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("offset: ", chunk.offset(), ", expected ", data.size(),
+          absl::StrCat("offset: ", chunk.offset(), ", expected ", out.size(),
                        " (chunks must be contiguous)"));
     }
+    const int64_t received =
+        out.size() + static_cast<int64_t>(chunk.data().size());
     if (chunk.total_size() > options_.max_artifact_bytes ||
-        static_cast<int64_t>(data.size() + chunk.data().size()) >
-            options_.max_artifact_bytes) {
+        received > options_.max_artifact_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "artifact of task ", task_id, " exceeds max_artifact_bytes (",
           options_.max_artifact_bytes, ")"));
     }
-    if (staged + static_cast<int64_t>(data.size() + chunk.data().size()) >
-        options_.max_staged_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("upload of task ", task_id,
-                       " would pass the coordinator's staging "
-                       "limit of ",
-                       options_.max_staged_bytes,
-                       " bytes; send it again "
-                       "later"));
+    // What this upload already wrote is counted in the staged bytes.
+    if (absl::Status s = over_limit(static_cast<int64_t>(chunk.data().size()));
+        !s.ok()) {
+      return s;
     }
-    if (data.empty() && chunk.total_size() > 0)
-      data.reserve(chunk.total_size());
     crc = format::Crc32c(chunk.data(), crc);
-    data.append(chunk.data());
+    if (absl::Status s = out.Append(chunk.data()); !s.ok()) return s;
     if (chunk.last()) break;
     if (!reader->Read(&chunk)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "upload ended after ", data.size(), " bytes without a last chunk"));
+          "upload ended after ", out.size(), " bytes without a last chunk"));
     }
   }
-  if (chunk.total_size() != static_cast<int64_t>(data.size())) {
+  if (chunk.total_size() != out.size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("total_size: ", chunk.total_size(), ", but ", data.size(),
+        absl::StrCat("total_size: ", chunk.total_size(), ", but ", out.size(),
                      " bytes were received"));
   }
   if (chunk.crc32c() != crc) {
@@ -260,13 +292,12 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
                      ", computed ", crc));
   }
   // The lease may have expired during a long upload.
-  if (absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
-      !lease.ok()) {
-    return lease.status();
+  if (absl::StatusOr<LeaseInfo> now = scheduler_->CheckLease(task_id, epoch);
+      !now.ok()) {
+    return now.status();
   }
-  response->set_bytes_received(static_cast<int64_t>(data.size()));
-  staging_->Put(task_id, epoch, kind, std::move(data));
-  return absl::OkStatus();
+  response->set_bytes_received(out.size());
+  return out.Commit();
 }
 
 absl::Status WorkerServiceImpl::DoDownloadSae(
@@ -279,9 +310,18 @@ absl::Status WorkerServiceImpl::DoDownloadSae(
   absl::StatusOr<std::string> weights;
   switch (request.kind()) {
     case v1::ARTIFACT_KIND_UNSPECIFIED:
-    case v1::ARTIFACT_KIND_SAE_WEIGHTS:
-      weights = results_->GetSaeWeights(ref.job_id(), ref.layer(), ref.step());
-      break;
+    case v1::ARTIFACT_KIND_SAE_WEIGHTS: {
+      // Streamed part by part: an SAE larger than memory allows is never
+      // held whole.
+      ChunkStreamer<v1::DownloadChunk> stream(
+          static_cast<size_t>(options_.download_chunk_bytes),
+          v1::DownloadChunk(), writer, "DownloadSae");
+      absl::StatusOr<int64_t> n = results_->ReadSaeWeights(
+          ref.job_id(), ref.layer(), ref.step(),
+          [&stream](std::string_view piece) { return stream.Write(piece); });
+      if (!n.ok()) return n.status();
+      return stream.Finish();
+    }
     case v1::ARTIFACT_KIND_FEATURE_ANALYSIS:
       weights =
           results_->GetAnalysisBlock(ref.job_id(), ref.layer(), ref.step());
@@ -303,24 +343,35 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   const std::string& task_id = request.task_id();
   const int64_t epoch = request.lease_epoch();
   if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
+  // One completion of a task at a time: a retry racing its first attempt
+  // (the worker's deadline passed while the parts were written) waits.
+  CompletionGuard guard(this, task_id);
+  if (!guard.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("task ", task_id,
+                     ": an earlier CompleteTask is still committing; "
+                     "send it again"));
+  }
   absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
   if (!lease.ok()) return lease.status();
   if (lease->kind == TASK_KIND_ANALYSE) {
     return CompleteAnalysis(*lease, epoch);
   }
 
-  std::shared_ptr<const std::string> weights =
+  const std::shared_ptr<const ArtifactStaging::Artifact> weights =
       staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_SAE_WEIGHTS);
-  std::shared_ptr<const std::string> stats_bytes =
+  const std::shared_ptr<const ArtifactStaging::Artifact> stats_file =
       staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_FEATURE_STATS);
   std::vector<std::string> missing;
   if (weights == nullptr) missing.push_back("ARTIFACT_KIND_SAE_WEIGHTS");
-  if (stats_bytes == nullptr) missing.push_back("ARTIFACT_KIND_FEATURE_STATS");
+  if (stats_file == nullptr) missing.push_back("ARTIFACT_KIND_FEATURE_STATS");
   if (!missing.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "task ", task_id, " epoch ", epoch, ": missing uploaded artifact(s) ",
         absl::StrJoin(missing, ", "), "; upload them before CompleteTask"));
   }
+  absl::StatusOr<std::string> stats_bytes = stats_file->ReadAll();
+  if (!stats_bytes.ok()) return stats_bytes.status();
   v1::FeatureStatsBlock stats;
   if (!stats.ParseFromString(*stats_bytes)) {
     return absl::InvalidArgumentError(
@@ -372,13 +423,29 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
   }
 
   storage::WriteBatch batch;
-  ResultStore::AddSaeWeights(lease->job_id, lease->layer, lease->step, *weights,
-                             &batch);
+  // Large weights go to the store in parts now, read from the staged file
+  // one part at a time; the batch below publishes them.
+  if (absl::Status s = results_->StageSaeWeights(
+          lease->job_id, lease->layer, lease->step, epoch, weights->size(),
+          [&weights](int64_t offset, int64_t n, std::string* out) {
+            return weights->ReadAt(offset, n, out);
+          },
+          &batch);
+      !s.ok()) {
+    results_->AbandonSaeParts(lease->job_id, lease->layer, lease->step, epoch)
+        .IgnoreError();
+    return s;
+  }
   ResultStore::AddFeaturePoints(lease->job_id, lease->layer, lease->step,
                                 lease->chain_index, stats, &batch);
   ResultStore::AddCheckpointMetrics(lease->job_id, metrics, &batch);
   absl::Status s = scheduler_->Complete(task_id, epoch, std::move(batch),
                                         metrics.tokens_trained());
+  if (!s.ok()) {
+    // Parts this lease wrote stay only if its earlier completion stored them.
+    results_->AbandonSaeParts(lease->job_id, lease->layer, lease->step, epoch)
+        .IgnoreError();
+  }
   if (s.ok()) {
     metrics_->TaskCompleted(task_id, epoch, metrics.tokens_trained());
   }
@@ -392,14 +459,16 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
 absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
                                                  int64_t epoch) {
   const std::string& task_id = lease.task_id;
-  std::shared_ptr<const std::string> bytes =
+  const std::shared_ptr<const ArtifactStaging::Artifact> file =
       staging_->Find(task_id, epoch, v1::ARTIFACT_KIND_FEATURE_ANALYSIS);
-  if (bytes == nullptr) {
+  if (file == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "task ", task_id, " epoch ", epoch,
         ": missing uploaded artifact ARTIFACT_KIND_FEATURE_ANALYSIS; upload "
         "it before CompleteTask"));
   }
+  absl::StatusOr<std::string> bytes = file->ReadAll();
+  if (!bytes.ok()) return bytes.status();
   v1::FeatureAnalysisBlock block;
   if (!block.ParseFromString(*bytes)) {
     return absl::InvalidArgumentError(

@@ -3,7 +3,11 @@
 #define SAETRACK_SERVER_INTERNAL_WORKER_SERVICE_H_
 
 #include <cstdint>
+#include <set>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "server/internal/artifact_staging.h"
@@ -18,8 +22,10 @@ struct WorkerServiceOptions {
   int64_t max_artifact_bytes = int64_t{4} << 30;
   // Uploads waiting for their CompleteTask, all tasks together: beyond this
   // an upload is refused with RESOURCE_EXHAUSTED (the worker sends it again
-  // later) rather than the coordinator running out of memory.
+  // later) rather than the coordinator running out of disk.
   int64_t max_staged_bytes = int64_t{8} << 30;
+  // The same for the uploads of one worker's leases.
+  int64_t max_staged_bytes_per_worker = int64_t{5} << 30;
   // LeaseTask waits at most this long, whatever the worker asks for.
   absl::Duration max_lease_wait = absl::Seconds(10);
   // DownloadSae chunk size.
@@ -82,11 +88,27 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // FEATURE_ANALYSIS artifact into the checkpoint's feature points.
   absl::Status CompleteAnalysis(const LeaseInfo& lease, int64_t epoch);
 
+  // Marks a task as being completed for its lifetime; ok() is false when
+  // another completion of the task is in progress.
+  class CompletionGuard {
+   public:
+    CompletionGuard(WorkerServiceImpl* service, std::string task_id);
+    ~CompletionGuard();
+    bool ok() const { return ok_; }
+
+   private:
+    WorkerServiceImpl* const service_;
+    const std::string task_id_;
+    bool ok_ = false;
+  };
+
   TaskScheduler* const scheduler_;
   ResultStore* const results_;
   ArtifactStaging* const staging_;
   CoordinatorMetrics* const metrics_;
   const WorkerServiceOptions options_;
+  absl::Mutex completing_mu_;
+  std::set<std::string> completing_ ABSL_GUARDED_BY(completing_mu_);
 };
 
 }  // namespace saetrack::server
