@@ -16,28 +16,32 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "format/crc32c.h"
+#include "format/safetensors.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "server/testing/worker_rpc_testing.h"
 #include "tests/child_process.h"
-#include "format/crc32c.h"
-#include "format/safetensors.h"
 
 namespace saetrack {
 namespace {
@@ -332,6 +336,111 @@ void ExpectStaleEpochRefused(const grpc::Status& status,
       << call << ": " << status.error_message();
   EXPECT_TRUE(absl::StrContains(status.error_message(), "current epoch"))
       << call << ": " << status.error_message();
+}
+
+// A resident-set figure of process `pid` from /proc ("VmRSS", "VmHWM": the
+// peak), in bytes; -1 when unreadable.
+int64_t ProcessMemory(pid_t pid, const std::string& field) {
+  for (absl::string_view line : absl::StrSplit(
+           testing::ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/status")),
+           '\n')) {
+    if (!absl::StartsWith(line, field + ":")) continue;
+    line.remove_prefix(field.size() + 1);
+    int64_t kb = 0;
+    if (absl::SimpleAtoi(
+            absl::StripSuffix(absl::StripAsciiWhitespace(line), " kB"), &kb)) {
+      return kb * 1024;
+    }
+  }
+  return -1;
+}
+
+// Byte `i` of the synthetic artifact of `seed`: never held whole, so that a
+// test can send a gigabyte without holding one.
+void FillPattern(uint64_t seed, int64_t offset, std::string* chunk) {
+  for (size_t i = 0; i < chunk->size(); i += 8) {
+    uint64_t z =
+        seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(offset + i);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    std::memcpy(chunk->data() + i, &z, std::min<size_t>(8, chunk->size() - i));
+  }
+}
+
+struct SizeAndCrc {
+  int64_t size = 0;
+  uint32_t crc32c = 0;
+};
+
+// Uploads `size` bytes of FillPattern(seed) in 1 MiB chunks, as a worker does.
+grpc::Status UploadPattern(v1::WorkerService::Stub& stub,
+                           const std::string& task_id, int64_t epoch,
+                           int64_t size, uint64_t seed, SizeAndCrc* sent) {
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
+  v1::UploadArtifactResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::ArtifactChunk>> writer =
+      stub.UploadArtifact(&ctx, &response);
+  std::string data;
+  uint32_t crc = 0;
+  for (int64_t offset = 0; offset < size; offset += kChunk) {
+    data.resize(static_cast<size_t>(std::min(kChunk, size - offset)));
+    FillPattern(seed, offset, &data);
+    crc = format::Crc32c(data, crc);
+    v1::ArtifactChunk chunk;
+    if (offset == 0) {
+      chunk.set_task_id(task_id);
+      chunk.set_lease_epoch(epoch);
+      chunk.set_kind(v1::ARTIFACT_KIND_SAE_WEIGHTS);
+      chunk.set_total_size(size);
+    }
+    chunk.set_offset(offset);
+    chunk.set_data(data);
+    if (offset + kChunk >= size) {
+      chunk.set_last(true);
+      chunk.set_total_size(size);
+      chunk.set_crc32c(crc);
+    }
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  *sent = {size, crc};
+  return writer->Finish();
+}
+
+// Size and CRC-32C of the stored SAE weights of `sae`, from DownloadSae's
+// chunks without holding them.
+absl::StatusOr<SizeAndCrc> DownloadedSizeAndCrc(v1::WorkerService::Stub& stub,
+                                                const v1::SaeRef& sae) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
+  v1::DownloadSaeRequest request;
+  *request.mutable_sae() = sae;
+  std::unique_ptr<grpc::ClientReader<v1::DownloadChunk>> reader =
+      stub.DownloadSae(&ctx, request);
+  SizeAndCrc got;
+  v1::DownloadChunk chunk;
+  bool last = false;
+  while (reader->Read(&chunk)) {
+    if (chunk.offset() != got.size) {
+      return absl::DataLossError(
+          absl::StrCat("chunk at ", chunk.offset(), ", expected ", got.size));
+    }
+    got.crc32c = format::Crc32c(chunk.data(), got.crc32c);
+    got.size += static_cast<int64_t>(chunk.data().size());
+    if (chunk.last()) {
+      last = true;
+      if (chunk.total_size() != got.size || chunk.crc32c() != got.crc32c) {
+        return absl::DataLossError("last chunk disagrees with the bytes");
+      }
+    }
+  }
+  const grpc::Status s = reader->Finish();
+  if (!s.ok()) return FromGrpcStatus(s);
+  if (!last) return absl::DataLossError("no last chunk");
+  return got;
 }
 
 class FaultTest : public ::testing::Test {
@@ -724,6 +833,171 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
               static_cast<int64_t>(values.size()))
         << f.name << " holds A's constant";
   }
+}
+
+// A 1 GiB SAE through the real processes: the upload streams to disk and the
+// commit writes it in parts, with the coordinator's resident set staying far
+// below the artifact; then a kill -9 in the middle of the next SAE's commit
+// stores either all of it or none (the staged upload survives the restart,
+// so completing again stores it without another upload).
+TEST_F(FaultTest,
+       GigabyteResultsStayOnDiskAndAKillMidCommitStoresAllOrNothing) {
+  constexpr int64_t kBig = int64_t{1} << 30;
+  constexpr int64_t kSecond = int64_t{512} << 20;
+  // Stated bound on the coordinator's peak resident set over its start:
+  // the upload is on disk, the commit holds one 64 MiB part (and RocksDB
+  // its memtables). Holding the artifact once would pass it.
+  constexpr int64_t kRssBound = int64_t{384} << 20;
+  constexpr int64_t kLeaseTtlMs = 120000;
+
+  Cluster cluster("fault-large");
+  ASSERT_TRUE(
+      cluster.StartCoordinator(0, kLeaseTtlMs, {"--retry_backoff_ms", "0"}));
+  const int port = cluster.port();
+  const std::string job_id = cluster.Submit(JobJson(32 * 1600, 32 * 320));
+  ASSERT_FALSE(job_id.empty());
+  std::unique_ptr<v1::WorkerService::Stub> stub =
+      v1::WorkerService::NewStub(grpc::CreateChannel(
+          cluster.Address(), grpc::InsecureChannelCredentials()));
+  std::string worker_id;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::RegisterWorkerRequest request;
+    request.mutable_capabilities()->set_device("cpu");
+    v1::RegisterWorkerResponse response;
+    ASSERT_TRUE(stub->RegisterWorker(&ctx, request, &response).ok());
+    worker_id = response.worker_id();
+  }
+  const auto lease = [&]() -> v1::Task {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, kRpcDeadline);
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(worker_id);
+    request.set_wait_ms(5000);
+    v1::LeaseTaskResponse response;
+    const grpc::Status s = stub->LeaseTask(&ctx, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.task();
+  };
+  const auto upload_stats = [&](const v1::Task& task) {
+    const v1::SaeConfig& sae = task.train().spec().sae();
+    const int d_sae =
+        sae.d_sae() > 0 ? sae.d_sae() : sae.expansion_factor() * kDModel;
+    v1::FeatureStatsBlock stats;
+    for (int i = 0; i < d_sae; ++i) {
+      stats.add_frequency(0.5f);
+      stats.add_mean_activation(1.0f);
+      stats.add_max_activation(2.0f);
+      stats.add_encoder_norm(1.0f);
+    }
+    const grpc::Status s = server::testing::UploadArtifact(
+        *stub, task.task_id(), task.lease_epoch(),
+        v1::ARTIFACT_KIND_FEATURE_STATS, stats.SerializeAsString());
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  };
+  const auto complete = [&](const v1::Task& task) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Minutes(5));
+    v1::CompleteTaskRequest request;
+    request.set_worker_id(worker_id);
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    request.mutable_metrics()->set_tokens_trained(1000);
+    v1::CompleteTaskResponse response;
+    return stub->CompleteTask(&ctx, request, &response);
+  };
+  const auto ref_of = [&](const v1::Task& task) {
+    v1::SaeRef ref;
+    ref.set_job_id(job_id);
+    ref.set_layer(kLayer);
+    ref.set_step(task.train()
+                     .spec()
+                     .model()
+                     .checkpoints(task.train().checkpoint_index())
+                     .step());
+    return ref;
+  };
+
+  const v1::Task first = lease();
+  ASSERT_TRUE(first.has_train()) << cluster.Logs();
+  const pid_t pid = cluster.coordinator()->pid();
+  const int64_t rss_start = ProcessMemory(pid, "VmHWM");
+  ASSERT_GT(rss_start, 0);
+  SizeAndCrc sent;
+  grpc::Status s = UploadPattern(*stub, first.task_id(), first.lease_epoch(),
+                                 kBig, 1, &sent);
+  ASSERT_TRUE(s.ok()) << s.error_message() << cluster.Logs();
+  const int64_t rss_upload = ProcessMemory(pid, "VmHWM");
+  upload_stats(first);
+  s = complete(first);
+  ASSERT_TRUE(s.ok()) << s.error_message() << cluster.Logs();
+  const int64_t rss_commit = ProcessMemory(pid, "VmHWM");
+  std::printf(
+      "coordinator peak RSS: %.0f MiB at start, %.0f MiB after a 1 GiB "
+      "upload, %.0f MiB after its commit\n",
+      rss_start / 1048576.0, rss_upload / 1048576.0, rss_commit / 1048576.0);
+  EXPECT_LT(rss_upload - rss_start, kRssBound);
+  EXPECT_LT(rss_commit - rss_start, kRssBound);
+  absl::StatusOr<SizeAndCrc> stored =
+      DownloadedSizeAndCrc(*stub, ref_of(first));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->size, kBig);
+  EXPECT_EQ(stored->crc32c, sent.crc32c);
+  // The staged file went with the commit.
+  EXPECT_TRUE(std::filesystem::is_empty(cluster.dir() + "/data/staging"));
+
+  // The next SAE: kill -9 while its parts are being written.
+  const v1::Task second = lease();
+  ASSERT_TRUE(second.has_train()) << cluster.Logs();
+  ASSERT_EQ(second.train().chain_index(), 1);
+  ASSERT_TRUE(UploadPattern(*stub, second.task_id(), second.lease_epoch(),
+                            kSecond, 2, &sent)
+                  .ok());
+  upload_stats(second);
+  std::thread completing([&] { complete(second); });
+  absl::SleepFor(absl::Milliseconds(300));
+  cluster.coordinator()->Signal(SIGKILL);
+  completing.join();
+  ASSERT_TRUE(cluster.coordinator()->Wait(absl::Seconds(10)).ok());
+  ASSERT_TRUE(
+      cluster.StartCoordinator(port, kLeaseTtlMs, {"--retry_backoff_ms", "0"}));
+
+  // All or nothing: the stored SAE is the whole upload, or there is none
+  // and no row for it either.
+  stored = DownloadedSizeAndCrc(*stub, ref_of(second));
+  bool ok = false;
+  v1::GetCheckpointMetricsResponse rows = cluster.Metrics(job_id, &ok);
+  ASSERT_TRUE(ok);
+  if (stored.ok()) {
+    std::printf("the kill came after the commit: all of it is stored\n");
+    EXPECT_EQ(stored->size, kSecond);
+    EXPECT_EQ(stored->crc32c, sent.crc32c);
+    EXPECT_EQ(rows.checkpoints_size(), 2);
+  } else {
+    std::printf("the kill came mid-commit: none of it is stored\n");
+    ASSERT_TRUE(absl::IsNotFound(stored.status())) << stored.status();
+    EXPECT_EQ(rows.checkpoints_size(), 1);
+    EXPECT_TRUE(absl::StrContains(cluster.coordinator()->Stderr(),
+                                  "removed the parts of 1 SAE(s)"))
+        << cluster.Logs();
+    // The lease and the staged upload survived: completing again stores it
+    // without sending it again.
+    s = complete(second);
+    ASSERT_TRUE(s.ok()) << s.error_message() << cluster.Logs();
+    stored = DownloadedSizeAndCrc(*stub, ref_of(second));
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    EXPECT_EQ(stored->size, kSecond);
+    EXPECT_EQ(stored->crc32c, sent.crc32c);
+  }
+  rows = cluster.Metrics(job_id, &ok);
+  ASSERT_TRUE(ok);
+  ASSERT_EQ(rows.checkpoints_size(), 2);
+  EXPECT_EQ(rows.checkpoints(1).step(), kSteps[1]);
+  // The first SAE is unchanged by all of it.
+  stored = DownloadedSizeAndCrc(*stub, ref_of(first));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->size, kBig);
 }
 
 }  // namespace
