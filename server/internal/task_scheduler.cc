@@ -223,6 +223,7 @@ absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
     entry.job = job;
     ++entry.version;
   }
+  ++jobs_version_;
   job_changed_cv_.SignalAll();
   return absl::OkStatus();
 }
@@ -473,6 +474,19 @@ absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
     job_changed_cv_.WaitWithDeadline(
         &mu_, std::min(deadline, now + kCancellationCheckPeriod));
   }
+}
+
+absl::StatusOr<int64_t> TaskScheduler::WaitForAnyJobChange(
+    int64_t after, absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  while (!shutting_down_ && jobs_version_ == after && absl::Now() < deadline) {
+    job_changed_cv_.WaitWithDeadline(&mu_, deadline);
+  }
+  if (shutting_down_) {
+    return absl::UnavailableError("the coordinator is shutting down");
+  }
+  return jobs_version_;
 }
 
 // --- workers ---
@@ -734,6 +748,7 @@ absl::StatusOr<bool> TaskScheduler::Heartbeat(const std::string& task_id,
     progress.loss = loss;
     progress.seq = next_progress_seq_++;
     ++jobs_.at((*task)->job_id()).version;
+    ++jobs_version_;
     job_changed_cv_.SignalAll();
   }
   return false;

@@ -169,6 +169,12 @@ class TaskScheduler {
       const std::string& job_id, int64_t after_version, absl::Duration timeout,
       absl::FunctionRef<bool()> cancelled) const;
 
+  // A number that changes whenever any job's version does: returns once it
+  // differs from `after` or `timeout` has passed. Errors: kUnavailable once
+  // Shutdown was called.
+  absl::StatusOr<int64_t> WaitForAnyJobChange(int64_t after,
+                                              absl::Duration timeout) const;
+
   // --- workers ---
 
   // A new worker id; `device` ("cpu", "cuda" or empty) restricts which jobs'
@@ -320,6 +326,8 @@ class TaskScheduler {
   absl::CondVar summary_cv_;
   // Signalled when a job's version changes, and on Shutdown.
   mutable absl::CondVar job_changed_cv_;
+  // Incremented with every job version change (WaitForAnyJobChange).
+  int64_t jobs_version_ ABSL_GUARDED_BY(mu_) = 0;
   // Progress of RUNNING tasks, by task id.
   std::map<std::string, TaskProgress> task_progress_ ABSL_GUARDED_BY(mu_);
   int64_t next_progress_seq_ ABSL_GUARDED_BY(mu_) = 1;
