@@ -277,6 +277,8 @@ void CoordinatorImpl::Shutdown() {
   }
   // Long polls return first, so that draining does not wait for them.
   if (scheduler_ != nullptr) scheduler_->Shutdown();
+  // WatchJob streams end (UNAVAILABLE) with the scheduler.
+  if (job_service_ != nullptr) job_service_->Stop();
   if (summariser_ != nullptr) summariser_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(

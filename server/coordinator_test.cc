@@ -1,6 +1,8 @@
 // The coordinator over real gRPC on port 0, against a temporary RocksDB.
 #include "server/coordinator.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "format/crc32c.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -1175,6 +1178,138 @@ TEST_F(CoordinatorTest, WatchJobDoesNotBlockShutdown) {
   EXPECT_FALSE(result.status.ok());
   ASSERT_FALSE(result.updates.empty());
   EXPECT_EQ(result.updates[0].job().state(), v1::JOB_STATE_QUEUED);
+}
+
+}  // namespace
+}  // namespace saetrack
+
+namespace saetrack {
+namespace {
+
+// Threads of this process (server and clients together).
+int ThreadCount() {
+  int count = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)entry;
+    ++count;
+  }
+  return count;
+}
+
+// One WatchJob stream read with gRPC's callback API (no thread of its own).
+class WatchReader : public grpc::ClientReadReactor<v1::JobUpdate> {
+ public:
+  WatchReader(v1::JobService::Stub* jobs, const std::string& job_id,
+              absl::Mutex* mu, int* first_updates, int* done)
+      : mu_(mu), first_updates_(first_updates), done_(done) {
+    request_.set_job_id(job_id);
+    ctx_.set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::seconds(120));
+    jobs->async()->WatchJob(&ctx_, &request_, this);
+    StartRead(&update_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    absl::MutexLock lock(mu_);
+    if (updates_++ == 0) ++*first_updates_;
+    last_ = update_;
+    StartRead(&update_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(mu_);
+    status_ = status;
+    ++*done_;
+  }
+  // REQUIRES: *mu_ held.
+  int updates() const { return updates_; }
+  const v1::JobUpdate& last() const { return last_; }
+  const grpc::Status& status() const { return status_; }
+
+ private:
+  absl::Mutex* const mu_;
+  int* const first_updates_;
+  int* const done_;
+  grpc::ClientContext ctx_;
+  v1::WatchJobRequest request_;
+  v1::JobUpdate update_;
+  int updates_ = 0;
+  v1::JobUpdate last_;
+  grpc::Status status_;
+};
+
+TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
+  constexpr int kWatchers = 1000;
+  constexpr int kHeartbeats = 200;
+  const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
+  std::optional<v1::Task> task = Lease(Register());
+  ASSERT_TRUE(task.has_value());
+  // Let gRPC start its pollers and executors before counting.
+  ASSERT_TRUE(Heartbeat(*task, task->lease_epoch()).ok());
+  const int threads_before = ThreadCount();
+
+  absl::Mutex mu;
+  int first_updates = 0;
+  int done = 0;
+  std::vector<std::unique_ptr<WatchReader>> readers;
+  for (int i = 0; i < kWatchers; ++i) {
+    readers.push_back(std::make_unique<WatchReader>(jobs_.get(), job, &mu,
+                                                    &first_updates, &done));
+  }
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(
+        absl::Condition(
+            +[](int* n) { return *n == kWatchers; }, &first_updates),
+        absl::Seconds(60)))
+        << first_updates << " of " << kWatchers << " streams started";
+  }
+  const int threads_with_watchers = ThreadCount();
+  std::printf("threads: %d before, %d with %d WatchJob streams open\n",
+              threads_before, threads_with_watchers, kWatchers);
+  // A thread per stream would add 1,000; the callback API adds none per
+  // stream (gRPC may start a few executor threads).
+  EXPECT_LT(threads_with_watchers - threads_before, 64);
+
+  // Many heartbeats in a burst: each watcher sees a few coalesced updates,
+  // the last of which carries the last reported progress.
+  for (int i = 1; i <= kHeartbeats; ++i) {
+    grpc::ClientContext ctx;
+    v1::HeartbeatRequest request;
+    request.set_task_id(task->task_id());
+    request.set_lease_epoch(task->lease_epoch());
+    request.set_tokens_done(i);
+    v1::HeartbeatResponse response;
+    ASSERT_TRUE(
+        workers_->Heartbeat(WithDeadline(&ctx), request, &response).ok());
+  }
+  {
+    absl::MutexLock lock(&mu);
+    const auto all_current = [&] {
+      for (const auto& reader : readers) {
+        if (reader->last().tokens_done() != kHeartbeats) return false;
+      }
+      return true;
+    };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all_current),
+                                    absl::Seconds(60)));
+    int most = 0;
+    for (const auto& reader : readers) most = std::max(most, reader->updates());
+    std::printf("%d heartbeats: at most %d updates per watcher\n", kHeartbeats,
+                most);
+    EXPECT_LT(most, kHeartbeats / 4);
+  }
+
+  RunToCompletion(*task);
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(mu.AwaitWithTimeout(
+      absl::Condition(+[](int* n) { return *n == kWatchers; }, &done),
+      absl::Seconds(60)));
+  for (const auto& reader : readers) {
+    ASSERT_TRUE(reader->status().ok()) << reader->status().error_message();
+    EXPECT_EQ(reader->last().job().state(), v1::JOB_STATE_SUCCEEDED);
+  }
 }
 
 }  // namespace

@@ -368,6 +368,25 @@ TEST_F(EndToEndTest, FeatureDynamicsAreStoredAndServed) {
     EXPECT_GE(features.features(i - 1).final_frequency(),
               features.features(i).final_frequency());
   }
+  // The next page starts where this one ended; a token beyond the last
+  // feature (even near INT64_MAX, where offset + page size would overflow)
+  // is refused naming the field.
+  r = Cli({"features", *job_id_, "--layer", std::to_string(kLayer), "--order",
+           "frequency", "--limit", "10", "--page-token",
+           features.next_page_token(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto second = FromJson<v1::ListFeaturesResponse>(r.out);
+  ASSERT_EQ(second.features_size(), 10);
+  EXPECT_LE(second.features(0).final_frequency(),
+            features.features(9).final_frequency());
+  for (const char* token : {"9223372036854775800", "129"}) {
+    r = Cli({"features", *job_id_, "--layer", std::to_string(kLayer),
+             "--page-token", token});
+    EXPECT_NE(r.exit_code, 0) << token;
+    EXPECT_THAT(r.err, HasSubstr("page_token")) << token;
+    EXPECT_THAT(r.err, HasSubstr("beyond the last of the 128 features"))
+        << token;
+  }
   const v1::FeatureSummary& top = features.features(0);
   EXPECT_GT(top.final_frequency(), 0);
   EXPECT_NE(top.kind(), v1::FEATURE_KIND_DEAD);

@@ -137,7 +137,9 @@ class Cluster {
                      std::string::npos ||
                  coordinator_->Wait(absl::ZeroDuration()).ok();
         },
-        absl::Seconds(30));
+        // Recovering a database that holds gigabytes (a kill -9 mid-commit)
+        // on a loaded 2-core machine can take a while.
+        absl::Seconds(120));
     port_ = 0;
     for (absl::string_view line :
          absl::StrSplit(testing::ReadFileOrEmpty(port_file), '\n')) {

@@ -37,8 +37,12 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(30);
 // schedule.reference_checkpoints of a spec an older coordinator did not fill.
 constexpr int kDefaultReferenceCheckpoints = 3;
 
-std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout) {
+// `wait_for_ready`: the call waits (within `timeout`) for a coordinator that
+// is restarting instead of failing at once while the channel reconnects.
+std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout,
+                                                bool wait_for_ready = false) {
   auto context = std::make_unique<grpc::ClientContext>();
+  context->set_wait_for_ready(wait_for_ready);
   context->set_deadline(std::chrono::system_clock::now() +
                         absl::ToChronoMilliseconds(timeout));
   return context;
@@ -342,6 +346,21 @@ struct WorkerMetrics {
   prometheus::Counter& commit_retries;
 };
 
+// A restarted coordinator is reconnected to within this long. gRPC's default
+// (1 s, growing to 120 s) lets heartbeats fail fast for longer than a short
+// lease lasts once one reconnect attempt has hit the restart window.
+constexpr int kMaxReconnectBackoffMs = 2000;
+constexpr int kMinReconnectBackoffMs = 100;
+
+std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMs);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMs);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
 class GrpcWorker final : public Worker {
  public:
   GrpcWorker(const WorkerOptions& options,
@@ -350,8 +369,8 @@ class GrpcWorker final : public Worker {
              std::unique_ptr<MetricsHttpServer> metrics_server)
       : options_(options),
         engine_(std::move(engine)),
-        stub_(v1::WorkerService::NewStub(grpc::CreateChannel(
-            options.coordinator, grpc::InsecureChannelCredentials()))),
+        stub_(v1::WorkerService::NewStub(
+            CoordinatorChannel(options.coordinator))),
         registry_(std::move(registry)),
         metrics_(*registry_),
         metrics_server_(std::move(metrics_server)) {
@@ -544,13 +563,23 @@ class GrpcWorker final : public Worker {
       const std::atomic<bool>& lost) {
     const absl::Time give_up = absl::Now() + options_.commit_timeout;
     absl::Duration backoff = options_.retry_backoff;
+    // Staged uploads survive a coordinator restart (they are on its disk):
+    // after a failed CompleteTask they are sent again only when the
+    // coordinator says they are gone (FAILED_PRECONDITION).
+    bool staged = false;
     for (int attempt = 1;; ++attempt) {
       absl::Status status;
-      for (const auto& [kind, bytes] : artifacts) {
-        status = Upload(task, kind, *bytes);
-        if (!status.ok()) break;
+      if (!staged) {
+        for (const auto& [kind, bytes] : artifacts) {
+          status = Upload(task, kind, *bytes);
+          if (!status.ok()) break;
+        }
+        staged = status.ok();
       }
-      if (status.ok()) status = complete();
+      if (staged) {
+        status = complete();
+        if (absl::IsFailedPrecondition(status)) staged = false;
+      }
       if (status.ok() || !IsTransientCommitError(status) || lost.load() ||
           stopped_.load() || absl::Now() + backoff > give_up) {
         return status;
@@ -717,7 +746,8 @@ class GrpcWorker final : public Worker {
                 request.set_task_id(task.task_id());
                 request.set_lease_epoch(task.lease_epoch());
                 v1::CompleteTaskResponse response;
-                auto context = NewContext(kCallTimeout);
+                auto context =
+                    NewContext(kCallTimeout, /*wait_for_ready=*/true);
                 return FromGrpcStatus(
                     stub_->CompleteTask(context.get(), request, &response));
               },
@@ -914,7 +944,7 @@ class GrpcWorker final : public Worker {
     m->set_sae_architecture(in.sae_architecture);
     if (in.sae_architecture == "topk") m->set_k(in.k);
     v1::CompleteTaskResponse response;
-    auto context = NewContext(kCallTimeout);
+    auto context = NewContext(kCallTimeout, /*wait_for_ready=*/true);
     return FromGrpcStatus(
         stub_->CompleteTask(context.get(), request, &response));
   }

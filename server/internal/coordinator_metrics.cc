@@ -104,6 +104,11 @@ CoordinatorMetrics::CoordinatorMetrics()
                              .Help("Workers registered since start.")
                              .Register(*registry_)
                              .Add({});
+  watch_streams_ = &prometheus::BuildGauge()
+                        .Name("saetrack_watch_streams")
+                        .Help("Open WatchJob streams.")
+                        .Register(*registry_)
+                        .Add({});
   workers_active_ =
       &prometheus::BuildGauge()
            .Name("saetrack_workers_active")

@@ -88,6 +88,8 @@ class CoordinatorMetrics {
     bytes_written_->Increment(static_cast<double>(bytes));
   }
   void WorkerRegistered() { workers_registered_->Increment(); }
+  // saetrack_watch_streams: open WatchJob streams.
+  void WatchStreams(double delta) { watch_streams_->Increment(delta); }
 
  private:
   prometheus::Histogram& DurationOf(const std::string& method);
@@ -103,6 +105,7 @@ class CoordinatorMetrics {
   prometheus::Counter* task_retries_;
   prometheus::Counter* bytes_written_;
   prometheus::Gauge* workers_registered_;
+  prometheus::Gauge* watch_streams_;
   prometheus::Gauge* workers_active_;
   prometheus::Gauge* storage_bytes_;
   prometheus::Counter* storage_read_errors_;

@@ -1,10 +1,14 @@
 #include "server/internal/job_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <deque>
+#include <map>
+#include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -90,13 +94,6 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
   return timer.Finish(DoCancelJob(*request, response));
 }
 
-grpc::Status JobServiceImpl::WatchJob(
-    grpc::ServerContext* context, const v1::WatchJobRequest* request,
-    grpc::ServerWriter<v1::JobUpdate>* writer) {
-  RpcTimer timer(metrics_, "WatchJob");
-  return timer.Finish(DoWatchJob(context, *request, writer));
-}
-
 absl::Status JobServiceImpl::DoCancelJob(const v1::CancelJobRequest& request,
                                          v1::CancelJobResponse* response) {
   if (request.job_id().empty()) {
@@ -108,50 +105,256 @@ absl::Status JobServiceImpl::DoCancelJob(const v1::CancelJobRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status JobServiceImpl::DoWatchJob(
-    grpc::ServerContext* context, const v1::WatchJobRequest& request,
-    grpc::ServerWriter<v1::JobUpdate>* writer) {
-  if (request.job_id().empty()) {
-    return absl::InvalidArgumentError("job_id: required");
-  }
-  const auto cancelled = [context] { return context->IsCancelled(); };
-  RateEstimator rate;
-  // No job has version -1: the first wait returns at once.
-  int64_t version = -1;
-  while (true) {
-    absl::StatusOr<TaskScheduler::JobWatch> watch =
-        scheduler_->WaitForJobChange(request.job_id(), version, watch_interval_,
-                                     cancelled);
-    if (!watch.ok()) return watch.status();
-    if (context->IsCancelled()) {
-      return absl::CancelledError("client went away during WatchJob");
-    }
-    const v1::JobState state = watch->job.state();
-    const bool changed = watch->version != version;
-    version = watch->version;
-    // A job that waits in the queue is sent only when it changes.
-    if (!changed && state != v1::JOB_STATE_RUNNING) continue;
+// One WatchJob stream. Owned by gRPC until OnDone, and by each publisher
+// round handing it an update (Ref/Unref); deleted when both let go. Keeps
+// at most one update besides the one being written: a slow reader gets the
+// latest state, never a backlog. Thread-safe.
+class JobServiceImpl::Watcher final
+    : public grpc::ServerWriteReactor<v1::JobUpdate> {
+ public:
+  Watcher(JobServiceImpl* service, std::string job_id)
+      : service_(service),
+        job_id_(std::move(job_id)),
+        timer_(service->metrics_, "WatchJob") {}
 
+  const std::string& job_id() const { return job_id_; }
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // The job's state as of `now`: written at once, or kept (replacing an
+  // older one) until the write in flight is done. A job in the queue is sent
+  // only when it changes; a running one also every watch_interval, so that
+  // its rate and ETA stay current.
+  void Offer(const TaskScheduler::JobWatch& watch, absl::Time now) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_) return;
+      const bool changed = watch.version > version_;
+      const bool running = watch.job.state() == v1::JOB_STATE_RUNNING;
+      if (!changed && !(running && now - last_sent_ >= interval())) return;
+      version_ = std::max(version_, watch.version);
+      last_sent_ = now;
+      pending_ = MakeUpdate(watch, now);
+      if (writing_) return;
+      TakePendingLocked();
+    }
+    StartWrite(&current_);
+  }
+
+  // Ends the stream with `status` (after the write in flight, if any),
+  // unless it has ended already.
+  void End(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_ || end_status_.has_value()) return;
+      end_status_ = status;
+      if (writing_) return;
+      finishing_ = true;
+    }
+    Finish(timer_.Finish(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::optional<absl::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (finishing_) return;
+      if (!ok) {
+        finish = absl::CancelledError("client went away during WatchJob");
+      } else if (sent_terminal_) {
+        finish = absl::OkStatus();
+      } else if (end_status_.has_value()) {
+        finish = *end_status_;
+      } else if (pending_.has_value()) {
+        TakePendingLocked();
+      } else {
+        return;
+      }
+      if (finish.has_value()) finishing_ = true;
+    }
+    if (finish.has_value()) {
+      Finish(timer_.Finish(*finish));
+    } else {
+      StartWrite(&current_);
+    }
+  }
+
+  void OnCancel() override {
+    End(absl::CancelledError("client went away during WatchJob"));
+  }
+
+  void OnDone() override {
+    service_->Remove(this);
+    Unref();
+  }
+
+ private:
+  ~Watcher() override = default;
+
+  absl::Duration interval() const { return service_->watch_interval_; }
+
+  void TakePendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    current_ = *std::move(pending_);
+    pending_.reset();
+    sent_terminal_ = IsTerminal(current_.job().state());
+    writing_ = true;
+  }
+
+  v1::JobUpdate MakeUpdate(const TaskScheduler::JobWatch& watch,
+                           absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     v1::JobUpdate update;
     const int64_t tokens =
-        watch->job.progress().tokens_trained() + watch->running_tokens;
+        watch.job.progress().tokens_trained() + watch.running_tokens;
     update.set_tokens_done(tokens);
-    if (state == v1::JOB_STATE_RUNNING) {
-      const double tokens_per_second = rate.Add(absl::Now(), tokens);
+    if (watch.job.state() == v1::JOB_STATE_RUNNING) {
+      const double tokens_per_second = rate_.Add(now, tokens);
       update.set_tokens_per_second(tokens_per_second);
-      if (watch->loss.has_value()) update.set_loss(*watch->loss);
+      if (watch.loss.has_value()) update.set_loss(*watch.loss);
       if (tokens_per_second > 0) {
         const int64_t remaining =
-            std::max<int64_t>(0, PlannedTokens(watch->job.spec()) - tokens);
+            std::max<int64_t>(0, PlannedTokens(watch.job.spec()) - tokens);
         update.set_eta_seconds(
             static_cast<int64_t>(std::ceil(remaining / tokens_per_second)));
       }
     }
-    *update.mutable_job() = std::move(watch->job);
-    if (!writer->Write(update)) {
-      return absl::CancelledError("client went away during WatchJob");
+    *update.mutable_job() = watch.job;
+    return update;
+  }
+
+  JobServiceImpl* const service_;
+  const std::string job_id_;
+  // gRPC's reference, released in OnDone.
+  std::atomic<int> refs_{1};
+  absl::Mutex mu_;
+  // Finished once, by whoever sets finishing_.
+  RpcTimer timer_;
+  // The highest job version offered so far; no job has version -1.
+  int64_t version_ ABSL_GUARDED_BY(mu_) = -1;
+  absl::Time last_sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  RateEstimator rate_ ABSL_GUARDED_BY(mu_);
+  // The update being written (gRPC reads it until OnWriteDone).
+  v1::JobUpdate current_;
+  std::optional<v1::JobUpdate> pending_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool sent_terminal_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> end_status_ ABSL_GUARDED_BY(mu_);
+  // Finish was called (or is about to be).
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+JobServiceImpl::JobServiceImpl(const JobValidator* validator,
+                               TaskScheduler* scheduler,
+                               CoordinatorMetrics* metrics,
+                               absl::Duration watch_interval,
+                               absl::Duration watch_coalesce)
+    : validator_(validator),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      watch_interval_(watch_interval),
+      watch_coalesce_(watch_coalesce) {
+  absl::MutexLock lock(&publisher_mu_);
+  publisher_ = std::thread([this] { Publish(); });
+}
+
+JobServiceImpl::~JobServiceImpl() { Stop(); }
+
+void JobServiceImpl::Stop() {
+  {
+    absl::MutexLock lock(&watchers_mu_);
+    stopped_ = true;
+  }
+  absl::MutexLock lock(&publisher_mu_);
+  if (publisher_.joinable()) publisher_.join();
+}
+
+int JobServiceImpl::watchers() const {
+  absl::MutexLock lock(&watchers_mu_);
+  return static_cast<int>(watchers_.size());
+}
+
+void JobServiceImpl::Remove(Watcher* watcher) {
+  absl::MutexLock lock(&watchers_mu_);
+  if (watchers_.erase(watcher) > 0) metrics_->WatchStreams(-1);
+}
+
+grpc::ServerWriteReactor<v1::JobUpdate>* JobServiceImpl::WatchJob(
+    grpc::CallbackServerContext* /*context*/,
+    const v1::WatchJobRequest* request) {
+  auto* watcher = new Watcher(this, request->job_id());
+  if (request->job_id().empty()) {
+    watcher->End(absl::InvalidArgumentError("job_id: required"));
+    return watcher;
+  }
+  {
+    absl::MutexLock lock(&watchers_mu_);
+    if (stopped_) {
+      watcher->End(absl::UnavailableError("the coordinator is shutting down"));
+      return watcher;
     }
-    if (IsTerminal(state)) return absl::OkStatus();
+    watchers_.insert(watcher);
+    metrics_->WatchStreams(1);
+  }
+  // The first update goes out at once; the publisher sends the next ones.
+  absl::StatusOr<TaskScheduler::JobWatch> watch = scheduler_->WaitForJobChange(
+      request->job_id(), /*after_version=*/-1, absl::ZeroDuration(),
+      [] { return false; });
+  if (!watch.ok()) {
+    watcher->End(watch.status());
+  } else {
+    watcher->Offer(*watch, absl::Now());
+  }
+  return watcher;
+}
+
+void JobServiceImpl::Publish() {
+  int64_t seen = -1;
+  while (true) {
+    absl::StatusOr<int64_t> version =
+        scheduler_->WaitForAnyJobChange(seen, watch_interval_);
+    if (!version.ok()) break;  // The scheduler shut down.
+    seen = *version;
+    std::vector<Watcher*> round;
+    {
+      absl::MutexLock lock(&watchers_mu_);
+      if (stopped_) break;
+      round.assign(watchers_.begin(), watchers_.end());
+      for (Watcher* watcher : round) watcher->Ref();
+    }
+    // Each watched job is read once per round, whatever its watchers.
+    std::map<std::string, absl::StatusOr<TaskScheduler::JobWatch>> jobs;
+    const absl::Time now = absl::Now();
+    for (Watcher* watcher : round) {
+      auto it = jobs.find(watcher->job_id());
+      if (it == jobs.end()) {
+        it = jobs.emplace(watcher->job_id(),
+                          scheduler_->WaitForJobChange(
+                              watcher->job_id(), /*after_version=*/-1,
+                              absl::ZeroDuration(), [] { return false; }))
+                 .first;
+      }
+      if (it->second.ok()) {
+        watcher->Offer(*it->second, now);
+      } else {
+        watcher->End(it->second.status());
+      }
+      watcher->Unref();
+    }
+    // Changes while this round's writes go out make one next round.
+    absl::SleepFor(watch_coalesce_);
+  }
+  std::vector<Watcher*> rest;
+  {
+    absl::MutexLock lock(&watchers_mu_);
+    stopped_ = true;
+    rest.assign(watchers_.begin(), watchers_.end());
+    for (Watcher* watcher : rest) watcher->Ref();
+  }
+  for (Watcher* watcher : rest) {
+    watcher->End(absl::UnavailableError("the coordinator is shutting down"));
+    watcher->Unref();
   }
 }
 

@@ -2,6 +2,11 @@
 #ifndef SAETRACK_SERVER_INTERNAL_JOB_SERVICE_H_
 #define SAETRACK_SERVER_INTERNAL_JOB_SERVICE_H_
 
+#include <set>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
@@ -10,17 +15,29 @@
 
 namespace saetrack::server {
 
-// Submits and lists jobs. Does not own its collaborators (all must outlive
-// it). Thread-safe.
-class JobServiceImpl final : public v1::JobService::Service {
+// Submits and lists jobs. WatchJob is served with gRPC's callback API: no
+// thread is held per stream; one publisher thread wakes on job changes (at
+// most every `watch_coalesce`, so that many heartbeats make one round),
+// reads each watched job once per round and hands the update to its
+// streams, each of which keeps only the latest update while a write is in
+// flight. Does not own its collaborators (all must outlive it).
+// Thread-safe.
+class JobServiceImpl final
+    : public v1::JobService::WithCallbackMethod_WatchJob<
+          v1::JobService::Service> {
  public:
   JobServiceImpl(const JobValidator* validator, TaskScheduler* scheduler,
                  CoordinatorMetrics* metrics,
-                 absl::Duration watch_interval = absl::Seconds(1))
-      : validator_(validator),
-        scheduler_(scheduler),
-        metrics_(metrics),
-        watch_interval_(watch_interval) {}
+                 absl::Duration watch_interval = absl::Seconds(1),
+                 absl::Duration watch_coalesce = absl::Milliseconds(100));
+  // Stop()s.
+  ~JobServiceImpl() override;
+  // Ends every open WatchJob stream with UNAVAILABLE, refuses new ones and
+  // joins the publisher. Call it after the scheduler's Shutdown and before
+  // the scheduler goes away. Idempotent.
+  void Stop();
+  JobServiceImpl(const JobServiceImpl&) = delete;
+  JobServiceImpl& operator=(const JobServiceImpl&) = delete;
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const v1::SubmitJobRequest* request,
@@ -37,9 +54,11 @@ class JobServiceImpl final : public v1::JobService::Service {
                          v1::CancelJobResponse* response) override;
   // Ends OK after a terminal update, UNAVAILABLE on shutdown, CANCELLED when
   // the client goes away.
-  grpc::Status WatchJob(grpc::ServerContext* context,
-                        const v1::WatchJobRequest* request,
-                        grpc::ServerWriter<v1::JobUpdate>* writer) override;
+  grpc::ServerWriteReactor<v1::JobUpdate>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const v1::WatchJobRequest* request) override;
+  // Open WatchJob streams.
+  int watchers() const;
 
  private:
   absl::Status DoSubmitJob(const v1::SubmitJobRequest& request,
@@ -49,15 +68,23 @@ class JobServiceImpl final : public v1::JobService::Service {
                           v1::ListJobsResponse* response);
   absl::Status DoCancelJob(const v1::CancelJobRequest& request,
                            v1::CancelJobResponse* response);
-  absl::Status DoWatchJob(grpc::ServerContext* context,
-                          const v1::WatchJobRequest& request,
-                          grpc::ServerWriter<v1::JobUpdate>* writer);
+  class Watcher;
+  // The publisher thread's loop.
+  void Publish();
+  void Remove(Watcher* watcher);
 
   const JobValidator* const validator_;
   TaskScheduler* const scheduler_;
   CoordinatorMetrics* const metrics_;
   // WatchJob sends a running job at least this often.
   const absl::Duration watch_interval_;
+  const absl::Duration watch_coalesce_;
+  mutable absl::Mutex watchers_mu_;
+  std::set<Watcher*> watchers_ ABSL_GUARDED_BY(watchers_mu_);
+  // Set by Stop, or once the publisher has ended (the scheduler shut down).
+  bool stopped_ ABSL_GUARDED_BY(watchers_mu_) = false;
+  absl::Mutex publisher_mu_;  // Serialises Stop's join.
+  std::thread publisher_ ABSL_GUARDED_BY(publisher_mu_);
 };
 
 }  // namespace saetrack::server

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "format/model_config.h"
+#include "format/token_split.h"
 
 namespace saetrack::server {
 namespace {
@@ -58,6 +59,12 @@ constexpr int kMaxBatchSize = 1 << 20;
 // Keeps d_sae * d_in within what one machine can hold and int32 ranges.
 constexpr int64_t kMaxDSae = int64_t{1} << 24;
 constexpr int64_t kDefaultAnalysisTokens = 65536;
+// Training budgets beyond this (2^50, ~10^15 tokens, 3,000 times Pythia's
+// whole corpus) only overflow step and token counters downstream.
+constexpr int64_t kMaxTrainTokens = int64_t{1} << 50;
+// Held-out evaluation and analysis keep their activations (fp32, d_in per
+// token) in memory: at most this many bytes of them.
+constexpr int64_t kMaxHeldOutActivationBytes = int64_t{64} << 30;
 constexpr int kDefaultAnalysisTopK = 25;
 constexpr int kMaxAnalysisTopK = 1000;
 constexpr double kDefaultFormationTau = 0.5;
@@ -153,6 +160,15 @@ absl::Status PositiveOrDefault(const std::string& field, T value,
   }
   *out = value == 0 ? default_value : value;
   return absl::OkStatus();
+}
+
+// kInvalidArgument naming `field` when `value` exceeds `max` (`unit` says
+// what is counted).
+absl::Status AtMost(const std::string& field, int64_t value, int64_t max,
+                    const char* unit) {
+  if (value <= max) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": ", value, " ", unit, " exceeds the maximum ", max));
 }
 
 // Checks a finite, non-negative-or-unset double; 0 becomes `default_value`.
@@ -472,10 +488,20 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = AtMost("spec.schedule.tokens_first", tokens,
+                              kMaxTrainTokens, "tokens");
+      !s.ok()) {
+    return s;
+  }
   schedule->set_tokens_first(tokens);
   if (absl::Status s = PositiveOrDefault<int64_t>(
           "spec.schedule.tokens_later", schedule->tokens_later(),
           std::max<int64_t>(1, tokens / kLaterTokensDivisor), &tokens);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = AtMost("spec.schedule.tokens_later", tokens,
+                              kMaxTrainTokens, "tokens");
       !s.ok()) {
     return s;
   }
@@ -734,6 +760,34 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         "spec.data.tokens_path: '", data->tokens_path(), "' holds ", num_tokens,
         " tokens, fewer than one context (spec.data.context_length ",
         context_length, ")"));
+  }
+  // Training and held-out contexts must not overlap: each part of the split
+  // holds at least one whole context.
+  const absl::StatusOr<format::TokenSplit> split =
+      format::SplitTokens(static_cast<int64_t>(num_tokens), context_length);
+  if (!split.ok() || split->train_end > split->eval_begin) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.data.tokens_path: '", data->tokens_path(), "' holds ",
+        num_tokens, " tokens, too few for a training part and a disjoint ",
+        "held-out part (the last 10%) of one context each ",
+        "(spec.data.context_length ", context_length, " needs about ",
+        int64_t{10} * context_length, " tokens)"));
+  }
+  // Held-out activations the worker keeps in memory, per field.
+  const int64_t bytes_per_token =
+      int64_t{4} * std::max<int64_t>(1, first_config.hidden_size);
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"spec.schedule.eval_tokens",
+                                        out.schedule().eval_tokens()},
+        {"spec.schedule.lm_eval_tokens", out.schedule().lm_eval_tokens()},
+        {"spec.analysis.analysis_tokens", out.analysis().analysis_tokens()}}) {
+    if (value > kMaxHeldOutActivationBytes / bytes_per_token) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": ", value, " tokens exceeds the maximum ",
+          kMaxHeldOutActivationBytes / bytes_per_token,
+          " (their activations, d_in ", first_config.hidden_size,
+          " in fp32, must fit in ", kMaxHeldOutActivationBytes, " bytes)"));
+    }
   }
   if (!data->tokenizer_path().empty()) {
     if (absl::Status s = CheckPath("spec.data.tokenizer_path",

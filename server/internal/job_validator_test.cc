@@ -392,6 +392,61 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   },
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.data.context_length: 257"},
+                                 {"NoDisjointHeldOutSplit",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    // 90 tokens train, the last 10 are
+                                    // shorter than one 32-token context.
+                                    WriteTokens(root + "/small.bin", 100);
+                                    s->mutable_data()->set_tokens_path(
+                                        root + "/small.bin");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "holds 100 tokens, too few for a training "
+                                  "part and a disjoint held-out part"},
+                                 {"TokensFirstBeyondExecutable",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_tokens_first(
+                                        std::numeric_limits<int64_t>::max());
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.tokens_first: "
+                                  "9223372036854775807 tokens exceeds the "
+                                  "maximum 1125899906842624"},
+                                 {"TokensLaterBeyondExecutable",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_tokens_later(
+                                        std::numeric_limits<int64_t>::max());
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.tokens_later: "
+                                  "9223372036854775807 tokens exceeds"},
+                                 {"EvalTokensBeyondMemory",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_eval_tokens(
+                                        std::numeric_limits<int64_t>::max());
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.eval_tokens: "
+                                  "9223372036854775807 tokens exceeds the "
+                                  "maximum"},
+                                 {"LmEvalTokensBeyondMemory",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_schedule()->set_lm_eval_tokens(
+                                        std::numeric_limits<int64_t>::max());
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.schedule.lm_eval_tokens: "
+                                  "9223372036854775807 tokens exceeds the "
+                                  "maximum"},
+                                 {"AnalysisTokensBeyondMemory",
+                                  [](v1::JobSpec* s, const std::string&) {
+                                    s->mutable_analysis()->set_analysis_tokens(
+                                        std::numeric_limits<int64_t>::max());
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.analysis.analysis_tokens: "
+                                  "9223372036854775807 tokens exceeds the "
+                                  "maximum"},
                                  {"NegativeContext",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_data()->set_context_length(-5);

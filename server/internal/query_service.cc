@@ -376,8 +376,14 @@ absl::Status QueryServiceImpl::DoListFeatures(
       break;
   }
   response->set_total(static_cast<int32_t>(matched.size()));
-  const int64_t end = std::min<int64_t>(static_cast<int64_t>(matched.size()),
-                                        offset + page_size);
+  const int64_t total = static_cast<int64_t>(matched.size());
+  if (offset > total) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_token: '", request.page_token(),
+                     "' lies beyond the last of the ", total, " features"));
+  }
+  // offset <= total: no overflow.
+  const int64_t end = std::min<int64_t>(total, offset + page_size);
   for (int64_t i = offset; i < end; ++i) {
     *response->add_features() = std::move(matched[i]);
   }
