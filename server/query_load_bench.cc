@@ -261,8 +261,7 @@ int Run() {
   const std::string target = absl::StrCat("127.0.0.1:", (*c)->port());
   if (absl::GetFlag(FLAGS_hold)) {
     std::printf("serving %s job %s layer %d checkpoints %d features %d\n",
-                target.c_str(), job_id->c_str(), kLayer, checkpoints,
-                features);
+                target.c_str(), job_id->c_str(), kLayer, checkpoints, features);
     std::fflush(stdout);
     while (std::getchar() != EOF) {
     }
