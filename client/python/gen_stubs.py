@@ -29,7 +29,8 @@ def generate(proto_dir: str, out: str, protoc: str = "protoc",
     if protoc_path is None:
         raise RuntimeError(f"{protoc} not found (Debian: protobuf-compiler)")
     if plugin_path is None:
-        raise RuntimeError(f"{plugin} not found (Debian: protobuf-compiler-grpc)")
+        raise RuntimeError(
+            f"{plugin} not found (Debian: protobuf-compiler-grpc)")
     package_dir = os.path.join(out, "saetrack", "v1")
     os.makedirs(package_dir, exist_ok=True)
     # -I proto: the generated modules import each other as saetrack.v1.*,
@@ -39,7 +40,8 @@ def generate(proto_dir: str, out: str, protoc: str = "protoc",
                     f"--plugin=protoc-gen-grpc={plugin_path}"] + protos,
                    check=True)
     with open(os.path.join(package_dir, "__init__.py"), "w") as f:
-        f.write('"""saetrack.v1 stubs, generated from proto/ by gen_stubs.py."""\n')
+        f.write('"""saetrack.v1 stubs, generated from proto/ by '
+                'gen_stubs.py."""\n')
 
 
 def main() -> int:

@@ -95,11 +95,13 @@ def main() -> int:
     else:
         print(f"feature_history_bench: {args.calls} calls, {args.checkpoints} "
               f"checkpoints x {args.features} features, {os.cpu_count()} cores")
-        print(f"  Client.feature -> DataFrame  p50 {result['dataframe_p50_ms']:.3f} ms"
-              f"   p99 {result['dataframe_p99_ms']:.3f} ms")
-        print(f"  raw gRPC GetFeatureHistory   p50 {result['raw_grpc_p50_ms']:.3f} ms"
-              f"   p99 {result['raw_grpc_p99_ms']:.3f} ms")
-        print(f"  conversion alone             p50 {result['conversion_p50_ms']:.3f} ms")
+        r = result
+        print(f"  Client.feature -> DataFrame  p50 {r['dataframe_p50_ms']:.3f}"
+              f" ms   p99 {r['dataframe_p99_ms']:.3f} ms")
+        print(f"  raw gRPC GetFeatureHistory   p50 {r['raw_grpc_p50_ms']:.3f}"
+              f" ms   p99 {r['raw_grpc_p99_ms']:.3f} ms")
+        print(f"  conversion alone             p50 "
+              f"{r['conversion_p50_ms']:.3f} ms")
     return 0
 
 

@@ -7,15 +7,15 @@ import os
 import sys
 import time
 from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence,
-                    TextIO, Union)
+                    TextIO)
 
 import grpc
 import numpy as np
 
 from saetrack import _convert
-from saetrack._convert import Column, make_table, optional, scalar_values, to_dict
-from saetrack._errors import (DataLoss, Error, FailedPrecondition,
-                              InvalidArgument, from_rpc_error)
+from saetrack._convert import Column, make_table, scalar_values, to_dict
+from saetrack._errors import (DataLoss, Error, InvalidArgument, NotFound,
+                              from_rpc_error)
 from saetrack._files import crc32c, write_atomically
 from saetrack._job_file import SpecLike, load_job_spec
 from saetrack.v1 import job_pb2, job_pb2_grpc, query_pb2, query_pb2_grpc
@@ -186,11 +186,14 @@ class Client:
                 raise InvalidArgument(f"token_file: {token_file} is empty")
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_receive_message_length", 256 << 20)] + list(options)
+        self._metadata = ((("authorization", f"Bearer {token}"),)
+                          if token else ())
+        options = ([("grpc.max_receive_message_length", 256 << 20)] +
+                   list(options))
         if tls_ca is not None or tls_cert is not None:
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read_file(tls_ca, "tls_ca") if tls_ca else None,
+                root_certificates=(_read_file(tls_ca, "tls_ca")
+                                   if tls_ca else None),
                 private_key=_read_file(tls_key, "tls_key") if tls_key else None,
                 certificate_chain=(_read_file(tls_cert, "tls_cert")
                                    if tls_cert else None))
@@ -408,8 +411,8 @@ class Client:
         kinds = _convert.field_kinds(query_pb2.ReferenceCheck.DESCRIPTOR)
         rows = []
         for m in response.checkpoints:
-            row = scalar_values(m.reference if m.HasField("reference") else None,
-                                query_pb2.ReferenceCheck.DESCRIPTOR)
+            reference = m.reference if m.HasField("reference") else None
+            row = scalar_values(reference, query_pb2.ReferenceCheck.DESCRIPTOR)
             row["step"] = m.step
             rows.append(row)
         return QualityChecks(
@@ -446,8 +449,9 @@ class Client:
             job_id=drift.job_id, layer=drift.layer,
             checkpoints=make_table("step", steps, columns),
             phases=d.get("phases"), kinds=d["kinds"],
-            settings={k: d[k] for k in ("formation_tau", "token_level_threshold",
-                                        "top_k", "analysis_tokens")})
+            settings={k: d[k] for k in ("formation_tau",
+                                        "token_level_threshold", "top_k",
+                                        "analysis_tokens")})
 
     def features(self, job_id: str, layer: int, *,
                  kind: Optional[str] = None,
@@ -484,7 +488,8 @@ class Client:
         """
         request = query_pb2.ListFeaturesRequest(job_id=job_id, layer=layer)
         if kind is not None:
-            request.kind = _enum_arg("kind", kind, _KINDS, query_pb2.FeatureKind)
+            request.kind = _enum_arg("kind", kind, _KINDS,
+                                     query_pb2.FeatureKind)
         if order is not None:
             request.order_by = _enum_arg("order", order, _ORDERS,
                                          query_pb2.ListFeaturesRequest.Order)
@@ -492,7 +497,8 @@ class Client:
                 formed_from > formed_to):
             raise InvalidArgument(
                 f"formed_from {formed_from} is after formed_to {formed_to}")
-        if min_freq is not None and max_freq is not None and min_freq > max_freq:
+        if (min_freq is not None and max_freq is not None and
+                min_freq > max_freq):
             raise InvalidArgument(
                 f"min_freq {min_freq} is above max_freq {max_freq}")
         if not 1 <= page_size <= _FEATURE_PAGE:
@@ -509,7 +515,8 @@ class Client:
             request.min_frequency = min_freq
         if max_freq is not None:
             request.max_frequency = max_freq
-        summary_kinds = _convert.field_kinds(query_pb2.FeatureSummary.DESCRIPTOR)
+        summary_kinds = _convert.field_kinds(
+            query_pb2.FeatureSummary.DESCRIPTOR)
         summary_kinds.update(_convert.field_kinds(query_pb2.PhaseFit.DESCRIPTOR,
                                                   prefix="phases_"))
         rows = []
@@ -648,7 +655,6 @@ class Client:
 
 
 def _read_file(path: str, what: str) -> bytes:
-    from saetrack._errors import NotFound
     try:
         with open(path, "rb") as f:
             return f.read()

@@ -21,7 +21,8 @@ _INT64_TYPES = frozenset((
     FieldDescriptor.TYPE_FIXED64,
     FieldDescriptor.TYPE_SFIXED64,
 ))
-_FLOAT_TYPES = frozenset((FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT))
+_FLOAT_TYPES = frozenset(
+    (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT))
 
 
 def have_pandas() -> bool:
@@ -60,7 +61,8 @@ def _fix_numbers(descriptor, d: Dict[str, Any]) -> None:
             elif isinstance(value, dict):
                 _fix_numbers(field.message_type, value)
         elif field.type in _INT64_TYPES:
-            d[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            d[key] = ([int(v) for v in value] if isinstance(value, list)
+                      else int(value))
         elif field.type in _FLOAT_TYPES:
             if isinstance(value, list):
                 d[key] = [float(v) for v in value]

@@ -63,7 +63,8 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
             continue
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise ValueError(f"{path}: {name}: dtype {entry['dtype']} unsupported")
+            raise ValueError(
+                f"{path}: {name}: dtype {entry['dtype']} unsupported")
         begin, end = entry["data_offsets"]
         array = np.frombuffer(body[begin:end], dtype=dtype)
         tensors[name] = array.reshape(entry["shape"]).copy()

@@ -106,7 +106,8 @@ def _check_fields(value: Mapping[str, Any], descriptor, path: str,
             continue
         if field.label == FieldDescriptor.LABEL_REPEATED:
             if not isinstance(child, list):
-                raise InvalidArgument(f"{origin}: {child_path}: expected a list")
+                raise InvalidArgument(
+                    f"{origin}: {child_path}: expected a list")
             for i, item in enumerate(child):
                 _check_scalar(item, field, f"{child_path}[{i}]", origin)
             continue

@@ -44,7 +44,8 @@ def wait_for(condition, seconds: float, what: str):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {seconds} s waiting for {what}")
         time.sleep(0.05)
 
 
@@ -113,9 +114,11 @@ class PythonClientEndToEndTest(unittest.TestCase):
                 return None
             if "metrics=" not in text:
                 return None
-            return dict(line.split("=", 1) for line in text.split() if "=" in line)
+            return dict(line.split("=", 1) for line in text.split()
+                        if "=" in line)
 
-        cls.address = f"127.0.0.1:{wait_for(ports, 30, 'the port file')['grpc']}"
+        port = wait_for(ports, 30, "the port file")["grpc"]
+        cls.address = f"127.0.0.1:{port}"
         cls.worker = cls._spawn(
             "worker",
             [os.path.join(BIN_DIR, "saetrack-worker"), "--coordinator",
@@ -145,7 +148,8 @@ class PythonClientEndToEndTest(unittest.TestCase):
     @classmethod
     def _log(cls, name) -> str:
         try:
-            with open(os.path.join(cls.dir, f"{name}.log"), errors="replace") as f:
+            with open(os.path.join(cls.dir, f"{name}.log"),
+                      errors="replace") as f:
                 return f.read()[-4000:]
         except OSError:
             return ""
@@ -200,9 +204,8 @@ class PythonClientEndToEndTest(unittest.TestCase):
     def test_watch_streams_progress_to_the_terminal_state(self):
         self.assertGreaterEqual(len(self.updates), 2)
         self.assertEqual(self.updates[0]["job"]["job_id"], self.job_id)
-        self.assertEqual(
-            [u["job"]["state"] for u in self.updates].count("JOB_STATE_SUCCEEDED"),
-            1)
+        states = [u["job"]["state"] for u in self.updates]
+        self.assertEqual(states.count("JOB_STATE_SUCCEEDED"), 1)
         done = [u["tokens_done"] for u in self.updates]
         self.assertTrue(all(isinstance(t, int) for t in done))
         self.assertEqual(done, sorted(done))
@@ -289,7 +292,8 @@ class PythonClientEndToEndTest(unittest.TestCase):
         # Every live feature's decoder equals itself at the final checkpoint.
         self.assertAlmostEqual(d.checkpoints["cos_to_final_q50"].iloc[-1], 1.0,
                                places=5)
-        self.assertTrue(math.isnan(d.checkpoints["cos_to_previous_q50"].iloc[0]))
+        self.assertTrue(
+            math.isnan(d.checkpoints["cos_to_previous_q50"].iloc[0]))
         self.assertIsNotNone(d.phases)
         self.assertIn(d.phases["segments"], (1, 2, 3))
         self.assertEqual(sum(k["count"] for k in d.kinds), D_SAE)
@@ -314,7 +318,8 @@ class PythonClientEndToEndTest(unittest.TestCase):
         self.assertEqual(len(dead), kinds.get("FEATURE_KIND_DEAD", 0))
         self.assertTrue(all(dead["kind"] == "FEATURE_KIND_DEAD"))
         concept = self.client.features(self.job_id, LAYER, kind="concept")
-        self.assertEqual(len(concept), kinds.get("FEATURE_KIND_CONCEPT_LEVEL", 0))
+        self.assertEqual(len(concept),
+                         kinds.get("FEATURE_KIND_CONCEPT_LEVEL", 0))
         formed = self.client.features(self.job_id, LAYER, formed_from=16,
                                       formed_to=64)
         self.assertTrue(all((formed["formation_step"] >= 16) &
@@ -349,20 +354,23 @@ class PythonClientEndToEndTest(unittest.TestCase):
         out = os.path.join(self.dir, "export-final")
         exported = self.client.export_sae(self.job_id, LAYER, None, out)
         self.assertEqual(exported["step"], STEPS[-1])
-        self.assertEqual(exported["files"], ["cfg.json", "sae_weights.safetensors"])
+        self.assertEqual(exported["files"],
+                         ["cfg.json", "sae_weights.safetensors"])
         with open(os.path.join(out, "cfg.json")) as f:
             cfg = json.load(f)
         self.assertEqual((cfg["d_in"], cfg["d_sae"]), (D_MODEL, D_SAE))
         header, data = read_safetensors_header(
             os.path.join(out, "sae_weights.safetensors"))
-        shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        shapes = {k: v["shape"] for k, v in header.items()
+                  if k != "__metadata__"}
         self.assertEqual(shapes["W_enc"], [D_MODEL, D_SAE])
         self.assertEqual(shapes["W_dec"], [D_SAE, D_MODEL])
         self.assertEqual(shapes["b_enc"], [D_SAE])
         self.assertEqual(shapes["b_dec"], [D_MODEL])
         begin, end = header["W_dec"]["data_offsets"]
         self.assertEqual(header["W_dec"]["dtype"], "F32")
-        w_dec = np.frombuffer(data[begin:end], dtype="<f4").reshape(D_SAE, D_MODEL)
+        w_dec = np.frombuffer(data[begin:end], dtype="<f4").reshape(
+            D_SAE, D_MODEL)
         self.assertTrue(np.all(np.isfinite(w_dec)))
         tensors = saetrack.read_safetensors(
             os.path.join(out, "sae_weights.safetensors"))

@@ -55,7 +55,8 @@ class JobSpecTest(unittest.TestCase):
         spec = saetrack.load_job_spec({"data": {"tokens_path": "t.u16"}})
         self.assertEqual(spec.data.tokens_path,
                          os.path.join(os.getcwd(), "t.u16"))
-        spec = saetrack.load_job_spec('  {"data": {"tokens_path": "a/../t.u16"}}')
+        spec = saetrack.load_job_spec(
+            '  {"data": {"tokens_path": "a/../t.u16"}}')
         self.assertEqual(spec.data.tokens_path,
                          os.path.join(os.getcwd(), "t.u16"))
 
@@ -120,7 +121,8 @@ class ConversionTest(unittest.TestCase):
         self.assertEqual(d["state"], "JOB_STATE_RUNNING")
         self.assertEqual(d["create_time_ms"], 1700000000123)
         self.assertEqual(d["spec"]["model"]["checkpoints"],
-                         [{"step": 0, "path": "/a"}, {"step": 143000, "path": "/b"}])
+                         [{"step": 0, "path": "/a"},
+                          {"step": 143000, "path": "/b"}])
         # Defaults included, unset sub-messages left out, as the CLI's --json.
         self.assertEqual(d["error"], "")
         self.assertEqual(d["update_time_ms"], 0)
@@ -267,7 +269,8 @@ class FakeServerTest(unittest.TestCase):
         cls.jobs = FakeJobs()
         cls.queries = FakeQueries()
         job_pb2_grpc.add_JobServiceServicer_to_server(cls.jobs, cls.server)
-        query_pb2_grpc.add_QueryServiceServicer_to_server(cls.queries, cls.server)
+        query_pb2_grpc.add_QueryServiceServicer_to_server(cls.queries,
+                                                          cls.server)
         cls.port = cls.server.add_insecure_port("127.0.0.1:0")
         cls.server.start()
         cls.address = f"127.0.0.1:{cls.port}"
@@ -365,7 +368,8 @@ class FakeServerTest(unittest.TestCase):
         out = os.path.join(self.dir, "sae")
         result = saetrack.Client(self.address).export_sae("j1", 2, None, out)
         self.assertEqual(result["step"], 1000)
-        self.assertEqual(result["files"], ["cfg.json", "sae_weights.safetensors"])
+        self.assertEqual(result["files"],
+                         ["cfg.json", "sae_weights.safetensors"])
         self.assertEqual((result["d_in"], result["d_sae"]), (3, 8))
         with open(os.path.join(out, "sae_weights.safetensors"), "rb") as f:
             self.assertEqual(f.read(), b"w" * 10)
