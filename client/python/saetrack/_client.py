@@ -3,6 +3,7 @@ calls returning dicts, pandas DataFrames and numpy arrays."""
 
 import dataclasses
 import math
+import operator
 import os
 import sys
 import time
@@ -697,36 +698,39 @@ def _metrics_table(checkpoints) -> Any:
     return _convert.rows_to_table("step", rows, kinds)
 
 
-# FeaturePoint scalar fields in curves, in proto order.
-_POINT_FLOATS = ("frequency", "mean_activation", "max_activation",
-                 "decoder_cos_prev", "encoder_norm", "decoder_cos_final",
-                 "progress_activation", "progress_feature",
-                 "progress_token_controlled", "pca_x", "pca_y")
-_POINT_OPTIONAL = frozenset(
-    f.name for f in query_pb2.FeaturePoint.DESCRIPTOR.fields
-    if f.has_presence and f.type != f.TYPE_MESSAGE)
+# FeaturePoint's fields in curves, in proto order (without step, the index).
+_POINT_FIELDS = ("chain_index", "frequency", "mean_activation",
+                 "max_activation", "decoder_cos_prev", "encoder_norm",
+                 "analysed", "decoder_cos_final", "progress_activation",
+                 "progress_feature", "progress_token_controlled", "pca_x",
+                 "pca_y")
+_POINT_KINDS = {"chain_index": "int", "analysed": "bool"}
+# One C call per point for all of them (a feature history has one point
+# per checkpoint: this is the client's hot path).
+_POINT_GETTER = operator.attrgetter("step", *_POINT_FIELDS)
+# Columns of optional fields: (column in a getter tuple, field name).
+_POINT_OPTIONAL = tuple(
+    (i + 1, name) for i, name in enumerate(_POINT_FIELDS)
+    if query_pb2.FeaturePoint.DESCRIPTOR.fields_by_name[name].has_presence)
 
 
 def _feature_history(history: query_pb2.FeatureHistory, contexts: bool,
                      decoder: bool) -> FeatureHistory:
     points = history.points
     n = len(points)
-    steps = [p.step for p in points]
-    columns: Dict[str, Column] = {"chain_index": Column("int")}
-    columns["chain_index"].values = [p.chain_index for p in points]
-    for name in _POINT_FLOATS[:5]:
-        columns[name] = Column("float")
-    columns["analysed"] = Column("bool")
-    columns["analysed"].values = [p.analysed for p in points]
-    for name in _POINT_FLOATS[5:]:
-        columns[name] = Column("float")
-    for name in _POINT_FLOATS:
-        if name in _POINT_OPTIONAL:
-            columns[name].values = [
-                getattr(p, name) if p.HasField(name) else math.nan
-                for p in points]
-        else:
-            columns[name].values = [getattr(p, name) for p in points]
+    values = np.array([_POINT_GETTER(p) for p in points],
+                      dtype=np.float64).reshape(n, len(_POINT_FIELDS) + 1)
+    # An unset optional field reads 0: only zeros need HasField.
+    for column, name in _POINT_OPTIONAL:
+        for i in np.flatnonzero(values[:, column] == 0):
+            if not points[int(i)].HasField(name):
+                values[i, column] = math.nan
+    columns: Dict[str, Column] = {}
+    for i, name in enumerate(_POINT_FIELDS):
+        column = Column(_POINT_KINDS.get(name, "float"))
+        column.values = values[:, i + 1]
+        columns[name] = column
+    steps = values[:, 0].astype(np.int64)
     decoder_rows = None
     if decoder:
         d_in = len(points[0].decoder) if n else 0

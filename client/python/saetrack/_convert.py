@@ -79,7 +79,8 @@ class Column:
     """One column of a table under construction: values and their kind.
 
     kind: "int" (int64, None allowed: pandas Int64 or float NaN without
-    pandas), "float" (None becomes NaN), "bool", "str" or "object".
+    pandas), "float" (None becomes NaN), "bool", "str" or "object". values:
+    a list, or a numpy array without None (cast to the kind's dtype).
     """
 
     __slots__ = ("kind", "values")
@@ -100,7 +101,9 @@ def make_table(index_name: str, index: Sequence[int],
     if _pd is not None:
         data = {}
         for name, column in columns.items():
-            if column.kind == "int" and any(v is None for v in column.values):
+            if (column.kind == "int" and
+                    not isinstance(column.values, np.ndarray) and
+                    any(v is None for v in column.values)):
                 data[name] = _pd.array(column.values, dtype="Int64")
             else:
                 data[name] = arrays[name]
@@ -112,8 +115,14 @@ def make_table(index_name: str, index: Sequence[int],
     return table
 
 
+_NUMPY_KINDS = {"int": np.int64, "float": np.float64, "bool": bool}
+
+
 def _array(column: Column) -> np.ndarray:
     values = column.values
+    if isinstance(values, np.ndarray):  # Already converted by the caller.
+        return values.astype(_NUMPY_KINDS.get(column.kind, values.dtype),
+                             copy=False)
     if column.kind == "int":
         if any(v is None for v in values):
             return np.array([math.nan if v is None else v for v in values],
