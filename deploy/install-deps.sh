@@ -34,9 +34,10 @@ packages=(
   # example's plot; protobuf-compiler-grpc (above) ships grpc_python_plugin,
   # which generates its stubs (python3-grpc-tools' bundled protoc is too old
   # for proto3 `optional`); venv, setuptools and wheel for the offline
-  # `pip install ./client/python` test.
+  # `pip install ./client/python` test; openssl makes the TLS test's
+  # certificates.
   python3-grpcio python3-protobuf python3-numpy python3-pandas
-  python3-matplotlib python3-venv python3-setuptools python3-wheel
+  python3-matplotlib python3-venv python3-setuptools python3-wheel openssl
   # deploy/check-deploy.sh (run by ctest): promtool checks the Prometheus
   # config, the alert rules and a live scrape of both binaries; yamllint the
   # YAML under deploy/; curl scrapes /metrics. Debian ships promtool only in

@@ -386,5 +386,84 @@ class FakeServerTest(unittest.TestCase):
         self.assertFalse(os.path.exists(out))
 
 
+
+class TlsTest(unittest.TestCase):
+    """TLS with a CA file, and mutual TLS, against a fake server whose
+    certificates openssl makes for the test."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="saetrack-python-tls.")
+        cls.ca_key, cls.ca = cls._path("ca.key"), cls._path("ca.pem")
+        cls._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                     "-keyout", cls.ca_key, "-out", cls.ca, "-days", "2",
+                     "-subj", "/CN=saetrack test CA")
+        cls.server_key, cls.server_cert = cls._signed("server", "localhost")
+        cls.client_key, cls.client_cert = cls._signed("client", "researcher")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    @classmethod
+    def _path(cls, name):
+        return os.path.join(cls.dir, name)
+
+    @classmethod
+    def _openssl(cls, *args):
+        import subprocess
+        subprocess.run(["openssl", *args], check=True, capture_output=True,
+                       timeout=60)
+
+    @classmethod
+    def _signed(cls, name, common_name):
+        key, csr, cert = (cls._path(f"{name}.key"), cls._path(f"{name}.csr"),
+                          cls._path(f"{name}.pem"))
+        ext = cls._path(f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=DNS:{common_name}\n")
+        cls._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                     "-out", csr, "-subj", f"/CN={common_name}")
+        cls._openssl("x509", "-req", "-in", csr, "-CA", cls.ca, "-CAkey",
+                     cls.ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+                     "-extfile", ext)
+        return key, cert
+
+    def _read(self, path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _start(self, require_client_auth):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        jobs = FakeJobs()
+        job_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
+        credentials = grpc.ssl_server_credentials(
+            [(self._read(self.server_key), self._read(self.server_cert))],
+            root_certificates=self._read(self.ca),
+            require_client_auth=require_client_auth)
+        port = server.add_secure_port("localhost:0", credentials)
+        server.start()
+        self.addCleanup(server.stop, None)
+        return f"localhost:{port}", jobs
+
+    def test_tls_with_the_ca_file_and_the_token(self):
+        address, jobs = self._start(require_client_auth=False)
+        client = saetrack.Client(address, tls_ca=self.ca, token="t0k")
+        self.assertEqual(client.job("j1")["job_id"], "j1")
+        self.assertEqual(jobs.metadata[0]["authorization"], "Bearer t0k")
+        # Without TLS the same server is unreachable.
+        with self.assertRaises(saetrack.Unavailable):
+            saetrack.Client(address, timeout=10).job("j1")
+
+    def test_mutual_tls(self):
+        address, _ = self._start(require_client_auth=True)
+        client = saetrack.Client(address, tls_ca=self.ca,
+                                 tls_cert=self.client_cert,
+                                 tls_key=self.client_key)
+        self.assertEqual(client.job("j1")["state"], "JOB_STATE_SUCCEEDED")
+        with self.assertRaises(saetrack.Unavailable):
+            saetrack.Client(address, tls_ca=self.ca, timeout=10).job("j1")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
