@@ -570,11 +570,14 @@ class Client:
                                                feature_id=feature_id))
 
     def export_sae(self, job_id: str, layer: int, step: Optional[int],
-                   dir: str) -> Dict[str, Any]:
+                   dir: str, *,
+                   timeout: Optional[float] = None) -> Dict[str, Any]:
         """Writes the SAE of one checkpoint as a SAELens directory
         (cfg.json, sae_weights.safetensors with W_enc [d_in, d_sae], b_enc,
         W_dec [d_sae, d_in], b_dec) into `dir`, created when missing; each
         file atomically, cfg.json last. step None: the final checkpoint.
+        timeout: seconds for the whole transfer (None: no limit; an SAE may
+        be gigabytes).
 
         Returns a dict as `saetrack export --json` prints it: job_id, layer,
         step, files, dir, and the cfg.json fields architecture, d_in, d_sae,
@@ -590,7 +593,7 @@ class Client:
             request.step = step
         files: Dict[str, bytes] = {}
         exported_step = None
-        call = self._queries.ExportSae(request, timeout=self.timeout,
+        call = self._queries.ExportSae(request, timeout=timeout,
                                        metadata=self._metadata)
         try:
             parts: List[bytes] = []
