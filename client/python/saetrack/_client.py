@@ -15,8 +15,8 @@ import numpy as np
 
 from saetrack import _convert
 from saetrack._convert import Column, make_table, scalar_values, to_dict
-from saetrack._errors import (DataLoss, Error, InvalidArgument, NotFound,
-                              from_rpc_error)
+from saetrack._errors import (DataLoss, DeadlineExceeded, InvalidArgument,
+                              NotFound, from_rpc_error)
 from saetrack._files import crc32c, write_atomically
 from saetrack._job_file import SpecLike, load_job_spec
 from saetrack.v1 import job_pb2, job_pb2_grpc, query_pb2, query_pb2_grpc
@@ -342,8 +342,8 @@ class Client:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Error(f"job {job_id} still running after timeout="
-                            f"{timeout}", grpc.StatusCode.DEADLINE_EXCEEDED)
+                raise DeadlineExceeded(
+                    f"job {job_id} still running after timeout={timeout}")
             return remaining
 
         use_watch = True

@@ -219,6 +219,12 @@ class FakeJobs(job_pb2_grpc.JobServiceServicer):
         self.metadata.append(dict(context.invocation_metadata()))
         if not self.watch:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no WatchJob")
+        if self.watch == "stall":  # Ends the stream before the job ends.
+            update = job_pb2.JobUpdate()
+            update.job.job_id = "j1"
+            update.job.state = job_pb2.JOB_STATE_RUNNING
+            yield update
+            return
         for i, state in enumerate((job_pb2.JOB_STATE_QUEUED,
                                    job_pb2.JOB_STATE_RUNNING,
                                    job_pb2.JOB_STATE_SUCCEEDED)):
@@ -337,6 +343,22 @@ class FakeServerTest(unittest.TestCase):
                                                            progress=False))
         self.assertEqual(len(updates), 1)
         self.assertEqual(updates[0]["job"]["state"], "JOB_STATE_SUCCEEDED")
+
+    def test_watch_past_its_timeout_is_deadline_exceeded(self):
+        self.jobs.watch = "stall"
+        updates = []
+        with self.assertRaises(saetrack.DeadlineExceeded) as caught:
+            for update in saetrack.Client(self.address).watch(
+                    "j1", progress=False, timeout=0.5):
+                updates.append(update)
+        self.assertEqual(caught.exception.code,
+                         grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertEqual(caught.exception.message,
+                         "job j1 still running after timeout=0.5")
+        # The stream ended early; the deadline passed before it was
+        # followed again.
+        self.assertEqual([u["job"]["state"] for u in updates],
+                         ["JOB_STATE_RUNNING"])
 
     def test_feature_curves_with_nan_where_absent(self):
         f = saetrack.Client(self.address).feature("j1", 2, 7, decoder=True)
