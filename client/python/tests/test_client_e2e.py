@@ -184,6 +184,11 @@ class PythonClientEndToEndTest(unittest.TestCase):
         self.assertFalse(again.created)
         self.assertEqual(again["job_id"], self.job_id)
         self.assertEqual(again["state"], "JOB_STATE_SUCCEEDED")
+        waited = self.client.submit(self.job_path, request_id=REQUEST_ID,
+                                    wait=True, progress=False, timeout=60)
+        self.assertFalse(waited.created)
+        self.assertEqual(waited["job_id"], self.job_id)
+        self.assertEqual(waited["progress"]["tasks_done"], len(STEPS))
         # The same spec as a dict, relative paths resolved against the
         # current directory instead: another spec, so ALREADY_EXISTS.
         with self.assertRaises(saetrack.AlreadyExists) as caught:
