@@ -29,6 +29,15 @@ packages=(
   # test (deploy/fuzz.sh, run by ctest for 30 s).
   clang libclang-rt-14-dev
   python3
+  # The Python client (client/python, import saetrack) and its tests: Debian's
+  # grpcio/protobuf/numpy at run time, pandas for tables, matplotlib for the
+  # example's plot; protobuf-compiler-grpc (above) ships grpc_python_plugin,
+  # which generates its stubs (python3-grpc-tools' bundled protoc is too old
+  # for proto3 `optional`); venv, setuptools and wheel for the offline
+  # `pip install ./client/python` test; openssl makes the TLS test's
+  # certificates.
+  python3-grpcio python3-protobuf python3-numpy python3-pandas
+  python3-matplotlib python3-venv python3-setuptools python3-wheel openssl
   # deploy/check-deploy.sh (run by ctest): promtool checks the Prometheus
   # config, the alert rules and a live scrape of both binaries; yamllint the
   # YAML under deploy/; curl scrapes /metrics. Debian ships promtool only in

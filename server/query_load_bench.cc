@@ -9,6 +9,9 @@
 // not Google Benchmark: it measures a server under concurrent load. Run:
 //   build/bin/query_load_bench [--clients=16] [--seconds=10]
 //       [--checkpoints=150] [--features=16384] [--json]
+// With --hold it skips the load phase and serves the filled job until its
+// stdin closes, for clients in other languages to measure against
+// (client/python/bench/feature_history_bench.py).
 #include <stdlib.h>
 
 #include <algorithm>
@@ -46,6 +49,9 @@ ABSL_FLAG(double, target_p99_ms, 10, "The p99 latency target.");
 ABSL_FLAG(std::string, dir, "",
           "Working directory (kept); empty: a temporary one, removed.");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of text.");
+ABSL_FLAG(bool, hold, false,
+          "No load phase: print \"serving HOST:PORT job JOB_ID layer L\" and "
+          "serve the filled job until stdin closes.");
 
 namespace saetrack {
 namespace {
@@ -253,6 +259,16 @@ int Run() {
     return 1;
   }
   const std::string target = absl::StrCat("127.0.0.1:", (*c)->port());
+  if (absl::GetFlag(FLAGS_hold)) {
+    std::printf("serving %s job %s layer %d checkpoints %d features %d\n",
+                target.c_str(), job_id->c_str(), kLayer, checkpoints, features);
+    std::fflush(stdout);
+    while (std::getchar() != EOF) {
+    }
+    (*c)->Shutdown();
+    cleanup();
+    return 0;
+  }
 
   std::atomic<int64_t> errors{0};
   std::atomic<bool> go{false};
