@@ -4,10 +4,13 @@
 // task with a result of --result_mib MiB of SAE weights (as
 // WorkerService.CompleteTask hands them over); another heartbeats the
 // second task in a loop and records each call's latency, while the commit
-// runs and, as the baseline, while nothing commits. Measured twice in one
+// runs and, as the baseline, while nothing commits; during the commit it
+// also times a GetJob and a Lease poll (nothing runnable) after each
+// heartbeat. Measured twice in one
 // run: with the results written outside the scheduler's lock (how the
-// coordinator commits) and under it (SchedulerOptions.commit_outside_lock
-// false, the old way). A plain program; it measures a server under a write,
+// coordinator commits: results, then the task and job records, none under
+// the lock) and under it (SchedulerOptions.commit_outside_lock false, the
+// old way). A plain program; it measures a server under a write,
 // not a loop. Run:
 //   build/bin/commit_latency_bench [--result_mib 512] [--json]
 #include <stdlib.h>
@@ -43,7 +46,10 @@ namespace {
 struct Latencies {
   std::vector<double> during_ms;  // heartbeats that overlapped a commit
   std::vector<double> idle_ms;    // heartbeats with nothing committing
-  double commit_s = 0;            // mean wall time of one Complete
+  // GetJob and Lease (nothing runnable) calls that overlapped a commit.
+  std::vector<double> get_job_ms;
+  std::vector<double> lease_ms;
+  double commit_s = 0;  // mean wall time of one Complete
 };
 
 double Quantile(std::vector<double> v, double q) {
@@ -105,7 +111,21 @@ absl::StatusOr<Latencies> RunArm(const std::string& dir, bool outside_lock,
                               .count();
         const int after = phase.load();
         if (before == 0 && after == 0) out.idle_ms.push_back(ms);
-        if (before == 1 || after == 1) out.during_ms.push_back(ms);
+        if (before == 1 || after == 1) {
+          out.during_ms.push_back(ms);
+          // A query and a lease poll during the commit as well.
+          auto t0 = std::chrono::steady_clock::now();
+          (void)(*scheduler)->GetJob(tasks[1].job_id());
+          auto t1 = std::chrono::steady_clock::now();
+          (void)(*scheduler)->Lease("probe", absl::ZeroDuration(), [] {
+            return false;
+          });
+          auto t2 = std::chrono::steady_clock::now();
+          out.get_job_ms.push_back(
+              std::chrono::duration<double, std::milli>(t1 - t0).count());
+          out.lease_ms.push_back(
+              std::chrono::duration<double, std::milli>(t2 - t1).count());
+        }
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
     });
@@ -171,12 +191,16 @@ int Run() {
   if (absl::GetFlag(FLAGS_json)) {
     std::printf(
         "{\"result_mib\": %d, \"under_lock\": {\"commit_s\": %.3f, "
-        "\"heartbeat_p99_ms\": %.3f, \"idle_p99_ms\": %.3f}, "
+        "\"heartbeat_p99_ms\": %.3f, \"idle_p99_ms\": %.3f, "
+        "\"get_job_p99_ms\": %.3f, \"lease_p99_ms\": %.3f}, "
         "\"outside_lock\": {\"commit_s\": %.3f, \"heartbeat_p99_ms\": %.3f, "
-        "\"idle_p99_ms\": %.3f}, \"p99_ratio\": %.1f}\n",
+        "\"idle_p99_ms\": %.3f, \"get_job_p99_ms\": %.3f, "
+        "\"lease_p99_ms\": %.3f}, \"p99_ratio\": %.1f}\n",
         mib, under->commit_s, Quantile(under->during_ms, 0.99),
-        Quantile(under->idle_ms, 0.99), outside->commit_s,
+        Quantile(under->idle_ms, 0.99), Quantile(under->get_job_ms, 0.99),
+        Quantile(under->lease_ms, 0.99), outside->commit_s,
         Quantile(outside->during_ms, 0.99), Quantile(outside->idle_ms, 0.99),
+        Quantile(outside->get_job_ms, 0.99), Quantile(outside->lease_ms, 0.99),
         ratio);
     return 0;
   }
@@ -189,6 +213,20 @@ int Run() {
               "idle p50", "idle p99");
   std::printf("%s\n", row("under the lock (old)", *under).c_str());
   std::printf("%s\n", row("outside the lock", *outside).c_str());
+  const auto others = [](const char* name, const Latencies& l) {
+    const auto max = [](const std::vector<double>& v) {
+      return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end());
+    };
+    return absl::StrFormat(
+        "%-22s GetJob p50 %.3f p99 %.3f max %.1f ms; Lease (none runnable) "
+        "p50 %.3f p99 %.3f max %.1f ms",
+        name, Quantile(l.get_job_ms, 0.5), Quantile(l.get_job_ms, 0.99),
+        max(l.get_job_ms), Quantile(l.lease_ms, 0.5),
+        Quantile(l.lease_ms, 0.99), max(l.lease_ms));
+  };
+  std::printf("during the commits:\n%s\n%s\n",
+              others("under the lock (old)", *under).c_str(),
+              others("outside the lock", *outside).c_str());
   std::printf("Heartbeat p99 during a commit: %.1fx lower outside the lock\n",
               ratio);
   return 0;
