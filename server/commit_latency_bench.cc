@@ -4,9 +4,8 @@
 // task with a result of --result_mib MiB of SAE weights (as
 // WorkerService.CompleteTask hands them over); another heartbeats the
 // second task in a loop and records each call's latency, while the commit
-// runs and, as the baseline, while nothing commits; during the commit it
-// also times a GetJob and a Lease poll (nothing runnable) after each
-// heartbeat. Measured twice in one
+// runs and, as the baseline, while nothing commits; two more threads time
+// GetJob and a Lease poll (nothing runnable) likewise. Measured twice in one
 // run: with the results written outside the scheduler's lock (how the
 // coordinator commits: results, then the task and job records, none under
 // the lock) and under it (SchedulerOptions.commit_outside_lock false, the
@@ -100,34 +99,44 @@ absl::StatusOr<Latencies> RunArm(const std::string& dir, bool outside_lock,
       tasks.push_back(**task);
     }
     std::atomic<int> phase{0};  // 0 idle, 1 committing, 2 done
-    std::thread beats([&] {
+    // Calls `call` in a loop until the commit is done; latencies of calls
+    // that overlapped the commit go to `during`, of idle ones to `idle`.
+    const auto poll = [&phase](auto call, std::vector<double>* during,
+                               std::vector<double>* idle) {
       while (phase.load() != 2) {
         const int before = phase.load();
         const auto start = std::chrono::steady_clock::now();
-        (void)(*scheduler)
-            ->Heartbeat(tasks[1].task_id(), tasks[1].lease_epoch());
+        call();
         const double ms = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - start)
                               .count();
         const int after = phase.load();
-        if (before == 0 && after == 0) out.idle_ms.push_back(ms);
-        if (before == 1 || after == 1) {
-          out.during_ms.push_back(ms);
-          // A query and a lease poll during the commit as well.
-          auto t0 = std::chrono::steady_clock::now();
-          (void)(*scheduler)->GetJob(tasks[1].job_id());
-          auto t1 = std::chrono::steady_clock::now();
-          (void)(*scheduler)->Lease("probe", absl::ZeroDuration(), [] {
-            return false;
-          });
-          auto t2 = std::chrono::steady_clock::now();
-          out.get_job_ms.push_back(
-              std::chrono::duration<double, std::milli>(t1 - t0).count());
-          out.lease_ms.push_back(
-              std::chrono::duration<double, std::milli>(t2 - t1).count());
-        }
+        if (before == 0 && after == 0 && idle != nullptr) idle->push_back(ms);
+        if (before == 1 || after == 1) during->push_back(ms);
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
+    };
+    std::thread beats([&] {
+      poll(
+          [&] {
+            (void)(*scheduler)
+                ->Heartbeat(tasks[1].task_id(), tasks[1].lease_epoch());
+          },
+          &out.during_ms, &out.idle_ms);
+    });
+    // A job query and a lease poll (nothing runnable) meanwhile.
+    std::thread queries([&] {
+      poll([&] { (void)(*scheduler)->GetJob(tasks[1].job_id()); },
+           &out.get_job_ms, nullptr);
+    });
+    std::thread leases([&] {
+      poll(
+          [&] {
+            (void)(*scheduler)->Lease("probe", absl::ZeroDuration(), [] {
+              return false;
+            });
+          },
+          &out.lease_ms, nullptr);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     storage::WriteBatch results;
@@ -145,6 +154,8 @@ absl::StatusOr<Latencies> RunArm(const std::string& dir, bool outside_lock,
         commits;
     phase.store(2);
     beats.join();
+    queries.join();
+    leases.join();
     if (!done.ok()) return done;
   }
   (*scheduler)->Shutdown();
