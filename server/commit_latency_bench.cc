@@ -4,10 +4,12 @@
 // task with a result of --result_mib MiB of SAE weights (as
 // WorkerService.CompleteTask hands them over); another heartbeats the
 // second task in a loop and records each call's latency, while the commit
-// runs and, as the baseline, while nothing commits. Measured twice in one
+// runs and, as the baseline, while nothing commits; two more threads time
+// GetJob and a Lease poll (nothing runnable) likewise. Measured twice in one
 // run: with the results written outside the scheduler's lock (how the
-// coordinator commits) and under it (SchedulerOptions.commit_outside_lock
-// false, the old way). A plain program; it measures a server under a write,
+// coordinator commits: results, then the task and job records, none under
+// the lock) and under it (SchedulerOptions.commit_outside_lock false, the
+// old way). A plain program; it measures a server under a write,
 // not a loop. Run:
 //   build/bin/commit_latency_bench [--result_mib 512] [--json]
 #include <stdlib.h>
@@ -43,7 +45,10 @@ namespace {
 struct Latencies {
   std::vector<double> during_ms;  // heartbeats that overlapped a commit
   std::vector<double> idle_ms;    // heartbeats with nothing committing
-  double commit_s = 0;            // mean wall time of one Complete
+  // GetJob and Lease (nothing runnable) calls that overlapped a commit.
+  std::vector<double> get_job_ms;
+  std::vector<double> lease_ms;
+  double commit_s = 0;  // mean wall time of one Complete
 };
 
 double Quantile(std::vector<double> v, double q) {
@@ -94,20 +99,44 @@ absl::StatusOr<Latencies> RunArm(const std::string& dir, bool outside_lock,
       tasks.push_back(**task);
     }
     std::atomic<int> phase{0};  // 0 idle, 1 committing, 2 done
-    std::thread beats([&] {
+    // Calls `call` in a loop until the commit is done; latencies of calls
+    // that overlapped the commit go to `during`, of idle ones to `idle`.
+    const auto poll = [&phase](auto call, std::vector<double>* during,
+                               std::vector<double>* idle) {
       while (phase.load() != 2) {
         const int before = phase.load();
         const auto start = std::chrono::steady_clock::now();
-        (void)(*scheduler)
-            ->Heartbeat(tasks[1].task_id(), tasks[1].lease_epoch());
+        call();
         const double ms = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - start)
                               .count();
         const int after = phase.load();
-        if (before == 0 && after == 0) out.idle_ms.push_back(ms);
-        if (before == 1 || after == 1) out.during_ms.push_back(ms);
+        if (before == 0 && after == 0 && idle != nullptr) idle->push_back(ms);
+        if (before == 1 || after == 1) during->push_back(ms);
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
+    };
+    std::thread beats([&] {
+      poll(
+          [&] {
+            (void)(*scheduler)
+                ->Heartbeat(tasks[1].task_id(), tasks[1].lease_epoch());
+          },
+          &out.during_ms, &out.idle_ms);
+    });
+    // A job query and a lease poll (nothing runnable) meanwhile.
+    std::thread queries([&] {
+      poll([&] { (void)(*scheduler)->GetJob(tasks[1].job_id()); },
+           &out.get_job_ms, nullptr);
+    });
+    std::thread leases([&] {
+      poll(
+          [&] {
+            (void)(*scheduler)->Lease("probe", absl::ZeroDuration(), [] {
+              return false;
+            });
+          },
+          &out.lease_ms, nullptr);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     storage::WriteBatch results;
@@ -125,6 +154,8 @@ absl::StatusOr<Latencies> RunArm(const std::string& dir, bool outside_lock,
         commits;
     phase.store(2);
     beats.join();
+    queries.join();
+    leases.join();
     if (!done.ok()) return done;
   }
   (*scheduler)->Shutdown();
@@ -171,12 +202,16 @@ int Run() {
   if (absl::GetFlag(FLAGS_json)) {
     std::printf(
         "{\"result_mib\": %d, \"under_lock\": {\"commit_s\": %.3f, "
-        "\"heartbeat_p99_ms\": %.3f, \"idle_p99_ms\": %.3f}, "
+        "\"heartbeat_p99_ms\": %.3f, \"idle_p99_ms\": %.3f, "
+        "\"get_job_p99_ms\": %.3f, \"lease_p99_ms\": %.3f}, "
         "\"outside_lock\": {\"commit_s\": %.3f, \"heartbeat_p99_ms\": %.3f, "
-        "\"idle_p99_ms\": %.3f}, \"p99_ratio\": %.1f}\n",
+        "\"idle_p99_ms\": %.3f, \"get_job_p99_ms\": %.3f, "
+        "\"lease_p99_ms\": %.3f}, \"p99_ratio\": %.1f}\n",
         mib, under->commit_s, Quantile(under->during_ms, 0.99),
-        Quantile(under->idle_ms, 0.99), outside->commit_s,
+        Quantile(under->idle_ms, 0.99), Quantile(under->get_job_ms, 0.99),
+        Quantile(under->lease_ms, 0.99), outside->commit_s,
         Quantile(outside->during_ms, 0.99), Quantile(outside->idle_ms, 0.99),
+        Quantile(outside->get_job_ms, 0.99), Quantile(outside->lease_ms, 0.99),
         ratio);
     return 0;
   }
@@ -189,6 +224,20 @@ int Run() {
               "idle p50", "idle p99");
   std::printf("%s\n", row("under the lock (old)", *under).c_str());
   std::printf("%s\n", row("outside the lock", *outside).c_str());
+  const auto others = [](const char* name, const Latencies& l) {
+    const auto max = [](const std::vector<double>& v) {
+      return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end());
+    };
+    return absl::StrFormat(
+        "%-22s GetJob p50 %.3f p99 %.3f max %.1f ms; Lease (none runnable) "
+        "p50 %.3f p99 %.3f max %.1f ms",
+        name, Quantile(l.get_job_ms, 0.5), Quantile(l.get_job_ms, 0.99),
+        max(l.get_job_ms), Quantile(l.lease_ms, 0.5),
+        Quantile(l.lease_ms, 0.99), max(l.lease_ms));
+  };
+  std::printf("during the commits:\n%s\n%s\n",
+              others("under the lock (old)", *under).c_str(),
+              others("outside the lock", *outside).c_str());
   std::printf("Heartbeat p99 during a commit: %.1fx lower outside the lock\n",
               ratio);
   return 0;

@@ -1,11 +1,11 @@
 #include "server/internal/task_scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace saetrack::server {
@@ -14,146 +14,63 @@ namespace {
 // A long poll wakes at least this often to notice a client that went away.
 constexpr absl::Duration kCancellationCheckPeriod = absl::Milliseconds(500);
 
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED;
-}
-
-std::pair<int64_t, int64_t> LeaseOrder(const v1::Job& job, int64_t seq) {
-  return {-static_cast<int64_t>(job.spec().priority()), seq};
-}
-
-bool HasAnalysis(const v1::JobSpec& spec) {
-  return spec.analysis().has_analysis_tokens() &&
-         spec.analysis().analysis_tokens() > 0;
+JobStateMachine::Options MachineOptions(const SchedulerOptions& options) {
+  JobStateMachine::Options out;
+  out.max_attempts = options.max_attempts;
+  out.retry_backoff = options.retry_backoff;
+  out.retry_backoff_max = options.retry_backoff_max;
+  return out;
 }
 
 }  // namespace
 
-template <typename Fn>
-void TaskScheduler::ForEachTaskId(const JobEntry& entry, Fn fn) {
-  for (const auto& chain : entry.chains) {
-    for (const std::string& id : chain) fn(id);
-  }
-  for (const auto& analyses : entry.analyses) {
-    for (const std::string& id : analyses) fn(id);
-  }
-  for (const std::string& id : entry.summaries) fn(id);
-}
-
-int TaskScheduler::FinalChainIndex(const v1::JobSpec& spec) {
-  const int n = spec.model().checkpoints_size();
-  return spec.schedule().direction() == v1::Schedule::BACKWARD ? 0 : n - 1;
-}
-
-std::string JobIdForSeq(int64_t seq) {
-  return absl::StrCat("job-", absl::Dec(seq, absl::kZeroPad6));
-}
-
-std::optional<int64_t> SeqOfJobId(const std::string& job_id) {
-  constexpr std::string_view kPrefix = "job-";
-  if (job_id.size() <= kPrefix.size() || job_id.rfind(kPrefix, 0) != 0) {
-    return std::nullopt;
-  }
-  const std::string digits = job_id.substr(kPrefix.size());
-  if (!std::all_of(digits.begin(), digits.end(),
-                   [](char c) { return c >= '0' && c <= '9'; })) {
-    return std::nullopt;
-  }
-  int64_t seq = 0;
-  if (!absl::SimpleAtoi(digits, &seq) || seq <= 0) return std::nullopt;
-  return seq;
-}
-
 TaskScheduler::TaskScheduler(storage::KvStore* store, Clock* clock,
                              CoordinatorMetrics* metrics,
-                             const SchedulerOptions& options)
-    : store_(store), clock_(clock), metrics_(metrics), options_(options) {}
+                             const SchedulerOptions& options,
+                             JobStateMachine state)
+    : options_(options),
+      store_(store),
+      clock_(clock),
+      metrics_(metrics),
+      committer_(store, metrics),
+      state_(std::move(state)) {}
 
 absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
     storage::KvStore* store, Clock* clock, CoordinatorMetrics* metrics,
     const SchedulerOptions& options) {
   absl::StatusOr<JobStore::Snapshot> snapshot = JobStore(store).LoadAll();
   if (!snapshot.ok()) return snapshot.status();
-  auto scheduler =
-      absl::WrapUnique(new TaskScheduler(store, clock, metrics, options));
+  absl::StatusOr<JobStateMachine> state = JobStateMachine::FromRecords(
+      MachineOptions(options), std::move(snapshot->jobs),
+      std::move(snapshot->tasks));
+  if (!state.ok()) return state.status();
+  auto scheduler = absl::WrapUnique(
+      new TaskScheduler(store, clock, metrics, options, *std::move(state)));
   {
     TaskScheduler& s = *scheduler;
+    absl::MutexLock create(&s.create_mu_);
+    absl::MutexLock registration(&s.register_mu_);
     absl::MutexLock lock(&s.mu_);
-    for (v1::Job& job : snapshot->jobs) {
-      std::optional<int64_t> seq = SeqOfJobId(job.job_id());
-      if (!seq.has_value()) {
-        return absl::DataLossError(
-            absl::StrCat("stored job id '", job.job_id(), "' is malformed"));
-      }
-      metrics->AddJobs(job.state(), 1);
-      JobEntry& entry = s.jobs_[job.job_id()];
-      entry.seq = *seq;
-      entry.chains.resize(job.spec().hooks_size());
-      if (HasAnalysis(job.spec())) {
-        entry.analyses.assign(
-            job.spec().hooks_size(),
-            std::vector<std::string>(job.spec().model().checkpoints_size()));
-        entry.summaries.resize(job.spec().hooks_size());
-      }
-      if (!IsTerminal(job.state())) {
-        s.active_jobs_.insert(LeaseOrder(job, *seq));
-      }
-      s.jobs_by_seq_[*seq] = job.job_id();
-      entry.job = std::move(job);
+    bool more = false;
+    for (const v1::Job* job :
+         s.state_.JobsAfter(0, std::numeric_limits<int>::max(), &more)) {
+      metrics->AddJobs(job->state(), 1);
     }
     const absl::Time fresh_deadline = clock->Now() + options.lease_ttl;
-    for (TaskRecord& task : snapshot->tasks) {
-      auto job = s.jobs_.find(task.job_id());
-      if (job == s.jobs_.end() || task.hook_index() < 0 ||
-          task.hook_index() >= static_cast<int>(job->second.chains.size()) ||
-          task.chain_index() < 0) {
-        return absl::DataLossError(absl::StrCat("stored task '", task.task_id(),
-                                                "' has no matching job"));
-      }
-      JobEntry& entry = job->second;
-      if (task.kind() == TASK_KIND_TRAIN) {
-        auto& chain = entry.chains[task.hook_index()];
-        if (static_cast<int>(chain.size()) <= task.chain_index()) {
-          chain.resize(task.chain_index() + 1);
-        }
-        chain[task.chain_index()] = task.task_id();
-      } else if (task.kind() == TASK_KIND_ANALYSE &&
-                 task.hook_index() < static_cast<int>(entry.analyses.size()) &&
-                 task.chain_index() <
-                     static_cast<int>(
-                         entry.analyses[task.hook_index()].size())) {
-        entry.analyses[task.hook_index()][task.chain_index()] = task.task_id();
-      } else if (task.kind() == TASK_KIND_SUMMARISE &&
-                 task.hook_index() < static_cast<int>(entry.summaries.size())) {
-        entry.summaries[task.hook_index()] = task.task_id();
-      } else {
-        return absl::DataLossError(absl::StrCat("stored task '", task.task_id(),
-                                                "' does not fit its job"));
-      }
+    for (const auto& [id, task] : s.state_.tasks()) {
       metrics->AddTasks(task.state(), 1);
       if (task.state() == TASK_STATE_RUNNING) {
-        s.leases_.Grant(task.task_id(), task.lease_epoch(), fresh_deadline);
-      }
-      std::string id = task.task_id();
-      s.tasks_[id] = std::move(task);
-    }
-    for (const auto& [job_id, entry] : s.jobs_) {
-      bool complete = true;
-      for (const auto& chain : entry.chains) complete &= !chain.empty();
-      ForEachTaskId(entry,
-                    [&](const std::string& id) { complete &= !id.empty(); });
-      if (!complete) {
-        return absl::DataLossError(
-            absl::StrCat("stored tasks of job '", job_id, "' are incomplete"));
+        s.leases_.Grant(id, task.lease_epoch(), fresh_deadline);
       }
     }
-    s.next_job_seq_ = snapshot->next_job_seq;
+    s.next_job_seq_ =
+        std::max(snapshot->next_job_seq, s.state_.max_job_seq() + 1);
     s.next_worker_seq_ = snapshot->next_worker_seq;
     for (const WorkerRecord& worker : snapshot->workers) {
-      s.workers_[worker.worker_id()] =
-          WorkerInfo{worker.device(), worker.memory_bytes()};
-      s.workers_[worker.worker_id()].registered_ms = worker.registered_ms();
+      WorkerInfo& info = s.workers_[worker.worker_id()];
+      info.device = worker.device();
+      info.memory_bytes = worker.memory_bytes();
+      info.registered_ms = worker.registered_ms();
     }
   }
   if (options.expiry_check_interval > absl::ZeroDuration()) {
@@ -191,41 +108,66 @@ void TaskScheduler::ExpiryLoop() {
   }
 }
 
-absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
-                                         const Changes& changes) {
-  for (const TaskRecord& task : changes.tasks) JobStore::PutTask(task, &batch);
-  for (const v1::Job& job : changes.jobs) JobStore::PutJob(job, &batch);
-  const size_t bytes = batch.ByteSize();
-  if (absl::Status s = store_->Write(batch, {.sync = true}); !s.ok()) return s;
-  metrics_->BytesWritten(bytes);
+// --- committing ---
+
+bool TaskScheduler::PinnedLocked(const RecordChanges& changes) const {
   for (const TaskRecord& task : changes.tasks) {
-    auto it = tasks_.find(task.task_id());
-    if (it != tasks_.end()) metrics_->AddTasks(it->second.state(), -1);
-    metrics_->AddTasks(task.state(), 1);
-    if (task.state() != TASK_STATE_RUNNING) {
-      leases_.Release(task.task_id());
-      task_progress_.erase(task.task_id());
-    }
-    tasks_[task.task_id()] = task;
-    if (auto job = jobs_.find(task.job_id()); job != jobs_.end()) {
-      ++job->second.version;
-    }
+    if (pinned_tasks_.count(task.task_id()) > 0) return true;
   }
   for (const v1::Job& job : changes.jobs) {
-    auto it = jobs_.find(job.job_id());
-    if (it == jobs_.end()) continue;  // New jobs are added by CreateJob.
-    JobEntry& entry = it->second;
-    metrics_->AddJobs(entry.job.state(), -1);
-    metrics_->AddJobs(job.state(), 1);
-    if (IsTerminal(job.state())) {
-      active_jobs_.erase(LeaseOrder(entry.job, entry.seq));
-    }
-    entry.job = job;
-    ++entry.version;
+    if (pinned_jobs_.count(job.job_id()) > 0) return true;
   }
-  ++jobs_version_;
+  return false;
+}
+
+void TaskScheduler::WaitForUnpinLocked() { unpinned_cv_.Wait(&mu_); }
+
+absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
+                                         const RecordChanges& changes) {
+  if (!options_.commit_outside_lock) {
+    absl::Status s = committer_.Commit(std::move(batch), changes);
+    if (s.ok()) ApplyLocked(changes);
+    return s;
+  }
+  for (const TaskRecord& task : changes.tasks) {
+    pinned_tasks_.insert(task.task_id());
+  }
+  for (const v1::Job& job : changes.jobs) pinned_jobs_.insert(job.job_id());
+  // The write (synced) is the slow part: other calls decide, read and apply
+  // meanwhile; none plans from the pinned records.
+  mu_.Unlock();
+  absl::Status s = committer_.Commit(std::move(batch), changes);
+  mu_.Lock();
+  for (const TaskRecord& task : changes.tasks) {
+    pinned_tasks_.erase(task.task_id());
+  }
+  for (const v1::Job& job : changes.jobs) pinned_jobs_.erase(job.job_id());
+  if (s.ok()) ApplyLocked(changes);
+  unpinned_cv_.SignalAll();
+  // A task Lease passed over while it was pinned may be runnable.
+  runnable_cv_.SignalAll();
+  return s;
+}
+
+void TaskScheduler::ApplyLocked(const RecordChanges& changes) {
+  if (changes.empty()) return;
+  for (const TaskRecord& task : changes.tasks) {
+    if (const TaskRecord* old = state_.FindTask(task.task_id());
+        old != nullptr) {
+      metrics_->AddTasks(old->state(), -1);
+    }
+    metrics_->AddTasks(task.state(), 1);
+    if (task.state() != TASK_STATE_RUNNING) leases_.Release(task.task_id());
+  }
+  for (const v1::Job& job : changes.jobs) {
+    if (const JobStateMachine::JobEntry* old = state_.FindJob(job.job_id());
+        old != nullptr) {
+      metrics_->AddJobs(old->job.state(), -1);
+    }
+    metrics_->AddJobs(job.state(), 1);
+  }
+  state_.Apply(changes);
   job_changed_cv_.SignalAll();
-  return absl::OkStatus();
 }
 
 // --- jobs ---
@@ -233,6 +175,9 @@ absl::Status TaskScheduler::CommitLocked(storage::WriteBatch batch,
 absl::StatusOr<std::optional<v1::Job>> TaskScheduler::FindByRequestId(
     const std::string& request_id, const std::string& fingerprint) const {
   if (request_id.empty()) return std::nullopt;
+  // A creation in flight has written its request id before its job is
+  // applied: wait for it.
+  absl::ReaderMutexLock create(&create_mu_);
   absl::StatusOr<std::optional<IdempotencyRecord>> record =
       JobStore(store_).FindRequest(request_id);
   if (!record.ok()) return record.status();
@@ -243,22 +188,22 @@ absl::StatusOr<std::optional<v1::Job>> TaskScheduler::FindByRequestId(
                      (*record)->job_id(), " with a different spec"));
   }
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find((*record)->job_id());
-  if (it == jobs_.end()) {
+  const JobStateMachine::JobEntry* entry = state_.FindJob((*record)->job_id());
+  if (entry == nullptr) {
     return absl::DataLossError(absl::StrCat("request_id '", request_id,
                                             "' names missing job ",
                                             (*record)->job_id()));
   }
-  return it->second.job;
+  return entry->job;
 }
 
 absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
     const v1::JobSpec& spec, const std::string& request_id,
     const std::string& fingerprint) {
-  absl::MutexLock lock(&mu_);
+  // One creation at a time: two concurrent submissions of one request id
+  // create one job, and job sequence numbers are stored in order.
+  absl::MutexLock create(&create_mu_);
   if (!request_id.empty()) {
-    // Checked again under the lock: two concurrent submissions of one
-    // request id create one job.
     absl::StatusOr<std::optional<IdempotencyRecord>> record =
         JobStore(store_).FindRequest(request_id);
     if (!record.ok()) return record.status();
@@ -268,84 +213,26 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
             "request_id '", request_id, "' was already used for job ",
             (*record)->job_id(), " with a different spec"));
       }
-      auto it = jobs_.find((*record)->job_id());
-      if (it == jobs_.end()) {
+      absl::MutexLock lock(&mu_);
+      const JobStateMachine::JobEntry* entry =
+          state_.FindJob((*record)->job_id());
+      if (entry == nullptr) {
         return absl::DataLossError(absl::StrCat("request_id '", request_id,
                                                 "' names missing job ",
                                                 (*record)->job_id()));
       }
-      return Submitted{it->second.job, false};
+      return Submitted{entry->job, false};
     }
   }
 
   const int64_t seq = next_job_seq_;
-  const int64_t now_ms = NowMs();
-  const int num_checkpoints = spec.model().checkpoints_size();
-  v1::Job job;
-  job.set_job_id(JobIdForSeq(seq));
-  *job.mutable_spec() = spec;
-  job.set_state(v1::JOB_STATE_QUEUED);
-  job.mutable_progress()->set_tasks_total(spec.hooks_size() * num_checkpoints);
-  const bool analysis = HasAnalysis(spec);
-  if (analysis) {
-    job.mutable_progress()->set_analysis_tasks_total(spec.hooks_size() *
-                                                     (num_checkpoints + 1));
-  }
-  job.set_create_time_ms(now_ms);
-  job.set_update_time_ms(now_ms);
-  job.set_request_id(request_id);
-
-  JobEntry entry;
-  entry.seq = seq;
-  entry.chains.resize(spec.hooks_size());
-  Changes changes;
-  const bool backward = spec.schedule().direction() == v1::Schedule::BACKWARD;
-  for (int h = 0; h < spec.hooks_size(); ++h) {
-    const int32_t layer = spec.hooks(h).layer();
-    for (int c = 0; c < num_checkpoints; ++c) {
-      const int checkpoint = backward ? num_checkpoints - 1 - c : c;
-      TaskRecord task;
-      task.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".c", c));
-      task.set_job_id(job.job_id());
-      task.set_hook_index(h);
-      task.set_layer(layer);
-      task.set_checkpoint_index(checkpoint);
-      task.set_step(spec.model().checkpoints(checkpoint).step());
-      task.set_chain_index(c);
-      task.set_state(TASK_STATE_QUEUED);
-      task.set_update_time_ms(now_ms);
-      entry.chains[h].push_back(task.task_id());
-      if (analysis) {
-        TaskRecord pass = task;
-        pass.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".a", c));
-        pass.set_kind(TASK_KIND_ANALYSE);
-        if (entry.analyses.size() <= static_cast<size_t>(h)) {
-          entry.analyses.resize(h + 1);
-        }
-        entry.analyses[h].push_back(pass.task_id());
-        changes.tasks.push_back(std::move(pass));
-      }
-      changes.tasks.push_back(std::move(task));
-    }
-    if (analysis) {
-      TaskRecord summary;
-      summary.set_task_id(absl::StrCat(job.job_id(), ".l", layer, ".summary"));
-      summary.set_job_id(job.job_id());
-      summary.set_hook_index(h);
-      summary.set_layer(layer);
-      summary.set_kind(TASK_KIND_SUMMARISE);
-      summary.set_state(TASK_STATE_QUEUED);
-      summary.set_update_time_ms(now_ms);
-      entry.summaries.push_back(summary.task_id());
-      changes.tasks.push_back(std::move(summary));
-    }
-  }
-  changes.jobs.push_back(job);
-
+  absl::MutexLock lock(&mu_);
+  const RecordChanges changes =
+      state_.PlanCreateJob(spec, seq, request_id, NowMs());
   storage::WriteBatch batch;
   if (!request_id.empty()) {
     IdempotencyRecord record;
-    record.set_job_id(job.job_id());
+    record.set_job_id(changes.jobs.front().job_id());
     record.set_spec_fingerprint(fingerprint);
     JobStore::PutRequest(request_id, record, &batch);
   }
@@ -354,22 +241,17 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
     return s;
   }
   next_job_seq_ = seq + 1;
-  metrics_->AddJobs(job.state(), 1);
-  entry.job = job;
-  active_jobs_.insert(LeaseOrder(job, seq));
-  jobs_by_seq_[seq] = job.job_id();
-  jobs_[job.job_id()] = std::move(entry);
   runnable_cv_.SignalAll();
-  return Submitted{std::move(job), true};
+  return Submitted{changes.jobs.front(), true};
 }
 
 absl::StatusOr<v1::Job> TaskScheduler::GetJob(const std::string& job_id) const {
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
+  const JobStateMachine::JobEntry* entry = state_.FindJob(job_id);
+  if (entry == nullptr) {
     return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
   }
-  return it->second.job;
+  return entry->job;
 }
 
 absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
@@ -384,13 +266,11 @@ absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
   }
   JobPage page;
   absl::MutexLock lock(&mu_);
-  auto it = jobs_by_seq_.upper_bound(after_seq);
-  for (; it != jobs_by_seq_.end() &&
-         static_cast<int>(page.jobs.size()) < page_size;
-       ++it) {
-    page.jobs.push_back(jobs_.at(it->second).job);
+  bool more = false;
+  for (const v1::Job* job : state_.JobsAfter(after_seq, page_size, &more)) {
+    page.jobs.push_back(*job);
   }
-  if (it != jobs_by_seq_.end() && !page.jobs.empty()) {
+  if (more && !page.jobs.empty()) {
     page.next_after_job_id = page.jobs.back().job_id();
   }
   return page;
@@ -398,45 +278,22 @@ absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
 
 absl::StatusOr<v1::Job> TaskScheduler::CancelJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
-    return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
-  }
-  const JobEntry& entry = it->second;
-  switch (entry.job.state()) {
-    case v1::JOB_STATE_CANCELLED:
-      return entry.job;  // Idempotent.
-    case v1::JOB_STATE_SUCCEEDED:
-    case v1::JOB_STATE_FAILED:
-      return absl::FailedPreconditionError(
-          absl::StrCat("job '", job_id, "' already ended in state ",
-                       v1::JobState_Name(entry.job.state())));
-    default:
-      break;
-  }
-  const int64_t now_ms = NowMs();
-  Changes changes;
-  ForEachTaskId(entry, [&](const std::string& id) {
-    const TaskRecord& task = tasks_.at(id);
-    if (task.state() != TASK_STATE_QUEUED &&
-        task.state() != TASK_STATE_RUNNING) {
-      return;
+  while (true) {
+    absl::StatusOr<RecordChanges> changes =
+        state_.PlanCancelJob(job_id, NowMs());
+    if (!changes.ok()) return changes.status();
+    if (changes->empty()) return state_.FindJob(job_id)->job;  // Cancelled.
+    if (PinnedLocked(*changes)) {
+      WaitForUnpinLocked();
+      continue;
     }
-    TaskRecord cancelled = task;
-    cancelled.set_state(TASK_STATE_CANCELLED);
-    cancelled.set_error("job cancelled");
-    cancelled.set_update_time_ms(now_ms);
-    changes.tasks.push_back(std::move(cancelled));
-  });
-  v1::Job job = entry.job;
-  job.set_state(v1::JOB_STATE_CANCELLED);
-  job.set_error("cancelled by request");
-  job.set_update_time_ms(now_ms);
-  changes.jobs.push_back(job);
-  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
-    return s;
+    v1::Job job = changes->jobs.back();
+    if (absl::Status s = CommitLocked(storage::WriteBatch(), *changes);
+        !s.ok()) {
+      return s;
+    }
+    return job;
   }
-  return job;
 }
 
 absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
@@ -448,27 +305,19 @@ absl::StatusOr<TaskScheduler::JobWatch> TaskScheduler::WaitForJobChange(
     if (shutting_down_) {
       return absl::UnavailableError("the coordinator is shutting down");
     }
-    auto it = jobs_.find(job_id);
-    if (it == jobs_.end()) {
+    const JobStateMachine::JobEntry* entry = state_.FindJob(job_id);
+    if (entry == nullptr) {
       return absl::NotFoundError(absl::StrCat("job '", job_id, "' not found"));
     }
-    const JobEntry& entry = it->second;
     const absl::Time now = absl::Now();
-    if (entry.version != after_version || now >= deadline || cancelled()) {
+    if (entry->version != after_version || now >= deadline || cancelled()) {
       JobWatch watch;
-      watch.job = entry.job;
-      watch.version = entry.version;
-      int64_t latest = 0;
-      ForEachTaskId(entry, [&](const std::string& id) {
-        auto progress = task_progress_.find(id);
-        if (progress == task_progress_.end()) return;
-        watch.running_tokens += progress->second.tokens_done;
-        if (progress->second.loss.has_value() &&
-            progress->second.seq > latest) {
-          latest = progress->second.seq;
-          watch.loss = progress->second.loss;
-        }
-      });
+      watch.job = entry->job;
+      watch.version = entry->version;
+      const JobStateMachine::RunningProgress progress =
+          state_.ProgressOf(*entry);
+      watch.running_tokens = progress.tokens;
+      watch.loss = progress.loss;
       return watch;
     }
     job_changed_cv_.WaitWithDeadline(
@@ -480,20 +329,22 @@ absl::StatusOr<int64_t> TaskScheduler::WaitForAnyJobChange(
     int64_t after, absl::Duration timeout) const {
   const absl::Time deadline = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
-  while (!shutting_down_ && jobs_version_ == after && absl::Now() < deadline) {
+  while (!shutting_down_ && state_.jobs_version() == after &&
+         absl::Now() < deadline) {
     job_changed_cv_.WaitWithDeadline(&mu_, deadline);
   }
   if (shutting_down_) {
     return absl::UnavailableError("the coordinator is shutting down");
   }
-  return jobs_version_;
+  return state_.jobs_version();
 }
 
 // --- workers ---
 
 absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
     const std::string& device, int64_t memory_bytes) {
-  absl::MutexLock lock(&mu_);
+  // One registration at a time: worker sequence numbers are stored in order.
+  absl::MutexLock registration(&register_mu_);
   const int64_t seq = next_worker_seq_;
   std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
   storage::WriteBatch batch;
@@ -509,140 +360,88 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   JobStore::PutWorker(record, &batch);
   // Synced: a registration lost in a crash would leave its worker matched
   // without its capabilities after the restart.
-  if (absl::Status s = store_->Write(batch, {.sync = true}); !s.ok()) {
-    return s;
+  absl::Status written;
+  if (options_.commit_outside_lock) {
+    written = committer_.Commit(std::move(batch), RecordChanges());
+  } else {
+    absl::MutexLock lock(&mu_);
+    written = committer_.Commit(std::move(batch), RecordChanges());
   }
-  metrics_->BytesWritten(batch.ByteSize());
+  if (!written.ok()) return written;
   next_worker_seq_ = seq + 1;
-  workers_[id] = WorkerInfo{device, memory_bytes};
-  workers_[id].registered_ms = record.registered_ms();
+  {
+    absl::MutexLock lock(&mu_);
+    WorkerInfo& info = workers_[id];
+    info.device = device;
+    info.memory_bytes = memory_bytes;
+    info.registered_ms = record.registered_ms();
+  }
   metrics_->WorkerRegistered();
   return id;
 }
 
-const TaskRecord* TaskScheduler::RunnableInHookLocked(
-    const JobEntry& entry, int h, int64_t now_ms,
-    const TaskRecord** previous) const {
-  auto runnable = [&](const TaskRecord& task) {
-    return task.state() == TASK_STATE_QUEUED && task.not_before_ms() <= now_ms;
+absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
+    const std::string& worker_id, absl::Duration wait,
+    absl::FunctionRef<bool()> cancelled) {
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
+  const auto pinned = [this](const TaskRecord& task) {
+    mu_.AssertHeld();
+    return pinned_tasks_.count(task.task_id()) > 0;
   };
-  *previous = nullptr;
-  for (const std::string& task_id : entry.chains[h]) {
-    const TaskRecord& task = tasks_.at(task_id);
-    if (task.state() == TASK_STATE_SUCCEEDED) {
-      *previous = &task;
-      continue;
+  while (true) {
+    if (shutting_down_) return std::nullopt;
+    ExpireLeasesLocked();
+    // Workers registered before a restart are not known; they may take any
+    // job.
+    auto worker = workers_.find(worker_id);
+    const WorkerInfo info =
+        worker == workers_.end() ? WorkerInfo{} : worker->second;
+    const int64_t now_ms = NowMs();
+    if (const TaskRecord* task =
+            PickTask(state_, worker_id, info, now_ms, pinned);
+        task != nullptr) {
+      const RecordChanges changes = state_.PlanGrant(*task, worker_id, now_ms);
+      if (PinnedLocked(changes)) {  // Its job is being written.
+        WaitForUnpinLocked();
+        continue;
+      }
+      const std::string task_id = task->task_id();
+      storage::WriteBatch batch;
+      if (worker != workers_.end()) {
+        // When the worker was last seen, with the lease (no extra write).
+        WorkerRecord record;
+        record.set_worker_id(worker_id);
+        record.set_device(info.device);
+        record.set_memory_bytes(info.memory_bytes);
+        record.set_registered_ms(info.registered_ms);
+        record.set_last_seen_ms(now_ms);
+        JobStore::PutWorker(record, &batch);
+      }
+      if (absl::Status s = CommitLocked(std::move(batch), changes); !s.ok()) {
+        return s;
+      }
+      // Pinned until applied just now: the record is the granted one.
+      const TaskRecord& granted = *state_.FindTask(task_id);
+      leases_.Grant(task_id, granted.lease_epoch(),
+                    clock_->Now() + options_.lease_ttl);
+      metrics_->LeaseGranted();
+      if (auto it = workers_.find(worker_id); it != workers_.end()) {
+        it->second.last_job_id = granted.job_id();
+        it->second.last_checkpoint_index = granted.checkpoint_index();
+        it->second.last_kind = granted.kind();
+      }
+      return std::optional<v1::Task>(TaskMessageLocked(granted));
     }
-    // The first unfinished task of a chain is runnable when queued; the
-    // rest of the chain waits for it, and it waits out its backoff.
-    return runnable(task) ? &task : nullptr;
+    const absl::Time now = absl::Now();
+    if (now >= deadline || cancelled()) return std::nullopt;
+    runnable_cv_.WaitWithDeadline(
+        &mu_, std::min(deadline, now + kCancellationCheckPeriod));
   }
-  *previous = nullptr;
-  if (entry.analyses.empty()) return nullptr;
-  // The chain is trained: the final checkpoint's analysis first, then the
-  // others (they need its reference positions).
-  const auto& analyses = entry.analyses[h];
-  const TaskRecord& final_pass =
-      tasks_.at(analyses[FinalChainIndex(entry.job.spec())]);
-  if (final_pass.state() != TASK_STATE_SUCCEEDED) {
-    return runnable(final_pass) ? &final_pass : nullptr;
-  }
-  for (const std::string& task_id : analyses) {
-    const TaskRecord& task = tasks_.at(task_id);
-    if (runnable(task)) return &task;
-  }
-  return nullptr;
 }
 
-const TaskRecord* TaskScheduler::PickLocked(
-    const std::string& device, int64_t memory_bytes,
-    const std::string& worker_id) const {
-  const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
-  const TaskRecord* first = nullptr;
-  const TaskRecord* chained = nullptr;
-  int32_t first_priority = 0;
-  const WorkerInfo* last = nullptr;
-  if (auto it = workers_.find(worker_id); it != workers_.end()) {
-    last = &it->second;
-  }
-  for (const auto& [order, seq] : active_jobs_) {
-    const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
-    const v1::JobSpec& spec = entry.job.spec();
-    if (!device.empty() && !spec.device().empty() && device != spec.device()) {
-      continue;
-    }
-    if (memory_bytes > 0 && spec.min_worker_memory_bytes() > memory_bytes) {
-      continue;
-    }
-    const int32_t priority = spec.priority();
-    // Jobs come in priority order: affinity never jumps a priority level.
-    if (first != nullptr && priority != first_priority) break;
-    for (int h = 0; h < static_cast<int>(entry.chains.size()); ++h) {
-      const TaskRecord* previous = nullptr;
-      const TaskRecord* task =
-          RunnableInHookLocked(entry, h, now_ms, &previous);
-      if (task == nullptr) continue;
-      // Another hook of the checkpoint this worker just worked on: its
-      // activations are kept there (one LM forward pass per checkpoint).
-      if (last != nullptr && task->job_id() == last->last_job_id &&
-          task->checkpoint_index() == last->last_checkpoint_index &&
-          task->kind() == last->last_kind) {
-        return task;
-      }
-      // The next link of a chain this worker trained the previous one of.
-      if (chained == nullptr && !worker_id.empty() && previous != nullptr &&
-          previous->worker_id() == worker_id) {
-        chained = task;
-      }
-      if (first == nullptr) {
-        first = task;
-        first_priority = priority;
-      }
-    }
-  }
-  return chained != nullptr ? chained : first;
-}
-
-absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
-    const TaskRecord& picked, const std::string& worker_id) {
-  TaskRecord task = picked;
-  task.set_state(TASK_STATE_RUNNING);
-  task.set_lease_epoch(task.lease_epoch() + 1);
-  task.set_attempts(task.attempts() + 1);
-  task.set_worker_id(worker_id);
-  task.set_update_time_ms(NowMs());
-  Changes changes;
-  changes.tasks.push_back(task);
-  const JobEntry& entry = jobs_.at(task.job_id());
-  if (entry.job.state() == v1::JOB_STATE_QUEUED) {
-    v1::Job job = entry.job;
-    job.set_state(v1::JOB_STATE_RUNNING);
-    job.set_update_time_ms(task.update_time_ms());
-    changes.jobs.push_back(std::move(job));
-  }
-  storage::WriteBatch batch;
-  if (auto it = workers_.find(worker_id); it != workers_.end()) {
-    // When the worker was last seen, with the lease (no extra write).
-    WorkerRecord record;
-    record.set_worker_id(worker_id);
-    record.set_device(it->second.device);
-    record.set_memory_bytes(it->second.memory_bytes);
-    record.set_registered_ms(it->second.registered_ms);
-    record.set_last_seen_ms(task.update_time_ms());
-    JobStore::PutWorker(record, &batch);
-  }
-  if (absl::Status s = CommitLocked(std::move(batch), changes); !s.ok()) {
-    return s;
-  }
-  leases_.Grant(task.task_id(), task.lease_epoch(),
-                clock_->Now() + options_.lease_ttl);
-  metrics_->LeaseGranted();
-  if (auto it = workers_.find(worker_id); it != workers_.end()) {
-    it->second.last_job_id = task.job_id();
-    it->second.last_checkpoint_index = task.checkpoint_index();
-    it->second.last_kind = task.kind();
-  }
-
+v1::Task TaskScheduler::TaskMessageLocked(const TaskRecord& task) const {
+  const JobStateMachine::JobEntry& entry = *state_.FindJob(task.job_id());
   const v1::JobSpec& spec = entry.job.spec();
   v1::Task out;
   out.set_task_id(task.task_id());
@@ -659,8 +458,9 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
     sae->set_job_id(task.job_id());
     sae->set_layer(task.layer());
     sae->set_step(task.step());
-    const TaskRecord& final_pass =
-        tasks_.at(entry.analyses[task.hook_index()][FinalChainIndex(spec)]);
+    const TaskRecord& final_pass = *state_.FindTask(
+        entry.analyses[task.hook_index()]
+                      [JobStateMachine::FinalChainIndex(spec)]);
     *analyse->mutable_final_sae() = *sae;
     analyse->mutable_final_sae()->set_step(final_pass.step());
     return out;
@@ -671,8 +471,8 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
   train->set_checkpoint_index(task.checkpoint_index());
   train->set_chain_index(task.chain_index());
   if (task.chain_index() > 0) {
-    const TaskRecord& previous =
-        tasks_.at(entry.chains[task.hook_index()][task.chain_index() - 1]);
+    const TaskRecord& previous = *state_.FindTask(
+        entry.chains[task.hook_index()][task.chain_index() - 1]);
     v1::SaeRef* init = train->mutable_init_from();
     init->set_job_id(task.job_id());
     init->set_layer(task.layer());
@@ -681,74 +481,21 @@ absl::StatusOr<v1::Task> TaskScheduler::GrantLocked(
   return out;
 }
 
-absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
-    const std::string& worker_id, absl::Duration wait,
-    absl::FunctionRef<bool()> cancelled) {
-  const absl::Time deadline = absl::Now() + wait;
-  absl::MutexLock lock(&mu_);
-  auto worker = workers_.find(worker_id);
-  // Workers registered before a restart are not known; they may take any job.
-  const WorkerInfo info =
-      worker == workers_.end() ? WorkerInfo{} : worker->second;
-  while (true) {
-    if (shutting_down_) return std::nullopt;
-    ExpireLeasesLocked();
-    if (const TaskRecord* task =
-            PickLocked(info.device, info.memory_bytes, worker_id);
-        task != nullptr) {
-      absl::StatusOr<v1::Task> granted = GrantLocked(*task, worker_id);
-      if (!granted.ok()) return granted.status();
-      return std::optional<v1::Task>(*std::move(granted));
-    }
-    const absl::Time now = absl::Now();
-    if (now >= deadline || cancelled()) return std::nullopt;
-    runnable_cv_.WaitWithDeadline(
-        &mu_, std::min(deadline, now + kCancellationCheckPeriod));
-  }
-}
-
-absl::StatusOr<const TaskRecord*> TaskScheduler::LiveTaskLocked(
-    const std::string& task_id, int64_t epoch) const {
-  auto it = tasks_.find(task_id);
-  if (it == tasks_.end()) {
-    return absl::AbortedError(absl::StrCat("task '", task_id, "' is unknown"));
-  }
-  const TaskRecord& task = it->second;
-  if (task.lease_epoch() != epoch) {
-    return absl::AbortedError(
-        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id,
-                     " (current epoch ", task.lease_epoch(), ")"));
-  }
-  if (task.state() != TASK_STATE_RUNNING) {
-    return absl::AbortedError(absl::StrCat(
-        "task ", task_id, " is no longer leased (state ",
-        TaskStateLabel(task.state()),
-        task.error().empty() ? "" : absl::StrCat(": ", task.error()), ")"));
-  }
-  return &task;
-}
-
 absl::StatusOr<bool> TaskScheduler::Heartbeat(const std::string& task_id,
                                               int64_t epoch,
                                               int64_t tokens_done,
                                               std::optional<double> loss) {
   absl::MutexLock lock(&mu_);
   ExpireLeasesLocked();
-  auto it = tasks_.find(task_id);
-  if (it != tasks_.end() && it->second.lease_epoch() == epoch &&
-      it->second.state() == TASK_STATE_CANCELLED) {
+  if (const TaskRecord* task = state_.FindTask(task_id);
+      task != nullptr && task->lease_epoch() == epoch &&
+      task->state() == TASK_STATE_CANCELLED) {
     return true;  // The job failed: tell the worker to stop.
   }
-  absl::StatusOr<const TaskRecord*> task = LiveTaskLocked(task_id, epoch);
+  absl::StatusOr<const TaskRecord*> task = state_.LiveTask(task_id, epoch);
   if (!task.ok()) return task.status();
   leases_.Renew(task_id, epoch, clock_->Now() + options_.lease_ttl);
-  TaskProgress& progress = task_progress_[task_id];
-  if (progress.tokens_done != tokens_done || progress.loss != loss) {
-    progress.tokens_done = tokens_done;
-    progress.loss = loss;
-    progress.seq = next_progress_seq_++;
-    ++jobs_.at((*task)->job_id()).version;
-    ++jobs_version_;
+  if (state_.RecordProgress(task_id, tokens_done, loss)) {
     job_changed_cv_.SignalAll();
   }
   return false;
@@ -758,7 +505,7 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
                                                     int64_t epoch) {
   absl::MutexLock lock(&mu_);
   ExpireLeasesLocked();
-  absl::StatusOr<const TaskRecord*> task = LiveTaskLocked(task_id, epoch);
+  absl::StatusOr<const TaskRecord*> task = state_.LiveTask(task_id, epoch);
   if (!task.ok()) return task.status();
   const TaskRecord& t = **task;
   LeaseInfo info;
@@ -768,11 +515,12 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
   info.layer = t.layer();
   info.step = t.step();
   info.chain_index = t.chain_index();
-  const v1::JobSpec& spec = jobs_.at(t.job_id()).job.spec();
+  const v1::JobSpec& spec = state_.FindJob(t.job_id())->job.spec();
   info.d_sae = spec.sae().d_sae();
   info.kind = t.kind();
   info.final_analysis =
-      t.kind() == TASK_KIND_ANALYSE && t.chain_index() == FinalChainIndex(spec);
+      t.kind() == TASK_KIND_ANALYSE &&
+      t.chain_index() == JobStateMachine::FinalChainIndex(spec);
   info.top_k = spec.analysis().top_k();
   return info;
 }
@@ -783,18 +531,25 @@ absl::Status TaskScheduler::Complete(const std::string& task_id, int64_t epoch,
   {
     absl::MutexLock lock(&mu_);
     ExpireLeasesLocked();
-    if (auto it = tasks_.find(task_id);
-        it != tasks_.end() && it->second.state() == TASK_STATE_SUCCEEDED &&
-        it->second.lease_epoch() == epoch) {
+    if (const TaskRecord* task = state_.FindTask(task_id);
+        task != nullptr && task->state() == TASK_STATE_SUCCEEDED &&
+        task->lease_epoch() == epoch) {
       // A retry of a completion that was stored (its answer was lost on
       // the way): acknowledged again, nothing written twice.
       return absl::OkStatus();
     }
-    absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
+    absl::StatusOr<const TaskRecord*> live = state_.LiveTask(task_id, epoch);
     if (!live.ok()) return live.status();
     if (!options_.commit_outside_lock) {
-      return FinishCompleteLocked(task_id, epoch, std::move(results),
-                                  tokens_trained);
+      // Results, task and job records in one batch, under the lock.
+      RecordChanges changes =
+          state_.PlanComplete(**live, tokens_trained, NowMs());
+      if (absl::Status s = CommitLocked(std::move(results), changes); !s.ok()) {
+        return s;
+      }
+      runnable_cv_.SignalAll();
+      summary_cv_.SignalAll();
+      return absl::OkStatus();
     }
     if (!committing_.insert(task_id).second) {
       return absl::UnavailableError(absl::StrCat(
@@ -803,133 +558,63 @@ absl::Status TaskScheduler::Complete(const std::string& task_id, int64_t epoch,
     }
   }
   // The results (nearly all the bytes: SAE weights, feature points) are
-  // written and synced without the scheduler's lock, so leases, heartbeats
-  // and job queries go on meanwhile; the lease cannot expire while it is
-  // being committed. Synced here, so that the small synced write of the
-  // task's state below does not flush them under the lock. A crash in
-  // between leaves them stored but the task RUNNING: its retry overwrites
-  // them with the same keys.
-  const size_t bytes = results.ByteSize();
-  const absl::Status written = store_->Write(results, {.sync = true});
+  // written and synced with no lock held, so leases, heartbeats and job
+  // queries go on meanwhile; the lease cannot expire while its completion
+  // is being committed. A crash in between leaves them stored but the task
+  // RUNNING: its retry overwrites them with the same keys.
+  const absl::Status written =
+      committer_.Commit(std::move(results), RecordChanges());
   absl::MutexLock lock(&mu_);
+  absl::Status s = written;
+  while (s.ok()) {
+    // The lease may have ended meanwhile (job cancelled, task failed by its
+    // worker): then the task's state is not touched.
+    absl::StatusOr<const TaskRecord*> live = state_.LiveTask(task_id, epoch);
+    if (!live.ok()) {
+      s = live.status();
+      break;
+    }
+    const RecordChanges changes =
+        state_.PlanComplete(**live, tokens_trained, NowMs());
+    if (PinnedLocked(changes)) {  // Another task of the job is committing.
+      WaitForUnpinLocked();
+      continue;
+    }
+    s = CommitLocked(storage::WriteBatch(), changes);
+    if (s.ok()) {
+      runnable_cv_.SignalAll();  // The chain's next task is runnable now.
+      summary_cv_.SignalAll();
+    }
+    break;
+  }
   committing_.erase(task_id);
-  if (!written.ok()) return written;
-  metrics_->BytesWritten(bytes);
-  // The lease may have ended meanwhile (job cancelled, task failed by its
-  // worker): then the task's state is not touched.
-  absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
-  if (!live.ok()) return live.status();
-  return FinishCompleteLocked(task_id, epoch, storage::WriteBatch(),
-                              tokens_trained);
-}
-
-absl::Status TaskScheduler::FinishCompleteLocked(const std::string& task_id,
-                                                 int64_t epoch,
-                                                 storage::WriteBatch results,
-                                                 int64_t tokens_trained) {
-  const int64_t now_ms = NowMs();
-  TaskRecord task = tasks_.at(task_id);
-  task.set_state(TASK_STATE_SUCCEEDED);
-  task.set_tokens_trained(tokens_trained);
-  task.clear_error();
-  task.set_update_time_ms(now_ms);
-  Changes changes;
-  changes.jobs.push_back(ProgressedJobLocked(task, tokens_trained, now_ms));
-  changes.tasks.push_back(std::move(task));
-  if (absl::Status s = CommitLocked(std::move(results), changes); !s.ok()) {
-    return s;
-  }
-  runnable_cv_.SignalAll();  // The chain's next task is runnable now.
-  summary_cv_.SignalAll();
-  return absl::OkStatus();
-}
-
-v1::Job TaskScheduler::ProgressedJobLocked(const TaskRecord& done,
-                                           int64_t tokens_trained,
-                                           int64_t now_ms) const {
-  v1::Job job = jobs_.at(done.job_id()).job;
-  v1::JobProgress* progress = job.mutable_progress();
-  if (done.kind() == TASK_KIND_TRAIN) {
-    progress->set_tasks_done(progress->tasks_done() + 1);
-    progress->set_tokens_trained(progress->tokens_trained() + tokens_trained);
-  } else {
-    progress->set_analysis_tasks_done(progress->analysis_tasks_done() + 1);
-  }
-  if (progress->tasks_done() >= progress->tasks_total() &&
-      progress->analysis_tasks_done() >= progress->analysis_tasks_total()) {
-    job.set_state(v1::JOB_STATE_SUCCEEDED);
-  }
-  job.set_update_time_ms(now_ms);
-  return job;
-}
-
-bool TaskScheduler::RetryOrFailLocked(const TaskRecord& live,
-                                      const std::string& error, bool retryable,
-                                      const std::string& job_error,
-                                      int64_t now_ms, Changes* changes) {
-  TaskRecord task = live;
-  task.set_error(error);
-  task.clear_worker_id();
-  task.set_update_time_ms(now_ms);
-  if (retryable && task.attempts() < options_.max_attempts) {
-    task.set_state(TASK_STATE_QUEUED);
-    // Capped exponential backoff: a task that keeps failing (a flaky
-    // machine, a worker that crashes on it) does not spin through its
-    // attempts.
-    absl::Duration backoff = options_.retry_backoff;
-    for (int i = 1; i < task.attempts() && backoff < options_.retry_backoff_max;
-         ++i) {
-      backoff *= 2;
-    }
-    backoff = std::min(backoff, options_.retry_backoff_max);
-    task.set_not_before_ms(backoff > absl::ZeroDuration()
-                               ? now_ms + absl::ToInt64Milliseconds(backoff)
-                               : 0);
-    changes->tasks.push_back(std::move(task));
-    return true;
-  }
-  task.set_state(TASK_STATE_FAILED);
-  const JobEntry& entry = jobs_.at(task.job_id());
-  ForEachTaskId(entry, [&](const std::string& id) {
-    if (id == task.task_id()) return;
-    const TaskRecord& other = tasks_.at(id);
-    if (other.state() != TASK_STATE_QUEUED &&
-        other.state() != TASK_STATE_RUNNING) {
-      return;
-    }
-    TaskRecord cancelled = other;
-    cancelled.set_state(TASK_STATE_CANCELLED);
-    cancelled.set_error(absl::StrCat("job failed: ", job_error));
-    cancelled.set_update_time_ms(now_ms);
-    changes->tasks.push_back(std::move(cancelled));
-  });
-  changes->tasks.push_back(std::move(task));
-  v1::Job job = entry.job;
-  job.set_state(v1::JOB_STATE_FAILED);
-  job.set_error(job_error);
-  job.set_update_time_ms(now_ms);
-  changes->jobs.push_back(std::move(job));
-  return false;
+  return s;
 }
 
 absl::Status TaskScheduler::Fail(const std::string& task_id, int64_t epoch,
                                  const std::string& error, bool retryable) {
   absl::MutexLock lock(&mu_);
   ExpireLeasesLocked();
-  absl::StatusOr<const TaskRecord*> live = LiveTaskLocked(task_id, epoch);
-  if (!live.ok()) return live.status();
-  Changes changes;
-  const bool requeued = RetryOrFailLocked(
-      **live, error, retryable,
-      absl::StrCat("task ", task_id, " failed: ", error), NowMs(), &changes);
-  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
-    return s;
+  while (true) {
+    absl::StatusOr<const TaskRecord*> live = state_.LiveTask(task_id, epoch);
+    if (!live.ok()) return live.status();
+    bool requeued = false;
+    const RecordChanges changes =
+        state_.PlanFail(**live, error, retryable, NowMs(), &requeued);
+    if (PinnedLocked(changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    if (absl::Status s = CommitLocked(storage::WriteBatch(), changes);
+        !s.ok()) {
+      return s;
+    }
+    if (requeued) {
+      metrics_->TaskRetried();
+      runnable_cv_.SignalAll();
+    }
+    return absl::OkStatus();
   }
-  if (requeued) {
-    metrics_->TaskRetried();
-    runnable_cv_.SignalAll();
-  }
-  return absl::OkStatus();
 }
 
 void TaskScheduler::ExpireLeases() {
@@ -942,19 +627,20 @@ void TaskScheduler::ExpireLeasesLocked() {
   for (const std::string& task_id : leases_.ExpiredAt(now)) {
     // A lease whose result is being written does not expire under it.
     if (committing_.count(task_id) > 0) continue;
-    auto it = tasks_.find(task_id);
-    if (it == tasks_.end() || it->second.state() != TASK_STATE_RUNNING) {
+    // mu_ may have been released by an earlier commit of this loop.
+    const LeaseTable::Lease* lease = leases_.Find(task_id);
+    if (lease == nullptr || lease->deadline > now) continue;
+    const TaskRecord* task = state_.FindTask(task_id);
+    if (task == nullptr || task->state() != TASK_STATE_RUNNING) {
       leases_.Release(task_id);
       continue;
     }
-    const TaskRecord& task = it->second;
-    Changes changes;
-    const bool requeued = RetryOrFailLocked(
-        task, "lease expired", /*retryable=*/true,
-        absl::StrCat("lease expired: task ", task_id, " was leased ",
-                     task.attempts(), " times without completing"),
-        absl::ToUnixMillis(now), &changes);
-    // On a storage error the lease stays expired and is retried next time.
+    bool requeued = false;
+    const RecordChanges changes =
+        state_.PlanExpire(*task, absl::ToUnixMillis(now), &requeued);
+    // Records being written, or a storage error: the lease stays expired
+    // and is checked again next time.
+    if (PinnedLocked(changes)) continue;
     if (!CommitLocked(storage::WriteBatch(), changes).ok()) continue;
     metrics_->LeaseExpired();
     if (requeued) {
@@ -969,34 +655,26 @@ void TaskScheduler::ExpireLeasesLocked() {
 std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
   const absl::Time deadline = absl::Now() + wait;
   absl::MutexLock lock(&mu_);
+  const auto unavailable = [this](const TaskRecord& task) {
+    mu_.AssertHeld();
+    return summaries_taken_.count(task.task_id()) > 0 ||
+           pinned_tasks_.count(task.task_id()) > 0;
+  };
   while (!shutting_down_) {
-    const int64_t now_ms = NowMs();
-    for (const auto& [order, seq] : active_jobs_) {
-      const JobEntry& entry = jobs_.at(jobs_by_seq_.at(seq));
-      for (int h = 0; h < static_cast<int>(entry.summaries.size()); ++h) {
-        const TaskRecord& summary = tasks_.at(entry.summaries[h]);
-        if (summary.state() != TASK_STATE_QUEUED ||
-            summary.not_before_ms() > now_ms ||
-            summaries_taken_.count(summary.task_id()) > 0) {
-          continue;
-        }
-        bool ready = true;
-        for (const std::string& id : entry.analyses[h]) {
-          ready &= tasks_.at(id).state() == TASK_STATE_SUCCEEDED;
-        }
-        if (!ready) continue;
-        SummaryWork work;
-        work.task_id = summary.task_id();
-        work.job_id = summary.job_id();
-        work.spec = entry.job.spec();
-        work.hook_index = h;
-        work.layer = summary.layer();
-        for (const auto& checkpoint : work.spec.model().checkpoints()) {
-          work.steps.push_back(checkpoint.step());
-        }
-        summaries_taken_.insert(summary.task_id());
-        return work;
+    if (const TaskRecord* summary =
+            state_.RunnableSummary(NowMs(), unavailable);
+        summary != nullptr) {
+      SummaryWork work;
+      work.task_id = summary->task_id();
+      work.job_id = summary->job_id();
+      work.spec = state_.FindJob(summary->job_id())->job.spec();
+      work.hook_index = summary->hook_index();
+      work.layer = summary->layer();
+      for (const auto& checkpoint : work.spec.model().checkpoints()) {
+        work.steps.push_back(checkpoint.step());
       }
+      summaries_taken_.insert(summary->task_id());
+      return work;
     }
     const absl::Time now = absl::Now();
     if (now >= deadline) break;
@@ -1009,49 +687,53 @@ std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
 absl::Status TaskScheduler::CompleteSummary(const std::string& task_id,
                                             storage::WriteBatch results) {
   absl::MutexLock lock(&mu_);
-  if (summaries_taken_.erase(task_id) == 0) {
-    return absl::AbortedError(
-        absl::StrCat("summary task ", task_id, " is not taken"));
+  while (true) {
+    if (summaries_taken_.count(task_id) == 0) {
+      return absl::AbortedError(
+          absl::StrCat("summary task ", task_id, " is not taken"));
+    }
+    const TaskRecord* task = state_.FindTask(task_id);
+    if (task == nullptr || task->state() != TASK_STATE_QUEUED) {
+      summaries_taken_.erase(task_id);
+      return absl::AbortedError(absl::StrCat(
+          "summary task ", task_id, " is no longer queued (its job ended)"));
+    }
+    const RecordChanges changes = state_.PlanCompleteSummary(*task, NowMs());
+    if (PinnedLocked(changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    // Still taken while written: TakeSummary does not hand it out again.
+    absl::Status s = CommitLocked(std::move(results), changes);
+    summaries_taken_.erase(task_id);
+    return s;
   }
-  auto it = tasks_.find(task_id);
-  if (it == tasks_.end() || it->second.state() != TASK_STATE_QUEUED) {
-    return absl::AbortedError(absl::StrCat(
-        "summary task ", task_id, " is no longer queued (its job ended)"));
-  }
-  const int64_t now_ms = NowMs();
-  TaskRecord task = it->second;
-  task.set_state(TASK_STATE_SUCCEEDED);
-  task.clear_error();
-  task.set_attempts(task.attempts() + 1);
-  task.set_worker_id("coordinator");
-  task.set_update_time_ms(now_ms);
-  Changes changes;
-  changes.jobs.push_back(ProgressedJobLocked(task, 0, now_ms));
-  changes.tasks.push_back(std::move(task));
-  return CommitLocked(std::move(results), changes);
 }
 
 absl::Status TaskScheduler::FailSummary(const std::string& task_id,
                                         const std::string& error,
                                         bool retryable) {
   absl::MutexLock lock(&mu_);
-  summaries_taken_.erase(task_id);
-  auto it = tasks_.find(task_id);
-  if (it == tasks_.end() || it->second.state() != TASK_STATE_QUEUED) {
-    return absl::AbortedError(absl::StrCat(
-        "summary task ", task_id, " is no longer queued (its job ended)"));
+  while (true) {
+    const TaskRecord* task = state_.FindTask(task_id);
+    if (task == nullptr || task->state() != TASK_STATE_QUEUED) {
+      summaries_taken_.erase(task_id);
+      return absl::AbortedError(absl::StrCat(
+          "summary task ", task_id, " is no longer queued (its job ended)"));
+    }
+    bool requeued = false;
+    const RecordChanges changes =
+        state_.PlanFailSummary(*task, error, retryable, NowMs(), &requeued);
+    if (PinnedLocked(changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    absl::Status s = CommitLocked(storage::WriteBatch(), changes);
+    summaries_taken_.erase(task_id);
+    if (!s.ok()) return s;
+    summary_cv_.SignalAll();
+    return absl::OkStatus();
   }
-  TaskRecord task = it->second;
-  task.set_attempts(task.attempts() + 1);
-  Changes changes;
-  RetryOrFailLocked(task, error, retryable,
-                    absl::StrCat("summary ", task_id, " failed: ", error),
-                    NowMs(), &changes);
-  if (absl::Status s = CommitLocked(storage::WriteBatch(), changes); !s.ok()) {
-    return s;
-  }
-  summary_cv_.SignalAll();
-  return absl::OkStatus();
 }
 
 }  // namespace saetrack::server

@@ -1,4 +1,5 @@
-// The job and task state machine of the coordinator.
+// The coordinator's scheduler: jobs, tasks, leases and the writes that make
+// their transitions durable, behind one thread-safe API.
 #ifndef SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_
 #define SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_
 
@@ -21,9 +22,12 @@
 #include "saetrack/v1/worker.pb.h"
 #include "server/clock.h"
 #include "server/internal/coordinator_metrics.h"
+#include "server/internal/job_state_machine.h"
 #include "server/internal/job_store.h"
 #include "server/internal/lease_table.h"
 #include "server/internal/records.pb.h"
+#include "server/internal/result_committer.h"
+#include "server/internal/task_picker.h"
 #include "storage/kv_store.h"
 
 namespace saetrack::server {
@@ -39,10 +43,11 @@ struct SchedulerOptions {
   // Real-time period of the background lease-expiry check; zero disables the
   // thread (leases are still checked on every worker call).
   absl::Duration expiry_check_interval = absl::Seconds(1);
-  // Complete writes a task's results without holding the scheduler's lock
-  // (only the small task and job records under it). false: all under the
-  // lock, every other call waiting for the write (the baseline
-  // bench/commit_latency_bench measures against).
+  // Writes (a task's results, then every transition's records) go to the
+  // store without the scheduler's lock held: it is held only to decide and
+  // to apply a written change. false: every write under the lock, every
+  // other call waiting for it (the baseline commit_latency_bench measures
+  // against).
   bool commit_outside_lock = true;
 };
 
@@ -93,6 +98,15 @@ struct SummaryWork {
 // clock). An expired lease, or a retryable failure, requeues its task (after
 // a capped exponential backoff) until the task has been leased max_attempts
 // times; then the job fails, and its other unfinished tasks are cancelled.
+//
+// Composed of the pure JobStateMachine (jobs, tasks, transitions), the
+// LeaseTable, PickTask (the picking policy) and the ResultCommitter. One
+// mutex guards the decisions: a call plans a transition under it, pins the
+// records it writes, writes them without the mutex, and applies them under
+// it again; a decision that would touch a pinned record waits for it (a
+// small synced write), Lease passes over pinned tasks, and reads see the
+// last applied state. So a large result being stored holds up no lease,
+// heartbeat or query.
 //
 // Does not own the store, clock or metrics (all must outlive it). Thread-safe.
 class TaskScheduler {
@@ -237,88 +251,52 @@ class TaskScheduler {
   void Shutdown();
 
  private:
-  struct JobEntry {
-    v1::Job job;
-    int64_t seq = 0;
-    // chains[hook_index][chain_index] = task id.
-    std::vector<std::vector<std::string>> chains;
-    // analyses[hook_index][chain_index] = id of the analysis task of that
-    // chain position's checkpoint; summaries[hook_index] = summary task id.
-    // Both empty when the job has no analysis pass.
-    std::vector<std::vector<std::string>> analyses;
-    std::vector<std::string> summaries;
-    // Bumped on every change of the job or its running tasks' progress.
-    int64_t version = 0;
-  };
-  // Progress a worker reported for a running task.
-  struct TaskProgress {
-    int64_t tokens_done = 0;
-    std::optional<double> loss;
-    int64_t seq = 0;  // Orders reports: the latest loss wins.
-  };
-  // Records to write and then make visible, in one batch.
-  struct Changes {
-    std::vector<TaskRecord> tasks;
-    std::vector<v1::Job> jobs;
-  };
-
   TaskScheduler(storage::KvStore* store, Clock* clock,
-                CoordinatorMetrics* metrics, const SchedulerOptions& options);
+                CoordinatorMetrics* metrics, const SchedulerOptions& options,
+                JobStateMachine state);
 
-  // The task's SUCCEEDED state and its job's progress, with `results`
-  // (empty when already written), synced. REQUIRES: the lease is live.
-  absl::Status FinishCompleteLocked(const std::string& task_id, int64_t epoch,
-                                    storage::WriteBatch results,
-                                    int64_t tokens_trained)
+  // Writes `batch` with the records of `changes` (synced) and applies them.
+  // With commit_outside_lock, mu_ is released during the write, the records
+  // pinned meanwhile so that no other decision plans from them; on return
+  // mu_ is held again and anything read before may have changed. Nothing is
+  // applied when the write fails. REQUIRES: no record of `changes` pinned.
+  absl::Status CommitLocked(storage::WriteBatch batch,
+                            const RecordChanges& changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CommitLocked(storage::WriteBatch batch, const Changes& changes)
+  // Makes committed `changes` visible (state, leases, metrics, waiters).
+  void ApplyLocked(const RecordChanges& changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The live RUNNING record of (task_id, epoch), or kAborted.
-  absl::StatusOr<const TaskRecord*> LiveTaskLocked(const std::string& task_id,
-                                                   int64_t epoch) const
+  // Whether a record of `changes` is pinned by a commit in flight.
+  bool PinnedLocked(const RecordChanges& changes) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Adds to `changes` the requeue of `task` (when attempts remain and
-  // `retryable`) or the failure of its job. Returns true when requeued.
-  bool RetryOrFailLocked(const TaskRecord& task, const std::string& error,
-                         bool retryable, const std::string& job_error,
-                         int64_t now_ms, Changes* changes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits until some commit in flight has been applied or dropped.
+  void WaitForUnpinLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Requeues (or fails) every task whose lease has expired by the clock,
+  // except those being committed; may release mu_ while writing.
   void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Calls `fn` with the id of every task of `entry`, of every kind.
-  template <typename Fn>
-  static void ForEachTaskId(const JobEntry& entry, Fn fn);
-  // The chain position of the final (latest step) checkpoint of a job.
-  static int FinalChainIndex(const v1::JobSpec& spec);
-  // The runnable worker task of hook `h` (training, else analysis), or
-  // null; `previous` receives the chain predecessor of a training task.
-  const TaskRecord* RunnableInHookLocked(const JobEntry& entry, int h,
-                                         int64_t now_ms,
-                                         const TaskRecord** previous) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The best runnable task for worker `worker_id` with `device`, or null:
-  // the first by job priority and age, except that among tasks of the same
-  // priority one whose chain predecessor this worker trained comes first
-  // (chain affinity: the worker still holds that SAE and skips the
-  // download).
-  const TaskRecord* PickLocked(const std::string& device, int64_t memory_bytes,
-                               const std::string& worker_id) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The job after `done` succeeded: progress counted, SUCCEEDED when every
-  // task has.
-  v1::Job ProgressedJobLocked(const TaskRecord& done, int64_t tokens_trained,
-                              int64_t now_ms) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<v1::Task> GrantLocked(const TaskRecord& task,
-                                       const std::string& worker_id)
+  // The task handed to the worker for the granted record `task`.
+  v1::Task TaskMessageLocked(const TaskRecord& task) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpiryLoop();
   int64_t NowMs() const;
 
+  const SchedulerOptions options_;
   storage::KvStore* const store_;
   Clock* const clock_;
   CoordinatorMetrics* const metrics_;
-  const SchedulerOptions options_;
+  const ResultCommitter committer_;
 
+  // Serialises job creation (the job sequence counter and request ids are
+  // written in order) without holding mu_ during the write. Taken before
+  // mu_.
+  mutable absl::Mutex create_mu_;
+  int64_t next_job_seq_ ABSL_GUARDED_BY(create_mu_) = 1;
+  // Serialises worker registration likewise. Taken before mu_.
+  absl::Mutex register_mu_;
+  int64_t next_worker_seq_ ABSL_GUARDED_BY(register_mu_) = 1;
+
+  // The decision lock: held to plan a transition and to apply a committed
+  // one, not while it is written (with commit_outside_lock).
   mutable absl::Mutex mu_;
   // Signalled when a task may have become runnable, and on Shutdown.
   absl::CondVar runnable_cv_;
@@ -326,44 +304,25 @@ class TaskScheduler {
   absl::CondVar summary_cv_;
   // Signalled when a job's version changes, and on Shutdown.
   mutable absl::CondVar job_changed_cv_;
-  // Incremented with every job version change (WaitForAnyJobChange).
-  int64_t jobs_version_ ABSL_GUARDED_BY(mu_) = 0;
-  // Progress of RUNNING tasks, by task id.
-  std::map<std::string, TaskProgress> task_progress_ ABSL_GUARDED_BY(mu_);
-  int64_t next_progress_seq_ ABSL_GUARDED_BY(mu_) = 1;
-  std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
-  std::map<int64_t, std::string> jobs_by_seq_ ABSL_GUARDED_BY(mu_);
-  // Non-terminal jobs ordered by (-priority, seq): the leasing order.
-  std::set<std::pair<int64_t, int64_t>> active_jobs_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, TaskRecord> tasks_ ABSL_GUARDED_BY(mu_);
+  // Signalled when a commit in flight is applied or dropped.
+  absl::CondVar unpinned_cv_;
+  JobStateMachine state_ ABSL_GUARDED_BY(mu_);
   LeaseTable leases_ ABSL_GUARDED_BY(mu_);
-  struct WorkerInfo {
-    std::string device;
-    int64_t memory_bytes = 0;
-    int64_t registered_ms = 0;
-    // The last task granted to the worker: its engine keeps the other
-    // hooks' activations of that checkpoint, so the scheduler hands it the
-    // other hooks of the same checkpoint first.
-    std::string last_job_id;
-    int32_t last_checkpoint_index = -1;
-    TaskKind last_kind = TASK_KIND_TRAIN;
-  };
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
+  // Task and job ids whose records a commit in flight is writing.
+  std::set<std::string> pinned_tasks_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> pinned_jobs_ ABSL_GUARDED_BY(mu_);
   // Summary tasks handed out by TakeSummary and not yet finished.
   std::set<std::string> summaries_taken_ ABSL_GUARDED_BY(mu_);
-  // Tasks whose results Complete is writing outside the lock.
+  // Tasks whose completion (results, then records) is being written: their
+  // leases do not expire meanwhile.
   std::set<std::string> committing_ ABSL_GUARDED_BY(mu_);
-  int64_t next_job_seq_ ABSL_GUARDED_BY(mu_) = 1;
-  int64_t next_worker_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
 
   std::thread expiry_thread_;
 };
 
-// "job-000042" for sequence number 42.
-std::string JobIdForSeq(int64_t seq);
-// The sequence number of a job id, or nullopt when malformed.
-std::optional<int64_t> SeqOfJobId(const std::string& job_id);
+// JobIdForSeq and SeqOfJobId: server/internal/job_state_machine.h.
 
 }  // namespace saetrack::server
 

@@ -3,10 +3,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/clock.h"
@@ -634,6 +636,155 @@ TEST_F(TaskSchedulerTest, WorkersGetOnlyJobsThatFitTheirMemory) {
   // A worker that reports no memory may take any job.
   Create(big);
   EXPECT_TRUE(LeaseNow(*unknown).has_value());
+}
+
+// A store whose writes can be held back: while held, every Write waits
+// (counted in `waiting`) until released, so a test can act while a commit
+// is in flight. Thread-safe.
+class HoldingStore final : public storage::KvStore {
+ public:
+  absl::StatusOr<std::string> Get(storage::Column column,
+                                  std::string_view key) const override {
+    return base_->Get(column, key);
+  }
+  absl::Status Write(const storage::WriteBatch& batch,
+                     const storage::WriteOptions& options) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++waiting_;
+      mu_.Await(absl::Condition(
+          +[](bool* held) { return !*held; }, &held_));
+      --waiting_;
+    }
+    return base_->Write(batch, options);
+  }
+  absl::Status Scan(storage::Column column, std::string_view prefix,
+                    std::string_view start,
+                    storage::ScanVisitor visit) const override {
+    return base_->Scan(column, prefix, start, visit);
+  }
+  absl::StatusOr<uint64_t> LiveDataBytes() const override {
+    return base_->LiveDataBytes();
+  }
+  absl::Status Checkpoint(const std::string& dir) override {
+    return base_->Checkpoint(dir);
+  }
+
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    held_ = true;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    held_ = false;
+  }
+  // Waits (up to 10 s) until `n` writes are held. Returns whether they are.
+  bool AwaitWaiting(int n) {
+    absl::MutexLock lock(&mu_);
+    want_ = n;
+    return mu_.AwaitWithTimeout(absl::Condition(this, &HoldingStore::Enough),
+                                absl::Seconds(10));
+  }
+
+ private:
+  bool Enough() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return waiting_ >= want_;
+  }
+
+  std::unique_ptr<storage::KvStore> base_ = storage::NewInMemoryStore();
+  absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  int want_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class TaskSchedulerCommitTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    SchedulerOptions options;
+    options.lease_ttl = kTtl;
+    options.expiry_check_interval = absl::ZeroDuration();
+    auto s = TaskScheduler::Recover(&store_, &clock_, &metrics_, options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    scheduler_ = *std::move(s);
+    auto job = scheduler_->CreateJob(Spec(2, 2), "", "");
+    ASSERT_TRUE(job.ok()) << job.status();
+    job_ = job->job.job_id();
+    for (int i = 0; i < 2; ++i) {
+      auto task =
+          scheduler_->Lease("w", absl::ZeroDuration(), [] { return false; });
+      ASSERT_TRUE(task.ok() && task->has_value());
+      tasks_.push_back(**task);
+    }
+  }
+
+  HoldingStore store_;
+  FakeClock clock_;
+  CoordinatorMetrics metrics_;
+  std::unique_ptr<TaskScheduler> scheduler_;
+  std::string job_;
+  std::vector<v1::Task> tasks_;
+};
+
+// Heartbeats, lease checks and queries are answered while a completion is
+// being written; the completion becomes visible only once written.
+TEST_F(TaskSchedulerCommitTest, CallsGoOnWhileACompletionIsWritten) {
+  const v1::Task& done = tasks_[0];
+  const v1::Task& other = tasks_[1];
+  store_.Hold();
+  absl::Status completed;
+  std::thread completer([&] {
+    storage::WriteBatch results;
+    results.Put(storage::Column::kMeta, "result", "weights");
+    completed = scheduler_->Complete(done.task_id(), done.lease_epoch(),
+                                     std::move(results), 100);
+  });
+  ASSERT_TRUE(store_.AwaitWaiting(1));  // The results' write.
+  EXPECT_EQ(
+      scheduler_->Heartbeat(other.task_id(), other.lease_epoch(), 5).value(),
+      false);
+  EXPECT_TRUE(
+      scheduler_->CheckLease(other.task_id(), other.lease_epoch()).ok());
+  EXPECT_EQ(scheduler_->GetJob(job_)->progress().tasks_done(), 0);
+  // A second completion of the same lease is told to come back.
+  EXPECT_EQ(scheduler_
+                ->Complete(done.task_id(), done.lease_epoch(),
+                           storage::WriteBatch(), 100)
+                .code(),
+            absl::StatusCode::kUnavailable);
+  // The lease does not expire while its completion is written (the other
+  // one is renewed, not to be expired meanwhile).
+  clock_.Advance(kTtl - absl::Milliseconds(1));
+  ASSERT_TRUE(scheduler_->Heartbeat(other.task_id(), other.lease_epoch()).ok());
+  clock_.Advance(absl::Milliseconds(2));
+  scheduler_->ExpireLeases();
+  EXPECT_TRUE(scheduler_->CheckLease(done.task_id(), done.lease_epoch()).ok());
+  EXPECT_EQ(scheduler_->GetJob(job_)->state(), v1::JOB_STATE_RUNNING);
+  store_.Release();
+  completer.join();
+  ASSERT_TRUE(completed.ok()) << completed;
+  EXPECT_EQ(scheduler_->GetJob(job_)->progress().tasks_done(), 1);
+  EXPECT_EQ(store_.Get(storage::Column::kMeta, "result").value(), "weights");
+}
+
+// A transition is durable before it is visible: while a cancellation is
+// written the running worker still hears "go on", and then "stop".
+TEST_F(TaskSchedulerCommitTest, ACancellationIsVisibleOnlyOnceWritten) {
+  const v1::Task& running = tasks_[0];
+  store_.Hold();
+  absl::StatusOr<v1::Job> cancelled;
+  std::thread canceller([&] { cancelled = scheduler_->CancelJob(job_); });
+  ASSERT_TRUE(store_.AwaitWaiting(1));
+  EXPECT_EQ(scheduler_->GetJob(job_)->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_FALSE(
+      scheduler_->Heartbeat(running.task_id(), running.lease_epoch()).value());
+  store_.Release();
+  canceller.join();
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(scheduler_->GetJob(job_)->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(
+      scheduler_->Heartbeat(running.task_id(), running.lease_epoch()).value());
 }
 
 }  // namespace

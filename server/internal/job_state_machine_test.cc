@@ -1,0 +1,470 @@
+#include "server/internal/job_state_machine.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/internal/lease_table.h"
+
+// Pure tests: every time is an explicit now_ms; no store, clock or thread.
+namespace saetrack::server {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr int64_t kT0 = 1'700'000'000'000;  // Unix ms.
+
+v1::JobSpec Spec(int num_checkpoints, int num_hooks, int priority = 0,
+                 v1::Schedule::Direction direction = v1::Schedule::FORWARD) {
+  v1::JobSpec spec;
+  for (int i = 0; i < num_checkpoints; ++i) {
+    v1::Checkpoint* c = spec.mutable_model()->add_checkpoints();
+    c->set_step(i * 100);
+    c->set_path("/ckpt");
+  }
+  for (int h = 0; h < num_hooks; ++h) spec.add_hooks()->set_layer(h);
+  spec.mutable_sae()->set_d_sae(16);
+  spec.mutable_schedule()->set_direction(direction);
+  spec.set_priority(priority);
+  return spec;
+}
+
+v1::JobSpec AnalysedSpec(int num_checkpoints, int num_hooks = 1) {
+  v1::JobSpec spec = Spec(num_checkpoints, num_hooks);
+  spec.mutable_analysis()->set_analysis_tokens(1024);
+  spec.mutable_analysis()->set_top_k(5);
+  return spec;
+}
+
+bool Never(const TaskRecord&) { return false; }
+
+// Drives a JobStateMachine as the scheduler does, applying every plan (as if
+// its write succeeded).
+class JobStateMachineTest : public testing::Test {
+ protected:
+  JobStateMachine::Options options_ = [] {
+    JobStateMachine::Options o;
+    o.max_attempts = 2;
+    return o;
+  }();
+  JobStateMachine state_{options_};
+  int64_t next_seq_ = 1;
+
+  std::string Create(const v1::JobSpec& spec, int64_t now_ms = kT0) {
+    RecordChanges changes = state_.PlanCreateJob(spec, next_seq_++, "", now_ms);
+    state_.Apply(changes);
+    return changes.jobs.front().job_id();
+  }
+
+  // The runnable task of hook `h` of `job_id`, or null.
+  const TaskRecord* Runnable(const std::string& job_id, int h,
+                             int64_t now_ms = kT0) {
+    const TaskRecord* previous = nullptr;
+    return state_.RunnableInHook(*state_.FindJob(job_id), h, now_ms, Never,
+                                 &previous);
+  }
+
+  TaskRecord Grant(const TaskRecord& task, const std::string& worker = "w",
+                   int64_t now_ms = kT0) {
+    state_.Apply(state_.PlanGrant(task, worker, now_ms));
+    return *state_.FindTask(task.task_id());
+  }
+
+  void Complete(const std::string& task_id, int64_t tokens = 10,
+                int64_t now_ms = kT0) {
+    state_.Apply(
+        state_.PlanComplete(*state_.FindTask(task_id), tokens, now_ms));
+  }
+
+  const v1::Job& Job(const std::string& job_id) {
+    return state_.FindJob(job_id)->job;
+  }
+};
+
+TEST_F(JobStateMachineTest, PlanningChangesNothingUntilApplied) {
+  const RecordChanges changes = state_.PlanCreateJob(Spec(2, 1), 1, "r", kT0);
+  EXPECT_EQ(state_.FindJob("job-000001"), nullptr);
+  EXPECT_EQ(state_.jobs_version(), 0);
+  state_.Apply(changes);
+  ASSERT_NE(state_.FindJob("job-000001"), nullptr);
+  EXPECT_EQ(Job("job-000001").request_id(), "r");
+  EXPECT_EQ(state_.FindJob("job-000001")->version, 0);
+  EXPECT_EQ(state_.jobs_version(), 1);
+}
+
+TEST_F(JobStateMachineTest, CreatesChainsAnalysesAndSummaries) {
+  const RecordChanges changes =
+      state_.PlanCreateJob(AnalysedSpec(3, 2), 7, "", kT0);
+  ASSERT_EQ(changes.jobs.size(), 1u);
+  const v1::Job& job = changes.jobs[0];
+  EXPECT_EQ(job.job_id(), "job-000007");
+  EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(job.create_time_ms(), kT0);
+  EXPECT_EQ(job.progress().tasks_total(), 6);
+  EXPECT_EQ(job.progress().analysis_tasks_total(), 8);  // 2 x (3 + summary)
+  // 6 training, 6 analysis, 2 summary tasks.
+  ASSERT_EQ(changes.tasks.size(), 14u);
+  int train = 0, analyse = 0, summarise = 0;
+  for (const TaskRecord& t : changes.tasks) {
+    EXPECT_EQ(t.state(), TASK_STATE_QUEUED);
+    EXPECT_EQ(t.update_time_ms(), kT0);
+    train += t.kind() == TASK_KIND_TRAIN;
+    analyse += t.kind() == TASK_KIND_ANALYSE;
+    summarise += t.kind() == TASK_KIND_SUMMARISE;
+  }
+  EXPECT_EQ(train, 6);
+  EXPECT_EQ(analyse, 6);
+  EXPECT_EQ(summarise, 2);
+  state_.Apply(changes);
+  const JobStateMachine::JobEntry& entry = *state_.FindJob("job-000007");
+  EXPECT_THAT(
+      entry.chains[1],
+      ElementsAre("job-000007.l1.c0", "job-000007.l1.c1", "job-000007.l1.c2"));
+  EXPECT_THAT(
+      entry.analyses[0],
+      ElementsAre("job-000007.l0.a0", "job-000007.l0.a1", "job-000007.l0.a2"));
+  EXPECT_THAT(entry.summaries,
+              ElementsAre("job-000007.l0.summary", "job-000007.l1.summary"));
+}
+
+TEST_F(JobStateMachineTest, BackwardChainsStartAtTheLastCheckpoint) {
+  const std::string job = Create(Spec(3, 1, 0, v1::Schedule::BACKWARD));
+  const TaskRecord* first = Runnable(job, 0);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->chain_index(), 0);
+  EXPECT_EQ(first->checkpoint_index(), 2);
+  EXPECT_EQ(first->step(), 200);
+  EXPECT_EQ(JobStateMachine::FinalChainIndex(Job(job).spec()), 0);
+}
+
+TEST_F(JobStateMachineTest, ChainRunsInOrderAndTheJobSucceedsAtTheEnd) {
+  const std::string job = Create(Spec(2, 1));
+  const TaskRecord t0 = Grant(*Runnable(job, 0), "w", kT0 + 5);
+  EXPECT_EQ(t0.state(), TASK_STATE_RUNNING);
+  EXPECT_EQ(t0.lease_epoch(), 1);
+  EXPECT_EQ(t0.attempts(), 1);
+  EXPECT_EQ(t0.worker_id(), "w");
+  EXPECT_EQ(t0.update_time_ms(), kT0 + 5);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_RUNNING);
+  // The next link waits for its predecessor.
+  EXPECT_EQ(Runnable(job, 0), nullptr);
+
+  Complete(t0.task_id(), 100, kT0 + 9);
+  EXPECT_EQ(state_.FindTask(t0.task_id())->state(), TASK_STATE_SUCCEEDED);
+  EXPECT_EQ(state_.FindTask(t0.task_id())->tokens_trained(), 100);
+  EXPECT_EQ(Job(job).progress().tasks_done(), 1);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_RUNNING);
+  const TaskRecord* previous = nullptr;
+  const TaskRecord* t1 =
+      state_.RunnableInHook(*state_.FindJob(job), 0, kT0, Never, &previous);
+  ASSERT_NE(t1, nullptr);
+  EXPECT_EQ(t1->chain_index(), 1);
+  ASSERT_NE(previous, nullptr);
+  EXPECT_EQ(previous->task_id(), t0.task_id());
+
+  Complete(Grant(*t1).task_id(), 50, kT0 + 20);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Job(job).progress().tasks_done(), 2);
+  EXPECT_EQ(Job(job).progress().tokens_trained(), 150);
+  EXPECT_EQ(Job(job).update_time_ms(), kT0 + 20);
+  // No longer an active job.
+  int active = 0;
+  state_.ForEachActiveJob([&](const JobStateMachine::JobEntry&) {
+    ++active;
+    return true;
+  });
+  EXPECT_EQ(active, 0);
+}
+
+TEST_F(JobStateMachineTest, LiveTaskNamesTheEpochAndTheState) {
+  const std::string job = Create(Spec(1, 1));
+  const TaskRecord t = Grant(*Runnable(job, 0));
+  EXPECT_TRUE(state_.LiveTask(t.task_id(), 1).ok());
+  absl::StatusOr<const TaskRecord*> stale = state_.LiveTask(t.task_id(), 2);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(stale.status().message(),
+              HasSubstr("stale lease epoch 2 of task job-000001.l0.c0"));
+  EXPECT_EQ(state_.LiveTask("nope", 1).status().code(),
+            absl::StatusCode::kAborted);
+  Complete(t.task_id());
+  EXPECT_THAT(state_.LiveTask(t.task_id(), 1).status().message(),
+              HasSubstr("no longer leased (state succeeded)"));
+}
+
+TEST_F(JobStateMachineTest, RetriesBackOffExponentiallyUpToTheCap) {
+  options_.max_attempts = 4;
+  options_.retry_backoff = absl::Seconds(1);
+  options_.retry_backoff_max = absl::Seconds(3);
+  state_ = JobStateMachine(options_);
+  const std::string job = Create(Spec(1, 1));
+  int64_t now = kT0;
+  // Attempt 1 fails: 1 s; attempt 2: 2 s; attempt 3: 4 s capped to 3 s.
+  for (const int64_t backoff_ms : {1000, 2000, 3000}) {
+    const TaskRecord* task = Runnable(job, 0, now);
+    ASSERT_NE(task, nullptr) << backoff_ms;
+    const TaskRecord running = Grant(*task, "w", now);
+    bool requeued = false;
+    const RecordChanges failed =
+        state_.PlanFail(running, "flaky", /*retryable=*/true, now, &requeued);
+    EXPECT_TRUE(requeued);
+    ASSERT_EQ(failed.tasks.size(), 1u);
+    EXPECT_TRUE(failed.jobs.empty());
+    EXPECT_EQ(failed.tasks[0].state(), TASK_STATE_QUEUED);
+    EXPECT_EQ(failed.tasks[0].not_before_ms(), now + backoff_ms);
+    EXPECT_EQ(failed.tasks[0].error(), "flaky");
+    EXPECT_EQ(failed.tasks[0].worker_id(), "");
+    state_.Apply(failed);
+    EXPECT_EQ(Runnable(job, 0, now + backoff_ms - 1), nullptr);
+    now += backoff_ms;
+  }
+  // The fourth attempt is the last: failing it fails the job.
+  const TaskRecord last = Grant(*Runnable(job, 0, now), "w", now);
+  EXPECT_EQ(last.attempts(), 4);
+  bool requeued = true;
+  state_.Apply(state_.PlanFail(last, "flaky", true, now, &requeued));
+  EXPECT_FALSE(requeued);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(Job(job).error(), "task job-000001.l0.c0 failed: flaky");
+}
+
+TEST_F(JobStateMachineTest, ZeroBackoffRequeuesAtOnce) {
+  const std::string job = Create(Spec(1, 1));
+  const TaskRecord running = Grant(*Runnable(job, 0));
+  bool requeued = false;
+  const RecordChanges changes =
+      state_.PlanFail(running, "oom", true, kT0 + 7, &requeued);
+  EXPECT_EQ(changes.tasks[0].not_before_ms(), 0);
+  state_.Apply(changes);
+  EXPECT_NE(Runnable(job, 0, kT0 + 7), nullptr);
+}
+
+TEST_F(JobStateMachineTest, AttemptLimitFailsTheJobAndCancelsTheRest) {
+  const std::string job = Create(Spec(2, 2));
+  const TaskRecord a = Grant(*Runnable(job, 0));
+  const TaskRecord b = Grant(*Runnable(job, 1));
+  bool requeued = true;
+  // A fatal error fails at once, whatever the attempts left.
+  const RecordChanges changes =
+      state_.PlanFail(a, "bad file", /*retryable=*/false, kT0 + 1, &requeued);
+  EXPECT_FALSE(requeued);
+  // a FAILED; b (running) and both chains' second links CANCELLED.
+  ASSERT_EQ(changes.tasks.size(), 4u);
+  ASSERT_EQ(changes.jobs.size(), 1u);
+  EXPECT_EQ(changes.jobs[0].state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(changes.jobs[0].error(), "task job-000001.l0.c0 failed: bad file");
+  state_.Apply(changes);
+  EXPECT_EQ(state_.FindTask(a.task_id())->state(), TASK_STATE_FAILED);
+  EXPECT_EQ(state_.FindTask(a.task_id())->error(), "bad file");
+  const TaskRecord& cancelled = *state_.FindTask(b.task_id());
+  EXPECT_EQ(cancelled.state(), TASK_STATE_CANCELLED);
+  EXPECT_EQ(cancelled.error(),
+            "job failed: task job-000001.l0.c0 failed: bad file");
+  EXPECT_EQ(cancelled.lease_epoch(), 1);  // The worker is told to stop.
+  EXPECT_EQ(state_.FindTask("job-000001.l1.c1")->state(), TASK_STATE_CANCELLED);
+  EXPECT_THAT(state_.LiveTask(b.task_id(), 1).status().message(),
+              HasSubstr("state cancelled"));
+}
+
+TEST_F(JobStateMachineTest, LeasesExpireAtTheirExactDeadline) {
+  const std::string job = Create(Spec(1, 1));
+  const TaskRecord task = Grant(*Runnable(job, 0));
+  LeaseTable leases;
+  const absl::Time deadline = absl::FromUnixMillis(kT0 + 10'000);
+  leases.Grant(task.task_id(), task.lease_epoch(), deadline);
+  EXPECT_TRUE(leases.ExpiredAt(deadline - absl::Milliseconds(1)).empty());
+  // A renewal under another epoch does nothing.
+  EXPECT_FALSE(leases.Renew(task.task_id(), 2, deadline + absl::Seconds(5)));
+  EXPECT_THAT(leases.ExpiredAt(deadline), ElementsAre(task.task_id()));
+  EXPECT_TRUE(leases.Renew(task.task_id(), 1, deadline + absl::Seconds(5)));
+  EXPECT_TRUE(leases.ExpiredAt(deadline).empty());
+
+  bool requeued = false;
+  const RecordChanges first = state_.PlanExpire(task, kT0 + 15'000, &requeued);
+  EXPECT_TRUE(requeued);
+  EXPECT_EQ(first.tasks[0].state(), TASK_STATE_QUEUED);
+  EXPECT_EQ(first.tasks[0].error(), "lease expired");
+  EXPECT_EQ(first.tasks[0].update_time_ms(), kT0 + 15'000);
+  state_.Apply(first);
+  // The second lease of two allowed expires too: the job fails.
+  const TaskRecord again = Grant(*Runnable(job, 0, kT0 + 15'000));
+  EXPECT_EQ(again.lease_epoch(), 2);
+  state_.Apply(state_.PlanExpire(again, kT0 + 30'000, &requeued));
+  EXPECT_FALSE(requeued);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(Job(job).error(),
+            "lease expired: task job-000001.l0.c0 was leased 2 times without "
+            "completing");
+}
+
+TEST_F(JobStateMachineTest, CancellationEndsUnfinishedTasksOnly) {
+  const std::string job = Create(Spec(2, 2));
+  const TaskRecord done = Grant(*Runnable(job, 0));
+  Complete(done.task_id());
+  const TaskRecord running = Grant(*Runnable(job, 1));
+  absl::StatusOr<RecordChanges> changes = state_.PlanCancelJob(job, kT0 + 3);
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(changes->tasks.size(), 3u);  // Not the succeeded one.
+  ASSERT_EQ(changes->jobs.size(), 1u);
+  EXPECT_EQ(changes->jobs[0].state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(changes->jobs[0].error(), "cancelled by request");
+  state_.Apply(*changes);
+  EXPECT_EQ(state_.FindTask(done.task_id())->state(), TASK_STATE_SUCCEEDED);
+  EXPECT_EQ(state_.FindTask(running.task_id())->state(), TASK_STATE_CANCELLED);
+  EXPECT_EQ(state_.FindTask(running.task_id())->error(), "job cancelled");
+  EXPECT_EQ(Runnable(job, 0), nullptr);
+  // Again: nothing to write.
+  absl::StatusOr<RecordChanges> again = state_.PlanCancelJob(job, kT0 + 4);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->empty());
+
+  const std::string finished = Create(Spec(1, 1));
+  Complete(Grant(*Runnable(finished, 0)).task_id());
+  absl::StatusOr<RecordChanges> refused = state_.PlanCancelJob(finished, kT0);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("JOB_STATE_SUCCEEDED"));
+  absl::StatusOr<RecordChanges> unknown =
+      state_.PlanCancelJob("job-000099", kT0);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("job-000099"));
+}
+
+TEST_F(JobStateMachineTest, AnalysisFinalFirstThenOthersThenSummary) {
+  const std::string job = Create(AnalysedSpec(3));
+  for (int c = 0; c < 3; ++c) {
+    const TaskRecord* t = Runnable(job, 0);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->kind(), TASK_KIND_TRAIN);
+    Complete(Grant(*t).task_id());
+  }
+  // Only the final checkpoint's pass, until it is done.
+  const TaskRecord final_pass = Grant(*Runnable(job, 0));
+  EXPECT_EQ(final_pass.kind(), TASK_KIND_ANALYSE);
+  EXPECT_EQ(final_pass.chain_index(), 2);
+  EXPECT_EQ(Runnable(job, 0), nullptr);
+  EXPECT_EQ(state_.RunnableSummary(kT0, Never), nullptr);
+  Complete(final_pass.task_id(), 0);
+  const TaskRecord a = Grant(*Runnable(job, 0));
+  const TaskRecord b = Grant(*Runnable(job, 0));
+  EXPECT_NE(a.task_id(), b.task_id());
+  EXPECT_EQ(state_.RunnableSummary(kT0, Never), nullptr);
+  Complete(a.task_id(), 0);
+  Complete(b.task_id(), 0);
+  EXPECT_EQ(Job(job).progress().analysis_tasks_done(), 3);
+  const TaskRecord* summary = state_.RunnableSummary(kT0, Never);
+  ASSERT_NE(summary, nullptr);
+  EXPECT_EQ(summary->task_id(), "job-000001.l0.summary");
+  // Skipped (taken by the summariser): none other.
+  EXPECT_EQ(state_.RunnableSummary(kT0, [](const TaskRecord&) { return true; }),
+            nullptr);
+  state_.Apply(state_.PlanCompleteSummary(*summary, kT0 + 1));
+  const TaskRecord& stored = *state_.FindTask("job-000001.l0.summary");
+  EXPECT_EQ(stored.state(), TASK_STATE_SUCCEEDED);
+  EXPECT_EQ(stored.worker_id(), "coordinator");
+  EXPECT_EQ(stored.attempts(), 1);
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Job(job).progress().analysis_tasks_done(), 4);
+}
+
+TEST_F(JobStateMachineTest, AFailedSummaryRetriesThenFailsTheJob) {
+  const std::string job = Create(AnalysedSpec(1));
+  for (int i = 0; i < 2; ++i) Complete(Grant(*Runnable(job, 0)).task_id(), 0);
+  const TaskRecord summary = *state_.RunnableSummary(kT0, Never);
+  bool requeued = false;
+  state_.Apply(
+      state_.PlanFailSummary(summary, "disk hiccup", true, kT0, &requeued));
+  EXPECT_TRUE(requeued);
+  EXPECT_EQ(state_.FindTask(summary.task_id())->attempts(), 1);
+  const TaskRecord again = *state_.RunnableSummary(kT0, Never);
+  state_.Apply(
+      state_.PlanFailSummary(again, "disk hiccup", true, kT0, &requeued));
+  EXPECT_FALSE(requeued);  // Two attempts allowed.
+  EXPECT_EQ(Job(job).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(Job(job).error(),
+            "summary job-000001.l0.summary failed: disk hiccup");
+}
+
+TEST_F(JobStateMachineTest, VersionsAndProgressFollowTheChanges) {
+  const std::string job = Create(Spec(1, 2));
+  const int64_t v0 = state_.FindJob(job)->version;
+  const int64_t all0 = state_.jobs_version();
+  const TaskRecord t = Grant(*Runnable(job, 0));
+  // The task and the job (QUEUED -> RUNNING) changed.
+  EXPECT_EQ(state_.FindJob(job)->version, v0 + 2);
+  EXPECT_EQ(state_.jobs_version(), all0 + 1);
+  EXPECT_TRUE(state_.RecordProgress(t.task_id(), 500, 0.25));
+  EXPECT_FALSE(state_.RecordProgress(t.task_id(), 500, 0.25));      // Same.
+  EXPECT_FALSE(state_.RecordProgress("job-000001.l1.c0", 9, 1.0));  // Queued.
+  EXPECT_EQ(state_.FindJob(job)->version, v0 + 3);
+  JobStateMachine::RunningProgress progress =
+      state_.ProgressOf(*state_.FindJob(job));
+  EXPECT_EQ(progress.tokens, 500);
+  EXPECT_EQ(progress.loss, 0.25);
+  Complete(t.task_id());
+  progress = state_.ProgressOf(*state_.FindJob(job));
+  EXPECT_EQ(progress.tokens, 0);
+  EXPECT_FALSE(progress.loss.has_value());
+}
+
+TEST_F(JobStateMachineTest, SameCallsGiveTheSameRecords) {
+  JobStateMachine other(options_);
+  const RecordChanges a = state_.PlanCreateJob(AnalysedSpec(2, 2), 3, "x", kT0);
+  const RecordChanges b = other.PlanCreateJob(AnalysedSpec(2, 2), 3, "x", kT0);
+  ASSERT_EQ(a.tasks.size(), b.tasks.size());
+  for (size_t i = 0; i < a.tasks.size(); ++i) {
+    EXPECT_EQ(a.tasks[i].SerializeAsString(), b.tasks[i].SerializeAsString());
+  }
+  EXPECT_EQ(a.jobs[0].SerializeAsString(), b.jobs[0].SerializeAsString());
+}
+
+TEST_F(JobStateMachineTest, RecoversTheSameStateFromItsRecords) {
+  const std::string job = Create(AnalysedSpec(2, 2));
+  const TaskRecord running = Grant(*Runnable(job, 0));
+  Complete(Grant(*Runnable(job, 1)).task_id(), 30);
+  Create(Spec(1, 1));
+
+  std::vector<v1::Job> jobs;
+  bool more = true;
+  for (const v1::Job* j : state_.JobsAfter(0, 100, &more)) jobs.push_back(*j);
+  EXPECT_FALSE(more);
+  std::vector<TaskRecord> tasks;
+  for (const auto& [id, task] : state_.tasks()) tasks.push_back(task);
+  absl::StatusOr<JobStateMachine> recovered =
+      JobStateMachine::FromRecords(options_, jobs, tasks);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(recovered->max_job_seq(), 2);
+  EXPECT_EQ(recovered->FindJob(job)->job.progress().tokens_trained(), 30);
+  EXPECT_EQ(recovered->FindJob(job)->chains, state_.FindJob(job)->chains);
+  EXPECT_EQ(recovered->FindJob(job)->analyses, state_.FindJob(job)->analyses);
+  EXPECT_EQ(recovered->FindJob(job)->summaries, state_.FindJob(job)->summaries);
+  EXPECT_TRUE(recovered->LiveTask(running.task_id(), 1).ok());
+  const TaskRecord* previous = nullptr;
+  const TaskRecord* next = recovered->RunnableInHook(*recovered->FindJob(job),
+                                                     1, kT0, Never, &previous);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->task_id(), "job-000001.l1.c1");
+
+  // Damaged records are refused, naming what is wrong.
+  std::vector<v1::Job> bad_jobs = jobs;
+  bad_jobs[1].set_job_id("job-x");
+  absl::StatusOr<JobStateMachine> bad =
+      JobStateMachine::FromRecords(options_, bad_jobs, tasks);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(bad.status().message(), HasSubstr("'job-x' is malformed"));
+  std::vector<TaskRecord> orphan = tasks;
+  orphan[0].set_job_id("job-000042");
+  bad = JobStateMachine::FromRecords(options_, jobs, orphan);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(bad.status().message(), HasSubstr("has no matching job"));
+  std::vector<TaskRecord> missing = tasks;
+  missing.erase(missing.begin());
+  bad = JobStateMachine::FromRecords(options_, jobs, missing);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("stored tasks of job 'job-000001' are incomplete"));
+}
+
+}  // namespace
+}  // namespace saetrack::server
