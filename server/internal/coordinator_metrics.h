@@ -88,6 +88,8 @@ class CoordinatorMetrics {
     bytes_written_->Increment(static_cast<double>(bytes));
   }
   void WorkerRegistered() { workers_registered_->Increment(); }
+  // saetrack_insecure_mode: 1 when started with --insecure.
+  void SetInsecureMode(bool insecure) { insecure_mode_->Set(insecure ? 1 : 0); }
 
  private:
   prometheus::Histogram& DurationOf(const std::string& method);
@@ -105,6 +107,7 @@ class CoordinatorMetrics {
   prometheus::Gauge* workers_registered_;
   prometheus::Gauge* workers_active_;
   prometheus::Gauge* storage_bytes_;
+  prometheus::Gauge* insecure_mode_;
   prometheus::Counter* storage_read_errors_;
   prometheus::Counter* storage_write_errors_;
   prometheus::Counter* tokens_trained_;

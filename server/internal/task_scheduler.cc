@@ -254,7 +254,7 @@ absl::StatusOr<std::optional<v1::Job>> TaskScheduler::FindByRequestId(
 
 absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
     const v1::JobSpec& spec, const std::string& request_id,
-    const std::string& fingerprint) {
+    const std::string& fingerprint, const std::string& submitter) {
   absl::MutexLock lock(&mu_);
   if (!request_id.empty()) {
     // Checked again under the lock: two concurrent submissions of one
@@ -294,6 +294,7 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
   job.set_create_time_ms(now_ms);
   job.set_update_time_ms(now_ms);
   job.set_request_id(request_id);
+  job.set_submitter(submitter);
 
   JobEntry entry;
   entry.seq = seq;
