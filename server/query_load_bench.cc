@@ -10,7 +10,9 @@
 // --secure, the same load runs twice in one process, first in plaintext
 // without tokens, then against a coordinator serving TLS with a token file
 // (certificates made by openssl, one reader token), and both latencies are
-// printed with their ratio: the cost of auth + TLS. Run:
+// printed with their ratio: the cost of auth + TLS (phases in the order
+// plain, secure, secure, plain, --seconds each, so that drifting background
+// load weighs on both alike). Run:
 //   build/bin/query_load_bench [--clients=16] [--seconds=10]
 //       [--checkpoints=150] [--features=16384] [--secure] [--json]
 #include <stdlib.h>
@@ -319,6 +321,24 @@ absl::StatusOr<Load> MeasureSecureLoad(const std::string& root,
   return MeasureLoad(options, *loaded, job_id);
 }
 
+// Adds `measured` to `*into` (or, when `into` is null, to `*plain`).
+void Merge(Load measured, std::optional<Load>* into,
+           absl::StatusOr<Load>* plain) {
+  Load* target = nullptr;
+  if (into != nullptr) {
+    if (!into->has_value()) into->emplace();
+    target = &**into;
+  } else {
+    if (!plain->ok()) *plain = Load();
+    target = &**plain;
+  }
+  target->sorted_ms.insert(target->sorted_ms.end(), measured.sorted_ms.begin(),
+                           measured.sorted_ms.end());
+  std::sort(target->sorted_ms.begin(), target->sorted_ms.end());
+  target->errors += measured.errors;
+  target->elapsed_s += measured.elapsed_s;
+}
+
 std::string SecureJson(const std::optional<Load>& secure, double p50,
                        double p99) {
   if (!secure.has_value()) return "";
@@ -372,24 +392,26 @@ int Run() {
                             std::chrono::steady_clock::now() - fill_start)
                             .count();
 
-  absl::StatusOr<Load> load =
-      MeasureLoad(Options(root), LoadedChannelSecurity(), *job_id);
-  if (!load.ok()) {
-    std::fprintf(stderr, "query_load_bench: %s\n",
-                 load.status().ToString().c_str());
-    cleanup();
-    return 1;
-  }
+  // With --secure the phases run plain, secure, secure, plain (each
+  // --seconds long): background work that fades over the run (the fill's
+  // compactions, other processes) weighs on both modes alike.
+  const bool with_secure = absl::GetFlag(FLAGS_secure);
+  absl::StatusOr<Load> load;
   std::optional<Load> secure;
-  if (absl::GetFlag(FLAGS_secure)) {
-    absl::StatusOr<Load> measured = MeasureSecureLoad(root, *job_id);
+  for (int phase = 0; phase < (with_secure ? 4 : 1); ++phase) {
+    const bool secure_phase = phase == 1 || phase == 2;
+    absl::StatusOr<Load> measured =
+        secure_phase
+            ? MeasureSecureLoad(root, *job_id)
+            : MeasureLoad(Options(root), LoadedChannelSecurity(), *job_id);
     if (!measured.ok()) {
-      std::fprintf(stderr, "query_load_bench: secure: %s\n",
+      std::fprintf(stderr, "query_load_bench: %s%s\n",
+                   secure_phase ? "secure: " : "",
                    measured.status().ToString().c_str());
       cleanup();
       return 1;
     }
-    secure = *std::move(measured);
+    Merge(*std::move(measured), secure_phase ? &secure : nullptr, &load);
   }
   std::vector<double>& all = load->sorted_ms;
   const int64_t error_count = load->errors;
@@ -446,7 +468,7 @@ int Run() {
           secure->sorted_ms.size(), static_cast<long long>(secure->errors),
           secure->sorted_ms.size() / secure->elapsed_s, sp50, sp99);
       std::printf(
-          "  auth + TLS cost: p50 x%.2f (+%.3f ms)   p99 x%.2f (+%.3f ms)\n",
+          "  auth + TLS cost: p50 x%.2f (%+.3f ms)   p99 x%.2f (%+.3f ms)\n",
           sp50 / p50, sp50 - p50, sp99 / p99, sp99 - p99);
     }
     std::printf("  target p99 < %.1f ms: %s\n", target_ms,
