@@ -1,5 +1,6 @@
 #include "client/cli.h"
 
+#include <cstdlib>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/internal/cli_commands.h"
+#include "proto/channel_security.h"
 
 namespace saetrack::client {
 namespace internal {
@@ -70,6 +72,25 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out,
   if (inv->help || inv->command == "help") {
     out << UsageText();
     return kExitOk;
+  }
+  // `admin token create` writes the coordinator's token file, never reads a
+  // client's bearer token.
+  const bool creates_token = inv->command == "admin" &&
+                             !inv->positional.empty() &&
+                             inv->positional[0] == "token";
+  if (!creates_token) {
+    if (inv->security.token_file.empty()) {
+      if (const char* env = std::getenv("SAETRACK_TOKEN_FILE")) {
+        inv->security.token_file = env;
+      }
+    }
+    // Unreadable security files are reported once, before any call.
+    if (absl::StatusOr<LoadedChannelSecurity> loaded =
+            LoadChannelSecurity(inv->security);
+        !loaded.ok()) {
+      err << "saetrack: " << loaded.status().message() << "\n";
+      return kExitFailure;
+    }
   }
   return Cli(*inv, out, err, err_is_terminal, make_client).Run();
 }

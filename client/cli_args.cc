@@ -137,9 +137,27 @@ Commands:
                            the coordinator's machine that must not exist yet.
                            A coordinator started with --data_dir P serves the
                            copy when DIR is P/db.
+  admin token create --role ROLE --name NAME --token_file FILE
+                           Create a bearer token for a coordinator started
+                           with --token_file FILE: 256 random bits, printed
+                           once (with --json, {"name","role","token"}); FILE
+                           (created with mode 0600) keeps only its SHA-256.
+                           ROLE: reader (queries, job status), submitter
+                           (reader + submit, cancel its own jobs), worker
+                           (WorkerService only), admin (everything). Names
+                           are unique within FILE. Works offline.
 
 Flags (every command):
   --coordinator HOST:PORT  Coordinator address (default 127.0.0.1:7070).
+  --token_file FILE        A file holding the bearer token to send (default:
+                           $SAETRACK_TOKEN_FILE when set).
+  --tls_ca FILE            Connect with TLS, trusting the coordinator's
+                           certificate when this PEM CA signed it.
+  --tls_cert FILE, --tls_key FILE
+                           Client certificate and key, for a coordinator that
+                           requires them (mutual TLS).
+  --tls_server_name NAME   Check the coordinator's certificate against NAME
+                           instead of the host of --coordinator.
   --json                   Print results as JSON (saetrack.v1 messages:
                            FeatureHistory, ListFeaturesResponse, DriftSummary,
                            ...; for export, an object naming what was
@@ -255,6 +273,41 @@ const Flag kFlags[] = {
     {"coordinator", nullptr,
      [](const std::string&, const std::string& value, Invocation* inv) {
        inv->coordinator = value;
+       return absl::OkStatus();
+     }},
+    {"token_file", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->security.token_file = value;
+       return absl::OkStatus();
+     }},
+    {"tls_ca", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->security.tls_ca_file = value;
+       return absl::OkStatus();
+     }},
+    {"tls_cert", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->security.tls_cert_file = value;
+       return absl::OkStatus();
+     }},
+    {"tls_key", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->security.tls_key_file = value;
+       return absl::OkStatus();
+     }},
+    {"tls_server_name", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->security.tls_server_name = value;
+       return absl::OkStatus();
+     }},
+    {"role", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->role = value;
+       return absl::OkStatus();
+     }},
+    {"name", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->name = value;
        return absl::OkStatus();
      }},
     {"request_id", nullptr,

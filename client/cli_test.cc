@@ -32,6 +32,7 @@
 #include "format/mapped_file.h"
 #include "format/saelens.h"
 #include "format/safetensors.h"
+#include "proto/access_tokens.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 
@@ -2283,6 +2284,61 @@ TEST(ParseArgsTest, FlagErrorsNameTheFlagAsWritten) {
             "flag --min-freq: '{}' is not a frequency in [0, 1]");
   EXPECT_EQ(ParseError({"features", "--order="}),
             "flag --order: '' is not one of id, formation, drift, frequency");
+}
+
+TEST(CliAdminTokenTest, CreatesATokenPrintedOnceAndStoredAsAHash) {
+  const std::string dir = ::testing::TempDir() + "cli_admin_token";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string file = dir + "/tokens";
+  Result r = RunSaetrack({"admin", "token", "create", "--role", "submitter",
+                          "--name", "alice", "--token_file", file});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  ASSERT_EQ(r.out.size(), 65u) << r.out;  // 64 hex digits and a newline.
+  const std::string token = r.out.substr(0, 64);
+  EXPECT_THAT(r.err, HasSubstr("created submitter token 'alice' in " + file));
+  std::ifstream in(file);
+  std::string contents((std::istreambuf_iterator<char>(in)),
+                       std::istreambuf_iterator<char>());
+  EXPECT_EQ(contents,
+            absl::StrCat("sha256:", Sha256Hex(token), " submitter alice\n"));
+
+  Result json = RunSaetrack({"admin", "token", "create", "--role", "reader",
+                             "--name", "dash", "--token_file", file, "--json"});
+  ASSERT_EQ(json.code, kExitOk) << json.err;
+  EXPECT_THAT(json.out, StartsWith("{\"name\":\"dash\",\"role\":\"reader\","
+                                   "\"token\":\""));
+
+  Result twice = RunSaetrack({"admin", "token", "create", "--role", "admin",
+                              "--name", "alice", "--token_file", file});
+  EXPECT_EQ(twice.code, kExitFailure);
+  EXPECT_THAT(twice.err,
+              HasSubstr("INVALID_ARGUMENT: name: 'alice' already has a token"));
+  Result role = RunSaetrack({"admin", "token", "create", "--role", "root",
+                             "--name", "bob", "--token_file", file});
+  EXPECT_EQ(role.code, kExitFailure);
+  EXPECT_THAT(role.err, HasSubstr("role: 'root' is not one of reader, "
+                                  "submitter, worker, admin"));
+  Result no_role = RunSaetrack(
+      {"admin", "token", "create", "--name", "bob", "--token_file", file});
+  EXPECT_EQ(no_role.code, kExitUsage);
+  EXPECT_THAT(no_role.err, HasSubstr("admin token create needs --role"));
+}
+
+TEST(CliSecurityTest, UnreadableTokenOrCaFileFailsBeforeAnyCall) {
+  Result token = RunSaetrack({"list", "--coordinator", "127.0.0.1:1",
+                              "--token_file", "/nonexistent/t"});
+  EXPECT_EQ(token.code, kExitFailure);
+  EXPECT_THAT(token.err,
+              HasSubstr("saetrack: token_file: cannot read /nonexistent/t"));
+  Result ca = RunSaetrack(
+      {"list", "--coordinator", "127.0.0.1:1", "--tls_ca", "/nonexistent/ca"});
+  EXPECT_EQ(ca.code, kExitFailure);
+  EXPECT_THAT(ca.err,
+              HasSubstr("saetrack: tls_ca: cannot read /nonexistent/ca"));
+  Result key = RunSaetrack({"list", "--tls_cert", "/x.pem"});
+  EXPECT_EQ(key.code, kExitFailure);
+  EXPECT_THAT(key.err, HasSubstr("tls_cert / tls_key"));
 }
 
 }  // namespace

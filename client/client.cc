@@ -106,12 +106,20 @@ absl::Status EndEarly(grpc::ClientContext& context,
   return error;
 }
 
+// The channel `options` ask for; a channel whose every call fails with
+// INVALID_ARGUMENT when the security files cannot be read.
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      NewSecureChannel(options.coordinator, options.security);
+  if (channel.ok()) return *std::move(channel);
+  return grpc::CreateChannel(options.coordinator, nullptr);
+}
+
 class GrpcSaetrackClient final : public SaetrackClient {
  public:
   explicit GrpcSaetrackClient(const ClientOptions& options)
       : options_(options),
-        channel_(grpc::CreateChannel(options.coordinator,
-                                     grpc::InsecureChannelCredentials())),
+        channel_(MakeChannel(options)),
         jobs_(v1::JobService::NewStub(channel_)),
         queries_(v1::QueryService::NewStub(channel_)),
         workers_(v1::WorkerService::NewStub(channel_)) {}

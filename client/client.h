@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/channel_security.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 
@@ -24,6 +25,8 @@ struct ClientOptions {
   std::string coordinator = "127.0.0.1:7070";
   // Deadline of each call.
   absl::Duration call_timeout = absl::Seconds(30);
+  // TLS and bearer token (all empty: plaintext, no token).
+  ChannelSecurity security;
 };
 
 // The SAE of one checkpoint in SAELens's layout, as QueryService.ExportSae
@@ -40,7 +43,9 @@ struct ExportedSae {
 class SaetrackClient {
  public:
   // Creates a channel; connects lazily, so an unreachable coordinator shows
-  // up as kUnavailable on the first call.
+  // up as kUnavailable on the first call. Reads the files options.security
+  // names; when one cannot be read (check first with LoadChannelSecurity to
+  // get the reason), every call fails with kInvalidArgument.
   static std::unique_ptr<SaetrackClient> Create(const ClientOptions& options);
   virtual ~SaetrackClient() = default;
 

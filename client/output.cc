@@ -109,6 +109,9 @@ std::string ProgressLine(const v1::Job& job) {
                       StateName(job.state()), job.progress().tasks_done(),
                       job.progress().tasks_total(),
                       HumanCount(job.progress().tokens_trained()));
+  if (!job.submitter().empty()) {
+    absl::StrAppend(&line, ", submitted by ", job.submitter());
+  }
   if (!job.error().empty()) absl::StrAppend(&line, " (", job.error(), ")");
   return line;
 }

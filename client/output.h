@@ -43,6 +43,9 @@ std::string HumanDuration(int64_t seconds);
 // The line `saetrack watch` prints for one update.
 std::string WatchLine(const v1::JobUpdate& update);
 
+// "<job id> <STATE>: <done>/<total> SAEs trained, <n> tokens", then
+// ", submitted by <name>" when the job records a submitter, then the error
+// in parentheses when there is one.
 std::string ProgressLine(const v1::Job& job);
 
 // "-" for an absent value, else the value with three decimals.

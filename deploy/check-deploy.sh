@@ -112,6 +112,29 @@ else
 fi
 
 check "bash -n deploy/slurm/saetrack-workers.sbatch" bash -n deploy/slurm/saetrack-workers.sbatch
+# Every way of deploying passes the token and TLS files (README "Securing a
+# fleet"): a coordinator beyond loopback refuses to start without them.
+security_flags() {
+  local file="$1"
+  shift
+  for flag in "$@"; do
+    grep -q -- "$flag" "$file" || { echo "$file lacks $flag"; return 1; }
+  done
+}
+deployment_security() {
+  security_flags deploy/systemd/saetrack-coordinator.service \
+    --token_file= --tls_cert= --tls_key= LoadCredential= &&
+    security_flags 'deploy/systemd/saetrack-worker@.service' \
+      --token_file= --tls_ca= LoadCredential= &&
+    security_flags deploy/kubernetes/coordinator.yaml \
+      --token_file= --tls_cert= --tls_key= secretName: &&
+    security_flags deploy/kubernetes/worker.yaml \
+      --token_file= --tls_ca= secretName: &&
+    security_flags deploy/slurm/saetrack-workers.sbatch \
+      --token_file= --tls_ca= --tls_cert= --tls_key= &&
+    security_flags deploy/docker/Dockerfile --token_file= --tls_cert= --tls_key=
+}
+check "deployment files pass --token_file and the TLS flags" deployment_security
 
 # --- Live scrape of both binaries --------------------------------------------
 # Polls until "$@" succeeds, for up to $1 seconds.

@@ -11,6 +11,10 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev
   libabsl-dev
+  # Security of the API: SHA-256 of bearer tokens and random tokens
+  # (libssl-dev); the tests and "Securing a fleet" make certificates with
+  # the openssl command.
+  libssl-dev openssl
   # Packaged libraries instead of hand-written infrastructure: JSON
   # (format/json), Unicode normalisation and character classes (the
   # tokenizer), small dense linear algebra (analysis/), sub-command parsing

@@ -13,10 +13,13 @@
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -26,8 +29,11 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "proto/access_tokens.h"
+#include "proto/channel_security.h"
 #include "server/internal/admin_service.h"
 #include "server/internal/artifact_staging.h"
+#include "server/internal/auth.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/job_service.h"
 #include "server/internal/job_validator.h"
@@ -76,6 +82,100 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port,
   waker.join();
 }
 
+// Whether the host of `address` (HOST:PORT, [IPv6]:PORT) is loopback:
+// 127.0.0.0/8, ::1 or localhost. An empty host, 0.0.0.0, [::] or any other
+// name or address is beyond loopback.
+bool IsLoopbackAddress(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  std::string host =
+      colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (absl::AsciiStrToLower(host) == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    return IN6_IS_ADDR_LOOPBACK(&v6);
+  }
+  return false;
+}
+
+absl::Status CheckSecurityOptions(const CoordinatorOptions& o) {
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_cert_file / tls_key_file: TLS needs both the certificate and "
+        "its key");
+  }
+  const bool tls = !o.tls_cert_file.empty();
+  if (!o.tls_client_ca_file.empty() && !tls) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca_file: client certificates need TLS (tls_cert_file, "
+        "tls_key_file)");
+  }
+  if (IsLoopbackAddress(o.listen_address)) return absl::OkStatus();
+  if (!o.insecure) {
+    std::vector<std::string> missing;
+    if (!tls) missing.push_back("--tls_cert and --tls_key");
+    if (o.token_file.empty()) missing.push_back("--token_file");
+    if (!missing.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "listen_address ", o.listen_address,
+          " is beyond loopback: refusing to serve without ",
+          absl::StrJoin(missing, " and "),
+          " (or pass --insecure to serve anyone who can reach the port)"));
+    }
+  }
+  if (!o.token_file.empty() && !tls) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "token_file: bearer tokens travel beyond loopback only over TLS; "
+        "listen_address ",
+        o.listen_address, " needs --tls_cert and --tls_key"));
+  }
+  return absl::OkStatus();
+}
+
+// The credentials of the gRPC port: TLS when a certificate is given (mutual
+// when a client CA is), else plaintext. With a token file, an
+// AuthMetadataProcessor checks every call; gRPC runs one only for secure
+// credentials, so plaintext with tokens uses local credentials, which accept
+// plaintext connections from loopback peers only (CheckSecurityOptions
+// allows plaintext with tokens on loopback addresses only).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const CoordinatorOptions& o, const server::Authenticator* authenticator) {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (!o.tls_cert_file.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    absl::StatusOr<std::string> cert =
+        ReadSecurityFile("tls_cert_file", o.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key =
+        ReadSecurityFile("tls_key_file", o.tls_key_file);
+    if (!key.ok()) return key.status();
+    ssl.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+    if (!o.tls_client_ca_file.empty()) {
+      absl::StatusOr<std::string> ca =
+          ReadSecurityFile("tls_client_ca_file", o.tls_client_ca_file);
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *std::move(ca);
+      ssl.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+  } else if (authenticator != nullptr) {
+    credentials = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
+  } else {
+    return grpc::InsecureServerCredentials();
+  }
+  if (authenticator != nullptr) {
+    credentials->SetAuthMetadataProcessor(authenticator->NewProcessor());
+  }
+  return credentials;
+}
+
 absl::Status CheckOptions(const CoordinatorOptions& o) {
   if (o.data_dir.empty()) {
     return absl::InvalidArgumentError("data_dir: required");
@@ -115,7 +215,7 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sae_part_bytes: ", o.sae_part_bytes, " must be in [1024, 2^31]"));
   }
-  return absl::OkStatus();
+  return CheckSecurityOptions(o);
 }
 
 // Owns every part of a running coordinator. Members are declared in
@@ -140,6 +240,9 @@ class CoordinatorImpl final : public Coordinator {
   SystemClock system_clock_;
   Clock* const clock_;
   const server::JobValidator validator_;
+  // Null without a token file. Outlives the server (its processor refers
+  // to it).
+  std::unique_ptr<server::Authenticator> authenticator_;
 
   std::unique_ptr<storage::KvStore> store_;
   std::unique_ptr<server::CoordinatorMetrics> metrics_;
@@ -161,6 +264,22 @@ class CoordinatorImpl final : public Coordinator {
 };
 
 absl::Status CoordinatorImpl::Init() {
+  // Before the database: bad security files change nothing on disk.
+  if (!options_.token_file.empty()) {
+    absl::StatusOr<AccessTokenTable> tokens =
+        AccessTokenTable::Load(options_.token_file);
+    if (!tokens.ok()) return tokens.status();
+    if (tokens->entries().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token_file ", options_.token_file,
+          ": holds no token (create one with `saetrack admin token create`)"));
+    }
+    authenticator_ =
+        std::make_unique<server::Authenticator>(*std::move(tokens));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentials(options_, authenticator_.get());
+  if (!credentials.ok()) return credentials.status();
   absl::StatusOr<std::unique_ptr<storage::KvStore>> store =
       storage::OpenRocksDbStore(
           {.path = (std::filesystem::path(options_.data_dir) / "db").string()});
@@ -171,6 +290,20 @@ absl::Status CoordinatorImpl::Init() {
   store_ = storage::NewErrorObservingStore(
       *std::move(store),
       [metrics](storage::StoreOp op) { metrics->StorageError(op); });
+  metrics_->SetInsecureMode(options_.insecure);
+  if (options_.insecure) {
+    std::fprintf(stderr,
+                 "saetrack-coordinator: WARNING: --insecure: serving %s "
+                 "with%s TLS and with%s bearer tokens; anyone who can reach "
+                 "the port may %s\n",
+                 options_.listen_address.c_str(),
+                 options_.tls_cert_file.empty() ? "out" : "",
+                 options_.token_file.empty() ? "out" : "",
+                 options_.token_file.empty()
+                     ? "submit and cancel jobs, act as a worker and back up "
+                       "the database"
+                     : "read the traffic");
+  }
   // Workers heartbeat every lease_ttl / 3; active: seen within 3 intervals.
   metrics_->SetScrapeSources(
       clock_, absl::Milliseconds(options_.lease_ttl_ms),
@@ -231,7 +364,7 @@ absl::Status CoordinatorImpl::Init() {
   if (!staging.ok()) return staging.status();
   staging_ = *std::move(staging);
   job_service_ = std::make_unique<server::JobServiceImpl>(
-      &validator_, scheduler_.get(), metrics_.get());
+      &validator_, scheduler_.get(), metrics_.get(), authenticator_.get());
   query_service_ = std::make_unique<server::QueryServiceImpl>(
       scheduler_.get(), results_.get(), metrics_.get());
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
@@ -243,8 +376,8 @@ absl::Status CoordinatorImpl::Init() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen_address,
-                           grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(options_.listen_address, *std::move(credentials),
+                           &port_);
   builder.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   builder.RegisterService(job_service_.get());
   builder.RegisterService(query_service_.get());

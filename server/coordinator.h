@@ -59,6 +59,25 @@ struct CoordinatorOptions {
   // RocksDB value holds less than 4 GiB), written before the synced batch
   // that publishes them.
   int64_t sae_part_bytes = int64_t{64} << 20;
+  // --- security (README "Securing a fleet") ---
+
+  // PEM certificate chain and private key of the gRPC port. Both set: TLS;
+  // both empty: plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA certificate(s) of client certificates. Set (needs TLS): mutual
+  // TLS, every client must present a certificate signed by this CA.
+  std::string tls_client_ca_file;
+  // Token file (proto/access_tokens.h: SHA-256 hashes, roles, names). Set:
+  // every call except health and reflection needs a bearer token of a role
+  // allowed to make it (server/internal/auth.h). Read once at start.
+  std::string token_file;
+  // A listen_address beyond loopback (anything but 127.0.0.0/8, ::1,
+  // localhost) needs TLS and a token file, unless this is set: then the
+  // coordinator starts without them, logs a WARNING and exports
+  // saetrack_insecure_mode = 1.
+  bool insecure = false;
+
   // Source of time for lease deadlines and timestamps. Not owned; must
   // outlive the coordinator. Null: the system clock.
   Clock* clock = nullptr;
@@ -78,8 +97,12 @@ class Coordinator {
  public:
   // Opens the database in options.data_dir, recovers every job, task and
   // result from it, and starts serving. Errors: kInvalidArgument for bad
-  // options, the database's error (naming the directory) when it cannot be
-  // opened, kUnavailable when an address cannot be bound.
+  // options (naming the field); kFailedPrecondition naming the missing
+  // flags when listen_address is beyond loopback without TLS and a token
+  // file and without `insecure`; the errors of reading the TLS files and the
+  // token file (naming the file, and the line of a malformed entry); the
+  // database's error (naming the directory) when it cannot be opened;
+  // kUnavailable when an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
       const CoordinatorOptions& options);
 

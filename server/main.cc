@@ -53,6 +53,21 @@ ABSL_FLAG(int64_t, max_staged_bytes_per_worker, int64_t{5} << 30,
           "--max_artifact_bytes).");
 ABSL_FLAG(int64_t, sae_part_bytes, int64_t{64} << 20,
           "SAE weights larger than this are stored in parts of this size.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port; with --tls_key: TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA of client certificates: mutual TLS, every client (CLI, "
+          "worker) must present a certificate it signed (needs --tls_cert).");
+ABSL_FLAG(std::string, token_file, "",
+          "Token file (lines 'sha256:<hex> <role> <name>', written by "
+          "`saetrack admin token create`): every call but health and "
+          "reflection needs a bearer token of a role allowed to make it "
+          "(reader, submitter, worker, admin).");
+ABSL_FLAG(bool, insecure, false,
+          "Serve a --listen address beyond loopback without TLS and a token "
+          "file (refused otherwise); logs a WARNING and sets the metric "
+          "saetrack_insecure_mode to 1.");
 
 namespace {
 
@@ -111,6 +126,11 @@ int main(int argc, char** argv) {
   options.max_staged_bytes_per_worker =
       absl::GetFlag(FLAGS_max_staged_bytes_per_worker);
   options.sae_part_bytes = absl::GetFlag(FLAGS_sae_part_bytes);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
 
   // Block the stop signals in every thread (threads inherit the mask) and
   // take them synchronously below.
@@ -134,10 +154,15 @@ int main(int argc, char** argv) {
           ? std::string("metrics off")
           : absl::StrCat("metrics on ", HostOf(options.metrics_listen_address),
                          ":", metrics_port);
+  const std::string security = absl::StrCat(
+      options.tls_cert_file.empty()
+          ? "plaintext"
+          : (options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+      options.token_file.empty() ? ", no tokens" : ", bearer tokens");
   std::fprintf(stderr,
-               "saetrack-coordinator: serving on %s:%d, %s, data in %s\n",
-               HostOf(options.listen_address).c_str(), port, metrics.c_str(),
-               options.data_dir.c_str());
+               "saetrack-coordinator: serving on %s:%d (%s), %s, data in %s\n",
+               HostOf(options.listen_address).c_str(), port, security.c_str(),
+               metrics.c_str(), options.data_dir.c_str());
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty() && !WritePortFile(port_file, port, metrics_port)) {
     std::fprintf(stderr, "saetrack-coordinator: cannot write --port_file %s\n",

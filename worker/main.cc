@@ -1,6 +1,7 @@
 // saetrack-worker: leases SAE-training tasks from a coordinator and runs them
 // on LibTorch (CPU or CUDA).
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -16,6 +17,19 @@
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
           "host:port of the coordinator");
+ABSL_FLAG(std::string, token_file, "",
+          "A file holding the bearer token (role worker) for a coordinator "
+          "started with --token_file (default: $SAETRACK_TOKEN_FILE when set)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "Connect with TLS, trusting the coordinator's certificate when this "
+          "PEM CA signed it");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Client certificate (PEM) for a coordinator that requires one "
+          "(mutual TLS); needs --tls_key and --tls_ca");
+ABSL_FLAG(std::string, tls_key, "", "Private key (PEM) of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Check the coordinator's certificate against this name instead of "
+          "the host of --coordinator");
 ABSL_FLAG(std::string, name, "",
           "Name shown by the coordinator (default "
           "hostname:pid)");
@@ -108,6 +122,16 @@ int main(int argc, char** argv) {
   saetrack::worker::WorkerOptions options;
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
   options.name = absl::GetFlag(FLAGS_name);
+  options.security.token_file = absl::GetFlag(FLAGS_token_file);
+  if (options.security.token_file.empty()) {
+    if (const char* env = std::getenv("SAETRACK_TOKEN_FILE")) {
+      options.security.token_file = env;
+    }
+  }
+  options.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.security.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   options.device = engine_options.device;
   options.threads = engine_options.threads;
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);

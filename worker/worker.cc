@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "format/crc32c.h"
+#include "proto/channel_security.h"
 #include "proto/status_mapping.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "worker/internal/metrics_http_server.h"
@@ -352,25 +353,24 @@ struct WorkerMetrics {
 constexpr int kMaxReconnectBackoffMs = 2000;
 constexpr int kMinReconnectBackoffMs = 100;
 
-std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address) {
+grpc::ChannelArguments CoordinatorChannelArgs() {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMs);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMs);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                   args);
+  return args;
 }
 
 class GrpcWorker final : public Worker {
  public:
   GrpcWorker(const WorkerOptions& options,
+             std::shared_ptr<grpc::Channel> channel,
              std::unique_ptr<engine::SaeTrainingEngine> engine,
              std::shared_ptr<prometheus::Registry> registry,
              std::unique_ptr<MetricsHttpServer> metrics_server)
       : options_(options),
         engine_(std::move(engine)),
-        stub_(v1::WorkerService::NewStub(
-            CoordinatorChannel(options.coordinator))),
+        stub_(v1::WorkerService::NewStub(std::move(channel))),
         registry_(std::move(registry)),
         metrics_(*registry_),
         metrics_server_(std::move(metrics_server)) {
@@ -1020,6 +1020,11 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
           "': ", ec ? ec.message() : "a file of that name exists"));
     }
   }
+  // TLS and token files are read once, here: a typo fails the start.
+  const grpc::ChannelArguments args = CoordinatorChannelArgs();
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      NewSecureChannel(options.coordinator, options.security, &args);
+  if (!channel.ok()) return channel.status();
   auto registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<MetricsHttpServer> metrics_server;
   if (!options.metrics_listen.empty()) {
@@ -1028,9 +1033,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     if (!started.ok()) return started.status();
     metrics_server = *std::move(started);
   }
-  return std::unique_ptr<Worker>(new GrpcWorker(options, std::move(engine),
-                                                std::move(registry),
-                                                std::move(metrics_server)));
+  return std::unique_ptr<Worker>(
+      new GrpcWorker(options, *std::move(channel), std::move(engine),
+                     std::move(registry), std::move(metrics_server)));
 }
 
 }  // namespace saetrack::worker

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/training_engine.h"
+#include "proto/channel_security.h"
 
 namespace saetrack::worker {
 
@@ -20,6 +21,9 @@ struct WorkerOptions {
   // --- behaviour ---
   // host:port of the coordinator.
   std::string coordinator = "127.0.0.1:7070";
+  // TLS and the bearer token (a token of role worker) to reach it with; all
+  // empty: plaintext without a token.
+  ChannelSecurity security;
   // Shown in the coordinator's logs; default hostname:pid.
   std::string name;
   // Device of the engine, advertised to the coordinator ("cpu" or "cuda").

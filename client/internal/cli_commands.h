@@ -22,6 +22,7 @@
 #include "client/cli.h"
 #include "client/client.h"
 #include "format/saelens.h"
+#include "proto/channel_security.h"
 #include "saetrack/v1/job.pb.h"
 #include "saetrack/v1/query.pb.h"
 
@@ -39,6 +40,13 @@ struct Invocation {
   std::string command;
   std::vector<std::string> positional;
   std::string coordinator = "127.0.0.1:7070";
+  // --token_file, --tls_ca, --tls_cert, --tls_key, --tls_server_name. For
+  // `admin token create`, token_file is the coordinator's token file to
+  // append to instead.
+  ChannelSecurity security;
+  // admin token create
+  std::string role;
+  std::string name;
   bool json = false;
   bool wait = false;
   bool help = false;
@@ -93,6 +101,7 @@ class Cli {
       : inv_(inv), out_(out), err_(err), err_is_terminal_(err_is_terminal) {
     ClientOptions options;
     options.coordinator = inv.coordinator;
+    options.security = inv.security;
     client_ = make_client(options);
   }
 
@@ -161,6 +170,8 @@ class Cli {
 
   // `admin backup --to DIR`, straight over an AdminService stub.
   int Admin();
+  // admin token create --role R --name N --token_file F.
+  int CreateToken();
 
   // The chain entry `export` writes: the one of --step, or without it the
   // last one trained (the highest chain index).

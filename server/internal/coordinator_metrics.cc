@@ -117,6 +117,14 @@ CoordinatorMetrics::CoordinatorMetrics()
                "last 3 heartbeat intervals.")
            .Register(*registry_)
            .Add({});
+  insecure_mode_ = &prometheus::BuildGauge()
+                        .Name("saetrack_insecure_mode")
+                        .Help(
+                            "1 when the coordinator runs with --insecure "
+                            "(beyond loopback without TLS or bearer tokens), "
+                            "else 0.")
+                        .Register(*registry_)
+                        .Add({});
   storage_bytes_ = &prometheus::BuildGauge()
                         .Name("saetrack_storage_bytes")
                         .Help(

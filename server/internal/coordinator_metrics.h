@@ -90,6 +90,8 @@ class CoordinatorMetrics {
   void WorkerRegistered() { workers_registered_->Increment(); }
   // saetrack_watch_streams: open WatchJob streams.
   void WatchStreams(double delta) { watch_streams_->Increment(delta); }
+  // saetrack_insecure_mode: 1 when started with --insecure.
+  void SetInsecureMode(bool insecure) { insecure_mode_->Set(insecure ? 1 : 0); }
 
  private:
   prometheus::Histogram& DurationOf(const std::string& method);
@@ -108,6 +110,7 @@ class CoordinatorMetrics {
   prometheus::Gauge* watch_streams_;
   prometheus::Gauge* workers_active_;
   prometheus::Gauge* storage_bytes_;
+  prometheus::Gauge* insecure_mode_;
   prometheus::Counter* storage_read_errors_;
   prometheus::Counter* storage_write_errors_;
   prometheus::Counter* tokens_trained_;

@@ -87,17 +87,32 @@ class RateEstimator {
 
 }  // namespace
 
-grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                                        const v1::CancelJobRequest* request,
                                        v1::CancelJobResponse* response) {
   RpcTimer timer(metrics_, "CancelJob");
-  return timer.Finish(DoCancelJob(*request, response));
+  return timer.Finish(
+      DoCancelJob(CallerOf(authenticator_, *context), *request, response));
 }
 
-absl::Status JobServiceImpl::DoCancelJob(const v1::CancelJobRequest& request,
+absl::Status JobServiceImpl::DoCancelJob(const Caller& caller,
+                                         const v1::CancelJobRequest& request,
                                          v1::CancelJobResponse* response) {
   if (request.job_id().empty()) {
     return absl::InvalidArgumentError("job_id: required");
+  }
+  if (caller.authenticated && caller.role != Role::kAdmin) {
+    // The same answer for another's job and for no job at all: a submitter
+    // learns nothing about jobs that are not its own.
+    const absl::Status denied = absl::PermissionDeniedError(
+        absl::StrCat("job_id: ", request.job_id(),
+                     " is not a job submitted by '", caller.name, "'"));
+    if (caller.name.empty()) return denied;
+    absl::StatusOr<v1::Job> job = scheduler_->GetJob(request.job_id());
+    if (!job.ok()) {
+      return absl::IsNotFound(job.status()) ? denied : job.status();
+    }
+    if (job->submitter() != caller.name) return denied;
   }
   absl::StatusOr<v1::Job> job = scheduler_->CancelJob(request.job_id());
   if (!job.ok()) return job.status();
@@ -248,11 +263,13 @@ class JobServiceImpl::Watcher final
 JobServiceImpl::JobServiceImpl(const JobValidator* validator,
                                TaskScheduler* scheduler,
                                CoordinatorMetrics* metrics,
+                               const Authenticator* authenticator,
                                absl::Duration watch_interval,
                                absl::Duration watch_coalesce)
     : validator_(validator),
       scheduler_(scheduler),
       metrics_(metrics),
+      authenticator_(authenticator),
       watch_interval_(watch_interval),
       watch_coalesce_(watch_coalesce) {
   absl::MutexLock lock(&publisher_mu_);
@@ -358,11 +375,12 @@ void JobServiceImpl::Publish() {
   }
 }
 
-grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
                                        const v1::SubmitJobRequest* request,
                                        v1::SubmitJobResponse* response) {
   RpcTimer timer(metrics_, "SubmitJob");
-  return timer.Finish(DoSubmitJob(*request, response));
+  return timer.Finish(
+      DoSubmitJob(CallerOf(authenticator_, *context), *request, response));
 }
 
 grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* /*context*/,
@@ -379,7 +397,8 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* /*context*/,
   return timer.Finish(DoListJobs(*request, response));
 }
 
-absl::Status JobServiceImpl::DoSubmitJob(const v1::SubmitJobRequest& request,
+absl::Status JobServiceImpl::DoSubmitJob(const Caller& caller,
+                                         const v1::SubmitJobRequest& request,
                                          v1::SubmitJobResponse* response) {
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return absl::InvalidArgumentError(
@@ -404,8 +423,8 @@ absl::Status JobServiceImpl::DoSubmitJob(const v1::SubmitJobRequest& request,
   }
   absl::StatusOr<v1::JobSpec> spec = validator_->Validate(request.spec());
   if (!spec.ok()) return spec.status();
-  absl::StatusOr<TaskScheduler::Submitted> submitted =
-      scheduler_->CreateJob(*spec, request.request_id(), fingerprint);
+  absl::StatusOr<TaskScheduler::Submitted> submitted = scheduler_->CreateJob(
+      *spec, request.request_id(), fingerprint, caller.name);
   if (!submitted.ok()) return submitted.status();
   *response->mutable_job() = std::move(submitted->job);
   response->set_created(submitted->created);

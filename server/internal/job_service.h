@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "saetrack/v1/job.grpc.pb.h"
+#include "server/internal/auth.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/job_validator.h"
 #include "server/internal/task_scheduler.h"
@@ -26,8 +27,10 @@ class JobServiceImpl final
     : public v1::JobService::WithCallbackMethod_WatchJob<
           v1::JobService::Service> {
  public:
+  // `authenticator` (may be null: no token file) names the callers.
   JobServiceImpl(const JobValidator* validator, TaskScheduler* scheduler,
                  CoordinatorMetrics* metrics,
+                 const Authenticator* authenticator,
                  absl::Duration watch_interval = absl::Seconds(1),
                  absl::Duration watch_coalesce = absl::Milliseconds(100));
   // Stop()s.
@@ -49,6 +52,8 @@ class JobServiceImpl final
   grpc::Status ListJobs(grpc::ServerContext* context,
                         const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override;
+  // A submitter may cancel only the jobs it submitted: any other job is
+  // PERMISSION_DENIED (whether it exists or not); an admin cancels any.
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const v1::CancelJobRequest* request,
                          v1::CancelJobResponse* response) override;
@@ -61,12 +66,14 @@ class JobServiceImpl final
   int watchers() const;
 
  private:
-  absl::Status DoSubmitJob(const v1::SubmitJobRequest& request,
+  absl::Status DoSubmitJob(const Caller& caller,
+                           const v1::SubmitJobRequest& request,
                            v1::SubmitJobResponse* response);
   absl::Status DoGetJob(const v1::GetJobRequest& request, v1::Job* response);
   absl::Status DoListJobs(const v1::ListJobsRequest& request,
                           v1::ListJobsResponse* response);
-  absl::Status DoCancelJob(const v1::CancelJobRequest& request,
+  absl::Status DoCancelJob(const Caller& caller,
+                           const v1::CancelJobRequest& request,
                            v1::CancelJobResponse* response);
   class Watcher;
   // The publisher thread's loop.
@@ -76,6 +83,7 @@ class JobServiceImpl final
   const JobValidator* const validator_;
   TaskScheduler* const scheduler_;
   CoordinatorMetrics* const metrics_;
+  const Authenticator* const authenticator_;
   // WatchJob sends a running job at least this often.
   const absl::Duration watch_interval_;
   const absl::Duration watch_coalesce_;

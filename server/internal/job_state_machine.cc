@@ -304,7 +304,8 @@ JobStateMachine::RunningProgress JobStateMachine::ProgressOf(
 RecordChanges JobStateMachine::PlanCreateJob(const v1::JobSpec& spec,
                                              int64_t seq,
                                              const std::string& request_id,
-                                             int64_t now_ms) const {
+                                             int64_t now_ms,
+    const std::string& submitter) const {
   const int num_checkpoints = spec.model().checkpoints_size();
   v1::Job job;
   job.set_job_id(JobIdForSeq(seq));
@@ -319,6 +320,7 @@ RecordChanges JobStateMachine::PlanCreateJob(const v1::JobSpec& spec,
   job.set_create_time_ms(now_ms);
   job.set_update_time_ms(now_ms);
   job.set_request_id(request_id);
+  job.set_submitter(submitter);
 
   RecordChanges changes;
   const bool backward = spec.schedule().direction() == v1::Schedule::BACKWARD;

@@ -135,9 +135,10 @@ class JobStateMachine {
   // Job `seq` of `spec` (QUEUED) with one training task per (hook,
   // checkpoint) in chain order, and analysis and summary tasks when the
   // spec has an analysis pass. jobs[0] is the new job.
+  // `submitter`: the caller's token name ("" without authentication).
   RecordChanges PlanCreateJob(const v1::JobSpec& spec, int64_t seq,
-                              const std::string& request_id,
-                              int64_t now_ms) const;
+                              const std::string& request_id, int64_t now_ms,
+                              const std::string& submitter = "") const;
   // Cancels the job's QUEUED and RUNNING tasks and the job. Empty for a job
   // already CANCELLED. Errors: kNotFound naming the id, kFailedPrecondition
   // naming the state of a SUCCEEDED or FAILED job.

@@ -199,7 +199,7 @@ absl::StatusOr<std::optional<v1::Job>> TaskScheduler::FindByRequestId(
 
 absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
     const v1::JobSpec& spec, const std::string& request_id,
-    const std::string& fingerprint) {
+    const std::string& fingerprint, const std::string& submitter) {
   // One creation at a time: two concurrent submissions of one request id
   // create one job, and job sequence numbers are stored in order.
   absl::MutexLock create(&create_mu_);
@@ -228,7 +228,7 @@ absl::StatusOr<TaskScheduler::Submitted> TaskScheduler::CreateJob(
   const int64_t seq = next_job_seq_;
   absl::MutexLock lock(&mu_);
   const RecordChanges changes =
-      state_.PlanCreateJob(spec, seq, request_id, NowMs());
+      state_.PlanCreateJob(spec, seq, request_id, NowMs(), submitter);
   storage::WriteBatch batch;
   if (!request_id.empty()) {
     IdempotencyRecord record;

@@ -138,10 +138,12 @@ class TaskScheduler {
   // (hook, checkpoint), or returns the job created earlier under the same
   // non-empty `request_id` (created = false). Job record, tasks and request
   // id go in one batch. Errors: kAlreadyExists (request id reused with a
-  // different fingerprint), storage errors.
+  // different fingerprint), storage errors. `submitter` is recorded as the
+  // job's submitter (the caller's token name; "" without authentication).
   absl::StatusOr<Submitted> CreateJob(const v1::JobSpec& spec,
                                       const std::string& request_id,
-                                      const std::string& fingerprint);
+                                      const std::string& fingerprint,
+                                      const std::string& submitter = "");
 
   // Errors: kNotFound naming the id.
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id) const;
