@@ -735,6 +735,11 @@ TEST(CoordinatorStartTest, FailsOnBadOptions) {
   options.data_dir = dir.path();
   options.metrics_listen_address = "";
   options.listen_address = "256.0.0.1:1";
+  // Beyond loopback without TLS and tokens: refused before binding.
+  EXPECT_EQ(Coordinator::Start(options).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Allowed insecurely, the address itself cannot be bound.
+  options.insecure = true;
   EXPECT_EQ(Coordinator::Start(options).status().code(),
             absl::StatusCode::kUnavailable);
 }
