@@ -16,6 +16,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -26,6 +27,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "format/confined_path.h"
 #include "server/internal/admin_service.h"
 #include "server/internal/artifact_staging.h"
 #include "server/internal/coordinator_metrics.h"
@@ -76,6 +78,48 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port,
   waker.join();
 }
 
+// True when gRPC listen address `address` (HOST:PORT, [V6]:PORT or unix:)
+// accepts connections from this machine only.
+bool IsLoopbackAddress(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") ||
+      absl::StartsWith(address, "unix-abstract:")) {
+    return true;
+  }
+  const size_t colon = address.rfind(':');
+  std::string host =
+      colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost" || host == "::1") return true;
+  in_addr v4{};
+  return inet_pton(AF_INET, host.c_str(), &v4) == 1 &&
+         (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+// Checks that `backup_root` neither is, lies inside nor contains `data_dir`
+// (compared with symlinks resolved as far as the paths exist).
+absl::Status CheckBackupRoot(const CoordinatorOptions& o) {
+  if (o.backup_root.empty()) return absl::OkStatus();
+  std::error_code ec;
+  const std::filesystem::path root = std::filesystem::weakly_canonical(
+      std::filesystem::absolute(o.backup_root, ec), ec);
+  const std::filesystem::path data = std::filesystem::weakly_canonical(
+      std::filesystem::absolute(o.data_dir, ec), ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backup_root: cannot resolve '", o.backup_root, "': ", ec.message()));
+  }
+  const std::string r = root.string();
+  const std::string d = data.string();
+  if (format::IsUnderRoot(r, d) || format::IsUnderRoot(d, r)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--backup_root '", o.backup_root, "' overlaps --data_dir '", o.data_dir,
+        "': backups go outside the live data directory"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckOptions(const CoordinatorOptions& o) {
   if (o.data_dir.empty()) {
     return absl::InvalidArgumentError("data_dir: required");
@@ -115,7 +159,30 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sae_part_bytes: ", o.sae_part_bytes, " must be in [1024, 2^31]"));
   }
-  return absl::OkStatus();
+  bool has_root = false;
+  for (const std::string& root : o.data_roots) has_root |= !root.empty();
+  if (!has_root && !o.insecure) {
+    if (!o.token_file.empty()) {
+      return absl::FailedPreconditionError(
+          "--data_roots: required for a coordinator with --token_file (or "
+          "pass --insecure): without roots any client may name any file on "
+          "this machine");
+    }
+    if (!IsLoopbackAddress(o.listen_address)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--data_roots: required for a coordinator listening on ",
+          o.listen_address,
+          " beyond loopback (or pass --insecure): without roots any client "
+          "may name any file on this machine"));
+    }
+  }
+  if (!has_root) {
+    std::fprintf(stderr,
+                 "saetrack-coordinator: warning: no --data_roots; any client "
+                 "that reaches %s may name any file on this machine\n",
+                 o.listen_address.c_str());
+  }
+  return CheckBackupRoot(o);
 }
 
 // Owns every part of a running coordinator. Members are declared in
@@ -232,13 +299,15 @@ absl::Status CoordinatorImpl::Init() {
   staging_ = *std::move(staging);
   job_service_ = std::make_unique<server::JobServiceImpl>(
       &validator_, scheduler_.get(), metrics_.get());
+  const format::DataRoots roots(options_.data_roots);
+  worker_options.data_roots = roots.roots();
   query_service_ = std::make_unique<server::QueryServiceImpl>(
-      scheduler_.get(), results_.get(), metrics_.get());
+      scheduler_.get(), results_.get(), metrics_.get(), roots);
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
       scheduler_.get(), results_.get(), staging_.get(), metrics_.get(),
       worker_options);
-  admin_service_ =
-      std::make_unique<server::AdminServiceImpl>(store_.get(), metrics_.get());
+  admin_service_ = std::make_unique<server::AdminServiceImpl>(
+      store_.get(), metrics_.get(), options_.backup_root);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

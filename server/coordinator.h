@@ -34,8 +34,24 @@ struct CoordinatorOptions {
   // Empty: no metrics endpoint.
   std::string metrics_listen_address = "127.0.0.1:9464";
   // When non-empty, every path named by a job must lie under one of these
-  // directories (after resolving symlinks), else the job is INVALID_ARGUMENT.
+  // directories (after resolving symlinks; ".." refused), else the job is
+  // INVALID_ARGUMENT with one message whether or not the file exists. Every
+  // later open (contexts read by QueryService, the worker's opens; the
+  // roots travel to workers in each Task) refuses a symlink as the final
+  // component and a file that resolves outside them. Required when
+  // `token_file` is set or `listen_address` is beyond loopback, unless
+  // `insecure`; without roots any local client can name any file.
   std::vector<std::string> data_roots;
+  // Bearer tokens of the clients (see the authentication docs). A secured
+  // coordinator requires `data_roots`.
+  std::string token_file;
+  // Allows a coordinator beyond loopback or with tokens to run without
+  // `data_roots` (and without the other protections that require it).
+  bool insecure = false;
+  // Directory that AdminService.Backup writes into (backup_root/NAME).
+  // Empty: Backup is FAILED_PRECONDITION. Must neither be, contain nor lie
+  // inside `data_dir`.
+  std::string backup_root;
   // A lease not renewed by a heartbeat for this long expires and its task is
   // requeued. Workers are told to heartbeat every lease_ttl_ms / 3.
   int64_t lease_ttl_ms = 30000;
@@ -78,7 +94,9 @@ class Coordinator {
  public:
   // Opens the database in options.data_dir, recovers every job, task and
   // result from it, and starts serving. Errors: kInvalidArgument for bad
-  // options, the database's error (naming the directory) when it cannot be
+  // options, kFailedPrecondition naming --data_roots when they are required
+  // (see CoordinatorOptions::data_roots) and missing or naming
+  // --backup_root when it overlaps data_dir, the database's error (naming the directory) when it cannot be
   // opened, kUnavailable when an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
       const CoordinatorOptions& options);

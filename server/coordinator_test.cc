@@ -2,6 +2,7 @@
 #include "server/coordinator.h"
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "format/crc32c.h"
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/create_channel.h"
@@ -161,6 +163,7 @@ class CoordinatorTest : public testing::Test {
         workers_->LeaseTask(WithDeadline(&ctx), request, &response);
     EXPECT_TRUE(s.ok()) << s.error_message();
     if (!response.has_task()) return std::nullopt;
+    holders_[response.task().task_id()] = worker;
     return response.task();
   }
 
@@ -168,6 +171,7 @@ class CoordinatorTest : public testing::Test {
                          v1::HeartbeatResponse* response = nullptr) {
     grpc::ClientContext ctx;
     v1::HeartbeatRequest request;
+    request.set_worker_id(holders_[task.task_id()]);
     request.set_task_id(task.task_id());
     request.set_lease_epoch(epoch);
     v1::HeartbeatResponse ignored;
@@ -181,6 +185,7 @@ class CoordinatorTest : public testing::Test {
                       size_t chunk_bytes = 1000,
                       std::optional<uint32_t> crc = std::nullopt) {
     server::testing::UploadOptions options;
+    options.worker_id = holders_[task_id];
     options.chunk_bytes = chunk_bytes;
     options.crc32c = crc;
     v1::UploadArtifactResponse response;
@@ -204,11 +209,23 @@ class CoordinatorTest : public testing::Test {
     return stats;
   }
 
+  // SAE weights of the spec's shape (d_in 64, d_sae kDSae), distinct per
+  // task; large enough to span several chunks and a blob file.
   static std::string Weights(const v1::Task& task) {
-    // Large enough to span several chunks and a blob file.
-    std::string w(5000 + task.train().chain_index(), 'w');
-    w += task.task_id();
-    return w;
+    constexpr int kDIn = 64;
+    format::SafetensorsWriter writer;
+    writer.SetMetadata("task", task.task_id());
+    const std::vector<float> values(kDIn * kDSae,
+                                    0.01f * (task.train().chain_index() + 1));
+    const std::pair<const char*, std::vector<int64_t>> tensors[] = {
+        {"W_enc", {kDIn, kDSae}},
+        {"b_enc", {kDSae}},
+        {"W_dec", {kDSae, kDIn}},
+        {"b_dec", {kDIn}}};
+    for (const auto& [name, shape] : tensors) {
+      EXPECT_TRUE(writer.AddF32(name, shape, values.data()).ok());
+    }
+    return writer.Serialize();
   }
 
   grpc::Status CompleteTask(const v1::Task& task, int64_t epoch,
@@ -216,6 +233,7 @@ class CoordinatorTest : public testing::Test {
                             const std::vector<int64_t>& histogram = {}) {
     grpc::ClientContext ctx;
     v1::CompleteTaskRequest request;
+    request.set_worker_id(holders_[task.task_id()]);
     request.set_task_id(task.task_id());
     request.set_lease_epoch(epoch);
     request.mutable_metrics()->set_tokens_trained(tokens);
@@ -297,6 +315,8 @@ class CoordinatorTest : public testing::Test {
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::unique_ptr<v1::QueryService::Stub> queries_;
   std::unique_ptr<v1::WorkerService::Stub> workers_;
+  // The worker each task was last leased to (by Lease).
+  std::map<std::string, std::string> holders_;
 };
 
 TEST_F(CoordinatorTest, HealthServesEveryService) {
@@ -651,6 +671,7 @@ TEST_F(CoordinatorTest, FailTaskRetriesThenFailsTheJob) {
     EXPECT_EQ(task->lease_epoch(), attempt);
     grpc::ClientContext ctx;
     v1::FailTaskRequest request;
+    request.set_worker_id(worker);
     request.set_task_id(task->task_id());
     request.set_lease_epoch(task->lease_epoch());
     request.set_error("CUDA out of memory");
@@ -1112,6 +1133,7 @@ TEST_F(CoordinatorTest, WatchJobStreamsProgressAndEndsOnSuccess) {
   {
     grpc::ClientContext ctx;
     v1::HeartbeatRequest request;
+    request.set_worker_id(holders_[task->task_id()]);
     request.set_task_id(task->task_id());
     request.set_lease_epoch(task->lease_epoch());
     request.set_tokens_done(500);

@@ -1,5 +1,7 @@
 #include "server/internal/task_scheduler.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -495,7 +497,14 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
     const std::string& device, int64_t memory_bytes) {
   absl::MutexLock lock(&mu_);
   const int64_t seq = next_worker_seq_;
-  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
+  // 64 bits from the kernel's CSPRNG after the sequence: a lease is bound
+  // to its worker id, so ids must not be guessable.
+  uint64_t nonce = 0;
+  if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce)) {
+    return absl::UnavailableError("worker id: no random bytes available");
+  }
+  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6),
+                                "-", absl::Hex(nonce, absl::kZeroPad16));
   storage::WriteBatch batch;
   JobStore::PutCounter(JobStore::kNextWorkerSeq, seq + 1, &batch);
   // The registration, so that device and memory matching survive a
@@ -716,8 +725,7 @@ absl::StatusOr<const TaskRecord*> TaskScheduler::LiveTaskLocked(
   const TaskRecord& task = it->second;
   if (task.lease_epoch() != epoch) {
     return absl::AbortedError(
-        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id,
-                     " (current epoch ", task.lease_epoch(), ")"));
+        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id));
   }
   if (task.state() != TASK_STATE_RUNNING) {
     return absl::AbortedError(absl::StrCat(
