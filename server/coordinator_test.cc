@@ -77,6 +77,9 @@ class CoordinatorTest : public testing::Test {
     options.data_dir = data_.path() + "/data";
     options.listen_address = "127.0.0.1:0";
     options.metrics_listen_address = "";
+    // Backups land where a restored coordinator finds them (copy/db).
+    options.backup_root = data_.path() + "/copy";
+    std::filesystem::create_directories(options.backup_root);
     options.lease_ttl_ms = kTtlMs;
     options.max_attempts = max_attempts;
     options.max_artifact_bytes = 1 << 20;
@@ -753,6 +756,8 @@ TEST(CoordinatorStartTest, FailsOnBadOptions) {
   options.data_dir = dir.path();
   options.metrics_listen_address = "";
   options.listen_address = "256.0.0.1:1";
+  // Beyond loopback: data roots are required (security_test checks that).
+  options.data_roots = {dir.path()};
   EXPECT_EQ(Coordinator::Start(options).status().code(),
             absl::StatusCode::kUnavailable);
 }
@@ -886,29 +891,32 @@ TEST_F(CoordinatorTest, BackupOpensAsACoordinatorWithTheSameAnswers) {
   };
 
   auto admin = v1::AdminService::NewStub(channel_);
-  auto backup = [&admin](const std::string& dir, v1::BackupResponse* out) {
+  auto backup = [&admin](const std::string& name, v1::BackupResponse* out,
+                         const std::string& to_dir = "") {
     grpc::ClientContext ctx;
     v1::BackupRequest request;
-    request.set_to_dir(dir);
+    request.set_name(name);
+    request.set_to_dir(to_dir);
     return admin->Backup(WithDeadline(&ctx), request, out);
   };
+  // The fixture's --backup_root.
   const std::string copy_data_dir = data_.path() + "/copy";
-  ASSERT_TRUE(std::filesystem::create_directory(copy_data_dir));
   v1::BackupResponse response;
-  grpc::Status s = backup(copy_data_dir + "/db", &response);
+  grpc::Status s = backup("db", &response);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(response.dir(), copy_data_dir + "/db");
   EXPECT_GT(response.bytes(), 4 * 5000);  // At least the four SAEs' weights.
 
-  s = backup(copy_data_dir + "/db", &response);
+  s = backup("db", &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
-  EXPECT_THAT(s.error_message(), HasSubstr(copy_data_dir + "/db"));
-  s = backup("relative/db", &response);
+  EXPECT_THAT(s.error_message(), HasSubstr("name: backup 'db' already exists"));
+  s = backup("../db", &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("to_dir: 'relative/db'"));
-  s = backup(data_.path() + "/no/such/parent", &response);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(s.error_message(), HasSubstr(data_.path() + "/no/such"));
+  EXPECT_THAT(s.error_message(), HasSubstr("name: '../db'"));
+  s = backup("", &response, copy_data_dir + "/other");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("to_dir: no longer accepted"));
+  EXPECT_FALSE(std::filesystem::exists(copy_data_dir + "/other"));
 
   CoordinatorOptions options;
   options.data_dir = copy_data_dir;

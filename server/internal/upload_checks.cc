@@ -47,7 +47,10 @@ absl::Status CheckMetricDouble(const std::string& field, const std::string& name
 }
 
 absl::Status CheckMetricInteger(const std::string& field, int64_t value) {
-  if (value < 0) return OutOfRange(field, value, "(must be >= 0)");
+  if (value < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value, " out of range (must be >= 0)"));
+  }
   return absl::OkStatus();
 }
 

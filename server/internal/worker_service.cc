@@ -201,7 +201,14 @@ absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
                                             v1::HeartbeatResponse* response) {
   absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(
       request.worker_id(), request.task_id(), request.lease_epoch());
-  if (!lease.ok()) return lease.status();
+  // A lease that is no longer live is not renewed by the scheduler either,
+  // but the heartbeat of a cancelled task still tells its worker to stop;
+  // only a live lease of another worker is refused here.
+  if (!lease.ok() &&
+      (!absl::IsAborted(lease.status()) ||
+       scheduler_->CheckLease(request.task_id(), request.lease_epoch()).ok())) {
+    return lease.status();
+  }
   metrics_->WorkerSeen(request.worker_id());
   absl::StatusOr<bool> cancel = scheduler_->Heartbeat(
       request.task_id(), request.lease_epoch(), request.tokens_done(),
