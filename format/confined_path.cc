@@ -70,8 +70,8 @@ absl::StatusOr<std::string> DataRoots::Resolve(const std::string& path) const {
   if (empty()) return path;
   char buffer[PATH_MAX];
   if (::realpath(path.c_str(), buffer) == nullptr) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot resolve '", path,
-                                                   "'"));
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat("cannot resolve '", path, "'"));
   }
   if (!Contains(buffer)) return OutsideRoots(path, *this);
   return std::string(buffer);

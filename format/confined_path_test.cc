@@ -47,14 +47,16 @@ TEST(IsUnderRootTest, ComparesWholeComponents) {
 
 TEST_F(ConfinedPathTest, OpensAFileUnderARoot) {
   const DataRoots roots({root_});
-  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(root_ + "/tokens.u16", roots);
+  absl::StatusOr<ReadOnlyFile> file =
+      ReadOnlyFile::Open(root_ + "/tokens.u16", roots);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_EQ(file->size(), 4);
 }
 
 TEST_F(ConfinedPathTest, RefusesAFileOutsideTheRoots) {
   const DataRoots roots({root_});
-  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(dir_ + "/secret", roots);
+  absl::StatusOr<ReadOnlyFile> file =
+      ReadOnlyFile::Open(dir_ + "/secret", roots);
   EXPECT_EQ(file.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(file.status().message(), HasSubstr("outside the data roots"));
   absl::StatusOr<std::string> resolved = roots.Resolve(dir_ + "/secret");

@@ -96,8 +96,9 @@ class Coordinator {
   // result from it, and starts serving. Errors: kInvalidArgument for bad
   // options, kFailedPrecondition naming --data_roots when they are required
   // (see CoordinatorOptions::data_roots) and missing or naming
-  // --backup_root when it overlaps data_dir, the database's error (naming the directory) when it cannot be
-  // opened, kUnavailable when an address cannot be bound.
+  // --backup_root when it overlaps data_dir, the database's error (naming the
+  // directory) when it cannot be opened, kUnavailable when an address cannot be
+  // bound.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
       const CoordinatorOptions& options);
 

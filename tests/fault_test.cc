@@ -393,7 +393,8 @@ std::string SaeHeaderFilling(int64_t size, int64_t d_sae) {
   const int64_t header = size - 8 - (2 * enc + 4 * d_sae + 4 * d_in);
   json.resize(static_cast<size_t>(header), ' ');
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>((header >> (8 * i)) & 0xff);
   return out + json;
 }
 
@@ -752,12 +753,11 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
       ConstantSaeWeights(kDModel, d_sae, kFakeWeight);
   server::testing::UploadOptions as_a;
   as_a.worker_id = a_id;
-  ExpectStaleEpochRefused(server::testing::UploadArtifact(
-                              *stub, task.task_id(), stale_epoch,
-                              v1::ARTIFACT_KIND_SAE_WEIGHTS, fake_weights,
-                              as_a),
-                          task.task_id(), stale_epoch,
-                          "UploadArtifact(SAE_WEIGHTS)");
+  ExpectStaleEpochRefused(
+      server::testing::UploadArtifact(*stub, task.task_id(), stale_epoch,
+                                      v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                                      fake_weights, as_a),
+      task.task_id(), stale_epoch, "UploadArtifact(SAE_WEIGHTS)");
   v1::FeatureStatsBlock stats;
   for (int i = 0; i < d_sae; ++i) {
     stats.add_frequency(0.5f);

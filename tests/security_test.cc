@@ -181,9 +181,8 @@ class SecurityTest : public ::testing::Test {
                       v1::ArtifactKind kind, const std::string& bytes) {
     server::testing::UploadOptions options;
     options.worker_id = worker;
-    return server::testing::UploadArtifact(*workers_, task.task_id(),
-                                           task.lease_epoch(), kind, bytes,
-                                           options);
+    return server::testing::UploadArtifact(
+        *workers_, task.task_id(), task.lease_epoch(), kind, bytes, options);
   }
 
   grpc::Status Heartbeat(const std::string& worker, const std::string& task_id,
@@ -330,7 +329,8 @@ TEST_F(SecurityTest, ATokenFileOutsideTheRootsIsRefusedAlikeWhetherItExists) {
   EXPECT_THAT(c.error_message(), HasSubstr("is outside the data roots"));
 }
 
-TEST_F(SecurityTest, AForgedAnalysisBlockPointingBeyondTheAnalysisSetIsRefused) {
+TEST_F(SecurityTest,
+       AForgedAnalysisBlockPointingBeyondTheAnalysisSetIsRefused) {
   std::string job;
   ASSERT_TRUE(Submit(Spec(), &job).ok());
   const std::string worker = Register();
@@ -377,9 +377,8 @@ TEST_F(SecurityTest, ATokenFileSwappedForASymlinkAfterSubmissionReadsNothing) {
   const v1::Task analyse = TrainThenLeaseAnalysis(worker);
   ASSERT_TRUE(analyse.has_analyse());
   const int top_k = analyse.analyse().spec().analysis().top_k();
-  grpc::Status s =
-      Upload(worker, analyse, v1::ARTIFACT_KIND_FEATURE_ANALYSIS,
-             Analysis(top_k, 128, 100).SerializeAsString());
+  grpc::Status s = Upload(worker, analyse, v1::ARTIFACT_KIND_FEATURE_ANALYSIS,
+                          Analysis(top_k, 128, 100).SerializeAsString());
   ASSERT_TRUE(s.ok()) << s.error_message();
   s = Complete(worker, analyse);
   ASSERT_TRUE(s.ok()) << s.error_message();
@@ -432,9 +431,9 @@ TEST_F(SecurityTest, AnotherWorkersLeaseCannotBeRenewedFedCompletedOrFailed) {
     EXPECT_THAT(s.error_message(), Not(HasSubstr("current epoch"))) << call;
   };
   expect_refused(Heartbeat(forger, id, epoch), "Heartbeat");
-  expect_refused(Upload(forger, *task, v1::ARTIFACT_KIND_SAE_WEIGHTS,
-                        Weights()),
-                 "UploadArtifact");
+  expect_refused(
+      Upload(forger, *task, v1::ARTIFACT_KIND_SAE_WEIGHTS, Weights()),
+      "UploadArtifact");
   expect_refused(Complete(forger, *task), "CompleteTask");
   expect_refused(Fail(forger, id, epoch), "FailTask");
   // A guessed wrong epoch tells nothing about the right one either.
@@ -505,9 +504,9 @@ TEST_F(SecurityTest, ImpossibleNumbersAreRefusedAndNothingIsStored) {
   ASSERT_TRUE(narrow.AddF32("b_enc", {8}, zeros.data()).ok());
   ASSERT_TRUE(narrow.AddF32("W_dec", {8, kDIn}, zeros.data()).ok());
   ASSERT_TRUE(narrow.AddF32("b_dec", {kDIn}, zeros.data()).ok());
-  ASSERT_TRUE(Upload(worker, *task, v1::ARTIFACT_KIND_SAE_WEIGHTS,
-                     narrow.Serialize())
-                  .ok());
+  ASSERT_TRUE(
+      Upload(worker, *task, v1::ARTIFACT_KIND_SAE_WEIGHTS, narrow.Serialize())
+          .ok());
   s = Complete(worker, *task);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("SAE_WEIGHTS.W_enc"));
@@ -524,7 +523,8 @@ TEST_F(SecurityTest, ImpossibleNumbersAreRefusedAndNothingIsStored) {
   EXPECT_EQ(StoredCheckpoints(job), 1);
 }
 
-// --- starting without roots ---------------------------------------------------
+// --- starting without roots
+// ---------------------------------------------------
 
 TEST_F(SecurityTest, ASecuredOrExposedCoordinatorNeedsDataRoots) {
   CoordinatorOptions options = Options();
@@ -549,7 +549,8 @@ TEST_F(SecurityTest, ASecuredOrExposedCoordinatorNeedsDataRoots) {
   EXPECT_TRUE(c.ok()) << c.status();
 }
 
-// --- backups ------------------------------------------------------------------
+// --- backups
+// ------------------------------------------------------------------
 
 TEST_F(SecurityTest, BackupsGoOnlyIntoTheBackupRootByNameOwnerOnly) {
   auto backup = [&](const std::string& name, const std::string& to_dir = "") {
@@ -612,8 +613,7 @@ TEST_F(SecurityTest, BackupsGoOnlyIntoTheBackupRootByNameOwnerOnly) {
   for (const std::string& root : {data, data + "/db", dir_.path()}) {
     options.backup_root = root;
     c = Coordinator::Start(options);
-    EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition)
-        << root;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << root;
     EXPECT_THAT(c.status().message(), HasSubstr("--backup_root")) << root;
   }
 }

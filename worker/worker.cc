@@ -115,8 +115,8 @@ absl::Status ConfineTaskPaths(const v1::Task& task, std::string* model_dir,
     if (!file.ok()) return refuse(file.status());
   }
   if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data roots: cannot list '", *dir, "': ", ec.message()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("data roots: cannot list '", *dir, "': ", ec.message()));
   }
   absl::StatusOr<std::string> tokens = roots.Resolve(*tokens_path);
   if (!tokens.ok()) return refuse(tokens.status());
@@ -746,8 +746,8 @@ class GrpcWorker final : public Worker {
             input.reference_positions.assign(reference.top_positions().begin(),
                                              reference.top_positions().end());
           }
-          if (absl::Status s = ConfineTaskPaths(task, &input.model_dir,
-                                                &input.tokens_path);
+          if (absl::Status s =
+                  ConfineTaskPaths(task, &input.model_dir, &input.tokens_path);
               !s.ok()) {
             output = s;
             return;
@@ -827,8 +827,8 @@ class GrpcWorker final : public Worker {
               metrics_.init_downloaded.Increment();
             }
           }
-          if (absl::Status s = ConfineTaskPaths(task, &input.model_dir,
-                                                &input.tokens_path);
+          if (absl::Status s =
+                  ConfineTaskPaths(task, &input.model_dir, &input.tokens_path);
               !s.ok()) {
             output = s;
             return;

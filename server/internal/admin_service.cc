@@ -62,12 +62,12 @@ absl::Status RestrictModes(const std::string& dir) {
        !ec && it != std::filesystem::recursive_directory_iterator();
        it.increment(ec)) {
     const bool is_dir = it->is_directory(ec);
-    std::filesystem::permissions(
-        it->path(),
-        is_dir ? std::filesystem::perms::owner_all
-               : std::filesystem::perms::owner_read |
-                     std::filesystem::perms::owner_write,
-        std::filesystem::perm_options::replace, ec);
+    std::filesystem::permissions(it->path(),
+                                 is_dir
+                                     ? std::filesystem::perms::owner_all
+                                     : std::filesystem::perms::owner_read |
+                                           std::filesystem::perms::owner_write,
+                                 std::filesystem::perm_options::replace, ec);
     if (ec) break;
   }
   if (ec) {
@@ -105,8 +105,7 @@ absl::Status AdminServiceImpl::DoBackup(const v1::BackupRequest& request,
     return absl::FailedPreconditionError(absl::StrCat(
         "--backup_root '", backup_root_, "' is not an existing directory"));
   }
-  const std::string dir =
-      (std::filesystem::path(backup_root_) / name).string();
+  const std::string dir = (std::filesystem::path(backup_root_) / name).string();
   if (std::filesystem::exists(std::filesystem::symlink_status(dir, ec))) {
     return absl::AlreadyExistsError(
         absl::StrCat("name: backup '", name, "' already exists"));
@@ -118,8 +117,8 @@ absl::Status AdminServiceImpl::DoBackup(const v1::BackupRequest& request,
   absl::Status s = store_->Checkpoint(dir);
   ::umask(old_mask);
   if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("name: backup '", name,
-                                               "': ", s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("name: backup '", name, "': ", s.message()));
   }
   if (absl::Status m = RestrictModes(dir); !m.ok()) return m;
   absl::StatusOr<int64_t> bytes = DirectoryBytes(dir);

@@ -204,10 +204,9 @@ absl::Status CheckWeightFiles(const std::string& field, const std::string& dir,
         inside |= !canonical_ec && IsUnder(canonical, root);
       }
       if (!inside) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(field, ": '", entry.path().string(),
-                         "' is outside the data roots (", RootList(roots),
-                         ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": '", entry.path().string(),
+            "' is outside the data roots (", RootList(roots), ")"));
       }
     }
     std::error_code status_ec;

@@ -503,8 +503,8 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce)) {
     return absl::UnavailableError("worker id: no random bytes available");
   }
-  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6),
-                                "-", absl::Hex(nonce, absl::kZeroPad16));
+  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6), "-",
+                                absl::Hex(nonce, absl::kZeroPad16));
   storage::WriteBatch batch;
   JobStore::PutCounter(JobStore::kNextWorkerSeq, seq + 1, &batch);
   // The registration, so that device and memory matching survive a

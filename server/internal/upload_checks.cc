@@ -28,8 +28,8 @@ absl::Status OutOfRange(const std::string& field, double value,
 }
 
 // A double field of CheckpointMetrics (or a message inside it) at `field`.
-absl::Status CheckMetricDouble(const std::string& field, const std::string& name,
-                               double value) {
+absl::Status CheckMetricDouble(const std::string& field,
+                               const std::string& name, double value) {
   if (!std::isfinite(value)) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": ", value, " is not finite"));
@@ -240,9 +240,8 @@ absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
   const int64_t context_length = spec.data().context_length();
   const int64_t analysis_tokens = spec.analysis().analysis_tokens();
   if (context_length > 0 && analysis_tokens > 0) {
-    const int64_t most =
-        (analysis_tokens + context_length - 1) / context_length *
-        context_length;
+    const int64_t most = (analysis_tokens + context_length - 1) /
+                         context_length * context_length;
     const int64_t n = block.analysis_positions();
     if (n <= 0 || n > most || n % context_length != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -252,9 +251,9 @@ absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
           " (spec.analysis.analysis_tokens in whole contexts)"));
     }
   } else if (block.analysis_positions() <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("FEATURE_ANALYSIS.analysis_positions: ",
-                     block.analysis_positions(), " must be > 0"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FEATURE_ANALYSIS.analysis_positions: ", block.analysis_positions(),
+        " must be > 0"));
   }
   const int d_sae = lease.d_sae;
   const int64_t top = int64_t{d_sae} * lease.top_k;
@@ -276,8 +275,8 @@ absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
             : CheckLength(kArtifact, "progress_token_controlled",
                           block.progress_token_controlled_size(), d_sae,
                           "d_sae"),
-        CheckLength(kArtifact, "top_positions", block.top_positions_size(),
-                    top, kTop),
+        CheckLength(kArtifact, "top_positions", block.top_positions_size(), top,
+                    kTop),
         CheckLength(kArtifact, "top_values", block.top_values_size(), top,
                     kTop),
         CheckLength(kArtifact, "top_tokens", block.top_tokens_size(), top,
@@ -308,10 +307,10 @@ absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
   for (int64_t j = 0; j < top; ++j) {
     const int32_t p = block.top_positions(static_cast<int>(j));
     if (p < -1 || p >= block.analysis_positions()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "FEATURE_ANALYSIS.top_positions[", j, "]: ", p,
-          " is outside the analysis set's ", block.analysis_positions(),
-          " positions (-1 pads)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("FEATURE_ANALYSIS.top_positions[", j, "]: ", p,
+                       " is outside the analysis set's ",
+                       block.analysis_positions(), " positions (-1 pads)"));
     }
     const int32_t t = block.top_tokens(static_cast<int>(j));
     if (t < -1) {
@@ -346,10 +345,9 @@ absl::Status CheckSaeWeightsHeader(std::string_view header, int d_sae,
   for (const auto& [name, shape] : expected) {
     const std::vector<int64_t> got = ShapeOf(*json, name);
     if (got != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SAE_WEIGHTS.", name, ": shape ", ShapeString(got),
-                       ", expected ", ShapeString(shape), " (d_sae ", d_sae,
-                       ", d_in ", in, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "SAE_WEIGHTS.", name, ": shape ", ShapeString(got), ", expected ",
+          ShapeString(shape), " (d_sae ", d_sae, ", d_in ", in, ")"));
     }
   }
   return absl::OkStatus();

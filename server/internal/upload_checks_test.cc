@@ -76,7 +76,8 @@ TEST(CheckCheckpointMetricsTest, RefusesNonFiniteValuesAnywhere) {
   ExpectRefused(CheckCheckpointMetrics(m, Lease()), "metrics.mse");
   m = GoodMetrics();
   m.mutable_lm()->set_loss_recovered(std::numeric_limits<double>::infinity());
-  ExpectRefused(CheckCheckpointMetrics(m, Lease()), "metrics.lm.loss_recovered");
+  ExpectRefused(CheckCheckpointMetrics(m, Lease()),
+                "metrics.lm.loss_recovered");
   m = GoodMetrics();
   m.mutable_reference()->mutable_speedup()->add_scratch_curve()->set_loss(
       std::nan(""));

@@ -67,8 +67,7 @@ absl::StatusOr<std::string> SafetensorsHeader(
                      " exceeds the file or the 1 MiB limit"));
   }
   std::string header;
-  if (absl::Status s =
-          weights.ReadAt(8, static_cast<int64_t>(length), &header);
+  if (absl::Status s = weights.ReadAt(8, static_cast<int64_t>(length), &header);
       !s.ok()) {
     return s;
   }
@@ -181,7 +180,8 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
 
 absl::StatusOr<LeaseInfo> WorkerServiceImpl::CheckLeaseHolder(
     const std::string& worker_id, const std::string& task_id, int64_t epoch) {
-  if (worker_id.empty()) return absl::InvalidArgumentError("worker_id: required");
+  if (worker_id.empty())
+    return absl::InvalidArgumentError("worker_id: required");
   if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
   absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
   if (!lease.ok()) return lease.status();
@@ -257,8 +257,7 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
     return absl::InvalidArgumentError("task_id: required in the first chunk");
   }
   if (sender.empty()) {
-    return absl::InvalidArgumentError(
-        "worker_id: required in the first chunk");
+    return absl::InvalidArgumentError("worker_id: required in the first chunk");
   }
   if (kind == v1::ARTIFACT_KIND_UNSPECIFIED ||
       !v1::ArtifactKind_IsValid(kind)) {

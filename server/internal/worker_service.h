@@ -39,7 +39,8 @@ struct WorkerServiceOptions {
 // Leases, heartbeats, artifact transfer and task completion for workers.
 // Every call after LeaseTask is fenced by the lease epoch and bound to the
 // worker holding the lease (ABORTED when stale or another worker's), and
-// every uploaded number is range-checked before anything is stored. Does not own its collaborators (all must outlive it). Thread-safe.
+// every uploaded number is range-checked before anything is stored. Does not
+// own its collaborators (all must outlive it). Thread-safe.
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(TaskScheduler* scheduler, ResultStore* results,
