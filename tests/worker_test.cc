@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -642,6 +643,41 @@ TEST_F(WorkerTest, PermanentFailureFailsTheJobWithTheReason) {
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
   EXPECT_THAT(job->error(), HasSubstr("truncated"));
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->checkpoints_size(), 0);
+}
+
+// With the coordinator's data roots (sent in every task), a token file
+// swapped for a symlink leading out of them after the job was accepted fails
+// the task for good before the engine opens anything.
+TEST_F(WorkerTest, ASymlinkSwappedInAfterSubmissionFailsTheTask) {
+  const int port = coordinator_->port();
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  CoordinatorOptions options;
+  options.data_dir = dir_ + "/data";
+  options.listen_address = absl::StrCat("127.0.0.1:", port);
+  options.metrics_listen_address = "";
+  options.data_roots = {dir_};
+  auto coordinator = Coordinator::Start(options);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  coordinator_ = *std::move(coordinator);
+  const std::string job_id = SubmitJob();
+  const std::string outside =
+      absl::StrCat(::testing::TempDir(), "/worker-test-secret-", getpid());
+  std::ofstream(outside, std::ios::binary) << std::string(2 * 4096, 'S');
+  const std::string tokens = dir_ + "/tokens.u16";
+  ASSERT_EQ(::unlink(tokens.c_str()), 0);
+  ASSERT_EQ(::symlink(outside.c_str(), tokens.c_str()), 0);
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 1);
+  std::remove(outside.c_str());
+  EXPECT_TRUE(engine.calls().empty());
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(job->error(), HasSubstr("outside the data roots"));
   auto metrics = client_->GetCheckpointMetrics(job_id, 1);
   ASSERT_TRUE(metrics.ok());
   EXPECT_EQ(metrics->checkpoints_size(), 0);
