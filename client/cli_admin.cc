@@ -28,7 +28,7 @@ std::string JsonString(const std::string& s) {
 
 }  // namespace
 
-// `admin backup --to DIR`, straight over an AdminService stub, and
+// `admin backup --to NAME` (a backup under the coordinator's --backup_root), straight over an AdminService stub, and
 // `admin token create`, which only writes a local file.
 int Cli::Admin() {
   if (inv_.positional.size() == 2 && inv_.positional[0] == "token" &&
@@ -38,7 +38,7 @@ int Cli::Admin() {
   if (inv_.positional.size() != 1 || inv_.positional[0] != "backup") {
     return Usage("admin takes one subcommand: backup, token create");
   }
-  if (inv_.to_dir.empty()) return Usage("admin backup needs --to");
+  if (inv_.to_dir.empty()) return Usage("admin backup needs --to NAME");
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       NewSecureChannel(inv_.coordinator, inv_.security);
   if (!channel.ok()) return Fail(channel.status());
@@ -47,7 +47,7 @@ int Cli::Admin() {
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::hours(1));
   v1::BackupRequest request;
-  request.set_to_dir(inv_.to_dir);
+  request.set_name(inv_.to_dir);
   v1::BackupResponse response;
   absl::Status s = FromGrpcStatus(stub->Backup(&context, request, &response));
   if (!s.ok()) return Fail(s);

@@ -132,11 +132,12 @@ Commands:
                            --step, the final SAE of the chain: the last one
                            trained, by chain index. DIR is created if needed;
                            files already there are replaced.
-  admin backup --to DIR    Copy the coordinator's database (a consistent
-                           RocksDB checkpoint) into DIR, an absolute path on
-                           the coordinator's machine that must not exist yet.
-                           A coordinator started with --data_dir P serves the
-                           copy when DIR is P/db.
+  admin backup --to NAME   Copy the coordinator's database (a consistent
+                           RocksDB checkpoint) into BACKUP_ROOT/NAME on the
+                           coordinator's machine (its --backup_root; NAME is
+                           letters, digits, '.', '_', '-' and must not exist
+                           yet). Copied to P/db, it is served by a
+                           coordinator started with --data_dir P.
   admin token create --role ROLE --name NAME --token_file FILE
                            Create a bearer token for a coordinator started
                            with --token_file FILE: 256 random bits, printed

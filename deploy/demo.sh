@@ -92,6 +92,7 @@ echo " corpus, which the model never trains on; ln 4096 = 8.32 at random)"
 step "Starting a coordinator and a worker"
 rm -rf "$data/coordinator" "$data/ports"
 "$bin/saetrack-coordinator" --data_dir "$data/coordinator" \
+  --data_roots "$data" \
   --listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 \
   --port_file "$data/ports" 2>"$data/coordinator.log" &
 coordinator_pid=$!
@@ -217,7 +218,7 @@ trap - EXIT
 step "Done"
 cat <<TXT
 The results stay in $data/coordinator. To query them again:
-  $bin/saetrack-coordinator --data_dir $data/coordinator --listen 127.0.0.1:7070 &
+  $bin/saetrack-coordinator --data_dir $data/coordinator --data_roots $data --listen 127.0.0.1:7070 &
   $bin/saetrack status $job
   $bin/saetrack metrics $job --layer $first_layer
   $bin/saetrack drift $job --layer $first_layer

@@ -39,10 +39,16 @@ class FdCloser {
 }  // namespace
 
 absl::StatusOr<ReadOnlyFile> ReadOnlyFile::Open(const std::string& path) {
-  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
-  // writer, forever; it is refused below instead.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  return Open(path, DataRoots());
+}
+
+absl::StatusOr<ReadOnlyFile> ReadOnlyFile::Open(const std::string& path,
+                                                const DataRoots& roots) {
+  // Opened without blocking: a FIFO would otherwise wait for a writer,
+  // forever; it is refused below instead.
+  absl::StatusOr<int> opened = roots.OpenConfined(path);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   FdCloser closer(fd);
   struct stat info;
   if (::fstat(fd, &info) != 0) return ErrnoError(errno, "cannot stat", path);
@@ -107,7 +113,12 @@ absl::Status ReadOnlyFile::ReadAt(int64_t offset, size_t n, char* out) const {
 }
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
-  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(path);
+  return Open(path, DataRoots());
+}
+
+absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path,
+                                            const DataRoots& roots) {
+  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(path, roots);
   if (!file.ok()) return file.status();
   const size_t size = static_cast<size_t>(file->size());
   if (size == 0) return MappedFile(path, nullptr, 0);

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "format/confined_path.h"
 
 namespace saetrack::format {
 
@@ -26,6 +27,9 @@ class MappedFile {
   // shrinks while mapped raises SIGBUS on access: inputs that may change
   // under a long-running process are read with ReadOnlyFile instead.
   static absl::StatusOr<MappedFile> Open(const std::string& path);
+  // The same, confined to `roots` (see ReadOnlyFile::Open).
+  static absl::StatusOr<MappedFile> Open(const std::string& path,
+                                         const DataRoots& roots);
 
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
@@ -57,6 +61,11 @@ class ReadOnlyFile {
   // checks that it is a regular file. Errors as MappedFile::Open, and
   // kFailedPrecondition naming a FIFO, socket or device.
   static absl::StatusOr<ReadOnlyFile> Open(const std::string& path);
+  // The same, confined to `roots` (DataRoots::OpenConfined): a symlink as
+  // the final component or a file outside the roots is kPermissionDenied
+  // naming the path. Empty roots: as Open(path).
+  static absl::StatusOr<ReadOnlyFile> Open(const std::string& path,
+                                           const DataRoots& roots);
   ReadOnlyFile(ReadOnlyFile&& other) noexcept;
   ReadOnlyFile& operator=(ReadOnlyFile&& other) noexcept;
   ReadOnlyFile(const ReadOnlyFile&) = delete;

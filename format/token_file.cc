@@ -19,7 +19,13 @@ absl::StatusOr<TokenDtype> ParseTokenDtype(std::string_view name) {
 
 absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path,
                                           TokenDtype dtype) {
-  SAETRACK_ASSIGN_OR_RETURN(ReadOnlyFile file, ReadOnlyFile::Open(path));
+  return Open(path, dtype, DataRoots());
+}
+
+absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path,
+                                          TokenDtype dtype,
+                                          const DataRoots& roots) {
+  SAETRACK_ASSIGN_OR_RETURN(ReadOnlyFile file, ReadOnlyFile::Open(path, roots));
   const int element_size = dtype == TokenDtype::kUint16 ? 2 : 4;
   if (file.size() % element_size != 0) {
     return absl::DataLossError(absl::StrCat(

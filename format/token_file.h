@@ -31,6 +31,10 @@ class TokenFile {
   // size.
   static absl::StatusOr<TokenFile> Open(const std::string& path,
                                         TokenDtype dtype);
+  // The same, confined to `roots` (see ReadOnlyFile::Open).
+  static absl::StatusOr<TokenFile> Open(const std::string& path,
+                                        TokenDtype dtype,
+                                        const DataRoots& roots);
 
   // Number of tokens when opened.
   int64_t size() const { return size_; }

@@ -18,11 +18,13 @@
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "format/confined_path.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -82,10 +84,15 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port,
   waker.join();
 }
 
-// Whether the host of `address` (HOST:PORT, [IPv6]:PORT) is loopback:
-// 127.0.0.0/8, ::1 or localhost. An empty host, 0.0.0.0, [::] or any other
-// name or address is beyond loopback.
+// Whether the host of `address` (HOST:PORT, [IPv6]:PORT or unix:) accepts
+// connections from this machine only: 127.0.0.0/8, ::1, localhost or a unix
+// socket. An empty host, 0.0.0.0, [::] or any other name or address is
+// beyond loopback.
 bool IsLoopbackAddress(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") ||
+      absl::StartsWith(address, "unix-abstract:")) {
+    return true;
+  }
   const size_t colon = address.rfind(':');
   std::string host =
       colon == std::string::npos ? address : address.substr(0, colon);
@@ -134,6 +141,29 @@ absl::Status CheckSecurityOptions(const CoordinatorOptions& o) {
         "token_file: bearer tokens travel beyond loopback only over TLS; "
         "listen_address ",
         o.listen_address, " needs --tls_cert and --tls_key"));
+  }
+  return absl::OkStatus();
+}
+
+// Checks that `backup_root` neither is, lies inside nor contains `data_dir`
+// (compared with symlinks resolved as far as the paths exist).
+absl::Status CheckBackupRoot(const CoordinatorOptions& o) {
+  if (o.backup_root.empty()) return absl::OkStatus();
+  std::error_code ec;
+  const std::filesystem::path root = std::filesystem::weakly_canonical(
+      std::filesystem::absolute(o.backup_root, ec), ec);
+  const std::filesystem::path data = std::filesystem::weakly_canonical(
+      std::filesystem::absolute(o.data_dir, ec), ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backup_root: cannot resolve '", o.backup_root, "': ", ec.message()));
+  }
+  const std::string r = root.string();
+  const std::string d = data.string();
+  if (format::IsUnderRoot(r, d) || format::IsUnderRoot(d, r)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--backup_root '", o.backup_root, "' overlaps --data_dir '", o.data_dir,
+        "': backups go outside the live data directory"));
   }
   return absl::OkStatus();
 }
@@ -215,7 +245,31 @@ absl::Status CheckOptions(const CoordinatorOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sae_part_bytes: ", o.sae_part_bytes, " must be in [1024, 2^31]"));
   }
-  return CheckSecurityOptions(o);
+  if (absl::Status s = CheckSecurityOptions(o); !s.ok()) return s;
+  bool has_root = false;
+  for (const std::string& root : o.data_roots) has_root |= !root.empty();
+  if (!has_root && !o.insecure) {
+    if (!o.token_file.empty()) {
+      return absl::FailedPreconditionError(
+          "--data_roots: required for a coordinator with --token_file (or "
+          "pass --insecure): without roots any client may name any file on "
+          "this machine");
+    }
+    if (!IsLoopbackAddress(o.listen_address)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--data_roots: required for a coordinator listening on ",
+          o.listen_address,
+          " beyond loopback (or pass --insecure): without roots any client "
+          "may name any file on this machine"));
+    }
+  }
+  if (!has_root) {
+    std::fprintf(stderr,
+                 "saetrack-coordinator: warning: no --data_roots; any client "
+                 "that reaches %s may name any file on this machine\n",
+                 o.listen_address.c_str());
+  }
+  return CheckBackupRoot(o);
 }
 
 // Owns every part of a running coordinator. Members are declared in
@@ -365,13 +419,15 @@ absl::Status CoordinatorImpl::Init() {
   staging_ = *std::move(staging);
   job_service_ = std::make_unique<server::JobServiceImpl>(
       &validator_, scheduler_.get(), metrics_.get(), authenticator_.get());
+  const format::DataRoots roots(options_.data_roots);
+  worker_options.data_roots = roots.roots();
   query_service_ = std::make_unique<server::QueryServiceImpl>(
-      scheduler_.get(), results_.get(), metrics_.get());
+      scheduler_.get(), results_.get(), metrics_.get(), roots);
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
       scheduler_.get(), results_.get(), staging_.get(), metrics_.get(),
       worker_options);
-  admin_service_ =
-      std::make_unique<server::AdminServiceImpl>(store_.get(), metrics_.get());
+  admin_service_ = std::make_unique<server::AdminServiceImpl>(
+      store_.get(), metrics_.get(), options_.backup_root);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

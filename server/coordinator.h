@@ -34,8 +34,18 @@ struct CoordinatorOptions {
   // Empty: no metrics endpoint.
   std::string metrics_listen_address = "127.0.0.1:9464";
   // When non-empty, every path named by a job must lie under one of these
-  // directories (after resolving symlinks), else the job is INVALID_ARGUMENT.
+  // directories (after resolving symlinks; ".." refused), else the job is
+  // INVALID_ARGUMENT with one message whether or not the file exists. Every
+  // later open (contexts read by QueryService, the worker's opens; the
+  // roots travel to workers in each Task) refuses a symlink as the final
+  // component and a file that resolves outside them. Required when
+  // `token_file` is set or `listen_address` is beyond loopback, unless
+  // `insecure`; without roots any local client can name any file.
   std::vector<std::string> data_roots;
+  // Directory that AdminService.Backup writes into (backup_root/NAME).
+  // Empty: Backup is FAILED_PRECONDITION. Must neither be, contain nor lie
+  // inside `data_dir`.
+  std::string backup_root;
   // A lease not renewed by a heartbeat for this long expires and its task is
   // requeued. Workers are told to heartbeat every lease_ttl_ms / 3.
   int64_t lease_ttl_ms = 30000;
@@ -70,12 +80,14 @@ struct CoordinatorOptions {
   std::string tls_client_ca_file;
   // Token file (proto/access_tokens.h: SHA-256 hashes, roles, names). Set:
   // every call except health and reflection needs a bearer token of a role
-  // allowed to make it (server/internal/auth.h). Read once at start.
+  // allowed to make it (server/internal/auth.h). Read once at start. A
+  // coordinator with tokens requires `data_roots`.
   std::string token_file;
   // A listen_address beyond loopback (anything but 127.0.0.0/8, ::1,
   // localhost) needs TLS and a token file, unless this is set: then the
   // coordinator starts without them, logs a WARNING and exports
-  // saetrack_insecure_mode = 1.
+  // saetrack_insecure_mode = 1. It also lets a coordinator beyond loopback
+  // or with tokens run without `data_roots`.
   bool insecure = false;
 
   // Source of time for lease deadlines and timestamps. Not owned; must
@@ -99,10 +111,12 @@ class Coordinator {
   // result from it, and starts serving. Errors: kInvalidArgument for bad
   // options (naming the field); kFailedPrecondition naming the missing
   // flags when listen_address is beyond loopback without TLS and a token
-  // file and without `insecure`; the errors of reading the TLS files and the
-  // token file (naming the file, and the line of a malformed entry); the
-  // database's error (naming the directory) when it cannot be opened;
-  // kUnavailable when an address cannot be bound.
+  // file and without `insecure`, naming --data_roots when they are required
+  // (see CoordinatorOptions::data_roots) and missing, or naming
+  // --backup_root when it overlaps data_dir; the errors of reading the TLS
+  // files and the token file (naming the file, and the line of a malformed
+  // entry); the database's error (naming the directory) when it cannot be
+  // opened; kUnavailable when an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
       const CoordinatorOptions& options);
 

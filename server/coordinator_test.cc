@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "format/crc32c.h"
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/create_channel.h"
@@ -78,6 +80,9 @@ class CoordinatorTest : public testing::Test {
     options.data_dir = data_.path() + "/data";
     options.listen_address = "127.0.0.1:0";
     options.metrics_listen_address = "";
+    // Backups land where a restored coordinator finds them (copy/db).
+    options.backup_root = data_.path() + "/copy";
+    std::filesystem::create_directories(options.backup_root);
     options.lease_ttl_ms = kTtlMs;
     options.max_attempts = max_attempts;
     options.max_artifact_bytes = 1 << 20;
@@ -164,6 +169,7 @@ class CoordinatorTest : public testing::Test {
         workers_->LeaseTask(WithDeadline(&ctx), request, &response);
     EXPECT_TRUE(s.ok()) << s.error_message();
     if (!response.has_task()) return std::nullopt;
+    holders_[response.task().task_id()] = worker;
     return response.task();
   }
 
@@ -171,6 +177,7 @@ class CoordinatorTest : public testing::Test {
                          v1::HeartbeatResponse* response = nullptr) {
     grpc::ClientContext ctx;
     v1::HeartbeatRequest request;
+    request.set_worker_id(holders_[task.task_id()]);
     request.set_task_id(task.task_id());
     request.set_lease_epoch(epoch);
     v1::HeartbeatResponse ignored;
@@ -184,6 +191,7 @@ class CoordinatorTest : public testing::Test {
                       size_t chunk_bytes = 1000,
                       std::optional<uint32_t> crc = std::nullopt) {
     server::testing::UploadOptions options;
+    options.worker_id = holders_[task_id];
     options.chunk_bytes = chunk_bytes;
     options.crc32c = crc;
     v1::UploadArtifactResponse response;
@@ -207,11 +215,23 @@ class CoordinatorTest : public testing::Test {
     return stats;
   }
 
+  // SAE weights of the spec's shape (d_in 64, d_sae kDSae), distinct per
+  // task; large enough to span several chunks and a blob file.
   static std::string Weights(const v1::Task& task) {
-    // Large enough to span several chunks and a blob file.
-    std::string w(5000 + task.train().chain_index(), 'w');
-    w += task.task_id();
-    return w;
+    constexpr int kDIn = 64;
+    format::SafetensorsWriter writer;
+    writer.SetMetadata("task", task.task_id());
+    const std::vector<float> values(kDIn * kDSae,
+                                    0.01f * (task.train().chain_index() + 1));
+    const std::pair<const char*, std::vector<int64_t>> tensors[] = {
+        {"W_enc", {kDIn, kDSae}},
+        {"b_enc", {kDSae}},
+        {"W_dec", {kDSae, kDIn}},
+        {"b_dec", {kDIn}}};
+    for (const auto& [name, shape] : tensors) {
+      EXPECT_TRUE(writer.AddF32(name, shape, values.data()).ok());
+    }
+    return writer.Serialize();
   }
 
   grpc::Status CompleteTask(const v1::Task& task, int64_t epoch,
@@ -219,6 +239,7 @@ class CoordinatorTest : public testing::Test {
                             const std::vector<int64_t>& histogram = {}) {
     grpc::ClientContext ctx;
     v1::CompleteTaskRequest request;
+    request.set_worker_id(holders_[task.task_id()]);
     request.set_task_id(task.task_id());
     request.set_lease_epoch(epoch);
     request.mutable_metrics()->set_tokens_trained(tokens);
@@ -300,6 +321,8 @@ class CoordinatorTest : public testing::Test {
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::unique_ptr<v1::QueryService::Stub> queries_;
   std::unique_ptr<v1::WorkerService::Stub> workers_;
+  // The worker each task was last leased to (by Lease).
+  std::map<std::string, std::string> holders_;
 };
 
 TEST_F(CoordinatorTest, HealthServesEveryService) {
@@ -654,6 +677,7 @@ TEST_F(CoordinatorTest, FailTaskRetriesThenFailsTheJob) {
     EXPECT_EQ(task->lease_epoch(), attempt);
     grpc::ClientContext ctx;
     v1::FailTaskRequest request;
+    request.set_worker_id(worker);
     request.set_task_id(task->task_id());
     request.set_lease_epoch(task->lease_epoch());
     request.set_error("CUDA out of memory");
@@ -735,6 +759,7 @@ TEST(CoordinatorStartTest, FailsOnBadOptions) {
   options.data_dir = dir.path();
   options.metrics_listen_address = "";
   options.listen_address = "256.0.0.1:1";
+  options.data_roots = {dir.path()};
   // Beyond loopback without TLS and tokens: refused before binding.
   EXPECT_EQ(Coordinator::Start(options).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -873,29 +898,32 @@ TEST_F(CoordinatorTest, BackupOpensAsACoordinatorWithTheSameAnswers) {
   };
 
   auto admin = v1::AdminService::NewStub(channel_);
-  auto backup = [&admin](const std::string& dir, v1::BackupResponse* out) {
+  auto backup = [&admin](const std::string& name, v1::BackupResponse* out,
+                         const std::string& to_dir = "") {
     grpc::ClientContext ctx;
     v1::BackupRequest request;
-    request.set_to_dir(dir);
+    request.set_name(name);
+    request.set_to_dir(to_dir);
     return admin->Backup(WithDeadline(&ctx), request, out);
   };
+  // The fixture's --backup_root.
   const std::string copy_data_dir = data_.path() + "/copy";
-  ASSERT_TRUE(std::filesystem::create_directory(copy_data_dir));
   v1::BackupResponse response;
-  grpc::Status s = backup(copy_data_dir + "/db", &response);
+  grpc::Status s = backup("db", &response);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(response.dir(), copy_data_dir + "/db");
   EXPECT_GT(response.bytes(), 4 * 5000);  // At least the four SAEs' weights.
 
-  s = backup(copy_data_dir + "/db", &response);
+  s = backup("db", &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
-  EXPECT_THAT(s.error_message(), HasSubstr(copy_data_dir + "/db"));
-  s = backup("relative/db", &response);
+  EXPECT_THAT(s.error_message(), HasSubstr("name: backup 'db' already exists"));
+  s = backup("../db", &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("to_dir: 'relative/db'"));
-  s = backup(data_.path() + "/no/such/parent", &response);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(s.error_message(), HasSubstr(data_.path() + "/no/such"));
+  EXPECT_THAT(s.error_message(), HasSubstr("name: '../db'"));
+  s = backup("", &response, copy_data_dir + "/other");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("to_dir: no longer accepted"));
+  EXPECT_FALSE(std::filesystem::exists(copy_data_dir + "/other"));
 
   CoordinatorOptions options;
   options.data_dir = copy_data_dir;
@@ -1120,6 +1148,7 @@ TEST_F(CoordinatorTest, WatchJobStreamsProgressAndEndsOnSuccess) {
   {
     grpc::ClientContext ctx;
     v1::HeartbeatRequest request;
+    request.set_worker_id(holders_[task->task_id()]);
     request.set_task_id(task->task_id());
     request.set_lease_epoch(task->lease_epoch());
     request.set_tokens_done(500);

@@ -30,8 +30,15 @@ ABSL_FLAG(std::string, port_file, "",
           "Once serving, atomically write 'grpc=<port>\\nmetrics=<port>\\n' "
           "here.");
 ABSL_FLAG(std::vector<std::string>, data_roots, {},
-          "Comma-separated directories; when set, every path of a job must "
-          "lie under one of them.");
+          "Comma-separated directories; every path of a job must resolve "
+          "(symlinks followed, '..' refused) under one of them, checked at "
+          "submission and again at every open by the coordinator and the "
+          "workers. Required with --token_file or a --listen address beyond "
+          "loopback, unless --insecure.");
+ABSL_FLAG(std::string, backup_root, "",
+          "Directory AdminService.Backup writes into, as BACKUP_ROOT/NAME "
+          "(mode 0700/0600); must not overlap --data_dir. Empty: no "
+          "backups.");
 ABSL_FLAG(int64_t, lease_ttl_ms, 30000,
           "A task lease expires after this long without a heartbeat.");
 ABSL_FLAG(int32_t, max_attempts, 3,
@@ -63,11 +70,12 @@ ABSL_FLAG(std::string, token_file, "",
           "Token file (lines 'sha256:<hex> <role> <name>', written by "
           "`saetrack admin token create`): every call but health and "
           "reflection needs a bearer token of a role allowed to make it "
-          "(reader, submitter, worker, admin).");
+          "(reader, submitter, worker, admin). Requires --data_roots.");
 ABSL_FLAG(bool, insecure, false,
           "Serve a --listen address beyond loopback without TLS and a token "
-          "file (refused otherwise); logs a WARNING and sets the metric "
-          "saetrack_insecure_mode to 1.");
+          "file (refused otherwise), or without --data_roots (any client "
+          "may then name any file on this machine); logs a WARNING and sets "
+          "the metric saetrack_insecure_mode to 1.");
 
 namespace {
 
@@ -117,6 +125,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.data_roots = absl::GetFlag(FLAGS_data_roots);
+  options.backup_root = absl::GetFlag(FLAGS_backup_root);
   options.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.retry_backoff_ms = absl::GetFlag(FLAGS_retry_backoff_ms);

@@ -326,7 +326,8 @@ std::string ConstantSaeWeights(int d_in, int d_sae, float value) {
 }
 
 // `status` is the refusal of a call made under `stale_epoch` of `task_id`
-// after the task was leased again: ABORTED, naming the stale epoch.
+// after the task was leased again: ABORTED, naming the stale epoch but not
+// the current one (which would hand it to whoever asks).
 void ExpectStaleEpochRefused(const grpc::Status& status,
                              const std::string& task_id, int64_t stale_epoch,
                              const std::string& call) {
@@ -336,7 +337,7 @@ void ExpectStaleEpochRefused(const grpc::Status& status,
       status.error_message(),
       absl::StrCat("stale lease epoch ", stale_epoch, " of task ", task_id)))
       << call << ": " << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "current epoch"))
+  EXPECT_FALSE(absl::StrContains(status.error_message(), "current epoch"))
       << call << ": " << status.error_message();
 }
 
@@ -375,10 +376,39 @@ struct SizeAndCrc {
   uint32_t crc32c = 0;
 };
 
-// Uploads `size` bytes of FillPattern(seed) in 1 MiB chunks, as a worker does.
+// A safetensors header of SAE weights of width `d_sae` whose four tensors,
+// with the 8-byte length before it, fill exactly `size` bytes: d_in is as
+// large as fits and the header is padded with spaces (as the format allows).
+std::string SaeHeaderFilling(int64_t size, int64_t d_sae) {
+  constexpr int64_t kMinHeader = 512;
+  const int64_t d_in =
+      (size - 8 - kMinHeader - 4 * d_sae) / (4 * (2 * d_sae + 1));
+  const int64_t enc = 4 * d_in * d_sae;
+  std::string json = absl::StrCat(
+      R"({"W_enc":{"dtype":"F32","shape":[)", d_in, ",", d_sae,
+      R"(],"data_offsets":[0,)", enc, R"(]},"b_enc":{"dtype":"F32","shape":[)",
+      d_sae, R"(],"data_offsets":[)", enc, ",", enc + 4 * d_sae,
+      R"(]},"W_dec":{"dtype":"F32","shape":[)", d_sae, ",", d_in,
+      R"(],"data_offsets":[)", enc + 4 * d_sae, ",", 2 * enc + 4 * d_sae,
+      R"(]},"b_dec":{"dtype":"F32","shape":[)", d_in, R"(],"data_offsets":[)",
+      2 * enc + 4 * d_sae, ",", 2 * enc + 4 * d_sae + 4 * d_in, "]}}");
+  const int64_t header = size - 8 - (2 * enc + 4 * d_sae + 4 * d_in);
+  json.resize(static_cast<size_t>(header), ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>((header >> (8 * i)) & 0xff);
+  return out + json;
+}
+
+// Uploads `size` bytes of FillPattern(seed) in 1 MiB chunks, as a worker
+// does, as worker `worker_id`; the first bytes are a safetensors header of
+// an SAE of width `d_sae` filling the size (the coordinator checks shapes).
 grpc::Status UploadPattern(v1::WorkerService::Stub& stub,
+                           const std::string& worker_id,
                            const std::string& task_id, int64_t epoch,
-                           int64_t size, uint64_t seed, SizeAndCrc* sent) {
+                           int64_t d_sae, int64_t size, uint64_t seed,
+                           SizeAndCrc* sent) {
+  const std::string header = SaeHeaderFilling(size, d_sae);
   constexpr int64_t kChunk = int64_t{1} << 20;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
@@ -390,9 +420,11 @@ grpc::Status UploadPattern(v1::WorkerService::Stub& stub,
   for (int64_t offset = 0; offset < size; offset += kChunk) {
     data.resize(static_cast<size_t>(std::min(kChunk, size - offset)));
     FillPattern(seed, offset, &data);
+    if (offset == 0) data.replace(0, header.size(), header);
     crc = format::Crc32c(data, crc);
     v1::ArtifactChunk chunk;
     if (offset == 0) {
+      chunk.set_worker_id(worker_id);
       chunk.set_task_id(task_id);
       chunk.set_lease_epoch(epoch);
       chunk.set_kind(v1::ARTIFACT_KIND_SAE_WEIGHTS);
@@ -721,11 +753,13 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
   // A, unaware, delivers its result under the stale epoch.
   const std::string fake_weights =
       ConstantSaeWeights(kDModel, d_sae, kFakeWeight);
-  ExpectStaleEpochRefused(server::testing::UploadArtifact(
-                              *stub, task.task_id(), stale_epoch,
-                              v1::ARTIFACT_KIND_SAE_WEIGHTS, fake_weights),
-                          task.task_id(), stale_epoch,
-                          "UploadArtifact(SAE_WEIGHTS)");
+  server::testing::UploadOptions as_a;
+  as_a.worker_id = a_id;
+  ExpectStaleEpochRefused(
+      server::testing::UploadArtifact(*stub, task.task_id(), stale_epoch,
+                                      v1::ARTIFACT_KIND_SAE_WEIGHTS,
+                                      fake_weights, as_a),
+      task.task_id(), stale_epoch, "UploadArtifact(SAE_WEIGHTS)");
   v1::FeatureStatsBlock stats;
   for (int i = 0; i < d_sae; ++i) {
     stats.add_frequency(0.5f);
@@ -736,7 +770,7 @@ TEST_F(FaultTest, StaleLeaseEpochStoresNothingAfterTheTaskIsLeasedAgain) {
   ExpectStaleEpochRefused(
       server::testing::UploadArtifact(*stub, task.task_id(), stale_epoch,
                                       v1::ARTIFACT_KIND_FEATURE_STATS,
-                                      stats.SerializeAsString()),
+                                      stats.SerializeAsString(), as_a),
       task.task_id(), stale_epoch, "UploadArtifact(FEATURE_STATS)");
   {
     grpc::ClientContext ctx;
@@ -893,9 +927,11 @@ TEST_F(FaultTest,
       stats.add_max_activation(2.0f);
       stats.add_encoder_norm(1.0f);
     }
+    server::testing::UploadOptions options;
+    options.worker_id = worker_id;
     const grpc::Status s = server::testing::UploadArtifact(
         *stub, task.task_id(), task.lease_epoch(),
-        v1::ARTIFACT_KIND_FEATURE_STATS, stats.SerializeAsString());
+        v1::ARTIFACT_KIND_FEATURE_STATS, stats.SerializeAsString(), options);
     EXPECT_TRUE(s.ok()) << s.error_message();
   };
   const auto complete = [&](const v1::Task& task) {
@@ -927,8 +963,11 @@ TEST_F(FaultTest,
   const int64_t rss_start = ProcessMemory(pid, "VmHWM");
   ASSERT_GT(rss_start, 0);
   SizeAndCrc sent;
-  grpc::Status s = UploadPattern(*stub, first.task_id(), first.lease_epoch(),
-                                 kBig, 1, &sent);
+  const v1::SaeConfig& sae = first.train().spec().sae();
+  const int64_t d_sae =
+      sae.d_sae() > 0 ? sae.d_sae() : sae.expansion_factor() * kDModel;
+  grpc::Status s = UploadPattern(*stub, worker_id, first.task_id(),
+                                 first.lease_epoch(), d_sae, kBig, 1, &sent);
   ASSERT_TRUE(s.ok()) << s.error_message() << cluster.Logs();
   const int64_t rss_upload = ProcessMemory(pid, "VmHWM");
   upload_stats(first);
@@ -953,8 +992,8 @@ TEST_F(FaultTest,
   const v1::Task second = lease();
   ASSERT_TRUE(second.has_train()) << cluster.Logs();
   ASSERT_EQ(second.train().chain_index(), 1);
-  ASSERT_TRUE(UploadPattern(*stub, second.task_id(), second.lease_epoch(),
-                            kSecond, 2, &sent)
+  ASSERT_TRUE(UploadPattern(*stub, worker_id, second.task_id(),
+                            second.lease_epoch(), d_sae, kSecond, 2, &sent)
                   .ok());
   upload_stats(second);
   std::thread completing([&] { complete(second); });

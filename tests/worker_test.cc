@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "client/client.h"
+#include "format/safetensors.h"
 #include "server/coordinator.h"
 
 namespace saetrack::worker {
@@ -54,14 +56,15 @@ class FakeEngine final : public engine::SaeTrainingEngine {
     return analyses_;
   }
 
-  // Every feature's top positions are 10 * feature + j, on an analysis set
-  // of 1000 positions.
+  // Every feature's top positions are (10 * feature + j) mod 64, on an
+  // analysis set of 64 positions (the jobs' 64 analysis tokens: the
+  // coordinator refuses positions beyond the spec's analysis set).
   absl::StatusOr<engine::AnalysisOutput> Analyse(
       const engine::AnalysisInput& input) override {
     absl::MutexLock lock(&mu_);
     analyses_.push_back(input);
     engine::AnalysisOutput out;
-    out.analysis_positions = 1000;
+    out.analysis_positions = 64;
     out.d_sae = kDSae;
     out.top_k = input.top_k;
     for (int i = 0; i < kDSae; ++i) {
@@ -74,7 +77,7 @@ class FakeEngine final : public engine::SaeTrainingEngine {
       out.progress_token_controlled.push_back(i == 0 ? std::nanf("")
                                                      : 0.02f * i);
       for (int j = 0; j < input.top_k; ++j) {
-        out.top_positions.push_back(10 * i + j);
+        out.top_positions.push_back((10 * i + j) % 64);
         out.top_values.push_back(3.0f - j);
         out.top_tokens.push_back(7);
       }
@@ -88,8 +91,23 @@ class FakeEngine final : public engine::SaeTrainingEngine {
     absl::MutexLock lock(&mu_);
     const int n = static_cast<int>(calls_.size());
     engine::TrainOutput out;
-    // Larger than one upload chunk, so the upload really is chunked.
-    out.sae_safetensors = std::string(5000, static_cast<char>('a' + n));
+    // SAE weights of the job's shape (the coordinator checks it), distinct
+    // per call and larger than one upload chunk (the metadata pads them),
+    // so the upload really is chunked.
+    format::SafetensorsWriter writer;
+    writer.SetMetadata("pad", std::string(5000, static_cast<char>('a' + n)));
+    const std::vector<float> values(kDIn * kDSae, 0.1f * (n + 1));
+    const std::pair<const char*, std::vector<int64_t>> tensors[] = {
+        {"W_enc", {kDIn, kDSae}},
+        {"b_enc", {kDSae}},
+        {"W_dec", {kDSae, kDIn}},
+        {"b_dec", {kDIn}}};
+    for (const auto& [name, shape] : tensors) {
+      if (absl::Status s = writer.AddF32(name, shape, values.data()); !s.ok()) {
+        return s;
+      }
+    }
+    out.sae_safetensors = writer.Serialize();
     calls_.push_back({input, out.sae_safetensors});
     // A real engine saves its training state into state_dir while it runs.
     if (!input.state_dir.empty()) {
@@ -630,6 +648,41 @@ TEST_F(WorkerTest, PermanentFailureFailsTheJobWithTheReason) {
   EXPECT_EQ(metrics->checkpoints_size(), 0);
 }
 
+// With the coordinator's data roots (sent in every task), a token file
+// swapped for a symlink leading out of them after the job was accepted fails
+// the task for good before the engine opens anything.
+TEST_F(WorkerTest, ASymlinkSwappedInAfterSubmissionFailsTheTask) {
+  const int port = coordinator_->port();
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  CoordinatorOptions options;
+  options.data_dir = dir_ + "/data";
+  options.listen_address = absl::StrCat("127.0.0.1:", port);
+  options.metrics_listen_address = "";
+  options.data_roots = {dir_};
+  auto coordinator = Coordinator::Start(options);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  coordinator_ = *std::move(coordinator);
+  const std::string job_id = SubmitJob();
+  const std::string outside =
+      absl::StrCat(::testing::TempDir(), "/worker-test-secret-", getpid());
+  std::ofstream(outside, std::ios::binary) << std::string(2 * 4096, 'S');
+  const std::string tokens = dir_ + "/tokens.u16";
+  ASSERT_EQ(::unlink(tokens.c_str()), 0);
+  ASSERT_EQ(::symlink(outside.c_str(), tokens.c_str()), 0);
+  FakeEngine engine;
+  RunWorker(std::make_unique<Borrowed>(&engine), 1);
+  std::remove(outside.c_str());
+  EXPECT_TRUE(engine.calls().empty());
+  auto job = client_->GetJob(job_id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(job->error(), HasSubstr("outside the data roots"));
+  auto metrics = client_->GetCheckpointMetrics(job_id, 1);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->checkpoints_size(), 0);
+}
+
 TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
   const std::string job_id = SubmitJob([](v1::JobSpec* spec) {
     spec->mutable_analysis()->set_analysis_tokens(64);
@@ -679,14 +732,15 @@ TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
   ASSERT_TRUE(history.ok()) << history.status();
   ASSERT_EQ(history->points_size(), 3);
   EXPECT_FALSE(history->points(0).has_progress_token_controlled());
-  // ...but the fake engine's SAE bytes are no safetensors: the summary
-  // fails the job with an error naming them, instead of storing nonsense.
-  ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_FAILED));
+  // The fake engine's SAEs are safetensors of the job's shape (the
+  // coordinator refuses anything else at CompleteTask), so the summary is
+  // computed from them and the job succeeds.
+  ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_SUCCEEDED));
   auto job = client_->GetJob(job_id);
   ASSERT_TRUE(job.ok());
-  EXPECT_EQ(job->progress().analysis_tasks_done(), 3);
-  EXPECT_THAT(job->error(), HasSubstr("summary"));
-  EXPECT_THAT(job->error(), HasSubstr("SAE weights of checkpoint"));
+  // Three passes and the layer's summary.
+  EXPECT_EQ(job->progress().analysis_tasks_done(), 4);
+  EXPECT_EQ(job->error(), "");
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "format/confined_path.h"
 #include "format/crc32c.h"
 #include "proto/channel_security.h"
 #include "proto/status_mapping.h"
@@ -89,6 +90,44 @@ bool IsRetryable(const absl::Status& status) {
     default:
       return true;
   }
+}
+
+// With data roots in the task (the coordinator's --data_roots), the files
+// the engine will open -- the checkpoint directory with its weights and
+// config, the token file -- are resolved now, at the start of the task, and
+// must lie under them; `model_dir` and `tokens_path` become the resolved
+// paths, so a symlink swapped in at a submitted path later is not followed.
+// Errors: kFailedPrecondition naming the path (the task fails for good).
+absl::Status ConfineTaskPaths(const v1::Task& task, std::string* model_dir,
+                              std::string* tokens_path) {
+  if (task.data_roots().empty()) return absl::OkStatus();
+  const format::DataRoots roots(
+      {task.data_roots().begin(), task.data_roots().end()});
+  auto refuse = [](const absl::Status& s) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data roots: ", s.message()));
+  };
+  absl::StatusOr<std::string> dir = roots.Resolve(*model_dir);
+  if (!dir.ok()) return refuse(dir.status());
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(*dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".safetensors" &&
+        name != "model.safetensors.index.json" && name != "config.json") {
+      continue;
+    }
+    absl::StatusOr<std::string> file = roots.Resolve(entry.path().string());
+    if (!file.ok()) return refuse(file.status());
+  }
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data roots: cannot list '", *dir, "': ", ec.message()));
+  }
+  absl::StatusOr<std::string> tokens = roots.Resolve(*tokens_path);
+  if (!tokens.ok()) return refuse(tokens.status());
+  *model_dir = *std::move(dir);
+  *tokens_path = *std::move(tokens);
+  return absl::OkStatus();
 }
 
 // Directory of the training state of one task under `options.state_dir`; one
@@ -531,6 +570,7 @@ class GrpcWorker final : public Worker {
     do {
       const int64_t n = std::min<int64_t>(options_.chunk_bytes, total - offset);
       v1::ArtifactChunk chunk;
+      chunk.set_worker_id(worker_id_);
       chunk.set_task_id(task.task_id());
       chunk.set_lease_epoch(task.lease_epoch());
       chunk.set_kind(kind);
@@ -735,6 +775,12 @@ class GrpcWorker final : public Worker {
             input.reference_positions.assign(reference.top_positions().begin(),
                                              reference.top_positions().end());
           }
+          if (absl::Status s =
+                  ConfineTaskPaths(task, &input.model_dir, &input.tokens_path);
+              !s.ok()) {
+            output = s;
+            return;
+          }
           output = engine_->Analyse(input);
           if (!output.ok() || lost.load()) return;
           const std::string bytes = AnalysisBlock(*output).SerializeAsString();
@@ -810,6 +856,12 @@ class GrpcWorker final : public Worker {
               input.init_sae_safetensors = *std::move(init);
               metrics_.init_downloaded.Increment();
             }
+          }
+          if (absl::Status s =
+                  ConfineTaskPaths(task, &input.model_dir, &input.tokens_path);
+              !s.ok()) {
+            output = s;
+            return;
           }
           const absl::Time start = absl::Now();
           int64_t counted = 0;

@@ -2,18 +2,26 @@
 #ifndef SAETRACK_SERVER_INTERNAL_ADMIN_SERVICE_H_
 #define SAETRACK_SERVER_INTERNAL_ADMIN_SERVICE_H_
 
+#include <string>
+#include <utility>
+
 #include "saetrack/v1/admin.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
 #include "storage/kv_store.h"
 
 namespace saetrack::server {
 
-// Backups of the database. Does not own its collaborators (both must outlive
-// it). Thread-safe.
+// Backups of the database into `backup_root` (empty: Backup is
+// FAILED_PRECONDITION), by name. The coordinator checks at start that the
+// root does not overlap its data directory. Does not own its collaborators
+// (both must outlive it). Thread-safe.
 class AdminServiceImpl final : public v1::AdminService::Service {
  public:
-  AdminServiceImpl(storage::KvStore* store, CoordinatorMetrics* metrics)
-      : store_(store), metrics_(metrics) {}
+  AdminServiceImpl(storage::KvStore* store, CoordinatorMetrics* metrics,
+                   std::string backup_root = "")
+      : store_(store),
+        metrics_(metrics),
+        backup_root_(std::move(backup_root)) {}
 
   grpc::Status Backup(grpc::ServerContext* context,
                       const v1::BackupRequest* request,
@@ -25,6 +33,7 @@ class AdminServiceImpl final : public v1::AdminService::Service {
 
   storage::KvStore* const store_;
   CoordinatorMetrics* const metrics_;
+  const std::string backup_root_;
 };
 
 }  // namespace saetrack::server

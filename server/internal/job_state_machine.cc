@@ -212,8 +212,7 @@ absl::StatusOr<const TaskRecord*> JobStateMachine::LiveTask(
   const TaskRecord& task = it->second;
   if (task.lease_epoch() != epoch) {
     return absl::AbortedError(
-        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id,
-                     " (current epoch ", task.lease_epoch(), ")"));
+        absl::StrCat("stale lease epoch ", epoch, " of task ", task_id));
   }
   if (task.state() != TASK_STATE_RUNNING) {
     return absl::AbortedError(absl::StrCat(

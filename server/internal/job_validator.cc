@@ -97,24 +97,6 @@ int64_t ModelBytes(const std::string& dir) {
 
 // Every *.safetensors (and the index) in a checkpoint directory is a
 // regular file.
-absl::Status CheckWeightFiles(const std::string& field,
-                              const std::string& dir) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.path().extension() != ".safetensors" &&
-        name != "model.safetensors.index.json" && name != "config.json") {
-      continue;
-    }
-    std::error_code status_ec;
-    if (!std::filesystem::is_regular_file(entry.status(status_ec))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": '", entry.path().string(), "' is not a regular file"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 const std::vector<std::string>& SupportedModelArchitectures() {
   // The engine's LoadLanguageModel implements exactly these.
   static const auto* v = new std::vector<std::string>{"gpt_neox", "gpt2"};
@@ -210,6 +192,48 @@ bool IsUnder(const std::filesystem::path& path,
   return true;
 }
 
+// The roots a path's canonical form must lie under, in an error message.
+std::string RootList(const std::vector<std::filesystem::path>& roots) {
+  std::vector<std::string> names;
+  for (const auto& root : roots) names.push_back(root.string());
+  return absl::StrJoin(names, ", ");
+}
+
+// The weight and config files of checkpoint directory `dir`: regular files
+// only, and with data roots each must resolve under one (a symlink in a
+// checkpoint directory must not lead out of them).
+absl::Status CheckWeightFiles(const std::string& field, const std::string& dir,
+                              const std::vector<std::filesystem::path>& roots) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".safetensors" &&
+        name != "model.safetensors.index.json" && name != "config.json") {
+      continue;
+    }
+    if (!roots.empty()) {
+      std::error_code canonical_ec;
+      const std::filesystem::path canonical =
+          std::filesystem::weakly_canonical(entry.path(), canonical_ec);
+      bool inside = false;
+      for (const auto& root : roots) {
+        inside |= !canonical_ec && IsUnder(canonical, root);
+      }
+      if (!inside) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": '", entry.path().string(),
+            "' is outside the data roots (", RootList(roots), ")"));
+      }
+    }
+    std::error_code status_ec;
+    if (!std::filesystem::is_regular_file(entry.status(status_ec))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": '", entry.path().string(), "' is not a regular file"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t JobValidator::SaeBytes(int64_t d_in, int64_t d_sae) {
@@ -242,18 +266,25 @@ absl::Status JobValidator::CheckPath(const std::string& field,
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": '", path, "' is not an absolute path"));
   }
+  for (const auto& part : p) {
+    if (part == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": '", path, "' has a '..' component"));
+    }
+  }
   std::error_code ec;
   if (!data_roots_.empty()) {
+    // Symlinks resolved. Checked before anything else about the file, and
+    // answered with one message whether or not it exists: the coordinator
+    // tells nothing about files outside its roots.
     std::filesystem::path canonical = std::filesystem::weakly_canonical(p, ec);
     if (ec) canonical = p.lexically_normal();
     bool inside = false;
     for (const auto& root : data_roots_) inside |= IsUnder(canonical, root);
     if (!inside) {
-      std::vector<std::string> roots;
-      for (const auto& root : data_roots_) roots.push_back(root.string());
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": '", path, "' is outside the data roots (",
-                       absl::StrJoin(roots, ", "), ")"));
+                       RootList(data_roots_), ")"));
     }
   }
   std::filesystem::file_status status = std::filesystem::status(p, ec);
@@ -638,7 +669,9 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     }
     // The weights a worker will open: regular files only (a FIFO would
     // hang the worker's open(), a device feed it garbage).
-    if (absl::Status s = CheckWeightFiles(field, path); !s.ok()) return s;
+    if (absl::Status s = CheckWeightFiles(field, path, data_roots_); !s.ok()) {
+      return s;
+    }
     absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
     if (!config.ok()) return WithField(field, config.status());
     if (i == 0) {

@@ -17,8 +17,10 @@ namespace saetrack::server {
 // holds no state beyond its options: thread-safe.
 class JobValidator {
  public:
-  // `data_roots`: when non-empty, every path of a job must lie under one of
-  // them (compared after resolving symlinks).
+  // `data_roots`: when non-empty, every path of a job (and every weight and
+  // config file in a checkpoint directory) must lie under one of them
+  // (compared after resolving symlinks), refused with one message whether
+  // or not the file exists. Paths with a ".." component are always refused.
   // `max_artifact_bytes`: the largest upload the coordinator accepts (its
   // --max_artifact_bytes); a job whose SAE weights could never be uploaded
   // is refused at submission.

@@ -158,7 +158,15 @@ std::shared_ptr<const format::Tokenizer> QueryServiceImpl::TokenizerAt(
   absl::MutexLock lock(&tokenizers_mu_);
   auto it = tokenizers_.find(path);
   if (it != tokenizers_.end()) return it->second;
-  absl::StatusOr<format::Tokenizer> loaded = format::Tokenizer::Load(path);
+  // Read through a confined open (a symlink swapped in after submission is
+  // refused); a tokenizer that cannot be read leaves the text empty.
+  absl::StatusOr<format::Tokenizer> loaded =
+      absl::FailedPreconditionError("tokenizer not read");
+  if (absl::StatusOr<format::MappedFile> file =
+          format::MappedFile::Open(path, roots_);
+      file.ok()) {
+    loaded = format::Tokenizer::FromJson(file->data(), path);
+  }
   std::shared_ptr<const format::Tokenizer> tokenizer;
   if (loaded.ok()) {
     tokenizer = std::make_shared<const format::Tokenizer>(*std::move(loaded));
@@ -175,7 +183,7 @@ absl::Status QueryServiceImpl::FillContexts(const v1::JobSpec& spec, int before,
       format::ParseTokenDtype(data.token_dtype());
   if (!dtype.ok()) return dtype.status();
   absl::StatusOr<format::TokenFile> tokens =
-      format::TokenFile::Open(data.tokens_path(), *dtype);
+      format::TokenFile::Open(data.tokens_path(), *dtype, roots_);
   if (!tokens.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "contexts need the job's token file: ", tokens.status().message()));

@@ -5,8 +5,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "format/confined_path.h"
 #include "format/tokenizer.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "server/internal/coordinator_metrics.h"
@@ -19,9 +21,15 @@ namespace saetrack::server {
 // must outlive it). Thread-safe.
 class QueryServiceImpl final : public v1::QueryService::Service {
  public:
+  // `roots`: the coordinator's data roots; the token and tokenizer files
+  // that contexts are read from are opened confined to them (a symlink
+  // swapped in after submission is refused). Empty: not confined.
   QueryServiceImpl(const TaskScheduler* scheduler, const ResultStore* results,
-                   CoordinatorMetrics* metrics)
-      : scheduler_(scheduler), results_(results), metrics_(metrics) {}
+                   CoordinatorMetrics* metrics, format::DataRoots roots = {})
+      : scheduler_(scheduler),
+        results_(results),
+        metrics_(metrics),
+        roots_(std::move(roots)) {}
 
   grpc::Status GetFeatureHistory(grpc::ServerContext* context,
                                  const v1::GetFeatureHistoryRequest* request,
@@ -77,6 +85,7 @@ class QueryServiceImpl final : public v1::QueryService::Service {
   const TaskScheduler* const scheduler_;
   const ResultStore* const results_;
   CoordinatorMetrics* const metrics_;
+  const format::DataRoots roots_;
 
   absl::Mutex tokenizers_mu_;
   std::map<std::string, std::shared_ptr<const format::Tokenizer>> tokenizers_

@@ -1,5 +1,7 @@
 #include "server/internal/task_scheduler.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
 #include <limits>
 #include <utility>
@@ -346,7 +348,14 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   // One registration at a time: worker sequence numbers are stored in order.
   absl::MutexLock registration(&register_mu_);
   const int64_t seq = next_worker_seq_;
-  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6));
+  // 64 bits from the kernel's CSPRNG after the sequence: a lease is bound
+  // to its worker id, so ids must not be guessable.
+  uint64_t nonce = 0;
+  if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce)) {
+    return absl::UnavailableError("worker id: no random bytes available");
+  }
+  std::string id = absl::StrCat("worker-", absl::Dec(seq, absl::kZeroPad6), "-",
+                                absl::Hex(nonce, absl::kZeroPad16));
   storage::WriteBatch batch;
   JobStore::PutCounter(JobStore::kNextWorkerSeq, seq + 1, &batch);
   // The registration, so that device and memory matching survive a

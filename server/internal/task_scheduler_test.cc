@@ -177,7 +177,8 @@ TEST_F(TaskSchedulerTest, WorkerRegistrationsSurviveARestart) {
   // Ids keep counting where they were.
   absl::StatusOr<std::string> next = scheduler_->RegisterWorker("cpu");
   ASSERT_TRUE(next.ok());
-  EXPECT_EQ(*next, "worker-000003");
+  // The sequence, then 64 random bits (16 hex digits).
+  EXPECT_THAT(*next, ::testing::MatchesRegex("worker-000003-[0-9a-f]{16}"));
 }
 
 TEST_F(TaskSchedulerTest, ExpiredLeaseRequeuesThenFailsTheJob) {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "format/crc32c.h"
 #include "server/internal/chunked_writer.h"
+#include "server/internal/upload_checks.h"
 
 namespace saetrack::server {
 namespace {
@@ -33,13 +34,44 @@ std::optional<double> FiniteMedian(
   return median;
 }
 
-absl::Status CheckLength(const char* field, int size, int expected,
-                         const char* artifact = "FEATURE_STATS",
-                         const char* expected_name = "d_sae") {
-  if (size == expected) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(artifact, ".", field, ": ", size, " entries, expected ",
-                   expected_name, " = ", expected));
+// The lease fields the upload checks need.
+UploadLease ToUploadLease(const LeaseInfo& lease) {
+  UploadLease out;
+  out.layer = lease.layer;
+  out.step = lease.step;
+  out.chain_index = lease.chain_index;
+  out.d_sae = lease.d_sae;
+  out.top_k = lease.top_k;
+  return out;
+}
+
+// The JSON header of staged safetensors `weights` (at most 1 MiB: the four
+// tensors' header is a few hundred bytes).
+absl::StatusOr<std::string> SafetensorsHeader(
+    const ArtifactStaging::Artifact& weights) {
+  constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;
+  std::string prefix;
+  if (weights.size() < 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SAE_WEIGHTS: ", weights.size(), " bytes, not a safetensors file"));
+  }
+  if (absl::Status s = weights.ReadAt(0, 8, &prefix); !s.ok()) return s;
+  uint64_t length = 0;
+  for (int i = 7; i >= 0; --i) {
+    length = (length << 8) | static_cast<unsigned char>(prefix[i]);
+  }
+  if (length > static_cast<uint64_t>(kMaxHeaderBytes) ||
+      static_cast<int64_t>(length) > weights.size() - 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SAE_WEIGHTS: header length ", length,
+                     " exceeds the file or the 1 MiB limit"));
+  }
+  std::string header;
+  if (absl::Status s = weights.ReadAt(8, static_cast<int64_t>(length), &header);
+      !s.ok()) {
+    return s;
+  }
+  return header;
 }
 
 }  // namespace
@@ -139,12 +171,44 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
     // Uploads of an earlier lease of this task can never be completed.
     staging_->DropTask((*task)->task_id());
     *response->mutable_task() = **std::move(task);
+    for (const std::string& root : options_.data_roots) {
+      response->mutable_task()->add_data_roots(root);
+    }
   }
   return absl::OkStatus();
 }
 
+absl::StatusOr<LeaseInfo> WorkerServiceImpl::CheckLeaseHolder(
+    const std::string& worker_id, const std::string& task_id, int64_t epoch) {
+  if (worker_id.empty())
+    return absl::InvalidArgumentError("worker_id: required");
+  if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
+  absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+  if (!lease.ok()) return lease.status();
+  // The epoch fences the rest of the call: a later lease of the task has
+  // another epoch, so the holder checked here is the one that counts.
+  if (lease->worker_id != worker_id) {
+    // The same code as a stale epoch; neither the current epoch nor the
+    // holder is named.
+    return absl::AbortedError(
+        absl::StrCat("task ", task_id, " lease epoch ", epoch,
+                     ": not a live lease of worker ", worker_id));
+  }
+  return lease;
+}
+
 absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
                                             v1::HeartbeatResponse* response) {
+  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(
+      request.worker_id(), request.task_id(), request.lease_epoch());
+  // A lease that is no longer live is not renewed by the scheduler either,
+  // but the heartbeat of a cancelled task still tells its worker to stop;
+  // only a live lease of another worker is refused here.
+  if (!lease.ok() &&
+      (!absl::IsAborted(lease.status()) ||
+       scheduler_->CheckLease(request.task_id(), request.lease_epoch()).ok())) {
+    return lease.status();
+  }
   metrics_->WorkerSeen(request.worker_id());
   absl::StatusOr<bool> cancel = scheduler_->Heartbeat(
       request.task_id(), request.lease_epoch(), request.tokens_done(),
@@ -188,15 +252,19 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
   const std::string task_id = chunk.task_id();
   const int64_t epoch = chunk.lease_epoch();
   const v1::ArtifactKind kind = chunk.kind();
+  const std::string sender = chunk.worker_id();
   if (task_id.empty()) {
     return absl::InvalidArgumentError("task_id: required in the first chunk");
+  }
+  if (sender.empty()) {
+    return absl::InvalidArgumentError("worker_id: required in the first chunk");
   }
   if (kind == v1::ARTIFACT_KIND_UNSPECIFIED ||
       !v1::ArtifactKind_IsValid(kind)) {
     return absl::InvalidArgumentError(
         absl::StrCat("kind: ", kind, " is not a valid artifact kind"));
   }
-  absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(sender, task_id, epoch);
   if (!lease.ok()) return lease.status();
   // Uploads of leases that ended (expired, taken over, job cancelled or
   // failed) can never be completed: free them before taking more.
@@ -247,12 +315,14 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
   uint32_t crc = 0;
   while (true) {
     if ((!chunk.task_id().empty() && chunk.task_id() != task_id) ||
+        (!chunk.worker_id().empty() && chunk.worker_id() != sender) ||
         (chunk.lease_epoch() != 0 && chunk.lease_epoch() != epoch) ||
         (chunk.kind() != v1::ARTIFACT_KIND_UNSPECIFIED &&
          chunk.kind() != kind)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "chunk at offset ", chunk.offset(),
-          " names a different task, epoch or kind than the first chunk"));
+          " names a different worker, task, epoch or kind than the first "
+          "chunk"));
     }
     if (chunk.offset() != out.size()) {
       return absl::InvalidArgumentError(
@@ -352,7 +422,8 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
                      ": an earlier CompleteTask is still committing; "
                      "send it again"));
   }
-  absl::StatusOr<LeaseInfo> lease = scheduler_->CheckLease(task_id, epoch);
+  absl::StatusOr<LeaseInfo> lease =
+      CheckLeaseHolder(request.worker_id(), task_id, epoch);
   if (!lease.ok()) return lease.status();
   if (lease->kind == TASK_KIND_ANALYSE) {
     return CompleteAnalysis(*lease, epoch);
@@ -377,28 +448,26 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
     return absl::InvalidArgumentError(
         "ARTIFACT_KIND_FEATURE_STATS: not a serialized FeatureStatsBlock");
   }
-  v1::CheckpointMetrics metrics = request.metrics();
+  // Nothing is stored unless every uploaded number is in range; the lease
+  // stays, so the worker may send corrected results or fail the task.
+  const v1::CheckpointMetrics& uploaded = request.metrics();
+  if (absl::Status s = CheckCheckpointMetrics(uploaded, ToUploadLease(*lease));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckFeatureStats(stats, lease->d_sae); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> header = SafetensorsHeader(*weights);
+  if (!header.ok()) return header.status();
+  if (absl::Status s =
+          CheckSaeWeightsHeader(*header, lease->d_sae, uploaded.d_in());
+      !s.ok()) {
+    return s;
+  }
+  v1::CheckpointMetrics metrics = uploaded;
   if (metrics.d_sae() == 0) metrics.set_d_sae(lease->d_sae);
-  if (metrics.d_sae() != lease->d_sae) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics.d_sae: ", metrics.d_sae(),
-                     " differs from the job's spec.sae.d_sae ", lease->d_sae));
-  }
   const int d_sae = metrics.d_sae();
-  for (absl::Status s :
-       {CheckLength("frequency", stats.frequency_size(), d_sae),
-        CheckLength("mean_activation", stats.mean_activation_size(), d_sae),
-        CheckLength("max_activation", stats.max_activation_size(), d_sae),
-        CheckLength("encoder_norm", stats.encoder_norm_size(), d_sae)}) {
-    if (!s.ok()) return s;
-  }
-  if (stats.decoder_cos_prev_size() != 0) {
-    if (absl::Status s = CheckLength("decoder_cos_prev",
-                                     stats.decoder_cos_prev_size(), d_sae);
-        !s.ok()) {
-      return s;
-    }
-  }
   if (metrics.density_histogram_size() > 0) {
     // Every feature falls in exactly one density bin.
     int64_t counted = 0;
@@ -475,47 +544,12 @@ absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
         "ARTIFACT_KIND_FEATURE_ANALYSIS: not a serialized "
         "FeatureAnalysisBlock");
   }
-  if (block.top_k() != lease.top_k) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "FEATURE_ANALYSIS.top_k: ", block.top_k(),
-        " differs from the job's spec.analysis.top_k ", lease.top_k));
-  }
-  const int d_sae = lease.d_sae;
-  const int top = d_sae * lease.top_k;
-  constexpr char kArtifact[] = "FEATURE_ANALYSIS";
-  constexpr char kTop[] = "d_sae * top_k";
-  for (absl::Status s :
-       {CheckLength("frequency", block.frequency_size(), d_sae, kArtifact),
-        CheckLength("mean_activation", block.mean_activation_size(), d_sae,
-                    kArtifact),
-        CheckLength("max_activation", block.max_activation_size(), d_sae,
-                    kArtifact),
-        CheckLength("progress_activation", block.progress_activation_size(),
-                    d_sae, kArtifact),
-        CheckLength("progress_feature", block.progress_feature_size(), d_sae,
-                    kArtifact),
-        CheckLength("top_positions", block.top_positions_size(), top, kArtifact,
-                    kTop),
-        CheckLength("top_values", block.top_values_size(), top, kArtifact,
-                    kTop),
-        CheckLength("top_tokens", block.top_tokens_size(), top, kArtifact,
-                    kTop)}) {
-    if (!s.ok()) return s;
-  }
-  // Optional: absent from workers that do not measure it.
-  if (block.progress_token_controlled_size() != 0) {
-    absl::Status s =
-        CheckLength("progress_token_controlled",
-                    block.progress_token_controlled_size(), d_sae, kArtifact);
-    if (!s.ok()) return s;
-  }
-  for (int j = 0; j < top; ++j) {
-    if (block.top_positions(j) >= block.analysis_positions()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "FEATURE_ANALYSIS.top_positions[", j, "]: ", block.top_positions(j),
-          " is beyond the analysis set's ", block.analysis_positions(),
-          " positions"));
-    }
+  absl::StatusOr<v1::Job> job = scheduler_->GetJob(lease.job_id);
+  if (!job.ok()) return job.status();
+  if (absl::Status s =
+          CheckFeatureAnalysis(block, ToUploadLease(lease), job->spec());
+      !s.ok()) {
+    return s;
   }
   storage::WriteBatch batch;
   if (absl::Status s =
@@ -531,9 +565,9 @@ absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
 }
 
 absl::Status WorkerServiceImpl::DoFailTask(const v1::FailTaskRequest& request) {
-  if (request.task_id().empty()) {
-    return absl::InvalidArgumentError("task_id: required");
-  }
+  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(
+      request.worker_id(), request.task_id(), request.lease_epoch());
+  if (!lease.ok()) return lease.status();
   absl::Status s = scheduler_->Fail(request.task_id(), request.lease_epoch(),
                                     request.error(), request.retryable());
   if (s.ok()) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -30,11 +31,16 @@ struct WorkerServiceOptions {
   absl::Duration max_lease_wait = absl::Seconds(10);
   // DownloadSae chunk size.
   int64_t download_chunk_bytes = int64_t{1} << 20;
+  // The coordinator's data roots (resolved), sent with every leased task
+  // (Task.data_roots) so that workers confine their opens to them.
+  std::vector<std::string> data_roots;
 };
 
 // Leases, heartbeats, artifact transfer and task completion for workers.
-// Every call after LeaseTask is fenced by the lease epoch (ABORTED when
-// stale). Does not own its collaborators (all must outlive it). Thread-safe.
+// Every call after LeaseTask is fenced by the lease epoch and bound to the
+// worker holding the lease (ABORTED when stale or another worker's), and
+// every uploaded number is range-checked before anything is stored. Does not
+// own its collaborators (all must outlive it). Thread-safe.
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(TaskScheduler* scheduler, ResultStore* results,
@@ -87,6 +93,15 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // CompleteTask of an analysis task: merges the uploaded
   // FEATURE_ANALYSIS artifact into the checkpoint's feature points.
   absl::Status CompleteAnalysis(const LeaseInfo& lease, int64_t epoch);
+  // The live lease (task_id, epoch) when `worker_id` holds it. The one place
+  // where Heartbeat, UploadArtifact, CompleteTask and FailTask check who
+  // holds a lease (a check of the caller's credentials belongs here too).
+  // Errors: kInvalidArgument for an empty worker_id or task_id; kAborted for
+  // a stale epoch or another worker's lease, naming neither the current
+  // epoch nor the holder.
+  absl::StatusOr<LeaseInfo> CheckLeaseHolder(const std::string& worker_id,
+                                             const std::string& task_id,
+                                             int64_t epoch);
 
   // Marks a task as being completed for its lifetime; ok() is false when
   // another completion of the task is in progress.

@@ -23,6 +23,7 @@ grpc::Status UploadArtifact(v1::WorkerService::Stub& stub,
   do {
     v1::ArtifactChunk chunk;
     if (offset == 0) {
+      chunk.set_worker_id(options.worker_id);
       chunk.set_task_id(task_id);
       chunk.set_lease_epoch(lease_epoch);
       chunk.set_kind(kind);

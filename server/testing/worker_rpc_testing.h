@@ -23,6 +23,8 @@ namespace saetrack::server::testing {
 inline constexpr absl::Duration kWorkerRpcDeadline = absl::Seconds(20);
 
 struct UploadOptions {
+  // The worker holding the lease, sent in the first chunk.
+  std::string worker_id;
   size_t chunk_bytes = 4096;
   // Overrides the CRC-32C the last chunk carries (a corrupt upload).
   std::optional<uint32_t> crc32c;
