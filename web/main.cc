@@ -11,6 +11,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "web/web_server.h"
@@ -56,6 +58,14 @@ int main(int argc, char** argv) {
       "(/api/...) over HTTP, as a gRPC client of a coordinator.\n"
       "  saetrack-web --coordinator HOST:PORT [--listen 127.0.0.1:8080] "
       "[--token_file F] [--tls_ca F]");
+  // --help lists this file's flags (absl matches on the program name
+  // otherwise, which differs from the file's).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "web/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     std::fprintf(stderr, "saetrack-web: unexpected argument '%s'\n", rest[1]);

@@ -68,7 +68,10 @@ async function render(): Promise<void> {
       if (controller.signal.aborted) return;
       app.append(errorBox(e));
     }
-    if (!controller.signal.aborted) document.body.dataset.loaded = "true";
+    if (!controller.signal.aborted) {
+      document.body.dataset.loaded = "true";
+      performance.mark("saetrack:rendered");
+    }
     return;
   }
   ctx.setCrumbs([["not found", path]]);
