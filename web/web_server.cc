@@ -203,8 +203,8 @@ class WebServer::Impl {
         return ReplyError(s, res);
       }
       v1::ListJobsRequest request;
-      if (params.count("page_size")) {
-        request.set_page_size(std::stoi(params["page_size"]));
+      if (int size = 0; absl::SimpleAtoi(params["page_size"], &size)) {
+        request.set_page_size(size);
       }
       request.set_page_token(params["page_token"]);
       Unary<v1::ListJobsResponse>(

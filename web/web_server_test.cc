@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "saetrack/v1/job.grpc.pb.h"
@@ -39,6 +40,19 @@ class FakeJobService final : public v1::JobService::Service {
     if (auth != context->client_metadata().end()) {
       job->set_error(std::string(auth->second.data(), auth->second.size()));
     }
+    return grpc::Status::OK;
+  }
+
+  // Two updates (running, then succeeded) and the end of the stream.
+  grpc::Status WatchJob(grpc::ServerContext*, const v1::WatchJobRequest*,
+                        grpc::ServerWriter<v1::JobUpdate>* writer) override {
+    v1::JobUpdate update;
+    update.mutable_job()->set_job_id("job-000001");
+    update.mutable_job()->set_state(v1::JOB_STATE_RUNNING);
+    update.set_tokens_per_second(1500);
+    writer->Write(update);
+    update.mutable_job()->set_state(v1::JOB_STATE_SUCCEEDED);
+    writer->Write(update);
     return grpc::Status::OK;
   }
 };
@@ -245,6 +259,11 @@ TEST_F(WebServerTest, ErrorsCarryTheMappedStatusAndNameTheInput) {
   EXPECT_EQ(res->status, 400);
   EXPECT_THAT(res->body, HasSubstr("unknown query parameter 'x'"));
 
+  res = http.Get("/api/jobs?page_size=0");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_THAT(res->body, HasSubstr("'page_size': 0 is outside [1, 1000]"));
+
   res = http.Get("/api/nothing/here");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 404);
@@ -255,6 +274,28 @@ TEST_F(WebServerTest, ErrorsCarryTheMappedStatusAndNameTheInput) {
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 501);
   EXPECT_THAT(res->body, HasSubstr(R"("code":"UNIMPLEMENTED")"));
+}
+
+TEST_F(WebServerTest, WatchStreamsEachUpdateAsAServerSentEvent) {
+  auto server = Start(coordinator_);
+  ASSERT_NE(server, nullptr);
+  httplib::Client http("127.0.0.1", server->port());
+  auto res = http.Get("/api/jobs/job-000001/watch");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  const std::vector<std::string> events =
+      absl::StrSplit(res->body, "\n\n", absl::SkipEmpty());
+  ASSERT_EQ(events.size(), 2u) << res->body;
+  EXPECT_THAT(events[0], StartsWith("data: {"));
+  EXPECT_THAT(events[0], HasSubstr(R"("state":"JOB_STATE_RUNNING")"));
+  EXPECT_THAT(events[0], HasSubstr(R"("tokens_per_second":1500)"));
+  EXPECT_THAT(events[1], HasSubstr(R"("state":"JOB_STATE_SUCCEEDED")"));
+
+  res = http.Get("/api/jobs/job-000002/watch");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_THAT(res->body, HasSubstr("job job-000002 not found"));
 }
 
 TEST_F(WebServerTest, UnreachableCoordinatorIsServiceUnavailable) {

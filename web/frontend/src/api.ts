@@ -205,7 +205,7 @@ export const api = {
     ),
   feature: (job: string, layer: number, id: number, contexts: boolean, signal?: AbortSignal) =>
     get<FeatureHistory>(
-      `/api/jobs/${enc(job)}/layers/${layer}/features/${id}${contexts ? "?contexts=1" : ""}`,
+      `/api/jobs/${enc(job)}/layers/${layer}/features/${id}${contexts ? "?contexts=1&before=24&after=8" : ""}`,
       signal,
     ),
 };

@@ -43,17 +43,26 @@ export function chartBox(parent: HTMLElement, testid: string, title: string): HT
   return box;
 }
 
+// The drawing width inside a chart's box (its grid cell, less padding).
+function boxWidth(box: HTMLElement): number {
+  return Math.max(260, (box.clientWidth || 640) - 16);
+}
+
 export function lineChart(parent: HTMLElement, spec: ChartSpec): uPlot {
   const box = chartBox(parent, spec.testid, spec.title);
   box.dataset.points = String(spec.x.length);
   box.dataset.series = String(spec.lines.length);
-  const width = Math.max(280, Math.min(parent.clientWidth || 640, 760) - 8);
+  const width = boxWidth(box);
   const markers = spec.markers ?? [];
   const opts: uPlot.Options = {
     width,
     height: spec.height ?? 220,
     scales: {
-      x: spec.logX === false ? { time: false } : { time: false, distr: 4, asinh: 1 },
+      // Exactly the steps' range: no padding into negative steps.
+      x:
+        spec.logX === false
+          ? { time: false }
+          : { time: false, distr: 4, asinh: 1, range: (_u, min, max) => [min, max] },
     },
     axes: [
       { label: "step", size: 40 },
@@ -116,7 +125,7 @@ export function barChart(
   const box = chartBox(parent, testid, title);
   box.dataset.points = String(labels.length);
   box.dataset.series = String(groups.length);
-  const width = Math.max(280, Math.min(parent.clientWidth || 640, 760) - 8);
+  const width = boxWidth(box);
   const height = 220;
   const left = 40;
   const bottom = 36;
