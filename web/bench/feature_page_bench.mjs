@@ -1,9 +1,10 @@
 // Load times of the feature page in headless Chromium (Debian's): each load
 // in a fresh browser context (empty cache), the page opened by its URL.
-// Prints p50 and p90 over --loads of first contentful paint, the feature
-// data fetch (GetFeatureHistory with contexts, through saetrack-web: request
-// start to last byte), and the page rendered (charts, trajectory, contexts
-// drawn), all in ms from navigation start, plus the JSON size.
+// Prints p50 and p90 over --loads of: first contentful paint; the two data
+// fetches of the page through saetrack-web (request start to last byte): the
+// curves (GetFeatureHistory without contexts) and the top contexts of every
+// checkpoint (with contexts); the charts drawn and the whole page rendered
+// (contexts table included), in ms from navigation start; the JSON sizes.
 //
 //   node web/bench/feature_page_bench.mjs --base URL --job J --layer L
 //       [--features 16384] [--loads 10] [--json]
@@ -27,8 +28,8 @@ const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
 });
-const samples = { fcp: [], fetch: [], rendered: [] };
-let bytes = 0;
+const samples = { fcp: [], curves: [], contexts: [], charts: [], rendered: [] };
+let bytes = [0, 0];
 let points = 0;
 for (let i = 0; i < loads; i++) {
   // Different features on each load: no server-side cache is warm for it.
@@ -41,15 +42,18 @@ for (let i = 0; i < loads; i++) {
   await page.waitForSelector("body[data-loaded=true]", { timeout: 60000 });
   const t = await page.evaluate(() => {
     const fcp = performance.getEntriesByName("first-contentful-paint")[0];
-    const api = performance
-      .getEntriesByType("resource")
-      .find((e) => e.name.includes("/features/") && e.name.includes("contexts=1"));
-    const rendered = performance.getEntriesByName("saetrack:rendered")[0];
+    const resources = performance.getEntriesByType("resource").filter((e) => e.name.includes("/features/"));
+    const curves = resources.find((e) => !e.name.includes("contexts=1"));
+    const contexts = resources.find((e) => e.name.includes("contexts=1"));
+    const mark = (name) => performance.getEntriesByName(name)[0]?.startTime ?? NaN;
     return {
       fcp: fcp ? fcp.startTime : NaN,
-      fetch: api ? api.responseEnd - api.startTime : NaN,
-      bytes: api ? api.encodedBodySize : 0,
-      rendered: rendered ? rendered.startTime : NaN,
+      curves: curves ? curves.responseEnd - curves.startTime : NaN,
+      curvesBytes: curves ? curves.encodedBodySize : 0,
+      contexts: contexts ? contexts.responseEnd - contexts.startTime : NaN,
+      contextsBytes: contexts ? contexts.encodedBodySize : 0,
+      charts: mark("saetrack:charts"),
+      rendered: mark("saetrack:rendered"),
       points: Number(document.querySelector("[data-testid=chart-cos]")?.getAttribute("data-points") ?? 0),
     };
   });
@@ -57,10 +61,8 @@ for (let i = 0; i < loads; i++) {
     console.error(`load ${i}: ${errors.join(" | ")} ${await page.locator("[data-testid=error]").allTextContents()}`);
     process.exit(1);
   }
-  samples.fcp.push(t.fcp);
-  samples.fetch.push(t.fetch);
-  samples.rendered.push(t.rendered);
-  bytes = t.bytes;
+  for (const k of Object.keys(samples)) samples[k].push(t[k]);
+  bytes = [t.curvesBytes, t.contextsBytes];
   points = t.points;
   await context.close();
 }
@@ -69,22 +71,21 @@ const pct = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.round(q * (s.length - 1)))];
 };
-const result = {
-  loads,
-  checkpoints: points,
-  json_bytes: bytes,
-  fcp_ms_p50: pct(samples.fcp, 0.5),
-  fcp_ms_p90: pct(samples.fcp, 0.9),
-  data_fetch_ms_p50: pct(samples.fetch, 0.5),
-  data_fetch_ms_p90: pct(samples.fetch, 0.9),
-  rendered_ms_p50: pct(samples.rendered, 0.5),
-  rendered_ms_p90: pct(samples.rendered, 0.9),
-};
+const result = { loads, checkpoints: points, curves_json_bytes: bytes[0], contexts_json_bytes: bytes[1] };
+for (const [k, xs] of Object.entries(samples)) {
+  result[`${k}_ms_p50`] = Math.round(pct(xs, 0.5) * 10) / 10;
+  result[`${k}_ms_p90`] = Math.round(pct(xs, 0.9) * 10) / 10;
+}
 if (opts.json) {
   console.log(JSON.stringify(result));
 } else {
-  console.log(`feature page, ${points} checkpoints, ${loads} cold loads, feature JSON ${(bytes / 1024).toFixed(0)} KiB`);
-  console.log(`  first contentful paint  p50 ${result.fcp_ms_p50.toFixed(0)} ms  p90 ${result.fcp_ms_p90.toFixed(0)} ms`);
-  console.log(`  feature data fetch      p50 ${result.data_fetch_ms_p50.toFixed(1)} ms  p90 ${result.data_fetch_ms_p90.toFixed(1)} ms`);
-  console.log(`  page rendered           p50 ${result.rendered_ms_p50.toFixed(0)} ms  p90 ${result.rendered_ms_p90.toFixed(0)} ms`);
+  const kib = (b) => `${(b / 1024).toFixed(0)} KiB`;
+  console.log(`feature page, ${points} checkpoints, ${loads} cold loads; JSON: curves ${kib(bytes[0])}, contexts ${kib(bytes[1])}`);
+  const line = (label, k) =>
+    console.log(`  ${label.padEnd(30)} p50 ${String(result[`${k}_ms_p50`]).padStart(7)} ms   p90 ${String(result[`${k}_ms_p90`]).padStart(7)} ms`);
+  line("first contentful paint", "fcp");
+  line("data fetch: curves", "curves");
+  line("data fetch: contexts", "contexts");
+  line("charts drawn", "charts");
+  line("page rendered with contexts", "rendered");
 }

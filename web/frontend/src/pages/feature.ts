@@ -55,10 +55,15 @@ export async function featurePage(ctx: PageContext, jobId: string, layerText: st
   const here = `/jobs/${encodeURIComponent(jobId)}/layers/${layer}/features/${id}`;
   layerCrumbs(ctx, jobId, layerText, [`feature ${id}`, here]);
   ctx.setTitle(`feature ${id} · ${jobId} layer ${layer}`);
-  const t0 = performance.now();
-  const history = await api.feature(jobId, layer, id, true, ctx.signal);
-  performance.mark("saetrack:feature-data", { detail: { ms: performance.now() - t0 } });
-  const points = history.points;
+  // Two requests: the curves (small, fast) are drawn as soon as they
+  // arrive; the contexts of every checkpoint (read from the job's token file
+  // by the coordinator, larger and slower) are asked for next and fill the
+  // table when they arrive. One after the other: at once, the slow one
+  // delays the fast one on a busy coordinator.
+  const history = await api.feature(jobId, layer, id, false, ctx.signal);
+  const withContexts = api.feature(jobId, layer, id, true, ctx.signal);
+  withContexts.catch(() => undefined); // Reported below, when awaited.
+  let points = history.points;
   const x = points.map((p) => num(p.step));
   ctx.app.append(h("h1", {}, `Feature ${id}`, h("small", {}, ` layer ${layer} · ${jobId}`)));
   if (points.length === 0) {
@@ -103,6 +108,7 @@ export async function featurePage(ctx: PageContext, jobId: string, layerText: st
       { label: "token-controlled", values: val((p) => p.progress_token_controlled), color: palette[1], dash: [4, 3] },
     ],
   });
+  performance.mark("saetrack:charts");
 
   // The checkpoint shown below: ?step= when it names one, else the last.
   const wanted = Number(ctx.query.get("step") ?? NaN);
@@ -145,8 +151,11 @@ export async function featurePage(ctx: PageContext, jobId: string, layerText: st
       `frequency ${fmt(p.frequency)} · mean activation ${fmt(p.mean_activation)} · max ${fmt(p.max_activation)} · cos to final ${fmt(p.decoder_cos_final)}`,
     );
     const max = Math.max(0, ...p.contexts.map((c) => c.activation));
+    const loading = points === history.points;
     contexts.replaceChildren(
-      p.contexts.length === 0
+      loading
+        ? h("p", { class: "note" }, "Loading the contexts…")
+        : p.contexts.length === 0
         ? h("p", {}, p.analysed ? "No context activates this feature here." : "This checkpoint was not analysed.")
         : h(
             "table",
@@ -167,5 +176,8 @@ export async function featurePage(ctx: PageContext, jobId: string, layerText: st
     if (updateUrl) window.history.replaceState(null, "", `${here}?step=${num(p.step)}`);
   };
   slider.addEventListener("input", () => show(Number(slider.value), true));
+  show(index, false);
+  const full = await withContexts;
+  points = full.points;
   show(index, false);
 }
