@@ -66,6 +66,18 @@ for (let i = 0; i < loads; i++) {
   points = t.points;
   await context.close();
 }
+// The features table ordered by drift (ListFeatures sorts every feature of
+// the layer): rendered, sparklines excluded (they fill in afterwards).
+const table = [];
+for (let i = 0; i < Math.min(loads, 5); i++) {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  const page = await context.newPage();
+  await page.goto(`${opts.base}/jobs/${opts.job}/layers/${opts.layer}/features?order=drift`);
+  await page.waitForSelector("body[data-loaded=true]", { timeout: 60000 });
+  table.push(await page.evaluate(() => performance.getEntriesByName("saetrack:rendered")[0]?.startTime ?? NaN));
+  await context.close();
+}
+samples.table = table;
 await browser.close();
 const pct = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -88,4 +100,5 @@ if (opts.json) {
   line("data fetch: contexts", "contexts");
   line("charts drawn", "charts");
   line("page rendered with contexts", "rendered");
+  line("features table (order=drift)", "table");
 }

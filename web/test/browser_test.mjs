@@ -84,6 +84,7 @@ async function settled() {
 }
 const rows = (testid) => page.locator(`[data-testid=${testid}] tbody tr`).count();
 const attr = (sel, name) => page.locator(sel).first().getAttribute(name);
+const ids = async () => page.locator("[data-testid=features-table] tbody tr").evaluateAll((trs) => trs.map((t) => Number(t.dataset.feature)));
 async function canvasDrawn(testid) {
   return page.locator(`[data-testid=${testid}] canvas`).first().evaluate((c) => c.width > 0 && c.height > 0);
 }
@@ -150,6 +151,27 @@ for (const [kind, title] of [["token_level", "token-level"], ["concept_level", "
   check(bars === formed.total, `drift: ${title} formation bars sum to ${formed.total} as ListFeatures counts`);
 }
 await shot("drift");
+// From the drift page to the most drifted concept-level features, to the
+// first of them and its contexts (the path a new user takes).
+const concept = drift.kinds.find((k) => k.kind === "FEATURE_KIND_CONCEPT_LEVEL");
+if (concept && concept.count > 0) {
+  await page.locator("[data-testid=kinds-table] tr", { hasText: "concept-level" }).locator("a").click();
+  await settled();
+  check(page.url().endsWith("/features?kind=concept_level&order=drift"), "drift: 'most drifted' opens the concept-level features by drift");
+  const drifted = await api(`/api/jobs/${J}/layers/${L}/features?kind=concept_level&order=drift&page_size=50`);
+  check(JSON.stringify(await ids()) === JSON.stringify(drifted.features.map((f) => f.feature_id)), "drift -> features: rows as the API's");
+  await page.locator("[data-testid=features-table] tbody tr a").first().click();
+  await settled();
+  check(page.url().endsWith(`/features/${drifted.features[0].feature_id}`), "drift -> features -> feature: the most drifted feature opens");
+  check((await page.locator("[data-testid=contexts-table] tbody tr").count()) > 0, "drift -> feature: contexts shown");
+  await page.goBack();
+  await settled();
+  await page.goBack();
+  await settled();
+  check(page.url() === `${opts.base}${layerUrl}/drift`, "back twice returns to the drift page");
+} else {
+  check(false, "the job has concept-level features");
+}
 
 // Features: table, filters, order, paging.
 await page.locator("nav.tabs a", { hasText: "features" }).click();
@@ -157,7 +179,6 @@ await settled();
 const all = await api(`/api/jobs/${J}/layers/${L}/features?page_size=50`);
 check((await attr("[data-testid=features-summary]", "data-total")) === String(all.total), `features: total ${all.total} as the API's`);
 check((await rows("features-table")) === all.features.length, `features: ${all.features.length} rows`);
-const ids = async () => page.locator("[data-testid=features-table] tbody tr").evaluateAll((trs) => trs.map((t) => Number(t.dataset.feature)));
 check(JSON.stringify(await ids()) === JSON.stringify(all.features.map((f) => f.feature_id)), "features: ids as the API's first page");
 await page.waitForFunction(() => document.querySelectorAll("[data-testid=features-table] svg.sparkline").length > 0, null, { timeout: 30000 });
 check((await page.locator("[data-testid=features-table] svg.sparkline").count()) > 0, "features: sparklines drawn");

@@ -4,7 +4,7 @@
 import { api, CheckpointDrift, num, PhaseFit, Quantiles } from "../api";
 import { barChart, lineChart, palette } from "../charts";
 import type { PageContext } from "../main";
-import { fmt, h, kindName, table } from "../ui";
+import { fmt, h, kindName, link, table } from "../ui";
 import { layerCrumbs, layerNav } from "./layer";
 
 // y(x) of the continuous piecewise-linear fit, x = log(step + 1)
@@ -129,13 +129,19 @@ export async function driftPage(ctx: PageContext, jobId: string, layerText: stri
     h("h2", {}, "Kinds"),
     table(
       "kinds-table",
-      ["kind", "features", "formed", "mean formation step", "median formation step"],
+      ["kind", "features", "formed", "mean formation step", "median formation step", ""],
       drift.kinds.map((k) => [
         kindName(k.kind),
         String(k.count),
         String(k.formed),
         fmt(k.mean_formation_step),
         fmt(k.median_formation_step),
+        k.kind === "FEATURE_KIND_DEAD" || k.count === 0
+          ? ""
+          : link(
+              `${lb}/features?kind=${k.kind.replace("FEATURE_KIND_", "").toLowerCase()}&order=drift`,
+              "most drifted →",
+            ),
       ]),
     ),
     h(
