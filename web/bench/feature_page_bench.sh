@@ -32,16 +32,20 @@ cleanup() {
 }
 trap cleanup EXIT
 "$bin/query_load_bench" --dir "$dir" --checkpoints "$checkpoints" \
-  --features "$features" --clients 1 --seconds 0.1 >"$dir/seed.log"
+  --features "$features" --clients 1 --seconds 0.1 >"$dir/seed.log" 2>&1 ||
+  { echo "feature_page_bench: query_load_bench failed:" >&2; cat "$dir/seed.log" >&2; exit 1; }
 "$bin/saetrack-coordinator" --data_dir "$dir/data" --listen 127.0.0.1:0 \
   --metrics_listen "" --port_file "$dir/ports" 2>"$dir/coordinator.log" &
 pids+=($!)
-for _ in $(seq 300); do grep -q grpc= "$dir/ports" 2>/dev/null && break; sleep 0.1; done
-grpc=$(sed -n 's/^grpc=//p' "$dir/ports")
+# A large database takes a while to open.
+for _ in $(seq 1200); do grep -q grpc= "$dir/ports" 2>/dev/null && break; sleep 0.1; done
+grpc=$(sed -n 's/^grpc=//p' "$dir/ports" 2>/dev/null)
+[ -n "$grpc" ] || { echo "feature_page_bench: no coordinator:" >&2; cat "$dir/coordinator.log" >&2; exit 1; }
 "$bin/saetrack-web" --coordinator "127.0.0.1:$grpc" --listen 127.0.0.1:0 \
   --port_file "$dir/web-ports" 2>"$dir/web.log" &
 pids+=($!)
 for _ in $(seq 300); do grep -q http= "$dir/web-ports" 2>/dev/null && break; sleep 0.1; done
-http=$(sed -n 's/^http=//p' "$dir/web-ports")
+http=$(sed -n 's/^http=//p' "$dir/web-ports" 2>/dev/null)
+[ -n "$http" ] || { echo "feature_page_bench: no saetrack-web:" >&2; cat "$dir/web.log" >&2; exit 1; }
 node web/bench/feature_page_bench.mjs --base "http://127.0.0.1:$http" \
   --job job-000001 --layer 0 --features "$features" "${node_args[@]}"
