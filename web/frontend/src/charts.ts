@@ -65,7 +65,8 @@ export function lineChart(parent: HTMLElement, spec: ChartSpec): uPlot {
           : { time: false, distr: 4, asinh: 1, range: (_u, min, max) => [min, max] },
     },
     axes: [
-      { label: "step", size: 40 },
+      // No ticks below the first step (the asinh axis would place one at -1).
+      { label: "step", size: 40, filter: (u, splits) => splits.map((v) => (v < (u.scales.x.min ?? 0) ? null : v)) },
       { label: spec.yLabel ?? "", size: 60 },
     ],
     legend: { live: true },
