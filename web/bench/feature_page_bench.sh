@@ -32,7 +32,10 @@ cleanup() {
 }
 trap cleanup EXIT
 "$bin/query_load_bench" --dir "$dir" --checkpoints "$checkpoints" \
-  --features "$features" --clients 1 --seconds 0.1 >"$dir/seed.log" 2>&1 ||
+  --features "$features" --clients 1 --seconds 0.1 >"$dir/seed.log" 2>&1 || true
+# Only its fill is wanted: its exit status also reports its own p99 target,
+# which a 0.1 s load phase on a busy machine may miss.
+grep -q "filled in" "$dir/seed.log" ||
   { echo "feature_page_bench: query_load_bench failed:" >&2; cat "$dir/seed.log" >&2; exit 1; }
 "$bin/saetrack-coordinator" --data_dir "$dir/data" --listen 127.0.0.1:0 \
   --metrics_listen "" --port_file "$dir/ports" 2>"$dir/coordinator.log" &
