@@ -6,7 +6,8 @@
 # coordinator and a worker on loopback, submits the demo job, waits for it
 # with a progress line and prints what the chain of SAEs found. The processes
 # it started are stopped at the end; the data directory stays so the results
-# can still be queried.
+# can still be queried; with --serve the coordinator keeps running behind
+# saetrack-web, the feature browser, until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,6 +15,7 @@ root=$(pwd)
 usage() {
   cat <<'TXT'
 Usage: deploy/demo.sh [--quick] [--seeds N] [--bin DIR] [--data DIR]
+                      [--serve] [--web_listen HOST:PORT]
 
 Learns a 4,096-token BPE vocabulary on Tiny Shakespeare, trains a small
 GPT-NeoX on it (4 layers, d_model 128, Pythia's schedule shape), tracks its
@@ -28,6 +30,11 @@ features with a chain of SAEs over its checkpoints and prints the report.
               installing and building
   --data DIR  data directory (default: demo-data, demo-data-quick with
               --quick); the LM cached there is reused when it matches
+  --serve     afterwards keep the coordinator running, start saetrack-web
+              (the feature browser) on it, print its URL and serve until
+              Ctrl-C
+  --web_listen HOST:PORT  where saetrack-web listens with --serve (default
+              127.0.0.1:8080)
 TXT
 }
 
@@ -36,6 +43,8 @@ quick=
 seeds=1
 bin=
 data=
+serve=
+web_listen=127.0.0.1:8080
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) job_file=deploy/jobs/demo-job-quick.json quick=1 ;;
@@ -47,6 +56,8 @@ while [ $# -gt 0 ]; do
       shift ;;
     --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd); shift ;;
     --data) mkdir -p "${2:?--data needs a directory}"; data=$(cd "$2" && pwd); shift ;;
+    --serve) serve=1 ;;
+    --web_listen) web_listen=${2:?--web_listen needs HOST:PORT}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -66,7 +77,8 @@ if [ -z "$bin" ]; then
   step "Building (Release, build/)"
   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build -j"$threads" --target saetrack-coordinator \
-    saetrack-worker saetrack saetrack-tinylm saetrack-tokenize 2>&1 |
+    saetrack-worker saetrack saetrack-tinylm saetrack-tokenize \
+    ${serve:+saetrack-web} 2>&1 |
     grep -E "error|warning: unused|Linking" || true
   bin="$root/build/bin"
 fi
@@ -213,6 +225,35 @@ for id in $(pick --kind token --order frequency) \
   "${cli[@]}" feature "$job" --layer $first_layer --feature "$id" --contexts
 done
 
+if [ -n "$serve" ]; then
+  # The worker is done; the coordinator stays, behind the feature browser.
+  kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
+  worker_pid=
+  step "Serving the feature browser (Ctrl-C stops it and the coordinator)"
+  "$bin/saetrack-web" --coordinator "$addr" --listen "$web_listen" \
+    --port_file "$data/web-ports" 2>"$data/web.log" &
+  web_pid=$!
+  cleanup_web() {
+    kill "$web_pid" 2>/dev/null && wait "$web_pid" 2>/dev/null
+    cleanup
+  }
+  trap cleanup_web EXIT
+  trap 'exit 0' INT TERM
+  for _ in $(seq 100); do
+    grep -q http= "$data/web-ports" 2>/dev/null && break
+    kill -0 "$web_pid" 2>/dev/null || { cat "$data/web.log"; exit 1; }
+    sleep 0.1
+  done
+  web_port=$(sed -n 's/^http=//p' "$data/web-ports")
+  web_host=${web_listen%:*}
+  url="http://$web_host:$web_port/jobs/$job"
+  echo "Open $url"
+  echo "  drift:    $url/layers/$first_layer/drift"
+  echo "  features: $url/layers/$first_layer/features?kind=concept_level&order=drift"
+  wait "$web_pid"
+  exit 0
+fi
+
 cleanup
 trap - EXIT
 step "Done"
@@ -225,4 +266,7 @@ The results stay in $data/coordinator. To query them again:
   $bin/saetrack features $job --layer $first_layer --kind concept --order formation
   $bin/saetrack feature $job --layer $first_layer --feature 5 --contexts --json
   $bin/saetrack quality $job --layer $first_layer
+and in a browser (deploy/demo.sh --serve does this for you):
+  $bin/saetrack-web --coordinator 127.0.0.1:7070 --listen 127.0.0.1:8080 &
+  open http://127.0.0.1:8080/jobs/$job
 TXT

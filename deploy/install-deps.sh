@@ -50,7 +50,17 @@ packages=(
   # prometheus.service (port 9090; `systemctl disable --now prometheus` stops
   # it), in a container or chroot without systemd nothing starts.
   prometheus yamllint curl
+  # saetrack-web (web/): cpp-httplib for HTTP, and Debian's Chromium for the
+  # browser test (web/test, driven by playwright-core from npm; never a
+  # downloaded browser).
+  libcpp-httplib-dev chromium
 )
+# The front end (web/frontend) is built with npm (Vite, TypeScript). Debian's
+# nodejs and npm only where no node is installed already (a newer Node from
+# elsewhere is kept).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

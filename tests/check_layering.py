@@ -14,6 +14,7 @@ library; a folder may include itself and what LAYERS lists for it:
   server    -> analysis, storage, proto   the coordinator
   worker    -> engine, proto              the worker's RPC loop
   client    -> analysis, proto            client library and CLI
+  web       -> proto                      saetrack-web, the feature browser
   tools     -> client, engine             auxiliary binaries
   bench, tests -> anything but another module's internal/
 
@@ -38,6 +39,7 @@ LAYERS = {
     "server": ["analysis", "storage", "proto"],
     "worker": ["engine", "proto"],
     "client": ["analysis", "proto"],
+    "web": ["proto"],
     "tools": ["client", "engine"],
     "bench": None,  # any layer
     "tests": None,
@@ -99,7 +101,9 @@ def main(argv):
     checked = 0
     for layer in sorted(LAYERS):
         top = os.path.join(root, layer)
-        for dirpath, _, filenames in os.walk(top):
+        for dirpath, dirnames, filenames in os.walk(top):
+            # npm's packages (web/frontend) are not saetrack's sources.
+            dirnames[:] = [d for d in dirnames if d != "node_modules"]
             for name in sorted(filenames):
                 if not name.endswith(SOURCE_SUFFIXES):
                     continue

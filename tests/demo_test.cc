@@ -500,6 +500,9 @@ TEST(BinariesHelpTest, EveryBinaryListsItsFlags) {
        {"--corpus", "--steps", "--tokenizer", "--warmup_fraction"}},
       {"saetrack-tokenize", {"--tokenizer", "--learn_bpe", "--vocab_size"}},
       {"saetrack", {"drift JOB_ID", "--coordinator"}},
+      {"saetrack-web",
+       {"--coordinator", "--listen", "--static_dir", "--token_file",
+        "--tls_ca"}},
   };
   int calls = 0;
   for (const auto& [binary, flags] : cases) {
