@@ -150,6 +150,10 @@ class SecurityTest : public ::testing::Test {
         CreateAccessToken(token_file_, "submitter", "other-submitter");
     ASSERT_TRUE(other.ok()) << other.status();
     other_submitter_token_ = *other;
+    absl::StatusOr<std::string> other_worker =
+        CreateAccessToken(token_file_, "worker", "other-worker");
+    ASSERT_TRUE(other_worker.ok()) << other_worker.status();
+    other_worker_token_ = *other_worker;
   }
 
   void TearDown() override {
@@ -163,6 +167,8 @@ class SecurityTest : public ::testing::Test {
     options.metrics_listen_address = "";
     options.shutdown_grace_ms = 1000;
     options.lease_check_interval_ms = 3600 * 1000;
+    // A coordinator with tokens confines job paths to its data roots.
+    options.data_roots = {dir_.path()};
     return options;
   }
 
@@ -188,6 +194,7 @@ class SecurityTest : public ::testing::Test {
   std::string token_file_;
   std::map<Role, std::string> tokens_;
   std::string other_submitter_token_;
+  std::string other_worker_token_;
   std::unique_ptr<Coordinator> coordinator_;
 };
 
@@ -521,6 +528,108 @@ TEST_F(SecurityTest, SecureModeMetricIsZero) {
   const std::string metrics =
       server::testing::HttpGet(coordinator_->metrics_port(), "/metrics");
   EXPECT_THAT(metrics, HasSubstr("\nsaetrack_insecure_mode 0\n"));
+}
+
+}  // namespace
+}  // namespace saetrack
+
+namespace saetrack {
+namespace {
+
+// A worker id is bound to the token that registered it: another worker
+// token cannot lease for it nor heartbeat, complete or fail its lease, even
+// knowing the worker id, task id and epoch; an admin can.
+TEST_F(SecurityTest, LeasesAreBoundToTheTokenThatRegisteredTheWorker) {
+  CoordinatorOptions options = Options();
+  options.token_file = token_file_;
+  Start(options);
+  auto submitter = v1::JobService::NewStub(Channel(tokens_[Role::kSubmitter]));
+  {
+    grpc::ClientContext context;
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() =
+        server::testing::MakeSpec(dir_.path() + "/files", {100, 200});
+    v1::SubmitJobResponse response;
+    grpc::Status s =
+        submitter->SubmitJob(WithDeadline(&context), request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  auto owner = v1::WorkerService::NewStub(Channel(tokens_[Role::kWorker]));
+  auto intruder = v1::WorkerService::NewStub(Channel(other_worker_token_));
+  auto admin = v1::WorkerService::NewStub(Channel(tokens_[Role::kAdmin]));
+
+  v1::RegisterWorkerResponse registered;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(owner
+                    ->RegisterWorker(WithDeadline(&context),
+                                     v1::RegisterWorkerRequest(), &registered)
+                    .ok());
+  }
+  v1::LeaseTaskRequest lease;
+  lease.set_worker_id(registered.worker_id());
+  {
+    grpc::ClientContext context;
+    v1::LeaseTaskResponse response;
+    grpc::Status s = intruder->LeaseTask(WithDeadline(&context), lease, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(), HasSubstr("worker_id"));
+    EXPECT_FALSE(response.has_task());
+  }
+  v1::LeaseTaskResponse leased;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(owner->LeaseTask(WithDeadline(&context), lease, &leased).ok());
+    ASSERT_TRUE(leased.has_task());
+  }
+  const v1::Task& task = leased.task();
+
+  const auto heartbeat = [&](v1::WorkerService::Stub* stub) {
+    grpc::ClientContext context;
+    v1::HeartbeatRequest request;
+    request.set_worker_id(registered.worker_id());
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    v1::HeartbeatResponse response;
+    return stub->Heartbeat(WithDeadline(&context), request, &response);
+  };
+  grpc::Status s = heartbeat(intruder.get());
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+  {
+    grpc::ClientContext context;
+    v1::CompleteTaskRequest request;
+    request.set_worker_id(registered.worker_id());
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    v1::CompleteTaskResponse response;
+    s = intruder->CompleteTask(WithDeadline(&context), request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+    EXPECT_THAT(s.error_message(),
+                ::testing::Not(HasSubstr("current epoch")));
+  }
+  {
+    grpc::ClientContext context;
+    v1::FailTaskRequest request;
+    request.set_worker_id(registered.worker_id());
+    request.set_task_id(task.task_id());
+    request.set_lease_epoch(task.lease_epoch());
+    request.set_error("forged");
+    v1::FailTaskResponse response;
+    s = intruder->FailTask(WithDeadline(&context), request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+  }
+  // The lease is untouched: its holder and an admin still renew it.
+  EXPECT_TRUE(heartbeat(owner.get()).ok());
+  EXPECT_TRUE(heartbeat(admin.get()).ok());
+  auto jobs = v1::JobService::NewStub(Channel(tokens_[Role::kAdmin]));
+  grpc::ClientContext context;
+  v1::GetJobRequest get;
+  get.set_job_id(task.job_id());
+  v1::Job job;
+  ASSERT_TRUE(jobs->GetJob(WithDeadline(&context), get, &job).ok());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(job.progress().tasks_done(), 0);
+  EXPECT_TRUE(job.error().empty());
 }
 
 }  // namespace

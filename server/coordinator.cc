@@ -128,6 +128,9 @@ absl::Status CheckSecurityOptions(const CoordinatorOptions& o) {
     std::vector<std::string> missing;
     if (!tls) missing.push_back("--tls_cert and --tls_key");
     if (o.token_file.empty()) missing.push_back("--token_file");
+    bool has_root = false;
+    for (const std::string& root : o.data_roots) has_root |= !root.empty();
+    if (!has_root) missing.push_back("--data_roots");
     if (!missing.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "listen_address ", o.listen_address,
@@ -425,7 +428,7 @@ absl::Status CoordinatorImpl::Init() {
       scheduler_.get(), results_.get(), metrics_.get(), roots);
   worker_service_ = std::make_unique<server::WorkerServiceImpl>(
       scheduler_.get(), results_.get(), staging_.get(), metrics_.get(),
-      worker_options);
+      worker_options, authenticator_.get());
   admin_service_ = std::make_unique<server::AdminServiceImpl>(
       store_.get(), metrics_.get(), options_.backup_root);
 

@@ -1256,6 +1256,7 @@ class WatchReader : public grpc::ClientReadReactor<v1::JobUpdate> {
     status_ = status;
     ++*done_;
   }
+  void Cancel() { ctx_.TryCancel(); }
   // REQUIRES: *mu_ held.
   int updates() const { return updates_; }
   const v1::JobUpdate& last() const { return last_; }
@@ -1277,7 +1278,8 @@ TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
   constexpr int kWatchers = 1000;
   constexpr int kHeartbeats = 200;
   const std::string job = SubmitOk(MakeSpec(data_.path(), {0}));
-  std::optional<v1::Task> task = Lease(Register());
+  const std::string worker = Register();
+  std::optional<v1::Task> task = Lease(worker);
   ASSERT_TRUE(task.has_value());
   // Let gRPC start its pollers and executors before counting.
   ASSERT_TRUE(Heartbeat(*task, task->lease_epoch()).ok());
@@ -1287,6 +1289,22 @@ TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
   int first_updates = 0;
   int done = 0;
   std::vector<std::unique_ptr<WatchReader>> readers;
+  // Whatever happens below, no stream outlives its reader: cancel what is
+  // still open and wait for every OnDone before the readers go.
+  struct Drain {
+    std::vector<std::unique_ptr<WatchReader>>* readers;
+    absl::Mutex* mu;
+    int* done;
+    ~Drain() {
+      for (auto& reader : *readers) reader->Cancel();
+      absl::MutexLock lock(mu);
+      const int want = static_cast<int>(readers->size());
+      const auto all_done = [this_done = done, want] {
+        return *this_done == want;
+      };
+      mu->AwaitWithTimeout(absl::Condition(&all_done), absl::Seconds(60));
+    }
+  } drain{&readers, &mu, &done};
   for (int i = 0; i < kWatchers; ++i) {
     readers.push_back(std::make_unique<WatchReader>(jobs_.get(), job, &mu,
                                                     &first_updates, &done));
@@ -1313,6 +1331,7 @@ TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
     v1::HeartbeatRequest request;
     request.set_task_id(task->task_id());
     request.set_lease_epoch(task->lease_epoch());
+    request.set_worker_id(worker);
     request.set_tokens_done(i);
     v1::HeartbeatResponse response;
     ASSERT_TRUE(

@@ -134,7 +134,8 @@ TEST_F(SecureEndToEndTest, DemoFlowWithTlsAndTokens) {
       {SAETRACK_COORDINATOR_BIN, "--data_dir", dir_ + "/data", "--listen",
        "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0", "--port_file",
        port_file, "--tls_cert", certs_.server_cert, "--tls_key",
-       certs_.server_key, "--token_file", dir_ + "/tokens"},
+       certs_.server_key, "--token_file", dir_ + "/tokens", "--data_roots",
+       dir_},
       dir_ + "/coordinator");
   ASSERT_TRUE(coordinator.ok()) << coordinator.status();
   ASSERT_TRUE(testing::WaitFor(

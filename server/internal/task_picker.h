@@ -18,6 +18,8 @@ struct WorkerInfo {
   // 0: unknown (any job).
   int64_t memory_bytes = 0;
   int64_t registered_ms = 0;
+  // The token name that registered it ("" without authentication).
+  std::string owner;
   // The last task granted to the worker: its engine keeps the other hooks'
   // activations of that checkpoint. Empty job id: none.
   std::string last_job_id;

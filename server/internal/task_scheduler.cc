@@ -73,6 +73,7 @@ absl::StatusOr<std::unique_ptr<TaskScheduler>> TaskScheduler::Recover(
       info.device = worker.device();
       info.memory_bytes = worker.memory_bytes();
       info.registered_ms = worker.registered_ms();
+      info.owner = worker.owner();
     }
   }
   if (options.expiry_check_interval > absl::ZeroDuration()) {
@@ -343,8 +344,16 @@ absl::StatusOr<int64_t> TaskScheduler::WaitForAnyJobChange(
 
 // --- workers ---
 
+std::optional<std::string> TaskScheduler::WorkerOwner(
+    const std::string& worker_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return std::nullopt;
+  return it->second.owner;
+}
+
 absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
-    const std::string& device, int64_t memory_bytes) {
+    const std::string& device, int64_t memory_bytes, const std::string& owner) {
   // One registration at a time: worker sequence numbers are stored in order.
   absl::MutexLock registration(&register_mu_);
   const int64_t seq = next_worker_seq_;
@@ -366,6 +375,7 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
   record.set_memory_bytes(memory_bytes);
   record.set_registered_ms(NowMs());
   record.set_last_seen_ms(record.registered_ms());
+  record.set_owner(owner);
   JobStore::PutWorker(record, &batch);
   // Synced: a registration lost in a crash would leave its worker matched
   // without its capabilities after the restart.
@@ -384,6 +394,7 @@ absl::StatusOr<std::string> TaskScheduler::RegisterWorker(
     info.device = device;
     info.memory_bytes = memory_bytes;
     info.registered_ms = record.registered_ms();
+    info.owner = owner;
   }
   metrics_->WorkerRegistered();
   return id;
@@ -425,6 +436,7 @@ absl::StatusOr<std::optional<v1::Task>> TaskScheduler::Lease(
         record.set_memory_bytes(info.memory_bytes);
         record.set_registered_ms(info.registered_ms);
         record.set_last_seen_ms(now_ms);
+        record.set_owner(info.owner);
         JobStore::PutWorker(record, &batch);
       }
       if (absl::Status s = CommitLocked(std::move(batch), changes); !s.ok()) {

@@ -196,8 +196,13 @@ class TaskScheduler {
   // A new worker id; `device` ("cpu", "cuda" or empty) restricts which jobs'
   // tasks the worker is given, and so does `memory_bytes` (0: unknown, any
   // job): a job whose spec.min_worker_memory_bytes exceeds it is not.
+  // `owner`: the token name of the caller that registers it ("" without
+  // authentication), stored with the registration.
   absl::StatusOr<std::string> RegisterWorker(const std::string& device,
-                                             int64_t memory_bytes = 0);
+                                             int64_t memory_bytes = 0,
+                                             const std::string& owner = "");
+  // The owner `worker_id` was registered with; nullopt for an unknown id.
+  std::optional<std::string> WorkerOwner(const std::string& worker_id) const;
 
   // Leases the best runnable task to `worker_id`, waiting up to `wait` (real
   // time) for one to become runnable. nullopt when none did, when

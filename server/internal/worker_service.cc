@@ -77,32 +77,33 @@ absl::StatusOr<std::string> SafetensorsHeader(
 }  // namespace
 
 grpc::Status WorkerServiceImpl::RegisterWorker(
-    grpc::ServerContext* /*context*/, const v1::RegisterWorkerRequest* request,
+    grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
     v1::RegisterWorkerResponse* response) {
   RpcTimer timer(metrics_, "RegisterWorker");
-  return timer.Finish(DoRegisterWorker(*request, response));
+  return timer.Finish(DoRegisterWorker(CallerOf(authenticator_, *context), *request, response));
 }
 
 grpc::Status WorkerServiceImpl::LeaseTask(grpc::ServerContext* context,
                                           const v1::LeaseTaskRequest* request,
                                           v1::LeaseTaskResponse* response) {
   RpcTimer timer(metrics_, "LeaseTask");
-  return timer.Finish(DoLeaseTask(context, *request, response));
+  return timer.Finish(
+      DoLeaseTask(CallerOf(authenticator_, *context), context, *request, response));
 }
 
-grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* /*context*/,
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
                                           const v1::HeartbeatRequest* request,
                                           v1::HeartbeatResponse* response) {
   RpcTimer timer(metrics_, "Heartbeat");
-  return timer.Finish(DoHeartbeat(*request, response));
+  return timer.Finish(DoHeartbeat(CallerOf(authenticator_, *context), *request, response));
 }
 
 grpc::Status WorkerServiceImpl::UploadArtifact(
-    grpc::ServerContext* /*context*/,
+    grpc::ServerContext* context,
     grpc::ServerReader<v1::ArtifactChunk>* reader,
     v1::UploadArtifactResponse* response) {
   RpcTimer timer(metrics_, "UploadArtifact");
-  return timer.Finish(DoUploadArtifact(reader, response));
+  return timer.Finish(DoUploadArtifact(CallerOf(authenticator_, *context), reader, response));
 }
 
 grpc::Status WorkerServiceImpl::DownloadSae(
@@ -113,21 +114,21 @@ grpc::Status WorkerServiceImpl::DownloadSae(
 }
 
 grpc::Status WorkerServiceImpl::CompleteTask(
-    grpc::ServerContext* /*context*/, const v1::CompleteTaskRequest* request,
+    grpc::ServerContext* context, const v1::CompleteTaskRequest* request,
     v1::CompleteTaskResponse* /*response*/) {
   RpcTimer timer(metrics_, "CompleteTask");
-  return timer.Finish(DoCompleteTask(*request));
+  return timer.Finish(DoCompleteTask(CallerOf(authenticator_, *context), *request));
 }
 
-grpc::Status WorkerServiceImpl::FailTask(grpc::ServerContext* /*context*/,
+grpc::Status WorkerServiceImpl::FailTask(grpc::ServerContext* context,
                                          const v1::FailTaskRequest* request,
                                          v1::FailTaskResponse* /*response*/) {
   RpcTimer timer(metrics_, "FailTask");
-  return timer.Finish(DoFailTask(*request));
+  return timer.Finish(DoFailTask(CallerOf(authenticator_, *context), *request));
 }
 
 absl::Status WorkerServiceImpl::DoRegisterWorker(
-    const v1::RegisterWorkerRequest& request,
+    const Caller& caller, const v1::RegisterWorkerRequest& request,
     v1::RegisterWorkerResponse* response) {
   const std::string& device = request.capabilities().device();
   if (!device.empty() && device != "cpu" && device != "cuda") {
@@ -141,7 +142,8 @@ absl::Status WorkerServiceImpl::DoRegisterWorker(
         " must be >= 0"));
   }
   absl::StatusOr<std::string> id =
-      scheduler_->RegisterWorker(device, request.capabilities().memory_bytes());
+      scheduler_->RegisterWorker(device, request.capabilities().memory_bytes(),
+                                 caller.name);
   if (!id.ok()) return id.status();
   response->set_worker_id(*id);
   metrics_->WorkerSeen(*id);
@@ -150,11 +152,17 @@ absl::Status WorkerServiceImpl::DoRegisterWorker(
   return absl::OkStatus();
 }
 
-absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
+absl::Status WorkerServiceImpl::DoLeaseTask(const Caller& caller,
+                                            grpc::ServerContext* context,
                                             const v1::LeaseTaskRequest& request,
                                             v1::LeaseTaskResponse* response) {
   if (request.worker_id().empty()) {
     return absl::InvalidArgumentError("worker_id: required");
+  }
+  if (!ActsFor(caller, request.worker_id())) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("worker_id: ", request.worker_id(),
+                     " was not registered with this caller's token"));
   }
   metrics_->WorkerSeen(request.worker_id());
   const absl::Duration wait =
@@ -178,8 +186,16 @@ absl::Status WorkerServiceImpl::DoLeaseTask(grpc::ServerContext* context,
   return absl::OkStatus();
 }
 
+bool WorkerServiceImpl::ActsFor(const Caller& caller,
+                                const std::string& worker_id) const {
+  if (!caller.authenticated || caller.role == Role::kAdmin) return true;
+  const std::optional<std::string> owner = scheduler_->WorkerOwner(worker_id);
+  return owner.has_value() && *owner == caller.name;
+}
+
 absl::StatusOr<LeaseInfo> WorkerServiceImpl::CheckLeaseHolder(
-    const std::string& worker_id, const std::string& task_id, int64_t epoch) {
+    const Caller& caller, const std::string& worker_id,
+    const std::string& task_id, int64_t epoch) {
   if (worker_id.empty())
     return absl::InvalidArgumentError("worker_id: required");
   if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
@@ -187,7 +203,7 @@ absl::StatusOr<LeaseInfo> WorkerServiceImpl::CheckLeaseHolder(
   if (!lease.ok()) return lease.status();
   // The epoch fences the rest of the call: a later lease of the task has
   // another epoch, so the holder checked here is the one that counts.
-  if (lease->worker_id != worker_id) {
+  if (lease->worker_id != worker_id || !ActsFor(caller, worker_id)) {
     // The same code as a stale epoch; neither the current epoch nor the
     // holder is named.
     return absl::AbortedError(
@@ -197,10 +213,11 @@ absl::StatusOr<LeaseInfo> WorkerServiceImpl::CheckLeaseHolder(
   return lease;
 }
 
-absl::Status WorkerServiceImpl::DoHeartbeat(const v1::HeartbeatRequest& request,
+absl::Status WorkerServiceImpl::DoHeartbeat(const Caller& caller,
+                                            const v1::HeartbeatRequest& request,
                                             v1::HeartbeatResponse* response) {
   absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(
-      request.worker_id(), request.task_id(), request.lease_epoch());
+      caller, request.worker_id(), request.task_id(), request.lease_epoch());
   // A lease that is no longer live is not renewed by the scheduler either,
   // but the heartbeat of a cancelled task still tells its worker to stop;
   // only a live lease of another worker is refused here.
@@ -242,7 +259,7 @@ void WorkerServiceImpl::DropStaleUploads() {
 }
 
 absl::Status WorkerServiceImpl::DoUploadArtifact(
-    grpc::ServerReader<v1::ArtifactChunk>* reader,
+    const Caller& caller, grpc::ServerReader<v1::ArtifactChunk>* reader,
     v1::UploadArtifactResponse* response) {
   v1::ArtifactChunk chunk;
   if (!reader->Read(&chunk)) {
@@ -264,7 +281,7 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
     return absl::InvalidArgumentError(
         absl::StrCat("kind: ", kind, " is not a valid artifact kind"));
   }
-  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(sender, task_id, epoch);
+  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(caller, sender, task_id, epoch);
   if (!lease.ok()) return lease.status();
   // Uploads of leases that ended (expired, taken over, job cancelled or
   // failed) can never be completed: free them before taking more.
@@ -409,7 +426,7 @@ absl::Status WorkerServiceImpl::DoDownloadSae(
 }
 
 absl::Status WorkerServiceImpl::DoCompleteTask(
-    const v1::CompleteTaskRequest& request) {
+    const Caller& caller, const v1::CompleteTaskRequest& request) {
   const std::string& task_id = request.task_id();
   const int64_t epoch = request.lease_epoch();
   if (task_id.empty()) return absl::InvalidArgumentError("task_id: required");
@@ -423,7 +440,7 @@ absl::Status WorkerServiceImpl::DoCompleteTask(
                      "send it again"));
   }
   absl::StatusOr<LeaseInfo> lease =
-      CheckLeaseHolder(request.worker_id(), task_id, epoch);
+      CheckLeaseHolder(caller, request.worker_id(), task_id, epoch);
   if (!lease.ok()) return lease.status();
   if (lease->kind == TASK_KIND_ANALYSE) {
     return CompleteAnalysis(*lease, epoch);
@@ -564,9 +581,10 @@ absl::Status WorkerServiceImpl::CompleteAnalysis(const LeaseInfo& lease,
   return s;
 }
 
-absl::Status WorkerServiceImpl::DoFailTask(const v1::FailTaskRequest& request) {
+absl::Status WorkerServiceImpl::DoFailTask(const Caller& caller,
+                                           const v1::FailTaskRequest& request) {
   absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(
-      request.worker_id(), request.task_id(), request.lease_epoch());
+      caller, request.worker_id(), request.task_id(), request.lease_epoch());
   if (!lease.ok()) return lease.status();
   absl::Status s = scheduler_->Fail(request.task_id(), request.lease_epoch(),
                                     request.error(), request.retryable());

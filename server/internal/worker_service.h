@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "saetrack/v1/worker.grpc.pb.h"
 #include "server/internal/artifact_staging.h"
+#include "server/internal/auth.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/result_store.h"
 #include "server/internal/task_scheduler.h"
@@ -45,12 +46,14 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(TaskScheduler* scheduler, ResultStore* results,
                     ArtifactStaging* staging, CoordinatorMetrics* metrics,
-                    const WorkerServiceOptions& options)
+                    const WorkerServiceOptions& options,
+                    const Authenticator* authenticator = nullptr)
       : scheduler_(scheduler),
         results_(results),
         staging_(staging),
         metrics_(metrics),
-        options_(options) {}
+        options_(options),
+        authenticator_(authenticator) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext* context,
                               const v1::RegisterWorkerRequest* request,
@@ -77,31 +80,44 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
  private:
   // Frees staged uploads whose lease has ended.
   void DropStaleUploads();
-  absl::Status DoRegisterWorker(const v1::RegisterWorkerRequest& request,
+  absl::Status DoRegisterWorker(const Caller& caller,
+                                const v1::RegisterWorkerRequest& request,
                                 v1::RegisterWorkerResponse* response);
-  absl::Status DoLeaseTask(grpc::ServerContext* context,
+  absl::Status DoLeaseTask(const Caller& caller, grpc::ServerContext* context,
                            const v1::LeaseTaskRequest& request,
                            v1::LeaseTaskResponse* response);
-  absl::Status DoHeartbeat(const v1::HeartbeatRequest& request,
+  absl::Status DoHeartbeat(const Caller& caller,
+                           const v1::HeartbeatRequest& request,
                            v1::HeartbeatResponse* response);
-  absl::Status DoUploadArtifact(grpc::ServerReader<v1::ArtifactChunk>* reader,
+  absl::Status DoUploadArtifact(const Caller& caller,
+                                grpc::ServerReader<v1::ArtifactChunk>* reader,
                                 v1::UploadArtifactResponse* response);
   absl::Status DoDownloadSae(const v1::DownloadSaeRequest& request,
                              grpc::ServerWriter<v1::DownloadChunk>* writer);
-  absl::Status DoCompleteTask(const v1::CompleteTaskRequest& request);
-  absl::Status DoFailTask(const v1::FailTaskRequest& request);
+  absl::Status DoCompleteTask(const Caller& caller,
+                              const v1::CompleteTaskRequest& request);
+  absl::Status DoFailTask(const Caller& caller,
+                          const v1::FailTaskRequest& request);
   // CompleteTask of an analysis task: merges the uploaded
   // FEATURE_ANALYSIS artifact into the checkpoint's feature points.
   absl::Status CompleteAnalysis(const LeaseInfo& lease, int64_t epoch);
   // The live lease (task_id, epoch) when `worker_id` holds it. The one place
   // where Heartbeat, UploadArtifact, CompleteTask and FailTask check who
   // holds a lease (a check of the caller's credentials belongs here too).
+  // With authentication, `worker_id` must also have been registered by the
+  // caller's token (admins excepted).
   // Errors: kInvalidArgument for an empty worker_id or task_id; kAborted for
   // a stale epoch or another worker's lease, naming neither the current
   // epoch nor the holder.
-  absl::StatusOr<LeaseInfo> CheckLeaseHolder(const std::string& worker_id,
+  absl::StatusOr<LeaseInfo> CheckLeaseHolder(const Caller& caller,
+                                             const std::string& worker_id,
                                              const std::string& task_id,
                                              int64_t epoch);
+
+  // Whether `caller` may act for `worker_id`: without authentication
+  // always; else when the worker was registered by the caller's token (or
+  // the caller is an admin).
+  bool ActsFor(const Caller& caller, const std::string& worker_id) const;
 
   // Marks a task as being completed for its lifetime; ok() is false when
   // another completion of the task is in progress.
@@ -122,6 +138,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   ArtifactStaging* const staging_;
   CoordinatorMetrics* const metrics_;
   const WorkerServiceOptions options_;
+  const Authenticator* const authenticator_;  // Null: no authentication.
   absl::Mutex completing_mu_;
   std::set<std::string> completing_ ABSL_GUARDED_BY(completing_mu_);
 };

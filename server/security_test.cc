@@ -26,6 +26,7 @@
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
+#include "proto/access_tokens.h"
 #include "server/coordinator.h"
 #include "server/internal/test_fixtures.h"
 #include "server/testing/worker_rpc_testing.h"
@@ -544,6 +545,8 @@ TEST_F(SecurityTest, ASecuredOrExposedCoordinatorNeedsDataRoots) {
   // Explicitly insecure, on loopback here.
   options.listen_address = "[::1]:0";
   options.token_file = dir_.path() + "/tokens.txt";
+  ASSERT_TRUE(
+      CreateAccessToken(options.token_file, "reader", "someone").ok());
   options.insecure = true;
   c = Coordinator::Start(options);
   EXPECT_TRUE(c.ok()) << c.status();
