@@ -63,7 +63,7 @@ Commands:
                            verdict per check: seed stability, distance from
                            initialisation, chain vs independent ("ok" or
                            "FAIL").
-  feature JOB_ID --layer L --feature N [--contexts] [--decoder]
+  feature JOB_ID --layer L --feature N [--contexts] [--decoder] [--logits]
                            The history of one feature across checkpoints
                            (--id N is the same as --feature N). Once the
                            analysis ran: a summary (kind, top token and its
@@ -79,7 +79,11 @@ Commands:
                            --contexts adds the top activating contexts (the
                            focus token between [[ and ]]) at the first, the
                            middle and the final checkpoint; --decoder the
-                           decoder rows.
+                           decoder rows. Logit effects: the tokens the unit
+                           decoder direction promotes and suppresses most
+                           through the checkpoint's unembedding (token id,
+                           text, logit) at the first and the final
+                           checkpoint; --logits at every checkpoint.
   features JOB_ID --layer L [--kind K] [--formed-from S] [--formed-to S]
            [--min-freq X] [--max-freq X] [--order O] [--limit N]
            [--page-token T]
@@ -271,6 +275,7 @@ const Flag kFlags[] = {
     {"help", &Invocation::help, nullptr},
     {"contexts", &Invocation::contexts, nullptr},
     {"decoder", &Invocation::decoder, nullptr},
+    {"logits", &Invocation::logits, nullptr},
     {"coordinator", nullptr,
      [](const std::string&, const std::string& value, Invocation* inv) {
        inv->coordinator = value;

@@ -56,7 +56,8 @@ int Cli::Feature() {
     out_ << ToJson(*history) << "\n";
     return kExitOk;
   }
-  out_ << FormatFeatureHistory(*history, inv_.contexts, inv_.decoder);
+  out_ << FormatFeatureHistory(*history, inv_.contexts, inv_.decoder,
+                               inv_.logits);
   return kExitOk;
 }
 

@@ -66,7 +66,7 @@ TEST(CliTest, HelpListsEveryCommand) {
         "--coordinator", "--json",     "--feature",     "--contexts",
         "--decoder",     "--kind",     "--formed-from", "--formed-to",
         "--min-freq",    "--max-freq", "--order",       "--limit",
-        "--page-token",  "▁▂▃▄▅▆▇█"}) {
+        "--page-token",  "--logits",   "▁▂▃▄▅▆▇█"}) {
     EXPECT_THAT(r.out, HasSubstr(command));
   }
 }
@@ -906,6 +906,45 @@ TEST_F(CliQueryTest, FeatureDecoderRowsWithTheirNorms) {
                                "  step       16  |d| 1.000  [1.0000, 0.0000, "
                                "0.0000, 0.0000, 0.0000, 0.0000, 0.0000, "
                                "0.0000, ...]\n"));
+}
+
+// Three points with logit effects: 6 promoted and 6 suppressed tokens each,
+// decoded text on the promoted ones.
+void AddLogitEffects(v1::FeatureHistory* h) {
+  for (int s : {0, 16, 256}) {
+    v1::FeaturePoint* p = h->add_points();
+    p->set_step(s);
+    v1::LogitEffects* e = p->mutable_logit_effects();
+    for (int j = 0; j < 6; ++j) {
+      v1::LogitEffect* up = e->add_promoted();
+      up->set_token_id(s + j);
+      up->set_value(2.0f - 0.25f * j);
+      up->set_token(absl::StrCat("t", j));
+      v1::LogitEffect* down = e->add_suppressed();
+      down->set_token_id(1000 + j);
+      down->set_value(-2.0f + 0.25f * j);
+    }
+  }
+}
+
+TEST_F(CliQueryTest, FeatureLogitEffectsAtTheFirstAndFinalCheckpoint) {
+  AddLogitEffects(&coordinator_->history);
+  Result r = Run({"feature", "job-000007", "--layer", "1", "--feature", "0"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr("\nlogit effects at step 0 (first checkpoint):\n"
+                        "  promoted:   0 \"t0\" 2.000, 1 \"t1\" 1.750, 2 "
+                        "\"t2\" 1.500, 3 \"t3\" 1.250, 4 \"t4\" 1.000, ...\n"
+                        "  suppressed: 1000 -2.000, 1001 -1.750, 1002 -1.500, "
+                        "1003 -1.250, 1004 -1.000, ...\n"
+                        "\nlogit effects at step 256 (final checkpoint):\n"
+                        "  promoted:   256 \"t0\" 2.000,"));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("logit effects at step 16")));
+  r = Run(
+      {"feature", "job-000007", "--layer", "1", "--feature", "0", "--logits"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nlogit effects at step 16:\n"
+                               "  promoted:   16 \"t0\" 2.000,"));
 }
 
 TEST_F(CliQueryTest, FeatureJsonRoundTrips) {

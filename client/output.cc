@@ -245,8 +245,26 @@ std::string FormatFeatureSummary(const v1::FeatureSummary& summary) {
   return text;
 }
 
+namespace {
+
+// "  promoted:   262 " the" 1.234, ..." for one side of a point's effects.
+std::string LogitEffectsLine(
+    const char* label,
+    const google::protobuf::RepeatedPtrField<v1::LogitEffect>& effects) {
+  std::vector<std::string> shown;
+  for (int i = 0; i < std::min(effects.size(), kLogitEffectsShown); ++i) {
+    shown.push_back(absl::StrFormat(
+        "%s %.3f", TokenLabel(effects[i].token_id(), effects[i].token()),
+        effects[i].value()));
+  }
+  if (effects.size() > kLogitEffectsShown) shown.push_back("...");
+  return absl::StrCat("  ", label, absl::StrJoin(shown, ", "), "\n");
+}
+
+}  // namespace
+
 std::string FormatFeatureHistory(const v1::FeatureHistory& history,
-                                 bool contexts, bool decoder) {
+                                 bool contexts, bool decoder, bool logits) {
   std::string text =
       absl::StrFormat("feature %d, layer %d, job %s\n", history.feature_id(),
                       history.layer(), history.job_id());
@@ -299,6 +317,25 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
   }
 
   const int n = history.points_size();
+  // Logit effects: the first and the final checkpoint, or all with logits.
+  std::vector<int> with_effects;
+  for (int i = 0; i < n; ++i) {
+    if (history.points(i).has_logit_effects() &&
+        (logits || i == 0 || i == n - 1)) {
+      with_effects.push_back(i);
+    }
+  }
+  for (int i : with_effects) {
+    const v1::FeaturePoint& p = history.points(i);
+    absl::StrAppend(
+        &text, "\n",
+        absl::StrFormat("logit effects at step %d%s:\n", p.step(),
+                        i == n - 1 ? " (final checkpoint)"
+                        : i == 0   ? " (first checkpoint)"
+                                   : ""),
+        LogitEffectsLine("promoted:   ", p.logit_effects().promoted()),
+        LogitEffectsLine("suppressed: ", p.logit_effects().suppressed()));
+  }
   if (contexts && n > 0) {
     // The first, the middle and the final checkpoint, each once.
     std::vector<std::pair<int, const char*>> shown = {{0, "first"}};

@@ -22,6 +22,9 @@ namespace saetrack::client::internal {
 
 // Contexts `feature --contexts` prints per checkpoint (--json has them all).
 inline constexpr int kContextsShown = 5;
+// Promoted and suppressed tokens `feature` prints per checkpoint (--json
+// has them all).
+inline constexpr int kLogitEffectsShown = 5;
 // Decoder values `feature --decoder` prints per checkpoint.
 inline constexpr int kDecoderValuesShown = 8;
 
@@ -77,8 +80,11 @@ std::string SparklineRow(const std::string& label,
 std::string FormatFeatureSummary(const v1::FeatureSummary& summary);
 
 // `saetrack feature` without --json.
+// Logit effects print for the first and the final checkpoint, or for every
+// checkpoint with `logits`; kLogitEffectsShown of each side.
 std::string FormatFeatureHistory(const v1::FeatureHistory& history,
-                                 bool contexts, bool decoder);
+                                 bool contexts, bool decoder,
+                                 bool logits = false);
 
 // `saetrack features` without --json.
 std::string FormatFeatureList(const v1::ListFeaturesResponse& list);

@@ -14,6 +14,7 @@
 
 #include "engine/features/analysis_pass.h"
 #include "engine/lm/gpt2.h"
+#include "engine/lm/language_model.h"
 #include "engine/lm/lm_trainer.h"
 #include "engine/sae/sae.h"
 #include "engine/training_engine.h"
@@ -594,6 +595,34 @@ TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
                    progress.end());
   // A feature's top positions resemble each other more than random ones.
   EXPECT_GT(progress[progress.size() / 2], 0);
+  // Logit effects (default k 10): the checkpoint's unembedding of feature
+  // 5's unit decoder direction, its argmax first and argmin first.
+  ASSERT_EQ(final_pass->logit_effects_k, 10);
+  ASSERT_EQ(final_pass->promoted_tokens.size(), 128u * 10);
+  ASSERT_EQ(final_pass->suppressed_values.size(), 128u * 10);
+  {
+    absl::StatusOr<std::unique_ptr<LanguageModel>> lm =
+        LoadLanguageModel(input.model_dir, torch::kCPU);
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    absl::StatusOr<SaeWeights> weights =
+        SaeFromSafetensors(input.sae_safetensors, torch::kCPU);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    const torch::Tensor d = weights->W_dec[5] / weights->W_dec[5].norm();
+    const torch::Tensor logits = (*lm)->UnembedDirections(d);
+    EXPECT_EQ(final_pass->promoted_tokens[50], logits.argmax().item<int64_t>());
+    EXPECT_NEAR(final_pass->promoted_values[50], logits.max().item<float>(),
+                1e-4);
+    EXPECT_EQ(final_pass->suppressed_tokens[50],
+              logits.argmin().item<int64_t>());
+    EXPECT_NEAR(final_pass->suppressed_values[50], logits.min().item<float>(),
+                1e-4);
+    for (int j = 51; j < 60; ++j) {
+      EXPECT_LE(final_pass->promoted_values[j],
+                final_pass->promoted_values[j - 1]);
+      EXPECT_GE(final_pass->suppressed_values[j],
+                final_pass->suppressed_values[j - 1]);
+    }
+  }
 
   input.model_dir = Checkpoint(16);
   input.sae_safetensors = first->sae_safetensors;
@@ -603,6 +632,15 @@ TEST_F(TorchEngineTest, AnalysisPassOverTheChain) {
   ASSERT_TRUE(earlier.ok()) << earlier.status();
   EXPECT_EQ(earlier->reference_positions, final_pass->top_positions);
   EXPECT_EQ(earlier->progress_activation.size(), 128u);
+  input.logit_effects_k = 0;  // off
+  earlier = AnalyseCheckpoint(input, torch::kCPU, nullptr);
+  ASSERT_TRUE(earlier.ok()) << earlier.status();
+  EXPECT_EQ(earlier->logit_effects_k, 0);
+  EXPECT_TRUE(earlier->promoted_tokens.empty());
+  input.logit_effects_k = -1;
+  EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU, nullptr).status()),
+              HasSubstr("AnalysisInput.logit_effects_k must be >= 0"));
+  input.logit_effects_k = 10;
 
   input.reference_positions.pop_back();
   EXPECT_THAT(Message(AnalyseCheckpoint(input, torch::kCPU, nullptr).status()),

@@ -271,6 +271,9 @@ struct AnalysisInput {
   // Random analysis positions for the progress measure's baseline.
   int random_positions = 256;
   uint64_t seed = 0;
+  // Logit effects per feature: this many promoted and suppressed tokens
+  // (ComputeLogitEffects, analysis_pass.h); 0 skips them.
+  int logit_effects_k = 10;
 };
 
 struct AnalysisOutput {
@@ -298,6 +301,13 @@ struct AnalysisOutput {
   double feature_baseline = 0;
   // Token-controlled P_i in activation space (feature_analysis.h).
   std::vector<float> progress_token_controlled;
+  // Logit effects (LogitEffects, analysis_pass.h); empty when
+  // logit_effects_k is 0.
+  int logit_effects_k = 0;
+  std::vector<int32_t> promoted_tokens;    // [d_sae * logit_effects_k]
+  std::vector<float> promoted_values;      // descending per feature
+  std::vector<int32_t> suppressed_tokens;  // [d_sae * logit_effects_k]
+  std::vector<float> suppressed_values;    // ascending per feature
 };
 
 class SaeTrainingEngine {

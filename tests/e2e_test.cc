@@ -159,7 +159,8 @@ class EndToEndTest : public ::testing::Test {
   "name": "e2e",
   "model": {"architecture": "gpt_neox", "checkpoints": [)",
                         checkpoints, R"(]},
-  "data": {"tokens_path": "lm/tokens.u16", "context_length": 32},
+  "data": {"tokens_path": "lm/tokens.u16", "context_length": 32,
+           "tokenizer_path": "lm/tokenizer.json"},
   "hooks": [{"layer": )",
                         kLayer, R"(}],
   "sae": {"expansion_factor": 4, "l1_coefficient": 1e-3, "lr_first": 1e-3,
@@ -272,6 +273,49 @@ TEST_F(EndToEndTest, LaterSaesImproveOnTheirInitialisation) {
     EXPECT_TRUE(std::isfinite(m.init_fvu())) << "chain " << i;
     EXPECT_LT(m.fvu(), m.init_fvu()) << "chain " << i;
   }
+}
+
+// Logit effects: the default 10 promoted and 10 suppressed tokens per
+// feature and checkpoint, sorted, decoded with the job's tokenizer; the CLI
+// prints them for the first and the final checkpoint.
+TEST_F(EndToEndTest, FeatureHistoryCarriesSortedDecodedLogitEffects) {
+  for (int id : {0, kDSae - 1}) {
+    const v1::FeatureHistory history = Feature(id);
+    ASSERT_EQ(history.points_size(), static_cast<int>(kSteps.size()));
+    for (const v1::FeaturePoint& p : history.points()) {
+      ASSERT_TRUE(p.has_logit_effects()) << "step " << p.step();
+      const v1::LogitEffects& e = p.logit_effects();
+      ASSERT_EQ(e.promoted_size(), 10) << "step " << p.step();
+      ASSERT_EQ(e.suppressed_size(), 10) << "step " << p.step();
+      int decoded = 0;
+      for (int j = 0; j < 10; ++j) {
+        EXPECT_TRUE(std::isfinite(e.promoted(j).value()));
+        EXPECT_GE(e.promoted(j).token_id(), 0);
+        EXPECT_GE(e.suppressed(j).token_id(), 0);
+        if (j > 0) {
+          EXPECT_LE(e.promoted(j).value(), e.promoted(j - 1).value());
+          EXPECT_GE(e.suppressed(j).value(), e.suppressed(j - 1).value());
+        }
+        decoded += !e.promoted(j).token().empty();
+        decoded += !e.suppressed(j).token().empty();
+      }
+      // A promoted and a suppressed token differ: the direction is nonzero.
+      EXPECT_GT(e.promoted(0).value(), e.suppressed(0).value());
+      // The tiny LM's vocab is its tokenizer's: every id decodes.
+      EXPECT_EQ(decoded, 20) << "step " << p.step();
+    }
+  }
+  CommandResult r = Cli({"feature", *job_id_, "--layer", std::to_string(kLayer),
+                         "--feature", "0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out,
+              HasSubstr(absl::StrCat("\nlogit effects at step ", kSteps.front(),
+                                     " (first checkpoint):\n"
+                                     "  promoted:   ")));
+  EXPECT_THAT(r.out,
+              HasSubstr(absl::StrCat("\nlogit effects at step ", kSteps.back(),
+                                     " (final checkpoint):\n")));
+  EXPECT_THAT(r.out, HasSubstr("  suppressed: "));
 }
 
 TEST_F(EndToEndTest, DecoderCosinesAreInRangeAndTheChainIsContinuous) {

@@ -81,7 +81,15 @@ class FakeEngine final : public engine::SaeTrainingEngine {
         out.top_values.push_back(3.0f - j);
         out.top_tokens.push_back(7);
       }
+      // Feature i promotes tokens 100 * i + j, suppresses 100 * i + 50 + j.
+      for (int j = 0; j < input.logit_effects_k; ++j) {
+        out.promoted_tokens.push_back(100 * i + j);
+        out.promoted_values.push_back(5.0f - j);
+        out.suppressed_tokens.push_back(100 * i + 50 + j);
+        out.suppressed_values.push_back(-5.0f + j);
+      }
     }
+    out.logit_effects_k = input.logit_effects_k;
     return out;
   }
 
@@ -698,6 +706,7 @@ TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
   EXPECT_TRUE(analyses[0].reference_positions.empty());
   EXPECT_EQ(analyses[0].analysis_tokens, 64);
   EXPECT_EQ(analyses[0].top_k, 3);
+  EXPECT_EQ(analyses[0].logit_effects_k, 10);  // the validator's default
   // Its SAE is the one this worker trained last, kept in memory.
   EXPECT_EQ(analyses[0].sae_safetensors, engine.calls()[2].output_bytes);
   for (int a = 1; a < 3; ++a) {
@@ -726,6 +735,12 @@ TEST_F(WorkerTest, AnalysesEveryCheckpointAgainstTheFinalReference) {
     ASSERT_EQ(point.contexts_size(), 3);
     EXPECT_EQ(point.contexts(2).position(), 42);
     EXPECT_EQ(point.contexts(2).token(), 7);
+    ASSERT_EQ(point.logit_effects().promoted_size(), 10);
+    ASSERT_EQ(point.logit_effects().suppressed_size(), 10);
+    EXPECT_EQ(point.logit_effects().promoted(0).token_id(), 400);
+    EXPECT_FLOAT_EQ(point.logit_effects().promoted(9).value(), -4.0f);
+    EXPECT_EQ(point.logit_effects().suppressed(2).token_id(), 452);
+    EXPECT_FLOAT_EQ(point.logit_effects().suppressed(0).value(), -5.0f);
   }
   request.set_feature_id(0);
   history = client_->GetFeatureHistory(request);

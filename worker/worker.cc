@@ -300,6 +300,15 @@ v1::FeatureAnalysisBlock AnalysisBlock(const engine::AnalysisOutput& out) {
   block.mutable_progress_token_controlled()->Add(
       out.progress_token_controlled.begin(),
       out.progress_token_controlled.end());
+  block.set_logit_effects_k(out.logit_effects_k);
+  block.mutable_promoted_tokens()->Add(out.promoted_tokens.begin(),
+                                       out.promoted_tokens.end());
+  block.mutable_promoted_values()->Add(out.promoted_values.begin(),
+                                       out.promoted_values.end());
+  block.mutable_suppressed_tokens()->Add(out.suppressed_tokens.begin(),
+                                         out.suppressed_tokens.end());
+  block.mutable_suppressed_values()->Add(out.suppressed_values.begin(),
+                                         out.suppressed_values.end());
   return block;
 }
 
@@ -738,6 +747,7 @@ class GrpcWorker final : public Worker {
     if (spec.sae().k() > 0) input.k = spec.sae().k();
     input.top_k = spec.analysis().top_k();
     input.random_positions = spec.analysis().random_positions();
+    input.logit_effects_k = spec.analysis().logit_effects_k();
     input.seed = spec.sae().seed();
     Log(absl::StrCat(what, ": on ", input.analysis_tokens, " tokens"));
 

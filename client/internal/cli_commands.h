@@ -60,6 +60,8 @@ struct Invocation {
   // feature
   bool contexts = false;
   bool decoder = false;
+  // feature: logit effects of every checkpoint, not only the first and final.
+  bool logits = false;
   // features
   std::optional<v1::FeatureKind> kind;
   std::optional<int64_t> formed_from;

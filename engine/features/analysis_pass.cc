@@ -45,6 +45,9 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
   if (input.context_length <= 0) {
     return InvalidField("context_length", "must be positive");
   }
+  if (input.logit_effects_k < 0) {
+    return InvalidField("logit_effects_k", "must be >= 0");
+  }
   SAETRACK_ASSIGN_OR_RETURN(const HookSite site, ParseHookSite(input.site));
   SAETRACK_ASSIGN_OR_RETURN(const format::TokenDtype dtype,
                             format::ParseTokenDtype(input.token_dtype));
@@ -154,10 +157,59 @@ absl::StatusOr<AnalysisOutput> AnalyseOrThrow(const AnalysisInput& input,
   out.progress_token_controlled = progress.token_controlled;
   out.activation_baseline = progress.activation_baseline;
   out.feature_baseline = progress.feature_baseline;
+
+  if (input.logit_effects_k > 0) {
+    const int64_t vocab = model->config().vocab_size;
+    const int64_t k = std::min<int64_t>(input.logit_effects_k, vocab);
+    const LogitEffects effects = ComputeLogitEffects(
+        [&](const torch::Tensor& d) { return model->UnembedDirections(d); },
+        vocab, sae->weights().W_dec, k);
+    out.logit_effects_k = static_cast<int>(k);
+    out.promoted_tokens =
+        ToVector<int32_t>(effects.promoted_tokens.to(torch::kInt));
+    out.promoted_values = ToVector<float>(effects.promoted_values);
+    out.suppressed_tokens =
+        ToVector<int32_t>(effects.suppressed_tokens.to(torch::kInt));
+    out.suppressed_values = ToVector<float>(effects.suppressed_values);
+  }
   return out;
 }
 
 }  // namespace
+
+LogitEffects ComputeLogitEffects(
+    const std::function<torch::Tensor(const torch::Tensor&)>& unembed,
+    int64_t vocab, const torch::Tensor& decoder, int64_t k,
+    int64_t chunk_elements) {
+  torch::NoGradGuard no_grad;
+  const int64_t d_sae = decoder.size(0);
+  const int64_t chunk =
+      std::max<int64_t>(1, chunk_elements / std::max<int64_t>(1, vocab));
+  std::vector<torch::Tensor> promoted_tokens, promoted_values,
+      suppressed_tokens, suppressed_values;
+  for (int64_t begin = 0; begin < d_sae; begin += chunk) {
+    const int64_t rows = std::min(chunk, d_sae - begin);
+    torch::Tensor d = decoder.narrow(0, begin, rows).to(torch::kFloat);
+    const torch::Tensor norm = d.norm(2, {1}, /*keepdim=*/true);
+    d = torch::where(norm > 0, d / norm.clamp_min(1e-30), torch::zeros_like(d));
+    const torch::Tensor logits = unembed(d).to(torch::kFloat);  // [rows, vocab]
+    auto [top_values, top_tokens] =
+        logits.topk(k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
+    auto [low_values, low_tokens] =
+        logits.topk(k, /*dim=*/1, /*largest=*/false, /*sorted=*/true);
+    promoted_tokens.push_back(top_tokens.cpu());
+    promoted_values.push_back(top_values.cpu());
+    suppressed_tokens.push_back(low_tokens.cpu());
+    suppressed_values.push_back(low_values.cpu());
+  }
+  if (d_sae == 0) {
+    const torch::Tensor none_l = torch::empty({0, k}, torch::kLong);
+    const torch::Tensor none_f = torch::empty({0, k}, torch::kFloat);
+    return {none_l, none_f, none_l, none_f};
+  }
+  return {torch::cat(promoted_tokens), torch::cat(promoted_values),
+          torch::cat(suppressed_tokens), torch::cat(suppressed_values)};
+}
 
 absl::StatusOr<AnalysisOutput> AnalyseCheckpoint(const AnalysisInput& input,
                                                  const torch::Device& device,

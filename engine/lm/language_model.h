@@ -77,6 +77,12 @@ class LanguageModel {
   // Logits [batch, seq, vocab].
   torch::Tensor Logits(const torch::Tensor& tokens) const;
 
+  // The unembedding alone applied to vectors [..., d_model] (no final layer
+  // norm): logits [..., vocab]. The "logit lens" of a direction.
+  torch::Tensor UnembedDirections(const torch::Tensor& directions) const {
+    return Unembed(directions);
+  }
+
   // Logits of a forward pass in which the activation at `hook` is replaced by
   // replacement(activation) and everything after it is computed from the
   // replacement. REQUIRES: hook.layer in [0, num_layers()); the replacement

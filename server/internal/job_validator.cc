@@ -67,6 +67,8 @@ constexpr int64_t kMaxTrainTokens = int64_t{1} << 50;
 constexpr int64_t kMaxHeldOutActivationBytes = int64_t{64} << 30;
 constexpr int kDefaultAnalysisTopK = 25;
 constexpr int kMaxAnalysisTopK = 1000;
+constexpr int kDefaultLogitEffectsK = 10;
+constexpr int kMaxLogitEffectsK = 100;
 constexpr double kDefaultFormationTau = 0.5;
 constexpr double kDefaultTokenLevelThreshold = 0.8;
 constexpr int kDefaultRandomPositions = 256;
@@ -618,6 +620,15 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
                      " must be >= 2 (the baseline is a mean over pairs)"));
   }
   analysis->set_random_positions(int_value);
+  // Unset means the default; an explicit 0 turns logit effects off.
+  if (!analysis->has_logit_effects_k()) {
+    analysis->set_logit_effects_k(kDefaultLogitEffectsK);
+  } else if (analysis->logit_effects_k() < 0 ||
+             analysis->logit_effects_k() > kMaxLogitEffectsK) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.analysis.logit_effects_k: ", analysis->logit_effects_k(),
+        " must be in [0, ", kMaxLogitEffectsK, "] (0 turns them off)"));
+  }
   // Fractions in (0, 1]; 0 means the default.
   auto unit_fraction = [&](const char* name, double given, double fallback,
                            double* out_value) -> absl::Status {

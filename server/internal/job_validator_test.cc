@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/internal/test_fixtures.h"
@@ -61,6 +62,31 @@ TEST(JobValidatorTest, FillsDefaults) {
   EXPECT_EQ(out->schedule().lm_eval_tokens(), 8192);
   ASSERT_TRUE(out->schedule().has_reference_checkpoints());
   EXPECT_EQ(out->schedule().reference_checkpoints(), 3);
+}
+
+TEST(JobValidatorTest, LogitEffectsKDefaultsTo10AndZeroTurnsThemOff) {
+  TempDir dir;
+  v1::JobSpec spec = MakeSpec(dir.path(), {0});
+  absl::StatusOr<v1::JobSpec> out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE(out->analysis().has_logit_effects_k());
+  EXPECT_EQ(out->analysis().logit_effects_k(), 10);
+  spec.mutable_analysis()->set_logit_effects_k(0);
+  out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->analysis().logit_effects_k(), 0);
+  spec.mutable_analysis()->set_logit_effects_k(100);
+  out = JobValidator({}).Validate(spec);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->analysis().logit_effects_k(), 100);
+  for (int k : {-1, 101}) {
+    spec.mutable_analysis()->set_logit_effects_k(k);
+    out = JobValidator({}).Validate(spec);
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(out.status().message()),
+                HasSubstr(absl::StrCat("spec.analysis.logit_effects_k: ", k,
+                                       " must be in [0, 100]")));
+  }
 }
 
 TEST(JobValidatorTest, FillsTopkDefaults) {

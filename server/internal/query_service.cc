@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "analysis/quality.h"
+#include "format/internal/unicode.h"
 #include "format/saelens.h"
 #include "format/safetensors.h"
 #include "format/token_file.h"
@@ -28,6 +29,27 @@ constexpr int kMaxContextSide = 128;
 constexpr int kDefaultFeaturePage = 100;
 constexpr int kMaxFeaturePage = 10000;
 constexpr size_t kExportChunkBytes = size_t{1} << 20;
+
+// `bytes` with each byte that starts no valid UTF-8 sequence written as
+// \xNN (lowercase hex).
+std::string ValidUtf8(const std::string& bytes) {
+  std::string out;
+  for (size_t i = 0; i < bytes.size();) {
+    char32_t cp = 0;
+    const int n =
+        format::internal::DecodeUtf8(bytes.data() + i, bytes.size() - i, &cp);
+    if (n > 0) {
+      out.append(bytes, i, static_cast<size_t>(n));
+      i += static_cast<size_t>(n);
+    } else {
+      absl::StrAppend(
+          &out, "\\x",
+          absl::Hex(static_cast<unsigned char>(bytes[i]), absl::kZeroPad2));
+      ++i;
+    }
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -113,6 +135,27 @@ absl::Status QueryServiceImpl::DoGetFeatureHistory(
                                   request.feature_id());
   if (!summary.ok()) return summary.status();
   if (summary->has_value()) *response->mutable_summary() = **summary;
+  // Logit effects' tokens, decoded with the job's tokenizer (cached) when it
+  // has one; ids the tokenizer does not know keep an empty token. A byte-
+  // level token may be part of a character: its bytes that are not UTF-8
+  // read as \xNN (a proto string must be UTF-8).
+  if (const std::string& path = job->spec().data().tokenizer_path();
+      !path.empty()) {
+    std::shared_ptr<const format::Tokenizer> tokenizer = TokenizerAt(path);
+    for (v1::FeaturePoint& p : *response->mutable_points()) {
+      if (tokenizer == nullptr || !p.has_logit_effects()) continue;
+      v1::LogitEffects* effects = p.mutable_logit_effects();
+      for (auto* list :
+           {effects->mutable_promoted(), effects->mutable_suppressed()}) {
+        for (v1::LogitEffect& e : *list) {
+          if (e.token_id() < 0) continue;
+          absl::StatusOr<std::string> text =
+              tokenizer->Decode({static_cast<uint32_t>(e.token_id())});
+          if (text.ok()) e.set_token(ValidUtf8(*text));
+        }
+      }
+    }
+  }
   if (request.include_contexts()) {
     // Stored apart from the points: most queries do not want them.
     absl::StatusOr<std::vector<v1::FeaturePoint>> contexts =

@@ -93,6 +93,19 @@ absl::Status ResultStore::AddAnalysis(const std::string& job_id, int32_t layer,
         std::isfinite(block.progress_token_controlled(i))) {
       point.set_progress_token_controlled(block.progress_token_controlled(i));
     }
+    point.clear_logit_effects();
+    const int logit_k = block.logit_effects_k();
+    if (logit_k > 0 && block.promoted_tokens_size() >= (i + 1) * logit_k) {
+      v1::LogitEffects* effects = point.mutable_logit_effects();
+      for (int j = i * logit_k; j < (i + 1) * logit_k; ++j) {
+        v1::LogitEffect* promoted = effects->add_promoted();
+        promoted->set_token_id(block.promoted_tokens(j));
+        promoted->set_value(block.promoted_values(j));
+        v1::LogitEffect* suppressed = effects->add_suppressed();
+        suppressed->set_token_id(block.suppressed_tokens(j));
+        suppressed->set_value(block.suppressed_values(j));
+      }
+    }
     point.clear_contexts();
     point.SerializeToString(&value);
     batch->Put(Column::kFeatureHistory, key, value);

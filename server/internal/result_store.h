@@ -64,12 +64,14 @@ class ResultStore {
 
   // Adds the analysis pass of (job, layer, step) to the feature points
   // already stored for it (read here; the training task wrote them): the
-  // analysis-set statistics and progress measure, and the top contexts
-  // apart (AddFeatureContexts). With
+  // analysis-set statistics, progress measure and logit effects (on the
+  // point: about 225 bytes with the default 10 each way), and the top
+  // contexts apart (AddFeatureContexts). With
   // `keep_block`, also stores `block` itself (the final checkpoint's, whose
   // top positions the other passes download as their reference).
   // REQUIRES: the vectors of `block` have lengths d_sae (d_sae * top_k for
-  // the top_* ones). Errors: kNotFound naming a missing point, storage
+  // the top_* ones, d_sae * logit_effects_k for the logit effects' or all
+  // four empty). Errors: kNotFound naming a missing point, storage
   // errors.
   absl::Status AddAnalysis(const std::string& job_id, int32_t layer,
                            int64_t step, const v1::FeatureAnalysisBlock& block,

@@ -139,6 +139,12 @@ absl::Status CheckFloats(const char* artifact, const char* field,
 
 constexpr double kAny = std::numeric_limits<double>::max();
 
+// Token ids of logit effects: the coordinator does not load the model, so
+// it bounds them by a limit above any LM vocabulary (2^24) rather than the
+// model's own vocab; the tokenizer, when the job has one, decodes those it
+// knows at query time.
+constexpr int32_t kMaxVocab = int32_t{1} << 24;
+
 // The shape of tensor `name` in safetensors header `header`; empty when
 // absent or malformed.
 std::vector<int64_t> ShapeOf(const format::JsonValue& header,
@@ -228,6 +234,66 @@ absl::Status CheckFeatureStats(const v1::FeatureStatsBlock& stats, int d_sae) {
   return absl::OkStatus();
 }
 
+// The logit effects of a FEATURE_ANALYSIS block (CheckFeatureAnalysis).
+absl::Status CheckLogitEffects(const v1::FeatureAnalysisBlock& block, int d_sae,
+                               const v1::JobSpec& spec) {
+  constexpr char kArtifact[] = "FEATURE_ANALYSIS";
+  const int k = block.logit_effects_k();
+  const int spec_k = spec.analysis().logit_effects_k();
+  // k may be below the spec's when the model's vocab is smaller than it.
+  if (k < 0 || k > spec_k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FEATURE_ANALYSIS.logit_effects_k: ", k,
+        " must be in [0, spec.analysis.logit_effects_k = ", spec_k, "]"));
+  }
+  const int64_t n = int64_t{d_sae} * k;
+  constexpr char kN[] = "d_sae * logit_effects_k";
+  for (absl::Status s : {CheckLength(kArtifact, "promoted_tokens",
+                                     block.promoted_tokens_size(), n, kN),
+                         CheckLength(kArtifact, "promoted_values",
+                                     block.promoted_values_size(), n, kN),
+                         CheckLength(kArtifact, "suppressed_tokens",
+                                     block.suppressed_tokens_size(), n, kN),
+                         CheckLength(kArtifact, "suppressed_values",
+                                     block.suppressed_values_size(), n, kN),
+                         CheckFloats(kArtifact, "promoted_values",
+                                     block.promoted_values(), -kAny, kAny),
+                         CheckFloats(kArtifact, "suppressed_values",
+                                     block.suppressed_values(), -kAny, kAny)}) {
+    if (!s.ok()) return s;
+  }
+  for (const auto& [name, tokens] :
+       {std::pair<const char*, const google::protobuf::RepeatedField<int32_t>*>{
+            "promoted_tokens", &block.promoted_tokens()},
+        {"suppressed_tokens", &block.suppressed_tokens()}}) {
+    for (int j = 0; j < tokens->size(); ++j) {
+      if (tokens->Get(j) < 0 || tokens->Get(j) >= kMaxVocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "FEATURE_ANALYSIS.", name, "[", j, "]: ", tokens->Get(j),
+            " is not a token id in [0, ", kMaxVocab, ")"));
+      }
+    }
+  }
+  // Sorted per feature: promoted descending, suppressed ascending.
+  for (int64_t j = 0; j < n; ++j) {
+    if (j % k == 0) continue;
+    const int i = static_cast<int>(j);
+    if (block.promoted_values(i) > block.promoted_values(i - 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "FEATURE_ANALYSIS.promoted_values[", j,
+          "]: ", block.promoted_values(i), " exceeds the entry before it (",
+          "descending per feature)"));
+    }
+    if (block.suppressed_values(i) < block.suppressed_values(i - 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "FEATURE_ANALYSIS.suppressed_values[", j,
+          "]: ", block.suppressed_values(i), " is below the entry before it (",
+          "ascending per feature)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
                                   const UploadLease& lease,
                                   const v1::JobSpec& spec) {
@@ -303,6 +369,9 @@ absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
       return absl::InvalidArgumentError(absl::StrCat(
           "FEATURE_ANALYSIS.", name, ": ", value, " is not finite"));
     }
+  }
+  if (absl::Status s = CheckLogitEffects(block, d_sae, spec); !s.ok()) {
+    return s;
   }
   for (int64_t j = 0; j < top; ++j) {
     const int32_t p = block.top_positions(static_cast<int>(j));

@@ -47,7 +47,11 @@ absl::Status CheckFeatureStats(const v1::FeatureStatsBlock& stats, int d_sae);
 // contexts), lengths d_sae or d_sae * top_k, top_positions -1 (padding) or in
 // [0, analysis_positions), top_tokens -1 or >= 0, frequency in [0, 1],
 // activations finite, progress values and baselines finite or NaN
-// (undefined). Errors: kInvalidArgument naming "FEATURE_ANALYSIS.<field>".
+// (undefined); logit effects: logit_effects_k in [0,
+// spec.analysis.logit_effects_k], the four lists d_sae * logit_effects_k
+// long, token ids in [0, 2^24) (the coordinator does not know the model's
+// vocab), values finite, promoted descending and suppressed ascending per
+// feature. Errors: kInvalidArgument naming "FEATURE_ANALYSIS.<field>".
 absl::Status CheckFeatureAnalysis(const v1::FeatureAnalysisBlock& block,
                                   const UploadLease& lease,
                                   const v1::JobSpec& spec);

@@ -181,6 +181,62 @@ TEST(CheckFeatureAnalysisTest, PositionsStayInTheAnalysisSet) {
                 "FEATURE_ANALYSIS.top_k");
 }
 
+// GoodAnalysis with logit effects of k = 2 per feature.
+v1::FeatureAnalysisBlock WithLogitEffects() {
+  v1::FeatureAnalysisBlock block = GoodAnalysis();
+  block.set_logit_effects_k(2);
+  for (int i = 0; i < kDSae; ++i) {
+    for (float v : {2.0f, 1.5f}) {
+      block.add_promoted_tokens(100 + i);
+      block.add_promoted_values(v);
+      block.add_suppressed_tokens(200 + i);
+      block.add_suppressed_values(-v);
+    }
+  }
+  return block;
+}
+
+v1::JobSpec SpecWithLogitEffects() {
+  v1::JobSpec spec = Spec();
+  spec.mutable_analysis()->set_logit_effects_k(2);
+  return spec;
+}
+
+TEST(CheckFeatureAnalysisTest, LogitEffects) {
+  const v1::JobSpec spec = SpecWithLogitEffects();
+  EXPECT_TRUE(CheckFeatureAnalysis(WithLogitEffects(), Lease(), spec).ok());
+  // Absent (a worker that does not compute them) is accepted.
+  EXPECT_TRUE(CheckFeatureAnalysis(GoodAnalysis(), Lease(), spec).ok());
+  // More than the spec asked for.
+  ExpectRefused(CheckFeatureAnalysis(WithLogitEffects(), Lease(), Spec()),
+                "FEATURE_ANALYSIS.logit_effects_k");
+  v1::FeatureAnalysisBlock block = WithLogitEffects();
+  block.set_promoted_tokens(3, -1);
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.promoted_tokens[3]");
+  block = WithLogitEffects();
+  block.set_suppressed_tokens(5, 1 << 24);
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.suppressed_tokens[5]");
+  block = WithLogitEffects();
+  block.set_promoted_values(4, std::nanf(""));
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.promoted_values[4]");
+  block = WithLogitEffects();
+  block.set_suppressed_values(0, std::numeric_limits<float>::infinity());
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.suppressed_values[0]");
+  block = WithLogitEffects();
+  block.mutable_suppressed_tokens()->RemoveLast();
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.suppressed_tokens");
+  // Out of order within a feature (entry 3 is feature 1's second).
+  block = WithLogitEffects();
+  block.set_promoted_values(3, 9.0f);
+  ExpectRefused(CheckFeatureAnalysis(block, Lease(), spec),
+                "FEATURE_ANALYSIS.promoted_values[3]");
+}
+
 TEST(CheckSaeWeightsHeaderTest, ShapesMatchTheSpec) {
   const std::string good =
       R"({"W_enc":{"dtype":"F32","shape":[3,4],"data_offsets":[0,48]},)"

@@ -253,8 +253,20 @@ await page.locator("[data-testid=step-slider]").evaluate((el, v) => {
 const last = points[lastIndex];
 check(page.url().endsWith(`?step=${Number(last.step)}`), "feature: the slider puts the step into the URL");
 await checkContexts(last, "slider");
-const hasEffects = points.some((p) => Array.isArray(p.logit_effects) && p.logit_effects.length > 0);
-check((await page.locator("[data-testid=logit-effects]").count()) === (hasEffects && last.logit_effects?.length ? 1 : 0), `feature: logit effects ${hasEffects ? "shown" : "absent, as in the answer"}`);
+const effectsRows = (p) => Math.max(p.logit_effects?.promoted?.length ?? 0, p.logit_effects?.suppressed?.length ?? 0);
+const lastEffects = effectsRows(last);
+check((await page.locator("[data-testid=logit-effects]").count()) === (lastEffects > 0 ? 1 : 0), `feature: logit effects ${lastEffects > 0 ? "shown" : "absent, as in the answer"}`);
+// The job's analysis has the default spec.analysis.logit_effects_k (10).
+check(lastEffects === 10, `feature: the answer carries 10 logit effects per side (${lastEffects})`);
+if (lastEffects > 0) {
+  check((await page.locator("[data-testid=logit-effects] tbody tr").count()) === lastEffects, `feature: ${lastEffects} logit-effect rows`);
+  const cells = await page.locator("[data-testid=logit-effects] tbody tr:first-child td").allTextContents();
+  const top = last.logit_effects.promoted[0];
+  const bottom = last.logit_effects.suppressed[0];
+  check(cells[0].startsWith(String(top.token_id)) && (!top.token || cells[0].includes(JSON.stringify(top.token))), "feature: the most promoted token shown with its text");
+  check(close(Number(cells[1]), top.value) && close(Number(cells[3]), bottom.value), "feature: logits shown equal the API's");
+  check(cells[2].startsWith(String(bottom.token_id)), "feature: the most suppressed token shown");
+}
 await shot("feature");
 
 // A missing feature is an error on the page, not a crash.

@@ -74,6 +74,13 @@ class FeatureHistory:
       contexts: with contexts=True, per checkpoint the list of its top
         activating contexts (dicts: position, activation, token, window,
         focus, text); else None.
+      logit_effects: per checkpoint, in the order of curves, the tokens the
+        unit decoder direction promotes and suppresses most through that
+        checkpoint's unembedding: a dict {"promoted": [...], "suppressed":
+        [...]} of dicts token_id, value (the logit) and token (decoded with
+        the job's tokenizer; "" without one), promoted by descending value,
+        suppressed by ascending; None for a checkpoint without them (not
+        analysed yet, or spec.analysis.logit_effects_k 0).
     """
 
     job_id: str
@@ -83,6 +90,7 @@ class FeatureHistory:
     summary: Optional[Dict[str, Any]]
     decoder: Optional[np.ndarray] = None
     contexts: Optional[List[List[Dict[str, Any]]]] = None
+    logit_effects: Optional[List[Optional[Dict[str, List[Dict[str, Any]]]]]] = None
 
 
 @dataclasses.dataclass
@@ -748,11 +756,22 @@ def _feature_history(history: query_pb2.FeatureHistory, contexts: bool,
     if contexts:
         context_lists = [[to_dict(c) for c in p.contexts] for p in points]
     summary = to_dict(history.summary) if history.HasField("summary") else None
+
+    def effects(p):
+        if not p.HasField("logit_effects"):
+            return None
+        return {side: [{"token_id": e.token_id, "value": e.value,
+                        "token": e.token}
+                       for e in getattr(p.logit_effects, side)]
+                for side in ("promoted", "suppressed")}
+
+    logit_effects = [effects(p) for p in points]
     return FeatureHistory(
         job_id=history.job_id, layer=history.layer,
         feature_id=history.feature_id,
         curves=make_table("step", steps, columns), summary=summary,
-        decoder=decoder_rows, contexts=context_lists)
+        decoder=decoder_rows, contexts=context_lists,
+        logit_effects=logit_effects)
 
 
 class _ProgressBar:

@@ -350,7 +350,22 @@ class PythonClientEndToEndTest(unittest.TestCase):
         self.assertEqual(len(f.contexts), len(STEPS))
         self.assertEqual(len(f.contexts[-1]), 10)
         self.assertIn("[[", f.contexts[-1][0]["text"])
+        # Logit effects: the default 10 per side at every checkpoint, sorted,
+        # decoded with the job's tokenizer.
+        self.assertEqual(len(f.logit_effects), len(STEPS))
+        for effects in f.logit_effects:
+            promoted = [e["value"] for e in effects["promoted"]]
+            suppressed = [e["value"] for e in effects["suppressed"]]
+            self.assertEqual(len(promoted), 10)
+            self.assertEqual(len(suppressed), 10)
+            self.assertEqual(promoted, sorted(promoted, reverse=True))
+            self.assertEqual(suppressed, sorted(suppressed))
+            self.assertGreater(promoted[0], suppressed[0])
+            decoded = [e["token"] for e in effects["promoted"]
+                       + effects["suppressed"] if e["token"]]
+            self.assertGreaterEqual(len(decoded), 15)
         plain = self.client.feature(self.job_id, LAYER, int(top))
+        self.assertEqual(plain.logit_effects, f.logit_effects)
         self.assertIsNone(plain.decoder)
         self.assertIsNone(plain.contexts)
         self.assertTrue(plain.curves.equals(f.curves))

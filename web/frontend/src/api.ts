@@ -141,8 +141,19 @@ export interface FeaturePoint {
   pca_x?: number;
   pca_y?: number;
   contexts: FeatureContext[];
-  // Shown when the coordinator's answer carries them (one entry per token).
-  logit_effects?: Record<string, unknown>[];
+  // From the analysis pass when the job computes them (FeaturePoint.logit_effects).
+  logit_effects?: LogitEffects;
+}
+
+export interface LogitEffect {
+  token_id: number;
+  value: number;
+  token: string; // decoded with the job's tokenizer; "" without one
+}
+
+export interface LogitEffects {
+  promoted: LogitEffect[]; // descending value
+  suppressed: LogitEffect[]; // ascending value
 }
 
 export interface FeatureHistory {

@@ -2,7 +2,7 @@
 // frequency, mean/max activation and the progress measures; the 2-D PCA
 // trajectory; top contexts (and logit effects, when the answer has them) at
 // the checkpoint chosen with the slider (?step= in the URL).
-import { api, FeatureContext, FeaturePoint, num } from "../api";
+import { api, FeatureContext, FeaturePoint, LogitEffect, num } from "../api";
 import { lineChart, palette, trajectory } from "../charts";
 import type { PageContext } from "../main";
 import { fmt, h, table } from "../ui";
@@ -38,15 +38,20 @@ function contextRow(c: FeatureContext, max: number): HTMLElement {
   return h("tr", {}, h("td", { class: "num" }, fmt(c.activation)), h("td", {}, bar), h("td", {}, text));
 }
 
+// One row per rank: the promoted token and its logit, the suppressed one and its.
 function logitEffects(p: FeaturePoint): HTMLElement | null {
-  const effects = p.logit_effects;
-  if (!effects || effects.length === 0) return null;
-  const keys = Object.keys(effects[0]);
-  return table(
-    "logit-effects",
-    keys,
-    effects.map((e) => keys.map((k) => (typeof e[k] === "number" ? fmt(e[k] as number) : String(e[k] ?? "")))),
-  );
+  const promoted = p.logit_effects?.promoted ?? [];
+  const suppressed = p.logit_effects?.suppressed ?? [];
+  const n = Math.max(promoted.length, suppressed.length);
+  if (n === 0) return null;
+  const label = (e?: LogitEffect) => (e ? (e.token ? `${e.token_id} ${JSON.stringify(e.token)}` : String(e.token_id)) : "");
+  const rows = Array.from({ length: n }, (_, i) => [
+    label(promoted[i]),
+    promoted[i] ? fmt(promoted[i].value) : "",
+    label(suppressed[i]),
+    suppressed[i] ? fmt(suppressed[i].value) : "",
+  ]);
+  return table("logit-effects", ["promoted", "logit", "suppressed", "logit"], rows);
 }
 
 export async function featurePage(ctx: PageContext, jobId: string, layerText: string, idText: string): Promise<void> {
