@@ -1037,4 +1037,25 @@ std::string ByteLevelBpeJson(
   return SerializeJson(json);
 }
 
+std::string EscapeInvalidUtf8(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size());
+  for (size_t i = 0; i < bytes.size();) {
+    char32_t cp = 0;
+    const int n = internal::DecodeUtf8(bytes.data() + i, bytes.size() - i, &cp);
+    if (n > 0) {
+      out.append(bytes.substr(i, static_cast<size_t>(n)));
+      i += static_cast<size_t>(n);
+    } else {
+      const auto byte = static_cast<unsigned char>(bytes[i]);
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+      ++i;
+    }
+  }
+  return out;
+}
+
 }  // namespace saetrack::format

@@ -191,6 +191,11 @@ std::string ByteLevelBpeJson(
     const std::vector<std::pair<uint32_t, uint32_t>>& merges, bool nfc,
     bool end_of_text);
 
+// `bytes` with each byte that starts no valid UTF-8 sequence written as
+// \xNN (lowercase hex): text a protobuf string field can carry. A single
+// token of a byte-level vocabulary is often only part of a character.
+std::string EscapeInvalidUtf8(std::string_view bytes);
+
 }  // namespace saetrack::format
 
 #endif  // SAETRACK_FORMAT_TOKENIZER_H_

@@ -667,3 +667,19 @@ TEST_F(ShakespeareBpeTest, HuggingFaceEncodesIdentically) {
 
 }  // namespace
 }  // namespace saetrack::format
+
+namespace saetrack::format {
+namespace {
+
+TEST(EscapeInvalidUtf8Test, KeepsValidTextAndEscapesStrayBytes) {
+  EXPECT_EQ(EscapeInvalidUtf8("plain"), "plain");
+  EXPECT_EQ(EscapeInvalidUtf8("\xc3\xa9t\xc3\xa9"), "\xc3\xa9t\xc3\xa9");
+  // Half of a two-byte character, a lone continuation byte, an overlong
+  // encoding of '/'.
+  EXPECT_EQ(EscapeInvalidUtf8("a\xc3"), "a\\xc3");
+  EXPECT_EQ(EscapeInvalidUtf8("\xa9x"), "\\xa9x");
+  EXPECT_EQ(EscapeInvalidUtf8("\xc0\xaf"), "\\xc0\\xaf");
+}
+
+}  // namespace
+}  // namespace saetrack::format

@@ -12,11 +12,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "analysis/quality.h"
-#include "format/internal/unicode.h"
 #include "format/saelens.h"
 #include "format/safetensors.h"
 #include "format/token_file.h"
 #include "format/token_split.h"
+#include "format/tokenizer.h"
 #include "proto/saelens_config.h"
 #include "server/internal/chunked_writer.h"
 
@@ -29,27 +29,6 @@ constexpr int kMaxContextSide = 128;
 constexpr int kDefaultFeaturePage = 100;
 constexpr int kMaxFeaturePage = 10000;
 constexpr size_t kExportChunkBytes = size_t{1} << 20;
-
-// `bytes` with each byte that starts no valid UTF-8 sequence written as
-// \xNN (lowercase hex).
-std::string ValidUtf8(const std::string& bytes) {
-  std::string out;
-  for (size_t i = 0; i < bytes.size();) {
-    char32_t cp = 0;
-    const int n =
-        format::internal::DecodeUtf8(bytes.data() + i, bytes.size() - i, &cp);
-    if (n > 0) {
-      out.append(bytes, i, static_cast<size_t>(n));
-      i += static_cast<size_t>(n);
-    } else {
-      absl::StrAppend(
-          &out, "\\x",
-          absl::Hex(static_cast<unsigned char>(bytes[i]), absl::kZeroPad2));
-      ++i;
-    }
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -151,7 +130,7 @@ absl::Status QueryServiceImpl::DoGetFeatureHistory(
           if (e.token_id() < 0) continue;
           absl::StatusOr<std::string> text =
               tokenizer->Decode({static_cast<uint32_t>(e.token_id())});
-          if (text.ok()) e.set_token(ValidUtf8(*text));
+          if (text.ok()) e.set_token(format::EscapeInvalidUtf8(*text));
         }
       }
     }
