@@ -28,8 +28,9 @@ std::string JsonString(const std::string& s) {
 
 }  // namespace
 
-// `admin backup --to NAME` (a backup under the coordinator's --backup_root), straight over an AdminService stub, and
-// `admin token create`, which only writes a local file.
+// `admin backup --to NAME` (a backup under the coordinator's --backup_root),
+// straight over an AdminService stub, and `admin token create`, which only
+// writes a local file.
 int Cli::Admin() {
   if (inv_.positional.size() == 2 && inv_.positional[0] == "token" &&
       inv_.positional[1] == "create") {

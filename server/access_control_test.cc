@@ -571,7 +571,8 @@ TEST_F(SecurityTest, LeasesAreBoundToTheTokenThatRegisteredTheWorker) {
   {
     grpc::ClientContext context;
     v1::LeaseTaskResponse response;
-    grpc::Status s = intruder->LeaseTask(WithDeadline(&context), lease, &response);
+    grpc::Status s =
+        intruder->LeaseTask(WithDeadline(&context), lease, &response);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
     EXPECT_THAT(s.error_message(), HasSubstr("worker_id"));
     EXPECT_FALSE(response.has_task());
@@ -604,8 +605,7 @@ TEST_F(SecurityTest, LeasesAreBoundToTheTokenThatRegisteredTheWorker) {
     v1::CompleteTaskResponse response;
     s = intruder->CompleteTask(WithDeadline(&context), request, &response);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
-    EXPECT_THAT(s.error_message(),
-                ::testing::Not(HasSubstr("current epoch")));
+    EXPECT_THAT(s.error_message(), ::testing::Not(HasSubstr("current epoch")));
   }
   {
     grpc::ClientContext context;

@@ -1345,8 +1345,8 @@ TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
       }
       return true;
     };
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all_current),
-                                    absl::Seconds(60)));
+    ASSERT_TRUE(
+        mu.AwaitWithTimeout(absl::Condition(&all_current), absl::Seconds(60)));
     int most = 0;
     for (const auto& reader : readers) most = std::max(most, reader->updates());
     std::printf("%d heartbeats: at most %d updates per watcher\n", kHeartbeats,
@@ -1356,9 +1356,10 @@ TEST_F(CoordinatorTest, ThousandWatchersCostFewThreadsAndUpdatesCoalesce) {
 
   RunToCompletion(*task);
   absl::MutexLock lock(&mu);
-  ASSERT_TRUE(mu.AwaitWithTimeout(
-      absl::Condition(+[](int* n) { return *n == kWatchers; }, &done),
-      absl::Seconds(60)));
+  ASSERT_TRUE(
+      mu.AwaitWithTimeout(absl::Condition(
+                              +[](int* n) { return *n == kWatchers; }, &done),
+                          absl::Seconds(60)));
   for (const auto& reader : readers) {
     ASSERT_TRUE(reader->status().ok()) << reader->status().error_message();
     EXPECT_EQ(reader->last().job().state(), v1::JOB_STATE_SUCCEEDED);

@@ -22,11 +22,11 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "proto/access_tokens.h"
 #include "saetrack/v1/admin.grpc.pb.h"
 #include "saetrack/v1/job.grpc.pb.h"
 #include "saetrack/v1/query.grpc.pb.h"
 #include "saetrack/v1/worker.grpc.pb.h"
-#include "proto/access_tokens.h"
 #include "server/coordinator.h"
 #include "server/internal/test_fixtures.h"
 #include "server/testing/worker_rpc_testing.h"
@@ -545,8 +545,7 @@ TEST_F(SecurityTest, ASecuredOrExposedCoordinatorNeedsDataRoots) {
   // Explicitly insecure, on loopback here.
   options.listen_address = "[::1]:0";
   options.token_file = dir_.path() + "/tokens.txt";
-  ASSERT_TRUE(
-      CreateAccessToken(options.token_file, "reader", "someone").ok());
+  ASSERT_TRUE(CreateAccessToken(options.token_file, "reader", "someone").ok());
   options.insecure = true;
   c = Coordinator::Start(options);
   EXPECT_TRUE(c.ok()) << c.status();

@@ -218,8 +218,8 @@ class JobServiceImpl::Watcher final
     writing_ = true;
   }
 
-  v1::JobUpdate MakeUpdate(const TaskScheduler::JobWatch& watch,
-                           absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  v1::JobUpdate MakeUpdate(const TaskScheduler::JobWatch& watch, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     v1::JobUpdate update;
     const int64_t tokens =
         watch.job.progress().tokens_trained() + watch.running_tokens;
@@ -315,9 +315,9 @@ grpc::ServerWriteReactor<v1::JobUpdate>* JobServiceImpl::WatchJob(
     metrics_->WatchStreams(1);
   }
   // The first update goes out at once; the publisher sends the next ones.
-  absl::StatusOr<TaskScheduler::JobWatch> watch = scheduler_->WaitForJobChange(
-      request->job_id(), /*after_version=*/-1, absl::ZeroDuration(),
-      [] { return false; });
+  absl::StatusOr<TaskScheduler::JobWatch> watch =
+      scheduler_->WaitForJobChange(request->job_id(), /*after_version=*/-1,
+                                   absl::ZeroDuration(), [] { return false; });
   if (!watch.ok()) {
     watcher->End(watch.status());
   } else {

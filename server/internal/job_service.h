@@ -23,9 +23,8 @@ namespace saetrack::server {
 // streams, each of which keeps only the latest update while a write is in
 // flight. Does not own its collaborators (all must outlive it).
 // Thread-safe.
-class JobServiceImpl final
-    : public v1::JobService::WithCallbackMethod_WatchJob<
-          v1::JobService::Service> {
+class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
+                                 v1::JobService::Service> {
  public:
   // `authenticator` (may be null: no token file) names the callers.
   JobServiceImpl(const JobValidator* validator, TaskScheduler* scheduler,

@@ -300,11 +300,9 @@ JobStateMachine::RunningProgress JobStateMachine::ProgressOf(
 
 // --- transitions ---
 
-RecordChanges JobStateMachine::PlanCreateJob(const v1::JobSpec& spec,
-                                             int64_t seq,
-                                             const std::string& request_id,
-                                             int64_t now_ms,
-    const std::string& submitter) const {
+RecordChanges JobStateMachine::PlanCreateJob(
+    const v1::JobSpec& spec, int64_t seq, const std::string& request_id,
+    int64_t now_ms, const std::string& submitter) const {
   const int num_checkpoints = spec.model().checkpoints_size();
   v1::Job job;
   job.set_job_id(JobIdForSeq(seq));

@@ -151,8 +151,8 @@ absl::Status PositiveOrDefault(const std::string& field, T value,
 absl::Status AtMost(const std::string& field, int64_t value, int64_t max,
                     const char* unit) {
   if (value <= max) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      field, ": ", value, " ", unit, " exceeds the maximum ", max));
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", value, " ", unit,
+                                                 " exceeds the maximum ", max));
 }
 
 // Checks a finite, non-negative-or-unset double; 0 becomes `default_value`.
@@ -811,8 +811,8 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
       format::SplitTokens(static_cast<int64_t>(num_tokens), context_length);
   if (!split.ok() || split->train_end > split->eval_begin) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "spec.data.tokens_path: '", data->tokens_path(), "' holds ",
-        num_tokens, " tokens, too few for a training part and a disjoint ",
+        "spec.data.tokens_path: '", data->tokens_path(), "' holds ", num_tokens,
+        " tokens, too few for a training part and a disjoint ",
         "held-out part (the last 10%) of one context each ",
         "(spec.data.context_length ", context_length, " needs about ",
         int64_t{10} * context_length, " tokens)"));

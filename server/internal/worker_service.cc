@@ -80,30 +80,32 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
     grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
     v1::RegisterWorkerResponse* response) {
   RpcTimer timer(metrics_, "RegisterWorker");
-  return timer.Finish(DoRegisterWorker(CallerOf(authenticator_, *context), *request, response));
+  return timer.Finish(
+      DoRegisterWorker(CallerOf(authenticator_, *context), *request, response));
 }
 
 grpc::Status WorkerServiceImpl::LeaseTask(grpc::ServerContext* context,
                                           const v1::LeaseTaskRequest* request,
                                           v1::LeaseTaskResponse* response) {
   RpcTimer timer(metrics_, "LeaseTask");
-  return timer.Finish(
-      DoLeaseTask(CallerOf(authenticator_, *context), context, *request, response));
+  return timer.Finish(DoLeaseTask(CallerOf(authenticator_, *context), context,
+                                  *request, response));
 }
 
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
                                           const v1::HeartbeatRequest* request,
                                           v1::HeartbeatResponse* response) {
   RpcTimer timer(metrics_, "Heartbeat");
-  return timer.Finish(DoHeartbeat(CallerOf(authenticator_, *context), *request, response));
+  return timer.Finish(
+      DoHeartbeat(CallerOf(authenticator_, *context), *request, response));
 }
 
 grpc::Status WorkerServiceImpl::UploadArtifact(
-    grpc::ServerContext* context,
-    grpc::ServerReader<v1::ArtifactChunk>* reader,
+    grpc::ServerContext* context, grpc::ServerReader<v1::ArtifactChunk>* reader,
     v1::UploadArtifactResponse* response) {
   RpcTimer timer(metrics_, "UploadArtifact");
-  return timer.Finish(DoUploadArtifact(CallerOf(authenticator_, *context), reader, response));
+  return timer.Finish(
+      DoUploadArtifact(CallerOf(authenticator_, *context), reader, response));
 }
 
 grpc::Status WorkerServiceImpl::DownloadSae(
@@ -117,7 +119,8 @@ grpc::Status WorkerServiceImpl::CompleteTask(
     grpc::ServerContext* context, const v1::CompleteTaskRequest* request,
     v1::CompleteTaskResponse* /*response*/) {
   RpcTimer timer(metrics_, "CompleteTask");
-  return timer.Finish(DoCompleteTask(CallerOf(authenticator_, *context), *request));
+  return timer.Finish(
+      DoCompleteTask(CallerOf(authenticator_, *context), *request));
 }
 
 grpc::Status WorkerServiceImpl::FailTask(grpc::ServerContext* context,
@@ -141,9 +144,8 @@ absl::Status WorkerServiceImpl::DoRegisterWorker(
         "capabilities.memory_bytes: ", request.capabilities().memory_bytes(),
         " must be >= 0"));
   }
-  absl::StatusOr<std::string> id =
-      scheduler_->RegisterWorker(device, request.capabilities().memory_bytes(),
-                                 caller.name);
+  absl::StatusOr<std::string> id = scheduler_->RegisterWorker(
+      device, request.capabilities().memory_bytes(), caller.name);
   if (!id.ok()) return id.status();
   response->set_worker_id(*id);
   metrics_->WorkerSeen(*id);
@@ -281,7 +283,8 @@ absl::Status WorkerServiceImpl::DoUploadArtifact(
     return absl::InvalidArgumentError(
         absl::StrCat("kind: ", kind, " is not a valid artifact kind"));
   }
-  absl::StatusOr<LeaseInfo> lease = CheckLeaseHolder(caller, sender, task_id, epoch);
+  absl::StatusOr<LeaseInfo> lease =
+      CheckLeaseHolder(caller, sender, task_id, epoch);
   if (!lease.ok()) return lease.status();
   // Uploads of leases that ended (expired, taken over, job cancelled or
   // failed) can never be completed: free them before taking more.

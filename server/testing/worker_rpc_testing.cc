@@ -4,8 +4,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "proto/status_mapping.h"
 #include "format/crc32c.h"
+#include "proto/status_mapping.h"
 
 namespace saetrack::server::testing {
 
