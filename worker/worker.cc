@@ -218,10 +218,13 @@ engine::TrainInput ToTrainInput(const v1::Task& leased,
     in.lm_eval_tokens = spec.schedule().lm_eval_tokens();
   }
   in.reference_check =
-      IsReferenceCheckpoint(task.chain_index(), spec.model().checkpoints_size(),
-                            spec.schedule().has_reference_checkpoints()
-                                ? spec.schedule().reference_checkpoints()
-                                : kDefaultReferenceCheckpoints);
+      task.has_reference_check()
+          ? task.reference_check()
+          : IsReferenceCheckpoint(task.chain_index(),
+                                  spec.model().checkpoints_size(),
+                                  spec.schedule().has_reference_checkpoints()
+                                      ? spec.schedule().reference_checkpoints()
+                                      : kDefaultReferenceCheckpoints);
   in.reference_seed = spec.sae().seed() + 1;
   in.reference_lr = spec.sae().lr_first();
   in.reference_warmup_steps = spec.sae().warmup_steps_first();
