@@ -36,6 +36,7 @@
 #include "server/internal/admin_service.h"
 #include "server/internal/artifact_staging.h"
 #include "server/internal/auth.h"
+#include "server/internal/checkpoint_follower.h"
 #include "server/internal/coordinator_metrics.h"
 #include "server/internal/job_service.h"
 #include "server/internal/job_validator.h"
@@ -307,6 +308,7 @@ class CoordinatorImpl final : public Coordinator {
   std::unique_ptr<server::TaskScheduler> scheduler_;
   std::unique_ptr<server::ResultStore> results_;
   std::unique_ptr<server::Summariser> summariser_;
+  std::unique_ptr<server::CheckpointFollower> follower_;
   std::unique_ptr<server::ArtifactStaging> staging_;
   std::unique_ptr<server::JobServiceImpl> job_service_;
   std::unique_ptr<server::QueryServiceImpl> query_service_;
@@ -408,6 +410,11 @@ absl::Status CoordinatorImpl::Init() {
       scheduler_.get(), results_.get(), store_.get(),
       server::SummariserOptions());
   summariser_->Start();
+  follower_ = std::make_unique<server::CheckpointFollower>(scheduler_.get(),
+                                                           &validator_);
+  follower_->Start();
+  metrics_->SetFollowSource(
+      [scheduler = scheduler_.get()] { return scheduler->FollowingJobs(); });
 
   server::WorkerServiceOptions worker_options;
   worker_options.lease_ttl = scheduler_options.lease_ttl;
@@ -472,6 +479,7 @@ void CoordinatorImpl::Shutdown() {
   // WatchJob streams end (UNAVAILABLE) with the scheduler.
   if (job_service_ != nullptr) job_service_->Stop();
   if (summariser_ != nullptr) summariser_->Stop();
+  if (follower_ != nullptr) follower_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(
         absl::Now() + absl::Milliseconds(options_.shutdown_grace_ms)));
@@ -480,6 +488,7 @@ void CoordinatorImpl::Shutdown() {
   StopExposer(std::move(exposer_), metrics_port_,
               options_.metrics_listen_address);
   summariser_.reset();
+  follower_.reset();
   scheduler_.reset();
   results_.reset();
   store_.reset();  // Closes the database.

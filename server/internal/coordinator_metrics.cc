@@ -125,6 +125,57 @@ CoordinatorMetrics::CoordinatorMetrics()
                             "else 0.")
                         .Register(*registry_)
                         .Add({});
+  follow_taken_ = &prometheus::BuildCounter()
+                       .Name("saetrack_follow_checkpoints_taken_total")
+                       .Help("Checkpoints following jobs took into their "
+                             "chains.")
+                       .Register(*registry_)
+                       .Add({});
+  follow_refused_ = &prometheus::BuildCounter()
+                         .Name("saetrack_follow_checkpoints_refused_total")
+                         .Help("Checkpoints following jobs refused (invalid, "
+                               "late, or a taken step with another path).")
+                         .Register(*registry_)
+                         .Add({});
+  follow_lag_histogram_ =
+      &prometheus::BuildHistogram()
+           .Name("saetrack_follow_checkpoint_lag_seconds")
+           .Help(
+               "Seconds from a followed checkpoint's last file write to the "
+               "SAEs of every hook at its step stored.")
+           .Register(*registry_)
+           .Add({}, prometheus::Histogram::BucketBoundaries{
+                        1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800,
+                        3600, 7200, 14400});
+  follow_jobs_ = &prometheus::BuildGauge()
+                      .Name("saetrack_follow_jobs")
+                      .Help("Jobs following a training run (not closed).")
+                      .Register(*registry_)
+                      .Add({});
+  auto follow_gauge = [&](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(
+        *registry_);
+  };
+  follow_seen_ = follow_gauge("saetrack_follow_checkpoints_seen",
+                              "Checkpoints a following job took or refused.");
+  follow_trained_ = follow_gauge(
+      "saetrack_follow_checkpoints_trained",
+      "Checkpoints of a following job whose SAEs (every hook) are stored.");
+  follow_since_checkpoint_ = follow_gauge(
+      "saetrack_follow_seconds_since_checkpoint",
+      "Seconds since a following job took its latest checkpoint (or was "
+      "submitted).");
+  follow_lag_ = follow_gauge(
+      "saetrack_follow_lag_seconds",
+      "A following job's lag: seconds since the last write of its oldest "
+      "checkpoint whose SAEs are not stored yet, else the lag of the latest "
+      "one stored.");
+  follow_stall_alert_ = follow_gauge(
+      "saetrack_follow_stall_alert_seconds",
+      "The job's model.follow.stall_alert_s (0: no stall alert).");
+  follow_lag_alert_ =
+      follow_gauge("saetrack_follow_lag_alert_seconds",
+                   "The job's model.follow.lag_alert_s (0: no lag alert).");
   storage_bytes_ = &prometheus::BuildGauge()
                         .Name("saetrack_storage_bytes")
                         .Help(
@@ -165,8 +216,15 @@ void CoordinatorMetrics::SetScrapeSources(
   storage_bytes_source_ = std::move(storage_bytes);
 }
 
+void CoordinatorMetrics::SetFollowSource(
+    std::function<std::vector<v1::Job>()> following) {
+  absl::MutexLock lock(&mu_);
+  follow_source_ = std::move(following);
+}
+
 void CoordinatorMetrics::Refresh() {
   std::function<absl::StatusOr<uint64_t>()> bytes_source;
+  std::function<std::vector<v1::Job>()> follow_source;
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_ != nullptr ? clock_->Now() : absl::Now();
@@ -175,12 +233,61 @@ void CoordinatorMetrics::Refresh() {
                    [cutoff](const auto& e) { return e.second < cutoff; });
     workers_active_->Set(static_cast<double>(last_seen_.size()));
     bytes_source = storage_bytes_source_;
+    follow_source = follow_source_;
   }
+  if (follow_source) RefreshFollow(follow_source());
   if (bytes_source) {
     // A failure is counted by the store's error observer; keep the last value.
     absl::StatusOr<uint64_t> bytes = bytes_source();
     if (bytes.ok()) storage_bytes_->Set(static_cast<double>(*bytes));
   }
+}
+
+void CoordinatorMetrics::RefreshFollow(const std::vector<v1::Job>& jobs) {
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  std::set<std::string> labelled;
+  for (const v1::Job& job : jobs) {
+    const v1::FollowStatus& follow = job.follow();
+    const v1::FollowSpec& spec = job.spec().model().follow();
+    int trained = 0;
+    double lag_s = 0;
+    bool pending = false;
+    for (const v1::FollowedCheckpoint& c : follow.checkpoints()) {
+      const int64_t written = c.last_write_ms() > 0 ? c.last_write_ms()
+                                                    : c.taken_ms();
+      if (c.stored_ms() > 0) {
+        ++trained;
+        if (!pending) lag_s = (c.stored_ms() - written) / 1000.0;
+      } else if (!pending) {
+        pending = true;
+        lag_s = (now_ms - written) / 1000.0;
+      }
+    }
+    const int64_t since_ms = follow.last_taken_ms() > 0
+                                 ? follow.last_taken_ms()
+                                 : job.create_time_ms();
+    const prometheus::Labels labels{{"job", job.job_id()}};
+    follow_seen_->Add(labels).Set(follow.checkpoints_size() +
+                                  follow.refused_size());
+    follow_trained_->Add(labels).Set(trained);
+    follow_since_checkpoint_->Add(labels).Set((now_ms - since_ms) / 1000.0);
+    follow_lag_->Add(labels).Set(std::max(0.0, lag_s));
+    follow_stall_alert_->Add(labels).Set(spec.stall_alert_s());
+    follow_lag_alert_->Add(labels).Set(spec.lag_alert_s());
+    labelled.insert(job.job_id());
+  }
+  follow_jobs_->Set(static_cast<double>(jobs.size()));
+  absl::MutexLock lock(&mu_);
+  for (const std::string& gone : follow_labelled_) {
+    if (labelled.count(gone) > 0) continue;
+    const prometheus::Labels labels{{"job", gone}};
+    for (auto* family : {follow_seen_, follow_trained_,
+                         follow_since_checkpoint_, follow_lag_,
+                         follow_stall_alert_, follow_lag_alert_}) {
+      family->Remove(&family->Add(labels));
+    }
+  }
+  follow_labelled_ = std::move(labelled);
 }
 
 void CoordinatorMetrics::WorkerSeen(const std::string& worker_id) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,8 +52,19 @@ class CoordinatorMetrics {
   void SetScrapeSources(
       Clock* clock, absl::Duration active_window,
       std::function<absl::StatusOr<uint64_t>()> storage_bytes);
-  // Recomputes saetrack_workers_active and saetrack_storage_bytes now.
+  // Source of the following jobs' gauges (saetrack_follow_*), read at
+  // scrape time; must stay callable while this object lives.
+  void SetFollowSource(std::function<std::vector<v1::Job>()> following);
+  // Recomputes saetrack_workers_active, saetrack_storage_bytes and the
+  // following jobs' gauges now.
   void Refresh();
+  // A following job took a checkpoint, refused one, or stored the SAEs of
+  // one `lag_seconds` after its files were last written.
+  void CheckpointTaken() { follow_taken_->Increment(); }
+  void CheckpointRefused() { follow_refused_->Increment(); }
+  void CheckpointStored(double lag_seconds) {
+    follow_lag_histogram_->Observe(lag_seconds);
+  }
 
   // A worker called in (RegisterWorker, LeaseTask, Heartbeat) now, by the
   // clock of SetScrapeSources (the system clock before it is called).
@@ -95,6 +107,7 @@ class CoordinatorMetrics {
 
  private:
   prometheus::Histogram& DurationOf(const std::string& method);
+  void RefreshFollow(const std::vector<v1::Job>& jobs);
 
   const prometheus::Histogram::BucketBoundaries duration_buckets_;
   std::shared_ptr<prometheus::Registry> registry_;
@@ -114,6 +127,20 @@ class CoordinatorMetrics {
   prometheus::Counter* storage_read_errors_;
   prometheus::Counter* storage_write_errors_;
   prometheus::Counter* tokens_trained_;
+  prometheus::Counter* follow_taken_;
+  prometheus::Counter* follow_refused_;
+  prometheus::Histogram* follow_lag_histogram_;
+  prometheus::Gauge* follow_jobs_;
+  // Per following job (label job).
+  prometheus::Family<prometheus::Gauge>* follow_seen_;
+  prometheus::Family<prometheus::Gauge>* follow_trained_;
+  prometheus::Family<prometheus::Gauge>* follow_since_checkpoint_;
+  prometheus::Family<prometheus::Gauge>* follow_lag_;
+  prometheus::Family<prometheus::Gauge>* follow_stall_alert_;
+  prometheus::Family<prometheus::Gauge>* follow_lag_alert_;
+  std::function<std::vector<v1::Job>()> follow_source_ ABSL_GUARDED_BY(mu_);
+  // Job ids with gauges, removed once the job stops following.
+  std::set<std::string> follow_labelled_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex mu_;
   Clock* clock_ ABSL_GUARDED_BY(mu_) = nullptr;

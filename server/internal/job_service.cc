@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <chrono>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -23,6 +25,8 @@ namespace {
 constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxRequestIdBytes = 256;
+// PATH_MAX.
+constexpr size_t kMaxPathBytes = 4096;
 // A job spec is a checkpoint list and settings; 1 MiB holds ~10,000
 // checkpoints. Larger ones would make every Lease and ListJobs answer huge
 // (gRPC clients refuse answers over 4 MiB by default).
@@ -85,6 +89,24 @@ class RateEstimator {
   double rate_ = 0;
 };
 
+// The newest modification time (Unix ms) of the files directly in
+// checkpoint directory `dir`; 0 when none reads.
+int64_t LastWriteMs(const std::string& dir) {
+  int64_t newest = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    std::error_code entry_ec;
+    if (!entry.is_regular_file(entry_ec)) continue;
+    const auto time = entry.last_write_time(entry_ec);
+    if (entry_ec) continue;
+    const auto system = std::chrono::time_point_cast<std::chrono::milliseconds>(
+        time - std::filesystem::file_time_type::clock::now() +
+        std::chrono::system_clock::now());
+    newest = std::max<int64_t>(newest, system.time_since_epoch().count());
+  }
+  return newest;
+}
+
 }  // namespace
 
 grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
@@ -95,29 +117,90 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
       DoCancelJob(CallerOf(authenticator_, *context), *request, response));
 }
 
+absl::Status JobServiceImpl::CheckOwner(const Caller& caller,
+                                        const std::string& job_id) const {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  if (!caller.authenticated || caller.role == Role::kAdmin) {
+    return absl::OkStatus();
+  }
+  // The same answer for another's job and for no job at all: a submitter
+  // learns nothing about jobs that are not its own.
+  const absl::Status denied = absl::PermissionDeniedError(absl::StrCat(
+      "job_id: ", job_id, " is not a job submitted by '", caller.name, "'"));
+  if (caller.name.empty()) return denied;
+  absl::StatusOr<v1::Job> job = scheduler_->GetJob(job_id);
+  if (!job.ok()) {
+    return absl::IsNotFound(job.status()) ? denied : job.status();
+  }
+  if (job->submitter() != caller.name) return denied;
+  return absl::OkStatus();
+}
+
 absl::Status JobServiceImpl::DoCancelJob(const Caller& caller,
                                          const v1::CancelJobRequest& request,
                                          v1::CancelJobResponse* response) {
-  if (request.job_id().empty()) {
-    return absl::InvalidArgumentError("job_id: required");
-  }
-  if (caller.authenticated && caller.role != Role::kAdmin) {
-    // The same answer for another's job and for no job at all: a submitter
-    // learns nothing about jobs that are not its own.
-    const absl::Status denied = absl::PermissionDeniedError(
-        absl::StrCat("job_id: ", request.job_id(),
-                     " is not a job submitted by '", caller.name, "'"));
-    if (caller.name.empty()) return denied;
-    absl::StatusOr<v1::Job> job = scheduler_->GetJob(request.job_id());
-    if (!job.ok()) {
-      return absl::IsNotFound(job.status()) ? denied : job.status();
-    }
-    if (job->submitter() != caller.name) return denied;
-  }
+  if (absl::Status s = CheckOwner(caller, request.job_id()); !s.ok()) return s;
   absl::StatusOr<v1::Job> job = scheduler_->CancelJob(request.job_id());
   if (!job.ok()) return job.status();
   *response->mutable_job() = *std::move(job);
   return absl::OkStatus();
+}
+
+grpc::Status JobServiceImpl::AddCheckpoint(
+    grpc::ServerContext* context, const v1::AddCheckpointRequest* request,
+    v1::AddCheckpointResponse* response) {
+  RpcTimer timer(metrics_, "AddCheckpoint");
+  const Caller caller = CallerOf(authenticator_, *context);
+  if (absl::Status s = CheckOwner(caller, request->job_id()); !s.ok()) {
+    return timer.Finish(s);
+  }
+  if (request->path().size() > kMaxPathBytes) {
+    return timer.Finish(absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint.path: ", request->path().size(), " bytes, at most ",
+        kMaxPathBytes)));
+  }
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  absl::StatusOr<TaskScheduler::AddedCheckpoint> added =
+      scheduler_->AddCheckpoint(
+          request->job_id(), request->step(), request->path(), now_ms,
+          LastWriteMs(request->path()),
+          [this](const v1::JobSpec& spec, int64_t step,
+                 const std::string& path) {
+            return validator_->ValidateNewCheckpoint(spec, step, path);
+          });
+  if (!added.ok()) return timer.Finish(added.status());
+  *response->mutable_job() = std::move(added->job);
+  response->set_created(added->created);
+  return timer.Finish(absl::OkStatus());
+}
+
+grpc::Status JobServiceImpl::CloseJob(grpc::ServerContext* context,
+                                      const v1::CloseJobRequest* request,
+                                      v1::CloseJobResponse* response) {
+  RpcTimer timer(metrics_, "CloseJob");
+  const Caller caller = CallerOf(authenticator_, *context);
+  if (absl::Status s = CheckOwner(caller, request->job_id()); !s.ok()) {
+    return timer.Finish(s);
+  }
+  absl::StatusOr<v1::Job> job =
+      scheduler_->CloseJob(request->job_id(), "closed by request");
+  if (!job.ok()) return timer.Finish(job.status());
+  *response->mutable_job() = *std::move(job);
+  return timer.Finish(absl::OkStatus());
+}
+
+grpc::Status JobServiceImpl::RefreshAnalysis(
+    grpc::ServerContext* context, const v1::RefreshAnalysisRequest* request,
+    v1::RefreshAnalysisResponse* response) {
+  RpcTimer timer(metrics_, "RefreshAnalysis");
+  const Caller caller = CallerOf(authenticator_, *context);
+  if (absl::Status s = CheckOwner(caller, request->job_id()); !s.ok()) {
+    return timer.Finish(s);
+  }
+  absl::StatusOr<v1::Job> job = scheduler_->RefreshAnalysis(request->job_id());
+  if (!job.ok()) return timer.Finish(job.status());
+  *response->mutable_job() = *std::move(job);
+  return timer.Finish(absl::OkStatus());
 }
 
 // One WatchJob stream. Owned by gRPC until OnDone, and by each publisher

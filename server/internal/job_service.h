@@ -56,6 +56,16 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const v1::CancelJobRequest* request,
                          v1::CancelJobResponse* response) override;
+  // Follow mode (job.proto); the same ownership rule as CancelJob.
+  grpc::Status AddCheckpoint(grpc::ServerContext* context,
+                             const v1::AddCheckpointRequest* request,
+                             v1::AddCheckpointResponse* response) override;
+  grpc::Status CloseJob(grpc::ServerContext* context,
+                        const v1::CloseJobRequest* request,
+                        v1::CloseJobResponse* response) override;
+  grpc::Status RefreshAnalysis(grpc::ServerContext* context,
+                               const v1::RefreshAnalysisRequest* request,
+                               v1::RefreshAnalysisResponse* response) override;
   // Ends OK after a terminal update, UNAVAILABLE on shutdown, CANCELLED when
   // the client goes away.
   grpc::ServerWriteReactor<v1::JobUpdate>* WatchJob(
@@ -71,6 +81,11 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
   absl::Status DoGetJob(const v1::GetJobRequest& request, v1::Job* response);
   absl::Status DoListJobs(const v1::ListJobsRequest& request,
                           v1::ListJobsResponse* response);
+  // OK when `caller` may change job `job_id`: without authentication and
+  // for an admin always, for a submitter only its own jobs (otherwise
+  // PERMISSION_DENIED whether the job exists or not).
+  absl::Status CheckOwner(const Caller& caller,
+                          const std::string& job_id) const;
   absl::Status DoCancelJob(const Caller& caller,
                            const v1::CancelJobRequest& request,
                            v1::CancelJobResponse* response);

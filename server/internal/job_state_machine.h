@@ -126,6 +126,19 @@ class JobStateMachine {
 
   // The chain position of the final (latest step) checkpoint of a job.
   static int FinalChainIndex(const v1::JobSpec& spec);
+  // Chain positions the current analysis round covers (all of them for a
+  // fixed-list job; 0..analysed_checkpoints-1 for a following one), and the
+  // one the round analyses as the final checkpoint.
+  static int AnalysedCount(const v1::Job& job);
+  static int AnalysisFinalIndex(const v1::Job& job);
+  // Whether the SAE at chain position `chain_index` of a following job gets
+  // the trust checks: positions 0, 1, 2, 4, 8, ... up to
+  // schedule.reference_checkpoints of them (the chain's length is not known
+  // in advance).
+  static bool FollowReferenceCheck(const v1::JobSpec& spec, int chain_index);
+  static bool IsFollowing(const v1::Job& job) {
+    return job.spec().model().has_follow();
+  }
   // Calls `fn` with the id of every task of `entry`, of every kind.
   static void ForEachTaskId(const JobEntry& entry,
                             absl::FunctionRef<void(const std::string&)> fn);
@@ -166,6 +179,42 @@ class JobStateMachine {
   // left, its job failed.
   RecordChanges PlanExpire(const TaskRecord& task, int64_t now_ms,
                            bool* requeued) const;
+  // --- following jobs ---
+
+  // Why following job `job_id` cannot take checkpoint (`step`, `path`) now,
+  // or OK; `*duplicate` is set when the step was taken with this path
+  // already (nothing to do). `*job_level` tells errors about the job
+  // (NOT_FOUND, not following, closed, ended) from errors about the
+  // checkpoint (ALREADY_EXISTS for another path at a taken step,
+  // FAILED_PRECONDITION for a late step without follow.retrain_late).
+  absl::Status CheckAddCheckpoint(const std::string& job_id, int64_t step,
+                                  const std::string& path, bool* duplicate,
+                                  bool* job_level) const;
+  // The checkpoint taken: `validated_spec` is the job's spec with it placed
+  // by step (JobValidator::ValidateNewCheckpoint). Appended, a training
+  // task per hook is added; placed before the latest, the chain is
+  // re-trained from its link on (follow.retrain_late). Taking until_step
+  // closes the job. REQUIRES: CheckAddCheckpoint is OK and not duplicate.
+  RecordChanges PlanAddCheckpoint(const std::string& job_id,
+                                  const v1::JobSpec& validated_spec,
+                                  int64_t step, int64_t seen_ms,
+                                  int64_t last_write_ms, int64_t now_ms) const;
+  // Records a refused checkpoint on the job (at most the latest 100).
+  RecordChanges PlanRefuseCheckpoint(const std::string& job_id, int64_t step,
+                                     const std::string& path,
+                                     const std::string& reason,
+                                     int64_t now_ms) const;
+  // Ends following (`reason`): the final analysis round starts, or the job
+  // succeeds / fails as a fixed-list job would. Empty for a job already
+  // closed. Errors: kNotFound, kFailedPrecondition (not following, ended).
+  absl::StatusOr<RecordChanges> PlanCloseJob(const std::string& job_id,
+                                             const std::string& reason,
+                                             int64_t now_ms) const;
+  // A provisional analysis round over the trained checkpoints now, or after
+  // the running one. Errors: kNotFound, kFailedPrecondition naming why.
+  absl::StatusOr<RecordChanges> PlanRefreshAnalysis(const std::string& job_id,
+                                                    int64_t now_ms) const;
+
   // Summary `task` (QUEUED) SUCCEEDED, done by the coordinator.
   RecordChanges PlanCompleteSummary(const TaskRecord& task,
                                     int64_t now_ms) const;
@@ -192,6 +241,17 @@ class JobStateMachine {
   // Puts a task of a known job into its slot. Errors: kDataLoss.
   absl::Status PlaceTask(const TaskRecord& task);
   int64_t BackoffMs(int attempts) const;
+  // Adds to `changes` an analysis round of following job `job` over its
+  // first `count` chain positions (the final one when `final_round`),
+  // updating `job` (which the caller puts into `changes`).
+  void StartRound(const JobEntry& entry, v1::Job* job, int count,
+                  bool final_round, int64_t now_ms,
+                  RecordChanges* changes) const;
+  // The job after summary `done` of a round of a following job completed.
+  void FinishRoundIfDone(const JobEntry& entry, v1::Job* job, int64_t now_ms,
+                         RecordChanges* changes) const;
+  // Trained chain positions of every hook, from the start.
+  int TrainedPrefix(const JobEntry& entry) const;
 
   Options options_;
   std::map<std::string, JobEntry> jobs_;

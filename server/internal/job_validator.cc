@@ -8,12 +8,14 @@
 #include <limits>
 #include <map>
 #include <system_error>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "format/model_config.h"
 #include "format/token_split.h"
+#include "server/internal/checkpoint_scanner.h"
 
 namespace saetrack::server {
 namespace {
@@ -72,6 +74,15 @@ constexpr int kMaxLogitEffectsK = 100;
 constexpr double kDefaultFormationTau = 0.5;
 constexpr double kDefaultTokenLevelThreshold = 0.8;
 constexpr int kDefaultRandomPositions = 256;
+// Follow mode.
+constexpr char kDefaultFollowPattern[] = "step-{step}";
+constexpr double kDefaultPollIntervalS = 10;
+constexpr double kMinPollIntervalS = 0.1;
+constexpr double kMaxPollIntervalS = 3600;
+constexpr double kDefaultStallAlertS = 3600;
+constexpr double kDefaultLagAlertS = 1800;
+constexpr double kMaxAlertS = 1e8;
+constexpr int kMaxAnalyseEvery = 1'000'000;
 
 // Bytes a worker needs for one task: the SAE in fp32 four times over
 // (weights, gradients, two Adam moments) plus the previous SAE it keeps,
@@ -310,6 +321,250 @@ absl::Status JobValidator::CheckPath(const std::string& field,
   return absl::OkStatus();
 }
 
+absl::Status JobValidator::FillFromModel(const format::ModelConfig& config,
+                                         const std::string& where,
+                                         const std::string& model_dir,
+                                         v1::JobSpec* out) const {
+  v1::SaeConfig* sae = out->mutable_sae();
+  const bool topk = sae->architecture() == "topk";
+  const int context_length = out->data().context_length();
+  for (int i = 0; i < out->hooks_size(); ++i) {
+    const int layer = out->hooks(i).layer();
+    if (layer >= config.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.hooks[", i, "].layer: ", layer,
+                       " out of range [0, ", config.num_hidden_layers,
+                       ") for the model at ", where));
+    }
+  }
+  if (config.max_position_embeddings > 0 &&
+      context_length > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.data.context_length: ", context_length,
+                     " exceeds max_position_embeddings ",
+                     config.max_position_embeddings,
+                     " of the model at ", where));
+  }
+
+  int64_t d_sae = sae->d_sae() > 0 ? sae->d_sae()
+                                   : int64_t{sae->expansion_factor()} *
+                                         config.hidden_size;
+  if (d_sae > kMaxDSae) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
+        "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
+  }
+  // An SAE that could never be uploaded or stored fails only after its
+  // first task trained for hours: refuse it now.
+  const int64_t sae_bytes = SaeBytes(config.hidden_size, d_sae);
+  if (sae_bytes > max_artifact_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
+        "an SAE of d_sae ", d_sae, " at hidden_size ", config.hidden_size,
+        " is ", sae_bytes, " bytes, more than the coordinator stores (",
+        max_artifact_bytes_,
+        " bytes, its --max_artifact_bytes or one stored value)"));
+  }
+  sae->set_d_sae(static_cast<int32_t>(d_sae));
+  if (out->min_worker_memory_bytes() == 0) {
+    out->set_min_worker_memory_bytes(
+        EstimateTaskMemory(config.hidden_size, d_sae, sae->batch_size(),
+                           ModelBytes(model_dir)));
+  }
+  if (topk) {
+    // k == d_sae would keep every latent: no sparsity at all.
+    if (sae->k() >= d_sae) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.sae.k: ", sae->k(), sae->k() == kDefaultK ? " (the default)" : "",
+          " must be < d_sae ", d_sae));
+    }
+    if (sae->aux_k() > d_sae) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.sae.aux_k: ", sae->aux_k(), " exceeds d_sae ", d_sae));
+    }
+    // The default may not exceed d_sae either; small dictionaries get all
+    // their latents in the AuxK loss.
+    if (sae->aux_k() == 0) {
+      sae->set_aux_k(static_cast<int32_t>(
+          std::min<int64_t>(int64_t{kDefaultAuxKPerK} * sae->k(), d_sae)));
+    }
+  }
+
+  // Held-out activations the worker keeps in memory, per field.
+  const int64_t bytes_per_token =
+      int64_t{4} * std::max<int64_t>(1, config.hidden_size);
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"spec.schedule.eval_tokens",
+                                        out->schedule().eval_tokens()},
+        {"spec.schedule.lm_eval_tokens", out->schedule().lm_eval_tokens()},
+        {"spec.analysis.analysis_tokens", out->analysis().analysis_tokens()}}) {
+    if (value > kMaxHeldOutActivationBytes / bytes_per_token) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": ", value, " tokens exceeds the maximum ",
+          kMaxHeldOutActivationBytes / bytes_per_token,
+          " (their activations, d_in ", config.hidden_size,
+          " in fp32, must fit in ", kMaxHeldOutActivationBytes, " bytes)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobValidator::CheckFollow(v1::JobSpec* out) const {
+  v1::FollowSpec* follow = out->mutable_model()->mutable_follow();
+  if (out->schedule().direction() == v1::Schedule::BACKWARD) {
+    return absl::InvalidArgumentError(
+        "spec.schedule.direction: BACKWARD cannot follow a training run "
+        "(its chain starts at the final checkpoint, which is not known "
+        "until the run ends)");
+  }
+  if (!follow->dir().empty()) {
+    if (absl::Status s = CheckPath("spec.model.follow.dir", follow->dir(),
+                                   PathKind::kDirectory);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (follow->pattern().empty()) follow->set_pattern(kDefaultFollowPattern);
+  if (absl::StatusOr<CheckpointPattern> pattern =
+          ParseCheckpointPattern(follow->pattern());
+      !pattern.ok()) {
+    return pattern.status();
+  }
+  double value = 0;
+  if (absl::Status s = FiniteOrDefault(
+          "spec.model.follow.poll_interval_s", follow->poll_interval_s(),
+          kDefaultPollIntervalS, "in [0.1, 3600]", &value, kMaxPollIntervalS);
+      !s.ok()) {
+    return s;
+  }
+  if (value < kMinPollIntervalS) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.model.follow.poll_interval_s: ", value,
+                     " out of range [0.1, 3600]"));
+  }
+  follow->set_poll_interval_s(value);
+  const auto& listed = out->model().checkpoints();
+  if (follow->has_until_step()) {
+    if (follow->until_step() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.model.follow.until_step: ", follow->until_step(),
+                       " must be >= 0"));
+    }
+    if (!listed.empty() &&
+        follow->until_step() <= listed.rbegin()->step()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.model.follow.until_step: ", follow->until_step(),
+          " is not after the last listed checkpoint (step ",
+          listed.rbegin()->step(), "): there would be nothing to follow"));
+    }
+  }
+  const std::string& marker = follow->marker_file();
+  if (!marker.empty() &&
+      (marker == "." || marker == ".." || marker.size() > 255 ||
+       marker.find('/') != std::string::npos ||
+       marker.find('\0') != std::string::npos)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.model.follow.marker_file: '", marker,
+                     "' is not a plain file name"));
+  }
+  if (follow->analyse_every() < 0 ||
+      follow->analyse_every() > kMaxAnalyseEvery) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.model.follow.analyse_every: ",
+                     follow->analyse_every(), " out of range [0, ",
+                     kMaxAnalyseEvery, "] (0: only on request)"));
+  }
+  if (follow->analyse_every() > 0 && out->analysis().analysis_tokens() == 0) {
+    return absl::InvalidArgumentError(
+        "spec.model.follow.analyse_every: needs the analysis pass "
+        "(spec.analysis.analysis_tokens is 0)");
+  }
+  for (const auto& [field, has, given, fallback, set] :
+       {std::tuple<const char*, bool, double, double,
+                   void (v1::FollowSpec::*)(double)>{
+            "spec.model.follow.stall_alert_s", follow->has_stall_alert_s(),
+            follow->stall_alert_s(), kDefaultStallAlertS,
+            &v1::FollowSpec::set_stall_alert_s},
+        {"spec.model.follow.lag_alert_s", follow->has_lag_alert_s(),
+         follow->lag_alert_s(), kDefaultLagAlertS,
+         &v1::FollowSpec::set_lag_alert_s}}) {
+    if (!has) {
+      (follow->*set)(fallback);
+    } else if (!(given >= 0 && given <= kMaxAlertS)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": ", given, " out of range [0, ", kMaxAlertS,
+          "] (0 turns the alert off)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobSpec> JobValidator::ValidateNewCheckpoint(
+    const v1::JobSpec& spec, int64_t step, const std::string& path) const {
+  const std::string field = "checkpoint.path";
+  if (step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint.step: ", step, " must be >= 0"));
+  }
+  if (absl::Status s = CheckPath(field, path, PathKind::kDirectory); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckWeightFiles(field, path, data_roots_); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
+  if (!config.ok()) return WithField(field, config.status());
+  v1::JobSpec out = spec;
+  v1::ModelSpec* model = out.mutable_model();
+  if (model->architecture().empty()) {
+    model->set_architecture(config->architecture);
+  }
+  if (config->architecture != model->architecture()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": architecture '", config->architecture,
+                     "' differs from spec.model.architecture '",
+                     model->architecture(), "'"));
+  }
+  if (model->checkpoints().empty()) {
+    // The first checkpoint: the model-dependent settings follow from it.
+    if (absl::Status s = FillFromModel(*config, field, path, &out); !s.ok()) {
+      return s;
+    }
+  } else {
+    // Compared with the first taken checkpoint whose config still reads (a
+    // trainer may delete old checkpoints).
+    for (const v1::Checkpoint& taken : model->checkpoints()) {
+      absl::StatusOr<format::ModelConfig> reference =
+          format::LoadModelConfig(taken.path());
+      if (!reference.ok()) continue;
+      auto differs = [&](const char* name, const auto& got, const auto& want) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": ", name, " ", got, " differs from ", name, " ", want,
+            " of the job's checkpoint at step ", taken.step()));
+      };
+      if (config->hidden_size != reference->hidden_size) {
+        return differs("hidden_size", config->hidden_size,
+                       reference->hidden_size);
+      }
+      if (config->num_hidden_layers != reference->num_hidden_layers) {
+        return differs("num_hidden_layers", config->num_hidden_layers,
+                       reference->num_hidden_layers);
+      }
+      break;
+    }
+  }
+  v1::Checkpoint checkpoint;
+  checkpoint.set_step(step);
+  checkpoint.set_path(path);
+  auto* checkpoints = model->mutable_checkpoints();
+  checkpoints->Add(std::move(checkpoint));
+  for (int i = checkpoints->size() - 1;
+       i > 0 && checkpoints->Get(i - 1).step() > step; --i) {
+    checkpoints->SwapElements(i, i - 1);
+  }
+  return out;
+}
+
 absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     const v1::JobSpec& spec) const {
   v1::JobSpec out = spec;
@@ -321,9 +576,10 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     return NotSupported("spec.model.architecture", model->architecture(),
                         SupportedModelArchitectures());
   }
-  if (model->checkpoints().empty()) {
+  if (model->checkpoints().empty() && !model->has_follow()) {
     return absl::InvalidArgumentError(
-        "spec.model.checkpoints: empty (a job needs at least one checkpoint)");
+        "spec.model.checkpoints: empty (a job needs at least one checkpoint, "
+        "or model.follow to take them as a training run writes them)");
   }
   for (int i = 0; i < model->checkpoints_size(); ++i) {
     const int64_t step = model->checkpoints(i).step();
@@ -668,6 +924,10 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     return NotSupported("spec.device", out.device(), {"cpu", "cuda"});
   }
 
+  if (model->has_follow()) {
+    if (absl::Status s = CheckFollow(&out); !s.ok()) return s;
+  }
+
   // --- files ---
   format::ModelConfig first_config;
   for (int i = 0; i < model->checkpoints_size(); ++i) {
@@ -717,68 +977,14 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     }
   }
 
-  for (int i = 0; i < out.hooks_size(); ++i) {
-    const int layer = out.hooks(i).layer();
-    if (layer >= first_config.num_hidden_layers) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.hooks[", i, "].layer: ", layer,
-                       " out of range [0, ", first_config.num_hidden_layers,
-                       ") for the model at spec.model.checkpoints[0].path"));
+  if (model->checkpoints_size() > 0) {
+    if (absl::Status s = FillFromModel(first_config,
+                                       "spec.model.checkpoints[0].path",
+                                       model->checkpoints(0).path(), &out);
+        !s.ok()) {
+      return s;
     }
   }
-  if (first_config.max_position_embeddings > 0 &&
-      context_length > first_config.max_position_embeddings) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.data.context_length: ", context_length,
-                     " exceeds max_position_embeddings ",
-                     first_config.max_position_embeddings,
-                     " of the model at spec.model.checkpoints[0].path"));
-  }
-
-  int64_t d_sae = sae->d_sae() > 0 ? sae->d_sae()
-                                   : int64_t{sae->expansion_factor()} *
-                                         first_config.hidden_size;
-  if (d_sae > kMaxDSae) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
-        "d_sae ", d_sae, " exceeds the maximum ", kMaxDSae));
-  }
-  // An SAE that could never be uploaded or stored fails only after its
-  // first task trained for hours: refuse it now.
-  const int64_t sae_bytes = SaeBytes(first_config.hidden_size, d_sae);
-  if (sae_bytes > max_artifact_bytes_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
-        "an SAE of d_sae ", d_sae, " at hidden_size ", first_config.hidden_size,
-        " is ", sae_bytes, " bytes, more than the coordinator stores (",
-        max_artifact_bytes_,
-        " bytes, its --max_artifact_bytes or one stored value)"));
-  }
-  sae->set_d_sae(static_cast<int32_t>(d_sae));
-  if (out.min_worker_memory_bytes() == 0) {
-    out.set_min_worker_memory_bytes(
-        EstimateTaskMemory(first_config.hidden_size, d_sae, sae->batch_size(),
-                           ModelBytes(model->checkpoints(0).path())));
-  }
-  if (topk) {
-    // k == d_sae would keep every latent: no sparsity at all.
-    if (sae->k() >= d_sae) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.sae.k: ", sae->k(), spec.sae().k() == 0 ? " (the default)" : "",
-          " must be < d_sae ", d_sae));
-    }
-    if (sae->aux_k() > d_sae) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.sae.aux_k: ", sae->aux_k(), " exceeds d_sae ", d_sae));
-    }
-    // The default may not exceed d_sae either; small dictionaries get all
-    // their latents in the AuxK loss.
-    if (sae->aux_k() == 0) {
-      sae->set_aux_k(static_cast<int32_t>(
-          std::min<int64_t>(int64_t{kDefaultAuxKPerK} * sae->k(), d_sae)));
-    }
-  }
-
   if (absl::Status s = CheckPath("spec.data.tokens_path", data->tokens_path(),
                                  PathKind::kFile);
       !s.ok()) {
@@ -816,22 +1022,6 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
         "held-out part (the last 10%) of one context each ",
         "(spec.data.context_length ", context_length, " needs about ",
         int64_t{10} * context_length, " tokens)"));
-  }
-  // Held-out activations the worker keeps in memory, per field.
-  const int64_t bytes_per_token =
-      int64_t{4} * std::max<int64_t>(1, first_config.hidden_size);
-  for (const auto& [field, value] :
-       {std::pair<const char*, int64_t>{"spec.schedule.eval_tokens",
-                                        out.schedule().eval_tokens()},
-        {"spec.schedule.lm_eval_tokens", out.schedule().lm_eval_tokens()},
-        {"spec.analysis.analysis_tokens", out.analysis().analysis_tokens()}}) {
-    if (value > kMaxHeldOutActivationBytes / bytes_per_token) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": ", value, " tokens exceeds the maximum ",
-          kMaxHeldOutActivationBytes / bytes_per_token,
-          " (their activations, d_in ", first_config.hidden_size,
-          " in fp32, must fit in ", kMaxHeldOutActivationBytes, " bytes)"));
-    }
   }
   if (!data->tokenizer_path().empty()) {
     if (absl::Status s = CheckPath("spec.data.tokenizer_path",

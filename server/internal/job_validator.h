@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/model_config.h"
 #include "saetrack/v1/job.pb.h"
 
 namespace saetrack::server {
@@ -47,7 +48,26 @@ class JobValidator {
   //   kFailedPrecondition: a path exists but is not readable.
   absl::StatusOr<v1::JobSpec> Validate(const v1::JobSpec& spec) const;
 
+  // Checkpoint (`step`, `path`) for following job `spec` (validated): its
+  // directory, weight files and config like a submitted checkpoint's, the
+  // same architecture and shape as the job's checkpoints (the first one
+  // fills in the model-dependent settings: d_sae, the memory estimate,
+  // hook ranges). Returns `spec` with it placed by step. Errors name
+  // "checkpoint.path" / "checkpoint.step" or the spec field.
+  absl::StatusOr<v1::JobSpec> ValidateNewCheckpoint(
+      const v1::JobSpec& spec, int64_t step, const std::string& path) const;
+
  private:
+  // spec.model.follow: defaults and ranges.
+  absl::Status CheckFollow(v1::JobSpec* out) const;
+  // The settings that follow from the model (`config`, read from
+  // `model_dir`, named `where` in errors): hook ranges, context length,
+  // d_sae and its size limit, the memory estimate, topk ranges and the
+  // held-out activation limits.
+  absl::Status FillFromModel(const format::ModelConfig& config,
+                             const std::string& where,
+                             const std::string& model_dir,
+                             v1::JobSpec* out) const;
   enum class PathKind { kDirectory, kFile };
   absl::Status CheckPath(const std::string& field, const std::string& path,
                          PathKind kind) const;

@@ -286,6 +286,8 @@ absl::Status Summariser::Run(const SummaryWork& work) {
   drift_summary.set_token_level_threshold(config.token_level_threshold());
   drift_summary.set_top_k(config.top_k());
   drift_summary.set_analysis_tokens(config.analysis_tokens());
+  drift_summary.set_provisional(work.provisional);
+  drift_summary.set_through_step(steps.back());
   std::vector<double> medians;
   for (int t = 0; t < num_checkpoints; ++t) {
     v1::CheckpointDrift* c = drift_summary.add_checkpoints();

@@ -9,6 +9,7 @@
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/message_differencer.h"
 
 namespace saetrack::server {
 namespace {
@@ -163,11 +164,24 @@ void TaskScheduler::ApplyLocked(const RecordChanges& changes) {
     if (task.state() != TASK_STATE_RUNNING) leases_.Release(task.task_id());
   }
   for (const v1::Job& job : changes.jobs) {
-    if (const JobStateMachine::JobEntry* old = state_.FindJob(job.job_id());
-        old != nullptr) {
-      metrics_->AddJobs(old->job.state(), -1);
-    }
+    const JobStateMachine::JobEntry* old = state_.FindJob(job.job_id());
+    if (old != nullptr) metrics_->AddJobs(old->job.state(), -1);
     metrics_->AddJobs(job.state(), 1);
+    // A followed checkpoint's SAEs stored just now: its lag.
+    for (const v1::FollowedCheckpoint& c : job.follow().checkpoints()) {
+      if (c.stored_ms() == 0) continue;
+      bool before = false;
+      if (old != nullptr) {
+        for (const v1::FollowedCheckpoint& o : old->job.follow().checkpoints()) {
+          before |= o.step() == c.step() && o.stored_ms() == c.stored_ms();
+        }
+      }
+      if (before) continue;
+      const int64_t written =
+          c.last_write_ms() > 0 ? c.last_write_ms() : c.taken_ms();
+      metrics_->CheckpointStored(std::max<int64_t>(0, c.stored_ms() - written) /
+                                 1000.0);
+    }
   }
   state_.Apply(changes);
   job_changed_cv_.SignalAll();
@@ -277,6 +291,143 @@ absl::StatusOr<TaskScheduler::JobPage> TaskScheduler::ListJobs(
     page.next_after_job_id = page.jobs.back().job_id();
   }
   return page;
+}
+
+absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
+    const std::string& job_id, int64_t step, const std::string& path,
+    int64_t seen_ms, int64_t last_write_ms,
+    const CheckpointValidator& validate) {
+  // Planned against the spec the checkpoint was validated for; a spec that
+  // changed meanwhile (another checkpoint taken) is validated again.
+  for (int attempt = 0;; ++attempt) {
+    v1::JobSpec spec;
+    {
+      absl::MutexLock lock(&mu_);
+      bool duplicate = false;
+      bool job_level = false;
+      absl::Status s = state_.CheckAddCheckpoint(job_id, step, path,
+                                                 &duplicate, &job_level);
+      if (duplicate) return AddedCheckpoint{state_.FindJob(job_id)->job, false};
+      if (!s.ok()) {
+        if (job_level) return s;
+        return RefuseLocked(job_id, step, path, s);
+      }
+      spec = state_.FindJob(job_id)->job.spec();
+    }
+    absl::StatusOr<v1::JobSpec> validated = validate(spec, step, path);
+    absl::MutexLock lock(&mu_);
+    bool duplicate = false;
+    bool job_level = false;
+    absl::Status s =
+        state_.CheckAddCheckpoint(job_id, step, path, &duplicate, &job_level);
+    if (duplicate) return AddedCheckpoint{state_.FindJob(job_id)->job, false};
+    if (!s.ok()) {
+      if (job_level) return s;
+      return RefuseLocked(job_id, step, path, s);
+    }
+    const v1::Job& current = state_.FindJob(job_id)->job;
+    if (!google::protobuf::util::MessageDifferencer::Equals(
+            current.spec(), spec)) {
+      if (attempt < 3) continue;
+      return absl::UnavailableError(absl::StrCat(
+          "job '", job_id, "' keeps changing; try checkpoint ", step,
+          " again"));
+    }
+    if (!validated.ok()) {
+      return RefuseLocked(job_id, step, path, validated.status());
+    }
+    while (true) {
+      const RecordChanges changes = state_.PlanAddCheckpoint(
+          job_id, *validated, step, seen_ms, last_write_ms, NowMs());
+      if (PinnedLocked(changes)) {
+        WaitForUnpinLocked();
+        continue;
+      }
+      if (absl::Status c = CommitLocked(storage::WriteBatch(), changes);
+          !c.ok()) {
+        return c;
+      }
+      metrics_->CheckpointTaken();
+      runnable_cv_.SignalAll();
+      summary_cv_.SignalAll();
+      return AddedCheckpoint{state_.FindJob(job_id)->job, true};
+    }
+  }
+}
+
+absl::Status TaskScheduler::RefuseLocked(const std::string& job_id,
+                                         int64_t step,
+                                         const std::string& path,
+                                         const absl::Status& why) {
+  while (true) {
+    const RecordChanges changes = state_.PlanRefuseCheckpoint(
+        job_id, step, path, std::string(why.message()), NowMs());
+    if (PinnedLocked(changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    // The refusal stands even when it could not be recorded.
+    (void)CommitLocked(storage::WriteBatch(), changes);
+    metrics_->CheckpointRefused();
+    return why;
+  }
+}
+
+absl::StatusOr<v1::Job> TaskScheduler::CloseJob(const std::string& job_id,
+                                                const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    absl::StatusOr<RecordChanges> changes =
+        state_.PlanCloseJob(job_id, reason, NowMs());
+    if (!changes.ok()) return changes.status();
+    if (changes->empty()) return state_.FindJob(job_id)->job;  // Closed.
+    if (PinnedLocked(*changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    if (absl::Status s = CommitLocked(storage::WriteBatch(), *changes);
+        !s.ok()) {
+      return s;
+    }
+    runnable_cv_.SignalAll();
+    summary_cv_.SignalAll();
+    return state_.FindJob(job_id)->job;
+  }
+}
+
+absl::StatusOr<v1::Job> TaskScheduler::RefreshAnalysis(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    absl::StatusOr<RecordChanges> changes =
+        state_.PlanRefreshAnalysis(job_id, NowMs());
+    if (!changes.ok()) return changes.status();
+    if (changes->empty()) return state_.FindJob(job_id)->job;  // Pending.
+    if (PinnedLocked(*changes)) {
+      WaitForUnpinLocked();
+      continue;
+    }
+    if (absl::Status s = CommitLocked(storage::WriteBatch(), *changes);
+        !s.ok()) {
+      return s;
+    }
+    runnable_cv_.SignalAll();
+    summary_cv_.SignalAll();
+    return state_.FindJob(job_id)->job;
+  }
+}
+
+std::vector<v1::Job> TaskScheduler::FollowingJobs() const {
+  std::vector<v1::Job> jobs;
+  absl::MutexLock lock(&mu_);
+  state_.ForEachActiveJob([&](const JobStateMachine::JobEntry& entry) {
+    if (JobStateMachine::IsFollowing(entry.job) &&
+        entry.job.follow().state() != v1::FOLLOW_STATE_CLOSED) {
+      jobs.push_back(entry.job);
+    }
+    return true;
+  });
+  return jobs;
 }
 
 absl::StatusOr<v1::Job> TaskScheduler::CancelJob(const std::string& job_id) {
@@ -481,7 +632,7 @@ v1::Task TaskScheduler::TaskMessageLocked(const TaskRecord& task) const {
     sae->set_step(task.step());
     const TaskRecord& final_pass = *state_.FindTask(
         entry.analyses[task.hook_index()]
-                      [JobStateMachine::FinalChainIndex(spec)]);
+                      [JobStateMachine::AnalysisFinalIndex(entry.job)]);
     *analyse->mutable_final_sae() = *sae;
     analyse->mutable_final_sae()->set_step(final_pass.step());
     return out;
@@ -491,6 +642,10 @@ v1::Task TaskScheduler::TaskMessageLocked(const TaskRecord& task) const {
   *train->mutable_hook() = spec.hooks(task.hook_index());
   train->set_checkpoint_index(task.checkpoint_index());
   train->set_chain_index(task.chain_index());
+  if (JobStateMachine::IsFollowing(entry.job)) {
+    train->set_reference_check(
+        JobStateMachine::FollowReferenceCheck(spec, task.chain_index()));
+  }
   if (task.chain_index() > 0) {
     const TaskRecord& previous = *state_.FindTask(
         entry.chains[task.hook_index()][task.chain_index() - 1]);
@@ -536,12 +691,13 @@ absl::StatusOr<LeaseInfo> TaskScheduler::CheckLease(const std::string& task_id,
   info.layer = t.layer();
   info.step = t.step();
   info.chain_index = t.chain_index();
-  const v1::JobSpec& spec = state_.FindJob(t.job_id())->job.spec();
+  const v1::Job& job = state_.FindJob(t.job_id())->job;
+  const v1::JobSpec& spec = job.spec();
   info.d_sae = spec.sae().d_sae();
   info.kind = t.kind();
   info.final_analysis =
       t.kind() == TASK_KIND_ANALYSE &&
-      t.chain_index() == JobStateMachine::FinalChainIndex(spec);
+      t.chain_index() == JobStateMachine::AnalysisFinalIndex(job);
   info.top_k = spec.analysis().top_k();
   return info;
 }
@@ -688,12 +844,18 @@ std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
       SummaryWork work;
       work.task_id = summary->task_id();
       work.job_id = summary->job_id();
-      work.spec = state_.FindJob(summary->job_id())->job.spec();
+      const v1::Job& job = state_.FindJob(summary->job_id())->job;
+      work.spec = job.spec();
       work.hook_index = summary->hook_index();
       work.layer = summary->layer();
-      for (const auto& checkpoint : work.spec.model().checkpoints()) {
-        work.steps.push_back(checkpoint.step());
+      // The checkpoints of the round (all of them but for a following
+      // job's provisional rounds).
+      const int count = JobStateMachine::AnalysedCount(job);
+      for (int c = 0; c < count; ++c) {
+        work.steps.push_back(work.spec.model().checkpoints(c).step());
       }
+      work.provisional = JobStateMachine::IsFollowing(job) &&
+                         !job.follow().final_round();
       summaries_taken_.insert(summary->task_id());
       return work;
     }

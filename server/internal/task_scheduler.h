@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -79,6 +80,8 @@ struct SummaryWork {
   int32_t layer = 0;
   // The hook's checkpoint steps in step order (the last is the final one).
   std::vector<int64_t> steps;
+  // A following job's provisional round (before its final one).
+  bool provisional = false;
 };
 
 // Holds every job and task in memory, mirrored in the database: each state
@@ -166,6 +169,36 @@ class TaskScheduler {
   // unchanged. Errors: kNotFound naming the id, kFailedPrecondition naming
   // the state of a SUCCEEDED or FAILED job, storage errors (nothing changed).
   absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
+
+  // --- following jobs ---
+
+  // Validates a checkpoint for a job's current spec (the I/O of
+  // JobValidator::ValidateNewCheckpoint), called without the scheduler's
+  // lock.
+  using CheckpointValidator = std::function<absl::StatusOr<v1::JobSpec>(
+      const v1::JobSpec& spec, int64_t step, const std::string& path)>;
+  struct AddedCheckpoint {
+    v1::Job job;
+    bool created = false;
+  };
+  // Gives following job `job_id` checkpoint (`step`, `path`), first seen at
+  // `seen_ms` with its files last written at `last_write_ms` (0: unknown).
+  // Idempotent on (job, step) with the same path (created = false). A
+  // checkpoint refused for itself (validation, a late step, another path
+  // at a taken step) is recorded on the job (follow.refused) and the
+  // error returned; errors about the job (kNotFound, not following,
+  // closed, ended) record nothing. Storage errors change nothing.
+  absl::StatusOr<AddedCheckpoint> AddCheckpoint(
+      const std::string& job_id, int64_t step, const std::string& path,
+      int64_t seen_ms, int64_t last_write_ms,
+      const CheckpointValidator& validate);
+  // Ends following (JobStateMachine::PlanCloseJob). Idempotent.
+  absl::StatusOr<v1::Job> CloseJob(const std::string& job_id,
+                                   const std::string& reason);
+  // A provisional analysis round now or after the running one.
+  absl::StatusOr<v1::Job> RefreshAnalysis(const std::string& job_id);
+  // Every job that follows a run and is not closed or ended.
+  std::vector<v1::Job> FollowingJobs() const;
 
   // What WatchJob streams about one job.
   struct JobWatch {
@@ -267,6 +300,11 @@ class TaskScheduler {
   // pinned meanwhile so that no other decision plans from them; on return
   // mu_ is held again and anything read before may have changed. Nothing is
   // applied when the write fails. REQUIRES: no record of `changes` pinned.
+  // Records the refusal of checkpoint (`step`, `path`) on `job_id` and
+  // returns `why`.
+  absl::Status RefuseLocked(const std::string& job_id, int64_t step,
+                            const std::string& path, const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(storage::WriteBatch batch,
                             const RecordChanges& changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
