@@ -17,6 +17,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/absl_compat.h"
 #include "format/json.h"
 
 namespace saetrack::server {
@@ -80,19 +81,19 @@ const char* FileTypeName(mode_t mode) {
   return "not a regular file";
 }
 
-std::string JoinPath(const std::string& dir, std::string_view name) {
+std::string JoinPath(const std::string& dir, const std::string& name) {
   if (!dir.empty() && dir.back() == '/') return absl::StrCat(dir, name);
   return absl::StrCat(dir, "/", name);
 }
 
 // Why a checkpoint is not complete: the message is the pending reason.
-absl::Status NotReady(std::string_view reason) {
+absl::Status NotReady(absl::string_view reason) {
   return absl::FailedPreconditionError(reason);
 }
 
 // Reads exactly `n` bytes at `offset`. A short read means the file shrank
 // since it was stat'ed: it is being rewritten.
-absl::Status ReadExactly(int fd, std::string_view name, int64_t offset,
+absl::Status ReadExactly(int fd, const std::string& name, int64_t offset,
                          size_t n, char* out) {
   size_t done = 0;
   while (done < n) {
@@ -182,12 +183,11 @@ class CheckpointScanner::DirectoryCheck {
 
   // Opens regular file `name` of the directory without following a symlink
   // or waiting on a FIFO, and records its stamp.
-  absl::StatusOr<OpenedFile> OpenRegular(std::string_view name) {
-    const std::string name_string(name);
+  absl::StatusOr<OpenedFile> OpenRegular(const std::string& name) {
     struct stat info;
     // The type is checked before opening: opening a device can have side
     // effects, whatever the flags.
-    if (::fstatat(dir_fd_, name_string.c_str(), &info, AT_SYMLINK_NOFOLLOW) !=
+    if (::fstatat(dir_fd_, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) !=
         0) {
       if (errno == ENOENT) return NotReady(absl::StrCat(name, ": missing"));
       return NotReady(absl::StrCat(name, ": ", ErrnoText(errno)));
@@ -197,7 +197,7 @@ class CheckpointScanner::DirectoryCheck {
                                    ", expected a regular file"));
     }
     OpenedFile file{ScopedFd(::openat(
-        dir_fd_, name_string.c_str(),
+        dir_fd_, name.c_str(),
         O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY))};
     if (file.fd.get() < 0) {
       return NotReady(absl::StrCat(name, ": ", ErrnoText(errno)));
@@ -212,12 +212,12 @@ class CheckpointScanner::DirectoryCheck {
                                    ", expected a regular file"));
     }
     file.size = static_cast<int64_t>(info.st_size);
-    stamps_[name_string] = FileStamp{file.size, MtimeNs(info),
+    stamps_[name] = FileStamp{file.size, MtimeNs(info),
                                      static_cast<uint64_t>(info.st_ino)};
     return file;
   }
 
-  absl::StatusOr<format::JsonValue> ReadJson(std::string_view name) {
+  absl::StatusOr<format::JsonValue> ReadJson(const std::string& name) {
     absl::StatusOr<OpenedFile> file = OpenRegular(name);
     if (!file.ok()) return file.status();
     if (file->size > kMaxJsonFileBytes) {
@@ -236,7 +236,7 @@ class CheckpointScanner::DirectoryCheck {
 
   // A complete header whose data_offsets account for the file's size
   // exactly. Dtypes and shapes are left to the job validator.
-  absl::Status CheckSafetensors(std::string_view name) {
+  absl::Status CheckSafetensors(const std::string& name) {
     absl::StatusOr<OpenedFile> file = OpenRegular(name);
     if (!file.ok()) return file.status();
     const int64_t size = file->size;
@@ -250,7 +250,7 @@ class CheckpointScanner::DirectoryCheck {
                     reinterpret_cast<char*>(length_bytes));
     if (!read.ok()) return read;
     uint64_t header_length = 0;
-    for (int i = kHeaderLengthBytes - 1; i >= 0; --i) {
+    for (int64_t i = kHeaderLengthBytes - 1; i >= 0; --i) {
       header_length = (header_length << 8) | length_bytes[i];
     }
     if (header_length > kMaxHeaderBytes) {
@@ -323,7 +323,7 @@ absl::StatusOr<CheckpointPattern> ParseCheckpointPattern(
     std::string_view pattern) {
   auto invalid = [pattern](auto&&... why) {
     return absl::InvalidArgumentError(
-        absl::StrCat(kPatternField, " \"", absl::CHexEscape(pattern),
+        absl::StrCat(kPatternField, " \"", absl::CHexEscape(format::AsAbsl(pattern)),
                      "\": ", why...));
   };
   if (pattern.empty()) {

@@ -101,9 +101,9 @@ TEST(ParseCheckpointPatternTest, SplitsAroundStep) {
 }
 
 TEST(ParseCheckpointPatternTest, RefusesMalformedPatterns) {
-  for (const std::string pattern :
-       {"", "step", "a/{step}", "{step}/a", "{step}{step}", "{stp}", "{",
-        "}{step}", "step-{step}}", std::string("a\0{step}", 8)}) {
+  for (const std::string& pattern : std::vector<std::string>{
+           "", "step", "a/{step}", "{step}/a", "{step}{step}", "{stp}", "{",
+           "}{step}", "step-{step}}", std::string("a\0{step}", 8)}) {
     absl::StatusOr<CheckpointPattern> parsed = ParseCheckpointPattern(pattern);
     ASSERT_FALSE(parsed.ok()) << "accepted \"" << pattern << "\"";
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
