@@ -97,8 +97,8 @@ absl::Status ReadExactly(int fd, const std::string& name, int64_t offset,
                          size_t n, char* out) {
   size_t done = 0;
   while (done < n) {
-    const ssize_t got = ::pread(fd, out + done, n - done,
-                                static_cast<off_t>(offset + done));
+    const ssize_t got =
+        ::pread(fd, out + done, n - done, static_cast<off_t>(offset + done));
     if (got < 0) {
       if (errno == EINTR) continue;
       return NotReady(absl::StrCat(name, ": ", ErrnoText(errno)));
@@ -146,7 +146,8 @@ class CheckpointScanner::DirectoryCheck {
       const format::JsonValue* weight_map = index->Find("weight_map");
       if (weight_map == nullptr || !weight_map->is_object()) {
         return NotReady(absl::StrCat(
-            kIndexFile, ": expected an object \"weight_map\" at the top level"));
+            kIndexFile,
+            ": expected an object \"weight_map\" at the top level"));
       }
       for (const format::JsonValue::Member& member : weight_map->members()) {
         const format::JsonValue& shard = member.second;
@@ -187,8 +188,7 @@ class CheckpointScanner::DirectoryCheck {
     struct stat info;
     // The type is checked before opening: opening a device can have side
     // effects, whatever the flags.
-    if (::fstatat(dir_fd_, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) !=
-        0) {
+    if (::fstatat(dir_fd_, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) != 0) {
       if (errno == ENOENT) return NotReady(absl::StrCat(name, ": missing"));
       return NotReady(absl::StrCat(name, ": ", ErrnoText(errno)));
     }
@@ -196,9 +196,9 @@ class CheckpointScanner::DirectoryCheck {
       return NotReady(absl::StrCat(name, " is ", FileTypeName(info.st_mode),
                                    ", expected a regular file"));
     }
-    OpenedFile file{ScopedFd(::openat(
-        dir_fd_, name.c_str(),
-        O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY))};
+    OpenedFile file{ScopedFd(
+        ::openat(dir_fd_, name.c_str(),
+                 O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY))};
     if (file.fd.get() < 0) {
       return NotReady(absl::StrCat(name, ": ", ErrnoText(errno)));
     }
@@ -212,8 +212,8 @@ class CheckpointScanner::DirectoryCheck {
                                    ", expected a regular file"));
     }
     file.size = static_cast<int64_t>(info.st_size);
-    stamps_[name] = FileStamp{file.size, MtimeNs(info),
-                                     static_cast<uint64_t>(info.st_ino)};
+    stamps_[name] =
+        FileStamp{file.size, MtimeNs(info), static_cast<uint64_t>(info.st_ino)};
     return file;
   }
 
@@ -245,9 +245,8 @@ class CheckpointScanner::DirectoryCheck {
                                    kHeaderLengthBytes, " length bytes)"));
     }
     unsigned char length_bytes[kHeaderLengthBytes];
-    absl::Status read =
-        ReadExactly(file->fd.get(), name, 0, kHeaderLengthBytes,
-                    reinterpret_cast<char*>(length_bytes));
+    absl::Status read = ReadExactly(file->fd.get(), name, 0, kHeaderLengthBytes,
+                                    reinterpret_cast<char*>(length_bytes));
     if (!read.ok()) return read;
     uint64_t header_length = 0;
     for (int64_t i = kHeaderLengthBytes - 1; i >= 0; --i) {
@@ -273,8 +272,8 @@ class CheckpointScanner::DirectoryCheck {
     if (!read.ok()) return read;
     absl::StatusOr<format::JsonValue> header = format::ParseJson(text);
     if (!header.ok()) {
-      return NotReady(absl::StrCat(name, ": invalid header: ",
-                                   header.status().message()));
+      return NotReady(
+          absl::StrCat(name, ": invalid header: ", header.status().message()));
     }
     if (!header->is_object()) {
       return NotReady(
@@ -308,9 +307,8 @@ class CheckpointScanner::DirectoryCheck {
                                    expected, " bytes)"));
     }
     if (size > expected) {
-      return NotReady(absl::StrCat(name, ": ", size,
-                                   " bytes, more than the ", expected,
-                                   " its header accounts for"));
+      return NotReady(absl::StrCat(name, ": ", size, " bytes, more than the ",
+                                   expected, " its header accounts for"));
     }
     return absl::OkStatus();
   }
@@ -322,9 +320,9 @@ class CheckpointScanner::DirectoryCheck {
 absl::StatusOr<CheckpointPattern> ParseCheckpointPattern(
     std::string_view pattern) {
   auto invalid = [pattern](auto&&... why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kPatternField, " \"", absl::CHexEscape(format::AsAbsl(pattern)),
-                     "\": ", why...));
+    return absl::InvalidArgumentError(absl::StrCat(
+        kPatternField, " \"", absl::CHexEscape(format::AsAbsl(pattern)),
+        "\": ", why...));
   };
   if (pattern.empty()) {
     return invalid("must not be empty (e.g. \"step-{step}\")");
@@ -363,9 +361,9 @@ std::optional<int64_t> MatchCheckpointName(const CheckpointPattern& pattern,
       name.substr(name.size() - pattern.suffix.size()) != pattern.suffix) {
     return std::nullopt;
   }
-  const std::string_view digits = name.substr(
-      pattern.prefix.size(),
-      name.size() - pattern.prefix.size() - pattern.suffix.size());
+  const std::string_view digits =
+      name.substr(pattern.prefix.size(),
+                  name.size() - pattern.prefix.size() - pattern.suffix.size());
   int64_t step = 0;
   for (char c : digits) {
     if (c < '0' || c > '9') return std::nullopt;
@@ -378,8 +376,7 @@ std::optional<int64_t> MatchCheckpointName(const CheckpointPattern& pattern,
   return step;
 }
 
-CheckpointScanner::CheckpointScanner(std::string dir,
-                                     CheckpointPattern pattern,
+CheckpointScanner::CheckpointScanner(std::string dir, CheckpointPattern pattern,
                                      std::string marker_file)
     : dir_(std::move(dir)),
       pattern_(std::move(pattern)),
@@ -502,8 +499,9 @@ absl::StatusOr<CheckpointScanner::Result> CheckpointScanner::Scan(
     if (!files.ok()) {
       pending(std::string(files.message()));
     } else if (previous == previous_.end()) {
-      pending("seen for the first time; complete if unchanged at the next "
-              "scan");
+      pending(
+          "seen for the first time; complete if unchanged at the next "
+          "scan");
     } else if (previous->second != stamps) {
       std::vector<std::string> changed;
       for (const auto& [file, stamp] : stamps) {
@@ -515,14 +513,15 @@ absl::StatusOr<CheckpointScanner::Result> CheckpointScanner::Scan(
       for (const auto& [file, stamp] : previous->second) {
         if (stamps.count(file) == 0) changed.push_back(file);
       }
-      pending(absl::StrCat("sizes still changing (", absl::StrJoin(changed, ", "),
-                           ")"));
+      pending(absl::StrCat("sizes still changing (",
+                           absl::StrJoin(changed, ", "), ")"));
     } else {
       int64_t newest = 0;
       for (const auto& [file, stamp] : stamps) {
         newest = std::max(newest, stamp.mtime_ns);
       }
-      result.complete.push_back(FoundCheckpoint{step, path, newest / 1'000'000});
+      result.complete.push_back(
+          FoundCheckpoint{step, path, newest / 1'000'000});
     }
   }
   // Directories not examined this time (taken, refused, vanished, beyond

@@ -88,10 +88,11 @@ TEST(ParseCheckpointPatternTest, SplitsAroundStep) {
   struct Case {
     std::string pattern, prefix, suffix;
   };
-  for (const Case& c : std::vector<Case>{{"step-{step}", "step-", ""},
-                                         {"checkpoint-{step}", "checkpoint-", ""},
-                                         {"{step}", "", ""},
-                                         {"ckpt_{step}_done", "ckpt_", "_done"}}) {
+  for (const Case& c :
+       std::vector<Case>{{"step-{step}", "step-", ""},
+                         {"checkpoint-{step}", "checkpoint-", ""},
+                         {"{step}", "", ""},
+                         {"ckpt_{step}_done", "ckpt_", "_done"}}) {
     absl::StatusOr<CheckpointPattern> parsed =
         ParseCheckpointPattern(c.pattern);
     ASSERT_TRUE(parsed.ok()) << c.pattern << ": " << parsed.status();
@@ -126,10 +127,9 @@ TEST(MatchCheckpointNameTest, ReadsDecimalSteps) {
 
 TEST(MatchCheckpointNameTest, RefusesOtherNames) {
   const CheckpointPattern step{"step-", ""};
-  for (const char* name :
-       {"step-", "step-1a", "step--1", "step-+1", "step- 1",
-        "step-99999999999999999999", "step-9223372036854775808", "xstep-1",
-        "step", ""}) {
+  for (const char* name : {"step-", "step-1a", "step--1", "step-+1", "step- 1",
+                           "step-99999999999999999999",
+                           "step-9223372036854775808", "xstep-1", "step", ""}) {
     EXPECT_EQ(MatchCheckpointName(step, name), std::nullopt) << name;
   }
   const CheckpointPattern done{"ckpt_", "_done"};
@@ -359,7 +359,8 @@ TEST(CheckpointScannerTest, SkippedStepsAreNotReportedAndResultsAreSorted) {
   }
   // Incomplete, to show pending results are sorted too.
   for (int step : {70, 6}) {
-    std::filesystem::create_directories(absl::StrCat(tmp.path(), "/step-", step));
+    std::filesystem::create_directories(
+        absl::StrCat(tmp.path(), "/step-", step));
   }
   CheckpointScanner scanner = MakeScanner(tmp.path());
   const std::set<int64_t> skip = {5, 1000};
@@ -432,6 +433,31 @@ TEST(CheckpointScannerTest, TwoNamesForOneStepStayPending) {
   EXPECT_EQ(result.pending[0].step, 7);
   EXPECT_EQ(result.pending[0].reason,
             "step 7 is named by more than one directory: step-07, step-7");
+}
+
+TEST(CheckpointScannerTest, ExaminesAtMostTheCapLowestStepsFirst) {
+  TempDir tmp;
+  const int extra = 5;
+  for (int step = 0; step < CheckpointScanner::kMaxEntriesPerScan + extra;
+       ++step) {
+    ASSERT_TRUE(std::filesystem::create_directory(
+        absl::StrCat(tmp.path(), "/step-", step)));
+  }
+  CheckpointScanner scanner = MakeScanner(tmp.path());
+  CheckpointScanner::Result result = ScanOk(scanner);
+  ASSERT_EQ(result.pending.size(),
+            static_cast<size_t>(CheckpointScanner::kMaxEntriesPerScan));
+  EXPECT_EQ(result.pending.front().step, 0);
+  EXPECT_EQ(result.pending.back().step,
+            CheckpointScanner::kMaxEntriesPerScan - 1);
+  // Once the lowest are skipped, the rest come into view.
+  const std::set<int64_t> skip = {0, 1, 2, 3, 4};
+  result = ScanOk(scanner, skip);
+  ASSERT_EQ(result.pending.size(),
+            static_cast<size_t>(CheckpointScanner::kMaxEntriesPerScan));
+  EXPECT_EQ(result.pending.front().step, extra);
+  EXPECT_EQ(result.pending.back().step,
+            CheckpointScanner::kMaxEntriesPerScan + extra - 1);
 }
 
 TEST(CheckpointScannerTest, MissingDirectoryIsNotFound) {
