@@ -1,9 +1,11 @@
 #include "server/internal/job_state_machine.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/internal/lease_table.h"
@@ -464,6 +466,341 @@ TEST_F(JobStateMachineTest, RecoversTheSameStateFromItsRecords) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(bad.status().message(),
               HasSubstr("stored tasks of job 'job-000001' are incomplete"));
+}
+
+// --- following jobs ---
+
+v1::JobSpec FollowSpec(int num_hooks = 1, bool analysis = true) {
+  v1::JobSpec spec = analysis ? AnalysedSpec(0, num_hooks) : Spec(0, num_hooks);
+  spec.mutable_model()->mutable_follow()->set_dir("/run");
+  spec.mutable_schedule()->set_reference_checkpoints(3);
+  return spec;
+}
+
+class FollowTest : public JobStateMachineTest {
+ protected:
+  // Takes (step, "/ckpt/<step>") as the validator would place it.
+  void Take(const std::string& job_id, int64_t step, int64_t now_ms = kT0) {
+    bool duplicate = true;
+    bool job_level = true;
+    ASSERT_TRUE(state_
+                    .CheckAddCheckpoint(job_id, step, Path(step), &duplicate,
+                                        &job_level)
+                    .ok());
+    ASSERT_FALSE(duplicate);
+    v1::JobSpec spec = state_.FindJob(job_id)->job.spec();
+    auto* checkpoints = spec.mutable_model()->mutable_checkpoints();
+    v1::Checkpoint* c = checkpoints->Add();
+    c->set_step(step);
+    c->set_path(Path(step));
+    for (int i = checkpoints->size() - 1;
+         i > 0 && checkpoints->Get(i - 1).step() > step; --i) {
+      checkpoints->SwapElements(i, i - 1);
+    }
+    state_.Apply(state_.PlanAddCheckpoint(job_id, spec, step, now_ms - 5,
+                                          now_ms - 10, now_ms));
+  }
+  static std::string Path(int64_t step) {
+    return absl::StrCat("/ckpt/", step);
+  }
+  // Runs every runnable task of the job (training, analysis, summaries)
+  // until none is left; returns how many ran.
+  int RunAll(const std::string& job_id, int64_t now_ms = kT0) {
+    int ran = 0;
+    for (bool progress = true; progress;) {
+      progress = false;
+      const auto& entry = *state_.FindJob(job_id);
+      for (int h = 0; h < static_cast<int>(entry.chains.size()); ++h) {
+        if (const TaskRecord* t = Runnable(job_id, h, now_ms); t != nullptr) {
+          const std::string id = t->task_id();
+          Grant(*t, "w", now_ms);
+          Complete(id, 10, now_ms);
+          progress = true;
+          ++ran;
+          break;
+        }
+      }
+      if (progress) continue;
+      if (const TaskRecord* s = state_.RunnableSummary(now_ms, Never);
+          s != nullptr) {
+        state_.Apply(state_.PlanCompleteSummary(*s, now_ms));
+        progress = true;
+        ++ran;
+      }
+    }
+    return ran;
+  }
+  const v1::Job& JobOf(const std::string& job_id) {
+    return state_.FindJob(job_id)->job;
+  }
+};
+
+TEST_F(FollowTest, AFollowingJobRunsAndWaitsBeforeItsFirstCheckpoint) {
+  const std::string id = Create(FollowSpec());
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(JobOf(id).follow().state(), v1::FOLLOW_STATE_WAITING);
+  EXPECT_EQ(JobOf(id).follow().waiting_since_ms(), kT0);
+  EXPECT_EQ(JobOf(id).follow().last_step(), -1);
+  EXPECT_EQ(Runnable(id, 0), nullptr);
+  EXPECT_EQ(state_.RunnableSummary(kT0, Never), nullptr);
+}
+
+TEST_F(FollowTest, EachCheckpointAppendsALinkPerHookTrainedInOrder) {
+  const std::string id = Create(FollowSpec(/*num_hooks=*/2));
+  Take(id, 0, kT0 + 100);
+  EXPECT_EQ(JobOf(id).follow().state(), v1::FOLLOW_STATE_TRAINING);
+  EXPECT_EQ(JobOf(id).progress().tasks_total(), 2);
+  Take(id, 16, kT0 + 200);
+  EXPECT_EQ(JobOf(id).progress().tasks_total(), 4);
+  EXPECT_EQ(JobOf(id).follow().last_step(), 16);
+  ASSERT_EQ(JobOf(id).follow().checkpoints_size(), 2);
+  EXPECT_EQ(JobOf(id).follow().checkpoints(1).last_write_ms(), kT0 + 190);
+  const TaskRecord* first = Runnable(id, 1);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->task_id(), "job-000001.l1.c0");
+  EXPECT_EQ(first->step(), 0);
+  // Both hooks at step 0 done: the checkpoint is stored, not before.
+  Grant(*first);
+  Complete("job-000001.l1.c0", 10, kT0 + 300);
+  EXPECT_EQ(JobOf(id).follow().checkpoints(0).stored_ms(), 0);
+  Grant(*Runnable(id, 0));
+  Complete("job-000001.l0.c0", 10, kT0 + 400);
+  EXPECT_EQ(JobOf(id).follow().checkpoints(0).stored_ms(), kT0 + 400);
+  EXPECT_EQ(RunAll(id, kT0 + 500), 2);
+  EXPECT_EQ(JobOf(id).follow().state(), v1::FOLLOW_STATE_WAITING);
+  EXPECT_EQ(JobOf(id).follow().waiting_since_ms(), kT0 + 500);
+  // Still following: no analysis without a round, not SUCCEEDED.
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(FollowTest, TakingIsIdempotentAndLateOrConflictingStepsAreRefused) {
+  const std::string id = Create(FollowSpec());
+  Take(id, 10);
+  Take(id, 20);
+  bool duplicate = false;
+  bool job_level = true;
+  EXPECT_TRUE(
+      state_.CheckAddCheckpoint(id, 10, Path(10), &duplicate, &job_level).ok());
+  EXPECT_TRUE(duplicate);
+  absl::Status other =
+      state_.CheckAddCheckpoint(id, 10, "/elsewhere", &duplicate, &job_level);
+  EXPECT_EQ(other.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(other.message(), HasSubstr("already taken from '/ckpt/10'"));
+  EXPECT_FALSE(job_level);
+  absl::Status late =
+      state_.CheckAddCheckpoint(id, 15, Path(15), &duplicate, &job_level);
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(late.message(), HasSubstr("retrain_late"));
+  EXPECT_FALSE(job_level);
+  state_.Apply(state_.PlanRefuseCheckpoint(id, 15, Path(15),
+                                           std::string(late.message()), kT0));
+  ASSERT_EQ(JobOf(id).follow().refused_size(), 1);
+  EXPECT_EQ(JobOf(id).follow().refused(0).step(), 15);
+  // A job that does not follow takes nothing.
+  const std::string fixed = Create(Spec(2, 1));
+  absl::Status not_following =
+      state_.CheckAddCheckpoint(fixed, 300, "/x", &duplicate, &job_level);
+  EXPECT_EQ(not_following.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(job_level);
+  EXPECT_EQ(state_.CheckAddCheckpoint("job-000099", 1, "/x", &duplicate,
+                                      &job_level)
+                .code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(FollowTest, ALateStepWithRetrainLateRetrainsFromItsLink) {
+  v1::JobSpec spec = FollowSpec(1, /*analysis=*/false);
+  spec.mutable_model()->mutable_follow()->set_retrain_late(true);
+  const std::string id = Create(spec);
+  Take(id, 0);
+  Take(id, 20);
+  Take(id, 40);
+  RunAll(id);
+  EXPECT_EQ(JobOf(id).progress().tasks_done(), 3);
+  Take(id, 10, kT0 + 1000);
+  const v1::Job& job = JobOf(id);
+  EXPECT_EQ(job.progress().tasks_total(), 4);
+  // Links 1..3 (steps 10, 20, 40) train again, link 0 stays.
+  EXPECT_EQ(job.progress().tasks_done(), 1);
+  EXPECT_EQ(job.progress().tokens_trained(), 10);
+  EXPECT_EQ(state_.FindTask("job-000001.l0.c1")->step(), 10);
+  EXPECT_EQ(state_.FindTask("job-000001.l0.c2")->step(), 20);
+  EXPECT_EQ(state_.FindTask("job-000001.l0.c3")->step(), 40);
+  EXPECT_EQ(state_.FindTask("job-000001.l0.c2")->state(), TASK_STATE_QUEUED);
+  ASSERT_EQ(job.follow().checkpoints_size(), 4);
+  EXPECT_EQ(job.follow().checkpoints(1).step(), 10);
+  EXPECT_GT(job.follow().checkpoints(0).stored_ms(), 0);
+  EXPECT_EQ(job.follow().checkpoints(2).stored_ms(), 0);
+  const TaskRecord* next = Runnable(id, 0);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->task_id(), "job-000001.l0.c1");
+  EXPECT_EQ(RunAll(id), 3);
+  EXPECT_EQ(JobOf(id).progress().tasks_done(), 4);
+}
+
+TEST_F(FollowTest, ClosingRunsTheFinalRoundAndTheJobSucceedsAsAFixedOne) {
+  const std::string id = Create(FollowSpec());
+  Take(id, 0);
+  Take(id, 8);
+  Take(id, 64);
+  RunAll(id);
+  ASSERT_EQ(JobOf(id).state(), v1::JOB_STATE_RUNNING);
+  absl::StatusOr<RecordChanges> close =
+      state_.PlanCloseJob(id, "closed by request", kT0 + 1);
+  ASSERT_TRUE(close.ok()) << close.status();
+  state_.Apply(*close);
+  const v1::Job& closed = JobOf(id);
+  EXPECT_EQ(closed.follow().state(), v1::FOLLOW_STATE_CLOSED);
+  EXPECT_EQ(closed.follow().close_reason(), "closed by request");
+  EXPECT_TRUE(closed.follow().final_round());
+  EXPECT_EQ(closed.follow().analysed_checkpoints(), 3);
+  EXPECT_EQ(closed.progress().analysis_tasks_total(), 4);
+  // The final checkpoint's pass first, as for a fixed-list job.
+  const TaskRecord* first = Runnable(id, 0);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->task_id(), "job-000001.l0.a2");
+  EXPECT_EQ(JobStateMachine::AnalysisFinalIndex(closed), 2);
+  // Closing again changes nothing; a closed job takes no checkpoint.
+  absl::StatusOr<RecordChanges> again = state_.PlanCloseJob(id, "x", kT0 + 2);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->empty());
+  bool duplicate = false;
+  bool job_level = false;
+  EXPECT_EQ(
+      state_.CheckAddCheckpoint(id, 100, "/c", &duplicate, &job_level).code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(job_level);
+  EXPECT_EQ(RunAll(id), 4);
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(FollowTest, ClosingWithoutCheckpointsFailsTheJob) {
+  const std::string id = Create(FollowSpec());
+  absl::StatusOr<RecordChanges> close = state_.PlanCloseJob(id, "r", kT0);
+  ASSERT_TRUE(close.ok());
+  state_.Apply(*close);
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(JobOf(id).error(), HasSubstr("before any checkpoint"));
+  // A fixed-list job cannot be closed.
+  const std::string fixed = Create(Spec(1, 1));
+  EXPECT_EQ(state_.PlanCloseJob(fixed, "r", kT0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(FollowTest, UntilStepClosesTheJob) {
+  v1::JobSpec spec = FollowSpec(1, /*analysis=*/false);
+  spec.mutable_model()->mutable_follow()->set_until_step(32);
+  const std::string id = Create(spec);
+  Take(id, 16);
+  EXPECT_NE(JobOf(id).follow().state(), v1::FOLLOW_STATE_CLOSED);
+  Take(id, 32);
+  EXPECT_EQ(JobOf(id).follow().state(), v1::FOLLOW_STATE_CLOSED);
+  EXPECT_EQ(JobOf(id).follow().close_reason(), "until_step 32 reached");
+  RunAll(id);
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(FollowTest, AnalyseEveryRunsProvisionalRoundsOverTheTrainedPrefix) {
+  v1::JobSpec spec = FollowSpec();
+  spec.mutable_model()->mutable_follow()->set_analyse_every(2);
+  const std::string id = Create(spec);
+  Take(id, 0);
+  RunAll(id);
+  EXPECT_FALSE(JobOf(id).follow().analysis_running());
+  EXPECT_EQ(JobOf(id).follow().analysis_round(), 0);
+  Take(id, 1);
+  Take(id, 2);
+  // Link 1 trains: the second trained checkpoint starts round 1 over
+  // links 0..1, while link 2 is leased elsewhere.
+  Grant(*Runnable(id, 0));
+  Complete("job-000001.l0.c1");
+  EXPECT_TRUE(JobOf(id).follow().analysis_running());
+  EXPECT_EQ(JobOf(id).follow().analysis_round(), 1);
+  EXPECT_EQ(JobOf(id).follow().analysed_checkpoints(), 2);
+  const TaskRecord* link2 = Runnable(id, 0);
+  ASSERT_NE(link2, nullptr);
+  EXPECT_EQ(link2->task_id(), "job-000001.l0.c2");
+  Grant(*link2);
+  const TaskRecord* pass = Runnable(id, 0);
+  ASSERT_NE(pass, nullptr);
+  EXPECT_EQ(pass->task_id(), "job-000001.l0.a1");  // The round's final one.
+  Grant(*pass);
+  Complete("job-000001.l0.a1");
+  Grant(*Runnable(id, 0));
+  Complete("job-000001.l0.a0");
+  const TaskRecord* summary = state_.RunnableSummary(kT0, Never);
+  ASSERT_NE(summary, nullptr);
+  state_.Apply(state_.PlanCompleteSummary(*summary, kT0));
+  EXPECT_FALSE(JobOf(id).follow().analysis_running());
+  EXPECT_EQ(JobOf(id).state(), v1::JOB_STATE_RUNNING);
+  // A refresh on request covers whatever is trained then.
+  Complete("job-000001.l0.c2");
+  absl::StatusOr<RecordChanges> refresh = state_.PlanRefreshAnalysis(id, kT0);
+  ASSERT_TRUE(refresh.ok()) << refresh.status();
+  state_.Apply(*refresh);
+  EXPECT_EQ(JobOf(id).follow().analysis_round(), 2);
+  EXPECT_EQ(JobOf(id).follow().analysed_checkpoints(), 3);
+  EXPECT_EQ(JobOf(id).progress().analysis_tasks_total(), 4);
+  // Asked again while it runs: after it.
+  absl::StatusOr<RecordChanges> again = state_.PlanRefreshAnalysis(id, kT0);
+  ASSERT_TRUE(again.ok());
+  state_.Apply(*again);
+  EXPECT_TRUE(JobOf(id).follow().refresh_pending());
+  RunAll(id);
+  EXPECT_EQ(JobOf(id).follow().analysis_round(), 3);
+  EXPECT_FALSE(JobOf(id).follow().analysis_running());
+  EXPECT_FALSE(JobOf(id).follow().refresh_pending());
+}
+
+TEST_F(FollowTest, RefreshIsRefusedWithTheReason) {
+  const std::string id = Create(FollowSpec());
+  EXPECT_THAT(state_.PlanRefreshAnalysis(id, kT0).status().message(),
+              HasSubstr("no checkpoint is trained yet"));
+  const std::string plain = Create(FollowSpec(1, /*analysis=*/false));
+  EXPECT_THAT(state_.PlanRefreshAnalysis(plain, kT0).status().message(),
+              HasSubstr("no analysis pass"));
+}
+
+TEST_F(FollowTest, RecordsRoundTripMidRound) {
+  v1::JobSpec spec = FollowSpec(/*num_hooks=*/2);
+  const std::string id = Create(spec);
+  Take(id, 0);
+  Take(id, 4);
+  RunAll(id);
+  ASSERT_TRUE(state_.PlanRefreshAnalysis(id, kT0).ok());
+  state_.Apply(*state_.PlanRefreshAnalysis(id, kT0));
+  Take(id, 8);
+  std::vector<v1::Job> jobs{JobOf(id)};
+  std::vector<TaskRecord> tasks;
+  for (const auto& [task_id, task] : state_.tasks()) tasks.push_back(task);
+  absl::StatusOr<JobStateMachine> restored =
+      JobStateMachine::FromRecords(options_, jobs, tasks);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  const JobStateMachine::JobEntry* entry = restored->FindJob(id);
+  ASSERT_NE(entry, nullptr);
+  EXPECT_EQ(entry->chains[0].size(), 3u);
+  EXPECT_EQ(entry->analyses[1].size(), 2u);
+  EXPECT_EQ(entry->summaries[1], "job-000001.l1.summary");
+  // A following job missing a chain link is refused.
+  tasks.erase(std::remove_if(tasks.begin(), tasks.end(),
+                             [](const TaskRecord& t) {
+                               return t.task_id() == "job-000001.l0.c1";
+                             }),
+              tasks.end());
+  EXPECT_EQ(JobStateMachine::FromRecords(options_, jobs, tasks).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(FollowReferenceCheckTest, LogSpacedPositionsUpToTheCount) {
+  v1::JobSpec spec;
+  spec.mutable_schedule()->set_reference_checkpoints(4);
+  std::vector<int> positions;
+  for (int c = 0; c < 40; ++c) {
+    if (JobStateMachine::FollowReferenceCheck(spec, c)) positions.push_back(c);
+  }
+  EXPECT_THAT(positions, ElementsAre(0, 1, 2, 4));
+  spec.mutable_schedule()->set_reference_checkpoints(0);
+  EXPECT_FALSE(JobStateMachine::FollowReferenceCheck(spec, 0));
 }
 
 }  // namespace
