@@ -156,7 +156,11 @@ coordinator_pid=$!
 worker_pid=
 trainer_pid=
 cleanup() {
-  [ -n "$trainer_pid" ] && kill "$trainer_pid" 2>/dev/null && wait "$trainer_pid" 2>/dev/null
+  # A process ended by the signal (the trainer) waits with status 143, not
+  # an error here.
+  if [ -n "$trainer_pid" ]; then
+    kill "$trainer_pid" 2>/dev/null && wait "$trainer_pid" 2>/dev/null || true
+  fi
   [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
   kill "$coordinator_pid" 2>/dev/null && wait "$coordinator_pid" 2>/dev/null
   true
@@ -232,7 +236,7 @@ follow_live_run() {
       if [ "$rc" != 0 ]; then
         [ -n "$tty" ] && echo
         tail -20 "$data/trainer.log" >&2
-        echo "demo.sh: saetrack-tinylm failed (exit status $rc); $job left running" >&2
+        echo "demo.sh: saetrack-tinylm failed (exit status $rc; log: $data/trainer.log)" >&2
         exit 1
       fi
     fi
