@@ -63,8 +63,8 @@ TEST(JobFileTest, ResolvesARelativeFollowedDirectory) {
   EXPECT_EQ(spec->model().follow().dir(), "/runs/a/");
 
   // Checkpoints by AddCheckpoint only: no directory to resolve.
-  spec = ParseJobSpec(R"({"model": {"follow": {"until_step": 8}}})",
-                      "job.json", "/jobs/demo");
+  spec = ParseJobSpec(R"({"model": {"follow": {"until_step": 8}}})", "job.json",
+                      "/jobs/demo");
   ASSERT_TRUE(spec.ok()) << spec.status();
   ASSERT_TRUE(spec->model().has_follow());
   EXPECT_EQ(spec->model().follow().dir(), "");
@@ -177,9 +177,8 @@ TEST(JobFileTest, TopLevelMustBeAnObject) {
 // against deploy/jobs as `saetrack submit` resolves them.
 TEST(JobFileTest, DemoJobFilesLoad) {
   const std::string jobs = SAETRACK_SOURCE_DIR "/deploy/jobs";
-  for (const char* name :
-       {"demo-job.json", "demo-job-quick.json", "demo-job-live.json",
-        "demo-job-live-quick.json"}) {
+  for (const char* name : {"demo-job.json", "demo-job-quick.json",
+                           "demo-job-live.json", "demo-job-live-quick.json"}) {
     SCOPED_TRACE(name);
     absl::StatusOr<v1::JobSpec> spec = LoadJobFile(jobs + "/" + name);
     ASSERT_TRUE(spec.ok()) << spec.status();

@@ -615,7 +615,7 @@ TEST_F(LiveDemoTest, LiveFollowingReportsEveryCheckpointsLag) {
       section, header,
       std::regex(R"(\nfollowing closed \((.*)\): (\d+) checkpoints followed)")))
       << section;
-  EXPECT_EQ(header[1], "until_step 64 reached") << section;
+  EXPECT_EQ(header[1].str(), "until_step 64 reached") << section;
   EXPECT_EQ(std::stoul(header[2]), kSteps.size()) << section;
 
   // step, seen, taken, lag: seconds after the checkpoint's last write.
@@ -677,8 +677,8 @@ TEST_F(LiveDemoTest, StopsTheTrainerAndItsServices) {
   std::smatch trainer;
   ASSERT_TRUE(std::regex_search(run_->out, trainer,
                                 std::regex(R"(saetrack-tinylm pid (\d+))")));
-  for (const std::string& pid : {pids[1].str(), pids[2].str(),
-                                 trainer[1].str()}) {
+  for (const std::string& pid :
+       {pids[1].str(), pids[2].str(), trainer[1].str()}) {
     EXPECT_TRUE(Ended(std::stoi(pid))) << "process " << pid << " still runs";
   }
 }

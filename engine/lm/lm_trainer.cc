@@ -68,7 +68,9 @@ absl::Status WriteFileInPlace(const std::string& path,
                               std::string_view contents) {
   const int fd =
       ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
+  }
   size_t written = 0;
   while (written < contents.size()) {
     const ssize_t n =
@@ -413,10 +415,9 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
   auto save = [&](int64_t step, double loss) -> absl::Status {
     if (last_saved.has_value() && options.checkpoint_interval_s > 0) {
       std::this_thread::sleep_until(
-          *last_saved + std::chrono::duration_cast<
-                            std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(
-                                options.checkpoint_interval_s)));
+          *last_saved +
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+              std::chrono::duration<double>(options.checkpoint_interval_s)));
     }
     // The order Hugging Face's save_pretrained writes them in.
     const std::string dir = CheckpointDir(options, step);
@@ -427,7 +428,8 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
     if (!options.checkpoint_marker.empty()) {
       ::unlink((dir + "/" + options.checkpoint_marker).c_str());
     }
-    SAETRACK_RETURN_IF_ERROR(WriteFileInPlace(dir + "/config.json", config_json));
+    SAETRACK_RETURN_IF_ERROR(
+        WriteFileInPlace(dir + "/config.json", config_json));
     SAETRACK_ASSIGN_OR_RETURN(
         const std::string weights,
         internal::SerializeSafetensors(model.NamedParameters()));

@@ -266,10 +266,9 @@ TEST_F(LmTrainerTest, PacesCheckpointsAndMarksThemComplete) {
   ASSERT_TRUE(TrainTinyLm(options, [&](const std::string& line) {
                 logged.push_back(std::chrono::steady_clock::now());
                 const int step = std::stoi(line.substr(5));
-                marked.push_back(
-                    std::filesystem::exists(options.out_dir +
-                                            "/checkpoints/step-" +
-                                            std::to_string(step) + "/COMPLETE"));
+                marked.push_back(std::filesystem::exists(
+                    options.out_dir + "/checkpoints/step-" +
+                    std::to_string(step) + "/COMPLETE"));
               }).ok());
   ASSERT_EQ(logged.size(), 3u);
   for (size_t i = 1; i < logged.size(); ++i) {
