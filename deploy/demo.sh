@@ -222,8 +222,13 @@ follow_live_run() {
     }
     sleep 0.2
   done
-  job=$("${cli[@]}" submit "$data/job.json" --json |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["job"]["job_id"])')
+  local submitted
+  submitted=$("${cli[@]}" submit "$data/job.json" --json) || {
+    echo "demo.sh: the coordinator refused $job_file (above)" >&2
+    exit 1
+  }
+  job=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["job"]["job_id"])' \
+    <<<"$submitted")
   echo "submitted $job, following $data/live-lm/checkpoints"
 
   local tty= line= state= text= error= trainer= tick=0 rc
