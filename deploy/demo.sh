@@ -158,8 +158,8 @@ trainer_pid=
 cleanup() {
   # A process ended by the signal (the trainer) waits with status 143, not
   # an error here.
-  if [ -n "$trainer_pid" ]; then
-    kill "$trainer_pid" 2>/dev/null && wait "$trainer_pid" 2>/dev/null || true
+  if [ -n "$trainer_pid" ] && kill "$trainer_pid" 2>/dev/null; then
+    wait "$trainer_pid" 2>/dev/null || true
   fi
   [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
   kill "$coordinator_pid" 2>/dev/null && wait "$coordinator_pid" 2>/dev/null
@@ -231,7 +231,7 @@ follow_live_run() {
     <<<"$submitted")
   echo "submitted $job, following $data/live-lm/checkpoints"
 
-  local tty= line= state= text= error= trainer= tick=0 rc
+  local tty='' line='' state='' text='' error='' trainer='' tick=0 rc
   [ -t 1 ] && tty=1
   while :; do
     if [ -n "$trainer_pid" ] && ! kill -0 "$trainer_pid" 2>/dev/null; then
