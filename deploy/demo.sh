@@ -206,7 +206,7 @@ follow_live_run() {
   step "Following a live training run ($job_file; the LM writes a checkpoint every ${pace_s} s or slower)"
   # A fresh run: the follower sees every checkpoint appear.
   rm -rf "$data/live-lm"
-  # The worker trains SAEs beside the LM: each gets half of the cores.
+  # Half of the cores: the worker trains SAEs beside the LM.
   "$bin/saetrack-tinylm" "${lm_flags[@]}" --out "$data/live-lm" \
     --pace_s "$pace_s" --threads "$(( threads > 1 ? threads / 2 : 1 ))" \
     >"$data/trainer.log" 2>&1 &
