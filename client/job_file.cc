@@ -143,6 +143,12 @@ absl::StatusOr<v1::JobSpec> ParseJobSpec(std::string_view text,
   for (auto& checkpoint : *spec.mutable_model()->mutable_checkpoints()) {
     checkpoint.set_path(Resolve(base_dir, checkpoint.path()));
   }
+  // has_follow(): a following job is told apart by the field's presence, so
+  // a spec without it must stay without it.
+  if (spec.model().has_follow()) {
+    auto* follow = spec.mutable_model()->mutable_follow();
+    follow->set_dir(Resolve(base_dir, follow->dir()));
+  }
   auto* data = spec.mutable_data();
   data->set_tokens_path(Resolve(base_dir, data->tokens_path()));
   data->set_tokenizer_path(Resolve(base_dir, data->tokenizer_path()));

@@ -12,8 +12,9 @@
 namespace saetrack::client {
 
 // Parses `text` as a job spec. `origin` names the file in messages; relative
-// paths in the spec (checkpoint paths, data paths) are resolved against
-// `base_dir` and made absolute, because the coordinator may run elsewhere.
+// paths in the spec (checkpoint paths, the followed directory, data paths)
+// are resolved against `base_dir` and made absolute, because the coordinator
+// may run elsewhere.
 // Errors (kInvalidArgument): a JSON syntax error names the byte offset; an
 // unknown field or a value of the wrong type names the field's path, e.g.
 // "job.json: model.checkpoints[1].step: expected an integer".

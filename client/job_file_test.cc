@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 namespace saetrack::client {
@@ -36,6 +37,42 @@ TEST(JobFileTest, ParsesFieldsAndResolvesRelativePaths) {
   EXPECT_DOUBLE_EQ(spec->sae().l1_coefficient(), 1e-3);
   EXPECT_EQ(spec->schedule().direction(), v1::Schedule::FORWARD);
   EXPECT_EQ(spec->schedule().tokens_first(), 40000);
+}
+
+TEST(JobFileTest, ResolvesARelativeFollowedDirectory) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpec(
+      R"({"model": {"follow": {"dir": "../run/checkpoints",
+                               "pattern": "step-{step}",
+                               "poll_interval_s": 0.5, "until_step": 64,
+                               "analyse_every": 3}}})",
+      "job.json", "/jobs/demo");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(spec->model().has_follow());
+  const v1::FollowSpec& follow = spec->model().follow();
+  EXPECT_EQ(follow.dir(), "/jobs/run/checkpoints");
+  EXPECT_EQ(follow.pattern(), "step-{step}");
+  EXPECT_DOUBLE_EQ(follow.poll_interval_s(), 0.5);
+  ASSERT_TRUE(follow.has_until_step());
+  EXPECT_EQ(follow.until_step(), 64);
+  EXPECT_EQ(follow.analyse_every(), 3);
+  EXPECT_EQ(spec->model().checkpoints_size(), 0);
+
+  spec = ParseJobSpec(R"({"model": {"follow": {"dir": "/runs/a/"}}})",
+                      "job.json", "/jobs/demo");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->model().follow().dir(), "/runs/a/");
+
+  // Checkpoints by AddCheckpoint only: no directory to resolve.
+  spec = ParseJobSpec(R"({"model": {"follow": {"until_step": 8}}})", "job.json",
+                      "/jobs/demo");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(spec->model().has_follow());
+  EXPECT_EQ(spec->model().follow().dir(), "");
+
+  // Without "follow" the job does not follow.
+  spec = ParseJobSpec(kValidJob, "job.json", "/jobs/demo");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->model().has_follow());
 }
 
 TEST(JobFileTest, ParsesTopkAndTrainingOptions) {
@@ -134,6 +171,34 @@ TEST(JobFileTest, TopLevelMustBeAnObject) {
   absl::StatusOr<v1::JobSpec> spec = ParseJobSpec("[1, 2]", "job.json", "/");
   ASSERT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(spec.status().message(), HasSubstr("JSON object"));
+}
+
+// The job files deploy/demo.sh submits, with their relative paths resolved
+// against deploy/jobs as `saetrack submit` resolves them.
+TEST(JobFileTest, DemoJobFilesLoad) {
+  const std::string jobs = SAETRACK_SOURCE_DIR "/deploy/jobs";
+  for (const char* name : {"demo-job.json", "demo-job-quick.json",
+                           "demo-job-live.json", "demo-job-live-quick.json"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<v1::JobSpec> spec = LoadJobFile(jobs + "/" + name);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->hooks_size(), 2);
+    EXPECT_EQ(spec->data().tokens_path().rfind(SAETRACK_SOURCE_DIR "/", 0), 0u)
+        << spec->data().tokens_path();
+  }
+  for (const char* name : {"demo-job-live.json", "demo-job-live-quick.json"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<v1::JobSpec> spec = LoadJobFile(jobs + "/" + name);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->model().checkpoints_size(), 0);
+    ASSERT_TRUE(spec->model().has_follow());
+    EXPECT_EQ(spec->model().follow().dir(),
+              SAETRACK_SOURCE_DIR "/demo-data/live-lm/checkpoints");
+    EXPECT_EQ(spec->data().tokens_path(),
+              SAETRACK_SOURCE_DIR "/demo-data/live-lm/tokens.u16");
+    EXPECT_TRUE(spec->model().follow().has_until_step());
+    EXPECT_GE(spec->model().follow().analyse_every(), 2);
+  }
 }
 
 TEST(JobFileTest, MissingFileIsNotFound) {

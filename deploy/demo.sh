@@ -7,15 +7,17 @@
 # with a progress line and prints what the chain of SAEs found. The processes
 # it started are stopped at the end; the data directory stays so the results
 # can still be queried; with --serve the coordinator keeps running behind
-# saetrack-web, the feature browser, until Ctrl-C.
+# saetrack-web, the feature browser, until Ctrl-C. With --live the job
+# follows the LM's checkpoint directory while the LM trains beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 usage() {
   cat <<'TXT'
-Usage: deploy/demo.sh [--quick] [--seeds N] [--bin DIR] [--data DIR]
-                      [--serve] [--web_listen HOST:PORT]
+Usage: deploy/demo.sh [--quick] [--seeds N | --live [--pace_s X]]
+                      [--bin DIR] [--data DIR] [--serve]
+                      [--web_listen HOST:PORT]
 
 Learns a 4,096-token BPE vocabulary on Tiny Shakespeare, trains a small
 GPT-NeoX on it (4 layers, d_model 128, Pythia's schedule shape), tracks its
@@ -26,6 +28,16 @@ features with a chain of SAEs over its checkpoints and prints the report.
   --seeds N   run the job N times with SAE seeds 1, 11, 21, ... (default 1) and
               report each finding with its median and range over the seeds
               (saetrack findings); N times the SAE training time
+  --live      follow a training run live: train the LM into a fresh
+              <data>/live-lm in the background and submit a job that follows
+              its checkpoint directory (deploy/jobs/demo-job-live.json, or
+              demo-job-live-quick.json with --quick); each checkpoint is
+              taken as it appears and its SAEs trained while the LM goes on.
+              A progress line shows both; the report ends with each
+              checkpoint's lag from its last write to its SAEs stored. Not
+              with --seeds
+  --pace_s X  with --live: the LM writes its checkpoints at least X seconds
+              apart, as a slower real run would (default 5; 2 with --quick)
   --bin DIR   use the saetrack binaries already built in DIR; skips
               installing and building
   --data DIR  data directory (default: demo-data, demo-data-quick with
@@ -38,21 +50,30 @@ features with a chain of SAEs over its checkpoints and prints the report.
 TXT
 }
 
-job_file=deploy/jobs/demo-job.json
 quick=
 seeds=1
+seeds_given=
+live=
+pace_s=
 bin=
 data=
 serve=
 web_listen=127.0.0.1:8080
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) job_file=deploy/jobs/demo-job-quick.json quick=1 ;;
+    --quick) quick=1 ;;
     --seeds)
-      seeds=${2:?--seeds needs a number}
+      seeds=${2:?--seeds needs a number} seeds_given=1
       case "$seeds" in
         ''|*[!0-9]*|0) echo "demo.sh: --seeds '$seeds' is not a positive number" >&2; exit 2 ;;
       esac
+      shift ;;
+    --live) live=1 ;;
+    --pace_s)
+      pace_s=${2:?--pace_s needs a number of seconds}
+      if ! [[ "$pace_s" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+        echo "demo.sh: --pace_s '$pace_s' is not a number of seconds" >&2; exit 2
+      fi
       shift ;;
     --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd); shift ;;
     --data) mkdir -p "${2:?--data needs a directory}"; data=$(cd "$2" && pwd); shift ;;
@@ -63,6 +84,24 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ -n "$live" ] && [ -n "$seeds_given" ]; then
+  echo "demo.sh: --seeds does not go with --live: a live run is followed once" \
+    "(run the demo without --live for findings over several SAE seeds)" >&2
+  exit 2
+fi
+if [ -n "$pace_s" ] && [ -z "$live" ]; then
+  echo "demo.sh: --pace_s only applies with --live" >&2
+  exit 2
+fi
+# The LM's checkpoints: those of the fixed-list job, which the live job's
+# until_step ends on.
+lm_job_file=deploy/jobs/demo-job${quick:+-quick}.json
+job_file=$lm_job_file
+if [ -n "$live" ]; then
+  job_file=deploy/jobs/demo-job-live${quick:+-quick}.json
+  : "${pace_s:=${quick:+2}}"
+  : "${pace_s:=5}"
+fi
 if [ -z "$data" ]; then
   data="$root/demo-data${quick:+-quick}"
 fi
@@ -84,22 +123,28 @@ if [ -z "$bin" ]; then
 fi
 
 # The job, with its paths pointing into this data directory; the LM is
-# trained with exactly the checkpoints the job names.
+# trained with exactly the checkpoints the fixed-list job names.
 mkdir -p "$data"
 sed "s#\.\./\.\./demo-data/#$data/#g" "$job_file" >"$data/job.json"
-lm_steps=$(grep -o '"step": *[0-9]*' "$job_file" | grep -o '[0-9]*$' | paste -sd,)
+lm_steps=$(grep -o '"step": *[0-9]*' "$lm_job_file" | grep -o '[0-9]*$' | paste -sd,)
+lm_flags=(--corpus deploy/demo/tinyshakespeare.txt
+  --tokenizer "$data/bpe-4096.json" --steps "$lm_steps"
+  --d_model 128 --layers 4 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1)
 
 step "Learning a BPE vocabulary on Tiny Shakespeare"
 "$bin/saetrack-tokenize" --learn_bpe --vocab_size 4096 \
   --in deploy/demo/tinyshakespeare.txt --out "$data/bpe-4096.json"
 
-step "Training the small GPT-NeoX on Tiny Shakespeare (cached)"
-echo "(held-out loss: mean cross-entropy per token on the last 10% of the"
-echo " corpus, which the model never trains on; ln 4096 = 8.32 at random)"
-"$bin/saetrack-tinylm" --corpus deploy/demo/tinyshakespeare.txt \
-  --tokenizer "$data/bpe-4096.json" --out "$data/lm" --steps "$lm_steps" \
-  --d_model 128 --layers 4 --heads 4 --ctx 64 --batch 16 --lr 3e-3 --seed 1 \
-  --threads "$threads"
+loss_note() {
+  echo "(held-out loss: mean cross-entropy per token on the last 10% of the"
+  echo " corpus, which the model never trains on; ln 4096 = 8.32 at random)"
+}
+# With --live the LM trains later, beside the job that follows it.
+if [ -z "$live" ]; then
+  step "Training the small GPT-NeoX on Tiny Shakespeare (cached)"
+  loss_note
+  "$bin/saetrack-tinylm" "${lm_flags[@]}" --out "$data/lm" --threads "$threads"
+fi
 
 step "Starting a coordinator and a worker"
 rm -rf "$data/coordinator" "$data/ports"
@@ -109,7 +154,13 @@ rm -rf "$data/coordinator" "$data/ports"
   --port_file "$data/ports" 2>"$data/coordinator.log" &
 coordinator_pid=$!
 worker_pid=
+trainer_pid=
 cleanup() {
+  # A process ended by the signal (the trainer) waits with status 143, not
+  # an error here.
+  if [ -n "$trainer_pid" ] && kill "$trainer_pid" 2>/dev/null; then
+    wait "$trainer_pid" 2>/dev/null || true
+  fi
   [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
   kill "$coordinator_pid" 2>/dev/null && wait "$coordinator_pid" 2>/dev/null
   true
@@ -129,20 +180,191 @@ worker_pid=$!
 echo "coordinator on $addr (metrics: http://127.0.0.1:$metrics_port/metrics), worker pid $worker_pid"
 echo "pids: coordinator $coordinator_pid worker $worker_pid"
 
+# --live: the LM trains into a fresh directory while a job follows it.
+# Status JSON (saetrack status --json, proto field names; int64 fields are
+# strings) to one tab-separated line: state, progress text, error.
+read -r -d '' status_line_py <<'PY' || true
+import json, sys
+job = json.load(sys.stdin)
+state = job.get("state", "").replace("JOB_STATE_", "")
+progress = job.get("progress", {})
+text = "%s %s, SAEs %d/%d" % (job.get("job_id", ""), state,
+                              progress.get("tasks_done", 0),
+                              progress.get("tasks_total", 0))
+follow = job.get("follow")
+if follow:
+    last = int(follow.get("last_step", "-1"))
+    text += ", following %s, last step taken %s, %d taken, %d refused" % (
+        follow.get("state", "").replace("FOLLOW_STATE_", ""),
+        last if last >= 0 else "-", len(follow.get("checkpoints", [])),
+        len(follow.get("refused", [])))
+error = " ".join(job.get("error", "").split())
+print("\t".join([state, text, error]))
+PY
+
+follow_live_run() {
+  step "Following a live training run ($job_file; the LM writes a checkpoint every ${pace_s} s or slower)"
+  # A fresh run: the follower sees every checkpoint appear.
+  rm -rf "$data/live-lm"
+  # Half of the cores: the worker trains SAEs beside the LM.
+  "$bin/saetrack-tinylm" "${lm_flags[@]}" --out "$data/live-lm" \
+    --pace_s "$pace_s" --threads "$(( threads > 1 ? threads / 2 : 1 ))" \
+    >"$data/trainer.log" 2>&1 &
+  trainer_pid=$!
+  echo "saetrack-tinylm pid $trainer_pid, writing $data/live-lm (log: $data/trainer.log)"
+  # The job names the LM's token file and tokenizer, which submission
+  # checks; the trainer writes them (atomically) before its first step.
+  while ! [ -f "$data/live-lm/tokenizer.json" ]; do
+    kill -0 "$trainer_pid" 2>/dev/null || {
+      cat "$data/trainer.log" >&2
+      echo "demo.sh: saetrack-tinylm exited before writing its tokens" >&2
+      exit 1
+    }
+    sleep 0.2
+  done
+  local submitted
+  submitted=$("${cli[@]}" submit "$data/job.json" --json) || {
+    echo "demo.sh: the coordinator refused $job_file (above)" >&2
+    exit 1
+  }
+  job=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["job"]["job_id"])' \
+    <<<"$submitted")
+  echo "submitted $job, following $data/live-lm/checkpoints"
+
+  local tty='' line='' state='' text='' error='' trainer='' tick=0 rc
+  [ -t 1 ] && tty=1
+  while :; do
+    if [ -n "$trainer_pid" ] && ! kill -0 "$trainer_pid" 2>/dev/null; then
+      rc=0
+      wait "$trainer_pid" || rc=$?
+      trainer_pid=
+      if [ "$rc" != 0 ]; then
+        [ -n "$tty" ] && echo
+        tail -20 "$data/trainer.log" >&2
+        echo "demo.sh: saetrack-tinylm failed (exit status $rc; log: $data/trainer.log)" >&2
+        exit 1
+      fi
+    fi
+    for name in coordinator worker; do
+      pid_var=${name}_pid
+      kill -0 "${!pid_var}" 2>/dev/null || {
+        [ -n "$tty" ] && echo
+        tail -20 "$data/$name.log" >&2
+        echo "demo.sh: the $name exited" >&2
+        exit 1
+      }
+    done
+    # A failed status call (a busy coordinator) shows the previous line.
+    state=
+    IFS=$'\t' read -r state text error < <("${cli[@]}" status "$job" --json |
+      python3 -c "$status_line_py") || true
+    trainer=$(sed -n 's/^step \([0-9]*\) held-out loss \([0-9.]*\).*/LM step \1, loss \2/p' \
+      "$data/trainer.log" | tail -1)
+    line="${trainer:-LM starting}${trainer_pid:+ (training)} | $text"
+    case "$state" in
+      SUCCEEDED) break ;;
+      FAILED|CANCELLED)
+        [ -n "$tty" ] && echo
+        echo "demo.sh: $job ended $state: ${error:-no reason given}" >&2
+        exit 1 ;;
+    esac
+    if [ -n "$tty" ]; then
+      printf '\r%s\033[K' "$line"
+    elif [ $((tick % 5)) = 0 ]; then
+      echo "$line"
+    fi
+    tick=$((tick + 1))
+    sleep 1
+  done
+  [ -n "$tty" ] && echo
+  echo "$line"
+  # The job ends once the last checkpoint's SAEs are analysed; the trainer
+  # wrote it before, and is finishing or done.
+  if [ -n "$trainer_pid" ]; then
+    rc=0
+    wait "$trainer_pid" || rc=$?
+    trainer_pid=
+    [ "$rc" = 0 ] || { tail -20 "$data/trainer.log" >&2; echo "demo.sh: saetrack-tinylm failed (exit status $rc)" >&2; exit 1; }
+  fi
+  echo
+  echo "The LM's checkpoints, as saetrack-tinylm wrote them:"
+  loss_note
+  grep '^step ' "$data/trainer.log"
+  echo
+  echo "$job succeeded"
+  "${cli[@]}" status "$job"
+}
+
+# Per followed checkpoint the lag from its last write to its SAEs stored,
+# and the refused checkpoints with their reasons.
+read -r -d '' live_report_py <<'PY' || true
+import json, statistics, sys
+job = json.load(sys.stdin)
+follow = job.get("follow") or {}
+checkpoints = follow.get("checkpoints", [])
+print("following %s (%s): %d checkpoints followed, %d analysis rounds" % (
+    follow.get("state", "").replace("FOLLOW_STATE_", "").lower(),
+    follow.get("close_reason", "") or "not closed", len(checkpoints),
+    follow.get("analysis_round", 0)))
+print("%8s  %10s  %10s  %10s" % ("step", "seen", "taken", "lag"))
+lags = []
+for c in checkpoints:
+    write = int(c.get("last_write_ms", "0"))
+    def after(field):
+        ms = int(c.get(field, "0"))
+        return (ms - write) / 1000 if ms > 0 else None
+    seen, taken, lag = after("seen_ms"), after("taken_ms"), after("stored_ms")
+    if lag is not None:
+        lags.append(lag)
+    cell = lambda s: "-" if s is None else "%.1f s" % s
+    print("%8s  %10s  %10s  %10s" % (c.get("step", "0"), cell(seen),
+                                     cell(taken), cell(lag)))
+if lags:
+    print("lag from a checkpoint's last write to its SAEs stored: median %.1f s,"
+          " max %.1f s over %d checkpoints" % (statistics.median(lags),
+                                                max(lags), len(lags)))
+else:
+    print("lag from a checkpoint's last write to its SAEs stored: no SAEs stored")
+refused = follow.get("refused", [])
+print("refused checkpoints: %d" % len(refused))
+for r in refused:
+    print("  step %s (%s): %s" % (r.get("step", "?"), r.get("path", ""),
+                                 r.get("reason", "")))
+PY
+
+live_following_report() {
+  step "Live following ($job)"
+  "${cli[@]}" status "$job" --json | python3 -c "$live_report_py"
+  cat <<TXT
+
+Reading it: "seen", "taken" and "lag" are seconds after a checkpoint's
+newest file was last written: when the coordinator's scan first saw its
+directory, when it joined the chain (complete: files unchanged between two
+scans), and when the SAEs of every hooked layer at that step were stored.
+The LM wrote a checkpoint every $pace_s s or slower; where SAE training is
+slower than that, checkpoints queue and the lag grows along the run.
+TXT
+}
+
 cli=("$bin/saetrack" --coordinator "$addr")
-# One job per SAE seed, the same everything else; the report's sections are
-# the first seed's, the findings at the end are over all of them.
 jobs=()
-for k in $(seq "$seeds"); do
-  # Seeds 1, 11, 21, ...: a job's independent reference SAEs use seed + 1,
-  # which must not be another job's chain.
-  seed=$((1 + 10 * (k - 1)))
-  step "Submitting $job_file (SAE seed $seed) and waiting"
-  sed "s/\"seed\": *1\b/\"seed\": $seed/" "$data/job.json" >"$data/job-seed$seed.json"
-  "${cli[@]}" submit "$data/job-seed$seed.json" --wait
-  jobs+=("$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)")
-done
-job=${jobs[0]}
+if [ -n "$live" ]; then
+  follow_live_run
+  jobs=("$job")
+else
+  # One job per SAE seed, the same everything else; the report's sections
+  # are the first seed's, the findings at the end are over all of them.
+  for k in $(seq "$seeds"); do
+    # Seeds 1, 11, 21, ...: a job's independent reference SAEs use seed + 1,
+    # which must not be another job's chain.
+    seed=$((1 + 10 * (k - 1)))
+    step "Submitting $job_file (SAE seed $seed) and waiting"
+    sed "s/\"seed\": *1\b/\"seed\": $seed/" "$data/job.json" >"$data/job-seed$seed.json"
+    "${cli[@]}" submit "$data/job-seed$seed.json" --wait
+    jobs+=("$("${cli[@]}" list --json | sed -n 's/.*"job_id": "\(job-[0-9]*\)".*/\1/p' | tail -1)")
+  done
+  job=${jobs[0]}
+fi
 
 # Every hooked layer of the job (an early and a middle one): the worker ran
 # the LM once per checkpoint for both.
@@ -224,6 +446,8 @@ for id in $(pick --kind token --order frequency) \
   step "Feature $id across the checkpoints"
   "${cli[@]}" feature "$job" --layer $first_layer --feature "$id" --contexts
 done
+
+if [ -n "$live" ]; then live_following_report; fi
 
 if [ -n "$serve" ]; then
   # The worker is done; the coordinator stays, behind the feature browser.

@@ -53,6 +53,62 @@ Message FromJson(const std::string& json) {
   return message;
 }
 
+// The text of `out` between the section titled `title` ("\n== title") and
+// the next one; empty when there is no such section.
+std::string SectionOf(const std::string& out, const std::string& title) {
+  const size_t begin = out.find("\n== " + title);
+  if (begin == std::string::npos) return "";
+  const size_t end = out.find("\n== ", begin + 1);
+  return out.substr(begin,
+                    end == std::string::npos ? std::string::npos : end - begin);
+}
+
+// Whether every title appears as a section of `out`, in this order; names
+// the first that does not.
+::testing::AssertionResult HasSectionsInOrder(
+    const std::string& out, const std::vector<std::string>& titles) {
+  size_t at = 0;
+  for (const std::string& title : titles) {
+    const size_t found = out.find("\n== " + title, at);
+    if (found == std::string::npos) {
+      return ::testing::AssertionFailure()
+             << "missing or out of order: " << title << "\n"
+             << out;
+    }
+    at = found + 1;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The "step N held-out loss X" lines of `text`, as (step, loss).
+std::vector<std::pair<int, double>> HeldOutLosses(const std::string& text) {
+  std::vector<std::pair<int, double>> losses;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    int step = 0;
+    double loss = 0;
+    const std::string copy(line);
+    if (std::sscanf(copy.c_str(), "step %d held-out loss %lf", &step, &loss) ==
+        2) {
+      losses.emplace_back(step, loss);
+    }
+  }
+  return losses;
+}
+
+// The chain's steps in the "Per-checkpoint SAE metrics" section `section`.
+std::vector<int64_t> MetricsSteps(const std::string& section) {
+  const std::regex row(R"(\n\s+(\d+)\s+(\d+)\s+(\S+)\s+([0-9.]+)\s+([0-9.]+))");
+  std::vector<int64_t> steps;
+  for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
+       it != std::sregex_iterator(); ++it) {
+    steps.push_back(std::stoll((*it)[2]));
+  }
+  return steps;
+}
+
+// Whether process `pid` has ended.
+bool Ended(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
+
 // Runs the quick demo once for the whole suite.
 class DemoTest : public ::testing::Test {
  protected:
@@ -80,12 +136,7 @@ class DemoTest : public ::testing::Test {
 
   // The report's text between the section titled `title` and the next one.
   static std::string Section(const std::string& title) {
-    const std::string& out = run_->out;
-    const size_t begin = out.find("\n== " + title);
-    if (begin == std::string::npos) return "";
-    const size_t end = out.find("\n== ", begin + 1);
-    return out.substr(
-        begin, end == std::string::npos ? std::string::npos : end - begin);
+    return SectionOf(run_->out, title);
   }
 
   static std::string* data_;
@@ -116,14 +167,7 @@ TEST_F(DemoTest, ReportHasEverySectionInOrder) {
       "Feature ",
       "Done",
   };
-  size_t at = 0;
-  for (const std::string& title : titles) {
-    const size_t found = run_->out.find("\n== " + title, at);
-    ASSERT_NE(found, std::string::npos)
-        << "missing or out of order: " << title << "\n"
-        << run_->out;
-    at = found + 1;
-  }
+  ASSERT_TRUE(HasSectionsInOrder(run_->out, titles));
   EXPECT_THAT(
       Section("Submitting deploy/jobs/demo-job-quick.json (SAE seed 1)"),
       HasSubstr("job-000001 succeeded"));
@@ -141,16 +185,7 @@ TEST_F(DemoTest, LearnsAVocabularyAndReportsHeldOutLoss) {
               HasSubstr("vocabulary 4096 ids; deploy/demo/tinyshakespeare.txt: "
                         "1115394 bytes -> 344096 tokens"));
   const std::string lm = Section("Training the small GPT-NeoX");
-  std::vector<std::pair<int, double>> losses;
-  for (absl::string_view line : absl::StrSplit(lm, '\n')) {
-    int step = 0;
-    double loss = 0;
-    const std::string text(line);
-    if (std::sscanf(text.c_str(), "step %d held-out loss %lf", &step, &loss) ==
-        2) {
-      losses.emplace_back(step, loss);
-    }
-  }
+  const std::vector<std::pair<int, double>> losses = HeldOutLosses(lm);
   ASSERT_EQ(losses.size(), 8u) << lm;  // steps 0, 1, 2, 4, ..., 64
   EXPECT_EQ(losses.front().first, 0);
   EXPECT_NEAR(losses.front().second, std::log(4096.0), 0.1);
@@ -401,8 +436,7 @@ TEST_F(DemoTest, StopsItsProcessesAndLeavesTheDataQueryable) {
       run_->out, pids, std::regex(R"(pids: coordinator (\d+) worker (\d+))")));
   for (int i : {1, 2}) {
     const pid_t pid = std::stoi(pids[i]);
-    EXPECT_EQ(::kill(pid, 0), -1) << "process " << pid << " still runs";
-    EXPECT_EQ(errno, ESRCH);
+    EXPECT_TRUE(Ended(pid)) << "process " << pid << " still runs";
   }
 
   // A coordinator on the kept data directory serves the finished job.
@@ -491,6 +525,164 @@ TEST_F(DemoTest, StopsItsProcessesAndLeavesTheDataQueryable) {
   EXPECT_EQ(measured, 2);
 }
 
+// `deploy/demo.sh --live --quick`: the LM trains (a checkpoint every 2 s or
+// slower) while a job follows its checkpoint directory, taking each
+// checkpoint as it appears; the job ends on its own at until_step 64. The
+// LM's checkpoints are those of the fixed-list quick job, kSteps.
+class LiveDemoTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(testing::MakeTempDir("live-demo"));
+    auto result = testing::RunCommand(
+        {"/bin/bash", SAETRACK_DEMO_SCRIPT, "--live", "--quick", "--bin",
+         SAETRACK_BIN_DIR, "--data", *data_},
+        *data_ + "/demo", absl::Minutes(20));
+    ASSERT_TRUE(result.ok()) << result.status();
+    run_ = new CommandResult(*result);
+  }
+
+  static void TearDownTestSuite() {
+    delete run_;
+    delete data_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(run_, nullptr);
+    ASSERT_EQ(run_->exit_code, 0) << run_->out << "\n" << run_->err;
+  }
+
+  static std::string Section(const std::string& title) {
+    return SectionOf(run_->out, title);
+  }
+
+  static std::string* data_;
+  static CommandResult* run_;
+};
+
+std::string* LiveDemoTest::data_ = nullptr;
+CommandResult* LiveDemoTest::run_ = nullptr;
+
+TEST_F(LiveDemoTest, ReportHasTheDemosSectionsThenLiveFollowing) {
+  EXPECT_TRUE(HasSectionsInOrder(
+      run_->out,
+      {
+          "Learning a BPE vocabulary on Tiny Shakespeare",
+          "Starting a coordinator and a worker",
+          "Following a live training run "
+          "(deploy/jobs/demo-job-live-quick.json; the LM writes a checkpoint "
+          "every 2 s or slower)",
+          "Per-checkpoint SAE metrics (job-000001, layer 1)",
+          "Trust checks (job-000001, layer 1)",
+          "Decoder drift and phases (job-000001, layer 1)",
+          "Per-checkpoint SAE metrics (job-000001, layer 2)",
+          "Trust checks (job-000001, layer 2)",
+          "Decoder drift and phases (job-000001, layer 2)",
+          "Findings over 1 SAE seed(s) (layer 1)",
+          "Findings over 1 SAE seed(s) (layer 2)",
+          "Most frequent token-level and concept-level features (layer 1)",
+          "Feature ",
+          "Feature ",
+          "Feature ",
+          "Live following (job-000001)",
+          "Done",
+      }));
+  // The LM is not trained before the job: it trains beside it.
+  EXPECT_THAT(run_->out, Not(HasSubstr("\n== Training the small GPT-NeoX")));
+  EXPECT_THAT(Section("Following a live training run"),
+              HasSubstr("\njob-000001 succeeded\n"));
+}
+
+// The LM wrote every checkpoint of kSteps (its log lines, in the section
+// that followed it), with a loss that starts at ln(4096) and falls.
+TEST_F(LiveDemoTest, TheLmTrainedBesideTheJob) {
+  const std::string section = Section("Following a live training run");
+  const std::vector<std::pair<int, double>> losses = HeldOutLosses(section);
+  ASSERT_EQ(losses.size(), kSteps.size()) << section;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    EXPECT_EQ(losses[i].first, kSteps[i]);
+  }
+  EXPECT_NEAR(losses.front().second, std::log(4096.0), 0.1);
+  EXPECT_LT(losses.back().second, losses.front().second - 2.0) << section;
+}
+
+// Every checkpoint was followed, none refused, each with its lag; the
+// summary line's median and maximum agree with the table.
+TEST_F(LiveDemoTest, LiveFollowingReportsEveryCheckpointsLag) {
+  const std::string section = Section("Live following (job-000001)");
+  ASSERT_FALSE(section.empty()) << run_->out;
+  std::smatch header;
+  ASSERT_TRUE(std::regex_search(
+      section, header,
+      std::regex(R"(\nfollowing closed \((.*)\): (\d+) checkpoints followed)")))
+      << section;
+  EXPECT_EQ(header[1].str(), "until_step 64 reached") << section;
+  EXPECT_EQ(std::stoul(header[2]), kSteps.size()) << section;
+
+  // step, seen, taken, lag: seconds after the checkpoint's last write.
+  const std::string secs = R"((-?[0-9]+\.[0-9]) s)";
+  const std::regex row("\n +(\\d+) +" + secs + " +" + secs + " +" + secs +
+                       "(?=\n)");
+  std::vector<int64_t> steps;
+  std::vector<double> lags;
+  for (auto it = std::sregex_iterator(section.begin(), section.end(), row);
+       it != std::sregex_iterator(); ++it) {
+    steps.push_back(std::stoll((*it)[1]));
+    const double seen = std::stod((*it)[2]);
+    const double taken = std::stod((*it)[3]);
+    const double lag = std::stod((*it)[4]);
+    // Taken once seen, stored once taken (to the printed 0.1 s).
+    EXPECT_LE(seen, taken + 0.1) << it->str();
+    EXPECT_LE(taken, lag + 0.1) << it->str();
+    EXPECT_GT(lag, 0) << it->str();
+    lags.push_back(lag);
+  }
+  EXPECT_EQ(steps, kSteps) << section;
+
+  std::smatch summary;
+  ASSERT_TRUE(std::regex_search(
+      section, summary,
+      std::regex(R"(\nlag from a checkpoint's last write to its SAEs stored: )"
+                 R"(median ([0-9.]+) s, max ([0-9.]+) s over (\d+) )"
+                 R"(checkpoints\n)")))
+      << section;
+  const double median = std::stod(summary[1]);
+  const double max = std::stod(summary[2]);
+  EXPECT_LE(median, max);
+  EXPECT_EQ(std::stoul(summary[3]), kSteps.size());
+  ASSERT_FALSE(lags.empty());
+  EXPECT_NEAR(max, *std::max_element(lags.begin(), lags.end()), 0.051);
+  std::sort(lags.begin(), lags.end());
+  const size_t n = lags.size();
+  EXPECT_NEAR(median,
+              n % 2 == 1 ? lags[n / 2] : (lags[n / 2 - 1] + lags[n / 2]) / 2,
+              0.11);
+  EXPECT_THAT(section, HasSubstr("\nrefused checkpoints: 0\n"));
+}
+
+// The chain holds the followed checkpoints in step order, one SAE per hook
+// each, as the fixed-list job's does.
+TEST_F(LiveDemoTest, TheChainHoldsEveryFollowedCheckpointInOrder) {
+  for (int layer : kLayers) {
+    SCOPED_TRACE(absl::StrCat("layer ", layer));
+    const std::string section = Section(absl::StrCat(
+        "Per-checkpoint SAE metrics (job-000001, layer ", layer, ")"));
+    EXPECT_EQ(MetricsSteps(section), kSteps) << section;
+  }
+}
+
+TEST_F(LiveDemoTest, StopsTheTrainerAndItsServices) {
+  std::smatch pids;
+  ASSERT_TRUE(std::regex_search(
+      run_->out, pids, std::regex(R"(pids: coordinator (\d+) worker (\d+))")));
+  std::smatch trainer;
+  ASSERT_TRUE(std::regex_search(run_->out, trainer,
+                                std::regex(R"(saetrack-tinylm pid (\d+))")));
+  for (const std::string& pid :
+       {pids[1].str(), pids[2].str(), trainer[1].str()}) {
+    EXPECT_TRUE(Ended(std::stoi(pid))) << "process " << pid << " still runs";
+  }
+}
+
 // The README points users at each binary's --help: it must list that
 // binary's own flags.
 TEST(BinariesHelpTest, EveryBinaryListsItsFlags) {
@@ -499,7 +691,8 @@ TEST(BinariesHelpTest, EveryBinaryListsItsFlags) {
       {"saetrack-coordinator", {"--data_dir", "--listen", "--metrics_listen"}},
       {"saetrack-worker", {"--coordinator", "--device", "--state_dir"}},
       {"saetrack-tinylm",
-       {"--corpus", "--steps", "--tokenizer", "--warmup_fraction"}},
+       {"--corpus", "--steps", "--tokenizer", "--warmup_fraction", "--pace_s",
+        "--marker"}},
       {"saetrack-tokenize", {"--tokenizer", "--learn_bpe", "--vocab_size"}},
       {"saetrack", {"drift JOB_ID", "--coordinator"}},
       {"saetrack-web",

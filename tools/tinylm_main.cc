@@ -22,14 +22,18 @@ checkpoints in Hugging Face layout:
   DIR/tokenizer.json                     the tokenizer
   DIR/checkpoints/step-<N>/config.json   GPTNeoXForCausalLM config
   DIR/checkpoints/step-<N>/model.safetensors
+  DIR/checkpoints/step-<N>/MARKER        with --marker: empty, written last
   DIR/losses.tsv                         held-out loss per checkpoint
 The model trains on the first 90% of the tokens; each checkpoint's loss is
 its mean cross-entropy (nats per token) on fixed contexts of the last 10%, the
 part a job holds out. The learning rate warms up linearly over the first
 --warmup_fraction of the steps, then decays (cosine) to 10% of --lr, as
-Pythia's. Prints "step N held-out loss X lr Y" per saved checkpoint. If DIR
-already holds all requested checkpoints from a run with the same flags,
-corpus and tokenizer, it skips training, says so and prints the losses.
+Pythia's. Prints "step N held-out loss X lr Y" per saved checkpoint, as soon
+as its files are written. Checkpoint files are written in place (config.json,
+then model.safetensors), as training frameworks write them: a process
+following DIR while this runs sees them appear and grow. If DIR already holds
+all requested checkpoints from a run with the same flags, corpus and
+tokenizer, it skips training, says so and prints the losses.
 
 Flags (--flag VALUE or --flag=VALUE):
   --corpus FILE    text to train on (required)
@@ -50,6 +54,13 @@ Flags (--flag VALUE or --flag=VALUE):
   --eval_contexts N    held-out contexts per checkpoint loss (default 256)
   --seed N         seed for initialisation and batch sampling (default 1)
   --threads N      LibTorch intra-op threads, 0 = LibTorch default (default 2)
+  --pace_s X       write checkpoints at least X seconds apart, training time
+                   included (waiting before each write), so that a tiny model
+                   produces its checkpoints over time as a real run does
+                   (default 0: no waiting)
+  --marker NAME    after a checkpoint's files are complete and flushed to
+                   disk, create the empty file NAME in its directory (for
+                   FollowSpec.marker_file); default: none
   --help           show this help
 )";
 
@@ -116,6 +127,10 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(value, &options.seed);
     } else if (name == "threads") {
       ok = absl::SimpleAtoi(value, &options.threads);
+    } else if (name == "pace_s") {
+      ok = absl::SimpleAtod(value, &options.checkpoint_interval_s);
+    } else if (name == "marker") {
+      options.checkpoint_marker = value;
     } else {
       return UsageError("unknown flag " + flag);
     }

@@ -1,14 +1,18 @@
 #include "engine/lm/lm_trainer.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -19,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "engine/lm/gpt_neox.h"
+#include "engine/lm/internal/transformer_ops.h"
 #include "format/crc32c.h"
 #include "format/json.h"
 #include "format/mapped_file.h"
@@ -56,6 +61,43 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
 }
 
+// Writes `contents` to `path` in place (created or truncated, then written)
+// and flushes it to disk, as a training framework saves a checkpoint file:
+// until this returns, a reader can see the file empty or partly written.
+absl::Status WriteFileInPlace(const std::string& path,
+                              std::string_view contents) {
+  const int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
+  }
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n =
+        ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int error_number = errno;
+      ::close(fd);
+      return absl::ErrnoToStatus(error_number,
+                                 absl::StrCat("cannot write ", path));
+    }
+    written += static_cast<size_t>(n);
+  }
+  // Flushed before the marker is created, so that the marker never stands
+  // for data that a crash could still lose.
+  if (::fsync(fd) != 0) {
+    const int error_number = errno;
+    ::close(fd);
+    return absl::ErrnoToStatus(error_number,
+                               absl::StrCat("cannot flush ", path));
+  }
+  if (::close(fd) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot close ", path));
+  }
+  return absl::OkStatus();
+}
+
 std::string CheckpointDir(const TinyLmOptions& options, int64_t step) {
   return absl::StrCat(options.out_dir, "/checkpoints/step-", step);
 }
@@ -91,6 +133,19 @@ absl::Status ValidateOptions(const TinyLmOptions& options) {
   }
   if (options.eval_contexts <= 0) {
     return invalid("eval_contexts", "must be positive");
+  }
+  if (!std::isfinite(options.checkpoint_interval_s) ||
+      options.checkpoint_interval_s < 0) {
+    return invalid("pace_s", "must be finite and >= 0");
+  }
+  const std::string& marker = options.checkpoint_marker;
+  if (marker.find('/') != std::string::npos || marker == "." ||
+      marker == ".." || marker == "config.json" ||
+      marker == "model.safetensors") {
+    return invalid("marker",
+                   absl::StrCat("'", marker,
+                                "' must be a plain file name other than "
+                                "config.json and model.safetensors"));
   }
   if (options.threads < 0) return invalid("threads", "must be >= 0");
   return absl::OkStatus();
@@ -165,6 +220,10 @@ bool IsCached(const TinyLmOptions& options, const std::string& key) {
     const std::string dir = CheckpointDir(options, step);
     if (!FileExists(dir + "/config.json") ||
         !FileExists(dir + "/model.safetensors")) {
+      return false;
+    }
+    if (!options.checkpoint_marker.empty() &&
+        !FileExists(dir + "/" + options.checkpoint_marker)) {
       return false;
     }
   }
@@ -351,9 +410,36 @@ absl::StatusOr<TinyLmResult> TrainTinyLm(
   const std::set<int64_t> save_steps(options.checkpoint_steps.begin(),
                                      options.checkpoint_steps.end());
   const int64_t total_steps = *save_steps.rbegin();
+  // When the previous checkpoint was written, for checkpoint_interval_s.
+  std::optional<std::chrono::steady_clock::time_point> last_saved;
   auto save = [&](int64_t step, double loss) -> absl::Status {
+    if (last_saved.has_value() && options.checkpoint_interval_s > 0) {
+      std::this_thread::sleep_until(
+          *last_saved +
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+              std::chrono::duration<double>(options.checkpoint_interval_s)));
+    }
+    // The order Hugging Face's save_pretrained writes them in.
+    const std::string dir = CheckpointDir(options, step);
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", dir));
+    }
+    // A previous run's marker must not vouch for the files rewritten below.
+    if (!options.checkpoint_marker.empty()) {
+      ::unlink((dir + "/" + options.checkpoint_marker).c_str());
+    }
     SAETRACK_RETURN_IF_ERROR(
-        model.SaveHuggingFace(CheckpointDir(options, step), config_json));
+        WriteFileInPlace(dir + "/config.json", config_json));
+    SAETRACK_ASSIGN_OR_RETURN(
+        const std::string weights,
+        internal::SerializeSafetensors(model.NamedParameters()));
+    SAETRACK_RETURN_IF_ERROR(
+        WriteFileInPlace(dir + "/model.safetensors", weights));
+    if (!options.checkpoint_marker.empty()) {
+      SAETRACK_RETURN_IF_ERROR(
+          WriteFileInPlace(dir + "/" + options.checkpoint_marker, ""));
+    }
+    last_saved = std::chrono::steady_clock::now();
     result.losses.emplace_back(step, loss);
     if (log) {
       log(absl::StrFormat(

@@ -10,6 +10,11 @@
 // the model trains on the first 90% only, and each checkpoint's loss is
 // measured on fixed contexts of the last 10%, the job's held-out set.
 //
+// Checkpoint files are written in place (config.json, then
+// model.safetensors), as training frameworks write them, not atomically: a
+// process watching the directory while training runs can see them missing,
+// empty or partly written. `checkpoint_marker` tells it when they are done.
+//
 // Output layout under `out_dir`:
 //   tokens.u16                      the corpus's token ids, little-endian
 //                                   uint16 (a byte each without a tokenizer)
@@ -18,6 +23,7 @@
 //                                   (ByteLevelTokenizerJson)
 //   checkpoints/step-<N>/config.json
 //   checkpoints/step-<N>/model.safetensors
+//   checkpoints/step-<N>/<checkpoint_marker>  empty; only when that is set
 //   losses.tsv                      "step<TAB>held-out loss" per checkpoint
 //   .complete                       written last; records the arguments
 #ifndef SAETRACK_ENGINE_LM_LM_TRAINER_H_
@@ -55,6 +61,17 @@ struct TinyLmOptions {
   // is measured on.
   int eval_contexts = 256;
   uint64_t seed = 1;
+  // Consecutive checkpoints are written at least this many seconds apart,
+  // training time included: before writing a checkpoint the trainer waits
+  // until this long after the previous one was written, so that a tiny
+  // model produces its checkpoints over time as a real training run does.
+  // 0: no waiting. Not part of the cache key (the checkpoints are the same).
+  double checkpoint_interval_s = 0;
+  // When not empty: the name of an empty file created in each checkpoint
+  // directory after its config.json and model.safetensors are complete and
+  // flushed to disk. A plain file name, not config.json or
+  // model.safetensors.
+  std::string checkpoint_marker;
   // --- performance ---
   int threads = 2;  // LibTorch intra-op threads; 0 keeps LibTorch's default
 };
@@ -73,7 +90,8 @@ struct TinyLmResult {
 };
 
 // Trains and saves (see the layout above); `log` receives one line per saved
-// checkpoint, "step N held-out loss X lr Y". Deterministic for a seed and
+// checkpoint, "step N held-out loss X lr Y", once its files (and marker) are
+// written. Deterministic for a seed and
 // thread count. Errors: kInvalidArgument naming the option for bad options
 // (including a corpus shorter than 2 * (context_length + 1) tokens, or a
 // tokenizer of more than 65536 ids); kNotFound for a missing corpus or

@@ -1,7 +1,9 @@
 #include "engine/lm/lm_trainer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -253,6 +255,48 @@ TEST_F(LmTrainerTest, DeterministicAndCached) {
   EXPECT_FALSE(retrained->cached);
 }
 
+// A run followed live: checkpoints at least checkpoint_interval_s apart,
+// each with the marker once its files are written.
+TEST_F(LmTrainerTest, PacesCheckpointsAndMarksThemComplete) {
+  TinyLmOptions options = Options("paced");
+  options.checkpoint_interval_s = 0.3;
+  options.checkpoint_marker = "COMPLETE";
+  std::vector<std::chrono::steady_clock::time_point> logged;
+  std::vector<bool> marked;
+  ASSERT_TRUE(TrainTinyLm(options, [&](const std::string& line) {
+                logged.push_back(std::chrono::steady_clock::now());
+                const int step = std::stoi(line.substr(5));
+                marked.push_back(std::filesystem::exists(
+                    options.out_dir + "/checkpoints/step-" +
+                    std::to_string(step) + "/COMPLETE"));
+              }).ok());
+  ASSERT_EQ(logged.size(), 3u);
+  for (size_t i = 1; i < logged.size(); ++i) {
+    EXPECT_GE(logged[i] - logged[i - 1], std::chrono::milliseconds(290)) << i;
+  }
+  // Each checkpoint's marker was there when its line was logged.
+  EXPECT_THAT(marked, ElementsAre(true, true, true));
+  for (int step : {0, 4, 16}) {
+    const std::string dir =
+        options.out_dir + "/checkpoints/step-" + std::to_string(step);
+    EXPECT_EQ(std::filesystem::file_size(dir + "/COMPLETE"), 0u);
+    EXPECT_TRUE(GptNeoxModel::Load(dir, torch::kCPU).ok());
+  }
+
+  // The pace is not part of the cache key; the marker is part of what a
+  // cached run must hold.
+  options.checkpoint_interval_s = 0;
+  absl::StatusOr<TinyLmResult> again = TrainTinyLm(options, nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->cached);
+  std::filesystem::remove(options.out_dir + "/checkpoints/step-4/COMPLETE");
+  again = TrainTinyLm(options, nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->cached);
+  EXPECT_TRUE(std::filesystem::exists(options.out_dir +
+                                      "/checkpoints/step-4/COMPLETE"));
+}
+
 TEST_F(LmTrainerTest, InvalidOptionsNameTheFlag) {
   TinyLmOptions options = Options("x");
   options.heads = 3;
@@ -270,6 +314,20 @@ TEST_F(LmTrainerTest, InvalidOptionsNameTheFlag) {
   options.corpus_path = dir_ + "/missing.txt";
   EXPECT_EQ(TrainTinyLm(options, nullptr).status().code(),
             absl::StatusCode::kNotFound);
+
+  options = Options("x");
+  options.checkpoint_interval_s = -1;
+  status = TrainTinyLm(options, nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--pace_s"));
+
+  for (const char* marker : {"a/b", "..", "config.json"}) {
+    options = Options("x");
+    options.checkpoint_marker = marker;
+    status = TrainTinyLm(options, nullptr).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << marker;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("--marker")) << marker;
+  }
 
   options = Options("x");
   options.checkpoint_steps = {};

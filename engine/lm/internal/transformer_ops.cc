@@ -90,12 +90,8 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q,
       .reshape({batch, seq, heads * head_dim});
 }
 
-absl::Status SaveHuggingFace(
-    const std::string& dir, const std::string& config_json,
+absl::StatusOr<std::string> SerializeSafetensors(
     const std::vector<std::pair<std::string, torch::Tensor>>& named_tensors) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", dir));
-  }
   format::SafetensorsWriter writer;
   // HF's save_pretrained marks PyTorch checkpoints this way.
   writer.SetMetadata("format", "pt");
@@ -106,8 +102,19 @@ absl::Status SaveHuggingFace(
         name, std::vector<int64_t>(cpu.sizes().begin(), cpu.sizes().end()),
         cpu.data_ptr<float>()));
   }
+  return writer.Serialize();
+}
+
+absl::Status SaveHuggingFace(
+    const std::string& dir, const std::string& config_json,
+    const std::vector<std::pair<std::string, torch::Tensor>>& named_tensors) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", dir));
+  }
+  SAETRACK_ASSIGN_OR_RETURN(const std::string weights,
+                            SerializeSafetensors(named_tensors));
   SAETRACK_RETURN_IF_ERROR(format::WriteFileAtomically(
-      absl::StrCat(dir, "/model.safetensors"), writer.Serialize()));
+      absl::StrCat(dir, "/model.safetensors"), weights));
   return format::WriteFileAtomically(absl::StrCat(dir, "/config.json"),
                                      config_json);
 }

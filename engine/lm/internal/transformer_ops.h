@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,8 +37,13 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q,
                                   const torch::Tensor& k,
                                   const torch::Tensor& v);
 
-// Writes `dir`/model.safetensors (F32, the given names) and
-// `dir`/config.json (`config_json`), creating `dir`.
+// The bytes of a model.safetensors holding `named_tensors` as F32 under
+// their names, with Hugging Face's {"format": "pt"} metadata.
+absl::StatusOr<std::string> SerializeSafetensors(
+    const std::vector<std::pair<std::string, torch::Tensor>>& named_tensors);
+
+// Writes `dir`/model.safetensors (SerializeSafetensors) and
+// `dir`/config.json (`config_json`), each atomically, creating `dir`.
 absl::Status SaveHuggingFace(
     const std::string& dir, const std::string& config_json,
     const std::vector<std::pair<std::string, torch::Tensor>>& named_tensors);
