@@ -127,12 +127,10 @@ class FollowEndToEndTest : public ::testing::Test {
     if (!r.ok()) return "";
     EXPECT_EQ(r->exit_code, 0) << r->err;
     v1::SubmitJobResponse response;
-    v1::Job job;
-    // `submit --json` prints the job.
     EXPECT_TRUE(
-        google::protobuf::util::JsonStringToMessage(r->out, &job).ok())
+        google::protobuf::util::JsonStringToMessage(r->out, &response).ok())
         << r->out;
-    return job.job_id();
+    return response.job().job_id();
   }
 
   static std::unique_ptr<v1::JobService::Stub> Jobs() {
@@ -410,9 +408,12 @@ TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("checkpoint.path"));
   job = GetJob(job_id);
-  ASSERT_EQ(job.follow().refused_size(), 2) << job.DebugString();
-  EXPECT_EQ(job.follow().refused(0).step(), 8);
-  EXPECT_EQ(job.follow().refused(1).step(), 100);
+  ASSERT_EQ(job.follow().refused_size(), 3) << job.DebugString();
+  EXPECT_EQ(job.follow().refused(0).step(), 64);
+  EXPECT_THAT(job.follow().refused(0).reason(), HasSubstr("already taken"));
+  EXPECT_EQ(job.follow().refused(1).step(), 8);
+  EXPECT_EQ(job.follow().refused(2).step(), 100);
+  EXPECT_EQ(job.follow().refused(2).path(), manual);
   EXPECT_EQ(job.state(), v1::JOB_STATE_RUNNING);
   s = AddCheckpoint("job-999999", 1, Checkpoint(0), &added);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -435,7 +436,7 @@ TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   for (const v1::FollowedCheckpoint& c : job.follow().checkpoints()) {
     EXPECT_GT(c.stored_ms(), 0) << c.step();
   }
-  EXPECT_EQ(job.follow().refused_size(), 2);
+  EXPECT_EQ(job.follow().refused_size(), 3);
   EXPECT_EQ(job.follow().state(), v1::FOLLOW_STATE_WAITING);
 
   // Close: the final analysis, then SUCCEEDED; closing again is a no-op.
@@ -451,10 +452,10 @@ TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   s = Close(job_id, &closed);
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(closed.state(), v1::JOB_STATE_SUCCEEDED);
-  // A fixed-list job cannot be closed.
-  v1::Job fixed = GetJob(*live_job_);
+  // An ended job takes no checkpoint.
   s = AddCheckpoint(*live_job_, 512, Checkpoint(0), &added);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("already ended"));
 }
 
 }  // namespace
