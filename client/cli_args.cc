@@ -37,8 +37,8 @@ Commands:
                            lag of the last one stored (its last write to its
                            SAEs stored), refused checkpoints with the reason,
                            and the analysis round (provisional or final).
-  list                     All jobs, oldest first; following jobs read
-                           "running (following)".
+  list                     All jobs, oldest first; the state of a following
+                           job reads running (following).
   watch JOB_ID [--timeout_s S]
                            Follow a job until it ends: a progress line on
                            stderr (rewritten in place on a terminal), e.g.
