@@ -211,10 +211,9 @@ namespace {
 
 // The commands, one CLI11 subcommand each (Cli::Run dispatches on the name).
 constexpr const char* kCommands[] = {
-    "submit",  "status",   "list",    "watch",          "cancel",
-    "close",   "refresh",  "metrics", "add-checkpoint", "quality",
-    "feature", "features", "drift",   "findings",       "export",
-    "admin",
+    "submit",  "status",   "list",           "watch",   "cancel",  "close",
+    "refresh", "metrics",  "add-checkpoint", "quality", "feature", "features",
+    "drift",   "findings", "export",         "admin",
 };
 
 // A flag's value that fails its check, thrown from the flag's CLI11 callback

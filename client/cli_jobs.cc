@@ -146,9 +146,9 @@ int Cli::Refresh() {
          << follow.analysis_round() << " (running)\n";
   } else {
     out_ << job.job_id() << ": provisional analysis round "
-         << follow.analysis_round() << " over "
-         << follow.analysed_checkpoints() << " checkpoints "
-         << (follow.analysis_running() ? "running" : "done") << "\n";
+         << follow.analysis_round() << " over " << follow.analysed_checkpoints()
+         << " checkpoints " << (follow.analysis_running() ? "running" : "done")
+         << "\n";
   }
   return kExitOk;
 }

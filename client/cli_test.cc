@@ -61,14 +61,14 @@ TEST(CliTest, HelpListsEveryCommand) {
   Result r = RunSaetrack({"--help"});
   EXPECT_EQ(r.code, kExitOk);
   for (const char* command :
-       {"submit",        "status",     "list",          "watch",
-        "cancel",        "metrics",    "feature",       "features",
-        "drift",         "export",     "--step",        "--out",
-        "--coordinator", "--json",     "--feature",     "--contexts",
-        "--decoder",     "--kind",     "--formed-from", "--formed-to",
-        "--min-freq",    "--max-freq", "--order",       "--limit",
-        "--page-token",  "--logits",   "▁▂▃▄▅▆▇█",      "close",
-        "add-checkpoint", "refresh",   "--path",        "provisional"}) {
+       {"submit",         "status",     "list",          "watch",
+        "cancel",         "metrics",    "feature",       "features",
+        "drift",          "export",     "--step",        "--out",
+        "--coordinator",  "--json",     "--feature",     "--contexts",
+        "--decoder",      "--kind",     "--formed-from", "--formed-to",
+        "--min-freq",     "--max-freq", "--order",       "--limit",
+        "--page-token",   "--logits",   "▁▂▃▄▅▆▇█",      "close",
+        "add-checkpoint", "refresh",    "--path",        "provisional"}) {
     EXPECT_THAT(r.out, HasSubstr(command));
   }
 }
@@ -2335,9 +2335,8 @@ TEST_F(CliFollowTest, StatusSectionOfTrainingAndClosedJobs) {
   text = internal::FormatFollowStatus(job, Now());
   EXPECT_THAT(text, HasSubstr("    state: closed (until_step 1000 reached) at "
                               "2026-12-04 19:21:00 UTC (1h00m ago)\n"));
-  EXPECT_THAT(text,
-              HasSubstr("    analysis: final round 3 over 5 checkpoints, "
-                        "done\n"));
+  EXPECT_THAT(text, HasSubstr("    analysis: final round 3 over 5 checkpoints, "
+                              "done\n"));
 
   // Before the first checkpoint, following checkpoints pushed only.
   job.mutable_spec()->mutable_model()->mutable_follow()->clear_dir();
@@ -2402,8 +2401,7 @@ TEST_F(CliFollowTest, ProgressLinesShowTheFollowState) {
   EXPECT_EQ(internal::FollowProgress(coordinator_->job.follow(), Now()),
             "following: waiting for step > 32 since 12s, 5 checkpoints "
             "taken, 4 stored");
-  update.mutable_job()->mutable_follow()->set_state(
-      v1::FOLLOW_STATE_TRAINING);
+  update.mutable_job()->mutable_follow()->set_state(v1::FOLLOW_STATE_TRAINING);
   EXPECT_THAT(internal::WatchLine(update, Now()),
               HasSubstr("state RUNNING  following: training, 5 checkpoints "
                         "taken, 4 stored"));

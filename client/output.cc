@@ -110,16 +110,14 @@ std::string WatchLine(const v1::JobUpdate& update, absl::Time now) {
 std::string ProgressLine(const v1::Job& job) {
   std::string state = StateName(job.state());
   if (IsFollowing(job) && !IsTerminal(job.state())) {
-    absl::StrAppend(&state,
-                    job.follow().state() == v1::FOLLOW_STATE_CLOSED
-                        ? " (following closed)"
-                        : " (following)");
+    absl::StrAppend(&state, job.follow().state() == v1::FOLLOW_STATE_CLOSED
+                                ? " (following closed)"
+                                : " (following)");
   }
-  std::string line =
-      absl::StrFormat("%s %s: %d/%d SAEs trained, %s tokens", job.job_id(),
-                      state, job.progress().tasks_done(),
-                      job.progress().tasks_total(),
-                      HumanCount(job.progress().tokens_trained()));
+  std::string line = absl::StrFormat(
+      "%s %s: %d/%d SAEs trained, %s tokens", job.job_id(), state,
+      job.progress().tasks_done(), job.progress().tasks_total(),
+      HumanCount(job.progress().tokens_trained()));
   if (!job.submitter().empty()) {
     absl::StrAppend(&line, ", submitted by ", job.submitter());
   }
@@ -169,8 +167,7 @@ std::string FollowStateText(const v1::FollowStatus& follow, absl::Time now) {
       const int64_t waited = std::max<int64_t>(
           0, absl::ToInt64Seconds(
                  now - absl::FromUnixMillis(follow.waiting_since_ms())));
-      return absl::StrCat(WaitingFor(follow), " since ",
-                          HumanDuration(waited));
+      return absl::StrCat(WaitingFor(follow), " since ", HumanDuration(waited));
     }
     case v1::FOLLOW_STATE_TRAINING:
       return "training";
@@ -185,8 +182,8 @@ std::string FollowStateText(const v1::FollowStatus& follow, absl::Time now) {
 
 std::string FollowProgress(const v1::FollowStatus& follow, absl::Time now) {
   return absl::StrFormat("following: %s, %d checkpoints taken, %d stored",
-                         FollowStateText(follow, now), follow.checkpoints_size(),
-                         StoredCount(follow));
+                         FollowStateText(follow, now),
+                         follow.checkpoints_size(), StoredCount(follow));
 }
 
 std::string FormatFollowStatus(const v1::Job& job, absl::Time now) {
@@ -232,9 +229,9 @@ std::string FormatFollowStatus(const v1::Job& job, absl::Time now) {
     absl::StrAppend(&text, "    last step: none taken yet\n");
   }
 
-  absl::StrAppend(&text, absl::StrFormat("    checkpoints: %d taken, %d stored",
-                                         follow.checkpoints_size(),
-                                         StoredCount(follow)));
+  absl::StrAppend(
+      &text, absl::StrFormat("    checkpoints: %d taken, %d stored",
+                             follow.checkpoints_size(), StoredCount(follow)));
   // The one stored most recently: its lag is what an alert on lag sees.
   const v1::FollowedCheckpoint* last_stored = nullptr;
   for (const v1::FollowedCheckpoint& c : follow.checkpoints()) {
@@ -264,11 +261,11 @@ std::string FormatFollowStatus(const v1::Job& job, absl::Time now) {
   if (follow.analysis_round() == 0) {
     analysis = "no round yet";
   } else {
-    analysis = absl::StrFormat(
-        "%s round %d over %d checkpoints, %s",
-        follow.final_round() ? "final" : "provisional", follow.analysis_round(),
-        follow.analysed_checkpoints(),
-        follow.analysis_running() ? "running" : "done");
+    analysis =
+        absl::StrFormat("%s round %d over %d checkpoints, %s",
+                        follow.final_round() ? "final" : "provisional",
+                        follow.analysis_round(), follow.analysed_checkpoints(),
+                        follow.analysis_running() ? "running" : "done");
   }
   if (follow.refresh_pending()) {
     absl::StrAppend(&analysis, "; a refresh starts after it");
@@ -440,14 +437,14 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
     // is the one the analysis ran against.
     std::optional<int64_t> through;
     for (const v1::FeaturePoint& p : history.points()) {
-      if (p.analysed()) through = std::max(through.value_or(p.step()), p.step());
+      if (p.analysed())
+        through = std::max(through.value_or(p.step()), p.step());
     }
-    absl::StrAppend(
-        &text, "provisional: ",
-        through.has_value()
-            ? absl::StrCat("over checkpoints up to step ", *through)
-            : std::string("over the run so far"),
-        "; the final analysis runs after the job is closed\n");
+    absl::StrAppend(&text, "provisional: ",
+                    through.has_value()
+                        ? absl::StrCat("over checkpoints up to step ", *through)
+                        : std::string("over the run so far"),
+                    "; the final analysis runs after the job is closed\n");
   }
   if (history.has_summary()) {
     absl::StrAppend(&text, FormatFeatureSummary(history.summary()));
