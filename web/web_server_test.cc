@@ -30,7 +30,7 @@ using ::testing::StartsWith;
 class FakeJobService final : public v1::JobService::Service {
   grpc::Status GetJob(grpc::ServerContext* context,
                       const v1::GetJobRequest* request, v1::Job* job) override {
-    if (request->job_id() == "job-000002") {
+    if (request->job_id() == "job-000005") {
       // A following job, waiting after step 32.
       job->set_job_id(request->job_id());
       job->set_state(v1::JOB_STATE_RUNNING);
@@ -252,7 +252,7 @@ TEST_F(WebServerTest, FollowStatusAndProvisionalReachThePages) {
   auto server = Start(coordinator_);
   ASSERT_NE(server, nullptr);
   httplib::Client http("127.0.0.1", server->port());
-  auto res = http.Get("/api/jobs/job-000002");
+  auto res = http.Get("/api/jobs/job-000005");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
   EXPECT_THAT(res->body, HasSubstr(R"("follow":{"dir":"/runs")"));
@@ -260,7 +260,7 @@ TEST_F(WebServerTest, FollowStatusAndProvisionalReachThePages) {
   EXPECT_THAT(res->body, HasSubstr(R"("last_step":"32")"));
   EXPECT_THAT(res->body, HasSubstr(R"("refresh_pending":false)"));
 
-  res = http.Get("/api/jobs/job-000002/layers/0/features/12");
+  res = http.Get("/api/jobs/job-000005/layers/0/features/12");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
   EXPECT_THAT(res->body, HasSubstr(R"("provisional":true)"));
