@@ -20,6 +20,9 @@ int Cli::Run() {
   if (inv_.command == "list") return List();
   if (inv_.command == "watch") return Watch();
   if (inv_.command == "cancel") return Cancel();
+  if (inv_.command == "close") return Close();
+  if (inv_.command == "add-checkpoint") return AddCheckpoint();
+  if (inv_.command == "refresh") return Refresh();
   if (inv_.command == "metrics") return Metrics();
   if (inv_.command == "quality") return Quality();
   if (inv_.command == "feature") return Feature();

@@ -29,8 +29,16 @@ Commands:
       --wait follows the job until it ends (as watch does), with a progress
       line on stderr, and exits 0 only if it succeeded; --timeout_s bounds
       the wait (0, the default: no limit).
-  status JOB_ID            State and progress of one job.
-  list                     All jobs, oldest first.
+  status JOB_ID            State and progress of one job; for a job that
+                           follows a training run (spec.model.follow) also
+                           its follow state (waiting for the next checkpoint
+                           since when, training, or closed and why), the last
+                           step taken, checkpoints taken and stored with the
+                           lag of the last one stored (its last write to its
+                           SAEs stored), refused checkpoints with the reason,
+                           and the analysis round (provisional or final).
+  list                     All jobs, oldest first; the state of a following
+                           job reads running (following).
   watch JOB_ID [--timeout_s S]
                            Follow a job until it ends: a progress line on
                            stderr (rewritten in place on a terminal), e.g.
@@ -39,11 +47,30 @@ Commands:
                            state on stdout. Exits 0 if the job succeeded, 1 if
                            it failed or was cancelled. With --json, one
                            saetrack.v1.JobUpdate per line on stdout instead.
+                           A following job's line adds e.g. "following:
+                           waiting for step > 32 since 12s, 5 checkpoints
+                           taken, 5 stored"; it ends once the job is closed
+                           and its final analysis done.
   cancel JOB_ID            Cancel a queued or running job (running tasks stop
                            at their next heartbeat); prints the resulting
                            state. Cancelling a cancelled job succeeds again;
                            a job that already ended is refused
                            (FAILED_PRECONDITION).
+  close JOB_ID             End a following job's following: the final
+                           analysis runs over the checkpoints taken and the
+                           job then ends as a fixed-list job does. Closing a
+                           closed job succeeds again.
+  add-checkpoint JOB_ID --step N --path DIR
+                           Give a following job the checkpoint of step N in
+                           DIR (resolved against the current directory; the
+                           coordinator reads it there). Prints whether it was
+                           taken or already there (the same step and path
+                           again changes nothing).
+  refresh JOB_ID           Start a provisional analysis round of a following
+                           job over the checkpoints trained so far (after the
+                           round running, if one is).
+                           close, add-checkpoint and refresh print the job
+                           (saetrack.v1.Job) with --json.
   metrics JOB_ID --layer L Per-checkpoint SAE metrics of one hooked layer.
                            "loss rec" and "KL" compare the LM with the SAE
                            spliced in to the clean model ("-": not measured);
@@ -111,6 +138,10 @@ Commands:
                            converging to the final direction, the fast-slow-
                            fast phases, concept-level features forming after
                            token-level ones) reproduces, with the numbers.
+                           For a following job before its final analysis,
+                           drift and feature say first that the analysis is
+                           provisional: over the checkpoints up to a step,
+                           against that step as the final one.
   findings JOB_ID [JOB_ID...] --layer L
                            The paper's findings over replicate runs (the same
                            job submitted with different sae.seed): per
@@ -180,8 +211,9 @@ namespace {
 
 // The commands, one CLI11 subcommand each (Cli::Run dispatches on the name).
 constexpr const char* kCommands[] = {
-    "submit",  "status",   "list",  "watch",    "cancel", "metrics", "quality",
-    "feature", "features", "drift", "findings", "export", "admin",
+    "submit",  "status",   "list",           "watch",   "cancel",  "close",
+    "refresh", "metrics",  "add-checkpoint", "quality", "feature", "features",
+    "drift",   "findings", "export",         "admin",
 };
 
 // A flag's value that fails its check, thrown from the flag's CLI11 callback
@@ -324,6 +356,11 @@ const Flag kFlags[] = {
     {"out", nullptr,
      [](const std::string&, const std::string& value, Invocation* inv) {
        inv->out_dir = value;
+       return absl::OkStatus();
+     }},
+    {"path", nullptr,
+     [](const std::string&, const std::string& value, Invocation* inv) {
+       inv->checkpoint_path = value;
        return absl::OkStatus();
      }},
     {"to", nullptr,

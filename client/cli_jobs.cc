@@ -1,4 +1,5 @@
 
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
@@ -40,7 +41,12 @@ int Cli::Wait(const std::string& job_id) {
   std::string last_line;
   absl::StatusOr<v1::Job> job =
       Follow(job_id, [&](const v1::JobUpdate& update) {
-        ShowProgress(ProgressLine(update.job()), &last_line);
+        std::string line = ProgressLine(update.job());
+        if (update.job().has_follow()) {
+          absl::StrAppend(&line, ", ",
+                          FollowProgress(update.job().follow(), absl::Now()));
+        }
+        ShowProgress(line, &last_line);
       });
   EndProgress(last_line);
   if (!job.ok()) return Fail(job.status());
@@ -60,7 +66,7 @@ int Cli::Watch() {
         if (inv_.json) {
           out_ << ToJsonLine(update) << "\n" << std::flush;
         } else {
-          ShowProgress(WatchLine(update), &last_line);
+          ShowProgress(WatchLine(update, absl::Now()), &last_line);
         }
       });
   EndProgress(last_line);
@@ -81,6 +87,68 @@ int Cli::Cancel() {
   } else {
     out_ << cancelled->job().job_id() << " "
          << StateName(cancelled->job().state()) << "\n";
+  }
+  return kExitOk;
+}
+
+int Cli::Close() {
+  if (!ExpectPositional(1, "one job id")) return kExitUsage;
+  absl::StatusOr<v1::CloseJobResponse> closed =
+      client_->CloseJob(inv_.positional[0]);
+  if (!closed.ok()) return Fail(closed.status());
+  const v1::Job& job = closed->job();
+  if (inv_.json) {
+    out_ << ToJson(job) << "\n";
+    return kExitOk;
+  }
+  out_ << job.job_id() << " " << StateName(job.state()) << ": "
+       << FollowStateText(job.follow(), absl::Now()) << ", "
+       << job.follow().checkpoints_size() << " checkpoints taken\n";
+  return kExitOk;
+}
+
+int Cli::AddCheckpoint() {
+  if (!ExpectPositional(1, "one job id")) return kExitUsage;
+  if (!inv_.step.has_value()) return Usage("add-checkpoint needs --step");
+  if (inv_.checkpoint_path.empty()) {
+    return Usage("add-checkpoint needs --path");
+  }
+  // As a job file's paths: the coordinator resolves none of its own.
+  const std::string path =
+      std::filesystem::absolute(inv_.checkpoint_path).lexically_normal();
+  absl::StatusOr<v1::AddCheckpointResponse> added =
+      client_->AddCheckpoint(inv_.positional[0], *inv_.step, path);
+  if (!added.ok()) return Fail(added.status());
+  const v1::Job& job = added->job();
+  if (inv_.json) {
+    out_ << ToJson(job) << "\n";
+    return kExitOk;
+  }
+  out_ << job.job_id() << ": step " << *inv_.step << " "
+       << (added->created() ? "taken" : "already there") << " (" << path
+       << "), " << job.follow().checkpoints_size() << " checkpoints taken\n";
+  return kExitOk;
+}
+
+int Cli::Refresh() {
+  if (!ExpectPositional(1, "one job id")) return kExitUsage;
+  absl::StatusOr<v1::RefreshAnalysisResponse> refreshed =
+      client_->RefreshAnalysis(inv_.positional[0]);
+  if (!refreshed.ok()) return Fail(refreshed.status());
+  const v1::Job& job = refreshed->job();
+  if (inv_.json) {
+    out_ << ToJson(job) << "\n";
+    return kExitOk;
+  }
+  const v1::FollowStatus& follow = job.follow();
+  if (follow.refresh_pending()) {
+    out_ << job.job_id() << ": a provisional analysis round starts after round "
+         << follow.analysis_round() << " (running)\n";
+  } else {
+    out_ << job.job_id() << ": provisional analysis round "
+         << follow.analysis_round() << " over " << follow.analysed_checkpoints()
+         << " checkpoints " << (follow.analysis_running() ? "running" : "done")
+         << "\n";
   }
   return kExitOk;
 }
@@ -182,7 +250,8 @@ int Cli::Status() {
                           spec.name().empty() ? "-" : spec.name(),
                           spec.model().architecture(),
                           spec.model().checkpoints_size())
-       << "  hooks: " << absl::StrJoin(layers, ", ") << "\n";
+       << "  hooks: " << absl::StrJoin(layers, ", ") << "\n"
+       << FormatFollowStatus(*job, absl::Now());
   return kExitOk;
 }
 

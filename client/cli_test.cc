@@ -42,6 +42,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 struct Result {
@@ -60,13 +61,14 @@ TEST(CliTest, HelpListsEveryCommand) {
   Result r = RunSaetrack({"--help"});
   EXPECT_EQ(r.code, kExitOk);
   for (const char* command :
-       {"submit",        "status",     "list",          "watch",
-        "cancel",        "metrics",    "feature",       "features",
-        "drift",         "export",     "--step",        "--out",
-        "--coordinator", "--json",     "--feature",     "--contexts",
-        "--decoder",     "--kind",     "--formed-from", "--formed-to",
-        "--min-freq",    "--max-freq", "--order",       "--limit",
-        "--page-token",  "--logits",   "▁▂▃▄▅▆▇█"}) {
+       {"submit",         "status",     "list",          "watch",
+        "cancel",         "metrics",    "feature",       "features",
+        "drift",          "export",     "--step",        "--out",
+        "--coordinator",  "--json",     "--feature",     "--contexts",
+        "--decoder",      "--kind",     "--formed-from", "--formed-to",
+        "--min-freq",     "--max-freq", "--order",       "--limit",
+        "--page-token",   "--logits",   "▁▂▃▄▅▆▇█",      "close",
+        "add-checkpoint", "refresh",    "--path",        "provisional"}) {
     EXPECT_THAT(r.out, HasSubstr(command));
   }
 }
@@ -206,6 +208,12 @@ struct FakeCoordinator {
   absl::Status query_status;
   // What ExportSae answers; unset: kUnimplemented, as an older coordinator.
   std::optional<absl::StatusOr<ExportedSae>> exported;
+  // ListJobs lists `job` when set, else answers kUnimplemented.
+  bool list_job = false;
+  // Follow mode: what AddCheckpoint answers in `created`, and the error
+  // AddCheckpoint, CloseJob and RefreshAnalysis return when set.
+  bool checkpoint_created = true;
+  absl::Status follow_status;
   std::vector<std::string> calls;
 };
 
@@ -231,7 +239,43 @@ class FakeClient final : public SaetrackClient {
   absl::StatusOr<v1::ListJobsResponse> ListJobs(
       int /*page_size*/, const std::string& /*page_token*/) override {
     c_->calls.push_back("ListJobs");
-    return absl::UnimplementedError("ListJobs");
+    if (!c_->list_job) return absl::UnimplementedError("ListJobs");
+    v1::ListJobsResponse response;
+    *response.add_jobs() = c_->job;
+    return response;
+  }
+  absl::StatusOr<v1::AddCheckpointResponse> AddCheckpoint(
+      const std::string& job_id, int64_t step,
+      const std::string& path) override {
+    c_->calls.push_back(
+        absl::StrCat("AddCheckpoint ", job_id, " ", step, " ", path));
+    if (job_id != c_->job.job_id()) return NoJob(job_id);
+    if (!c_->follow_status.ok()) return c_->follow_status;
+    v1::AddCheckpointResponse response;
+    *response.mutable_job() = c_->job;
+    response.set_created(c_->checkpoint_created);
+    return response;
+  }
+  absl::StatusOr<v1::CloseJobResponse> CloseJob(
+      const std::string& job_id) override {
+    c_->calls.push_back(absl::StrCat("CloseJob ", job_id));
+    if (job_id != c_->job.job_id()) return NoJob(job_id);
+    if (!c_->follow_status.ok()) return c_->follow_status;
+    v1::FollowStatus& follow = *c_->job.mutable_follow();
+    follow.set_state(v1::FOLLOW_STATE_CLOSED);
+    follow.set_close_reason("closed by request");
+    v1::CloseJobResponse response;
+    *response.mutable_job() = c_->job;
+    return response;
+  }
+  absl::StatusOr<v1::RefreshAnalysisResponse> RefreshAnalysis(
+      const std::string& job_id) override {
+    c_->calls.push_back(absl::StrCat("RefreshAnalysis ", job_id));
+    if (job_id != c_->job.job_id()) return NoJob(job_id);
+    if (!c_->follow_status.ok()) return c_->follow_status;
+    v1::RefreshAnalysisResponse response;
+    *response.mutable_job() = c_->job;
+    return response;
   }
   absl::StatusOr<v1::GetCheckpointMetricsResponse> GetCheckpointMetrics(
       const std::string& job_id, int layer) override {
@@ -2187,6 +2231,339 @@ std::string ParseError(const std::vector<std::string>& args) {
   if (inv.ok()) return "";
   EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument);
   return std::string(inv.status().message());
+}
+
+// A following job at a fixed time: waiting since kNowMs - 12 s for a step
+// after 32, five checkpoints taken, four stored.
+class CliFollowTest : public ::testing::Test {
+ protected:
+  // 2026-12-04 20:21:00 UTC.
+  static constexpr int64_t kNowMs = 1'796'415'660'000;
+
+  CliFollowTest() : coordinator_(std::make_shared<FakeCoordinator>()) {
+    v1::Job& job = coordinator_->job;
+    job.set_job_id("job-000009");
+    job.set_state(v1::JOB_STATE_RUNNING);
+    job.mutable_progress()->set_tasks_done(8);
+    job.mutable_progress()->set_tasks_total(10);
+    v1::JobSpec& spec = *job.mutable_spec();
+    spec.set_name("live");
+    spec.mutable_model()->set_architecture("gpt_neox");
+    v1::FollowSpec& follow_spec = *spec.mutable_model()->mutable_follow();
+    follow_spec.set_dir("/runs/pythia");
+    follow_spec.set_pattern("checkpoint-{step}");
+    follow_spec.set_analyse_every(2);
+    follow_spec.set_until_step(1000);
+    v1::HookPoint* hook = spec.add_hooks();
+    hook->set_layer(1);
+    hook->set_site("resid_pre");
+    v1::FollowStatus& follow = *job.mutable_follow();
+    follow.set_state(v1::FOLLOW_STATE_WAITING);
+    follow.set_waiting_since_ms(kNowMs - 12'000);
+    follow.set_last_step(32);
+    follow.set_last_taken_ms(kNowMs - 65'000);
+    for (int64_t step : {0, 8, 16, 24, 32}) {
+      spec.mutable_model()->add_checkpoints()->set_step(step);
+      v1::FollowedCheckpoint* c = follow.add_checkpoints();
+      c->set_step(step);
+      c->set_path(absl::StrCat("/runs/pythia/checkpoint-", step));
+      c->set_last_write_ms(kNowMs - 200'000 + step * 1000);
+      // Step 24 stored last, 41 s after its last write; step 32 not yet.
+      if (step <= 16) c->set_stored_ms(kNowMs - 150'000 + step * 1000);
+      if (step == 24) c->set_stored_ms(kNowMs - 176'000 + 41'000 + 60'000);
+    }
+    v1::RefusedCheckpoint* refused = follow.add_refused();
+    refused->set_step(4);
+    refused->set_path("/runs/pythia/checkpoint-4");
+    refused->set_reason("step 4 is older than step 32, the latest taken");
+    follow.set_analysis_round(2);
+    follow.set_analysed_checkpoints(4);
+    follow.set_analysis_running(true);
+    follow.set_trained_since_round(1);
+  }
+
+  static absl::Time Now() { return absl::FromUnixMillis(kNowMs); }
+
+  Result Run(const std::vector<std::string>& args) {
+    std::ostringstream out, err;
+    int code = RunCli(args, out, err, /*err_is_terminal=*/false,
+                      [this](const ClientOptions& /*options*/) {
+                        return std::make_unique<FakeClient>(coordinator_);
+                      });
+    return {code, out.str(), err.str()};
+  }
+
+  std::shared_ptr<FakeCoordinator> coordinator_;
+};
+
+TEST_F(CliFollowTest, StatusSectionShowsEveryPartOfTheFollowStatus) {
+  EXPECT_EQ(
+      internal::FormatFollowStatus(coordinator_->job, Now()),
+      "  follow: /runs/pythia (checkpoint-{step}, scanned every 10s), until "
+      "step 1000\n"
+      "    state: waiting for step > 32 since 2026-12-04 20:20:48 UTC (12s "
+      "ago)\n"
+      "    last step: 32, taken 2026-12-04 20:19:55 UTC (1m05s ago)\n"
+      "    checkpoints: 5 taken, 4 stored; lag of step 24: 1m41s from its "
+      "last write to its SAEs stored\n"
+      "    refused: 1\n"
+      "      step 4 /runs/pythia/checkpoint-4: step 4 is older than step 32, "
+      "the latest taken\n"
+      "    analysis: provisional round 2 over 4 checkpoints, running; every "
+      "2 trained checkpoints (1 since the last)\n");
+}
+
+TEST_F(CliFollowTest, StatusSectionOfTrainingAndClosedJobs) {
+  v1::Job& job = coordinator_->job;
+  v1::FollowStatus& follow = *job.mutable_follow();
+  follow.set_state(v1::FOLLOW_STATE_TRAINING);
+  follow.clear_refused();
+  follow.set_refresh_pending(true);
+  std::string text = internal::FormatFollowStatus(job, Now());
+  EXPECT_THAT(text, HasSubstr("    state: training\n"));
+  EXPECT_THAT(text, Not(HasSubstr("refused")));
+  EXPECT_THAT(text, HasSubstr("running; a refresh starts after it;"));
+
+  follow.set_state(v1::FOLLOW_STATE_CLOSED);
+  follow.set_close_reason("until_step 1000 reached");
+  follow.set_closed_ms(kNowMs - 3'600'000);
+  follow.set_final_round(true);
+  follow.set_refresh_pending(false);
+  follow.set_analysis_round(3);
+  follow.set_analysed_checkpoints(5);
+  follow.set_analysis_running(false);
+  text = internal::FormatFollowStatus(job, Now());
+  EXPECT_THAT(text, HasSubstr("    state: closed (until_step 1000 reached) at "
+                              "2026-12-04 19:21:00 UTC (1h00m ago)\n"));
+  EXPECT_THAT(text, HasSubstr("    analysis: final round 3 over 5 checkpoints, "
+                              "done\n"));
+
+  // Before the first checkpoint, following checkpoints pushed only.
+  job.mutable_spec()->mutable_model()->mutable_follow()->clear_dir();
+  job.mutable_spec()->mutable_model()->mutable_follow()->clear_until_step();
+  follow.Clear();
+  follow.set_state(v1::FOLLOW_STATE_WAITING);
+  follow.set_last_step(-1);
+  follow.set_waiting_since_ms(kNowMs - 5'000);
+  EXPECT_EQ(internal::FormatFollowStatus(job, Now()),
+            "  follow: checkpoints given by add-checkpoint only\n"
+            "    state: waiting for the first checkpoint since 2026-12-04 "
+            "20:20:55 UTC (5s ago)\n"
+            "    last step: none taken yet\n"
+            "    checkpoints: 0 taken, 0 stored\n"
+            "    analysis: no round yet; every 2 trained checkpoints (0 since "
+            "the last)\n");
+
+  // A fixed-list job has no section.
+  job.mutable_spec()->mutable_model()->clear_follow();
+  job.clear_follow();
+  EXPECT_EQ(internal::FormatFollowStatus(job, Now()), "");
+}
+
+TEST_F(CliFollowTest, StatusPrintsTheFollowSectionAndListMarksTheJob) {
+  Result r = Run({"status", "job-000009"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 11u) << r.out;
+  EXPECT_EQ(lines[0],
+            "job-000009 running (following): 8/10 SAEs trained, 0 tokens");
+  EXPECT_EQ(lines[3], "  hooks: 1:resid_pre");
+  EXPECT_EQ(lines[4],
+            "  follow: /runs/pythia (checkpoint-{step}, scanned every 10s), "
+            "until step 1000");
+  EXPECT_THAT(lines[5], StartsWith("    state: waiting for step > 32 since "
+                                   "2026-12-04 20:20:48 UTC ("));
+  EXPECT_EQ(lines[7],
+            "    checkpoints: 5 taken, 4 stored; lag of step 24: 1m41s from "
+            "its last write to its SAEs stored");
+
+  coordinator_->list_job = true;
+  r = Run({"list"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "job-000009 running (following): 8/10 SAEs trained, 0 tokens\n");
+  coordinator_->job.mutable_follow()->set_state(v1::FOLLOW_STATE_CLOSED);
+  r = Run({"list"});
+  EXPECT_EQ(r.out,
+            "job-000009 running (following closed): 8/10 SAEs trained, 0 "
+            "tokens\n");
+  coordinator_->job.set_state(v1::JOB_STATE_SUCCEEDED);
+  r = Run({"list"});
+  EXPECT_EQ(r.out, "job-000009 succeeded: 8/10 SAEs trained, 0 tokens\n");
+}
+
+TEST_F(CliFollowTest, ProgressLinesShowTheFollowState) {
+  v1::JobUpdate update;
+  *update.mutable_job() = coordinator_->job;
+  EXPECT_EQ(internal::WatchLine(update, Now()),
+            "checkpoints 8/10  tokens 0  state RUNNING  following: waiting "
+            "for step > 32 since 12s, 5 checkpoints taken, 4 stored");
+  EXPECT_EQ(internal::FollowProgress(coordinator_->job.follow(), Now()),
+            "following: waiting for step > 32 since 12s, 5 checkpoints "
+            "taken, 4 stored");
+  update.mutable_job()->mutable_follow()->set_state(v1::FOLLOW_STATE_TRAINING);
+  EXPECT_THAT(internal::WatchLine(update, Now()),
+              HasSubstr("state RUNNING  following: training, 5 checkpoints "
+                        "taken, 4 stored"));
+
+  // watch and submit --wait print them until the job ends.
+  coordinator_->updates.push_back(update);
+  v1::JobUpdate& done = coordinator_->updates.emplace_back(update);
+  done.mutable_job()->set_state(v1::JOB_STATE_SUCCEEDED);
+  done.mutable_job()->mutable_follow()->set_state(v1::FOLLOW_STATE_CLOSED);
+  done.mutable_job()->mutable_follow()->set_close_reason("closed by request");
+  Result r = Run({"watch", "job-000009"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(Lines(r.err),
+              ElementsAre("checkpoints 8/10  tokens 0  state RUNNING  "
+                          "following: training, 5 checkpoints taken, 4 stored",
+                          "checkpoints 8/10  tokens 0  state SUCCEEDED  "
+                          "following: closed (closed by request), 5 "
+                          "checkpoints taken, 4 stored"));
+
+  TempDir dir;
+  const std::string path = dir.path() + "/job.json";
+  std::ofstream(path) << R"({"name": "live"})";
+  coordinator_->accept_submit = true;
+  r = Run({"submit", path, "--wait"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(Lines(r.err),
+              ElementsAre("job-000009 running (following): 8/10 SAEs "
+                          "trained, 0 tokens, following: training, 5 "
+                          "checkpoints taken, 4 stored",
+                          "job-000009 succeeded: 8/10 SAEs trained, 0 tokens, "
+                          "following: closed (closed by request), 5 "
+                          "checkpoints taken, 4 stored"));
+}
+
+TEST_F(CliFollowTest, CloseEndsFollowing) {
+  Result r = Run({"close", "job-000009"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "job-000009 running: closed (closed by request), 5 checkpoints "
+            "taken\n");
+  EXPECT_THAT(coordinator_->calls, ElementsAre("CloseJob job-000009"));
+
+  r = Run({"close", "job-000009", "--json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  v1::Job job = ParseProtoJson<v1::Job>(r.out);
+  EXPECT_EQ(job.job_id(), "job-000009");
+  EXPECT_EQ(job.follow().state(), v1::FOLLOW_STATE_CLOSED);
+
+  coordinator_->follow_status = absl::FailedPreconditionError(
+      "job job-000009 does not follow a training run");
+  r = Run({"close", "job-000009"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err,
+            "saetrack: FAILED_PRECONDITION: job job-000009 does not follow a "
+            "training run\n");
+  r = Run({"close", "job-000042"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err, "saetrack: NOT_FOUND: job job-000042: not found\n");
+}
+
+TEST_F(CliFollowTest, AddCheckpointSendsAnAbsolutePathAndSaysWhatHappened) {
+  const std::string cwd = std::filesystem::current_path().string();
+  Result r = Run({"add-checkpoint", "job-000009", "--step", "48", "--path",
+                  "runs/./checkpoint-48/"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  const std::string absolute = cwd + "/runs/checkpoint-48/";
+  EXPECT_THAT(coordinator_->calls,
+              ElementsAre("AddCheckpoint job-000009 48 " + absolute));
+  EXPECT_EQ(r.out, "job-000009: step 48 taken (" + absolute +
+                       "), 5 checkpoints taken\n");
+
+  coordinator_->checkpoint_created = false;
+  r = Run({"add-checkpoint", "job-000009", "--step=48",
+           "--path=/runs/pythia/checkpoint-48"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "job-000009: step 48 already there (/runs/pythia/checkpoint-48), "
+            "5 checkpoints taken\n");
+
+  r = Run({"add-checkpoint", "job-000009", "--step", "48", "--path", "/x",
+           "--json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(ParseProtoJson<v1::Job>(r.out).follow().checkpoints_size(), 5);
+
+  coordinator_->follow_status = absl::AlreadyExistsError(
+      "step 48 is taken with path /runs/pythia/checkpoint-48");
+  r = Run({"add-checkpoint", "job-000009", "--step", "48", "--path", "/y"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err,
+            "saetrack: ALREADY_EXISTS: step 48 is taken with path "
+            "/runs/pythia/checkpoint-48\n");
+}
+
+TEST_F(CliFollowTest, AddCheckpointWithoutStepOrPathIsAUsageError) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"add-checkpoint", "job-000009", "--path", "/x"},
+           {"add-checkpoint", "job-000009", "--step", "4"},
+           {"add-checkpoint", "--step", "4", "--path", "/x"},
+           {"add-checkpoint", "job-000009", "--step", "x", "--path", "/x"},
+           {"close"},
+           {"refresh", "job-000009", "job-000010"}}) {
+    Result r = Run(args);
+    EXPECT_EQ(r.code, kExitUsage) << r.err;
+    EXPECT_THAT(r.err, StartsWith("saetrack: "));
+  }
+  EXPECT_THAT(coordinator_->calls, IsEmpty());
+}
+
+TEST_F(CliFollowTest, RefreshSaysWhichRoundRuns) {
+  Result r = Run({"refresh", "job-000009"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "job-000009: provisional analysis round 2 over 4 checkpoints "
+            "running\n");
+  EXPECT_THAT(coordinator_->calls, ElementsAre("RefreshAnalysis job-000009"));
+
+  coordinator_->job.mutable_follow()->set_refresh_pending(true);
+  r = Run({"refresh", "job-000009"});
+  EXPECT_EQ(r.out,
+            "job-000009: a provisional analysis round starts after round 2 "
+            "(running)\n");
+
+  r = Run({"refresh", "job-000009", "--json"});
+  EXPECT_TRUE(ParseProtoJson<v1::Job>(r.out).follow().refresh_pending());
+
+  coordinator_->follow_status =
+      absl::FailedPreconditionError("job job-000009: nothing trained yet");
+  r = Run({"refresh", "job-000009"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err,
+            "saetrack: FAILED_PRECONDITION: job job-000009: nothing trained "
+            "yet\n");
+}
+
+TEST_F(CliQueryTest, ProvisionalDriftAndFeatureSaySo) {
+  SetDrift();
+  Result r = Run({"drift", "job-000007", "--layer", "1"});
+  EXPECT_THAT(r.out, Not(HasSubstr("provisional")));
+  coordinator_->drift.set_provisional(true);
+  coordinator_->drift.set_through_step(256);
+  r = Run({"drift", "job-000007", "--layer", "1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  std::vector<std::string> lines = Lines(r.out);
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_EQ(lines[1],
+            "provisional: over checkpoints up to step 256; the final analysis "
+            "runs after the job is closed");
+
+  SetAnalysedHistory();
+  r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5"});
+  EXPECT_THAT(r.out, Not(HasSubstr("provisional")));
+  coordinator_->history.set_provisional(true);
+  // The last analysed checkpoint is the one the analysis ran against.
+  coordinator_->history.mutable_points(2)->set_analysed(false);
+  r = Run({"feature", "job-000007", "--layer", "1", "--feature", "5"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  lines = Lines(r.out);
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_EQ(lines[1],
+            "provisional: over checkpoints up to step 16; the final analysis "
+            "runs after the job is closed");
 }
 
 TEST(ParseArgsTest, FlagsGoAnywhereAndTheLastValueWins) {

@@ -285,6 +285,33 @@ class GrpcSaetrackClient final : public SaetrackClient {
                                        request);
   }
 
+  absl::StatusOr<v1::AddCheckpointResponse> AddCheckpoint(
+      const std::string& job_id, int64_t step,
+      const std::string& path) override {
+    v1::AddCheckpointRequest request;
+    request.set_job_id(job_id);
+    request.set_step(step);
+    request.set_path(path);
+    return Call<v1::AddCheckpointResponse>(
+        *jobs_, &v1::JobService::Stub::AddCheckpoint, request);
+  }
+
+  absl::StatusOr<v1::CloseJobResponse> CloseJob(
+      const std::string& job_id) override {
+    v1::CloseJobRequest request;
+    request.set_job_id(job_id);
+    return Call<v1::CloseJobResponse>(*jobs_, &v1::JobService::Stub::CloseJob,
+                                      request);
+  }
+
+  absl::StatusOr<v1::RefreshAnalysisResponse> RefreshAnalysis(
+      const std::string& job_id) override {
+    v1::RefreshAnalysisRequest request;
+    request.set_job_id(job_id);
+    return Call<v1::RefreshAnalysisResponse>(
+        *jobs_, &v1::JobService::Stub::RefreshAnalysis, request);
+  }
+
   absl::Status WatchJob(
       const std::string& job_id, absl::Duration timeout,
       const std::function<bool(const v1::JobUpdate&)>& on_update) override {
@@ -344,6 +371,22 @@ class GrpcSaetrackClient final : public SaetrackClient {
 absl::StatusOr<v1::CancelJobResponse> SaetrackClient::CancelJob(
     const std::string& /*job_id*/) {
   return absl::UnimplementedError("CancelJob");
+}
+
+absl::StatusOr<v1::AddCheckpointResponse> SaetrackClient::AddCheckpoint(
+    const std::string& /*job_id*/, int64_t /*step*/,
+    const std::string& /*path*/) {
+  return absl::UnimplementedError("AddCheckpoint");
+}
+
+absl::StatusOr<v1::CloseJobResponse> SaetrackClient::CloseJob(
+    const std::string& /*job_id*/) {
+  return absl::UnimplementedError("CloseJob");
+}
+
+absl::StatusOr<v1::RefreshAnalysisResponse> SaetrackClient::RefreshAnalysis(
+    const std::string& /*job_id*/) {
+  return absl::UnimplementedError("RefreshAnalysis");
 }
 
 absl::Status SaetrackClient::WatchJob(

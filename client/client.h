@@ -82,6 +82,17 @@ class SaetrackClient {
   // fakes that do not need it, returns kUnimplemented.
   virtual absl::StatusOr<v1::CancelJobResponse> CancelJob(
       const std::string& job_id);
+  // Follow mode (JobService.AddCheckpoint, CloseJob, RefreshAnalysis): gives
+  // a following job the checkpoint of `step` in `path` (absolute on the
+  // coordinator), ends its following, or starts a provisional analysis
+  // round. The defaults, for fakes that do not need them, return
+  // kUnimplemented.
+  virtual absl::StatusOr<v1::AddCheckpointResponse> AddCheckpoint(
+      const std::string& job_id, int64_t step, const std::string& path);
+  virtual absl::StatusOr<v1::CloseJobResponse> CloseJob(
+      const std::string& job_id);
+  virtual absl::StatusOr<v1::RefreshAnalysisResponse> RefreshAnalysis(
+      const std::string& job_id);
   // Follows the job through JobService.WatchJob: calls `on_update` with each
   // update as it arrives until the stream ends, `on_update` returns false
   // (the call is cancelled; OK), or `timeout` (whole stream; infinite for

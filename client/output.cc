@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/time.h"
 #include "analysis/findings.h"
 #include "client/cli.h"
 
@@ -79,7 +80,7 @@ std::string HumanDuration(int64_t seconds) {
   return absl::StrFormat("%ds", seconds);
 }
 
-std::string WatchLine(const v1::JobUpdate& update) {
+std::string WatchLine(const v1::JobUpdate& update, absl::Time now) {
   const v1::Job& job = update.job();
   std::string name = v1::JobState_Name(job.state());
   constexpr std::string_view kPrefix = "JOB_STATE_";
@@ -100,20 +101,183 @@ std::string WatchLine(const v1::JobUpdate& update) {
     absl::StrAppend(&line, "  ETA ", HumanDuration(update.eta_seconds()));
   }
   absl::StrAppend(&line, "  state ", name);
+  if (job.has_follow()) {
+    absl::StrAppend(&line, "  ", FollowProgress(job.follow(), now));
+  }
   return line;
 }
 
 std::string ProgressLine(const v1::Job& job) {
-  std::string line =
-      absl::StrFormat("%s %s: %d/%d SAEs trained, %s tokens", job.job_id(),
-                      StateName(job.state()), job.progress().tasks_done(),
-                      job.progress().tasks_total(),
-                      HumanCount(job.progress().tokens_trained()));
+  std::string state = StateName(job.state());
+  if (IsFollowing(job) && !IsTerminal(job.state())) {
+    absl::StrAppend(&state, job.follow().state() == v1::FOLLOW_STATE_CLOSED
+                                ? " (following closed)"
+                                : " (following)");
+  }
+  std::string line = absl::StrFormat(
+      "%s %s: %d/%d SAEs trained, %s tokens", job.job_id(), state,
+      job.progress().tasks_done(), job.progress().tasks_total(),
+      HumanCount(job.progress().tokens_trained()));
   if (!job.submitter().empty()) {
     absl::StrAppend(&line, ", submitted by ", job.submitter());
   }
   if (!job.error().empty()) absl::StrAppend(&line, " (", job.error(), ")");
   return line;
+}
+
+std::string HumanTime(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                          absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
+std::string TimeAndAgo(int64_t then_ms, absl::Time now) {
+  // A clock behind the coordinator's reads as "0s ago", not negative.
+  const int64_t ago = std::max<int64_t>(
+      0, absl::ToInt64Seconds(now - absl::FromUnixMillis(then_ms)));
+  return absl::StrCat(HumanTime(then_ms), " (", HumanDuration(ago), " ago)");
+}
+
+bool IsFollowing(const v1::Job& job) {
+  return job.spec().model().has_follow() || job.has_follow();
+}
+
+namespace {
+
+// Checkpoints taken whose SAEs are all stored.
+int StoredCount(const v1::FollowStatus& follow) {
+  int stored = 0;
+  for (const v1::FollowedCheckpoint& c : follow.checkpoints()) {
+    if (c.stored_ms() > 0) ++stored;
+  }
+  return stored;
+}
+
+// "waiting for step > 32" / "waiting for the first checkpoint".
+std::string WaitingFor(const v1::FollowStatus& follow) {
+  return follow.last_step() < 0
+             ? std::string("waiting for the first checkpoint")
+             : absl::StrCat("waiting for step > ", follow.last_step());
+}
+
+}  // namespace
+
+std::string FollowStateText(const v1::FollowStatus& follow, absl::Time now) {
+  switch (follow.state()) {
+    case v1::FOLLOW_STATE_WAITING: {
+      const int64_t waited = std::max<int64_t>(
+          0, absl::ToInt64Seconds(
+                 now - absl::FromUnixMillis(follow.waiting_since_ms())));
+      return absl::StrCat(WaitingFor(follow), " since ", HumanDuration(waited));
+    }
+    case v1::FOLLOW_STATE_TRAINING:
+      return "training";
+    case v1::FOLLOW_STATE_CLOSED:
+      return follow.close_reason().empty()
+                 ? std::string("closed")
+                 : absl::StrCat("closed (", follow.close_reason(), ")");
+    default:
+      return "starting";
+  }
+}
+
+std::string FollowProgress(const v1::FollowStatus& follow, absl::Time now) {
+  return absl::StrFormat("following: %s, %d checkpoints taken, %d stored",
+                         FollowStateText(follow, now),
+                         follow.checkpoints_size(), StoredCount(follow));
+}
+
+std::string FormatFollowStatus(const v1::Job& job, absl::Time now) {
+  if (!IsFollowing(job)) return "";
+  const v1::FollowSpec& spec = job.spec().model().follow();
+  const v1::FollowStatus& follow = job.follow();
+  std::string text;
+  if (spec.dir().empty()) {
+    text = "  follow: checkpoints given by add-checkpoint only";
+  } else {
+    // The coordinator's defaults for unset fields (FollowSpec).
+    text = absl::StrFormat(
+        "  follow: %s (%s, scanned every %gs)", spec.dir(),
+        spec.pattern().empty() ? "step-{step}" : spec.pattern(),
+        spec.poll_interval_s() > 0 ? spec.poll_interval_s() : 10.0);
+  }
+  if (spec.has_until_step()) {
+    absl::StrAppend(&text, ", until step ", spec.until_step());
+  }
+  absl::StrAppend(&text, "\n");
+
+  std::string state;
+  switch (follow.state()) {
+    case v1::FOLLOW_STATE_WAITING:
+      state = absl::StrCat(WaitingFor(follow), " since ",
+                           TimeAndAgo(follow.waiting_since_ms(), now));
+      break;
+    case v1::FOLLOW_STATE_CLOSED:
+      state = FollowStateText(follow, now);
+      if (follow.closed_ms() > 0) {
+        absl::StrAppend(&state, " at ", TimeAndAgo(follow.closed_ms(), now));
+      }
+      break;
+    default:
+      state = FollowStateText(follow, now);
+  }
+  absl::StrAppend(&text, "    state: ", state, "\n");
+
+  if (follow.last_step() >= 0) {
+    absl::StrAppend(&text, "    last step: ", follow.last_step(), ", taken ",
+                    TimeAndAgo(follow.last_taken_ms(), now), "\n");
+  } else {
+    absl::StrAppend(&text, "    last step: none taken yet\n");
+  }
+
+  absl::StrAppend(
+      &text, absl::StrFormat("    checkpoints: %d taken, %d stored",
+                             follow.checkpoints_size(), StoredCount(follow)));
+  // The one stored most recently: its lag is what an alert on lag sees.
+  const v1::FollowedCheckpoint* last_stored = nullptr;
+  for (const v1::FollowedCheckpoint& c : follow.checkpoints()) {
+    if (c.stored_ms() > 0 &&
+        (last_stored == nullptr || c.stored_ms() >= last_stored->stored_ms())) {
+      last_stored = &c;
+    }
+  }
+  if (last_stored != nullptr) {
+    const int64_t lag_s = std::max<int64_t>(
+        0, (last_stored->stored_ms() - last_stored->last_write_ms()) / 1000);
+    absl::StrAppend(&text, "; lag of step ", last_stored->step(), ": ",
+                    HumanDuration(lag_s),
+                    " from its last write to its SAEs stored");
+  }
+  absl::StrAppend(&text, "\n");
+
+  if (!follow.refused().empty()) {
+    absl::StrAppend(&text, "    refused: ", follow.refused_size(), "\n");
+    for (const v1::RefusedCheckpoint& r : follow.refused()) {
+      absl::StrAppend(&text, "      step ", r.step(), " ", r.path(), ": ",
+                      OneLine(r.reason()), "\n");
+    }
+  }
+
+  std::string analysis;
+  if (follow.analysis_round() == 0) {
+    analysis = "no round yet";
+  } else {
+    analysis =
+        absl::StrFormat("%s round %d over %d checkpoints, %s",
+                        follow.final_round() ? "final" : "provisional",
+                        follow.analysis_round(), follow.analysed_checkpoints(),
+                        follow.analysis_running() ? "running" : "done");
+  }
+  if (follow.refresh_pending()) {
+    absl::StrAppend(&analysis, "; a refresh starts after it");
+  }
+  if (spec.analyse_every() > 0 && !follow.final_round()) {
+    absl::StrAppend(
+        &analysis,
+        absl::StrFormat("; every %d trained checkpoints (%d since the last)",
+                        spec.analyse_every(), follow.trained_since_round()));
+  }
+  absl::StrAppend(&text, "    analysis: ", analysis, "\n");
+  return text;
 }
 
 std::string Fixed3(bool present, double value) {
@@ -268,6 +432,20 @@ std::string FormatFeatureHistory(const v1::FeatureHistory& history,
   std::string text =
       absl::StrFormat("feature %d, layer %d, job %s\n", history.feature_id(),
                       history.layer(), history.job_id());
+  if (history.provisional()) {
+    // The history carries no through_step: the last analysed checkpoint
+    // is the one the analysis ran against.
+    std::optional<int64_t> through;
+    for (const v1::FeaturePoint& p : history.points()) {
+      if (p.analysed())
+        through = std::max(through.value_or(p.step()), p.step());
+    }
+    absl::StrAppend(&text, "provisional: ",
+                    through.has_value()
+                        ? absl::StrCat("over checkpoints up to step ", *through)
+                        : std::string("over the run so far"),
+                    "; the final analysis runs after the job is closed\n");
+  }
   if (history.has_summary()) {
     absl::StrAppend(&text, FormatFeatureSummary(history.summary()));
   }
@@ -443,6 +621,11 @@ std::string FormatDriftSummary(const v1::DriftSummary& drift) {
       drift.job_id(), drift.layer(), drift.formation_tau(),
       100 * drift.token_level_threshold(), drift.top_k(),
       HumanCount(drift.analysis_tokens()));
+  if (drift.provisional()) {
+    absl::StrAppend(&text, "provisional: over checkpoints up to step ",
+                    drift.through_step(),
+                    "; the final analysis runs after the job is closed\n");
+  }
   absl::StrAppend(&text,
                   absl::StrFormat("%5s %8s %9s %9s %9s %9s %9s %7s\n", "chain",
                                   "step", "final q10", "final q50", "final q90",

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "analysis/findings.h"
 #include "google/protobuf/message.h"
 #include "saetrack/v1/job.pb.h"
@@ -43,13 +44,41 @@ std::string HumanRate(double per_second);
 
 std::string HumanDuration(int64_t seconds);
 
-// The line `saetrack watch` prints for one update.
-std::string WatchLine(const v1::JobUpdate& update);
+// A time as the CLI prints it, in UTC: "2026-12-04 20:21:00 UTC".
+std::string HumanTime(int64_t unix_ms);
+
+// `then` (Unix milliseconds) as seen at `now`: "<HumanTime> (<duration>
+// ago)".
+std::string TimeAndAgo(int64_t then_ms, absl::Time now);
+
+// Whether the job follows a training run (spec.model.follow or Job.follow).
+bool IsFollowing(const v1::Job& job);
+
+// A following job's state in words, as of `now`: "waiting for step > 32
+// since 12s" (for the first checkpoint before any), "training", "closed
+// (<reason>)".
+std::string FollowStateText(const v1::FollowStatus& follow, absl::Time now);
+
+// "following: <FollowStateText>, <n> checkpoints taken, <m> stored": the
+// follow part of the progress lines of `submit --wait` and `watch`.
+std::string FollowProgress(const v1::FollowStatus& follow, absl::Time now);
+
+// The line `saetrack watch` prints for one update; for a following job
+// with FollowProgress appended.
+std::string WatchLine(const v1::JobUpdate& update, absl::Time now);
 
 // "<job id> <STATE>: <done>/<total> SAEs trained, <n> tokens", then
 // ", submitted by <name>" when the job records a submitter, then the error
-// in parentheses when there is one.
+// in parentheses when there is one. A following job's state reads
+// "running (following)" (or "(following closed)" until the job ends).
 std::string ProgressLine(const v1::Job& job);
+
+// The "follow:" section of `saetrack status` (indented lines) for a
+// following job as of `now`: where it looks for checkpoints, its state,
+// the last step taken, checkpoints taken and stored with the lag of the
+// last one stored, the refused checkpoints and the analysis round. Empty
+// for a job that does not follow.
+std::string FormatFollowStatus(const v1::Job& job, absl::Time now);
 
 // "-" for an absent value, else the value with three decimals.
 std::string Fixed3(bool present, double value);

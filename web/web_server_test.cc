@@ -20,6 +20,7 @@ namespace saetrack::web {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // The layer above the coordinator's API: a loopback gRPC server whose
@@ -29,6 +30,17 @@ using ::testing::StartsWith;
 class FakeJobService final : public v1::JobService::Service {
   grpc::Status GetJob(grpc::ServerContext* context,
                       const v1::GetJobRequest* request, v1::Job* job) override {
+    if (request->job_id() == "job-000005") {
+      // A following job, waiting after step 32.
+      job->set_job_id(request->job_id());
+      job->set_state(v1::JOB_STATE_RUNNING);
+      job->mutable_spec()->mutable_model()->mutable_follow()->set_dir("/runs");
+      v1::FollowStatus& follow = *job->mutable_follow();
+      follow.set_state(v1::FOLLOW_STATE_WAITING);
+      follow.set_last_step(32);
+      follow.add_checkpoints()->set_step(32);
+      return grpc::Status::OK;
+    }
     if (request->job_id() != "job-000001") {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           "job " + request->job_id() + " not found");
@@ -58,6 +70,16 @@ class FakeJobService final : public v1::JobService::Service {
 };
 
 class FakeQueryService final : public v1::QueryService::Service {
+  // Provisional, as for a following job before its final analysis.
+  grpc::Status GetFeatureHistory(grpc::ServerContext*,
+                                 const v1::GetFeatureHistoryRequest* request,
+                                 v1::FeatureHistory* history) override {
+    history->set_job_id(request->job_id());
+    history->set_feature_id(request->feature_id());
+    history->set_provisional(true);
+    return grpc::Status::OK;
+  }
+
   grpc::Status ListFeatures(grpc::ServerContext*,
                             const v1::ListFeaturesRequest* request,
                             v1::ListFeaturesResponse* response) override {
@@ -223,6 +245,30 @@ TEST_F(WebServerTest, AnswersAreTheProtoJsonMappingWithProtoFieldNames) {
   EXPECT_THAT(res->body, HasSubstr(R"("formation_step":"64")"));
   EXPECT_THAT(res->body, HasSubstr(R"("total":7)"));
   EXPECT_THAT(res->body, HasSubstr(R"("next_page_token":"p+")"));
+}
+
+// The fields the pages read for follow mode, under the names they use.
+TEST_F(WebServerTest, FollowStatusAndProvisionalReachThePages) {
+  auto server = Start(coordinator_);
+  ASSERT_NE(server, nullptr);
+  httplib::Client http("127.0.0.1", server->port());
+  auto res = http.Get("/api/jobs/job-000005");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_THAT(res->body, HasSubstr(R"("follow":{"dir":"/runs")"));
+  EXPECT_THAT(res->body, HasSubstr(R"("state":"FOLLOW_STATE_WAITING")"));
+  EXPECT_THAT(res->body, HasSubstr(R"("last_step":"32")"));
+  EXPECT_THAT(res->body, HasSubstr(R"("refresh_pending":false)"));
+
+  res = http.Get("/api/jobs/job-000005/layers/0/features/12");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_THAT(res->body, HasSubstr(R"("provisional":true)"));
+
+  // A fixed-list job carries no follow status.
+  res = http.Get("/api/jobs/job-000001");
+  ASSERT_TRUE(res);
+  EXPECT_THAT(res->body, Not(HasSubstr(R"("follow")")));
 }
 
 TEST_F(WebServerTest, ErrorsCarryTheMappedStatusAndNameTheInput) {

@@ -53,6 +53,8 @@ struct Invocation {
   std::optional<int> layer;
   std::optional<int> feature_id;
   std::optional<int64_t> step;
+  // add-checkpoint --path, as given (made absolute by the command).
+  std::string checkpoint_path;
   std::string out_dir;
   std::string to_dir;
   std::string request_id;
@@ -120,6 +122,10 @@ class Cli {
   int Wait(const std::string& job_id);
   int Watch();
   int Cancel();
+  // Follow mode: close, add-checkpoint, refresh.
+  int Close();
+  int AddCheckpoint();
+  int Refresh();
 
   // 0 for a job that succeeded; else prints why it ended and returns 1.
   int JobExit(const v1::Job& job);

@@ -109,6 +109,8 @@ check(
   progress.includes(`${job.progress.tasks_done}/${job.progress.tasks_total} SAEs`),
   `job: progress shows ${job.progress.tasks_done}/${job.progress.tasks_total}`,
 );
+// A fixed-list job: no follow section.
+check((await page.locator("[data-testid=follow]").count()) === (job.follow ? 1 : 0), `job: follow section ${job.follow ? "shown" : "absent"}`);
 await shot("job");
 
 // Layer overview: metrics charts and table.
@@ -150,6 +152,9 @@ for (const [kind, title] of [["token_level", "token-level"], ["concept_level", "
   const formed = await api(`/api/jobs/${J}/layers/${L}/features?kind=${kind}&min_formation=0&page_size=1`);
   check(bars === formed.total, `drift: ${title} formation bars sum to ${formed.total} as ListFeatures counts`);
 }
+// The job was closed with its final analysis: no provisional badge.
+check(drift.provisional === false, "drift: the API's summary is final (provisional false)");
+check((await page.locator("[data-testid=provisional]").count()) === 0, "drift: no provisional badge");
 await shot("drift");
 // From the drift page to the most drifted concept-level features, to the
 // first of them and its contexts (the path a new user takes).
@@ -267,6 +272,8 @@ if (lastEffects > 0) {
   check(close(Number(cells[1]), top.value) && close(Number(cells[3]), bottom.value), "feature: logits shown equal the API's");
   check(cells[2].startsWith(String(bottom.token_id)), "feature: the most suppressed token shown");
 }
+check(history.provisional === false, "feature: the API's history is final (provisional false)");
+check((await page.locator("[data-testid=provisional]").count()) === 0, "feature: no provisional badge");
 await shot("feature");
 
 // A missing feature is an error on the page, not a crash.

@@ -9,6 +9,8 @@
     f = c.feature(job["job_id"], 3, 17, decoder=True)
     f.curves, f.summary, f.decoder                  # DataFrame, dict, ndarray
     c.export_sae(job["job_id"], 3, None, "sae-l3")  # SAELens directory
+    c.add_checkpoint(live_id, 48, "run/checkpoint-48")  # following jobs:
+    c.refresh_analysis(live_id); c.close_job(live_id)    # Job dicts
 
 Dicts use the field names of the CLI's --json output (snake_case, enums as
 their names, steps and counts as ints). Tables are pandas DataFrames when
@@ -26,9 +28,9 @@ except ImportError as _e:  # pragma: no cover - a source tree, not built
         "building the saetrack_python target) or install the package "
         "(pip install ./client/python)") from _e
 
-from saetrack._client import (DEFAULT_TARGET, Client, DriftSummary,
-                              FeatureHistory, QualityChecks, SubmittedJob,
-                              is_terminal)
+from saetrack._client import (DEFAULT_TARGET, CheckpointAdded, Client,
+                              DriftSummary, FeatureHistory, QualityChecks,
+                              SubmittedJob, is_terminal)
 from saetrack._convert import have_pandas, to_dict
 from saetrack._errors import (Aborted, AlreadyExists, DataLoss,
                               DeadlineExceeded, Error, FailedPrecondition,
@@ -42,7 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client", "DEFAULT_TARGET", "DriftSummary", "FeatureHistory",
-    "QualityChecks", "SubmittedJob", "is_terminal", "have_pandas", "to_dict",
+    "QualityChecks", "SubmittedJob", "CheckpointAdded", "is_terminal", "have_pandas", "to_dict",
     "read_safetensors", "load_job_spec", "Error", "Aborted", "AlreadyExists",
     "DataLoss", "DeadlineExceeded", "FailedPrecondition", "Internal",
     "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",

@@ -55,6 +55,13 @@ class SubmittedJob(dict):
     created: bool = True
 
 
+class CheckpointAdded(dict):
+    """The job dict `add_checkpoint` returns; `created` is False when the
+    job had already taken the step with this path (nothing changed)."""
+
+    created: bool = True
+
+
 @dataclasses.dataclass
 class FeatureHistory:
     """One feature of one layer over the whole chain (GetFeatureHistory).
@@ -81,6 +88,9 @@ class FeatureHistory:
         the job's tokenizer; "" without one), promoted by descending value,
         suppressed by ascending; None for a checkpoint without them (not
         analysed yet, or spec.analysis.logit_effects_k 0).
+      provisional: True for a following job before its final analysis: the
+        analysis fields show the run so far, against the latest analysed
+        checkpoint (the last row whose `analysed` is true).
     """
 
     job_id: str
@@ -91,6 +101,7 @@ class FeatureHistory:
     decoder: Optional[np.ndarray] = None
     contexts: Optional[List[List[Dict[str, Any]]]] = None
     logit_effects: Optional[List[Optional[Dict[str, List[Dict[str, Any]]]]]] = None
+    provisional: bool = False
 
 
 @dataclasses.dataclass
@@ -108,6 +119,10 @@ class DriftSummary:
         KindSummary dict: count, formed, formation steps, final progress.
       settings: formation_tau, token_level_threshold, top_k,
         analysis_tokens.
+      provisional: True for a following job before its final analysis: the
+        summary covers the checkpoints up to through_step, against that one
+        as the final checkpoint.
+      through_step: with provisional, the last step analysed; else None.
     """
 
     job_id: str
@@ -116,6 +131,8 @@ class DriftSummary:
     phases: Optional[Dict[str, Any]]
     kinds: List[Dict[str, Any]]
     settings: Dict[str, Any]
+    provisional: bool = False
+    through_step: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -299,6 +316,50 @@ class Client:
                               job_pb2.CancelJobRequest(job_id=job_id))
         return to_dict(response.job)
 
+    # --- follow mode: jobs with spec.model.follow ----------------------
+
+    def add_checkpoint(self, job_id: str, step: int,
+                       path: str) -> CheckpointAdded:
+        """Gives a following job the checkpoint of `step` in directory
+        `path` (made absolute against the current directory, as job files'
+        paths; the coordinator reads it there) and returns the job dict (a
+        CheckpointAdded: created False when the step was already taken with
+        this path).
+
+        Raises:
+          InvalidArgument naming the field; AlreadyExists for a step taken
+          with another path; FailedPrecondition for a job that does not
+          follow or is closed, and for a step older than the latest taken
+          (unless the job re-trains late checkpoints); NotFound.
+        """
+        response = self._call(
+            self._jobs.AddCheckpoint,
+            job_pb2.AddCheckpointRequest(job_id=job_id, step=step,
+                                         path=os.path.abspath(path)))
+        job = CheckpointAdded(to_dict(response.job))
+        job.created = response.created
+        return job
+
+    def close_job(self, job_id: str) -> Dict[str, Any]:
+        """Ends a following job's following and returns the job dict: the
+        final analysis runs over the checkpoints taken and the job then
+        ends as a fixed-list job (wait() follows it there). Idempotent.
+        Raises FailedPrecondition for a job that does not follow, NotFound.
+        """
+        response = self._call(self._jobs.CloseJob,
+                              job_pb2.CloseJobRequest(job_id=job_id))
+        return to_dict(response.job)
+
+    def refresh_analysis(self, job_id: str) -> Dict[str, Any]:
+        """Starts a provisional analysis round of a following job over its
+        trained checkpoints (after the round running, if one is; see the
+        job's follow.refresh_pending) and returns the job dict. Raises
+        FailedPrecondition (not following, closed, no analysis pass,
+        nothing trained yet), NotFound."""
+        response = self._call(self._jobs.RefreshAnalysis,
+                              job_pb2.RefreshAnalysisRequest(job_id=job_id))
+        return to_dict(response.job)
+
     def watch(self, job_id: str, *, progress: Optional[bool] = None,
               timeout: Optional[float] = None,
               stream: Optional[TextIO] = None) -> Iterator[Dict[str, Any]]:
@@ -460,7 +521,9 @@ class Client:
             phases=d.get("phases"), kinds=d["kinds"],
             settings={k: d[k] for k in ("formation_tau",
                                         "token_level_threshold", "top_k",
-                                        "analysis_tokens")})
+                                        "analysis_tokens")},
+            provisional=drift.provisional,
+            through_step=drift.through_step if drift.provisional else None)
 
     def features(self, job_id: str, layer: int, *,
                  kind: Optional[str] = None,
@@ -771,7 +834,7 @@ def _feature_history(history: query_pb2.FeatureHistory, contexts: bool,
         feature_id=history.feature_id,
         curves=make_table("step", steps, columns), summary=summary,
         decoder=decoder_rows, contexts=context_lists,
-        logit_effects=logit_effects)
+        logit_effects=logit_effects, provisional=history.provisional)
 
 
 class _ProgressBar:

@@ -207,6 +207,49 @@ class FakeJobs(job_pb2_grpc.JobServiceServicer):
     def __init__(self):
         self.metadata = []
         self.watch = True
+        # Follow mode: the requests AddCheckpoint got, and whether step 48
+        # is taken already.
+        self.added = []
+        self.taken = set()
+
+    def _following(self, request, context):
+        """j1 as a following job, waiting after step 32."""
+        if request.job_id != "j1":
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"job {request.job_id} not found")
+        job = job_pb2.Job(job_id="j1", state=job_pb2.JOB_STATE_RUNNING)
+        job.spec.model.follow.dir = "/runs/live"
+        job.follow.state = job_pb2.FOLLOW_STATE_WAITING
+        job.follow.last_step = 32
+        for step in sorted(self.taken | {0, 32}):
+            job.follow.checkpoints.add(step=step, path=f"/runs/live/s{step}")
+        return job
+
+    def AddCheckpoint(self, request, context):
+        job = self._following(request, context)
+        self.added.append(request)
+        created = request.step not in self.taken
+        if request.step < 32:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"step {request.step} is older than step 32, the "
+                          "latest taken")
+        self.taken.add(request.step)
+        return job_pb2.AddCheckpointResponse(job=self._following(request,
+                                                                 context),
+                                             created=created)
+
+    def CloseJob(self, request, context):
+        job = self._following(request, context)
+        job.follow.state = job_pb2.FOLLOW_STATE_CLOSED
+        job.follow.close_reason = "closed by request"
+        return job_pb2.CloseJobResponse(job=job)
+
+    def RefreshAnalysis(self, request, context):
+        job = self._following(request, context)
+        job.follow.analysis_round = 1
+        job.follow.analysed_checkpoints = 2
+        job.follow.analysis_running = True
+        return job_pb2.RefreshAnalysisResponse(job=job)
 
     def GetJob(self, request, context):
         self.metadata.append(dict(context.invocation_metadata()))
@@ -243,10 +286,24 @@ class FakeQueries(query_pb2_grpc.QueryServiceServicer):
 
     def __init__(self):
         self.crc_offset = 0
+        # Answers as for a following job before its final analysis.
+        self.provisional = False
+
+    def GetDriftSummary(self, request, context):
+        drift = query_pb2.DriftSummary(job_id=request.job_id,
+                                       layer=request.layer, top_k=25)
+        for i, step in enumerate((0, 10, 1000)):
+            c = drift.checkpoints.add(step=step, chain_index=i, formed=i)
+            c.cos_to_final.q50 = [0.2, 0.6, 1.0][i]
+        if self.provisional:
+            drift.provisional = True
+            drift.through_step = 1000
+        return drift
 
     def GetFeatureHistory(self, request, context):
         history = query_pb2.FeatureHistory(job_id=request.job_id, layer=2,
-                                           feature_id=request.feature_id)
+                                           feature_id=request.feature_id,
+                                           provisional=self.provisional)
         for i, step in enumerate((0, 10, 1000)):
             p = history.points.add(step=step, chain_index=i, frequency=0.1 * i)
             if i > 0:
@@ -288,7 +345,10 @@ class FakeServerTest(unittest.TestCase):
     def setUp(self):
         self.jobs.metadata.clear()
         self.jobs.watch = True
+        self.jobs.added.clear()
+        self.jobs.taken.clear()
         self.queries.crc_offset = 0
+        self.queries.provisional = False
         self.dir = tempfile.mkdtemp(prefix="saetrack-python-unit.")
         self.addCleanup(shutil.rmtree, self.dir)
 
@@ -385,6 +445,56 @@ class FakeServerTest(unittest.TestCase):
         self.assertEqual(f.curves["step"].dtype, np.int64)
         self.assertEqual(f.curves["chain_index"].dtype, np.int64)
         self.assertTrue(np.isnan(f.curves["decoder_cos_prev"][0]))
+
+    def test_add_checkpoint_sends_an_absolute_path_and_says_if_created(self):
+        client = saetrack.Client(self.address)
+        job = client.add_checkpoint("j1", 48, "runs/./live/s48")
+        self.assertIsInstance(job, saetrack.CheckpointAdded)
+        self.assertTrue(job.created)
+        self.assertEqual(self.jobs.added[0].path,
+                         os.path.join(os.getcwd(), "runs", "live", "s48"))
+        self.assertEqual(self.jobs.added[0].step, 48)
+        self.assertEqual([c["step"] for c in job["follow"]["checkpoints"]],
+                         [0, 32, 48])
+        self.assertEqual(job["follow"]["state"], "FOLLOW_STATE_WAITING")
+        again = client.add_checkpoint("j1", 48, "/runs/live/s48")
+        self.assertFalse(again.created)
+        self.assertEqual(self.jobs.added[1].path, "/runs/live/s48")
+        with self.assertRaises(saetrack.FailedPrecondition) as caught:
+            client.add_checkpoint("j1", 8, "/runs/live/s8")
+        self.assertEqual(caught.exception.message,
+                         "step 8 is older than step 32, the latest taken")
+        with self.assertRaises(saetrack.NotFound):
+            client.add_checkpoint("j2", 48, "/runs/live/s48")
+
+    def test_close_job_and_refresh_analysis_return_the_job(self):
+        client = saetrack.Client(self.address)
+        closed = client.close_job("j1")
+        self.assertEqual(closed["job_id"], "j1")
+        self.assertEqual(closed["follow"]["state"], "FOLLOW_STATE_CLOSED")
+        self.assertEqual(closed["follow"]["close_reason"], "closed by request")
+        refreshed = client.refresh_analysis("j1")
+        self.assertEqual(refreshed["follow"]["analysis_round"], 1)
+        self.assertTrue(refreshed["follow"]["analysis_running"])
+        with self.assertRaises(saetrack.NotFound) as caught:
+            client.close_job("j2")
+        self.assertEqual(caught.exception.message, "job j2 not found")
+        with self.assertRaises(saetrack.NotFound):
+            client.refresh_analysis("j2")
+
+    def test_drift_and_feature_say_whether_they_are_provisional(self):
+        client = saetrack.Client(self.address)
+        drift = client.drift("j1", 2)
+        self.assertFalse(drift.provisional)
+        self.assertIsNone(drift.through_step)
+        self.assertEqual(list(drift.checkpoints["cos_to_final_q50"]),
+                         [0.2, 0.6, 1.0])
+        self.assertFalse(client.feature("j1", 2, 7).provisional)
+        self.queries.provisional = True
+        drift = client.drift("j1", 2)
+        self.assertTrue(drift.provisional)
+        self.assertEqual(drift.through_step, 1000)
+        self.assertTrue(client.feature("j1", 2, 7).provisional)
 
     def test_export_writes_the_files(self):
         out = os.path.join(self.dir, "sae")

@@ -16,11 +16,52 @@ export interface JobProgress {
   analysis_tasks_done: number;
 }
 
+// Follow mode (job.proto): a job that takes checkpoints of a training run
+// as they appear.
+export interface FollowSpec {
+  dir: string;
+  pattern: string;
+  until_step?: Int64;
+  analyse_every: number;
+}
+
+export interface FollowedCheckpoint {
+  step: Int64;
+  path: string;
+  seen_ms: Int64;
+  last_write_ms: Int64;
+  taken_ms: Int64;
+  stored_ms: Int64; // "0" until its SAEs are stored
+}
+
+export interface RefusedCheckpoint {
+  step: Int64;
+  path: string;
+  reason: string;
+  time_ms: Int64;
+}
+
+export interface FollowStatus {
+  state: string; // FOLLOW_STATE_WAITING | _TRAINING | _CLOSED
+  waiting_since_ms: Int64;
+  last_step: Int64; // -1 before the first checkpoint
+  last_taken_ms: Int64;
+  checkpoints: FollowedCheckpoint[];
+  refused: RefusedCheckpoint[];
+  closed_ms: Int64;
+  close_reason: string;
+  analysis_round: number;
+  analysed_checkpoints: number;
+  analysis_running: boolean;
+  refresh_pending: boolean;
+  final_round: boolean;
+}
+
 export interface Job {
   job_id: string;
   spec: {
     name: string;
-    model: { architecture: string; checkpoints: { step: Int64; path: string }[] };
+    model: { architecture: string; checkpoints: { step: Int64; path: string }[]; follow?: FollowSpec };
     hooks: { layer: number; site: string }[];
     sae: { architecture: string; expansion_factor?: number };
   };
@@ -32,6 +73,8 @@ export interface Job {
   request_id: string;
   // Set by coordinators that know who submitted the job.
   submitter?: string;
+  // Set for a following job.
+  follow?: FollowStatus;
 }
 
 export interface JobUpdate {
@@ -104,6 +147,10 @@ export interface DriftSummary {
   kinds: KindSummary[];
   formation_tau: number;
   token_level_threshold: number;
+  // A following job before its final analysis: over the checkpoints up to
+  // through_step, against that one as the final.
+  provisional?: boolean;
+  through_step?: Int64;
 }
 
 export interface FeatureSummary {
@@ -161,6 +208,9 @@ export interface FeatureHistory {
   layer: number;
   feature_id: number;
   points: FeaturePoint[];
+  // A following job before its final analysis (against the latest analysed
+  // checkpoint).
+  provisional?: boolean;
 }
 
 export class ApiError extends Error {

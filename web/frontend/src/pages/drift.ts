@@ -3,6 +3,7 @@
 // histograms by kind, counts.
 import { api, CheckpointDrift, num, PhaseFit, Quantiles } from "../api";
 import { barChart, lineChart, palette } from "../charts";
+import { provisionalBadge } from "../follow";
 import type { PageContext } from "../main";
 import { fmt, h, kindName, link, table } from "../ui";
 import { layerCrumbs, layerNav } from "./layer";
@@ -51,7 +52,11 @@ export async function driftPage(ctx: PageContext, jobId: string, layerText: stri
   const drift = await api.drift(jobId, layer);
   const cps = drift.checkpoints;
   const x = cps.map((c) => num(c.step));
-  ctx.app.append(h("h1", {}, `Layer ${layer}: drift of the decoder directions`), layerNav(lb, "drift"));
+  ctx.app.append(
+    h("h1", {}, `Layer ${layer}: drift of the decoder directions`),
+    provisionalBadge(drift.provisional, num(drift.through_step)) ?? "",
+    layerNav(lb, "drift"),
+  );
   const grid = h("div", { class: "grid" });
   ctx.app.append(grid);
 

@@ -5,6 +5,7 @@
 import { api, FeatureContext, FeaturePoint, LogitEffect, num } from "../api";
 import { lineChart, palette, trajectory } from "../charts";
 import type { PageContext } from "../main";
+import { analysedThrough, provisionalBadge } from "../follow";
 import { fmt, h, table } from "../ui";
 import { layerCrumbs } from "./layer";
 
@@ -70,7 +71,10 @@ export async function featurePage(ctx: PageContext, jobId: string, layerText: st
   withContexts.catch(() => undefined); // Reported below, when awaited.
   let points = history.points;
   const x = points.map((p) => num(p.step));
-  ctx.app.append(h("h1", {}, `Feature ${id}`, h("small", {}, ` layer ${layer} · ${jobId}`)));
+  ctx.app.append(
+    h("h1", {}, `Feature ${id}`, h("small", {}, ` layer ${layer} · ${jobId}`)),
+    provisionalBadge(history.provisional, analysedThrough(points)) ?? "",
+  );
   if (points.length === 0) {
     ctx.app.append(h("p", {}, "No history stored for this feature."));
     return;

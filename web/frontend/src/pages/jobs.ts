@@ -1,5 +1,6 @@
 // Jobs: the list with state and live progress, and one job's page.
 import { api, Job, JobUpdate, num } from "../api";
+import { followSection, stateLabel } from "../follow";
 import type { PageContext } from "../main";
 import { fmt, h, isTerminal, link, stateName, table } from "../ui";
 
@@ -45,7 +46,7 @@ function jobRow(job: Job): HTMLTableRowElement {
     { "data-job": job.job_id },
     h("td", {}, link(`/jobs/${encodeURIComponent(job.job_id)}`, job.job_id)),
     h("td", {}, job.spec?.name ?? ""),
-    h("td", { class: `state ${stateName(job.state)}`, testid: "state" }, stateName(job.state)),
+    h("td", { class: `state ${stateName(job.state)}`, testid: "state" }, stateLabel(job, stateName(job.state), isTerminal(job.state))),
     h("td", {}, progressBar(job)),
     h("td", { class: "num" }, fmt(num(job.progress.tokens_trained))),
     h("td", {}, job.submitter || "—"),
@@ -101,21 +102,25 @@ export async function jobPage(ctx: PageContext, jobId: string): Promise<void> {
   const job = await api.job(jobId);
   const status = h("div", { class: "status" });
   const rate = h("span", { testid: "rate" });
-  const show = (j: Job) =>
+  const follow = h("div", {});
+  const show = (j: Job) => {
     status.replaceChildren(
-      h("span", { class: `state ${stateName(j.state)}`, testid: "state" }, stateName(j.state)),
+      h("span", { class: `state ${stateName(j.state)}`, testid: "state" }, stateLabel(j, stateName(j.state), isTerminal(j.state))),
       " ",
       progressBar(j),
       " · tokens trained ",
       fmt(num(j.progress.tokens_trained)),
       j.error ? h("div", { class: "error" }, j.error) : "",
     );
+    follow.replaceChildren(followSection(j, Date.now()) ?? "");
+  };
   show(job);
   const checkpoints = job.spec.model?.checkpoints ?? [];
   ctx.app.append(
     h("h1", {}, job.spec.name ? `${job.spec.name} ` : "", h("small", {}, jobId)),
     status,
     rate,
+    follow,
     h(
       "p",
       {},
