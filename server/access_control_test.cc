@@ -115,8 +115,13 @@ bool Allowed(const std::string& method, Role role) {
   const bool job_read = method == "/saetrack.v1.JobService/GetJob" ||
                         method == "/saetrack.v1.JobService/ListJobs" ||
                         method == "/saetrack.v1.JobService/WatchJob";
-  const bool job_write = method == "/saetrack.v1.JobService/SubmitJob" ||
-                         method == "/saetrack.v1.JobService/CancelJob";
+  // Follow mode's calls change a job as CancelJob does.
+  const bool job_write =
+      method == "/saetrack.v1.JobService/SubmitJob" ||
+      method == "/saetrack.v1.JobService/CancelJob" ||
+      method == "/saetrack.v1.JobService/AddCheckpoint" ||
+      method == "/saetrack.v1.JobService/CloseJob" ||
+      method == "/saetrack.v1.JobService/RefreshAnalysis";
   const bool worker = absl::StartsWith(method, "/saetrack.v1.WorkerService/");
   switch (role) {
     case Role::kReader:
@@ -203,7 +208,7 @@ TEST_F(SecurityTest, EveryRpcTimesEveryCaller) {
   options.token_file = token_file_;
   Start(options);
   const std::vector<ApiMethod> methods = AllApiMethods();
-  ASSERT_EQ(methods.size(), 19u);
+  ASSERT_EQ(methods.size(), 22u);
   std::shared_ptr<grpc::Channel> anonymous = Channel("");
   std::shared_ptr<grpc::Channel> bad = Channel(std::string(64, 'f'));
   std::map<Role, std::shared_ptr<grpc::Channel>> by_role;
@@ -235,8 +240,8 @@ TEST_F(SecurityTest, EveryRpcTimesEveryCaller) {
       }
     }
   }
-  // reader 9, submitter 11, worker 7, admin 19.
-  EXPECT_EQ(passed, 46);
+  // reader 9, submitter 14, worker 7, admin 22.
+  EXPECT_EQ(passed, 52);
 }
 
 TEST_F(SecurityTest, HealthIsOpenWithoutAToken) {
@@ -326,6 +331,38 @@ TEST_F(SecurityTest, SubmitterCancelsOnlyItsOwnJobsAdminAny) {
   // A reader may not cancel at all.
   EXPECT_EQ(cancel(*reader, job_ids[0], &response).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+  // Follow mode's calls: the same rule (checked before the job's kind).
+  {
+    grpc::ClientContext context;
+    v1::CloseJobRequest request;
+    request.set_job_id(job_ids[0]);
+    v1::CloseJobResponse closed;
+    grpc::Status s = other->CloseJob(WithDeadline(&context), request, &closed);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("is not a job submitted by 'other-submitter'"));
+  }
+  {
+    grpc::ClientContext context;
+    v1::AddCheckpointRequest request;
+    request.set_job_id(job_ids[0]);
+    request.set_step(300);
+    request.set_path(files);
+    v1::AddCheckpointResponse added;
+    grpc::Status s =
+        other->AddCheckpoint(WithDeadline(&context), request, &added);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    // The owner is told the job does not follow a run.
+    grpc::ClientContext context;
+    v1::RefreshAnalysisRequest request;
+    request.set_job_id(job_ids[0]);
+    v1::RefreshAnalysisResponse refreshed;
+    grpc::Status s =
+        submitter->RefreshAnalysis(WithDeadline(&context), request, &refreshed);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
   // The owner may; an admin may cancel anyone's.
   grpc::Status own = cancel(*submitter, job_ids[0], &response);
   ASSERT_TRUE(own.ok()) << own.error_message();

@@ -50,8 +50,13 @@ bool Allowed(const std::string& method, Role role) {
   const bool job_read = method == "/saetrack.v1.JobService/GetJob" ||
                         method == "/saetrack.v1.JobService/ListJobs" ||
                         method == "/saetrack.v1.JobService/WatchJob";
-  const bool job_write = method == "/saetrack.v1.JobService/SubmitJob" ||
-                         method == "/saetrack.v1.JobService/CancelJob";
+  // Follow mode's calls change a job as CancelJob does.
+  const bool job_write =
+      method == "/saetrack.v1.JobService/SubmitJob" ||
+      method == "/saetrack.v1.JobService/CancelJob" ||
+      method == "/saetrack.v1.JobService/AddCheckpoint" ||
+      method == "/saetrack.v1.JobService/CloseJob" ||
+      method == "/saetrack.v1.JobService/RefreshAnalysis";
   const bool worker = absl::StartsWith(method, "/saetrack.v1.WorkerService/");
   switch (role) {
     case Role::kReader:
@@ -68,7 +73,7 @@ bool Allowed(const std::string& method, Role role) {
 
 TEST(AuthTableTest, CoversEveryApiMethodExactly) {
   const std::vector<std::string> api = AllApiMethods();
-  EXPECT_EQ(api.size(), 19u);
+  EXPECT_EQ(api.size(), 22u);
   const std::vector<std::string> table = ProtectedMethods();
   EXPECT_EQ(std::set<std::string>(api.begin(), api.end()),
             std::set<std::string>(table.begin(), table.end()));
