@@ -801,5 +801,133 @@ TEST(JobValidatorTest, PathsMustLieUnderDataRoots) {
   EXPECT_THAT(out.status().message(), HasSubstr("outside the data roots"));
 }
 
+// --- follow mode ---
+
+// A following job over `root`/run with no checkpoint yet.
+v1::JobSpec FollowingSpec(const std::string& root) {
+  v1::JobSpec spec = MakeSpec(root, {0});
+  spec.mutable_model()->clear_checkpoints();
+  std::filesystem::create_directories(root + "/run");
+  spec.mutable_model()->mutable_follow()->set_dir(root + "/run");
+  return spec;
+}
+
+TEST(JobValidatorFollowTest, DefaultsAndAnEmptyChainAreAccepted) {
+  TempDir dir;
+  absl::StatusOr<v1::JobSpec> out =
+      JobValidator({}).Validate(FollowingSpec(dir.path()));
+  ASSERT_TRUE(out.ok()) << out.status();
+  const v1::FollowSpec& follow = out->model().follow();
+  EXPECT_EQ(follow.pattern(), "step-{step}");
+  EXPECT_DOUBLE_EQ(follow.poll_interval_s(), 10);
+  EXPECT_DOUBLE_EQ(follow.stall_alert_s(), 3600);
+  EXPECT_DOUBLE_EQ(follow.lag_alert_s(), 1800);
+  // Model settings wait for the first checkpoint.
+  EXPECT_EQ(out->sae().d_sae(), 0);
+  // Without follow an empty chain is still refused.
+  v1::JobSpec plain = MakeSpec(dir.path(), {0});
+  plain.mutable_model()->clear_checkpoints();
+  EXPECT_THAT(JobValidator({}).Validate(plain).status().message(),
+              HasSubstr("model.follow"));
+}
+
+TEST(JobValidatorFollowTest, BadFollowSettingsNameTheField) {
+  TempDir dir;
+  const auto refused = [&](const std::function<void(v1::JobSpec*)>& change) {
+    v1::JobSpec spec = FollowingSpec(dir.path());
+    change(&spec);
+    return std::string(JobValidator({}).Validate(spec).status().message());
+  };
+  auto follow = [](v1::JobSpec* s) {
+    return s->mutable_model()->mutable_follow();
+  };
+  EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_pattern("a/{step}"); }),
+              HasSubstr("spec.model.follow.pattern"));
+  EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_dir("/nope/x"); }),
+              HasSubstr("spec.model.follow.dir"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_poll_interval_s(0.01); }),
+      HasSubstr("spec.model.follow.poll_interval_s"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_poll_interval_s(1e9); }),
+      HasSubstr("spec.model.follow.poll_interval_s"));
+  EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_until_step(-1); }),
+              HasSubstr("spec.model.follow.until_step"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_marker_file("../DONE"); }),
+      HasSubstr("spec.model.follow.marker_file"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_analyse_every(-2); }),
+      HasSubstr("spec.model.follow.analyse_every"));
+  EXPECT_THAT(refused([&](v1::JobSpec* s) {
+                follow(s)->set_analyse_every(2);
+                s->mutable_analysis()->set_analysis_tokens(0);
+              }),
+              HasSubstr("needs the analysis pass"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_lag_alert_s(-1); }),
+      HasSubstr("spec.model.follow.lag_alert_s"));
+  EXPECT_THAT(refused([&](v1::JobSpec* s) {
+                s->mutable_schedule()->set_direction(v1::Schedule::BACKWARD);
+              }),
+              HasSubstr("spec.schedule.direction: BACKWARD"));
+  // until_step must leave something to follow after a listed checkpoint.
+  EXPECT_THAT(refused([&](v1::JobSpec* s) {
+                *s = MakeSpec(dir.path(), {0, 10});
+                follow(s)->set_until_step(10);
+              }),
+              HasSubstr("not after the last listed checkpoint"));
+}
+
+TEST(JobValidatorFollowTest, TheFirstCheckpointFillsTheModelSettings) {
+  TempDir dir;
+  JobValidator validator({dir.path()});
+  absl::StatusOr<v1::JobSpec> spec =
+      validator.Validate(FollowingSpec(dir.path()));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const std::string first = dir.path() + "/run/step-10";
+  WriteCheckpoint(first);
+  absl::StatusOr<v1::JobSpec> taken =
+      validator.ValidateNewCheckpoint(*spec, 10, first);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->model().architecture(), "gpt_neox");
+  EXPECT_EQ(taken->sae().d_sae(), spec->sae().expansion_factor() * 64);
+  EXPECT_GT(taken->sae().d_sae(), 0);
+  EXPECT_GT(taken->min_worker_memory_bytes(), 0);
+  ASSERT_EQ(taken->model().checkpoints_size(), 1);
+  // A later one is placed by step; an earlier one before it.
+  const std::string later = dir.path() + "/run/step-30";
+  WriteCheckpoint(later);
+  absl::StatusOr<v1::JobSpec> two =
+      validator.ValidateNewCheckpoint(*taken, 30, later);
+  ASSERT_TRUE(two.ok()) << two.status();
+  const std::string early = dir.path() + "/run/step-5";
+  WriteCheckpoint(early);
+  absl::StatusOr<v1::JobSpec> three =
+      validator.ValidateNewCheckpoint(*two, 5, early);
+  ASSERT_TRUE(three.ok()) << three.status();
+  std::vector<int64_t> steps;
+  for (const auto& c : three->model().checkpoints()) steps.push_back(c.step());
+  EXPECT_EQ(steps, (std::vector<int64_t>{5, 10, 30}));
+  // Another shape, a missing directory, a path outside the roots.
+  const std::string wide = dir.path() + "/run/step-40";
+  WriteCheckpoint(wide, /*hidden_size=*/32);
+  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, 40, wide).status().message(),
+              HasSubstr("checkpoint.path: hidden_size 32 differs"));
+  EXPECT_EQ(validator.ValidateNewCheckpoint(*two, 50, dir.path() + "/run/x")
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, 50, "/etc").status().message(),
+              HasSubstr("outside the data roots"));
+  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, -1, later).status().message(),
+              HasSubstr("checkpoint.step"));
+  // A hook beyond the first checkpoint's layers is refused when it comes.
+  v1::JobSpec deep = *spec;
+  deep.mutable_hooks(0)->set_layer(9);
+  EXPECT_THAT(validator.ValidateNewCheckpoint(deep, 10, first).status().message(),
+              HasSubstr("spec.hooks[0].layer: 9 out of range"));
+}
+
 }  // namespace
 }  // namespace saetrack::server
