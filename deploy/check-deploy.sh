@@ -181,6 +181,18 @@ if ! wait_for 60 worker_registered; then
   exit 1
 fi
 
+# A job following a (not yet started) training run: the saetrack_follow_*
+# gauges exist per following job. Its token file is all that must exist.
+mkdir -p "$tmp/run"
+python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes(2 * 4096))' "$tmp/tokens.u16"
+cat >"$tmp/follow-job.json" <<JOB
+{"name": "check-deploy", "model": {"follow": {"dir": "$tmp/run"}},
+ "data": {"tokens_path": "$tmp/tokens.u16", "context_length": 32},
+ "hooks": [{"layer": 0}]}
+JOB
+check "a following job is accepted without any checkpoint" \
+  "$bin/saetrack" --coordinator="127.0.0.1:$coordinator_grpc" submit "$tmp/follow-job.json"
+
 for target in "coordinator:$coordinator_metrics" "worker:$(worker_port)"; do
   name="${target%%:*}"
   port="${target#*:}"
