@@ -11,6 +11,7 @@ namespace saetrack::server {
 namespace {
 
 constexpr char kJobStatePrefix[] = "JOB_STATE_";
+constexpr size_t kMaxFollowLabelledJobs = 100;
 constexpr char kTaskStatePrefix[] = "TASK_STATE_";
 
 std::string StripLower(const std::string& name, const std::string& prefix) {
@@ -247,6 +248,9 @@ void CoordinatorMetrics::RefreshFollow(const std::vector<v1::Job>& jobs) {
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   std::set<std::string> labelled;
   for (const v1::Job& job : jobs) {
+    // Job ids as label values, bounded: following jobs only (gone once
+    // closed), at most kMaxFollowLabelledJobs of them (the oldest).
+    if (labelled.size() >= kMaxFollowLabelledJobs) break;
     const v1::FollowStatus& follow = job.follow();
     const v1::FollowSpec& spec = job.spec().model().follow();
     int trained = 0;
