@@ -748,6 +748,10 @@ void JobStateMachine::StartRound(const JobEntry& entry, v1::Job* job,
     }
     fresh(absl::StrCat(job->job_id(), ".l", layer, ".summary"),
           TASK_KIND_SUMMARISE, h, 0);
+    // A summary of an earlier round still being computed is refused by
+    // its epoch (TaskScheduler::CompleteSummary).
+    changes->tasks.back().set_lease_epoch(
+        changes->tasks.back().lease_epoch() + 1);
     changes->tasks.back().set_chain_index(0);
     changes->tasks.back().set_checkpoint_index(0);
     changes->tasks.back().set_step(0);

@@ -90,6 +90,12 @@ void Summariser::Loop() {
       std::cerr << "summary " << work->task_id << " stored\n";
       continue;
     }
+    if (absl::IsAborted(s)) {
+      // No longer this summary's to store (a newer analysis round, the job
+      // ended): nothing to report.
+      std::cerr << "summary " << work->task_id << " dropped: " << s << "\n";
+      continue;
+    }
     std::cerr << "summary " << work->task_id << " failed: " << s << "\n";
     // Storage trouble may pass; anything else is in the stored results.
     const bool retryable = absl::IsUnavailable(s) ||

@@ -856,7 +856,7 @@ std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
       }
       work.provisional = JobStateMachine::IsFollowing(job) &&
                          !job.follow().final_round();
-      summaries_taken_.insert(summary->task_id());
+      summaries_taken_[summary->task_id()] = summary->lease_epoch();
       return work;
     }
     const absl::Time now = absl::Now();
@@ -881,6 +881,13 @@ absl::Status TaskScheduler::CompleteSummary(const std::string& task_id,
       return absl::AbortedError(absl::StrCat(
           "summary task ", task_id, " is no longer queued (its job ended)"));
     }
+    if (task->lease_epoch() != summaries_taken_[task_id]) {
+      summaries_taken_.erase(task_id);
+      summary_cv_.SignalAll();
+      return absl::AbortedError(absl::StrCat(
+          "summary task ", task_id,
+          " was superseded by a newer analysis round"));
+    }
     const RecordChanges changes = state_.PlanCompleteSummary(*task, NowMs());
     if (PinnedLocked(changes)) {
       WaitForUnpinLocked();
@@ -903,6 +910,18 @@ absl::Status TaskScheduler::FailSummary(const std::string& task_id,
       summaries_taken_.erase(task_id);
       return absl::AbortedError(absl::StrCat(
           "summary task ", task_id, " is no longer queued (its job ended)"));
+    }
+    auto taken = summaries_taken_.find(task_id);
+    if (taken == summaries_taken_.end()) {
+      return absl::AbortedError(
+          absl::StrCat("summary task ", task_id, " is not taken"));
+    }
+    if (taken->second != task->lease_epoch()) {
+      summaries_taken_.erase(taken);
+      summary_cv_.SignalAll();
+      return absl::AbortedError(absl::StrCat(
+          "summary task ", task_id,
+          " was superseded by a newer analysis round"));
     }
     bool requeued = false;
     const RecordChanges changes =

@@ -358,7 +358,10 @@ class TaskScheduler {
   std::set<std::string> pinned_tasks_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> pinned_jobs_ ABSL_GUARDED_BY(mu_);
   // Summary tasks handed out by TakeSummary and not yet finished.
-  std::set<std::string> summaries_taken_ ABSL_GUARDED_BY(mu_);
+  // Taken summary tasks and the lease epoch they were taken at (a following
+  // job's new analysis round bumps it: the result of the old one is then
+  // refused).
+  std::map<std::string, int64_t> summaries_taken_ ABSL_GUARDED_BY(mu_);
   // Tasks whose completion (results, then records) is being written: their
   // leases do not expire meanwhile.
   std::set<std::string> committing_ ABSL_GUARDED_BY(mu_);

@@ -622,6 +622,64 @@ TEST_F(TaskSchedulerTest, FailedSummaryFailsTheJobWhenNotRetryable) {
       scheduler_->CompleteSummary(taken->task_id, storage::WriteBatch())));
 }
 
+// A following job: checkpoints taken through the scheduler (validation
+// stubbed), a provisional round's summary still being computed when the
+// job closes is refused, and the final round's summary completes the job.
+TEST_F(TaskSchedulerTest, AFollowingJobsStaleRoundSummaryIsRefused) {
+  v1::JobSpec spec = AnalysedSpec(0);
+  spec.mutable_model()->mutable_follow()->set_dir("/run");
+  const std::string job = Create(spec);
+  const TaskScheduler::CheckpointValidator place =
+      [](const v1::JobSpec& s, int64_t step, const std::string& path) {
+        v1::JobSpec out = s;
+        v1::Checkpoint* c = out.mutable_model()->add_checkpoints();
+        c->set_step(step);
+        c->set_path(path);
+        return absl::StatusOr<v1::JobSpec>(out);
+      };
+  for (int64_t step : {0, 10}) {
+    auto added = scheduler_->AddCheckpoint(job, step, "/ckpt", 1, 1, place);
+    ASSERT_TRUE(added.ok()) << added.status();
+    EXPECT_TRUE(added->created);
+  }
+  auto again = scheduler_->AddCheckpoint(job, 10, "/ckpt", 1, 1, place);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  // A refused checkpoint is recorded on the job.
+  auto refused = scheduler_->AddCheckpoint(
+      job, 20, "/bad", 1, 1,
+      [](const v1::JobSpec&, int64_t, const std::string&) {
+        return absl::StatusOr<v1::JobSpec>(
+            absl::InvalidArgumentError("checkpoint.path: broken"));
+      });
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status()));
+  EXPECT_EQ(scheduler_->GetJob(job)->follow().refused_size(), 1);
+  for (int c = 0; c < 2; ++c) EXPECT_TRUE(RunOne(*scheduler_).has_train());
+  ASSERT_TRUE(scheduler_->RefreshAnalysis(job).ok());
+  for (int c = 0; c < 2; ++c) EXPECT_TRUE(RunOne(*scheduler_).has_analyse());
+  std::optional<SummaryWork> stale =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(stale.has_value());
+  EXPECT_TRUE(stale->provisional);
+  EXPECT_EQ(stale->steps, (std::vector<int64_t>{0, 10}));
+  // Closed while the provisional summary is computed: the final round.
+  auto closed = scheduler_->CloseJob(job, "closed by request");
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_TRUE(absl::IsAborted(
+      scheduler_->CompleteSummary(stale->task_id, storage::WriteBatch())));
+  EXPECT_EQ(scheduler_->GetJob(job)->progress().analysis_tasks_done(), 0);
+  for (int c = 0; c < 2; ++c) EXPECT_TRUE(RunOne(*scheduler_).has_analyse());
+  std::optional<SummaryWork> final_summary =
+      scheduler_->TakeSummary(absl::ZeroDuration());
+  ASSERT_TRUE(final_summary.has_value());
+  EXPECT_FALSE(final_summary->provisional);
+  ASSERT_TRUE(scheduler_
+                  ->CompleteSummary(final_summary->task_id,
+                                    storage::WriteBatch())
+                  .ok());
+  EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
 TEST_F(TaskSchedulerTest, WorkersGetOnlyJobsThatFitTheirMemory) {
   v1::JobSpec big = Spec(1, 1);
   big.set_min_worker_memory_bytes(8'000'000'000);
