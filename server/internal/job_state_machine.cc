@@ -110,15 +110,20 @@ int JobStateMachine::AnalysisFinalIndex(const v1::Job& job) {
 
 bool JobStateMachine::FollowReferenceCheck(const v1::JobSpec& spec,
                                            int chain_index) {
-  // Positions 0, 1, 2, 4, 8, ...: the n-th of them (0-based) is 0 or
-  // 2^(n - 1). Log-spaced like Pythia's early checkpoints, and never more
-  // than reference_checkpoints of them however long the run.
+  // Positions 0, 4, 16, 64, ...: the n-th of them (0-based) is 0 or
+  // 4^n. Spread over a chain of any length like Pythia's log-spaced steps,
+  // never more than reference_checkpoints of them however long the run, and
+  // not bunched at its start, where they would hold up the links that
+  // follow.
   if (chain_index < 0) return false;
   int ordinal = 0;
   if (chain_index > 0) {
-    if ((chain_index & (chain_index - 1)) != 0) return false;
-    ordinal = 1;
-    for (int i = chain_index; i > 1; i >>= 1) ++ordinal;
+    int power = 1;
+    while (power < chain_index && power <= (1 << 28)) {
+      power *= 4;
+      ++ordinal;
+    }
+    if (power != chain_index) return false;
   }
   return ordinal < spec.schedule().reference_checkpoints();
 }

@@ -132,7 +132,7 @@ class JobStateMachine {
   static int AnalysedCount(const v1::Job& job);
   static int AnalysisFinalIndex(const v1::Job& job);
   // Whether the SAE at chain position `chain_index` of a following job gets
-  // the trust checks: positions 0, 1, 2, 4, 8, ... up to
+  // the trust checks: positions 0, 4, 16, 64, ... up to
   // schedule.reference_checkpoints of them (the chain's length is not known
   // in advance).
   static bool FollowReferenceCheck(const v1::JobSpec& spec, int chain_index);

@@ -795,10 +795,10 @@ TEST(FollowReferenceCheckTest, LogSpacedPositionsUpToTheCount) {
   v1::JobSpec spec;
   spec.mutable_schedule()->set_reference_checkpoints(4);
   std::vector<int> positions;
-  for (int c = 0; c < 40; ++c) {
+  for (int c = 0; c < 300; ++c) {
     if (JobStateMachine::FollowReferenceCheck(spec, c)) positions.push_back(c);
   }
-  EXPECT_THAT(positions, ElementsAre(0, 1, 2, 4));
+  EXPECT_THAT(positions, ElementsAre(0, 4, 16, 64));
   spec.mutable_schedule()->set_reference_checkpoints(0);
   EXPECT_FALSE(JobStateMachine::FollowReferenceCheck(spec, 0));
 }
