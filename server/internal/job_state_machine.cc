@@ -118,7 +118,8 @@ bool JobStateMachine::FollowReferenceCheck(const v1::JobSpec& spec,
   if (chain_index < 0) return false;
   int ordinal = 0;
   if (chain_index > 0) {
-    int power = 1;
+    int power = 4;
+    ordinal = 1;
     while (power < chain_index && power <= (1 << 28)) {
       power *= 4;
       ++ordinal;
