@@ -116,12 +116,11 @@ bool Allowed(const std::string& method, Role role) {
                         method == "/saetrack.v1.JobService/ListJobs" ||
                         method == "/saetrack.v1.JobService/WatchJob";
   // Follow mode's calls change a job as CancelJob does.
-  const bool job_write =
-      method == "/saetrack.v1.JobService/SubmitJob" ||
-      method == "/saetrack.v1.JobService/CancelJob" ||
-      method == "/saetrack.v1.JobService/AddCheckpoint" ||
-      method == "/saetrack.v1.JobService/CloseJob" ||
-      method == "/saetrack.v1.JobService/RefreshAnalysis";
+  const bool job_write = method == "/saetrack.v1.JobService/SubmitJob" ||
+                         method == "/saetrack.v1.JobService/CancelJob" ||
+                         method == "/saetrack.v1.JobService/AddCheckpoint" ||
+                         method == "/saetrack.v1.JobService/CloseJob" ||
+                         method == "/saetrack.v1.JobService/RefreshAnalysis";
   const bool worker = absl::StartsWith(method, "/saetrack.v1.WorkerService/");
   switch (role) {
     case Role::kReader:

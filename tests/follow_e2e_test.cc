@@ -35,6 +35,16 @@ namespace fs = std::filesystem;
 constexpr int kLayer = 1;
 const std::vector<int64_t> kSteps = {0, 16, 64, 256};
 
+// saetrack-tinylm training the tiny GPT-NeoX into `out`, saving `steps`.
+std::vector<std::string> TinyLm(const std::string& out,
+                                const std::string& steps) {
+  return {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out", out,
+          "--steps", steps, "--d_model", "32", "--layers", "2", "--heads", "4",
+          "--ctx", "32", "--batch", "16", "--seed", "1",
+          // Two tests at once on CI's two cores: more threads only contend.
+          "--threads", "1"};
+}
+
 class FollowEndToEndTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -43,22 +53,18 @@ class FollowEndToEndTest : public ::testing::Test {
     // The token file and tokenizer a job names must exist at submission:
     // a first, one-checkpoint run writes them (the followed run below
     // writes the same ones).
-    auto prep = testing::RunCommand(
-        {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out",
-         *dir_ + "/data", "--steps", "0", "--d_model", "32", "--layers", "2",
-         "--heads", "4", "--ctx", "32", "--batch", "16", "--seed", "1",
-         "--threads", "1"},
-        *dir_ + "/prep", absl::Minutes(5));
+    auto prep = testing::RunCommand(TinyLm(*dir_ + "/data", "0"),
+                                    *dir_ + "/prep", absl::Minutes(5));
     ASSERT_TRUE(prep.ok()) << prep.status();
     ASSERT_EQ(prep->exit_code, 0) << prep->err;
     fs::create_directories(*dir_ + "/lm/checkpoints");
     fs::create_directories(*dir_ + "/manual");
 
     StartCoordinator("127.0.0.1:0");
-    auto worker = ChildProcess::Start(
-        {SAETRACK_WORKER_BIN, "--coordinator", Address(), "--threads", "1",
-         "--lease_wait", "1s"},
-        *dir_ + "/worker");
+    auto worker =
+        ChildProcess::Start({SAETRACK_WORKER_BIN, "--coordinator", Address(),
+                             "--threads", "1", "--lease_wait", "1s"},
+                            *dir_ + "/worker");
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = worker->release();
   }
@@ -217,10 +223,9 @@ class FollowEndToEndTest : public ::testing::Test {
                  job.state() == v1::JOB_STATE_CANCELLED;
         },
         timeout);
-    EXPECT_TRUE(ok && done(job))
-        << job.DebugString() << "\ncoordinator:\n"
-        << coordinator_->Stderr() << "\nworker:\n"
-        << worker_->Stderr();
+    EXPECT_TRUE(ok && done(job)) << job.DebugString() << "\ncoordinator:\n"
+                                 << coordinator_->Stderr() << "\nworker:\n"
+                                 << worker_->Stderr();
     return job;
   }
 
@@ -255,10 +260,10 @@ std::string* FollowEndToEndTest::live_job_ = nullptr;
 // written, trained in step order, and the job ends at until_step with the
 // final analysis, having run a provisional round on the way.
 TEST_F(FollowEndToEndTest, ATheJobFollowsTheTrainerAsItWrites) {
-  const std::string job_id = Submit(
-      "live.json",
-      JobJson(absl::StrCat(R"({"follow": {"dir": ")", *dir_,
-                           R"(/lm/checkpoints", "poll_interval_s": 0.2,
+  const std::string job_id =
+      Submit("live.json",
+             JobJson(absl::StrCat(R"({"follow": {"dir": ")", *dir_,
+                                  R"(/lm/checkpoints", "poll_interval_s": 0.2,
                                "until_step": 256, "analyse_every": 2}})")));
   ASSERT_FALSE(job_id.empty());
   v1::Job job = GetJob(job_id);
@@ -267,12 +272,8 @@ TEST_F(FollowEndToEndTest, ATheJobFollowsTheTrainerAsItWrites) {
 
   std::string steps;
   for (int64_t s : kSteps) absl::StrAppend(&steps, steps.empty() ? "" : ",", s);
-  auto trainer = ChildProcess::Start(
-      {SAETRACK_TINYLM_BIN, "--corpus", SAETRACK_CORPUS, "--out",
-       *dir_ + "/lm", "--steps", steps, "--d_model", "32", "--layers", "2",
-       "--heads", "4", "--ctx", "32", "--batch", "16", "--seed", "1",
-       "--threads", "1"},
-      *dir_ + "/trainer");
+  auto trainer =
+      ChildProcess::Start(TinyLm(*dir_ + "/lm", steps), *dir_ + "/trainer");
   ASSERT_TRUE(trainer.ok()) << trainer.status();
 
   job = WaitForJob(job_id, [](const v1::Job& j) {
@@ -309,9 +310,8 @@ TEST_F(FollowEndToEndTest, BTheFinalAnalysisEqualsAFixedListJobs) {
     absl::StrAppend(&list, list.empty() ? "" : ", ", R"({"step": )", s,
                     R"(, "path": ")", Checkpoint(s), R"("})");
   }
-  const std::string fixed =
-      Submit("fixed.json", JobJson(absl::StrCat(R"({"checkpoints": [)", list,
-                                                "]}")));
+  const std::string fixed = Submit(
+      "fixed.json", JobJson(absl::StrCat(R"({"checkpoints": [)", list, "]}")));
   ASSERT_FALSE(fixed.empty());
   WaitForJob(fixed, [](const v1::Job& j) {
     return j.state() == v1::JOB_STATE_SUCCEEDED;
@@ -343,9 +343,8 @@ TEST_F(FollowEndToEndTest, BTheFinalAnalysisEqualsAFixedListJobs) {
 TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   const std::string manual = *dir_ + "/manual";
   const std::string job_id = Submit(
-      "manual.json",
-      JobJson(absl::StrCat(R"({"follow": {"dir": ")", manual,
-                           R"(", "pattern": "checkpoint-{step}",
+      "manual.json", JobJson(absl::StrCat(R"({"follow": {"dir": ")", manual,
+                                          R"(", "pattern": "checkpoint-{step}",
                                "poll_interval_s": 0.2}})")));
   ASSERT_FALSE(job_id.empty());
   auto copy = [&](int64_t step) {
@@ -419,9 +418,8 @@ TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
 
   // Killed while following; a checkpoint written meanwhile is found after.
-  job = WaitForJob(job_id, [](const v1::Job& j) {
-    return j.progress().tasks_done() == 3;
-  });
+  job = WaitForJob(
+      job_id, [](const v1::Job& j) { return j.progress().tasks_done() == 3; });
   coordinator_->Signal(SIGKILL);
   ASSERT_TRUE(coordinator_->Wait(absl::Seconds(30)).ok());
   delete coordinator_;
@@ -429,8 +427,7 @@ TEST_F(FollowEndToEndTest, CPartialLateAddedRestartedAndClosed) {
   copy(256);
   StartCoordinator(Address());  // The same port: the worker reconnects.
   job = WaitForJob(job_id, [](const v1::Job& j) {
-    return j.follow().checkpoints_size() == 4 &&
-           j.progress().tasks_done() == 4;
+    return j.follow().checkpoints_size() == 4 && j.progress().tasks_done() == 4;
   });
   EXPECT_EQ(TakenSteps(job), kSteps);
   for (const v1::FollowedCheckpoint& c : job.follow().checkpoints()) {

@@ -23,7 +23,9 @@ CheckpointFollower::CheckpointFollower(TaskScheduler* scheduler,
 
 CheckpointFollower::~CheckpointFollower() { Stop(); }
 
-void CheckpointFollower::Start() { thread_ = std::thread([this] { Loop(); }); }
+void CheckpointFollower::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void CheckpointFollower::Stop() {
   {

@@ -128,14 +128,16 @@ CoordinatorMetrics::CoordinatorMetrics()
                         .Add({});
   follow_taken_ = &prometheus::BuildCounter()
                        .Name("saetrack_follow_checkpoints_taken_total")
-                       .Help("Checkpoints following jobs took into their "
-                             "chains.")
+                       .Help(
+                           "Checkpoints following jobs took into their "
+                           "chains.")
                        .Register(*registry_)
                        .Add({});
   follow_refused_ = &prometheus::BuildCounter()
                          .Name("saetrack_follow_checkpoints_refused_total")
-                         .Help("Checkpoints following jobs refused (invalid, "
-                               "late, or a taken step with another path).")
+                         .Help(
+                             "Checkpoints following jobs refused (invalid, "
+                             "late, or a taken step with another path).")
                          .Register(*registry_)
                          .Add({});
   follow_lag_histogram_ =
@@ -154,8 +156,7 @@ CoordinatorMetrics::CoordinatorMetrics()
                       .Register(*registry_)
                       .Add({});
   auto follow_gauge = [&](const char* name, const char* help) {
-    return &prometheus::BuildGauge().Name(name).Help(help).Register(
-        *registry_);
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
   };
   follow_seen_ = follow_gauge("saetrack_follow_checkpoints_seen",
                               "Checkpoints a following job took or refused.");
@@ -171,9 +172,9 @@ CoordinatorMetrics::CoordinatorMetrics()
       "A following job's lag: seconds since the last write of its oldest "
       "checkpoint whose SAEs are not stored yet, else the lag of the latest "
       "one stored.");
-  follow_stall_alert_ = follow_gauge(
-      "saetrack_follow_stall_alert_seconds",
-      "The job's model.follow.stall_alert_s (0: no stall alert).");
+  follow_stall_alert_ =
+      follow_gauge("saetrack_follow_stall_alert_seconds",
+                   "The job's model.follow.stall_alert_s (0: no stall alert).");
   follow_lag_alert_ =
       follow_gauge("saetrack_follow_lag_alert_seconds",
                    "The job's model.follow.lag_alert_s (0: no lag alert).");
@@ -257,8 +258,8 @@ void CoordinatorMetrics::RefreshFollow(const std::vector<v1::Job>& jobs) {
     double lag_s = 0;
     bool pending = false;
     for (const v1::FollowedCheckpoint& c : follow.checkpoints()) {
-      const int64_t written = c.last_write_ms() > 0 ? c.last_write_ms()
-                                                    : c.taken_ms();
+      const int64_t written =
+          c.last_write_ms() > 0 ? c.last_write_ms() : c.taken_ms();
       if (c.stored_ms() > 0) {
         ++trained;
         if (!pending) lag_s = (c.stored_ms() - written) / 1000.0;
@@ -267,9 +268,8 @@ void CoordinatorMetrics::RefreshFollow(const std::vector<v1::Job>& jobs) {
         lag_s = (now_ms - written) / 1000.0;
       }
     }
-    const int64_t since_ms = follow.last_taken_ms() > 0
-                                 ? follow.last_taken_ms()
-                                 : job.create_time_ms();
+    const int64_t since_ms = follow.last_taken_ms() > 0 ? follow.last_taken_ms()
+                                                        : job.create_time_ms();
     const prometheus::Labels labels{{"job", job.job_id()}};
     follow_seen_->Add(labels).Set(follow.checkpoints_size() +
                                   follow.refused_size());
@@ -285,9 +285,9 @@ void CoordinatorMetrics::RefreshFollow(const std::vector<v1::Job>& jobs) {
   for (const std::string& gone : follow_labelled_) {
     if (labelled.count(gone) > 0) continue;
     const prometheus::Labels labels{{"job", gone}};
-    for (auto* family : {follow_seen_, follow_trained_,
-                         follow_since_checkpoint_, follow_lag_,
-                         follow_stall_alert_, follow_lag_alert_}) {
+    for (auto* family :
+         {follow_seen_, follow_trained_, follow_since_checkpoint_, follow_lag_,
+          follow_stall_alert_, follow_lag_alert_}) {
       family->Remove(&family->Add(labels));
     }
   }

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -155,9 +155,9 @@ grpc::Status JobServiceImpl::AddCheckpoint(
     return timer.Finish(s);
   }
   if (request->path().size() > kMaxPathBytes) {
-    return timer.Finish(absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint.path: ", request->path().size(), " bytes, at most ",
-        kMaxPathBytes)));
+    return timer.Finish(absl::InvalidArgumentError(
+        absl::StrCat("checkpoint.path: ", request->path().size(),
+                     " bytes, at most ", kMaxPathBytes)));
   }
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   absl::StatusOr<TaskScheduler::AddedCheckpoint> added =

@@ -237,8 +237,8 @@ absl::StatusOr<JobStateMachine> JobStateMachine::FromRecords(
     const int analysed = AnalysedCount(entry.job);
     for (const auto& analyses : entry.analyses) {
       complete &= static_cast<int>(analyses.size()) >= (rounds ? analysed : 0);
-      for (int c = 0; rounds && c < analysed && c < static_cast<int>(
-                                                        analyses.size());
+      for (int c = 0;
+           rounds && c < analysed && c < static_cast<int>(analyses.size());
            ++c) {
         present(analyses[c]);
       }
@@ -380,8 +380,8 @@ const TaskRecord* JobStateMachine::RunnableSummary(
       }
       bool ready = static_cast<int>(entry.analyses[h].size()) >= count;
       for (int c = 0; ready && c < count; ++c) {
-        ready &= tasks_.at(entry.analyses[h][c]).state() ==
-                 TASK_STATE_SUCCEEDED;
+        ready &=
+            tasks_.at(entry.analyses[h][c]).state() == TASK_STATE_SUCCEEDED;
       }
       if (!ready) continue;
       found = &summary;
@@ -561,8 +561,8 @@ RecordChanges JobStateMachine::PlanComplete(const TaskRecord& live,
     bool stored = true;
     for (const auto& chain : entry.chains) {
       const std::string& id = chain.at(task.chain_index());
-      stored &= id == task.task_id() ||
-                tasks_.at(id).state() == TASK_STATE_SUCCEEDED;
+      stored &=
+          id == task.task_id() || tasks_.at(id).state() == TASK_STATE_SUCCEEDED;
     }
     v1::FollowStatus* follow = job.mutable_follow();
     if (stored) {
@@ -701,8 +701,8 @@ int JobStateMachine::TrainedPrefix(const JobEntry& entry) const {
   return std::max(prefix, 0);
 }
 
-void JobStateMachine::StartRound(const JobEntry& entry, v1::Job* job,
-                                 int count, bool final_round, int64_t now_ms,
+void JobStateMachine::StartRound(const JobEntry& entry, v1::Job* job, int count,
+                                 bool final_round, int64_t now_ms,
                                  RecordChanges* changes) const {
   const v1::JobSpec& spec = job->spec();
   v1::FollowStatus* follow = job->mutable_follow();
@@ -741,8 +741,7 @@ void JobStateMachine::StartRound(const JobEntry& entry, v1::Job* job,
     // Passes of positions beyond the round (none while chains only grow)
     // are not run.
     if (h < static_cast<int>(entry.analyses.size())) {
-      for (int c = count; c < static_cast<int>(entry.analyses[h].size());
-           ++c) {
+      for (int c = count; c < static_cast<int>(entry.analyses[h].size()); ++c) {
         const TaskRecord* stale = FindTask(entry.analyses[h][c]);
         if (stale == nullptr || !Unfinished(*stale)) continue;
         TaskRecord cancelled = *stale;
@@ -756,8 +755,8 @@ void JobStateMachine::StartRound(const JobEntry& entry, v1::Job* job,
           TASK_KIND_SUMMARISE, h, 0);
     // A summary of an earlier round still being computed is refused by
     // its epoch (TaskScheduler::CompleteSummary).
-    changes->tasks.back().set_lease_epoch(
-        changes->tasks.back().lease_epoch() + 1);
+    changes->tasks.back().set_lease_epoch(changes->tasks.back().lease_epoch() +
+                                          1);
     changes->tasks.back().set_chain_index(0);
     changes->tasks.back().set_checkpoint_index(0);
     changes->tasks.back().set_step(0);
@@ -804,10 +803,10 @@ absl::Status JobStateMachine::CheckAddCheckpoint(const std::string& job_id,
   }
   const v1::Job& job = entry->job;
   if (!Following(job)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job '", job_id,
-                     "' does not follow a training run (its spec has no "
-                     "model.follow); its checkpoints were fixed at submission"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", job_id,
+        "' does not follow a training run (its spec has no "
+        "model.follow); its checkpoints were fixed at submission"));
   }
   for (const v1::Checkpoint& taken : job.spec().model().checkpoints()) {
     if (taken.step() != step) continue;
@@ -990,9 +989,9 @@ absl::StatusOr<RecordChanges> JobStateMachine::PlanCloseJob(
   }
   v1::Job job = entry->job;
   if (!Following(job)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job '", job_id,
-        "' does not follow a training run; it ends by itself"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("job '", job_id,
+                     "' does not follow a training run; it ends by itself"));
   }
   if (Closed(job)) return RecordChanges();  // Idempotent.
   if (IsTerminal(job.state())) {

@@ -500,9 +500,7 @@ class FollowTest : public JobStateMachineTest {
     state_.Apply(state_.PlanAddCheckpoint(job_id, spec, step, now_ms - 5,
                                           now_ms - 10, now_ms));
   }
-  static std::string Path(int64_t step) {
-    return absl::StrCat("/ckpt/", step);
-  }
+  static std::string Path(int64_t step) { return absl::StrCat("/ckpt/", step); }
   // Runs every runnable task of the job (training, analysis, summaries)
   // until none is left; returns how many ran.
   int RunAll(const std::string& job_id, int64_t now_ms = kT0) {
@@ -602,10 +600,10 @@ TEST_F(FollowTest, TakingIsIdempotentAndLateOrConflictingStepsAreRefused) {
       state_.CheckAddCheckpoint(fixed, 300, "/x", &duplicate, &job_level);
   EXPECT_EQ(not_following.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(job_level);
-  EXPECT_EQ(state_.CheckAddCheckpoint("job-000099", 1, "/x", &duplicate,
-                                      &job_level)
-                .code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      state_.CheckAddCheckpoint("job-000099", 1, "/x", &duplicate, &job_level)
+          .code(),
+      absl::StatusCode::kNotFound);
 }
 
 TEST_F(FollowTest, ALateStepWithRetrainLateRetrainsFromItsLink) {

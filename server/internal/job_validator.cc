@@ -331,24 +331,22 @@ absl::Status JobValidator::FillFromModel(const format::ModelConfig& config,
   for (int i = 0; i < out->hooks_size(); ++i) {
     const int layer = out->hooks(i).layer();
     if (layer >= config.num_hidden_layers) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.hooks[", i, "].layer: ", layer,
-                       " out of range [0, ", config.num_hidden_layers,
-                       ") for the model at ", where));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.hooks[", i, "].layer: ", layer, " out of range [0, ",
+          config.num_hidden_layers, ") for the model at ", where));
     }
   }
   if (config.max_position_embeddings > 0 &&
       context_length > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.data.context_length: ", context_length,
-                     " exceeds max_position_embeddings ",
-                     config.max_position_embeddings,
-                     " of the model at ", where));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.data.context_length: ", context_length,
+        " exceeds max_position_embeddings ", config.max_position_embeddings,
+        " of the model at ", where));
   }
 
-  int64_t d_sae = sae->d_sae() > 0 ? sae->d_sae()
-                                   : int64_t{sae->expansion_factor()} *
-                                         config.hidden_size;
+  int64_t d_sae = sae->d_sae() > 0
+                      ? sae->d_sae()
+                      : int64_t{sae->expansion_factor()} * config.hidden_size;
   if (d_sae > kMaxDSae) {
     return absl::InvalidArgumentError(absl::StrCat(
         sae->d_sae() > 0 ? "spec.sae.d_sae: " : "spec.sae.expansion_factor: ",
@@ -367,16 +365,16 @@ absl::Status JobValidator::FillFromModel(const format::ModelConfig& config,
   }
   sae->set_d_sae(static_cast<int32_t>(d_sae));
   if (out->min_worker_memory_bytes() == 0) {
-    out->set_min_worker_memory_bytes(
-        EstimateTaskMemory(config.hidden_size, d_sae, sae->batch_size(),
-                           ModelBytes(model_dir)));
+    out->set_min_worker_memory_bytes(EstimateTaskMemory(
+        config.hidden_size, d_sae, sae->batch_size(), ModelBytes(model_dir)));
   }
   if (topk) {
     // k == d_sae would keep every latent: no sparsity at all.
     if (sae->k() >= d_sae) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.sae.k: ", sae->k(), sae->k() == kDefaultK ? " (the default)" : "",
-          " must be < d_sae ", d_sae));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.sae.k: ", sae->k(),
+                       sae->k() == kDefaultK ? " (the default)" : "",
+                       " must be < d_sae ", d_sae));
     }
     if (sae->aux_k() > d_sae) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -450,8 +448,7 @@ absl::Status JobValidator::CheckFollow(v1::JobSpec* out) const {
           absl::StrCat("spec.model.follow.until_step: ", follow->until_step(),
                        " must be >= 0"));
     }
-    if (!listed.empty() &&
-        follow->until_step() <= listed.rbegin()->step()) {
+    if (!listed.empty() && follow->until_step() <= listed.rbegin()->step()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "spec.model.follow.until_step: ", follow->until_step(),
           " is not after the last listed checkpoint (step ",
@@ -469,10 +466,9 @@ absl::Status JobValidator::CheckFollow(v1::JobSpec* out) const {
   }
   if (follow->analyse_every() < 0 ||
       follow->analyse_every() > kMaxAnalyseEvery) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.model.follow.analyse_every: ",
-                     follow->analyse_every(), " out of range [0, ",
-                     kMaxAnalyseEvery, "] (0: only on request)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.model.follow.analyse_every: ", follow->analyse_every(),
+        " out of range [0, ", kMaxAnalyseEvery, "] (0: only on request)"));
   }
   if (follow->analyse_every() > 0 && out->analysis().analysis_tokens() == 0) {
     return absl::InvalidArgumentError(
@@ -491,9 +487,9 @@ absl::Status JobValidator::CheckFollow(v1::JobSpec* out) const {
     if (!has) {
       (follow->*set)(fallback);
     } else if (!(given >= 0 && given <= kMaxAlertS)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": ", given, " out of range [0, ", kMaxAlertS,
-          "] (0 turns the alert off)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", given, " out of range [0, ", kMaxAlertS,
+                       "] (0 turns the alert off)"));
     }
   }
   return absl::OkStatus();
@@ -978,9 +974,9 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
   }
 
   if (model->checkpoints_size() > 0) {
-    if (absl::Status s = FillFromModel(first_config,
-                                       "spec.model.checkpoints[0].path",
-                                       model->checkpoints(0).path(), &out);
+    if (absl::Status s =
+            FillFromModel(first_config, "spec.model.checkpoints[0].path",
+                          model->checkpoints(0).path(), &out);
         !s.ok()) {
       return s;
     }

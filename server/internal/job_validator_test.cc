@@ -841,8 +841,9 @@ TEST(JobValidatorFollowTest, BadFollowSettingsNameTheField) {
   auto follow = [](v1::JobSpec* s) {
     return s->mutable_model()->mutable_follow();
   };
-  EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_pattern("a/{step}"); }),
-              HasSubstr("spec.model.follow.pattern"));
+  EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_pattern("a/{step}"); }),
+      HasSubstr("spec.model.follow.pattern"));
   EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_dir("/nope/x"); }),
               HasSubstr("spec.model.follow.dir"));
   EXPECT_THAT(
@@ -864,9 +865,8 @@ TEST(JobValidatorFollowTest, BadFollowSettingsNameTheField) {
                 s->mutable_analysis()->set_analysis_tokens(0);
               }),
               HasSubstr("needs the analysis pass"));
-  EXPECT_THAT(
-      refused([&](v1::JobSpec* s) { follow(s)->set_lag_alert_s(-1); }),
-      HasSubstr("spec.model.follow.lag_alert_s"));
+  EXPECT_THAT(refused([&](v1::JobSpec* s) { follow(s)->set_lag_alert_s(-1); }),
+              HasSubstr("spec.model.follow.lag_alert_s"));
   EXPECT_THAT(refused([&](v1::JobSpec* s) {
                 s->mutable_schedule()->set_direction(v1::Schedule::BACKWARD);
               }),
@@ -912,21 +912,25 @@ TEST(JobValidatorFollowTest, TheFirstCheckpointFillsTheModelSettings) {
   // Another shape, a missing directory, a path outside the roots.
   const std::string wide = dir.path() + "/run/step-40";
   WriteCheckpoint(wide, /*hidden_size=*/32);
-  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, 40, wide).status().message(),
-              HasSubstr("checkpoint.path: hidden_size 32 differs"));
+  EXPECT_THAT(
+      validator.ValidateNewCheckpoint(*two, 40, wide).status().message(),
+      HasSubstr("checkpoint.path: hidden_size 32 differs"));
   EXPECT_EQ(validator.ValidateNewCheckpoint(*two, 50, dir.path() + "/run/x")
                 .status()
                 .code(),
             absl::StatusCode::kNotFound);
-  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, 50, "/etc").status().message(),
-              HasSubstr("outside the data roots"));
-  EXPECT_THAT(validator.ValidateNewCheckpoint(*two, -1, later).status().message(),
-              HasSubstr("checkpoint.step"));
+  EXPECT_THAT(
+      validator.ValidateNewCheckpoint(*two, 50, "/etc").status().message(),
+      HasSubstr("outside the data roots"));
+  EXPECT_THAT(
+      validator.ValidateNewCheckpoint(*two, -1, later).status().message(),
+      HasSubstr("checkpoint.step"));
   // A hook beyond the first checkpoint's layers is refused when it comes.
   v1::JobSpec deep = *spec;
   deep.mutable_hooks(0)->set_layer(9);
-  EXPECT_THAT(validator.ValidateNewCheckpoint(deep, 10, first).status().message(),
-              HasSubstr("spec.hooks[0].layer: 9 out of range"));
+  EXPECT_THAT(
+      validator.ValidateNewCheckpoint(deep, 10, first).status().message(),
+      HasSubstr("spec.hooks[0].layer: 9 out of range"));
 }
 
 }  // namespace

@@ -109,9 +109,9 @@ absl::Status QueryServiceImpl::DoGetFeatureHistory(
   response->set_layer(request.layer());
   response->set_feature_id(request.feature_id());
   // A following job's analysis is final once its final round is done.
-  response->set_provisional(job->spec().model().has_follow() &&
-                            !(job->follow().final_round() &&
-                              !job->follow().analysis_running()));
+  response->set_provisional(
+      job->spec().model().has_follow() &&
+      !(job->follow().final_round() && !job->follow().analysis_running()));
   for (v1::FeaturePoint& p : *points) *response->add_points() = std::move(p);
   absl::StatusOr<std::optional<v1::FeatureSummary>> summary =
       results_->GetFeatureSummary(request.job_id(), request.layer(),

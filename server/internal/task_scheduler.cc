@@ -172,7 +172,8 @@ void TaskScheduler::ApplyLocked(const RecordChanges& changes) {
       if (c.stored_ms() == 0) continue;
       bool before = false;
       if (old != nullptr) {
-        for (const v1::FollowedCheckpoint& o : old->job.follow().checkpoints()) {
+        for (const v1::FollowedCheckpoint& o :
+             old->job.follow().checkpoints()) {
           before |= o.step() == c.step() && o.stored_ms() == c.stored_ms();
         }
       }
@@ -305,8 +306,8 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
       absl::MutexLock lock(&mu_);
       bool duplicate = false;
       bool job_level = false;
-      absl::Status s = state_.CheckAddCheckpoint(job_id, step, path,
-                                                 &duplicate, &job_level);
+      absl::Status s =
+          state_.CheckAddCheckpoint(job_id, step, path, &duplicate, &job_level);
       if (duplicate) return AddedCheckpoint{state_.FindJob(job_id)->job, false};
       if (!s.ok()) {
         if (job_level) return s;
@@ -326,12 +327,12 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
       return RefuseLocked(job_id, step, path, s);
     }
     const v1::Job& current = state_.FindJob(job_id)->job;
-    if (!google::protobuf::util::MessageDifferencer::Equals(
-            current.spec(), spec)) {
+    if (!google::protobuf::util::MessageDifferencer::Equals(current.spec(),
+                                                            spec)) {
       if (attempt < 3) continue;
-      return absl::UnavailableError(absl::StrCat(
-          "job '", job_id, "' keeps changing; try checkpoint ", step,
-          " again"));
+      return absl::UnavailableError(
+          absl::StrCat("job '", job_id, "' keeps changing; try checkpoint ",
+                       step, " again"));
     }
     if (!validated.ok()) {
       return RefuseLocked(job_id, step, path, validated.status());
@@ -356,8 +357,7 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
 }
 
 absl::Status TaskScheduler::RefuseLocked(const std::string& job_id,
-                                         int64_t step,
-                                         const std::string& path,
+                                         int64_t step, const std::string& path,
                                          const absl::Status& why) {
   while (true) {
     const RecordChanges changes = state_.PlanRefuseCheckpoint(
@@ -854,8 +854,8 @@ std::optional<SummaryWork> TaskScheduler::TakeSummary(absl::Duration wait) {
       for (int c = 0; c < count; ++c) {
         work.steps.push_back(work.spec.model().checkpoints(c).step());
       }
-      work.provisional = JobStateMachine::IsFollowing(job) &&
-                         !job.follow().final_round();
+      work.provisional =
+          JobStateMachine::IsFollowing(job) && !job.follow().final_round();
       summaries_taken_[summary->task_id()] = summary->lease_epoch();
       return work;
     }
@@ -884,9 +884,9 @@ absl::Status TaskScheduler::CompleteSummary(const std::string& task_id,
     if (task->lease_epoch() != summaries_taken_[task_id]) {
       summaries_taken_.erase(task_id);
       summary_cv_.SignalAll();
-      return absl::AbortedError(absl::StrCat(
-          "summary task ", task_id,
-          " was superseded by a newer analysis round"));
+      return absl::AbortedError(
+          absl::StrCat("summary task ", task_id,
+                       " was superseded by a newer analysis round"));
     }
     const RecordChanges changes = state_.PlanCompleteSummary(*task, NowMs());
     if (PinnedLocked(changes)) {
@@ -919,9 +919,9 @@ absl::Status TaskScheduler::FailSummary(const std::string& task_id,
     if (taken->second != task->lease_epoch()) {
       summaries_taken_.erase(taken);
       summary_cv_.SignalAll();
-      return absl::AbortedError(absl::StrCat(
-          "summary task ", task_id,
-          " was superseded by a newer analysis round"));
+      return absl::AbortedError(
+          absl::StrCat("summary task ", task_id,
+                       " was superseded by a newer analysis round"));
     }
     bool requeued = false;
     const RecordChanges changes =

@@ -4,8 +4,8 @@
 #define SAETRACK_SERVER_INTERNAL_TASK_SCHEDULER_H_
 
 #include <cstdint>
-#include <map>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>

@@ -673,10 +673,9 @@ TEST_F(TaskSchedulerTest, AFollowingJobsStaleRoundSummaryIsRefused) {
       scheduler_->TakeSummary(absl::ZeroDuration());
   ASSERT_TRUE(final_summary.has_value());
   EXPECT_FALSE(final_summary->provisional);
-  ASSERT_TRUE(scheduler_
-                  ->CompleteSummary(final_summary->task_id,
-                                    storage::WriteBatch())
-                  .ok());
+  ASSERT_TRUE(
+      scheduler_->CompleteSummary(final_summary->task_id, storage::WriteBatch())
+          .ok());
   EXPECT_EQ(scheduler_->GetJob(job)->state(), v1::JOB_STATE_SUCCEEDED);
 }
 
