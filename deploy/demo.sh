@@ -37,7 +37,9 @@ features with a chain of SAEs over its checkpoints and prints the report.
               checkpoint's lag from its last write to its SAEs stored. Not
               with --seeds
   --pace_s X  with --live: the LM writes its checkpoints at least X seconds
-              apart, as a slower real run would (default 5; 2 with --quick)
+              apart, as a slower real run would (default 30; 20 with
+              --quick: about the time the SAEs of one checkpoint take, so
+              the job keeps up and a provisional analysis round shows)
   --bin DIR   use the saetrack binaries already built in DIR; skips
               installing and building
   --data DIR  data directory (default: demo-data, demo-data-quick with
@@ -99,8 +101,8 @@ lm_job_file=deploy/jobs/demo-job${quick:+-quick}.json
 job_file=$lm_job_file
 if [ -n "$live" ]; then
   job_file=deploy/jobs/demo-job-live${quick:+-quick}.json
-  : "${pace_s:=${quick:+2}}"
-  : "${pace_s:=5}"
+  : "${pace_s:=${quick:+20}}"
+  : "${pace_s:=30}"
 fi
 if [ -z "$data" ]; then
   data="$root/demo-data${quick:+-quick}"

@@ -525,7 +525,7 @@ TEST_F(DemoTest, StopsItsProcessesAndLeavesTheDataQueryable) {
   EXPECT_EQ(measured, 2);
 }
 
-// `deploy/demo.sh --live --quick`: the LM trains (a checkpoint every 2 s or
+// `deploy/demo.sh --live --quick`: the LM trains (a checkpoint every 20 s or
 // slower) while a job follows its checkpoint directory, taking each
 // checkpoint as it appears; the job ends on its own at until_step 64. The
 // LM's checkpoints are those of the fixed-list quick job, kSteps.
@@ -570,7 +570,7 @@ TEST_F(LiveDemoTest, ReportHasTheDemosSectionsThenLiveFollowing) {
           "Starting a coordinator and a worker",
           "Following a live training run "
           "(deploy/jobs/demo-job-live-quick.json; the LM writes a checkpoint "
-          "every 2 s or slower)",
+          "every 20 s or slower)",
           "Per-checkpoint SAE metrics (job-000001, layer 1)",
           "Trust checks (job-000001, layer 1)",
           "Decoder drift and phases (job-000001, layer 1)",
