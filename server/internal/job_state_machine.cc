@@ -71,6 +71,9 @@ v1::Job ProgressedJob(v1::Job job, const TaskRecord& done,
 }
 
 constexpr int kMaxRefusedCheckpoints = 100;
+// Every checkpoint lengthens the job record rewritten with each transition
+// (and its spec, which a submission may hold up to 1 MiB of).
+constexpr int kMaxFollowedCheckpoints = 10'000;
 
 }  // namespace
 
@@ -828,6 +831,12 @@ absl::Status JobStateMachine::CheckAddCheckpoint(const std::string& job_id,
     return absl::FailedPreconditionError(absl::StrCat(
         "job '", job_id, "' no longer follows its run (",
         job.follow().close_reason(), "); it takes no more checkpoints"));
+  }
+  if (job.spec().model().checkpoints_size() >= kMaxFollowedCheckpoints) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "job '", job_id, "' holds ", kMaxFollowedCheckpoints,
+        " checkpoints, the most a job takes: close it and follow the rest "
+        "of the run with a new job"));
   }
   *job_level = false;
   if (step < 0) {

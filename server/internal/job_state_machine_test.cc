@@ -789,6 +789,23 @@ TEST_F(FollowTest, RecordsRoundTripMidRound) {
             absl::StatusCode::kDataLoss);
 }
 
+TEST_F(FollowTest, AJobTakesAtMostTenThousandCheckpoints) {
+  v1::JobSpec spec = FollowSpec(1, /*analysis=*/false);
+  for (int i = 0; i < 10'000; ++i) {
+    v1::Checkpoint* c = spec.mutable_model()->add_checkpoints();
+    c->set_step(i);
+    c->set_path("/ckpt");
+  }
+  const std::string id = Create(spec);
+  bool duplicate = false;
+  bool job_level = false;
+  absl::Status s =
+      state_.CheckAddCheckpoint(id, 20'000, "/c", &duplicate, &job_level);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("close it"));
+  EXPECT_TRUE(job_level);
+}
+
 TEST(FollowReferenceCheckTest, LogSpacedPositionsUpToTheCount) {
   v1::JobSpec spec;
   spec.mutable_schedule()->set_reference_checkpoints(4);
