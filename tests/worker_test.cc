@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -447,6 +448,35 @@ TEST_F(WorkerTest, StoppedWorkerHandsItsTaskBack) {
   absl::StatusOr<v1::Job> job = client_->GetJob(job_id);
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+// when_idle (where main returns freed memory to the OS) runs once when the
+// worker runs out of tasks, not before its first task and not at every
+// empty lease after.
+TEST_F(WorkerTest, GoingIdleAfterTasksCallsWhenIdleOnce) {
+  std::atomic<int> idle_calls{0};
+  WorkerOptions options;
+  options.coordinator = address_;
+  options.lease_wait = absl::Milliseconds(100);
+  options.when_idle = [&idle_calls] { ++idle_calls; };
+  FakeEngine fake;
+  auto worker = Worker::Create(options, std::make_unique<Borrowed>(&fake));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  std::thread run([&] { EXPECT_TRUE((*worker)->Run().ok()); });
+  absl::SleepFor(absl::Milliseconds(500));  // empty leases, nothing run
+  EXPECT_EQ(idle_calls.load(), 0);
+
+  const std::string job_id = SubmitJob();
+  EXPECT_TRUE(WaitForJob(job_id, v1::JOB_STATE_SUCCEEDED));
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (idle_calls.load() == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  absl::SleepFor(absl::Milliseconds(500));  // more empty leases
+  (*worker)->Stop();
+  run.join();
+  EXPECT_EQ(fake.calls().size(), 3u);
+  EXPECT_EQ(idle_calls.load(), 1);
 }
 
 TEST_F(WorkerTest, PassesTrainingOptionsAndStoresTheirResults) {

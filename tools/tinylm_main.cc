@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/host_memory.h"
 #include "engine/lm/lm_trainer.h"
 
 namespace {
@@ -73,6 +74,9 @@ int UsageError(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Training steps reuse the same large buffers; returning them to the OS at
+  // every free made each step fault them in again (engine/host_memory.h).
+  saetrack::engine::RetainFreedHostMemory();
   saetrack::engine::TinyLmOptions options;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];

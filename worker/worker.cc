@@ -432,6 +432,7 @@ class GrpcWorker final : public Worker {
 
   absl::Status Run() override {
     int done = 0;
+    bool ran_since_idle = false;
     while (!stopped_.load()) {
       if (worker_id_.empty()) {
         absl::Status registered = Register();
@@ -451,8 +452,13 @@ class GrpcWorker final : public Worker {
         Backoff();
         continue;
       }
-      if (!task->has_value()) continue;
+      if (!task->has_value()) {
+        if (ran_since_idle && options_.when_idle) options_.when_idle();
+        ran_since_idle = false;
+        continue;
+      }
       RunTask(**task);
+      ran_since_idle = true;
       if (options_.max_tasks > 0 && ++done >= options_.max_tasks) break;
     }
     return absl::OkStatus();

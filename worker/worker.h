@@ -51,6 +51,11 @@ struct WorkerOptions {
   // for cpu, unreported (any job) for cuda.
   int64_t memory_bytes = 0;
 
+  // Called once each time the worker goes idle after running a task (a
+  // lease wait ended without one); main hands the memory its tasks freed
+  // back to the operating system there (engine/host_memory.h). Empty: none.
+  std::function<void()> when_idle;
+
   // How long a trained result is retried (upload and CompleteTask, capped
   // exponential back-off from retry_backoff to 30 s) through faults that
   // lose nothing — the coordinator unreachable or restarting, a deadline,
