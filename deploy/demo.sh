@@ -38,8 +38,9 @@ features with a chain of SAEs over its checkpoints and prints the report.
               with --seeds
   --pace_s X  with --live: the LM writes its checkpoints at least X seconds
               apart, as a slower real run would (default 30; 20 with
-              --quick: about the time the SAEs of one checkpoint take, so
-              the job keeps up and a provisional analysis round shows)
+              --quick: more than the SAEs of one checkpoint take on 2
+              cores, so the job keeps up and provisional analysis rounds
+              show)
   --bin DIR   use the saetrack binaries already built in DIR; skips
               installing and building
   --data DIR  data directory (default: demo-data, demo-data-quick with
