@@ -36,11 +36,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "bench/demo_workload.h"
 #include "engine/host_memory.h"
-#include "engine/lm/gpt_neox.h"
-#include "engine/lm/lm_trainer.h"
 #include "engine/training_engine.h"
-#include "format/model_config.h"
 
 ABSL_FLAG(int, reps, 2, "Runs of each arm, alternated");
 ABSL_FLAG(int, chain, 6, "SAEs in the chain");
@@ -57,33 +55,9 @@ ABSL_FLAG(std::string, arm, "",
 namespace saetrack::engine {
 namespace {
 
-constexpr int kContext = 64;
-constexpr int kVocab = 4096;
+using bench::kDemoContext;
+using bench::kDemoVocab;
 constexpr int64_t kTokens = 200'000;
-
-format::ModelConfig DemoShape() {
-  format::ModelConfig config;
-  config.architecture = "gpt_neox";
-  config.vocab_size = kVocab;
-  config.hidden_size = 128;
-  config.num_hidden_layers = 4;
-  config.num_attention_heads = 4;
-  config.intermediate_size = 512;
-  config.max_position_embeddings = 256;
-  config.rotary_pct = 0.25;
-  config.use_parallel_residual = true;
-  return config;
-}
-
-int Threads() {
-  const char* env = std::getenv("SAETRACK_BENCH_THREADS");
-  int threads = 2;
-  if (env != nullptr && (!absl::SimpleAtoi(env, &threads) || threads < 1)) {
-    std::fprintf(stderr, "SAETRACK_BENCH_THREADS is not a positive number\n");
-    std::exit(2);
-  }
-  return threads;
-}
 
 // The child: trains the chain; exit status 0 when every SAE trained.
 int RunArm(const std::string& arm, const std::string& dir) {
@@ -96,7 +70,7 @@ int RunArm(const std::string& arm, const std::string& dir) {
     std::fprintf(stderr, "--arm: '%s' is not default or retain\n", arm.c_str());
     return 2;
   }
-  torch::set_num_threads(Threads());
+  torch::set_num_threads(bench::BenchThreads());
   std::unique_ptr<SaeTrainingEngine> engine = *NewTorchEngine(EngineOptions{});
   std::optional<std::string> previous;
   for (int i = 0; i < absl::GetFlag(FLAGS_chain); ++i) {
@@ -104,7 +78,7 @@ int RunArm(const std::string& arm, const std::string& dir) {
     input.model_dir = dir + "/step-" + std::to_string(1 + i % 2);
     input.layer = 2;
     input.tokens_path = dir + "/tokens.u16";
-    input.context_length = kContext;
+    input.context_length = kDemoContext;
     input.d_sae = 512;
     input.l1_coefficient = 1e-3;
     input.lr = 3e-3;
@@ -185,47 +159,25 @@ int Run(const char* self) {
                  "--reps and --chain must be >= 1, the token budgets >= 256\n");
     return 2;
   }
-  std::string dir = absl::GetFlag(FLAGS_dir);
-  if (dir.empty()) {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr ? tmp : "/tmp") +
-                          "/host_memory_bench_XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      std::perror("mkdtemp");
-      return 1;
-    }
-    dir = pattern;
+  const absl::StatusOr<std::string> scratch =
+      bench::ScratchDir(absl::GetFlag(FLAGS_dir), "host_memory_bench");
+  const absl::Status written =
+      scratch.ok() ? bench::WriteDemoWorkload(*scratch, {1, 2}, kTokens)
+                   : scratch.status();
+  if (!written.ok()) {
+    std::fprintf(stderr, "host_memory_bench: %s\n",
+                 std::string(written.message()).c_str());
+    return 1;
   }
-  const format::ModelConfig config = DemoShape();
-  for (uint64_t seed : {1, 2}) {
-    const absl::Status saved =
-        GptNeoxModel::RandomInit(config, seed, torch::kCPU)
-            .SaveHuggingFace(dir + "/step-" + std::to_string(seed),
-                             GptNeoxConfigJson(config));
-    if (!saved.ok()) {
-      std::fprintf(stderr, "%s\n", std::string(saved.message()).c_str());
-      return 1;
-    }
-  }
-  {
-    std::vector<uint16_t> ids(kTokens);
-    uint64_t state = 0x9E3779B97F4A7C15ULL;
-    for (uint16_t& id : ids) {
-      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-      id = static_cast<uint16_t>((state >> 33) % kVocab);
-    }
-    std::ofstream(dir + "/tokens.u16", std::ios::binary)
-        .write(reinterpret_cast<const char*>(ids.data()),
-               static_cast<std::streamsize>(ids.size() * sizeof(uint16_t)));
-  }
+  const std::string& dir = *scratch;
   std::printf(
       "host_memory_bench: GPT-NeoX 4 layers, d_model 128, vocab %d, context "
       "%d; a chain of %d relu_l1 SAEs (d_sae 512, batch 256; %lld tokens, "
       "then %lld each); %d threads; %d runs per arm\n",
-      kVocab, kContext, absl::GetFlag(FLAGS_chain),
+      kDemoVocab, kDemoContext, absl::GetFlag(FLAGS_chain),
       static_cast<long long>(absl::GetFlag(FLAGS_first_tokens)),
-      static_cast<long long>(absl::GetFlag(FLAGS_later_tokens)), Threads(),
-      reps);
+      static_cast<long long>(absl::GetFlag(FLAGS_later_tokens)),
+      bench::BenchThreads(), reps);
   std::printf("%-34s %8s %8s %8s %12s %9s\n", "arm (fastest run)", "wall",
               "user", "sys", "page faults", "peak RSS");
   const char* const arms[] = {"default", "retain"};

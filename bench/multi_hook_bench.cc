@@ -38,10 +38,8 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "engine/lm/gpt_neox.h"
-#include "engine/lm/lm_trainer.h"
+#include "bench/demo_workload.h"
 #include "engine/training_engine.h"
-#include "format/model_config.h"
 
 ABSL_FLAG(int64_t, tokens, 300'000,
           "Tokens in the (random) token file; 90% are training tokens");
@@ -57,22 +55,8 @@ ABSL_FLAG(std::string, dir, "",
 namespace saetrack::engine {
 namespace {
 
-constexpr int kContext = 64;
-constexpr int kVocab = 4096;
-
-format::ModelConfig DemoShape() {
-  format::ModelConfig config;
-  config.architecture = "gpt_neox";
-  config.vocab_size = kVocab;
-  config.hidden_size = 128;
-  config.num_hidden_layers = 4;
-  config.num_attention_heads = 4;
-  config.intermediate_size = 512;
-  config.max_position_embeddings = 256;
-  config.rotary_pct = 0.25;
-  config.use_parallel_residual = true;
-  return config;
-}
+using bench::kDemoContext;
+using bench::kDemoVocab;
 
 struct Arm {
   const char* name;
@@ -101,7 +85,7 @@ double RunArm(const Arm& arm, const std::vector<std::string>& checkpoints,
       input.layer = arm.layers[h];
       input.job_hooks = job_hooks;
       input.tokens_path = tokens_path;
-      input.context_length = kContext;
+      input.context_length = kDemoContext;
       input.d_sae = 512;
       input.l1_coefficient = 1e-3;
       input.lr = 3e-3;
@@ -130,12 +114,7 @@ double RunArm(const Arm& arm, const std::vector<std::string>& checkpoints,
 }
 
 int Run() {
-  const char* threads_env = std::getenv("SAETRACK_BENCH_THREADS");
-  int threads = 2;
-  if (threads_env != nullptr && !absl::SimpleAtoi(threads_env, &threads)) {
-    std::fprintf(stderr, "SAETRACK_BENCH_THREADS is not a number\n");
-    return 2;
-  }
+  const int threads = bench::BenchThreads();
   torch::set_num_threads(threads);
   std::vector<double> epochs;
   for (absl::string_view part :
@@ -149,52 +128,29 @@ int Run() {
     epochs.push_back(e);
   }
   const int64_t num_tokens = absl::GetFlag(FLAGS_tokens);
-  if (num_tokens < 20 * kContext) {
-    std::fprintf(stderr, "--tokens must be at least %d\n", 20 * kContext);
+  if (num_tokens < 20 * kDemoContext) {
+    std::fprintf(stderr, "--tokens must be at least %d\n", 20 * kDemoContext);
     return 2;
   }
-  std::string dir = absl::GetFlag(FLAGS_dir);
-  if (dir.empty()) {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string pattern =
-        std::string(tmp != nullptr ? tmp : "/tmp") + "/multi_hook_bench_XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      std::perror("mkdtemp");
-      return 1;
-    }
-    dir = pattern;
+  const absl::StatusOr<std::string> dir =
+      bench::ScratchDir(absl::GetFlag(FLAGS_dir), "multi_hook_bench");
+  const absl::Status written =
+      dir.ok() ? bench::WriteDemoWorkload(*dir, {1, 2}, num_tokens)
+               : dir.status();
+  if (!written.ok()) {
+    std::fprintf(stderr, "multi_hook_bench: %s\n",
+                 std::string(written.message()).c_str());
+    return 1;
   }
-  const format::ModelConfig config = DemoShape();
-  std::vector<std::string> checkpoints;
-  for (uint64_t seed : {1, 2}) {
-    const std::string path = dir + "/step-" + std::to_string(seed);
-    const absl::Status saved =
-        GptNeoxModel::RandomInit(config, seed, torch::kCPU)
-            .SaveHuggingFace(path, GptNeoxConfigJson(config));
-    if (!saved.ok()) {
-      std::fprintf(stderr, "%s\n", std::string(saved.message()).c_str());
-      return 1;
-    }
-    checkpoints.push_back(path);
-  }
-  const std::string tokens_path = dir + "/tokens.u16";
-  {
-    std::vector<uint16_t> ids(num_tokens);
-    uint64_t state = 0x9E3779B97F4A7C15ULL;
-    for (uint16_t& id : ids) {
-      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-      id = static_cast<uint16_t>((state >> 33) % kVocab);
-    }
-    std::ofstream(tokens_path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(ids.data()),
-               static_cast<std::streamsize>(ids.size() * sizeof(uint16_t)));
-  }
-  const int64_t distinct = num_tokens * 9 / 10 / kContext * kContext;
+  const std::vector<std::string> checkpoints = {*dir + "/step-1",
+                                                *dir + "/step-2"};
+  const std::string tokens_path = *dir + "/tokens.u16";
+  const int64_t distinct = num_tokens * 9 / 10 / kDemoContext * kDemoContext;
   std::printf(
       "multi_hook_bench: GPT-NeoX 4 layers, d_model 128, vocab %d, context "
       "%d; relu_l1 d_sae 512, batch 256; 2 checkpoints; %lld distinct "
       "training tokens; %d threads\n",
-      kVocab, kContext, static_cast<long long>(distinct), threads);
+      kDemoVocab, kDemoContext, static_cast<long long>(distinct), threads);
   std::printf("%-8s %12s %9s %16s %18s %10s %12s\n", "epochs", "tokens/SAE",
               "1 hook", "2 hooks shared", "2 hooks unshared", "shared/1",
               "unshared/1");
