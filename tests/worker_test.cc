@@ -412,6 +412,47 @@ TEST_F(WorkerTest, ALeaseLivesUntilItsResultIsCommitted) {
             engine.calls()[1].output_bytes);
 }
 
+// A heartbeat that crosses CompleteTask is refused (the stored result ended
+// the lease); that is the completion's race, not a lost lease, and the
+// worker says nothing about it.
+TEST_F(WorkerTest, AHeartbeatCrossingTheCompletionIsNotALostLease) {
+  // A 600 ms lease, beats every 200 ms.
+  CoordinatorOptions coordinator_options;
+  coordinator_options.data_dir = dir_ + "/data";
+  coordinator_options.listen_address =
+      absl::StrCat("127.0.0.1:", coordinator_->port());
+  coordinator_options.metrics_listen_address = "";
+  coordinator_options.lease_ttl_ms = 600;
+  coordinator_->Shutdown();
+  coordinator_.reset();
+  auto coordinator = Coordinator::Start(coordinator_options);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  coordinator_ = *std::move(coordinator);
+  const std::string job_id = SubmitJob();
+
+  FakeEngine engine;
+  WorkerOptions options;
+  options.coordinator = address_;
+  options.max_tasks = 3;
+  options.lease_wait = absl::Milliseconds(200);
+  // Beats go on for three intervals after each result is stored.
+  options.after_complete_for_testing = [] {
+    absl::SleepFor(absl::Milliseconds(700));
+  };
+  auto worker = Worker::Create(options, std::make_unique<Borrowed>(&engine));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ::testing::internal::CaptureStderr();
+  const absl::Status run = (*worker)->Run();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(run.ok()) << run;
+
+  EXPECT_EQ(engine.calls().size(), 3u);
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("lease lost"))) << log;
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("abandoned"))) << log;
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("not stored"))) << log;
+  ASSERT_TRUE(WaitForJob(job_id, v1::JOB_STATE_SUCCEEDED));
+}
+
 // Trains until its progress callback says stop.
 class BlockingEngine final : public engine::SaeTrainingEngine {
  public:

@@ -607,6 +607,16 @@ class GrpcWorker final : public Worker {
     return FromGrpcStatus(writer->Finish());
   }
 
+  // What a task's body and its heartbeat share while the lease is held.
+  struct TaskLease {
+    std::atomic<int64_t> tokens{0};  // Progress reported in each beat.
+    std::atomic<double> loss{0};
+    // The coordinator refused the lease or cancelled the job.
+    std::atomic<bool> lost{false};
+    // A CompleteTask is in flight: it ends the lease itself.
+    std::atomic<bool> completing{false};
+  };
+
   // Uploads `artifacts` and completes the task with `complete`, while the
   // caller's heartbeat keeps the lease. Faults that lose nothing
   // (IsTransientCommitError) are retried with capped exponential back-off,
@@ -617,8 +627,7 @@ class GrpcWorker final : public Worker {
       const v1::Task& task, const std::string& what,
       const std::vector<std::pair<v1::ArtifactKind, const std::string*>>&
           artifacts,
-      const std::function<absl::Status()>& complete,
-      const std::atomic<bool>& lost) {
+      const std::function<absl::Status()>& complete, TaskLease& lease) {
     const absl::Time give_up = absl::Now() + options_.commit_timeout;
     absl::Duration backoff = options_.retry_backoff;
     // Staged uploads survive a coordinator restart (they are on its disk):
@@ -635,10 +644,17 @@ class GrpcWorker final : public Worker {
         staged = status.ok();
       }
       if (staged) {
+        // From here a refused heartbeat is the completion's race, not a
+        // lost lease: CompleteTask's own answer says whether it was stored.
+        // A stored result ends the lease, so the flag stays set after it:
+        // a beat sent before may still come back refused.
+        lease.completing.store(true);
         status = complete();
+        if (!status.ok()) lease.completing.store(false);
         if (absl::IsFailedPrecondition(status)) staged = false;
       }
-      if (status.ok() || !IsTransientCommitError(status) || lost.load() ||
+      if (status.ok() || !IsTransientCommitError(status) ||
+          lease.lost.load() ||
           stopped_.load() || absl::Now() + backoff > give_up) {
         return status;
       }
@@ -654,11 +670,9 @@ class GrpcWorker final : public Worker {
     }
   }
 
-  // Heartbeats the lease of `task` until `done`; sets `lost` when the
+  // Heartbeats the lease of `task` until `done`; sets `lease.lost` when the
   // coordinator refuses the lease or asks to cancel.
-  void HeartbeatLoop(const v1::Task& task, const std::atomic<int64_t>& tokens,
-                     const std::atomic<double>& loss, const bool& done,
-                     std::atomic<bool>& lost) {
+  void HeartbeatLoop(const v1::Task& task, TaskLease& lease, const bool& done) {
     absl::MutexLock lock(&mu_);
     while (!done && !stopped_.load()) {
       stop_cv_.WaitWithTimeout(&mu_, heartbeat_interval_);
@@ -668,12 +682,18 @@ class GrpcWorker final : public Worker {
       request.set_worker_id(worker_id_);
       request.set_task_id(task.task_id());
       request.set_lease_epoch(task.lease_epoch());
-      request.set_tokens_done(tokens.load());
-      request.set_loss(loss.load());
+      request.set_tokens_done(lease.tokens.load());
+      request.set_loss(lease.loss.load());
       v1::HeartbeatResponse response;
       auto context = NewContext(heartbeat_interval_ * 2);
       grpc::Status status = stub_->Heartbeat(context.get(), request, &response);
       mu_.Lock();
+      if (!status.ok() && status.error_code() == grpc::StatusCode::ABORTED &&
+          lease.completing.load()) {
+        // The beat crossed CompleteTask, which ends the lease when it
+        // stores the result; whether it did is CompleteTask's to say.
+        break;
+      }
       if ((!status.ok() && status.error_code() == grpc::StatusCode::ABORTED) ||
           (status.ok() && response.cancel())) {
         // cancel: the job was cancelled (or failed); the task is abandoned
@@ -682,7 +702,7 @@ class GrpcWorker final : public Worker {
                          status.ok()
                              ? "job cancelled by the coordinator"
                              : "lease lost: " + status.error_message()));
-        lost.store(true);
+        lease.lost.store(true);
         break;
       }
       // Other errors (coordinator restarting) are retried on the next beat;
@@ -696,16 +716,13 @@ class GrpcWorker final : public Worker {
   bool WithHeartbeat(
       const v1::Task& task, const std::string& what,
       const absl::Status* committed,
-      const std::function<void(std::atomic<int64_t>&, std::atomic<double>&,
-                               std::atomic<bool>&)>& body) {
+      const std::function<void(TaskLease&)>& body) {
     metrics_.busy.Set(1);
-    std::atomic<int64_t> tokens{0};
-    std::atomic<double> loss{0};
-    std::atomic<bool> lost{false};
+    TaskLease lease;
     bool done = false;  // Guarded by mu_.
-    std::thread heartbeat(
-        [&] { HeartbeatLoop(task, tokens, loss, done, lost); });
-    body(tokens, loss, lost);
+    std::thread heartbeat([&] { HeartbeatLoop(task, lease, done); });
+    body(lease);
+    const bool lost = lease.lost.load();
     {
       absl::MutexLock lock(&mu_);
       done = true;
@@ -714,14 +731,14 @@ class GrpcWorker final : public Worker {
     heartbeat.join();
     metrics_.busy.Set(0);
     // A stored result is kept whatever happened after it.
-    if (committed->ok() || (!lost.load() && !stopped_.load())) return true;
+    if (committed->ok() || (!lost && !stopped_.load())) return true;
     Log(absl::StrCat(what, ": abandoned (",
-                     lost.load() ? "lease lost or job cancelled" : "stopping",
+                     lost ? "lease lost or job cancelled" : "stopping",
                      ")"));
     metrics_.abandoned.Increment();
     // Hand a stopped task back at once instead of letting its lease run
     // out (both count as an attempt; this way no one waits for the TTL).
-    if (!lost.load()) {
+    if (!lost) {
       ReportFailure(task, absl::UnavailableError("worker stopping"),
                     /*retryable=*/true);
     }
@@ -765,8 +782,7 @@ class GrpcWorker final : public Worker {
     absl::Status stored = absl::InternalError("result not sent");
     const bool kept = WithHeartbeat(
         task, what, &stored,
-        [&](std::atomic<int64_t>&, std::atomic<double>&,
-            std::atomic<bool>& lost) {
+        [&](TaskLease& lease) {
           if (last_sae_.has_value() && last_sae_->job_id == task.job_id() &&
               last_sae_->layer == input.layer && last_sae_->step == step) {
             input.sae_safetensors = last_sae_->safetensors;
@@ -801,7 +817,7 @@ class GrpcWorker final : public Worker {
             return;
           }
           output = engine_->Analyse(input);
-          if (!output.ok() || lost.load()) return;
+          if (!output.ok() || lease.lost.load()) return;
           const std::string bytes = AnalysisBlock(*output).SerializeAsString();
           stored = Commit(
               task, what, {{v1::ARTIFACT_KIND_FEATURE_ANALYSIS, &bytes}},
@@ -816,7 +832,7 @@ class GrpcWorker final : public Worker {
                 return FromGrpcStatus(
                     stub_->CompleteTask(context.get(), request, &response));
               },
-              lost);
+              lease);
         });
     if (!kept) return;
     if (!output.ok()) {
@@ -856,8 +872,7 @@ class GrpcWorker final : public Worker {
     absl::Status stored = absl::InternalError("result not sent");
     const bool kept = WithHeartbeat(
         task, what, &stored,
-        [&](std::atomic<int64_t>& tokens, std::atomic<double>& loss,
-            std::atomic<bool>& lost) {
+        [&](TaskLease& lease) {
           if (train.has_init_from()) {
             const v1::SaeRef& ref = train.init_from();
             if (last_sae_.has_value() && last_sae_->job_id == ref.job_id() &&
@@ -885,8 +900,8 @@ class GrpcWorker final : public Worker {
           const absl::Time start = absl::Now();
           int64_t counted = 0;
           output = engine_->Train(input, [&](int64_t tokens_done, double l) {
-            tokens.store(tokens_done);
-            loss.store(l);
+            lease.tokens.store(tokens_done);
+            lease.loss.store(l);
             metrics_.tokens.Increment(
                 static_cast<double>(tokens_done - counted));
             counted = tokens_done;
@@ -894,9 +909,9 @@ class GrpcWorker final : public Worker {
             const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
             if (seconds > 0)
               metrics_.tokens_per_second.Set(tokens_done / seconds);
-            return !lost.load() && !stopped_.load();
+            return !lease.lost.load() && !stopped_.load();
           });
-          if (!output.ok() || lost.load()) return;
+          if (!output.ok() || lease.lost.load()) return;
           // Stored under the same heartbeat: the lease lives until the
           // result is committed, however long the upload takes.
           const std::string stats = SerializeStats(output->features);
@@ -908,9 +923,13 @@ class GrpcWorker final : public Worker {
                 if (options_.before_complete_for_testing) {
                   options_.before_complete_for_testing();
                 }
-                return Complete(task, input, *output);
+                absl::Status completed = Complete(task, input, *output);
+                if (completed.ok() && options_.after_complete_for_testing) {
+                  options_.after_complete_for_testing();
+                }
+                return completed;
               },
-              lost);
+              lease);
         });
     if (!kept) return;
     if (!output.ok()) {

@@ -68,6 +68,10 @@ struct WorkerOptions {
   // Called before every CompleteTask of a trained SAE (tests inject faults
   // there, e.g. a coordinator restart between upload and completion).
   std::function<void()> before_complete_for_testing;
+  // Called after every CompleteTask of a trained SAE that stored it, while
+  // the task still holds its heartbeat (tests let beats cross the
+  // completion there).
+  std::function<void()> after_complete_for_testing;
 
   // --- performance ---
   // Bytes per artifact chunk.
