@@ -317,27 +317,29 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
     }
     absl::StatusOr<v1::JobSpec> validated = validate(spec, step, path);
     absl::MutexLock lock(&mu_);
-    bool duplicate = false;
-    bool job_level = false;
-    absl::Status s =
-        state_.CheckAddCheckpoint(job_id, step, path, &duplicate, &job_level);
-    if (duplicate) return AddedCheckpoint{state_.FindJob(job_id)->job, false};
-    if (!s.ok()) {
-      if (job_level) return s;
-      return RefuseLocked(job_id, step, path, s);
-    }
-    const v1::Job& current = state_.FindJob(job_id)->job;
-    if (!google::protobuf::util::MessageDifferencer::Equals(current.spec(),
-                                                            spec)) {
-      if (attempt < 3) continue;
-      return absl::UnavailableError(
-          absl::StrCat("job '", job_id, "' keeps changing; try checkpoint ",
-                       step, " again"));
-    }
-    if (!validated.ok()) {
-      return RefuseLocked(job_id, step, path, validated.status());
-    }
+    // Checked again after every wait: while this call waited (for the lock,
+    // or for another commit of the job), another add may have taken this
+    // step, a later one, or changed the spec.
     while (true) {
+      bool duplicate = false;
+      bool job_level = false;
+      absl::Status s = state_.CheckAddCheckpoint(job_id, step, path,
+                                                 &duplicate, &job_level);
+      if (duplicate) {
+        return AddedCheckpoint{state_.FindJob(job_id)->job, false};
+      }
+      if (!s.ok()) {
+        if (job_level) return s;
+        return RefuseLocked(job_id, step, path, s);
+      }
+      const v1::Job& current = state_.FindJob(job_id)->job;
+      if (!google::protobuf::util::MessageDifferencer::Equals(current.spec(),
+                                                              spec)) {
+        break;  // Validated again against the new spec.
+      }
+      if (!validated.ok()) {
+        return RefuseLocked(job_id, step, path, validated.status());
+      }
       const RecordChanges changes = state_.PlanAddCheckpoint(
           job_id, *validated, step, seen_ms, last_write_ms, NowMs());
       if (PinnedLocked(changes)) {
@@ -352,6 +354,11 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
       runnable_cv_.SignalAll();
       summary_cv_.SignalAll();
       return AddedCheckpoint{state_.FindJob(job_id)->job, true};
+    }
+    if (attempt >= 3) {
+      return absl::UnavailableError(
+          absl::StrCat("job '", job_id, "' keeps changing; try checkpoint ",
+                       step, " again"));
     }
   }
 }

@@ -845,5 +845,76 @@ TEST_F(TaskSchedulerCommitTest, ACancellationIsVisibleOnlyOnceWritten) {
       scheduler_->Heartbeat(running.task_id(), running.lease_epoch()).value());
 }
 
+// Adds that arrive while another add of the same job is being written are
+// checked again once it is: one of them takes a step, the same step and path
+// again is a duplicate, the same step from another path is ALREADY_EXISTS,
+// and an earlier step is late. Nothing is taken twice or lost.
+TEST_F(TaskSchedulerCommitTest, AddsThatWaitForAnotherAddAreCheckedAgain) {
+  v1::JobSpec spec = Spec(1, 1);
+  spec.mutable_model()->mutable_follow()->set_dir("/run");
+  auto created = scheduler_->CreateJob(spec, "", "");
+  ASSERT_TRUE(created.ok()) << created.status();
+  const std::string job = created->job.job_id();
+  const TaskScheduler::CheckpointValidator place =
+      [](const v1::JobSpec& s, int64_t step, const std::string& path) {
+        v1::JobSpec out = s;
+        v1::Checkpoint* c = out.mutable_model()->add_checkpoints();
+        c->set_step(step);
+        c->set_path(path);
+        return absl::StatusOr<v1::JobSpec>(out);
+      };
+  store_.Hold();
+  absl::StatusOr<TaskScheduler::AddedCheckpoint> first =
+      absl::UnknownError("not run");
+  std::thread taker([&] {
+    first = scheduler_->AddCheckpoint(job, 200, "/a", 1, 1, place);
+  });
+  ASSERT_TRUE(store_.AwaitWaiting(1));  // The first add is being written.
+  struct Racer {
+    int64_t step;
+    std::string path;
+    absl::StatusOr<TaskScheduler::AddedCheckpoint> result =
+        absl::UnknownError("not run");
+  };
+  std::vector<Racer> racers = {
+      {200, "/a"}, {200, "/a"}, {200, "/b"}, {150, "/c"}, {300, "/d"}};
+  std::vector<std::thread> threads;
+  for (Racer& racer : racers) {
+    threads.emplace_back([&, r = &racer] {
+      r->result = scheduler_->AddCheckpoint(job, r->step, r->path, 1, 1, place);
+    });
+  }
+  // Let them check and plan against the state before the first add.
+  absl::SleepFor(absl::Milliseconds(300));
+  store_.Release();
+  taker.join();
+  for (std::thread& t : threads) t.join();
+
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->created);
+  for (int i : {0, 1}) {
+    ASSERT_TRUE(racers[i].result.ok()) << racers[i].result.status();
+    EXPECT_FALSE(racers[i].result->created);
+  }
+  EXPECT_TRUE(absl::IsAlreadyExists(racers[2].result.status()))
+      << racers[2].result.status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(racers[3].result.status()))
+      << racers[3].result.status();
+  EXPECT_THAT(racers[3].result.status().message(),
+              HasSubstr("arrived after step"));
+  ASSERT_TRUE(racers[4].result.ok()) << racers[4].result.status();
+  EXPECT_TRUE(racers[4].result->created);
+
+  absl::StatusOr<v1::Job> after = scheduler_->GetJob(job);
+  ASSERT_TRUE(after.ok()) << after.status();
+  std::vector<std::pair<int64_t, std::string>> chain;
+  for (const v1::Checkpoint& c : after->spec().model().checkpoints()) {
+    chain.emplace_back(c.step(), c.path());
+  }
+  EXPECT_EQ(chain, (std::vector<std::pair<int64_t, std::string>>{
+                       {0, "/ckpt"}, {200, "/a"}, {300, "/d"}}));
+  EXPECT_EQ(after->follow().refused_size(), 2);
+}
+
 }  // namespace
 }  // namespace saetrack::server
