@@ -378,9 +378,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string config_path = absl::StrCat(dir, "/config.json");
-  absl::StatusOr<std::string> text = ReadFileToString(config_path);
+  absl::StatusOr<MappedFile> text = MappedFile::Open(config_path);
   if (!text.ok()) return text.status();
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(*text, config_path);
+  if (text->size() > kMaxModelConfigBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config_path, ": ", text->size(), " bytes exceeds the ",
+                     kMaxModelConfigBytes, "-byte limit of a config.json"));
+  }
+  absl::StatusOr<ModelConfig> config =
+      ParseModelConfig(text->data(), config_path);
   if (!config.ok()) return config.status();
   const std::string weights_path = absl::StrCat(dir, "/model.safetensors");
   const std::string index_path =

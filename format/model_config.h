@@ -48,9 +48,13 @@ struct ModelConfig {
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
                                              std::string_view origin);
 
+// A Hugging Face config.json is a few KiB; larger ones are refused unread.
+inline constexpr int64_t kMaxModelConfigBytes = 1 << 20;
+
 // Reads `dir`/config.json and checks that the weights exist
 // (`dir`/model.safetensors or `dir`/model.safetensors.index.json).
-// Errors: kNotFound naming the missing path; otherwise as ParseModelConfig.
+// Errors: kNotFound naming the missing path; kInvalidArgument naming the file
+// when it exceeds kMaxModelConfigBytes; otherwise as ParseModelConfig.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
 }  // namespace saetrack::format

@@ -40,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "format/safetensors.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "proto/access_tokens.h"
@@ -85,7 +86,8 @@ void WriteFakeCheckpoint(const std::string& dir) {
       R"( "rotary_pct": 0.25, "rotary_emb_base": 10000,)",
       R"( "layer_norm_eps": 1e-05, "use_parallel_residual": true,)",
       R"( "hidden_act": "gelu", "tie_word_embeddings": false})");
-  std::ofstream(dir + "/model.safetensors");
+  std::ofstream(dir + "/model.safetensors", std::ios::binary)
+      << format::SafetensorsWriter().Serialize();
 }
 
 v1::JobSpec MakeSpec(const std::string& root, int checkpoints, int features) {

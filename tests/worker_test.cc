@@ -195,7 +195,8 @@ class WorkerTest : public ::testing::Test {
         "rotary_emb_base": 10000, "layer_norm_eps": 1e-5,
         "use_parallel_residual": true, "hidden_act": "gelu",
         "tie_word_embeddings": false})";
-      std::ofstream(ckpt + "/model.safetensors") << "";
+      std::ofstream(ckpt + "/model.safetensors", std::ios::binary)
+          << format::SafetensorsWriter().Serialize();
     }
     std::ofstream tokens(dir_ + "/tokens.u16", std::ios::binary);
     tokens << std::string(2 * 4096, '\1');

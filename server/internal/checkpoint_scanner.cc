@@ -335,15 +335,26 @@ absl::StatusOr<CheckpointPattern> ParseCheckpointPattern(
       std::string_view::npos) {
     return invalid("must contain \"{step}\" only once");
   }
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(pattern[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return invalid("must not contain a NUL byte or other control character "
+                     "(byte ", i, ")");
+    }
+  }
+  // A directory entry's name has at most 255 bytes; the step takes up to 19.
+  constexpr size_t kMaxFixedBytes = 255 - 19;
+  if (pattern.size() - kStepPlaceholder.size() > kMaxFixedBytes) {
+    return invalid("is ", pattern.size() - kStepPlaceholder.size(),
+                   " bytes besides \"{step}\", more than a file name can "
+                   "hold with its step (at most ", kMaxFixedBytes, ")");
+  }
   CheckpointPattern result{
       std::string(pattern.substr(0, at)),
       std::string(pattern.substr(at + kStepPlaceholder.size()))};
   for (const std::string* part : {&result.prefix, &result.suffix}) {
     if (part->find('/') != std::string::npos) {
       return invalid("names a directory entry, so must not contain '/'");
-    }
-    if (part->find('\0') != std::string::npos) {
-      return invalid("must not contain a NUL byte");
     }
     if (part->find_first_of("{}") != std::string::npos) {
       return invalid("must not contain braces other than \"{step}\"");

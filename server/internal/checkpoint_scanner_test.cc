@@ -104,13 +104,22 @@ TEST(ParseCheckpointPatternTest, SplitsAroundStep) {
 TEST(ParseCheckpointPatternTest, RefusesMalformedPatterns) {
   for (const std::string& pattern : std::vector<std::string>{
            "", "step", "a/{step}", "{step}/a", "{step}{step}", "{stp}", "{",
-           "}{step}", "step-{step}}", std::string("a\0{step}", 8)}) {
+           "}{step}", "step-{step}}", std::string("a\0{step}", 8),
+           "step-{step}\n", "\x1b[31m{step}", std::string(237, 'a') + "{step}",
+           "{step}" + std::string(300, 'b')}) {
     absl::StatusOr<CheckpointPattern> parsed = ParseCheckpointPattern(pattern);
     ASSERT_FALSE(parsed.ok()) << "accepted \"" << pattern << "\"";
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(parsed.status().message(),
                 HasSubstr("spec.model.follow.pattern"));
   }
+}
+
+TEST(ParseCheckpointPatternTest, TakesTheLongestPatternAFileNameCanHold) {
+  EXPECT_TRUE(ParseCheckpointPattern(std::string(236, 'a') + "{step}").ok());
+  absl::StatusOr<CheckpointPattern> newline =
+      ParseCheckpointPattern("step-{step}\n");
+  EXPECT_THAT(newline.status().message(), HasSubstr("control character (byte 11)"));
 }
 
 TEST(MatchCheckpointNameTest, ReadsDecimalSteps) {

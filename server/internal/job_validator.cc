@@ -11,9 +11,11 @@
 #include <tuple>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "format/model_config.h"
+#include "format/safetensors.h"
 #include "format/token_split.h"
 #include "server/internal/checkpoint_scanner.h"
 
@@ -247,6 +249,22 @@ absl::Status CheckWeightFiles(const std::string& field, const std::string& dir,
   return absl::OkStatus();
 }
 
+// The weights of checkpoint directory `dir` as a worker will open them: each
+// safetensors header parses, and each tensor's dtype, shape and
+// data_offsets agree with each other and with the file's length; an index's
+// shards stay in `dir` (headers only: the data is not read). A missing file
+// keeps NOT_FOUND; a malformed one is INVALID_ARGUMENT naming `field`.
+absl::Status CheckWeightHeaders(const std::string& field,
+                                const std::string& dir) {
+  absl::StatusOr<format::SafetensorsCheckpoint> weights =
+      format::SafetensorsCheckpoint::Open(dir);
+  if (weights.ok()) return absl::OkStatus();
+  const absl::Status& s = weights.status();
+  return absl::Status(absl::IsNotFound(s) ? s.code()
+                                          : absl::StatusCode::kInvalidArgument,
+                      absl::StrCat(field, ": ", s.message()));
+}
+
 }  // namespace
 
 int64_t JobValidator::SaeBytes(int64_t d_in, int64_t d_sae) {
@@ -273,6 +291,15 @@ absl::Status JobValidator::CheckPath(const std::string& field,
                                      PathKind kind) const {
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": required"));
+  }
+  for (size_t i = 0; i < path.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(path[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": a NUL byte or other control character at "
+                              "byte ",
+                       i, " of the path"));
+    }
   }
   std::filesystem::path p(path);
   if (!p.is_absolute()) {
@@ -459,10 +486,12 @@ absl::Status JobValidator::CheckFollow(v1::JobSpec* out) const {
   if (!marker.empty() &&
       (marker == "." || marker == ".." || marker.size() > 255 ||
        marker.find('/') != std::string::npos ||
-       marker.find('\0') != std::string::npos)) {
+       std::any_of(marker.begin(), marker.end(), [](char c) {
+         return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+       }))) {
     return absl::InvalidArgumentError(
-        absl::StrCat("spec.model.follow.marker_file: '", marker,
-                     "' is not a plain file name"));
+        absl::StrCat("spec.model.follow.marker_file: '",
+                     absl::CHexEscape(marker), "' is not a plain file name"));
   }
   if (follow->analyse_every() < 0 ||
       follow->analyse_every() > kMaxAnalyseEvery) {
@@ -510,6 +539,7 @@ absl::StatusOr<v1::JobSpec> JobValidator::ValidateNewCheckpoint(
   }
   absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
   if (!config.ok()) return WithField(field, config.status());
+  if (absl::Status s = CheckWeightHeaders(field, path); !s.ok()) return s;
   v1::JobSpec out = spec;
   v1::ModelSpec* model = out.mutable_model();
   if (model->architecture().empty()) {
@@ -941,6 +971,7 @@ absl::StatusOr<v1::JobSpec> JobValidator::Validate(
     }
     absl::StatusOr<format::ModelConfig> config = format::LoadModelConfig(path);
     if (!config.ok()) return WithField(field, config.status());
+    if (absl::Status s = CheckWeightHeaders(field, path); !s.ok()) return s;
     if (i == 0) {
       first_config = *config;
       if (model->architecture().empty()) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/internal/test_fixtures.h"
@@ -162,6 +163,29 @@ TEST(JobValidatorTest, KeepsExplicitValues) {
   EXPECT_EQ(out->data().context_length(), 32);
 }
 
+// Checkpoint 1 of `s` moved to a copy of checkpoint 0 under `root`/`name`
+// whose file `file` holds `bytes` instead (model.safetensors removed when
+// `file` is the index).
+void MalformedCheckpoint(v1::JobSpec* s, const std::string& root,
+                         const std::string& name, const std::string& file,
+                         const std::string& bytes) {
+  const std::string ckpt = root + "/" + name;
+  WriteCheckpoint(ckpt);
+  if (file == "model.safetensors.index.json") {
+    std::filesystem::remove(ckpt + "/model.safetensors");
+  }
+  std::ofstream(ckpt + "/" + file, std::ios::binary | std::ios::trunc)
+      << bytes;
+  s->mutable_model()->mutable_checkpoints(1)->set_path(ckpt);
+}
+
+// A safetensors file of `header` (JSON) and `data`.
+std::string SafetensorsOf(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(header.size() >> (8 * i));
+  return out + header + data;
+}
+
 struct ErrorCase {
   std::string name;
   std::function<void(v1::JobSpec*, const std::string& root)> mutate;
@@ -269,6 +293,68 @@ INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
                                   },
                                   absl::StatusCode::kInvalidArgument,
                                   "spec.model.checkpoints[1].path: '"},
+                                 {"WeightsShapeDisagreesWithOffsets",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    MalformedCheckpoint(
+                                        s, root, "bad-shape",
+                                        "model.safetensors",
+                                        SafetensorsOf(
+                                            R"({"w":{"dtype":"F32","shape":)"
+                                            R"([4096000000000000,128],)"
+                                            R"("data_offsets":[0,16]}})",
+                                            std::string(16, '\0')));
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "},
+                                 {"WeightsHeaderBeyondTheFile",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    std::string bytes = SafetensorsOf("{}", "");
+                                    bytes[5] = 1;  // Length 2^40 + 2.
+                                    MalformedCheckpoint(s, root, "bad-length",
+                                                        "model.safetensors",
+                                                        bytes);
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "},
+                                 {"WeightsEmptyFile",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    MalformedCheckpoint(s, root, "empty-w",
+                                                        "model.safetensors",
+                                                        "");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "},
+                                 {"WeightsOffsetsBeyondTheData",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    MalformedCheckpoint(
+                                        s, root, "bad-offsets",
+                                        "model.safetensors",
+                                        SafetensorsOf(
+                                            R"({"w":{"dtype":"F32","shape":)"
+                                            R"([4],"data_offsets":[0,16]}})",
+                                            std::string(8, '\0')));
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "},
+                                 {"IndexShardOutsideTheCheckpoint",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    MalformedCheckpoint(
+                                        s, root, "bad-index",
+                                        "model.safetensors.index.json",
+                                        R"({"weight_map": {"w": )"
+                                        R"("../bad-shape/model.safetensors"}})");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "spec.model.checkpoints[1].path: "},
+                                 {"ConfigJsonTooLarge",
+                                  [](v1::JobSpec* s, const std::string& root) {
+                                    MalformedCheckpoint(
+                                        s, root, "huge-config", "config.json",
+                                        "{" + std::string(2 << 20, ' ') + "}");
+                                  },
+                                  absl::StatusCode::kInvalidArgument,
+                                  "config.json: 2097154 bytes exceeds the "
+                                  "1048576-byte limit"},
                                  {"LayerOutOfRange",
                                   [](v1::JobSpec* s, const std::string&) {
                                     s->mutable_hooks(0)->set_layer(7);
@@ -754,7 +840,8 @@ TEST(JobValidatorTest, AcceptsGpt2) {
     std::ofstream(dir.path() + name + "/config.json")
         << R"({"model_type": "gpt2", "n_embd": 64, "n_layer": 3,)"
         << R"( "n_head": 4, "n_positions": 256, "vocab_size": 512})";
-    std::ofstream(dir.path() + name + "/model.safetensors");
+    std::ofstream(dir.path() + name + "/model.safetensors", std::ios::binary)
+        << format::SafetensorsWriter().Serialize();
   }
   v1::JobSpec spec = MakeSpec(dir.path(), {0, 10}, {2});
   spec.mutable_model()->mutable_checkpoints(0)->set_path(dir.path() +
@@ -858,6 +945,15 @@ TEST(JobValidatorFollowTest, BadFollowSettingsNameTheField) {
       refused([&](v1::JobSpec* s) { follow(s)->set_marker_file("../DONE"); }),
       HasSubstr("spec.model.follow.marker_file"));
   EXPECT_THAT(
+      refused([&](v1::JobSpec* s) { follow(s)->set_marker_file("DONE\n"); }),
+      HasSubstr("spec.model.follow.marker_file: 'DONE\\n'"));
+  // A NUL byte would cut the directory's name short.
+  EXPECT_THAT(refused([&](v1::JobSpec* s) {
+                follow(s)->set_dir(follow(s)->dir() + std::string("\0x", 2));
+              }),
+              HasSubstr("spec.model.follow.dir: a NUL byte or other control "
+                        "character at byte"));
+  EXPECT_THAT(
       refused([&](v1::JobSpec* s) { follow(s)->set_analyse_every(-2); }),
       HasSubstr("spec.model.follow.analyse_every"));
   EXPECT_THAT(refused([&](v1::JobSpec* s) {
@@ -925,6 +1021,18 @@ TEST(JobValidatorFollowTest, TheFirstCheckpointFillsTheModelSettings) {
   EXPECT_THAT(
       validator.ValidateNewCheckpoint(*two, -1, later).status().message(),
       HasSubstr("checkpoint.step"));
+  // Weights whose header promises more than the file holds.
+  const std::string broken = dir.path() + "/run/step-60";
+  WriteCheckpoint(broken);
+  std::ofstream(broken + "/model.safetensors", std::ios::binary | std::ios::trunc)
+      << SafetensorsOf(R"({"w":{"dtype":"F32","shape":[1024],)"
+                       R"("data_offsets":[0,4096]}})",
+                       std::string(64, '\0'));
+  const absl::Status refused =
+      validator.ValidateNewCheckpoint(*two, 60, broken).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("checkpoint.path: "));
+  EXPECT_THAT(refused.message(), HasSubstr("model.safetensors"));
   // A hook beyond the first checkpoint's layers is refused when it comes.
   v1::JobSpec deep = *spec;
   deep.mutable_hooks(0)->set_layer(9);

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "format/safetensors.h"
 #include "gtest/gtest.h"
 
 namespace saetrack::server::testing {
@@ -38,7 +39,9 @@ void WriteCheckpoint(const std::string& dir, int hidden_size, int num_layers,
       R"( "rotary_pct": 0.25, "rotary_emb_base": 10000,)",
       R"( "layer_norm_eps": 1e-05, "use_parallel_residual": true,)",
       R"( "hidden_act": "gelu", "tie_word_embeddings": false})");
-  std::ofstream(dir + "/model.safetensors");
+  // A valid file without tensors: the coordinator reads only headers.
+  std::ofstream(dir + "/model.safetensors", std::ios::binary)
+      << format::SafetensorsWriter().Serialize();
 }
 
 void WriteTokens(const std::string& path, int64_t num_tokens,
