@@ -37,6 +37,20 @@ bool Closed(const v1::Job& job) {
   return job.follow().state() == v1::FOLLOW_STATE_CLOSED;
 }
 
+// A following job that ends otherwise than by closing (cancelled, failed)
+// follows no more: its follow status says so, and why; a round that was
+// running is not any more.
+void EndFollowing(v1::Job* job, const std::string& reason, int64_t now_ms) {
+  if (!Following(*job)) return;
+  v1::FollowStatus* follow = job->mutable_follow();
+  follow->set_analysis_running(false);
+  follow->set_refresh_pending(false);
+  if (follow->state() == v1::FOLLOW_STATE_CLOSED) return;
+  follow->set_state(v1::FOLLOW_STATE_CLOSED);
+  follow->set_closed_ms(now_ms);
+  follow->set_close_reason(reason);
+}
+
 // Whether every task of `job` is done: for a following job also closed,
 // with its final analysis round (when it has an analysis pass) done.
 bool AllDone(const v1::Job& job) {
@@ -523,6 +537,7 @@ absl::StatusOr<RecordChanges> JobStateMachine::PlanCancelJob(
   job.set_state(v1::JOB_STATE_CANCELLED);
   job.set_error("cancelled by request");
   job.set_update_time_ms(now_ms);
+  EndFollowing(&job, "job cancelled", now_ms);
   changes.jobs.push_back(std::move(job));
   return changes;
 }
@@ -648,6 +663,7 @@ RecordChanges JobStateMachine::PlanRetryOrFail(
   job.set_state(v1::JOB_STATE_FAILED);
   job.set_error(job_error);
   job.set_update_time_ms(now_ms);
+  EndFollowing(&job, "job failed", now_ms);
   changes.jobs.push_back(std::move(job));
   return changes;
 }
@@ -1002,7 +1018,12 @@ absl::StatusOr<RecordChanges> JobStateMachine::PlanCloseJob(
         absl::StrCat("job '", job_id,
                      "' does not follow a training run; it ends by itself"));
   }
-  if (Closed(job)) return RecordChanges();  // Idempotent.
+  // Idempotent, also once the job has succeeded after closing; a job that
+  // was cancelled or failed is not closed by request.
+  if (Closed(job) && job.state() != v1::JOB_STATE_CANCELLED &&
+      job.state() != v1::JOB_STATE_FAILED) {
+    return RecordChanges();
+  }
   if (IsTerminal(job.state())) {
     return absl::FailedPreconditionError(
         absl::StrCat("job '", job_id, "' already ended in state ",

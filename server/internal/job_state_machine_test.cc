@@ -685,6 +685,37 @@ TEST_F(FollowTest, ClosingWithoutCheckpointsFailsTheJob) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// A following job that fails or is cancelled follows no more, and says so;
+// closing it afterwards is refused with the state it ended in.
+TEST_F(FollowTest, AFailedOrCancelledJobFollowsNoMore) {
+  const std::string failing = Create(FollowSpec());
+  Take(failing, 0, kT0 + 100);
+  const TaskRecord task = Grant(*Runnable(failing, 0), "w", kT0 + 200);
+  bool requeued = true;
+  state_.Apply(state_.PlanFail(task, "weights deleted", /*retryable=*/false,
+                               kT0 + 300, &requeued));
+  EXPECT_EQ(JobOf(failing).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(JobOf(failing).follow().state(), v1::FOLLOW_STATE_CLOSED);
+  EXPECT_EQ(JobOf(failing).follow().close_reason(), "job failed");
+  EXPECT_EQ(JobOf(failing).follow().closed_ms(), kT0 + 300);
+  EXPECT_FALSE(JobOf(failing).follow().analysis_running());
+  absl::StatusOr<RecordChanges> close =
+      state_.PlanCloseJob(failing, "r", kT0 + 400);
+  EXPECT_EQ(close.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(close.status().message(), HasSubstr("JOB_STATE_FAILED"));
+
+  const std::string cancelled = Create(FollowSpec());
+  Take(cancelled, 0, kT0 + 100);
+  absl::StatusOr<RecordChanges> cancel =
+      state_.PlanCancelJob(cancelled, kT0 + 500);
+  ASSERT_TRUE(cancel.ok()) << cancel.status();
+  state_.Apply(*cancel);
+  EXPECT_EQ(JobOf(cancelled).follow().state(), v1::FOLLOW_STATE_CLOSED);
+  EXPECT_EQ(JobOf(cancelled).follow().close_reason(), "job cancelled");
+  EXPECT_EQ(state_.PlanCloseJob(cancelled, "r", kT0 + 600).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(FollowTest, UntilStepClosesTheJob) {
   v1::JobSpec spec = FollowSpec(1, /*analysis=*/false);
   spec.mutable_model()->mutable_follow()->set_until_step(32);
