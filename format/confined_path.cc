@@ -95,23 +95,25 @@ absl::StatusOr<int> DataRoots::OpenConfined(const std::string& path) const {
     }
     return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
   }
-  if (empty()) return fd;
+  if (absl::Status inside = CheckOpened(fd, path); !inside.ok()) {
+    ::close(fd);
+    return inside;
+  }
+  return fd;
+}
+
+absl::Status DataRoots::CheckOpened(int fd, const std::string& path) const {
+  if (empty()) return absl::OkStatus();
   // The file this descriptor refers to, whatever happened to `path` since.
   char buffer[PATH_MAX];
   const std::string link = absl::StrCat("/proc/self/fd/", fd);
   const ssize_t n = ::readlink(link.c_str(), buffer, sizeof(buffer) - 1);
   if (n < 0) {
-    const int error_number = errno;
-    ::close(fd);
-    return absl::ErrnoToStatus(error_number,
-                               absl::StrCat("cannot resolve ", path));
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot resolve ", path));
   }
   buffer[n] = '\0';
-  if (!Contains(buffer)) {
-    ::close(fd);
-    return OutsideRoots(path, *this);
-  }
-  return fd;
+  if (!Contains(buffer)) return OutsideRoots(path, *this);
+  return absl::OkStatus();
 }
 
 }  // namespace saetrack::format

@@ -52,6 +52,11 @@ class DataRoots {
   // roots, kInvalidArgument for "..", errno codes otherwise.
   absl::StatusOr<int> OpenConfined(const std::string& path) const;
 
+  // OK when the file open as `fd` (however it was reached: its
+  // /proc/self/fd link) lies under a root, or there are no roots; otherwise
+  // the error OpenConfined gives for `path`. Does not close `fd`.
+  absl::Status CheckOpened(int fd, const std::string& path) const;
+
  private:
   std::vector<std::string> roots_;  // Resolved.
 };

@@ -410,8 +410,8 @@ absl::Status CoordinatorImpl::Init() {
       scheduler_.get(), results_.get(), store_.get(),
       server::SummariserOptions());
   summariser_->Start();
-  follower_ = std::make_unique<server::CheckpointFollower>(scheduler_.get(),
-                                                           &validator_);
+  follower_ = std::make_unique<server::CheckpointFollower>(
+      scheduler_.get(), &validator_, format::DataRoots(options_.data_roots));
   follower_->Start();
   metrics_->SetFollowSource(
       [scheduler = scheduler_.get()] { return scheduler->FollowingJobs(); });

@@ -18,8 +18,9 @@ constexpr absl::Duration kTick = absl::Milliseconds(100);
 }  // namespace
 
 CheckpointFollower::CheckpointFollower(TaskScheduler* scheduler,
-                                       const JobValidator* validator)
-    : scheduler_(scheduler), validator_(validator) {}
+                                       const JobValidator* validator,
+                                       format::DataRoots roots)
+    : scheduler_(scheduler), validator_(validator), roots_(std::move(roots)) {}
 
 CheckpointFollower::~CheckpointFollower() { Stop(); }
 
@@ -62,7 +63,7 @@ void CheckpointFollower::PollOnce(absl::Time now) {
           ParseCheckpointPattern(spec.pattern());
       if (!pattern.ok()) continue;  // Refused at submission.
       followed.scanner = std::make_unique<CheckpointScanner>(
-          spec.dir(), *pattern, spec.marker_file());
+          spec.dir(), *pattern, spec.marker_file(), roots_);
       followed.dir = spec.dir();
       followed.pattern = spec.pattern();
       followed.marker = spec.marker_file();

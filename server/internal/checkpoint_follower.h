@@ -28,7 +28,10 @@ namespace saetrack::server {
 // collaborators. Thread-safe.
 class CheckpointFollower {
  public:
-  CheckpointFollower(TaskScheduler* scheduler, const JobValidator* validator);
+  // `roots`: the follow directories are listed only while they lie under
+  // them (the validator's roots).
+  CheckpointFollower(TaskScheduler* scheduler, const JobValidator* validator,
+                     format::DataRoots roots = {});
   // Stops the thread.
   ~CheckpointFollower();
 
@@ -57,6 +60,7 @@ class CheckpointFollower {
 
   TaskScheduler* const scheduler_;
   const JobValidator* const validator_;
+  const format::DataRoots roots_;
   absl::Mutex poll_mu_;  // One PollOnce at a time.
   std::map<std::string, Followed> jobs_ ABSL_GUARDED_BY(poll_mu_);
 

@@ -388,10 +388,12 @@ std::optional<int64_t> MatchCheckpointName(const CheckpointPattern& pattern,
 }
 
 CheckpointScanner::CheckpointScanner(std::string dir, CheckpointPattern pattern,
-                                     std::string marker_file)
+                                     std::string marker_file,
+                                     format::DataRoots roots)
     : dir_(std::move(dir)),
       pattern_(std::move(pattern)),
-      marker_file_(std::move(marker_file)) {}
+      marker_file_(std::move(marker_file)),
+      roots_(std::move(roots)) {}
 
 absl::StatusOr<CheckpointScanner::Result> CheckpointScanner::Scan(
     const std::set<int64_t>& skip) {
@@ -409,6 +411,12 @@ absl::StatusOr<CheckpointScanner::Result> CheckpointScanner::Scan(
     }
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot open follow directory ", dir_, ": ", ErrnoText(error)));
+  }
+  if (absl::Status inside = roots_.CheckOpened(opened, dir_); !inside.ok()) {
+    ::close(opened);
+    return absl::PermissionDeniedError(absl::StrCat(
+        "follow directory ", dir_,
+        " no longer lies under the data roots; it is not listed"));
   }
   std::unique_ptr<DIR, DirCloser> listing(::fdopendir(opened));
   if (listing == nullptr) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/confined_path.h"
 
 namespace saetrack::server {
 
@@ -74,8 +75,11 @@ class CheckpointScanner {
 
   // `dir`: the follow directory. `marker_file`: when non-empty, a
   // checkpoint directory is complete as soon as it holds this regular file.
+  // `roots`: the directory actually opened at each scan must lie under one
+  // (none: not confined), so a directory swapped for a link that leads out
+  // of them is not listed.
   CheckpointScanner(std::string dir, CheckpointPattern pattern,
-                    std::string marker_file);
+                    std::string marker_file, format::DataRoots roots = {});
 
   struct Result {
     std::vector<FoundCheckpoint> complete;   // ascending step
@@ -124,6 +128,7 @@ class CheckpointScanner {
   const std::string dir_;
   const CheckpointPattern pattern_;
   const std::string marker_file_;
+  const format::DataRoots roots_;
   // Checkpoint directory name -> the stamps the previous Scan() recorded.
   // Holds only the directories that scan examined.
   std::map<std::string, DirectoryStamps> previous_;

@@ -479,6 +479,33 @@ TEST(CheckpointScannerTest, MissingDirectoryIsNotFound) {
   EXPECT_THAT(result.status().message(), HasSubstr(missing));
 }
 
+// A follow directory swapped for a link that leads out of the data roots is
+// not listed: the scan fails, naming neither what lies there nor whether it
+// exists. A link that stays under the roots is followed.
+TEST(CheckpointScannerTest, ADirectoryLeadingOutOfTheRootsIsNotListed) {
+  TempDir tmp;
+  const std::string root = tmp.path() + "/root";
+  const std::string outside = tmp.path() + "/outside";
+  WriteComplete(outside + "/step-30");
+  WriteComplete(root + "/elsewhere/step-7");
+  const std::string run = root + "/run";
+  std::filesystem::create_symlink(root + "/elsewhere", run);
+  const format::DataRoots roots({root});
+  CheckpointScanner inside(run, CheckpointPattern{"step-", ""}, "", roots);
+  ScanOk(inside);
+  ASSERT_EQ(ScanOk(inside).complete.size(), 1u);
+
+  std::filesystem::remove(run);
+  std::filesystem::create_symlink(outside, run);
+  CheckpointScanner swapped(run, CheckpointPattern{"step-", ""}, "", roots);
+  absl::StatusOr<CheckpointScanner::Result> result = swapped.Scan({});
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(result.status().message(),
+            "follow directory " + run +
+                " no longer lies under the data roots; it is not listed");
+}
+
 TEST(CheckpointScannerTest, FileAsDirectoryIsFailedPrecondition) {
   TempDir tmp;
   const std::string file = tmp.path() + "/run";
