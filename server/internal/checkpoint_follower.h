@@ -55,6 +55,13 @@ class CheckpointFollower {
     std::map<int64_t, int64_t> first_seen_ms;
     // The last problem logged for the directory (logged once).
     std::string last_error;
+    // Step -> the reason logged for it while it is not complete.
+    std::map<int64_t, std::string> pending_reasons;
+    // Step -> when this follower had it refused (Unix ms).
+    std::map<int64_t, int64_t> refused_ms;
+    // When refused steps are examined again, and for how many more scans.
+    absl::Time next_refused_check = absl::InfinitePast();
+    int refused_rechecks_left = 0;
   };
   void Loop();
 
