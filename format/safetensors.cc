@@ -178,6 +178,11 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Validate(
                      " bytes, need at least 8 for the header length");
   }
   const uint64_t header_length = ReadLittleEndian64(file.data());
+  if (header_length > kMaxSafetensorsHeaderBytes) {
+    return data_loss("header length ", header_length,
+                     " (at byte 0) exceeds the ", kMaxSafetensorsHeaderBytes,
+                     "-byte limit of a safetensors header");
+  }
   const uint64_t available = file.size() - kHeaderLengthBytes;
   if (header_length > available) {
     return data_loss("header length ", header_length,

@@ -70,6 +70,10 @@ struct TensorView {
 // for any other dtype.
 absl::Status DecodeToFloat(const TensorView& tensor, float* out);
 
+// The longest header read (the reference implementation's limit): a longer
+// one is refused before it is parsed.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
 // A validated safetensors file, memory-mapped or held in memory. Move-only;
 // immutable after construction, so thread-safe for concurrent reads.
 class SafetensorsFile {

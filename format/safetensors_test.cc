@@ -132,6 +132,19 @@ TEST(SafetensorsTest, HeaderLongerThanFile) {
                                          "exceeds the 2 bytes after it"));
 }
 
+TEST(SafetensorsTest, HeaderBeyondTheLimitIsNotParsed) {
+  std::string bytes = RawFile("{}", "");
+  bytes[0] = 1;
+  bytes[1] = static_cast<char>(0xe1);
+  bytes[2] = static_cast<char>(0xf5);
+  bytes[3] = 5;  // 100,000,001 bytes.
+  const absl::Status status = OpenError(bytes);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(Message(status),
+              HasSubstr("header length 100000001 (at byte 0) exceeds the "
+                        "100000000-byte limit"));
+}
+
 TEST(SafetensorsTest, InvalidHeaderJsonNamesFileOffset) {
   const absl::Status status = OpenError(RawFile("{\"a\" 1}", ""));
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);

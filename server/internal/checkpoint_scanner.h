@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "format/confined_path.h"
+#include "format/safetensors.h"
 
 namespace saetrack::server {
 
@@ -68,7 +69,7 @@ class CheckpointScanner {
   static constexpr int kMaxEntriesPerScan = 10'000;
   // A safetensors header length above this is an invalid header rather
   // than something to read.
-  static constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+  static constexpr uint64_t kMaxHeaderBytes = format::kMaxSafetensorsHeaderBytes;
   // config.json and model.safetensors.index.json above this are refused
   // rather than read.
   static constexpr int64_t kMaxJsonFileBytes = 16 << 20;
