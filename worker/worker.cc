@@ -653,8 +653,7 @@ class GrpcWorker final : public Worker {
         if (!status.ok()) lease.completing.store(false);
         if (absl::IsFailedPrecondition(status)) staged = false;
       }
-      if (status.ok() || !IsTransientCommitError(status) ||
-          lease.lost.load() ||
+      if (status.ok() || !IsTransientCommitError(status) || lease.lost.load() ||
           stopped_.load() || absl::Now() + backoff > give_up) {
         return status;
       }
@@ -713,10 +712,9 @@ class GrpcWorker final : public Worker {
   // Runs `body` with the lease of `task` heartbeated; returns false (after
   // handing a stopped task back) when the task was abandoned.
   // `committed` is the body's result of storing the task's result.
-  bool WithHeartbeat(
-      const v1::Task& task, const std::string& what,
-      const absl::Status* committed,
-      const std::function<void(TaskLease&)>& body) {
+  bool WithHeartbeat(const v1::Task& task, const std::string& what,
+                     const absl::Status* committed,
+                     const std::function<void(TaskLease&)>& body) {
     metrics_.busy.Set(1);
     TaskLease lease;
     bool done = false;  // Guarded by mu_.
@@ -733,8 +731,7 @@ class GrpcWorker final : public Worker {
     // A stored result is kept whatever happened after it.
     if (committed->ok() || (!lost && !stopped_.load())) return true;
     Log(absl::StrCat(what, ": abandoned (",
-                     lost ? "lease lost or job cancelled" : "stopping",
-                     ")"));
+                     lost ? "lease lost or job cancelled" : "stopping", ")"));
     metrics_.abandoned.Increment();
     // Hand a stopped task back at once instead of letting its lease run
     // out (both count as an attempt; this way no one waits for the TTL).
@@ -780,9 +777,8 @@ class GrpcWorker final : public Worker {
     absl::StatusOr<engine::AnalysisOutput> output =
         absl::InternalError("analysis did not run");
     absl::Status stored = absl::InternalError("result not sent");
-    const bool kept = WithHeartbeat(
-        task, what, &stored,
-        [&](TaskLease& lease) {
+    const bool kept =
+        WithHeartbeat(task, what, &stored, [&](TaskLease& lease) {
           if (last_sae_.has_value() && last_sae_->job_id == task.job_id() &&
               last_sae_->layer == input.layer && last_sae_->step == step) {
             input.sae_safetensors = last_sae_->safetensors;
@@ -870,9 +866,8 @@ class GrpcWorker final : public Worker {
     absl::StatusOr<engine::TrainOutput> output =
         absl::InternalError("training did not run");
     absl::Status stored = absl::InternalError("result not sent");
-    const bool kept = WithHeartbeat(
-        task, what, &stored,
-        [&](TaskLease& lease) {
+    const bool kept =
+        WithHeartbeat(task, what, &stored, [&](TaskLease& lease) {
           if (train.has_init_from()) {
             const v1::SaeRef& ref = train.init_from();
             if (last_sae_.has_value() && last_sae_->job_id == ref.job_id() &&

@@ -128,8 +128,8 @@ void CheckpointFollower::PollOnce(absl::Time now) {
       if (logged == followed.pending_reasons.end() ||
           logged->second != pending.reason) {
         std::cerr << "follow " << job.job_id() << ": step " << pending.step
-                  << " (" << pending.path << ") not complete yet: "
-                  << pending.reason << "\n";
+                  << " (" << pending.path
+                  << ") not complete yet: " << pending.reason << "\n";
       }
       pending_reasons.emplace(pending.step, pending.reason);
     }

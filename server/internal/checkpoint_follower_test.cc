@@ -60,7 +60,8 @@ class CheckpointFollowerTest : public ::testing::Test {
     ASSERT_TRUE(created.ok()) << created.status();
     job_id_ = created->job.job_id();
     follower_ = std::make_unique<CheckpointFollower>(
-        scheduler_.get(), &validator_, format::DataRoots(std::vector<std::string>{dir_.path()}));
+        scheduler_.get(), &validator_,
+        format::DataRoots(std::vector<std::string>{dir_.path()}));
   }
 
   // Two polls a poll interval (10 s) apart from `*at`, which moves on: a
@@ -85,7 +86,8 @@ class CheckpointFollowerTest : public ::testing::Test {
   std::unique_ptr<CheckpointFollower> follower_;
 };
 
-TEST_F(CheckpointFollowerTest, ARefusedCheckpointIsOfferedAgainOnlyOnceRewritten) {
+TEST_F(CheckpointFollowerTest,
+       ARefusedCheckpointIsOfferedAgainOnlyOnceRewritten) {
   WriteCheckpoint(run_ + "/step-0");
   WriteCheckpoint(run_ + "/step-5");
   std::ofstream(run_ + "/step-5/model.safetensors",

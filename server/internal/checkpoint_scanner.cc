@@ -338,8 +338,10 @@ absl::StatusOr<CheckpointPattern> ParseCheckpointPattern(
   for (size_t i = 0; i < pattern.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(pattern[i]);
     if (c < 0x20 || c == 0x7f) {
-      return invalid("must not contain a NUL byte or other control character "
-                     "(byte ", i, ")");
+      return invalid(
+          "must not contain a NUL byte or other control character "
+          "(byte ",
+          i, ")");
     }
   }
   // A directory entry's name has at most 255 bytes; the step takes up to 19.
@@ -347,7 +349,8 @@ absl::StatusOr<CheckpointPattern> ParseCheckpointPattern(
   if (pattern.size() - kStepPlaceholder.size() > kMaxFixedBytes) {
     return invalid("is ", pattern.size() - kStepPlaceholder.size(),
                    " bytes besides \"{step}\", more than a file name can "
-                   "hold with its step (at most ", kMaxFixedBytes, ")");
+                   "hold with its step (at most ",
+                   kMaxFixedBytes, ")");
   }
   CheckpointPattern result{
       std::string(pattern.substr(0, at)),
@@ -414,9 +417,9 @@ absl::StatusOr<CheckpointScanner::Result> CheckpointScanner::Scan(
   }
   if (absl::Status inside = roots_.CheckOpened(opened, dir_); !inside.ok()) {
     ::close(opened);
-    return absl::PermissionDeniedError(absl::StrCat(
-        "follow directory ", dir_,
-        " no longer lies under the data roots; it is not listed"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("follow directory ", dir_,
+                     " no longer lies under the data roots; it is not listed"));
   }
   std::unique_ptr<DIR, DirCloser> listing(::fdopendir(opened));
   if (listing == nullptr) {

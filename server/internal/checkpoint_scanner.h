@@ -69,7 +69,8 @@ class CheckpointScanner {
   static constexpr int kMaxEntriesPerScan = 10'000;
   // A safetensors header length above this is an invalid header rather
   // than something to read.
-  static constexpr uint64_t kMaxHeaderBytes = format::kMaxSafetensorsHeaderBytes;
+  static constexpr uint64_t kMaxHeaderBytes =
+      format::kMaxSafetensorsHeaderBytes;
   // config.json and model.safetensors.index.json above this are refused
   // rather than read.
   static constexpr int64_t kMaxJsonFileBytes = 16 << 20;

@@ -119,7 +119,8 @@ TEST(ParseCheckpointPatternTest, TakesTheLongestPatternAFileNameCanHold) {
   EXPECT_TRUE(ParseCheckpointPattern(std::string(236, 'a') + "{step}").ok());
   absl::StatusOr<CheckpointPattern> newline =
       ParseCheckpointPattern("step-{step}\n");
-  EXPECT_THAT(newline.status().message(), HasSubstr("control character (byte 11)"));
+  EXPECT_THAT(newline.status().message(),
+              HasSubstr("control character (byte 11)"));
 }
 
 TEST(MatchCheckpointNameTest, ReadsDecimalSteps) {

@@ -260,9 +260,9 @@ absl::Status CheckWeightHeaders(const std::string& field,
       format::SafetensorsCheckpoint::Open(dir);
   if (weights.ok()) return absl::OkStatus();
   const absl::Status& s = weights.status();
-  return absl::Status(absl::IsNotFound(s) ? s.code()
-                                          : absl::StatusCode::kInvalidArgument,
-                      absl::StrCat(field, ": ", s.message()));
+  return absl::Status(
+      absl::IsNotFound(s) ? s.code() : absl::StatusCode::kInvalidArgument,
+      absl::StrCat(field, ": ", s.message()));
 }
 
 }  // namespace
@@ -296,8 +296,9 @@ absl::Status JobValidator::CheckPath(const std::string& field,
     const unsigned char c = static_cast<unsigned char>(path[i]);
     if (c < 0x20 || c == 0x7f) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ": a NUL byte or other control character at "
-                              "byte ",
+          absl::StrCat(field,
+                       ": a NUL byte or other control character at "
+                       "byte ",
                        i, " of the path"));
     }
   }

@@ -174,15 +174,15 @@ void MalformedCheckpoint(v1::JobSpec* s, const std::string& root,
   if (file == "model.safetensors.index.json") {
     std::filesystem::remove(ckpt + "/model.safetensors");
   }
-  std::ofstream(ckpt + "/" + file, std::ios::binary | std::ios::trunc)
-      << bytes;
+  std::ofstream(ckpt + "/" + file, std::ios::binary | std::ios::trunc) << bytes;
   s->mutable_model()->mutable_checkpoints(1)->set_path(ckpt);
 }
 
 // A safetensors file of `header` (JSON) and `data`.
 std::string SafetensorsOf(const std::string& header, const std::string& data) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(header.size() >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>(header.size() >> (8 * i));
   return out + header + data;
 }
 
@@ -211,608 +211,604 @@ TEST_P(JobValidatorErrorTest, NamesTheField) {
 const double kNan = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();
 
-INSTANTIATE_TEST_SUITE_P(Cases, JobValidatorErrorTest,
-                         ::testing::ValuesIn(
-                             std::vector<ErrorCase>{
-                                 {"MissingCheckpointPath",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path("/x");
-                                  },
-                                  absl::StatusCode::kNotFound,
-                                  "spec.model.checkpoints[1].path: '/x' does "
-                                  "not exist"},
-                                 {"LearningRateNoSaeSurvives",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_lr_first(1e308);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.lr_first: 1e+308 out of range (at "
-                                  "most 1)"},
-                                 {"L1CoefficientOverflows",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_l1_coefficient(1e308);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.l1_coefficient: 1e+308 out of "
-                                  "range (at most 10000)"},
-                                 {"BatchNoWorkerHolds",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_batch_size(
-                                        2147483647);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.batch_size: 2147483647 out of "
-                                  "range (at most 1048576)"},
-                                 {"SaeLargerThanOneStoredValue",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    // 2 * 64 * 2^23 floats: 4 GiB.
-                                    s->mutable_sae()->set_d_sae(1 << 23);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.d_sae: an SAE of d_sae 8388608 at "
-                                  "hidden_size 64 is 4328523008 bytes, more "
-                                  "than the coordinator stores (4294967295 "
-                                  "bytes"},
-                                 {"FifoTokenFile",
-                                  [](v1::JobSpec* s, const std::string& dir) {
-                                    const std::string fifo = dir + "/fifo.u16";
-                                    ::mkfifo(fifo.c_str(), 0600);
-                                    s->mutable_data()->set_tokens_path(fifo);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "fifo.u16' is not a regular file"},
-                                 {"FifoConfigJson",
-                                  [](v1::JobSpec* s, const std::string& dir) {
-                                    const std::string ckpt = dir + "/fifo-ckpt";
-                                    std::filesystem::create_directories(ckpt);
-                                    ::mkfifo((ckpt + "/config.json").c_str(),
-                                             0600);
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path(ckpt);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "fifo-ckpt/config.json' is not a regular "
-                                  "file"},
-                                 {"FifoWeights",
-                                  [](v1::JobSpec* s, const std::string& dir) {
-                                    const std::string ckpt = dir + "/fifo-w";
-                                    std::filesystem::create_directories(ckpt);
-                                    std::filesystem::copy_file(
-                                        s->model().checkpoints(0).path() +
-                                            "/config.json",
-                                        ckpt + "/config.json");
-                                    ::mkfifo(
-                                        (ckpt + "/model.safetensors").c_str(),
-                                        0600);
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path(ckpt);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: '"},
-                                 {"WeightsShapeDisagreesWithOffsets",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    MalformedCheckpoint(
-                                        s, root, "bad-shape",
-                                        "model.safetensors",
-                                        SafetensorsOf(
-                                            R"({"w":{"dtype":"F32","shape":)"
-                                            R"([4096000000000000,128],)"
-                                            R"("data_offsets":[0,16]}})",
-                                            std::string(16, '\0')));
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "},
-                                 {"WeightsHeaderBeyondTheFile",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    std::string bytes = SafetensorsOf("{}", "");
-                                    bytes[5] = 1;  // Length 2^40 + 2.
-                                    MalformedCheckpoint(s, root, "bad-length",
-                                                        "model.safetensors",
-                                                        bytes);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "},
-                                 {"WeightsEmptyFile",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    MalformedCheckpoint(s, root, "empty-w",
-                                                        "model.safetensors",
-                                                        "");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "},
-                                 {"WeightsOffsetsBeyondTheData",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    MalformedCheckpoint(
-                                        s, root, "bad-offsets",
-                                        "model.safetensors",
-                                        SafetensorsOf(
-                                            R"({"w":{"dtype":"F32","shape":)"
-                                            R"([4],"data_offsets":[0,16]}})",
-                                            std::string(8, '\0')));
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "},
-                                 {"IndexShardOutsideTheCheckpoint",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    MalformedCheckpoint(
-                                        s, root, "bad-index",
-                                        "model.safetensors.index.json",
-                                        R"({"weight_map": {"w": )"
-                                        R"("../bad-shape/model.safetensors"}})");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "},
-                                 {"ConfigJsonTooLarge",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    MalformedCheckpoint(
-                                        s, root, "huge-config", "config.json",
-                                        "{" + std::string(2 << 20, ' ') + "}");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "config.json: 2097154 bytes exceeds the "
-                                  "1048576-byte limit"},
-                                 {"LayerOutOfRange",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_hooks(0)->set_layer(7);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.hooks[0].layer: 7 out of range [0, 2) "
-                                  "for the model at "
-                                  "spec.model.checkpoints[0].path"},
-                                 {"UnsupportedArchitecture",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()->set_architecture("foo");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.architecture: 'foo' is not "
-                                  "supported (supported: "
-                                  "gpt_neox, gpt2)"},
-                                 {"NoCheckpoints",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()->clear_checkpoints();
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints: empty"},
-                                 {"DuplicateStep",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_step(0);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].step: 0 "
-                                  "duplicates"},
-                                 {"UnsortedSteps",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(0)
-                                        ->set_step(20);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].step: 10 is "
-                                  "smaller than"},
-                                 {"NegativeStep",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(0)
-                                        ->set_step(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[0].step"},
-                                 {"DifferentHiddenSize",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteCheckpoint(root + "/wide", 128, 2);
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path(root + "/wide");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: hidden_size "
-                                  "128 differs"},
-                                 {"DifferentLayerCount",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteCheckpoint(root + "/deep", 64, 4);
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path(root + "/deep");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[1].path: "
-                                  "num_hidden_layers 4 differs"},
-                                 {"CheckpointWithoutWeights",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteCheckpoint(root + "/noweights");
-                                    std::filesystem::remove(
-                                        root + "/noweights/model.safetensors");
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(1)
-                                        ->set_path(root + "/noweights");
-                                  },
-                                  absl::StatusCode::kNotFound,
-                                  "spec.model.checkpoints[1].path"},
-                                 {"CheckpointIsAFile",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(0)
-                                        ->set_path(root + "/tokens.bin");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[0].path: '"},
-                                 {"RelativePath",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_model()
-                                        ->mutable_checkpoints(0)
-                                        ->set_path("ckpt");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.model.checkpoints[0].path: 'ckpt' is "
-                                  "not an absolute path"},
-                                 {"MissingTokens",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    s->mutable_data()->set_tokens_path(
-                                        root + "/none.bin");
-                                  },
-                                  absl::StatusCode::kNotFound,
-                                  "spec.data.tokens_path: '"},
-                                 {"NoTokensPath",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_data()->clear_tokens_path();
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.data.tokens_path: required"},
-                                 {"OddTokenFileSize",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteTokens(root + "/odd.bin", 1001, 1);
-                                    s->mutable_data()->set_tokens_path(
-                                        root + "/odd.bin");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "not a multiple of 2"},
-                                 {"Uint32NeedsMultipleOfFour",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteTokens(root + "/six.bin", 3, 2);
-                                    s->mutable_data()->set_tokens_path(
-                                        root + "/six.bin");
-                                    s->mutable_data()->set_token_dtype(
-                                        "uint32");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "not a multiple of 4"},
-                                 {"FewerTokensThanOneContext",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    WriteTokens(root + "/short.bin", 31);
-                                    s->mutable_data()->set_tokens_path(
-                                        root + "/short.bin");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "fewer than one context "
-                                  "(spec.data.context_length 32)"},
-                                 {"UnknownDtype",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_data()->set_token_dtype("int8");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.data.token_dtype: 'int8' is not "
-                                  "supported"},
-                                 {"ContextLongerThanModel",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_data()->set_context_length(257);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.data.context_length: 257"},
-                                 {"NoDisjointHeldOutSplit",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    // 90 tokens train, the last 10 are
-                                    // shorter than one 32-token context.
-                                    WriteTokens(root + "/small.bin", 100);
-                                    s->mutable_data()->set_tokens_path(
-                                        root + "/small.bin");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "holds 100 tokens, too few for a training "
-                                  "part and a disjoint held-out part"},
-                                 {"TokensFirstBeyondExecutable",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_tokens_first(
-                                        std::numeric_limits<int64_t>::max());
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.tokens_first: "
-                                  "9223372036854775807 tokens exceeds the "
-                                  "maximum 1125899906842624"},
-                                 {"TokensLaterBeyondExecutable",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_tokens_later(
-                                        std::numeric_limits<int64_t>::max());
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.tokens_later: "
-                                  "9223372036854775807 tokens exceeds"},
-                                 {"EvalTokensBeyondMemory",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_eval_tokens(
-                                        std::numeric_limits<int64_t>::max());
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.eval_tokens: "
-                                  "9223372036854775807 tokens exceeds the "
-                                  "maximum"},
-                                 {"LmEvalTokensBeyondMemory",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_lm_eval_tokens(
-                                        std::numeric_limits<int64_t>::max());
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.lm_eval_tokens: "
-                                  "9223372036854775807 tokens exceeds the "
-                                  "maximum"},
-                                 {"AnalysisTokensBeyondMemory",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_analysis()->set_analysis_tokens(
-                                        std::numeric_limits<int64_t>::max());
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.analysis.analysis_tokens: "
-                                  "9223372036854775807 tokens exceeds the "
-                                  "maximum"},
-                                 {"NegativeContext",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_data()->set_context_length(-5);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.data.context_length: -5"},
-                                 {"NoHooks",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->clear_hooks();
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.hooks: empty"},
-                                 {"UnknownSite",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_hooks(0)->set_site("resid_mid");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.hooks[0].site: 'resid_mid' is not "
-                                  "supported"},
-                                 {"DuplicateLayer",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->add_hooks()->set_layer(0);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.hooks[1].layer: 0 is already hooked"},
-                                 {"NegativeLayer",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_hooks(0)->set_layer(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.hooks[0].layer: -1"},
-                                 {"NanL1",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_l1_coefficient(kNan);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.l1_coefficient: nan is not finite"},
-                                 {"NegativeL1",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_l1_coefficient(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.l1_coefficient: -1"},
-                                 {"InfiniteLr",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_lr_first(kInf);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.lr_first: inf is not finite"},
-                                 {"NegativeLrLater",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_lr_later(-1e-4);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.lr_later"},
-                                 {"NegativeBatch",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_batch_size(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.batch_size: -1"},
-                                 {"NegativeExpansion",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_expansion_factor(-2);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.expansion_factor: -2"},
-                                 {"NegativeDSae",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_d_sae(-2);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.d_sae: -2"},
-                                 {"UnknownSaeArchitecture",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("gated");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.architecture: 'gated' is not "
-                                  "supported"},
-                                 {"TopkNegativeK",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_k(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.k: -1 must be > 0"},
-                                 {"TopkKEqualsDSae",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_k(128);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.k: 128 must be < d_sae 128"},
-                                 {"TopkDefaultKTooLarge",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_d_sae(16);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.k: 32 (the default) must be < "
-                                  "d_sae 16"},
-                                 {"TopkNegativeAuxK",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_aux_k(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_k: -1 must be >= 0"},
-                                 {"TopkAuxKAboveDSae",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_aux_k(129);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_k: 129 exceeds d_sae 128"},
-                                 {"TopkNanAuxCoefficient",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_aux_coefficient(kNan);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_coefficient: nan is not "
-                                  "finite"},
-                                 {"TopkNegativeAuxCoefficient",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_aux_coefficient(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_coefficient: -1 out of range"},
-                                 {"TopkWithGhostGrads",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_ghost_grads(true);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.ghost_grads: true applies to "
-                                  "architecture 'relu_l1' only"},
-                                 {"TopkWithGhostGradsLater",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_architecture("topk");
-                                    s->mutable_sae()->set_ghost_grads_later(
-                                        true);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.ghost_grads_later: true applies "
-                                  "to architecture 'relu_l1' only"},
-                                 {"ReluL1WithK",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_k(16);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.k: applies to architecture 'topk' "
-                                  "only, not 'relu_l1'"},
-                                 {"ReluL1WithAuxK",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_aux_k(16);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_k: applies to architecture "
-                                  "'topk' only"},
-                                 {"ReluL1WithAuxCoefficient",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_aux_coefficient(0.1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.aux_coefficient: applies to "
-                                  "architecture 'topk' only"},
-                                 {"NegativeDeadWindow",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_sae()->set_dead_window_tokens(
-                                        -5);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.sae.dead_window_tokens: -5 must be "
-                                  ">= 0"},
-                                 {"NegativeAdaptiveWindow",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()
-                                        ->set_adaptive_window_tokens(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.adaptive_window_tokens: -1 "
-                                  "must be >= 0"},
-                                 {"InfiniteAdaptiveTolerance",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()
-                                        ->set_adaptive_tolerance(kInf);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.adaptive_tolerance: inf is "
-                                  "not finite"},
-                                 {"NegativeAdaptiveTolerance",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()
-                                        ->set_adaptive_tolerance(-0.5);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.adaptive_tolerance: -0.5 out "
-                                  "of range"},
-                                 {"TooManyReferenceCheckpoints",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()
-                                        ->set_reference_checkpoints(17);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.reference_checkpoints: 17 "
-                                  "out of range [0, 16]"},
-                                 {"NegativeLmEvalTokens",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_lm_eval_tokens(
-                                        -1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.lm_eval_tokens: -1 must be "
-                                  ">= 0"},
-                                 {"NegativeTokens",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_tokens_first(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.tokens_first: -1"},
-                                 {"NegativeEvalTokens",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_eval_tokens(-1);
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.eval_tokens: -1"},
-                                 {"BadDirection",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->mutable_schedule()->set_direction(
-                                        static_cast<v1::Schedule::Direction>(
-                                            9));
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.schedule.direction: 9"},
-                                 {"BadDevice",
-                                  [](v1::JobSpec* s, const std::string&) {
-                                    s->set_device("tpu");
-                                  },
-                                  absl::StatusCode::kInvalidArgument,
-                                  "spec.device: 'tpu' is not supported"},
-                                 {"MissingTokenizer",
-                                  [](v1::JobSpec* s, const std::string& root) {
-                                    s->mutable_data()->set_tokenizer_path(
-                                        root + "/tokenizer.json");
-                                  },
-                                  absl::StatusCode::kNotFound,
-                                  "spec.data.tokenizer_path: '"},
-                             }),
-                         [](const ::testing::TestParamInfo<ErrorCase>& info) {
-                           return info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Cases, JobValidatorErrorTest,
+    ::testing::ValuesIn(std::
+                            vector<ErrorCase>{
+                                {"MissingCheckpointPath",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path("/x");
+                                 },
+                                 absl::StatusCode::kNotFound,
+                                 "spec.model.checkpoints[1].path: '/x' does "
+                                 "not exist"},
+                                {"LearningRateNoSaeSurvives",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_lr_first(1e308);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.lr_first: 1e+308 out of range (at "
+                                 "most 1)"},
+                                {"L1CoefficientOverflows",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_l1_coefficient(1e308);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.l1_coefficient: 1e+308 out of "
+                                 "range (at most 10000)"},
+                                {"BatchNoWorkerHolds",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_batch_size(2147483647);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.batch_size: 2147483647 out of "
+                                 "range (at most 1048576)"},
+                                {"SaeLargerThanOneStoredValue",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   // 2 * 64 * 2^23 floats: 4 GiB.
+                                   s->mutable_sae()->set_d_sae(1 << 23);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.d_sae: an SAE of d_sae 8388608 at "
+                                 "hidden_size 64 is 4328523008 bytes, more "
+                                 "than the coordinator stores (4294967295 "
+                                 "bytes"},
+                                {"FifoTokenFile",
+                                 [](v1::JobSpec* s, const std::string& dir) {
+                                   const std::string fifo = dir + "/fifo.u16";
+                                   ::mkfifo(fifo.c_str(), 0600);
+                                   s->mutable_data()->set_tokens_path(fifo);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "fifo.u16' is not a regular file"},
+                                {"FifoConfigJson",
+                                 [](v1::JobSpec* s, const std::string& dir) {
+                                   const std::string ckpt = dir + "/fifo-ckpt";
+                                   std::filesystem::create_directories(ckpt);
+                                   ::mkfifo((ckpt + "/config.json").c_str(),
+                                            0600);
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path(ckpt);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "fifo-ckpt/config.json' is not a regular "
+                                 "file"},
+                                {"FifoWeights",
+                                 [](v1::JobSpec* s, const std::string& dir) {
+                                   const std::string ckpt = dir + "/fifo-w";
+                                   std::filesystem::create_directories(ckpt);
+                                   std::filesystem::copy_file(
+                                       s->model().checkpoints(0).path() +
+                                           "/config.json",
+                                       ckpt + "/config.json");
+                                   ::mkfifo(
+                                       (ckpt + "/model.safetensors").c_str(),
+                                       0600);
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path(ckpt);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: '"},
+                                {"WeightsShapeDisagreesWithOffsets",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   MalformedCheckpoint(
+                                       s, root, "bad-shape",
+                                       "model.safetensors",
+                                       SafetensorsOf(
+                                           R"({"w":{"dtype":"F32","shape":)"
+                                           R"([4096000000000000,128],)"
+                                           R"("data_offsets":[0,16]}})",
+                                           std::string(16, '\0')));
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "},
+                                {"WeightsHeaderBeyondTheFile",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   std::string bytes = SafetensorsOf("{}", "");
+                                   bytes[5] = 1;  // Length 2^40 + 2.
+                                   MalformedCheckpoint(s, root, "bad-length",
+                                                       "model.safetensors",
+                                                       bytes);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "},
+                                {"WeightsEmptyFile",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   MalformedCheckpoint(s, root, "empty-w",
+                                                       "model.safetensors", "");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "},
+                                {"WeightsOffsetsBeyondTheData",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   MalformedCheckpoint(
+                                       s, root, "bad-offsets",
+                                       "model.safetensors",
+                                       SafetensorsOf(
+                                           R"({"w":{"dtype":"F32","shape":)"
+                                           R"([4],"data_offsets":[0,16]}})",
+                                           std::string(8, '\0')));
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "},
+                                {"IndexShardOutsideTheCheckpoint",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   MalformedCheckpoint(
+                                       s, root, "bad-index",
+                                       "model.safetensors.index.json",
+                                       R"({"weight_map": {"w": )"
+                                       R"("../bad-shape/model.safetensors"}})");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "},
+                                {"ConfigJsonTooLarge",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   MalformedCheckpoint(
+                                       s, root, "huge-config", "config.json",
+                                       "{" + std::string(2 << 20, ' ') + "}");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "config.json: 2097154 bytes exceeds the "
+                                 "1048576-byte limit"},
+                                {"LayerOutOfRange",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_hooks(0)->set_layer(7);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.hooks[0].layer: 7 out of range [0, 2) "
+                                 "for the model at "
+                                 "spec.model.checkpoints[0].path"},
+                                {"UnsupportedArchitecture",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()->set_architecture("foo");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.architecture: 'foo' is not "
+                                 "supported (supported: "
+                                 "gpt_neox, gpt2)"},
+                                {"NoCheckpoints",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()->clear_checkpoints();
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints: empty"},
+                                {"DuplicateStep",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_step(0);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].step: 0 "
+                                 "duplicates"},
+                                {"UnsortedSteps",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(0)
+                                       ->set_step(20);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].step: 10 is "
+                                 "smaller than"},
+                                {"NegativeStep",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(0)
+                                       ->set_step(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[0].step"},
+                                {"DifferentHiddenSize",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteCheckpoint(root + "/wide", 128, 2);
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path(root + "/wide");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: hidden_size "
+                                 "128 differs"},
+                                {"DifferentLayerCount",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteCheckpoint(root + "/deep", 64, 4);
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path(root + "/deep");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[1].path: "
+                                 "num_hidden_layers 4 differs"},
+                                {"CheckpointWithoutWeights",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteCheckpoint(root + "/noweights");
+                                   std::filesystem::remove(
+                                       root + "/noweights/model.safetensors");
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(1)
+                                       ->set_path(root + "/noweights");
+                                 },
+                                 absl::StatusCode::kNotFound,
+                                 "spec.model.checkpoints[1].path"},
+                                {"CheckpointIsAFile",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(0)
+                                       ->set_path(root + "/tokens.bin");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[0].path: '"},
+                                {"RelativePath",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_model()
+                                       ->mutable_checkpoints(0)
+                                       ->set_path("ckpt");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.model.checkpoints[0].path: 'ckpt' is "
+                                 "not an absolute path"},
+                                {"MissingTokens",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   s->mutable_data()->set_tokens_path(
+                                       root + "/none.bin");
+                                 },
+                                 absl::StatusCode::kNotFound,
+                                 "spec.data.tokens_path: '"},
+                                {"NoTokensPath",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_data()->clear_tokens_path();
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.data.tokens_path: required"},
+                                {"OddTokenFileSize",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteTokens(root + "/odd.bin", 1001, 1);
+                                   s->mutable_data()->set_tokens_path(
+                                       root + "/odd.bin");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "not a multiple of 2"},
+                                {"Uint32NeedsMultipleOfFour",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteTokens(root + "/six.bin", 3, 2);
+                                   s->mutable_data()->set_tokens_path(
+                                       root + "/six.bin");
+                                   s->mutable_data()->set_token_dtype("uint32");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "not a multiple of 4"},
+                                {"FewerTokensThanOneContext",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   WriteTokens(root + "/short.bin", 31);
+                                   s->mutable_data()->set_tokens_path(
+                                       root + "/short.bin");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "fewer than one context "
+                                 "(spec.data.context_length 32)"},
+                                {"UnknownDtype",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_data()->set_token_dtype("int8");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.data.token_dtype: 'int8' is not "
+                                 "supported"},
+                                {"ContextLongerThanModel",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_data()->set_context_length(257);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.data.context_length: 257"},
+                                {"NoDisjointHeldOutSplit",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   // 90 tokens train, the last 10 are
+                                   // shorter than one 32-token context.
+                                   WriteTokens(root + "/small.bin", 100);
+                                   s->mutable_data()->set_tokens_path(
+                                       root + "/small.bin");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "holds 100 tokens, too few for a training "
+                                 "part and a disjoint held-out part"},
+                                {"TokensFirstBeyondExecutable",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_tokens_first(
+                                       std::numeric_limits<int64_t>::max());
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.tokens_first: "
+                                 "9223372036854775807 tokens exceeds the "
+                                 "maximum 1125899906842624"},
+                                {"TokensLaterBeyondExecutable",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_tokens_later(
+                                       std::numeric_limits<int64_t>::max());
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.tokens_later: "
+                                 "9223372036854775807 tokens exceeds"},
+                                {"EvalTokensBeyondMemory",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_eval_tokens(
+                                       std::numeric_limits<int64_t>::max());
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.eval_tokens: "
+                                 "9223372036854775807 tokens exceeds the "
+                                 "maximum"},
+                                {"LmEvalTokensBeyondMemory",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_lm_eval_tokens(
+                                       std::numeric_limits<int64_t>::max());
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.lm_eval_tokens: "
+                                 "9223372036854775807 tokens exceeds the "
+                                 "maximum"},
+                                {"AnalysisTokensBeyondMemory",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_analysis()->set_analysis_tokens(
+                                       std::numeric_limits<int64_t>::max());
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.analysis.analysis_tokens: "
+                                 "9223372036854775807 tokens exceeds the "
+                                 "maximum"},
+                                {"NegativeContext",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_data()->set_context_length(-5);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.data.context_length: -5"},
+                                {"NoHooks",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->clear_hooks();
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.hooks: empty"},
+                                {"UnknownSite",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_hooks(0)->set_site("resid_mid");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.hooks[0].site: 'resid_mid' is not "
+                                 "supported"},
+                                {"DuplicateLayer",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->add_hooks()->set_layer(0);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.hooks[1].layer: 0 is already hooked"},
+                                {"NegativeLayer",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_hooks(0)->set_layer(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.hooks[0].layer: -1"},
+                                {"NanL1",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_l1_coefficient(kNan);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.l1_coefficient: nan is not finite"},
+                                {"NegativeL1",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_l1_coefficient(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.l1_coefficient: -1"},
+                                {"InfiniteLr",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_lr_first(kInf);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.lr_first: inf is not finite"},
+                                {"NegativeLrLater",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_lr_later(-1e-4);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.lr_later"},
+                                {"NegativeBatch",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_batch_size(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.batch_size: -1"},
+                                {"NegativeExpansion",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_expansion_factor(-2);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.expansion_factor: -2"},
+                                {"NegativeDSae",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_d_sae(-2);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.d_sae: -2"},
+                                {"UnknownSaeArchitecture",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("gated");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.architecture: 'gated' is not "
+                                 "supported"},
+                                {"TopkNegativeK",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_k(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.k: -1 must be > 0"},
+                                {"TopkKEqualsDSae",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_k(128);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.k: 128 must be < d_sae 128"},
+                                {"TopkDefaultKTooLarge",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_d_sae(16);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.k: 32 (the default) must be < "
+                                 "d_sae 16"},
+                                {"TopkNegativeAuxK",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_aux_k(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_k: -1 must be >= 0"},
+                                {"TopkAuxKAboveDSae",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_aux_k(129);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_k: 129 exceeds d_sae 128"},
+                                {"TopkNanAuxCoefficient",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_aux_coefficient(kNan);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_coefficient: nan is not "
+                                 "finite"},
+                                {"TopkNegativeAuxCoefficient",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_aux_coefficient(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_coefficient: -1 out of range"},
+                                {"TopkWithGhostGrads",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_ghost_grads(true);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.ghost_grads: true applies to "
+                                 "architecture 'relu_l1' only"},
+                                {"TopkWithGhostGradsLater",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_architecture("topk");
+                                   s->mutable_sae()->set_ghost_grads_later(
+                                       true);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.ghost_grads_later: true applies "
+                                 "to architecture 'relu_l1' only"},
+                                {"ReluL1WithK",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_k(16);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.k: applies to architecture 'topk' "
+                                 "only, not 'relu_l1'"},
+                                {"ReluL1WithAuxK",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_aux_k(16);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_k: applies to architecture "
+                                 "'topk' only"},
+                                {"ReluL1WithAuxCoefficient",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_aux_coefficient(0.1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.aux_coefficient: applies to "
+                                 "architecture 'topk' only"},
+                                {"NegativeDeadWindow",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_sae()->set_dead_window_tokens(-5);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.sae.dead_window_tokens: -5 must be "
+                                 ">= 0"},
+                                {"NegativeAdaptiveWindow",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()
+                                       ->set_adaptive_window_tokens(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.adaptive_window_tokens: -1 "
+                                 "must be >= 0"},
+                                {"InfiniteAdaptiveTolerance",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()
+                                       ->set_adaptive_tolerance(kInf);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.adaptive_tolerance: inf is "
+                                 "not finite"},
+                                {"NegativeAdaptiveTolerance",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()
+                                       ->set_adaptive_tolerance(-0.5);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.adaptive_tolerance: -0.5 out "
+                                 "of range"},
+                                {"TooManyReferenceCheckpoints",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()
+                                       ->set_reference_checkpoints(17);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.reference_checkpoints: 17 "
+                                 "out of range [0, 16]"},
+                                {"NegativeLmEvalTokens",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_lm_eval_tokens(
+                                       -1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.lm_eval_tokens: -1 must be "
+                                 ">= 0"},
+                                {"NegativeTokens",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_tokens_first(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.tokens_first: -1"},
+                                {"NegativeEvalTokens",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_eval_tokens(-1);
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.eval_tokens: -1"},
+                                {"BadDirection",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->mutable_schedule()->set_direction(
+                                       static_cast<v1::Schedule::Direction>(9));
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.schedule.direction: 9"},
+                                {"BadDevice",
+                                 [](v1::JobSpec* s, const std::string&) {
+                                   s->set_device("tpu");
+                                 },
+                                 absl::StatusCode::kInvalidArgument,
+                                 "spec.device: 'tpu' is not supported"},
+                                {"MissingTokenizer",
+                                 [](v1::JobSpec* s, const std::string& root) {
+                                   s->mutable_data()->set_tokenizer_path(
+                                       root + "/tokenizer.json");
+                                 },
+                                 absl::StatusCode::kNotFound,
+                                 "spec.data.tokenizer_path: '"},
+                            }),
+    [](const ::testing::TestParamInfo<ErrorCase>& info) {
+      return info.param.name;
+    });
 
 // GPT-2 checkpoints (GPT2Config field names) are accepted, the architecture
 // filled in from config.json, and the layer range read from n_layer.
@@ -1024,7 +1020,8 @@ TEST(JobValidatorFollowTest, TheFirstCheckpointFillsTheModelSettings) {
   // Weights whose header promises more than the file holds.
   const std::string broken = dir.path() + "/run/step-60";
   WriteCheckpoint(broken);
-  std::ofstream(broken + "/model.safetensors", std::ios::binary | std::ios::trunc)
+  std::ofstream(broken + "/model.safetensors",
+                std::ios::binary | std::ios::trunc)
       << SafetensorsOf(R"({"w":{"dtype":"F32","shape":[1024],)"
                        R"("data_offsets":[0,4096]}})",
                        std::string(64, '\0'));

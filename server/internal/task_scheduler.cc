@@ -323,8 +323,8 @@ absl::StatusOr<TaskScheduler::AddedCheckpoint> TaskScheduler::AddCheckpoint(
     while (true) {
       bool duplicate = false;
       bool job_level = false;
-      absl::Status s = state_.CheckAddCheckpoint(job_id, step, path,
-                                                 &duplicate, &job_level);
+      absl::Status s =
+          state_.CheckAddCheckpoint(job_id, step, path, &duplicate, &job_level);
       if (duplicate) {
         return AddedCheckpoint{state_.FindJob(job_id)->job, false};
       }

@@ -516,6 +516,17 @@ v1::JobSpec AnalysedSpec(
   return spec;
 }
 
+// A validator that appends (step, path) to the spec as given.
+absl::StatusOr<v1::JobSpec> PlaceCheckpoint(const v1::JobSpec& spec,
+                                            int64_t step,
+                                            const std::string& path) {
+  v1::JobSpec out = spec;
+  v1::Checkpoint* c = out.mutable_model()->add_checkpoints();
+  c->set_step(step);
+  c->set_path(path);
+  return out;
+}
+
 // Leases and completes one task, returning it.
 v1::Task RunOne(TaskScheduler& scheduler) {
   auto task = scheduler.Lease("w", absl::ZeroDuration(), [] { return false; });
@@ -629,14 +640,7 @@ TEST_F(TaskSchedulerTest, AFollowingJobsStaleRoundSummaryIsRefused) {
   v1::JobSpec spec = AnalysedSpec(0);
   spec.mutable_model()->mutable_follow()->set_dir("/run");
   const std::string job = Create(spec);
-  const TaskScheduler::CheckpointValidator place =
-      [](const v1::JobSpec& s, int64_t step, const std::string& path) {
-        v1::JobSpec out = s;
-        v1::Checkpoint* c = out.mutable_model()->add_checkpoints();
-        c->set_step(step);
-        c->set_path(path);
-        return absl::StatusOr<v1::JobSpec>(out);
-      };
+  const TaskScheduler::CheckpointValidator place = PlaceCheckpoint;
   for (int64_t step : {0, 10}) {
     auto added = scheduler_->AddCheckpoint(job, step, "/ckpt", 1, 1, place);
     ASSERT_TRUE(added.ok()) << added.status();
@@ -855,20 +859,12 @@ TEST_F(TaskSchedulerCommitTest, AddsThatWaitForAnotherAddAreCheckedAgain) {
   auto created = scheduler_->CreateJob(spec, "", "");
   ASSERT_TRUE(created.ok()) << created.status();
   const std::string job = created->job.job_id();
-  const TaskScheduler::CheckpointValidator place =
-      [](const v1::JobSpec& s, int64_t step, const std::string& path) {
-        v1::JobSpec out = s;
-        v1::Checkpoint* c = out.mutable_model()->add_checkpoints();
-        c->set_step(step);
-        c->set_path(path);
-        return absl::StatusOr<v1::JobSpec>(out);
-      };
+  const TaskScheduler::CheckpointValidator place = PlaceCheckpoint;
   store_.Hold();
   absl::StatusOr<TaskScheduler::AddedCheckpoint> first =
       absl::UnknownError("not run");
-  std::thread taker([&] {
-    first = scheduler_->AddCheckpoint(job, 200, "/a", 1, 1, place);
-  });
+  std::thread taker(
+      [&] { first = scheduler_->AddCheckpoint(job, 200, "/a", 1, 1, place); });
   ASSERT_TRUE(store_.AwaitWaiting(1));  // The first add is being written.
   struct Racer {
     int64_t step;
